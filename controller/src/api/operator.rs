@@ -1,0 +1,225 @@
+//! The operator API. Every call is authorised by [`require_operator`]: only
+//! operator certificates of our CA get through.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use cutover_core::manifest::Manifest;
+use cutover_core::pki::{PeerIdentity, Role};
+use cutover_core::views::{from_ms, now_ms, HostView, ReleaseServiceView, ReleaseView};
+use cutover_proto::v1;
+use cutover_proto::Operator;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::error::Error;
+use crate::Controller;
+
+const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(15 * 60);
+const MAX_TOKEN_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+const DIAG_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Interceptor: refuses every caller that is not an operator.
+pub fn require_operator(req: Request<()>) -> Result<Request<()>, Status> {
+    match super::peer_identity(&req) {
+        Some(PeerIdentity { role: Role::Operator(_), .. }) => Ok(req),
+        Some(PeerIdentity { role: Role::Host(h), .. }) => Err(Status::permission_denied(format!(
+            "the certificate of host {h:?} is an agent certificate; the operator API needs an operator certificate"
+        ))),
+        Some(_) => Err(Status::permission_denied(
+            "this certificate is not an operator certificate",
+        )),
+        None => Err(Status::unauthenticated(
+            "the operator API needs a client certificate: use operator.pem and operator-key.pem from `cutover pki init`",
+        )),
+    }
+}
+
+pub struct OperatorApi {
+    c: Arc<Controller>,
+}
+
+impl OperatorApi {
+    pub fn new(c: Arc<Controller>) -> Self {
+        OperatorApi { c }
+    }
+
+    async fn hosts(&self) -> Result<Vec<HostView>, Error> {
+        let mut hosts = self.c.store.run(|s| s.hosts()).await?;
+        let now = now_ms();
+        for h in &mut hosts {
+            if let Some(s) = self.c.sessions.get(&h.name) {
+                h.online = s.is_live(now);
+                h.agent_version = s.agent_version.clone();
+                h.connected_since = from_ms(s.connected_since_ms);
+                h.last_seen = from_ms(s.last_seen_ms.load(std::sync::atomic::Ordering::Relaxed));
+            }
+        }
+        Ok(hosts)
+    }
+}
+
+fn name(kind: &str, n: &str) -> Result<(), Status> {
+    cutover_core::names::validate(kind, n).map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
+fn release_view(r: &crate::store::StoredRelease) -> Result<ReleaseView, Error> {
+    let text = String::from_utf8_lossy(&r.manifest);
+    let m = Manifest::parse(&text).map_err(|e| Error::Internal(format!("stored {e}")))?;
+    Ok(ReleaseView {
+        version: r.version.clone(),
+        created: Some(m.created),
+        expires: Some(m.expires),
+        imported_at: from_ms(r.imported_at),
+        signed_by: r.signed_by.clone(),
+        services: m
+            .services
+            .iter()
+            .map(|s| ReleaseServiceView {
+                name: s.name.clone(),
+                service_version: s.service_version.clone(),
+                depends_on: s.depends_on.clone(),
+                tarball_sha256: s.tarball.as_ref().map(|t| t.sha256),
+                image_id: s.image.as_ref().map(|i| i.id),
+            })
+            .collect(),
+    })
+}
+
+#[tonic::async_trait]
+impl Operator for OperatorApi {
+    async fn create_token(
+        &self,
+        req: Request<v1::CreateTokenRequest>,
+    ) -> Result<Response<v1::CreateTokenResponse>, Status> {
+        let r = req.into_inner();
+        name("host", &r.host)?;
+        let ttl = if r.ttl_s == 0 {
+            DEFAULT_TOKEN_TTL
+        } else {
+            Duration::from_secs(r.ttl_s)
+        };
+        if ttl > MAX_TOKEN_TTL {
+            return Err(Status::invalid_argument(
+                "join tokens live at most 7 days; give a shorter --ttl",
+            ));
+        }
+        let secret: [u8; 32] = rand::random();
+        let token = format!(
+            "cutover-join.{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret)
+        );
+        let expires_at = now_ms() + ttl.as_millis() as i64;
+        let (hash, host) = (super::hash_token(&token), r.host.clone());
+        self.c
+            .store
+            .run(move |s| s.create_token(&hash, &host, expires_at))
+            .await?;
+        Ok(Response::new(v1::CreateTokenResponse {
+            token,
+            expires_at_ms: expires_at,
+        }))
+    }
+
+    async fn revoke_host(&self, req: Request<v1::HostRequest>) -> Result<Response<v1::Empty>, Status> {
+        let host = req.into_inner().host;
+        name("host", &host)?;
+        let h = host.clone();
+        self.c.store.run(move |s| s.revoke_host(&h)).await?;
+        self.c.revoked.insert(&host);
+        self.c.sessions.cut(
+            &host,
+            Status::permission_denied(format!("host {host:?} was revoked by an operator")),
+        );
+        tracing::warn!(%host, "host revoked");
+        Ok(Response::new(v1::Empty {}))
+    }
+
+    async fn list_hosts(&self, _req: Request<v1::Empty>) -> Result<Response<v1::HostList>, Status> {
+        let hosts = self.hosts().await?;
+        Ok(Response::new(v1::HostList {
+            hosts: hosts.iter().map(Into::into).collect(),
+        }))
+    }
+
+    async fn diag(&self, req: Request<v1::HostRequest>) -> Result<Response<v1::DiagReport>, Status> {
+        let host = req.into_inner().host;
+        name("host", &host)?;
+        let body = self
+            .c
+            .sessions
+            .request(&host, v1::request::Body::Diag(v1::DiagRequest {}), DIAG_TIMEOUT)
+            .await?;
+        match body {
+            v1::reply::Body::Diag(d) => Ok(Response::new(d)),
+            v1::reply::Body::Error(e) => Err(Status::internal(format!("agent on {host}: {e}"))),
+        }
+    }
+
+    async fn missing_artifacts(
+        &self,
+        req: Request<v1::ArtifactDigests>,
+    ) -> Result<Response<v1::ArtifactDigests>, Status> {
+        let mut digests = Vec::new();
+        for d in req.into_inner().sha256 {
+            let d = cutover_core::Sha256Digest::parse_prefixed(&d)
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            digests.push(d.to_hex());
+        }
+        let missing = self.c.store.run(move |s| s.missing_artifacts(&digests)).await?;
+        Ok(Response::new(v1::ArtifactDigests { sha256: missing }))
+    }
+
+    async fn import_release(
+        &self,
+        req: Request<Streaming<v1::ImportChunk>>,
+    ) -> Result<Response<v1::ImportReleaseResponse>, Status> {
+        match super::import::import(&self.c, req.into_inner()).await {
+            Ok(r) => Ok(Response::new(r)),
+            Err(e) => {
+                tracing::warn!(error = %e, "release import refused");
+                let detail = e.to_string();
+                let _ = self
+                    .c
+                    .store
+                    .run(move |s| s.event("release.refused", None, &detail))
+                    .await;
+                Err(e.into())
+            }
+        }
+    }
+
+    async fn list_releases(&self, _req: Request<v1::Empty>) -> Result<Response<v1::ReleaseList>, Status> {
+        let stored = self.c.store.run(|s| s.releases()).await?;
+        let releases = stored
+            .iter()
+            .map(|r| release_view(r).map(|v| v1::Release::from(&v)))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Response::new(v1::ReleaseList { releases }))
+    }
+
+    async fn set_channel(&self, req: Request<v1::SetChannelRequest>) -> Result<Response<v1::Empty>, Status> {
+        let r = req.into_inner();
+        name("channel", &r.name)?;
+        let version = semver::Version::parse(&r.version)
+            .map_err(|e| Status::invalid_argument(format!("version {:?}: {e}", r.version)))?
+            .to_string();
+        self.c.store.run(move |s| s.set_channel(&r.name, &version)).await?;
+        Ok(Response::new(v1::Empty {}))
+    }
+
+    async fn set_default_channel(&self, req: Request<v1::ChannelName>) -> Result<Response<v1::Empty>, Status> {
+        let n = req.into_inner().name;
+        name("channel", &n)?;
+        self.c.store.run(move |s| s.set_default_channel(&n)).await?;
+        Ok(Response::new(v1::Empty {}))
+    }
+
+    async fn list_channels(&self, _req: Request<v1::Empty>) -> Result<Response<v1::ChannelList>, Status> {
+        let channels = self.c.store.run(|s| s.channels()).await?;
+        Ok(Response::new(v1::ChannelList {
+            channels: channels.iter().map(Into::into).collect(),
+        }))
+    }
+}
+

@@ -1,0 +1,122 @@
+//! The controller's configuration file (TOML). Unknown keys are errors that
+//! name the key and the file; relative paths are relative to the file.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address the agent and operator APIs listen on.
+    pub listen: SocketAddr,
+    /// Where the SQLite store and the artifact store live.
+    pub data_dir: PathBuf,
+    /// Lifetime of host certificates issued at enrollment and renewal.
+    #[serde(with = "humantime_serde", default = "default_cert_ttl")]
+    pub agent_cert_ttl: Duration,
+    pub tls: TlsConfig,
+    pub releases: ReleasesConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub ca_cert: PathBuf,
+    pub ca_key: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReleasesConfig {
+    /// Ed25519 public keys (PEM) whose signatures the controller trusts.
+    pub trusted_keys: Vec<PathBuf>,
+    /// How many distinct trusted keys must sign a release.
+    #[serde(default = "one")]
+    pub signature_threshold: usize,
+}
+
+fn default_cert_ttl() -> Duration {
+    Duration::from_secs(7 * 24 * 3600)
+}
+
+fn one() -> usize {
+    1
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Config {
+            path: path.to_path_buf(),
+            problem: e.to_string(),
+        })?;
+        let mut config: Config = toml::from_str(&text).map_err(|e| Error::Config {
+            path: path.to_path_buf(),
+            problem: e.to_string().split_whitespace().collect::<Vec<_>>().join(" "),
+        })?;
+        let base = path.parent().unwrap_or_else(|| Path::new("."));
+        config.resolve(base);
+        if config.agent_cert_ttl < Duration::from_secs(3) {
+            return Err(Error::Config {
+                path: path.to_path_buf(),
+                problem: "agent_cert_ttl must be at least 3s".into(),
+            });
+        }
+        Ok(config)
+    }
+
+    fn resolve(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        fix(&mut self.data_dir);
+        fix(&mut self.tls.ca_cert);
+        fix(&mut self.tls.ca_key);
+        fix(&mut self.tls.cert);
+        fix(&mut self.tls.key);
+        self.releases.trusted_keys.iter_mut().for_each(fix);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_key_names_file_and_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("controller.toml");
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:1\"\ndata_dir = \"d\"\nlisten_port = 3\n[tls]\nca_cert=\"a\"\nca_key=\"b\"\ncert=\"c\"\nkey=\"d\"\n[releases]\ntrusted_keys=[]\n",
+        )
+        .unwrap();
+        let e = Config::load(&path).unwrap_err().to_string();
+        assert!(e.contains("controller.toml"), "{e}");
+        assert!(e.contains("unknown field `listen_port`"), "{e}");
+    }
+
+    #[test]
+    fn relative_paths_resolve_beside_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:1\"\ndata_dir = \"d\"\nagent_cert_ttl = \"1h\"\n[tls]\nca_cert=\"a\"\nca_key=\"b\"\ncert=\"c\"\nkey=\"/k\"\n[releases]\ntrusted_keys=[\"r.pub\"]\n",
+        )
+        .unwrap();
+        let c = Config::load(&path).unwrap();
+        assert_eq!(c.data_dir, dir.path().join("d"));
+        assert_eq!(c.tls.key, PathBuf::from("/k"));
+        assert_eq!(c.releases.trusted_keys, vec![dir.path().join("r.pub")]);
+        assert_eq!(c.agent_cert_ttl, Duration::from_secs(3600));
+    }
+}

@@ -1,0 +1,68 @@
+//! The controller's error type and its one mapping to `tonic::Status`.
+
+use std::path::PathBuf;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("config {path}: {problem}")]
+    Config { path: PathBuf, problem: String },
+    #[error("store: {0}")]
+    Store(#[from] rusqlite::Error),
+    #[error("store {path}: {problem}")]
+    StoreSchema { path: PathBuf, problem: String },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Core(#[from] cutover_core::Error),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Unauthenticated(String),
+    #[error("{0}")]
+    PermissionDenied(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+impl From<Error> for tonic::Status {
+    fn from(e: Error) -> Self {
+        use tonic::Status;
+        let msg = e.to_string();
+        match e {
+            Error::NotFound(_) => Status::not_found(msg),
+            Error::Conflict(_) => Status::already_exists(msg),
+            Error::Invalid(_) => Status::invalid_argument(msg),
+            Error::Core(cutover_core::Error::Manifest(_))
+            | Error::Core(cutover_core::Error::Signature(_))
+            | Error::Core(cutover_core::Error::Invalid(_)) => Status::invalid_argument(msg),
+            Error::Unauthenticated(_) => Status::unauthenticated(msg),
+            Error::PermissionDenied(_) => Status::permission_denied(msg),
+            Error::Unavailable(_) => Status::unavailable(msg),
+            _ => {
+                tracing::error!(error = %msg, "internal error");
+                Status::internal(msg)
+            }
+        }
+    }
+}

@@ -1,0 +1,235 @@
+//! Live agent sessions, in memory only: who is connected, when we last heard
+//! from them, and the channel to send them requests. A heartbeat touches an
+//! atomic here and nothing else.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cutover_proto::v1;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{Error, Result};
+
+/// What the session task sends down the agent's stream.
+pub type Outbound = std::result::Result<v1::ControllerMessage, tonic::Status>;
+
+pub struct Session {
+    pub id: u64,
+    pub host: String,
+    pub agent_version: String,
+    pub heartbeat_interval: Duration,
+    pub connected_since_ms: i64,
+    pub last_seen_ms: AtomicI64,
+    pub tx: mpsc::Sender<Outbound>,
+    /// Cancelled to cut the session; the status is sent to the agent.
+    pub cut: CancellationToken,
+    cut_status: Mutex<Option<tonic::Status>>,
+    pending: Mutex<HashMap<u64, oneshot::Sender<v1::reply::Body>>>,
+}
+
+impl Session {
+    /// A host is online while its session is open and it has not missed
+    /// three heartbeats.
+    pub fn is_live(&self, now_ms: i64) -> bool {
+        let limit = 3 * self.heartbeat_interval.as_millis() as i64;
+        now_ms - self.last_seen_ms.load(Ordering::Relaxed) <= limit
+    }
+
+    pub fn cut(&self, status: tonic::Status) {
+        *self.cut_status.lock().unwrap_or_else(|p| p.into_inner()) = Some(status);
+        self.cut.cancel();
+    }
+
+    pub fn cut_status(&self) -> tonic::Status {
+        self.cut_status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .unwrap_or_else(|| tonic::Status::unavailable("session closed by the controller"))
+    }
+
+    /// Delivers an agent's reply to whoever asked.
+    pub fn resolve(&self, request_id: u64, body: v1::reply::Body) {
+        let waiter = self
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&request_id);
+        if let Some(w) = waiter {
+            let _ = w.send(body);
+        }
+    }
+}
+
+/// Parameters of a new session, from the agent's hello.
+pub struct NewSession {
+    pub host: String,
+    pub agent_version: String,
+    pub heartbeat_interval: Duration,
+    pub tx: mpsc::Sender<Outbound>,
+}
+
+#[derive(Default)]
+pub struct Sessions {
+    by_host: Mutex<HashMap<String, Arc<Session>>>,
+    next_id: AtomicU64,
+    next_request: AtomicU64,
+}
+
+impl Sessions {
+    /// Registers a session, cutting any older one of the same host.
+    pub fn register(&self, new: NewSession) -> Arc<Session> {
+        let now = cutover_core::views::now_ms();
+        let session = Arc::new(Session {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            host: new.host.clone(),
+            agent_version: new.agent_version,
+            heartbeat_interval: new.heartbeat_interval,
+            connected_since_ms: now,
+            last_seen_ms: AtomicI64::new(now),
+            tx: new.tx,
+            cut: CancellationToken::new(),
+            cut_status: Mutex::new(None),
+            pending: Mutex::new(HashMap::new()),
+        });
+        let old = self
+            .by_host
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(new.host, session.clone());
+        if let Some(old) = old {
+            old.cut(tonic::Status::aborted(
+                "replaced by a newer session of the same host",
+            ));
+        }
+        session
+    }
+
+    /// Removes the session if it is still the registered one.
+    pub fn remove(&self, session: &Session) {
+        let mut map = self.by_host.lock().unwrap_or_else(|p| p.into_inner());
+        if map.get(&session.host).is_some_and(|s| s.id == session.id) {
+            map.remove(&session.host);
+        }
+    }
+
+    pub fn get(&self, host: &str) -> Option<Arc<Session>> {
+        self.by_host
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(host)
+            .cloned()
+    }
+
+    pub fn snapshot(&self) -> Vec<Arc<Session>> {
+        self.by_host
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    pub fn cut(&self, host: &str, status: tonic::Status) -> bool {
+        match self.get(host) {
+            Some(s) => {
+                s.cut(status);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Sends a request to a host's agent and waits for its reply.
+    pub async fn request(
+        &self,
+        host: &str,
+        body: v1::request::Body,
+        timeout: Duration,
+    ) -> Result<v1::reply::Body> {
+        let session = self
+            .get(host)
+            .filter(|s| s.is_live(cutover_core::views::now_ms()))
+            .ok_or_else(|| Error::Unavailable(format!("host {host:?} is offline")))?;
+        let id = self.next_request.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        session
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, tx);
+        let msg = v1::ControllerMessage {
+            msg: Some(v1::controller_message::Msg::Request(v1::Request {
+                request_id: id,
+                body: Some(body),
+            })),
+        };
+        let result = async {
+            session
+                .tx
+                .send(Ok(msg))
+                .await
+                .map_err(|_| Error::Unavailable(format!("host {host:?} disconnected")))?;
+            tokio::time::timeout(timeout, rx)
+                .await
+                .map_err(|_| {
+                    Error::Unavailable(format!(
+                        "host {host:?} did not answer within {}s",
+                        timeout.as_secs()
+                    ))
+                })?
+                .map_err(|_| Error::Unavailable(format!("host {host:?} disconnected")))
+        }
+        .await;
+        session
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new(host: &str) -> (NewSession, mpsc::Receiver<Outbound>) {
+        let (tx, rx) = mpsc::channel(4);
+        (
+            NewSession {
+                host: host.into(),
+                agent_version: "0".into(),
+                heartbeat_interval: Duration::from_millis(100),
+                tx,
+            },
+            rx,
+        )
+    }
+
+    #[test]
+    fn newer_session_replaces_and_cuts_older() {
+        let sessions = Sessions::default();
+        let (a, _ra) = new("h");
+        let first = sessions.register(a);
+        let (b, _rb) = new("h");
+        let second = sessions.register(b);
+        assert!(first.cut.is_cancelled());
+        // The old session ending must not remove the new one.
+        sessions.remove(&first);
+        assert_eq!(sessions.get("h").unwrap().id, second.id);
+    }
+
+    #[test]
+    fn three_missed_heartbeats_make_a_host_not_live() {
+        let sessions = Sessions::default();
+        let (a, _ra) = new("h");
+        let s = sessions.register(a);
+        let now = s.last_seen_ms.load(Ordering::Relaxed);
+        assert!(s.is_live(now + 300));
+        assert!(!s.is_live(now + 301));
+    }
+}

@@ -1,0 +1,595 @@
+//! The controller's durable state in SQLite: hosts, join tokens, releases,
+//! artifacts, channels and the event log, under a versioned schema.
+//! Heartbeats never reach this module; it is written on enrollment,
+//! session start and end, imports and operator changes.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use cutover_core::views::{now_ms, ChannelView, HostView, InstalledService};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+
+use crate::error::{Error, Result};
+
+/// Each entry upgrades the schema by one version; never edit a landed one.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE hosts (
+    name           TEXT PRIMARY KEY,
+    enrolled_at    INTEGER NOT NULL,
+    cert_serial    TEXT NOT NULL,
+    cert_not_after INTEGER NOT NULL,
+    revoked_at     INTEGER,
+    agent_version  TEXT NOT NULL DEFAULT '',
+    last_seen      INTEGER,
+    inventory      TEXT NOT NULL DEFAULT '[]'
+);
+CREATE TABLE join_tokens (
+    token_hash TEXT PRIMARY KEY,
+    host       TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    used_at    INTEGER
+);
+CREATE TABLE releases (
+    version     TEXT PRIMARY KEY,
+    manifest    BLOB NOT NULL,
+    signatures  TEXT NOT NULL,
+    signed_by   TEXT NOT NULL,
+    imported_at INTEGER NOT NULL
+);
+CREATE TABLE artifacts (
+    sha256    TEXT PRIMARY KEY,
+    size      INTEGER NOT NULL,
+    stored_at INTEGER NOT NULL
+);
+CREATE TABLE channels (
+    name       TEXT PRIMARY KEY,
+    version    TEXT NOT NULL REFERENCES releases(version),
+    updated_at INTEGER NOT NULL
+);
+CREATE TABLE settings (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE events (
+    id     INTEGER PRIMARY KEY AUTOINCREMENT,
+    at     INTEGER NOT NULL,
+    kind   TEXT NOT NULL,
+    host   TEXT,
+    detail TEXT NOT NULL
+);
+"#];
+
+/// A cheaply cloneable handle on the store. Calls block; async code runs
+/// them through [`Store::run`].
+#[derive(Clone)]
+pub struct Store {
+    conn: Arc<Mutex<Connection>>,
+}
+
+/// A release row as stored.
+pub struct StoredRelease {
+    pub version: String,
+    pub manifest: Vec<u8>,
+    pub signatures: String,
+    pub signed_by: Vec<String>,
+    pub imported_at: i64,
+}
+
+/// Why a join token was not accepted.
+#[derive(Debug, PartialEq, Eq)]
+pub enum TokenProblem {
+    Unknown,
+    Used { host: String, at: i64 },
+    Expired { host: String, at: i64 },
+    HostRevoked { host: String },
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Store> {
+        let mut conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        migrate(&mut conn, path)?;
+        Ok(Store {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T>) -> Result<T> {
+        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut conn)
+    }
+
+    /// Runs a blocking store call off the async runtime.
+    pub async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .map_err(|e| Error::Internal(format!("store task: {e}")))?
+    }
+
+    // ------------------------------------------------------------ events
+
+    pub fn event(&self, kind: &str, host: Option<&str>, detail: &str) -> Result<()> {
+        self.with(|c| {
+            insert_event(c, kind, host, detail)?;
+            Ok(())
+        })
+    }
+
+    pub fn events(&self, limit: usize) -> Result<Vec<(i64, String, Option<String>, String)>> {
+        self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT at, kind, host, detail FROM events ORDER BY id DESC LIMIT ?1",
+            )?;
+            let rows = stmt
+                .query_map([limit as i64], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+    }
+
+    // ------------------------------------------------------------- tokens
+
+    pub fn create_token(&self, token_hash: &str, host: &str, expires_at: i64) -> Result<()> {
+        self.with(|c| {
+            let revoked: Option<Option<i64>> = c
+                .query_row("SELECT revoked_at FROM hosts WHERE name = ?1", [host], |r| {
+                    r.get(0)
+                })
+                .optional()?;
+            if let Some(Some(_)) = revoked {
+                return Err(Error::Conflict(format!(
+                    "host {host:?} is revoked; a revoked host cannot enroll again"
+                )));
+            }
+            let tx = c.transaction()?;
+            tx.execute(
+                "INSERT INTO join_tokens (token_hash, host, created_at, expires_at) VALUES (?1, ?2, ?3, ?4)",
+                params![token_hash, host, now_ms(), expires_at],
+            )?;
+            insert_event(&tx, "token.created", Some(host), "join token created")?;
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    /// Consumes a join token and records the host's certificate, in one
+    /// transaction: a token is used at most once even under races.
+    /// `issue` makes the certificate once the token checked out.
+    pub fn enroll<T>(
+        &self,
+        token_hash: &str,
+        issue: impl FnOnce(&str) -> Result<(T, String, i64)>,
+    ) -> Result<std::result::Result<(String, T), TokenProblem>> {
+        self.with(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let row: Option<(String, i64, Option<i64>)> = tx
+                .query_row(
+                    "SELECT host, expires_at, used_at FROM join_tokens WHERE token_hash = ?1",
+                    [token_hash],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()?;
+            let Some((host, expires_at, used_at)) = row else {
+                return Ok(Err(TokenProblem::Unknown));
+            };
+            if let Some(at) = used_at {
+                return Ok(Err(TokenProblem::Used { host, at }));
+            }
+            if expires_at <= now_ms() {
+                return Ok(Err(TokenProblem::Expired {
+                    host,
+                    at: expires_at,
+                }));
+            }
+            let revoked: Option<i64> = tx
+                .query_row("SELECT revoked_at FROM hosts WHERE name = ?1", [&host], |r| {
+                    r.get(0)
+                })
+                .optional()?
+                .flatten();
+            if revoked.is_some() {
+                return Ok(Err(TokenProblem::HostRevoked { host }));
+            }
+            let (out, serial, not_after) = issue(&host)?;
+            let now = now_ms();
+            tx.execute(
+                "UPDATE join_tokens SET used_at = ?1 WHERE token_hash = ?2",
+                params![now, token_hash],
+            )?;
+            tx.execute(
+                "INSERT INTO hosts (name, enrolled_at, cert_serial, cert_not_after) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(name) DO UPDATE SET enrolled_at = ?2, cert_serial = ?3, cert_not_after = ?4",
+                params![host, now, serial, not_after],
+            )?;
+            insert_event(&tx, "host.enrolled", Some(&host), &format!("certificate {serial}"))?;
+            tx.commit()?;
+            Ok(Ok((host, out)))
+        })
+    }
+
+    pub fn record_renewal(&self, host: &str, serial: &str, not_after: i64) -> Result<()> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            tx.execute(
+                "UPDATE hosts SET cert_serial = ?2, cert_not_after = ?3 WHERE name = ?1",
+                params![host, serial, not_after],
+            )?;
+            insert_event(&tx, "host.renewed", Some(host), &format!("certificate {serial}"))?;
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    // -------------------------------------------------------------- hosts
+
+    /// Marks a host revoked. Returns false when it was already revoked.
+    pub fn revoke_host(&self, host: &str) -> Result<bool> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            let state: Option<Option<i64>> = tx
+                .query_row("SELECT revoked_at FROM hosts WHERE name = ?1", [host], |r| {
+                    r.get(0)
+                })
+                .optional()?;
+            match state {
+                None => return Err(Error::NotFound(format!("no host named {host:?}"))),
+                Some(Some(_)) => return Ok(false),
+                Some(None) => {}
+            }
+            tx.execute(
+                "UPDATE hosts SET revoked_at = ?2 WHERE name = ?1",
+                params![host, now_ms()],
+            )?;
+            tx.execute("DELETE FROM join_tokens WHERE host = ?1 AND used_at IS NULL", [host])?;
+            insert_event(&tx, "host.revoked", Some(host), "revoked by operator")?;
+            tx.commit()?;
+            Ok(true)
+        })
+    }
+
+    pub fn revoked_hosts(&self) -> Result<Vec<String>> {
+        self.with(|c| {
+            let mut stmt = c.prepare("SELECT name FROM hosts WHERE revoked_at IS NOT NULL")?;
+            let rows = stmt
+                .query_map([], |r| r.get(0))?
+                .collect::<Result<Vec<String>, _>>()?;
+            Ok(rows)
+        })
+    }
+
+    pub fn record_hello(
+        &self,
+        host: &str,
+        agent_version: &str,
+        inventory: &[InstalledService],
+    ) -> Result<bool> {
+        let inventory = serde_json::to_string(inventory)
+            .map_err(|e| Error::Internal(format!("inventory of {host}: {e}")))?;
+        self.with(|c| {
+            let n = c.execute(
+                "UPDATE hosts SET agent_version = ?2, inventory = ?3, last_seen = ?4 WHERE name = ?1 AND revoked_at IS NULL",
+                params![host, agent_version, inventory, now_ms()],
+            )?;
+            Ok(n == 1)
+        })
+    }
+
+    pub fn record_disconnect(&self, host: &str, last_seen: i64, reason: &str) -> Result<()> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            tx.execute(
+                "UPDATE hosts SET last_seen = ?2 WHERE name = ?1",
+                params![host, last_seen],
+            )?;
+            insert_event(&tx, "session.closed", Some(host), reason)?;
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    /// Every host as stored; liveness is filled in by the caller.
+    pub fn hosts(&self) -> Result<Vec<HostView>> {
+        self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT name, enrolled_at, cert_serial, cert_not_after, revoked_at, agent_version, last_seen, inventory
+                 FROM hosts ORDER BY name",
+            )?;
+            let rows = stmt
+                .query_map([], |r| {
+                    let inventory: String = r.get(7)?;
+                    Ok(HostView {
+                        name: r.get(0)?,
+                        online: false,
+                        revoked: r.get::<_, Option<i64>>(4)?.is_some(),
+                        agent_version: r.get(5)?,
+                        enrolled_at: cutover_core::views::from_ms(r.get(1)?),
+                        last_seen: r
+                            .get::<_, Option<i64>>(6)?
+                            .and_then(cutover_core::views::from_ms),
+                        connected_since: None,
+                        cert_serial: r.get(2)?,
+                        cert_not_after: cutover_core::views::from_ms(r.get(3)?),
+                        services: serde_json::from_str(&inventory).unwrap_or_default(),
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+    }
+
+    // ---------------------------------------------------------- releases
+
+    pub fn release(&self, version: &str) -> Result<Option<StoredRelease>> {
+        self.with(|c| {
+            Ok(c.query_row(
+                "SELECT version, manifest, signatures, signed_by, imported_at FROM releases WHERE version = ?1",
+                [version],
+                release_row,
+            )
+            .optional()?)
+        })
+    }
+
+    pub fn releases(&self) -> Result<Vec<StoredRelease>> {
+        self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT version, manifest, signatures, signed_by, imported_at FROM releases ORDER BY imported_at",
+            )?;
+            let rows = stmt
+                .query_map([], release_row)?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+    }
+
+    pub fn missing_artifacts(&self, digests: &[String]) -> Result<Vec<String>> {
+        self.with(|c| {
+            let mut stmt = c.prepare("SELECT 1 FROM artifacts WHERE sha256 = ?1")?;
+            let mut missing = Vec::new();
+            for d in digests {
+                if !stmt.exists([d])? {
+                    missing.push(d.clone());
+                }
+            }
+            Ok(missing)
+        })
+    }
+
+    /// Records a verified release and its artifacts in one transaction.
+    pub fn insert_release(
+        &self,
+        release: &StoredRelease,
+        artifacts: &[(String, u64)],
+    ) -> Result<()> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            tx.execute(
+                "INSERT INTO releases (version, manifest, signatures, signed_by, imported_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    release.version,
+                    release.manifest,
+                    release.signatures,
+                    release.signed_by.join(","),
+                    release.imported_at
+                ],
+            )?;
+            for (sha, size) in artifacts {
+                tx.execute(
+                    "INSERT OR IGNORE INTO artifacts (sha256, size, stored_at) VALUES (?1, ?2, ?3)",
+                    params![sha, *size as i64, now_ms()],
+                )?;
+            }
+            insert_event(
+                &tx,
+                "release.imported",
+                None,
+                &format!("release {} signed by {}", release.version, release.signed_by.join(", ")),
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    // ---------------------------------------------------------- channels
+
+    pub fn set_channel(&self, name: &str, version: &str) -> Result<()> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            let exists: bool = tx
+                .prepare("SELECT 1 FROM releases WHERE version = ?1")?
+                .exists([version])?;
+            if !exists {
+                return Err(Error::NotFound(format!(
+                    "no release {version}; import it first with `cutover release import`"
+                )));
+            }
+            tx.execute(
+                "INSERT INTO channels (name, version, updated_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(name) DO UPDATE SET version = ?2, updated_at = ?3",
+                params![name, version, now_ms()],
+            )?;
+            insert_event(&tx, "channel.set", None, &format!("channel {name} -> {version}"))?;
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    pub fn set_default_channel(&self, name: &str) -> Result<()> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            let exists = tx
+                .prepare("SELECT 1 FROM channels WHERE name = ?1")?
+                .exists([name])?;
+            if !exists {
+                return Err(Error::NotFound(format!(
+                    "no channel {name:?}; create it with `cutover channel set {name} VERSION`"
+                )));
+            }
+            tx.execute(
+                "INSERT INTO settings (key, value) VALUES ('default_channel', ?1)
+                 ON CONFLICT(key) DO UPDATE SET value = ?1",
+                [name],
+            )?;
+            insert_event(&tx, "channel.default", None, &format!("default channel {name}"))?;
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    pub fn channels(&self) -> Result<Vec<ChannelView>> {
+        self.with(|c| {
+            let default: Option<String> = c
+                .query_row(
+                    "SELECT value FROM settings WHERE key = 'default_channel'",
+                    [],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let mut stmt =
+                c.prepare("SELECT name, version, updated_at FROM channels ORDER BY name")?;
+            let rows = stmt
+                .query_map([], |r| {
+                    let name: String = r.get(0)?;
+                    Ok(ChannelView {
+                        is_default: default.as_deref() == Some(name.as_str()),
+                        name,
+                        version: r.get(1)?,
+                        updated_at: cutover_core::views::from_ms(r.get(2)?),
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+    }
+}
+
+fn release_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRelease> {
+    let signed_by: String = r.get(3)?;
+    Ok(StoredRelease {
+        version: r.get(0)?,
+        manifest: r.get(1)?,
+        signatures: r.get(2)?,
+        signed_by: signed_by
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect(),
+        imported_at: r.get(4)?,
+    })
+}
+
+fn insert_event(c: &Connection, kind: &str, host: Option<&str>, detail: &str) -> Result<()> {
+    c.execute(
+        "INSERT INTO events (at, kind, host, detail) VALUES (?1, ?2, ?3, ?4)",
+        params![now_ms(), kind, host, detail],
+    )?;
+    Ok(())
+}
+
+fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {
+    let version: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if version > MIGRATIONS.len() {
+        return Err(Error::StoreSchema {
+            path: PathBuf::from(path),
+            problem: format!(
+                "schema version {version} is newer than this controller knows ({}); run a newer cutover-controller",
+                MIGRATIONS.len()
+            ),
+        });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", i + 1)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("state.db")).unwrap();
+        (dir, s)
+    }
+
+    fn issue(host: &str) -> Result<((), String, i64)> {
+        Ok(((), format!("serial-{host}"), now_ms() + 1000))
+    }
+
+    #[test]
+    fn token_is_used_once() {
+        let (_d, s) = store();
+        s.create_token("h1", "edge-1", now_ms() + 60_000).unwrap();
+        let (host, ()) = s.enroll("h1", issue).unwrap().unwrap();
+        assert_eq!(host, "edge-1");
+        match s.enroll("h1", issue).unwrap() {
+            Err(TokenProblem::Used { host, .. }) => assert_eq!(host, "edge-1"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(s.enroll("nope", issue).unwrap().unwrap_err(), TokenProblem::Unknown);
+        assert_eq!(s.hosts().unwrap()[0].cert_serial, "serial-edge-1");
+    }
+
+    #[test]
+    fn expired_token_and_revoked_host_are_refused() {
+        let (_d, s) = store();
+        s.create_token("old", "edge-1", now_ms() - 1).unwrap();
+        assert!(matches!(
+            s.enroll("old", issue).unwrap(),
+            Err(TokenProblem::Expired { .. })
+        ));
+        s.create_token("t", "edge-2", now_ms() + 60_000).unwrap();
+        s.create_token("t2", "edge-2", now_ms() + 60_000).unwrap();
+        s.enroll("t", issue).unwrap().unwrap();
+        assert!(s.revoke_host("edge-2").unwrap());
+        assert!(!s.revoke_host("edge-2").unwrap());
+        // The outstanding token died with the revocation; new ones are refused.
+        assert_eq!(s.enroll("t2", issue).unwrap().unwrap_err(), TokenProblem::Unknown);
+        assert!(s.create_token("t3", "edge-2", now_ms() + 60_000).is_err());
+        assert_eq!(s.revoked_hosts().unwrap(), vec!["edge-2"]);
+    }
+
+    #[test]
+    fn state_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        {
+            let s = Store::open(&path).unwrap();
+            s.create_token("h", "edge-1", now_ms() + 60_000).unwrap();
+            s.enroll("h", issue).unwrap().unwrap();
+            s.insert_release(
+                &StoredRelease {
+                    version: "1.0.0".into(),
+                    manifest: b"m".to_vec(),
+                    signatures: String::new(),
+                    signed_by: vec!["k".into()],
+                    imported_at: now_ms(),
+                },
+                &[("ab".into(), 3)],
+            )
+            .unwrap();
+            s.set_channel("stable", "1.0.0").unwrap();
+            s.set_default_channel("stable").unwrap();
+        }
+        let s = Store::open(&path).unwrap();
+        assert_eq!(s.hosts().unwrap().len(), 1);
+        assert_eq!(s.releases().unwrap()[0].signed_by, vec!["k"]);
+        assert!(s.channels().unwrap()[0].is_default);
+        assert!(s.missing_artifacts(&["ab".into()]).unwrap().is_empty());
+        assert!(s.set_channel("rc", "9.9.9").is_err());
+    }
+}

@@ -1,0 +1,19 @@
+//! Domain types shared by every cutover crate: content digests, release
+//! manifests and their signatures, the PKI and the TLS configurations built
+//! from it. Nothing here knows the wire format (that is `cutover-proto`).
+
+pub mod digest;
+pub mod error;
+pub mod fsutil;
+pub mod manifest;
+pub mod names;
+pub mod pki;
+pub mod signing;
+pub mod tls;
+pub mod views;
+
+pub use digest::Sha256Digest;
+pub use error::{Error, Result};
+
+/// Version of the cutover binaries, reported by agents and the controller.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,22 @@
+//! The cutover wire protocol: the generated gRPC services and messages, and
+//! their conversion to domain types. This is the only crate that knows prost.
+
+#![allow(clippy::large_enum_variant)]
+
+pub mod convert;
+
+/// Generated messages and services of `cutover.v1`.
+pub mod v1 {
+    #![allow(clippy::all, missing_docs, unreachable_pub)]
+    tonic::include_proto!("cutover.v1");
+}
+
+pub use v1::agent_client::AgentClient;
+pub use v1::agent_server::{Agent, AgentServer};
+pub use v1::operator_client::OperatorClient;
+pub use v1::operator_server::{Operator, OperatorServer};
+
+/// Largest message either side accepts (artifact chunks are 256 KiB).
+pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+/// Size of artifact chunks on the wire.
+pub const CHUNK_BYTES: usize = 256 * 1024;
