@@ -1,1 +1,94 @@
-fn main() {}
+//! `cutover-agent`: load config and identity (enrolling with a join token
+//! the first time), then hold the session until SIGINT/SIGTERM.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+#[derive(Parser)]
+#[command(name = "cutover-agent", version, about = "The cutover agent")]
+struct Args {
+    /// Configuration file (TOML).
+    #[arg(long, short, env = "CUTOVER_AGENT_CONFIG")]
+    config: PathBuf,
+    /// One-time join token from `cutover token create HOST`; needed only
+    /// until the agent has an identity.
+    #[arg(long, env = "CUTOVER_JOIN_TOKEN", hide_env_values = true)]
+    join_token: Option<String>,
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match args.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cutover-agent: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result: Result<(), cutover_agent::Error> = runtime.block_on(async {
+        let config = cutover_agent::Config::load(&args.config)?;
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+            cutover_core::Error::io(&config.data_dir, e)
+        })?;
+        let identity = match cutover_agent::identity::Identity::load(&config.data_dir)? {
+            Some(id) => id,
+            None => match &args.join_token {
+                Some(token) => cutover_agent::enroll::enroll(&config, token).await?,
+                None => {
+                    return Err(cutover_agent::Error::NoIdentity {
+                        data_dir: config.data_dir.clone(),
+                    })
+                }
+            },
+        };
+        tracing::info!(host = %identity.host, controller = %config.controller, "starting");
+        let agent = cutover_agent::session::Agent::new(config, identity)?;
+        cutover_agent::session::run(agent, shutdown_signal()).await;
+        Ok(())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cutover-agent: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+}

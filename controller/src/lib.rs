@@ -87,12 +87,27 @@ pub async fn serve(
         api::operator::OperatorApi::new(controller.clone()),
         api::operator::require_operator,
     );
-    tonic::transport::Server::builder()
+    let served = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .add_service(agent)
         .add_service(operator)
         .serve_with_incoming_shutdown(ReceiverStream::new(incoming), shutdown)
         .await
-        .map_err(|e| Error::Unavailable(format!("server: {e}")))
+        .map_err(|e| Error::Unavailable(format!("server: {e}")));
+    // Session tasks die with the runtime: record when each host was last
+    // heard from while we still can.
+    for session in controller.sessions.snapshot() {
+        let last_seen = session
+            .last_seen_ms
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if let Err(e) =
+            controller
+                .store
+                .record_disconnect(&session.host, last_seen, "controller shut down")
+        {
+            tracing::warn!(host = %session.host, error = %e, "could not record disconnect");
+        }
+    }
+    served
 }

@@ -111,7 +111,8 @@ pub fn init(opts: &InitOptions<'_>) -> Result<Vec<PathBuf>> {
     let now = OffsetDateTime::now_utc();
     let ca_key = new_key()?;
     let mut ca = CertificateParams::default();
-    ca.distinguished_name = dn("cutover CA");
+    // A unique subject: a foreign CA must never be mistaken for ours by name.
+    ca.distinguished_name = dn(&format!("cutover CA {:016x}", rand::random::<u64>()));
     ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     ca.not_before = now - Duration::minutes(5);

@@ -4,6 +4,7 @@
 #![allow(clippy::large_enum_variant)]
 
 pub mod convert;
+pub mod transport;
 
 /// Generated messages and services of `cutover.v1`.
 pub mod v1 {

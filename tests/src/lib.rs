@@ -1,1 +1,336 @@
-//! placeholder
+//! The system-test fixture: a throwaway world per test with its own PKI
+//! (made by the real `cutover pki init`), a real `cutover-controller` on a
+//! loopback port and real `cutover-agent` processes, driven through the
+//! real `cutover` CLI. Children are killed when the fixture drops.
+
+pub mod grpc;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub use serde_json::Value;
+
+/// Where cargo put the workspace's binaries (the test binary's grandparent).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target directory");
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: build the workspace first (`cargo build --workspace`), as the README's test command does",
+        path.display()
+    );
+    path
+}
+
+/// Polls `f` until it returns `Some`, or panics after `timeout` with the
+/// description of what was awaited.
+pub fn eventually<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free loopback port")
+}
+
+/// The result of one CLI run.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    fn from(o: Output) -> Run {
+        Run {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+
+    pub fn ok(self) -> Run {
+        assert_eq!(self.code, 0, "command failed: {self:?}");
+        self
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.stdout))
+    }
+
+    /// Asserts a failure with exit code 1 and a one-line error containing `needle`.
+    pub fn fails_with(&self, needle: &str) {
+        assert_eq!(self.code, 1, "expected failure: {self:?}");
+        let msg = self.stderr.trim();
+        assert!(!msg.contains('\n'), "error is not one line: {msg}");
+        assert!(msg.contains(needle), "error {msg:?} does not mention {needle:?}");
+    }
+}
+
+/// Options of the controller a test starts.
+#[derive(Clone)]
+pub struct ControllerOptions {
+    pub agent_cert_ttl: String,
+}
+
+impl Default for ControllerOptions {
+    fn default() -> Self {
+        ControllerOptions {
+            agent_cert_ttl: "7d".into(),
+        }
+    }
+}
+
+pub struct Fleet {
+    pub dir: tempfile::TempDir,
+    pub pki: PathBuf,
+    pub port: u16,
+    pub options: ControllerOptions,
+    controller: Option<Child>,
+    agents: BTreeMap<String, Child>,
+}
+
+impl Fleet {
+    /// A new world: PKI and release key made by the real CLI, no processes yet.
+    pub fn new() -> Fleet {
+        Self::with(ControllerOptions::default())
+    }
+
+    pub fn with(options: ControllerOptions) -> Fleet {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pki = dir.path().join("pki");
+        let fleet = Fleet {
+            pki: pki.clone(),
+            port: free_port(),
+            options,
+            controller: None,
+            agents: BTreeMap::new(),
+            dir,
+        };
+        fleet
+            .cli(&[
+                "pki",
+                "init",
+                "--dir",
+                pki.to_str().expect("utf-8 path"),
+                "--controller-host",
+                "127.0.0.1,localhost",
+            ])
+            .ok();
+        let key = fleet.path("release");
+        fleet
+            .cli(&["release", "keygen", "--out", key.to_str().expect("utf-8")])
+            .ok();
+        fleet
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the controller and waits until it answers operators.
+    pub fn start_controller(&mut self) {
+        let config = self.path("controller.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "listen = \"127.0.0.1:{}\"\ndata_dir = \"controller\"\nagent_cert_ttl = \"{}\"\n[tls]\nca_cert = \"pki/ca.pem\"\nca_key = \"pki/ca-key.pem\"\ncert = \"pki/controller.pem\"\nkey = \"pki/controller-key.pem\"\n[releases]\ntrusted_keys = [\"release.pub\"]\n",
+                self.port, self.options.agent_cert_ttl
+            ),
+        )
+        .expect("write controller config");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path("controller.log"))
+            .expect("controller log");
+        let child = Command::new(bin("cutover-controller"))
+            .arg("--config")
+            .arg(&config)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start controller");
+        self.controller = Some(child);
+        eventually(Duration::from_secs(20), "the controller to answer", || {
+            (self.cli(&["hosts"]).code == 0).then_some(())
+        });
+    }
+
+    /// SIGKILLs the controller: no chance to clean up.
+    pub fn kill_controller(&mut self) {
+        if let Some(mut c) = self.controller.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn controller_log(&self) -> String {
+        std::fs::read_to_string(self.path("controller.log")).unwrap_or_default()
+    }
+
+    /// Runs the real `cutover` CLI against this fleet's controller.
+    pub fn cli(&self, args: &[&str]) -> Run {
+        let out = Command::new(bin("cutover"))
+            .args(args)
+            .env("CUTOVER_CONTROLLER", self.url())
+            .env("CUTOVER_PKI_DIR", &self.pki)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run cutover");
+        Run::from(out)
+    }
+
+    pub fn cli_json(&self, args: &[&str]) -> Value {
+        let mut all = args.to_vec();
+        all.extend(["--output", "json"]);
+        self.cli(&all).ok().json()
+    }
+
+    pub fn token(&self, host: &str, ttl: &str) -> String {
+        self.cli(&["token", "create", host, "--ttl", ttl])
+            .ok()
+            .stdout
+            .trim()
+            .to_string()
+    }
+
+    pub fn agent_dir(&self, host: &str) -> PathBuf {
+        self.path(&format!("agent-{host}"))
+    }
+
+    fn agent_config(&self, host: &str, heartbeat: &str) -> PathBuf {
+        let config = self.path(&format!("{host}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "controller = \"{}\"\nca_cert = \"pki/ca.pem\"\ndata_dir = \"agent-{host}\"\nheartbeat_interval = \"{heartbeat}\"\nreconnect_max_backoff = \"1s\"\n",
+                self.url()
+            ),
+        )
+        .expect("write agent config");
+        config
+    }
+
+    /// Enrolls (with a fresh token) and starts an agent for `host`.
+    pub fn start_agent(&mut self, host: &str, heartbeat: &str) {
+        let token = self.token(host, "5m");
+        self.spawn_agent(host, heartbeat, Some(&token));
+    }
+
+    /// Starts an agent that already has its identity (or fails without one).
+    pub fn spawn_agent(&mut self, host: &str, heartbeat: &str, token: Option<&str>) {
+        let config = self.agent_config(host, heartbeat);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path(&format!("{host}.log")))
+            .expect("agent log");
+        let mut cmd = Command::new(bin("cutover-agent"));
+        cmd.arg("--config").arg(&config);
+        if let Some(t) = token {
+            cmd.arg("--join-token").arg(t);
+        }
+        let child = cmd
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start agent");
+        self.agents.insert(host.to_string(), child);
+    }
+
+    pub fn agent_pid(&self, host: &str) -> i32 {
+        self.agents[host].id() as i32
+    }
+
+    pub fn agent_exited(&mut self, host: &str) -> Option<i32> {
+        let child = self.agents.get_mut(host)?;
+        child.try_wait().ok().flatten().map(|s| s.code().unwrap_or(-1))
+    }
+
+    pub fn kill_agent(&mut self, host: &str) {
+        if let Some(mut c) = self.agents.remove(host) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn signal_agent(&self, host: &str, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.agent_pid(host)), signal)
+            .expect("signal agent");
+    }
+
+    pub fn agent_log(&self, host: &str) -> String {
+        std::fs::read_to_string(self.path(&format!("{host}.log"))).unwrap_or_default()
+    }
+
+    /// `cutover hosts --output json`, keyed by host name.
+    pub fn hosts(&self) -> BTreeMap<String, Value> {
+        let v = self.cli_json(&["hosts"]);
+        v.as_array()
+            .expect("hosts array")
+            .iter()
+            .map(|h| (h["name"].as_str().unwrap_or_default().to_string(), h.clone()))
+            .collect()
+    }
+
+    pub fn is_online(&self, host: &str) -> bool {
+        self.hosts()
+            .get(host)
+            .is_some_and(|h| h["online"] == Value::Bool(true))
+    }
+
+    pub fn wait_online(&self, host: &str) {
+        eventually(Duration::from_secs(20), &format!("{host} online"), || {
+            self.is_online(host).then_some(())
+        });
+    }
+}
+
+impl Default for Fleet {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        for (_, mut c) in std::mem::take(&mut self.agents) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.kill_controller();
+        if std::thread::panicking() {
+            // Leave the evidence where a failing test can be read.
+            eprintln!("--- controller log ---\n{}", self.controller_log());
+        }
+    }
+}

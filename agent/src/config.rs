@@ -1,0 +1,79 @@
+//! The agent's configuration file (TOML). Unknown keys are errors that name
+//! the key and the file; relative paths are relative to the file.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The controller, as `https://HOST:PORT`.
+    pub controller: String,
+    /// The CA certificate the controller's certificate must chain to.
+    pub ca_cert: PathBuf,
+    /// The agent's own state: its identity, releases, journal.
+    pub data_dir: PathBuf,
+    #[serde(with = "humantime_serde", default = "default_heartbeat")]
+    pub heartbeat_interval: Duration,
+    /// Upper bound of the jittered exponential reconnect backoff.
+    #[serde(with = "humantime_serde", default = "default_backoff")]
+    pub reconnect_max_backoff: Duration,
+}
+
+fn default_heartbeat() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_backoff() -> Duration {
+    Duration::from_secs(30)
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config> {
+        let config_err = |problem: String| Error::Config {
+            path: path.to_path_buf(),
+            problem,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| config_err(e.to_string()))?;
+        let mut c: Config = toml::from_str(&text).map_err(|e| {
+            config_err(e.to_string().split_whitespace().collect::<Vec<_>>().join(" "))
+        })?;
+        let base = path.parent().unwrap_or_else(|| Path::new("."));
+        for p in [&mut c.ca_cert, &mut c.data_dir] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        cutover_proto::transport::ControllerAddr::parse(&c.controller).map_err(config_err)?;
+        if c.heartbeat_interval < Duration::from_millis(100) {
+            return Err(config_err("heartbeat_interval must be at least 100ms".into()));
+        }
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_typos() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        std::fs::write(
+            &path,
+            "controller = \"https://127.0.0.1:7443\"\nca_cert = \"ca.pem\"\ndata_dir = \"data\"\n",
+        )
+        .unwrap();
+        let c = Config::load(&path).unwrap();
+        assert_eq!(c.heartbeat_interval, Duration::from_secs(10));
+        assert_eq!(c.data_dir, dir.path().join("data"));
+        std::fs::write(&path, "controler = \"https://x\"\n").unwrap();
+        let e = Config::load(&path).unwrap_err().to_string();
+        assert!(e.contains("agent.toml") && e.contains("unknown field `controler`"), "{e}");
+    }
+}

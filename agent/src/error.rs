@@ -1,0 +1,21 @@
+//! The agent's error type.
+
+use std::path::PathBuf;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("config {path}: {problem}")]
+    Config { path: PathBuf, problem: String },
+    #[error(transparent)]
+    Core(#[from] cutover_core::Error),
+    #[error("cannot reach the controller at {addr}: {detail}")]
+    Connect { addr: String, detail: String },
+    #[error("enrollment refused by the controller: {0}")]
+    EnrollRefused(String),
+    #[error("{0}")]
+    Session(String),
+    #[error("no identity in {data_dir}: start the agent once with --join-token (from `cutover token create HOST`)")]
+    NoIdentity { data_dir: PathBuf },
+}

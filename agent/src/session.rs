@@ -1,0 +1,263 @@
+//! The agent's session with the controller: dial out, hello with the
+//! inventory, heartbeats, replies to requests, certificate renewal at two
+//! thirds of its life, and reconnection with jittered exponential backoff.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cutover_core::views::{now_ms, InstalledService};
+use cutover_proto::transport::{connect, error_chain, ControllerAddr};
+use cutover_proto::v1::{self, agent_message::Msg as Out, controller_message::Msg as In};
+use cutover_proto::AgentClient;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::diag::SessionFigures;
+use crate::error::{Error, Result};
+use crate::identity::Identity;
+use crate::Config;
+
+/// Everything the session shares with request handlers.
+pub struct Agent {
+    pub config: Config,
+    pub addr: ControllerAddr,
+    ca: Vec<rustls::pki_types::CertificateDer<'static>>,
+    identity: Mutex<Identity>,
+    figures: Mutex<SessionFigures>,
+    started: Instant,
+}
+
+impl Agent {
+    pub fn new(config: Config, identity: Identity) -> Result<Arc<Agent>> {
+        let addr = ControllerAddr::parse(&config.controller).map_err(Error::Session)?;
+        let ca = cutover_core::tls::read_certs(&config.ca_cert)?;
+        Ok(Arc::new(Agent {
+            config,
+            addr,
+            ca,
+            identity: Mutex::new(identity),
+            figures: Mutex::new(SessionFigures::default()),
+            started: Instant::now(),
+        }))
+    }
+
+    pub fn identity(&self) -> Identity {
+        self.identity
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// What this host has installed. Nothing installs services yet; the
+    /// install pipeline will report its journal here.
+    pub fn inventory(&self) -> Vec<InstalledService> {
+        Vec::new()
+    }
+
+    fn figures(&self) -> SessionFigures {
+        *self.figures.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Keeps a session open until `shutdown` resolves.
+pub async fn run(agent: Arc<Agent>, shutdown: impl std::future::Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    let mut attempt: u32 = 0;
+    loop {
+        let outcome = tokio::select! {
+            _ = &mut shutdown => return,
+            o = session_once(&agent) => o,
+        };
+        match &outcome {
+            Ok(Ended { welcomed, reason }) => {
+                tracing::warn!(%reason, "session ended");
+                if *welcomed {
+                    attempt = 0;
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "session failed"),
+        }
+        let delay = backoff(attempt, agent.config.reconnect_max_backoff);
+        attempt = attempt.saturating_add(1);
+        tracing::info!(retry_in = ?delay, "reconnecting");
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+/// Full jitter: uniform in [0, min(max, 250ms * 2^attempt)], at least 50ms.
+pub fn backoff(attempt: u32, max: Duration) -> Duration {
+    let cap = Duration::from_millis(250)
+        .saturating_mul(1u32 << attempt.min(16))
+        .min(max);
+    let ms = rand::random::<u64>() % (cap.as_millis() as u64 + 1);
+    Duration::from_millis(ms.max(50))
+}
+
+struct Ended {
+    welcomed: bool,
+    reason: String,
+}
+
+async fn session_once(agent: &Arc<Agent>) -> Result<Ended> {
+    let identity = agent.identity();
+    let tls = cutover_core::tls::client_config(&agent.ca, Some(identity.rustls()?))?;
+    let channel = connect(&agent.addr, tls, Duration::from_secs(10))
+        .await
+        .map_err(|e| Error::Connect {
+            addr: agent.addr.to_string(),
+            detail: error_chain(&e),
+        })?;
+    let mut client = AgentClient::new(channel)
+        .max_decoding_message_size(cutover_proto::MAX_MESSAGE_BYTES);
+    let interval = agent.config.heartbeat_interval;
+    let (tx, rx) = mpsc::channel::<v1::AgentMessage>(64);
+    let send = |msg: Out| v1::AgentMessage { msg: Some(msg) };
+    let hello = send(Out::Hello(v1::Hello {
+        agent_version: cutover_core::VERSION.into(),
+        heartbeat_interval_ms: interval.as_millis() as u64,
+        inventory: cutover_proto::convert::services_to_wire(&agent.inventory()),
+        agent_started_at_ms: now_ms() - agent.started.elapsed().as_millis() as i64,
+    }));
+    tx.send(hello)
+        .await
+        .map_err(|_| Error::Session("session queue closed".into()))?;
+    let mut inbound = client
+        .session(ReceiverStream::new(rx))
+        .await
+        .map_err(|s| Error::Session(format!("controller refused the session: {}", status_text(&s))))?
+        .into_inner();
+
+    let mut welcomed = false;
+    let mut heartbeat = tokio::time::interval(interval);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seq: u64 = 0;
+    let mut last_sent: Option<(u64, Instant, i64)> = None;
+    let mut last_heard = Instant::now();
+    let mut pending_key: Option<String> = None;
+    let renew = tokio::time::sleep(until(identity.renew_at()));
+    tokio::pin!(renew);
+
+    loop {
+        tokio::select! {
+            _ = heartbeat.tick() => {
+                if last_heard.elapsed() > 3 * interval {
+                    return Ok(Ended { welcomed, reason: "controller silent for 3 heartbeat intervals".into() });
+                }
+                seq += 1;
+                let sent_ms = now_ms();
+                last_sent = Some((seq, Instant::now(), sent_ms));
+                if tx.send(send(Out::Heartbeat(v1::Heartbeat { seq, sent_at_ms: sent_ms }))).await.is_err() {
+                    return Ok(Ended { welcomed, reason: "session stream closed".into() });
+                }
+            }
+            _ = &mut renew, if pending_key.is_none() => {
+                let (key, csr) = cutover_core::pki::new_csr(&identity.host)?;
+                pending_key = Some(key);
+                tracing::info!("renewing certificate");
+                let _ = tx.send(send(Out::Renew(v1::RenewRequest { csr_pem: csr }))).await;
+            }
+            msg = inbound.message() => {
+                let msg = match msg {
+                    Ok(Some(m)) => m,
+                    Ok(None) => return Ok(Ended { welcomed, reason: "controller closed the session".into() }),
+                    Err(s) => return Ok(Ended { welcomed, reason: status_text(&s) }),
+                };
+                last_heard = Instant::now();
+                match msg.msg {
+                    Some(In::Welcome(w)) => {
+                        welcomed = true;
+                        tracing::info!(host = %w.host, controller = %w.controller_version, "session open");
+                    }
+                    Some(In::HeartbeatAck(ack)) => {
+                        if let Some((s, at, sent_ms)) = last_sent {
+                            if s == ack.seq {
+                                let rtt_ms = at.elapsed().as_secs_f64() * 1000.0;
+                                let offset = ack.server_time_ms as f64 - (sent_ms as f64 + rtt_ms / 2.0);
+                                *agent.figures.lock().unwrap_or_else(|p| p.into_inner()) =
+                                    SessionFigures { rtt_ms, clock_offset_ms: offset };
+                            }
+                        }
+                    }
+                    Some(In::Request(r)) => {
+                        let (agent, tx) = (agent.clone(), tx.clone());
+                        tokio::spawn(async move {
+                            let body = answer(&agent, r.body).await;
+                            let _ = tx.send(v1::AgentMessage {
+                                msg: Some(Out::Reply(v1::Reply { request_id: r.request_id, body: Some(body) })),
+                            }).await;
+                        });
+                    }
+                    Some(In::Renewed(r)) => {
+                        let Some(key) = pending_key.take() else { continue };
+                        if !r.error.is_empty() {
+                            tracing::warn!(error = %r.error, "renewal refused; retrying in a minute");
+                            renew.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(60));
+                            continue;
+                        }
+                        let fresh = Identity::from_pem(r.cert_pem, key)?;
+                        fresh.save(&agent.config.data_dir)?;
+                        tracing::info!(not_after = %cutover_core::manifest::rfc3339(fresh.not_after), "certificate renewed");
+                        renew.as_mut().reset(tokio::time::Instant::now() + until(fresh.renew_at()));
+                        *agent.identity.lock().unwrap_or_else(|p| p.into_inner()) = fresh;
+                    }
+                    None => {}
+                }
+            }
+        }
+    }
+}
+
+async fn answer(agent: &Arc<Agent>, body: Option<v1::request::Body>) -> v1::reply::Body {
+    match body {
+        Some(v1::request::Body::Diag(_)) => {
+            let a = agent.clone();
+            let report = tokio::task::spawn_blocking(move || {
+                crate::diag::gather(
+                    &a.config.data_dir,
+                    a.started.elapsed().as_secs(),
+                    a.figures(),
+                    a.inventory(),
+                )
+            })
+            .await;
+            match report {
+                Ok(r) => v1::reply::Body::Diag((&r).into()),
+                Err(e) => v1::reply::Body::Error(format!("diagnostics failed: {e}")),
+            }
+        }
+        None => v1::reply::Body::Error("request this agent does not understand; upgrade the agent".into()),
+    }
+}
+
+fn until(t: time::OffsetDateTime) -> Duration {
+    (t - time::OffsetDateTime::now_utc())
+        .try_into()
+        .unwrap_or(Duration::ZERO)
+}
+
+fn status_text(s: &tonic::Status) -> String {
+    if s.message().is_empty() {
+        error_chain(s)
+    } else {
+        format!("{:?}: {}", s.code(), s.message())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_is_jittered_and_capped() {
+        let max = Duration::from_secs(2);
+        for attempt in 0..40 {
+            let d = backoff(attempt, max);
+            assert!(d >= Duration::from_millis(50) && d <= max, "{d:?}");
+        }
+        let early: Vec<_> = (0..50).map(|_| backoff(0, max)).collect();
+        assert!(early.iter().all(|d| *d <= Duration::from_millis(250)));
+    }
+}

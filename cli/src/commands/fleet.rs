@@ -1,0 +1,208 @@
+//! `cutover hosts`, `status`, `diag`, `token create`, `host revoke`.
+
+use std::time::Duration;
+
+use cutover_core::views::{from_ms, DiagReport, HostView, InstalledService};
+use cutover_proto::v1;
+use serde::Serialize;
+
+use crate::client::ConnectArgs;
+use crate::error::{Error, Result};
+use crate::output::{self, Format};
+
+pub async fn token_create(c: &ConnectArgs, host: &str, ttl: Duration, out: Format) -> Result<()> {
+    let r = c
+        .operator()
+        .await?
+        .create_token(v1::CreateTokenRequest {
+            host: host.into(),
+            ttl_s: ttl.as_secs().max(1),
+        })
+        .await?
+        .into_inner();
+    let expires = output::when(from_ms(r.expires_at_ms));
+    if out == Format::Json {
+        output::json(&serde_json::json!({ "host": host, "token": r.token, "expires_at": expires }));
+    } else {
+        // The token alone on stdout, so that scripts can capture it.
+        println!("{}", r.token);
+        eprintln!("join token for host {host}, valid once until {expires}");
+    }
+    Ok(())
+}
+
+pub async fn revoke(c: &ConnectArgs, host: &str) -> Result<()> {
+    c.operator()
+        .await?
+        .revoke_host(v1::HostRequest { host: host.into() })
+        .await?;
+    println!("host {host} revoked; its session was cut and its certificate is refused from now on");
+    Ok(())
+}
+
+pub async fn fetch_hosts(c: &ConnectArgs) -> Result<Vec<HostView>> {
+    let list = c.operator().await?.list_hosts(v1::Empty {}).await?.into_inner();
+    list.hosts
+        .into_iter()
+        .map(|h| HostView::try_from(h).map_err(|e| Error::Rpc(e.to_string())))
+        .collect()
+}
+
+fn state(h: &HostView) -> &'static str {
+    if h.revoked {
+        "revoked"
+    } else if h.online {
+        "online"
+    } else {
+        "offline"
+    }
+}
+
+pub async fn hosts(c: &ConnectArgs, out: Format) -> Result<()> {
+    let hosts = fetch_hosts(c).await?;
+    if out == Format::Json {
+        output::json(&hosts);
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = hosts
+        .iter()
+        .map(|h| {
+            vec![
+                h.name.clone(),
+                state(h).into(),
+                if h.agent_version.is_empty() { "-".into() } else { h.agent_version.clone() },
+                output::when(h.last_seen),
+                output::when(h.cert_not_after),
+            ]
+        })
+        .collect();
+    output::table(&["HOST", "STATE", "AGENT", "LAST SEEN", "CERT EXPIRES"], &rows);
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct Status {
+    hosts_online: usize,
+    hosts_offline: usize,
+    hosts_revoked: usize,
+    hosts: Vec<HostView>,
+    channels: Vec<cutover_core::views::ChannelView>,
+    releases: Vec<cutover_core::views::ReleaseView>,
+}
+
+pub async fn status(c: &ConnectArgs, out: Format) -> Result<()> {
+    let hosts = fetch_hosts(c).await?;
+    let channels = super::release::channels(c).await?;
+    let releases = super::release::releases(c).await?;
+    let count = |s: &str| hosts.iter().filter(|h| state(h) == s).count();
+    let status = Status {
+        hosts_online: count("online"),
+        hosts_offline: count("offline"),
+        hosts_revoked: count("revoked"),
+        hosts,
+        channels,
+        releases,
+    };
+    if out == Format::Json {
+        output::json(&status);
+        return Ok(());
+    }
+    println!(
+        "hosts:    {} online, {} offline, {} revoked",
+        status.hosts_online, status.hosts_offline, status.hosts_revoked
+    );
+    if status.channels.is_empty() {
+        println!("channels: none (`cutover channel set NAME VERSION`)");
+    }
+    for ch in &status.channels {
+        let default = if ch.is_default { " (default)" } else { "" };
+        println!("channel:  {} -> {}{default}", ch.name, ch.version);
+    }
+    if status.releases.is_empty() {
+        println!("releases: none imported (`cutover release import MANIFEST`)");
+    }
+    for r in &status.releases {
+        println!(
+            "release:  {} ({} service(s), expires {})",
+            r.version,
+            r.services.len(),
+            output::when(r.expires)
+        );
+    }
+    println!();
+    let rows: Vec<Vec<String>> = status
+        .hosts
+        .iter()
+        .map(|h| vec![h.name.clone(), state(h).into(), services_line(&h.services)])
+        .collect();
+    output::table(&["HOST", "STATE", "RUNS"], &rows);
+    Ok(())
+}
+
+fn services_line(services: &[InstalledService]) -> String {
+    if services.is_empty() {
+        return "(nothing installed)".into();
+    }
+    services
+        .iter()
+        .map(|s| match &s.current {
+            Some(c) => format!("{}@{} [{}]", s.name, c.service_version, s.state),
+            None => format!("{} [{}]", s.name, s.state),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+pub async fn diag(c: &ConnectArgs, host: &str, out: Format) -> Result<()> {
+    let wire = c
+        .operator()
+        .await?
+        .diag(v1::HostRequest { host: host.into() })
+        .await?
+        .into_inner();
+    let d = DiagReport::try_from(wire).map_err(|e| Error::Rpc(e.to_string()))?;
+    if out == Format::Json {
+        output::json(&d);
+        return Ok(());
+    }
+    let rows = [
+        ("hostname", d.hostname.clone()),
+        ("os", d.os.clone()),
+        ("kernel", d.kernel.clone()),
+        ("cpus", d.cpus.to_string()),
+        ("load", format!("{:.2} {:.2} {:.2}", d.load[0], d.load[1], d.load[2])),
+        (
+            "memory",
+            format!(
+                "{} available of {}",
+                output::bytes(d.mem_available_bytes),
+                output::bytes(d.mem_total_bytes)
+            ),
+        ),
+        (
+            "disk",
+            format!(
+                "{} available of {} ({})",
+                output::bytes(d.disk_available_bytes),
+                output::bytes(d.disk_total_bytes),
+                d.data_dir
+            ),
+        ),
+        ("uptime", humantime::format_duration(Duration::from_secs(d.uptime_s)).to_string()),
+        (
+            "agent",
+            format!(
+                "{} (up {})",
+                d.agent_version,
+                humantime::format_duration(Duration::from_secs(d.agent_uptime_s))
+            ),
+        ),
+        ("session rtt", format!("{:.2} ms", d.rtt_ms)),
+        ("clock offset", format!("{:+.1} ms", d.clock_offset_ms)),
+        ("services", services_line(&d.services)),
+    ];
+    for (k, v) in rows {
+        println!("{k:<13} {v}");
+    }
+    Ok(())
+}

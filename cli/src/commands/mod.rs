@@ -1,0 +1,29 @@
+//! The CLI's commands, grouped by what they act on.
+
+pub mod fleet;
+pub mod release;
+
+use std::path::Path;
+
+use crate::error::{Error, Result};
+
+/// `cutover pki init`
+pub fn pki_init(dir: &Path, controller_hosts: &[String], operator: &str) -> Result<()> {
+    let hosts: Vec<String> = controller_hosts
+        .iter()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .collect();
+    if hosts.is_empty() {
+        return Err(Error::Usage("--controller-host needs at least one name".into()));
+    }
+    let written = cutover_core::pki::init(&cutover_core::pki::InitOptions {
+        dir,
+        controller_hosts: &hosts,
+        operator_name: operator,
+    })?;
+    for path in written {
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}

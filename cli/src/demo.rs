@@ -1,0 +1,226 @@
+//! `cutover demo`: a throwaway PKI, a controller on SQLite and three agents
+//! on loopback, started as child processes in a temporary directory. Shows
+//! the fleet, then stops everything cleanly (also on Ctrl-C).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::client::ConnectArgs;
+use crate::error::{Error, Result};
+use crate::output::Format;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct DemoArgs {
+    /// How many agents to start.
+    #[arg(long, default_value_t = 3)]
+    pub agents: usize,
+    /// Keep the demo fleet running until Ctrl-C (prints how to point the CLI at it).
+    #[arg(long)]
+    pub keep_running: bool,
+    /// Work in this directory instead of a temporary one (kept afterwards).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+}
+
+/// Child processes, stopped with SIGTERM (then SIGKILL) when dropped.
+struct Children(Vec<(String, Child)>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        use nix::sys::signal::{kill, Signal};
+        use nix::unistd::Pid;
+        for (_, child) in &self.0 {
+            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for (name, child) in &mut self.0 {
+            loop {
+                match child.try_wait() {
+                    Ok(Some(_)) | Err(_) => break,
+                    Ok(None) if Instant::now() > deadline => {
+                        eprintln!("demo: {name} did not stop in time; killing it");
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        break;
+                    }
+                    Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        }
+    }
+}
+
+/// Finds a sibling binary of the running `cutover` (same build directory).
+pub fn sibling_binary(name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe().map_err(|e| Error::Failed(format!("current exe: {e}")))?;
+    let dir = exe.parent().unwrap_or_else(|| Path::new("."));
+    let path = dir.join(name);
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(Error::Failed(format!(
+            "{} not found beside {}; build the whole workspace first (`cargo build --release`)",
+            path.display(),
+            exe.display()
+        )))
+    }
+}
+
+fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")
+        .map_err(|e| Error::Failed(format!("no free loopback port: {e}")))?;
+    l.local_addr()
+        .map(|a| a.port())
+        .map_err(|e| Error::Failed(e.to_string()))
+}
+
+fn write(path: &Path, text: &str) -> Result<()> {
+    std::fs::write(path, text).map_err(|e| Error::io(path, e))
+}
+
+fn spawn(bin: &Path, args: &[&str], log: &Path) -> Result<Child> {
+    let log_file = std::fs::File::create(log).map_err(|e| Error::io(log, e))?;
+    Command::new(bin)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log_file)
+        .spawn()
+        .map_err(|e| Error::Failed(format!("cannot start {}: {e}", bin.display())))
+}
+
+pub async fn run(args: DemoArgs) -> Result<()> {
+    if args.agents == 0 || args.agents > 50 {
+        return Err(Error::Usage("--agents must be between 1 and 50".into()));
+    }
+    let temp;
+    let dir = match &args.dir {
+        Some(d) => {
+            std::fs::create_dir_all(d).map_err(|e| Error::io(d, e))?;
+            d.clone()
+        }
+        None => {
+            temp = tempfile::Builder::new()
+                .prefix("cutover-demo-")
+                .tempdir()
+                .map_err(|e| Error::Failed(format!("temporary directory: {e}")))?;
+            temp.path().to_path_buf()
+        }
+    };
+    let mut children = Children(Vec::new());
+    tokio::select! {
+        r = demo(&args, &dir, &mut children) => r,
+        _ = tokio::signal::ctrl_c() => {
+            eprintln!("\ndemo: interrupted, stopping the fleet");
+            Ok(())
+        }
+    }
+}
+
+async fn demo(args: &DemoArgs, dir: &Path, children: &mut Children) -> Result<()> {
+    let controller_bin = sibling_binary("cutover-controller")?;
+    let agent_bin = sibling_binary("cutover-agent")?;
+    println!("demo: working in {}", dir.display());
+
+    let pki = dir.join("pki");
+    cutover_core::pki::init(&cutover_core::pki::InitOptions {
+        dir: &pki,
+        controller_hosts: &["127.0.0.1".into(), "localhost".into()],
+        operator_name: "demo",
+    })?;
+    cutover_core::signing::keygen(&dir.join("release"))?;
+    let port = free_port()?;
+    let config = dir.join("controller.toml");
+    write(
+        &config,
+        &format!(
+            "listen = \"127.0.0.1:{port}\"\ndata_dir = \"controller\"\n\n[tls]\nca_cert = \"pki/ca.pem\"\nca_key = \"pki/ca-key.pem\"\ncert = \"pki/controller.pem\"\nkey = \"pki/controller-key.pem\"\n\n[releases]\ntrusted_keys = [\"release.pub\"]\n"
+        ),
+    )?;
+    let config_arg = config.display().to_string();
+    children.0.push((
+        "controller".into(),
+        spawn(&controller_bin, &["--config", &config_arg], &dir.join("controller.log"))?,
+    ));
+    println!("demo: controller on https://127.0.0.1:{port} (SQLite in {}/controller)", dir.display());
+
+    let connect = ConnectArgs {
+        controller: format!("https://127.0.0.1:{port}"),
+        pki_dir: pki.clone(),
+        ca: None,
+        cert: None,
+        key: None,
+    };
+    let mut client = wait_for(Duration::from_secs(15), "the controller to listen", || connect.operator()).await?;
+
+    for i in 1..=args.agents {
+        let host = format!("edge-{i}");
+        let token = client
+            .create_token(cutover_proto::v1::CreateTokenRequest { host: host.clone(), ttl_s: 300 })
+            .await?
+            .into_inner()
+            .token;
+        let agent_config = dir.join(format!("{host}.toml"));
+        write(
+            &agent_config,
+            &format!(
+                "controller = \"https://127.0.0.1:{port}\"\nca_cert = \"pki/ca.pem\"\ndata_dir = \"{host}\"\nheartbeat_interval = \"1s\"\n"
+            ),
+        )?;
+        let cfg = agent_config.display().to_string();
+        children.0.push((
+            host.clone(),
+            spawn(&agent_bin, &["--config", &cfg, "--join-token", &token], &dir.join(format!("{host}.log")))?,
+        ));
+        println!("demo: agent {host} enrolling with a one-time join token");
+    }
+
+    let want = args.agents;
+    wait_for(Duration::from_secs(30), "every agent to come online", || async {
+        let hosts = crate::commands::fleet::fetch_hosts(&connect).await?;
+        let online = hosts.iter().filter(|h| h.online).count();
+        if online == want {
+            Ok(())
+        } else {
+            Err(Error::Failed(format!("{online} of {want} agents online")))
+        }
+    })
+    .await?;
+
+    println!("\n$ cutover status");
+    crate::commands::fleet::status(&connect, Format::Text).await?;
+    println!("\n$ cutover diag edge-1");
+    crate::commands::fleet::diag(&connect, "edge-1", Format::Text).await?;
+
+    if args.keep_running {
+        println!(
+            "\ndemo: fleet running. In another shell:\n  export CUTOVER_CONTROLLER=https://127.0.0.1:{port} CUTOVER_PKI_DIR={}\n  cutover hosts\nPress Ctrl-C to stop.",
+            pki.display()
+        );
+        std::future::pending::<()>().await;
+    }
+    println!("\ndemo: stopping the controller and agents");
+    Ok(())
+}
+
+/// Retries `f` until it succeeds or `timeout` passes; the last error says why.
+async fn wait_for<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        match f().await {
+            Ok(v) => return Ok(v),
+            Err(e) if Instant::now() > deadline => {
+                return Err(Error::Failed(format!(
+                    "gave up waiting for {what} after {}s: {e}",
+                    timeout.as_secs()
+                )))
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
