@@ -39,9 +39,7 @@ impl Config {
             problem,
         };
         let text = std::fs::read_to_string(path).map_err(|e| config_err(e.to_string()))?;
-        let mut c: Config = toml::from_str(&text).map_err(|e| {
-            config_err(e.to_string().split_whitespace().collect::<Vec<_>>().join(" "))
-        })?;
+        let mut c: Config = cutover_core::toml_text::parse(&text).map_err(config_err)?;
         let base = path.parent().unwrap_or_else(|| Path::new("."));
         for p in [&mut c.ca_cert, &mut c.data_dir] {
             if p.is_relative() {
@@ -50,7 +48,9 @@ impl Config {
         }
         cutover_proto::transport::ControllerAddr::parse(&c.controller).map_err(config_err)?;
         if c.heartbeat_interval < Duration::from_millis(100) {
-            return Err(config_err("heartbeat_interval must be at least 100ms".into()));
+            return Err(config_err(
+                "heartbeat_interval must be at least 100ms".into(),
+            ));
         }
         Ok(c)
     }
@@ -74,6 +74,9 @@ mod tests {
         assert_eq!(c.data_dir, dir.path().join("data"));
         std::fs::write(&path, "controler = \"https://x\"\n").unwrap();
         let e = Config::load(&path).unwrap_err().to_string();
-        assert!(e.contains("agent.toml") && e.contains("unknown field `controler`"), "{e}");
+        assert!(
+            e.contains("agent.toml") && e.contains("unknown field `controler`"),
+            "{e}"
+        );
     }
 }

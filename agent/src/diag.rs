@@ -76,11 +76,8 @@ fn meminfo_kib(meminfo: &str, key: &str) -> u64 {
 fn disk(path: &Path) -> (u64, u64) {
     match nix::sys::statvfs::statvfs(path) {
         Ok(s) => {
-            let frag = s.fragment_size() as u64;
-            (
-                s.blocks() as u64 * frag,
-                s.blocks_available() as u64 * frag,
-            )
+            let frag = s.fragment_size();
+            (s.blocks() * frag, s.blocks_available() * frag)
         }
         Err(_) => (0, 0),
     }
@@ -93,7 +90,10 @@ mod tests {
     #[test]
     fn parses_proc_formats() {
         assert_eq!(
-            meminfo_kib("MemTotal:       16314388 kB\nMemAvailable:   100 kB\n", "MemAvailable"),
+            meminfo_kib(
+                "MemTotal:       16314388 kB\nMemAvailable:   100 kB\n",
+                "MemAvailable"
+            ),
             100
         );
         assert_eq!(

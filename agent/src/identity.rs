@@ -78,9 +78,9 @@ impl Identity {
 }
 
 fn rustls_certs(pem: &str) -> Result<Vec<CertificateDer<'static>>> {
-    Ok(vec![CertificateDer::from(cutover_core::pki::first_cert_der(
-        pem,
-    )?)])
+    Ok(vec![CertificateDer::from(
+        cutover_core::pki::first_cert_der(pem)?,
+    )])
 }
 
 #[cfg(test)]

@@ -52,9 +52,8 @@ fn main() -> ExitCode {
     };
     let result: Result<(), cutover_agent::Error> = runtime.block_on(async {
         let config = cutover_agent::Config::load(&args.config)?;
-        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
-            cutover_core::Error::io(&config.data_dir, e)
-        })?;
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|e| cutover_core::Error::io(&config.data_dir, e))?;
         let identity = match cutover_agent::identity::Identity::load(&config.data_dir)? {
             Some(id) => id,
             None => match &args.join_token {

@@ -110,8 +110,8 @@ async fn session_once(agent: &Arc<Agent>) -> Result<Ended> {
             addr: agent.addr.to_string(),
             detail: error_chain(&e),
         })?;
-    let mut client = AgentClient::new(channel)
-        .max_decoding_message_size(cutover_proto::MAX_MESSAGE_BYTES);
+    let mut client =
+        AgentClient::new(channel).max_decoding_message_size(cutover_proto::MAX_MESSAGE_BYTES);
     let interval = agent.config.heartbeat_interval;
     let (tx, rx) = mpsc::channel::<v1::AgentMessage>(64);
     let send = |msg: Out| v1::AgentMessage { msg: Some(msg) };
@@ -127,7 +127,12 @@ async fn session_once(agent: &Arc<Agent>) -> Result<Ended> {
     let mut inbound = client
         .session(ReceiverStream::new(rx))
         .await
-        .map_err(|s| Error::Session(format!("controller refused the session: {}", status_text(&s))))?
+        .map_err(|s| {
+            Error::Session(format!(
+                "controller refused the session: {}",
+                status_text(&s)
+            ))
+        })?
         .into_inner();
 
     let mut welcomed = false;
@@ -228,7 +233,9 @@ async fn answer(agent: &Arc<Agent>, body: Option<v1::request::Body>) -> v1::repl
                 Err(e) => v1::reply::Body::Error(format!("diagnostics failed: {e}")),
             }
         }
-        None => v1::reply::Body::Error("request this agent does not understand; upgrade the agent".into()),
+        None => v1::reply::Body::Error(
+            "request this agent does not understand; upgrade the agent".into(),
+        ),
     }
 }
 

@@ -15,7 +15,12 @@ use crate::error::{Error, Result};
 #[derive(Debug, Clone, clap::Args)]
 pub struct ConnectArgs {
     /// The controller's address.
-    #[arg(long, global = true, env = "CUTOVER_CONTROLLER", default_value = "https://127.0.0.1:7443")]
+    #[arg(
+        long,
+        global = true,
+        env = "CUTOVER_CONTROLLER",
+        default_value = "https://127.0.0.1:7443"
+    )]
     pub controller: String,
     /// Directory made by `cutover pki init`: ca.pem, operator.pem, operator-key.pem.
     #[arg(long, global = true, env = "CUTOVER_PKI_DIR", default_value = "pki")]
@@ -49,6 +54,9 @@ impl ConnectArgs {
                 addr: addr.to_string(),
                 detail: error_chain(&e),
             })?;
-        Ok(OperatorClient::new(channel).max_decoding_message_size(cutover_proto::MAX_MESSAGE_BYTES))
+        Ok(
+            OperatorClient::new(channel)
+                .max_decoding_message_size(cutover_proto::MAX_MESSAGE_BYTES),
+        )
     }
 }

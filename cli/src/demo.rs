@@ -141,9 +141,16 @@ async fn demo(args: &DemoArgs, dir: &Path, children: &mut Children) -> Result<()
     let config_arg = config.display().to_string();
     children.0.push((
         "controller".into(),
-        spawn(&controller_bin, &["--config", &config_arg], &dir.join("controller.log"))?,
+        spawn(
+            &controller_bin,
+            &["--config", &config_arg],
+            &dir.join("controller.log"),
+        )?,
     ));
-    println!("demo: controller on https://127.0.0.1:{port} (SQLite in {}/controller)", dir.display());
+    println!(
+        "demo: controller on https://127.0.0.1:{port} (SQLite in {}/controller)",
+        dir.display()
+    );
 
     let connect = ConnectArgs {
         controller: format!("https://127.0.0.1:{port}"),
@@ -152,12 +159,18 @@ async fn demo(args: &DemoArgs, dir: &Path, children: &mut Children) -> Result<()
         cert: None,
         key: None,
     };
-    let mut client = wait_for(Duration::from_secs(15), "the controller to listen", || connect.operator()).await?;
+    let mut client = wait_for(Duration::from_secs(15), "the controller to listen", || {
+        connect.operator()
+    })
+    .await?;
 
     for i in 1..=args.agents {
         let host = format!("edge-{i}");
         let token = client
-            .create_token(cutover_proto::v1::CreateTokenRequest { host: host.clone(), ttl_s: 300 })
+            .create_token(cutover_proto::v1::CreateTokenRequest {
+                host: host.clone(),
+                ttl_s: 300,
+            })
             .await?
             .into_inner()
             .token;
@@ -171,21 +184,29 @@ async fn demo(args: &DemoArgs, dir: &Path, children: &mut Children) -> Result<()
         let cfg = agent_config.display().to_string();
         children.0.push((
             host.clone(),
-            spawn(&agent_bin, &["--config", &cfg, "--join-token", &token], &dir.join(format!("{host}.log")))?,
+            spawn(
+                &agent_bin,
+                &["--config", &cfg, "--join-token", &token],
+                &dir.join(format!("{host}.log")),
+            )?,
         ));
         println!("demo: agent {host} enrolling with a one-time join token");
     }
 
     let want = args.agents;
-    wait_for(Duration::from_secs(30), "every agent to come online", || async {
-        let hosts = crate::commands::fleet::fetch_hosts(&connect).await?;
-        let online = hosts.iter().filter(|h| h.online).count();
-        if online == want {
-            Ok(())
-        } else {
-            Err(Error::Failed(format!("{online} of {want} agents online")))
-        }
-    })
+    wait_for(
+        Duration::from_secs(30),
+        "every agent to come online",
+        || async {
+            let hosts = crate::commands::fleet::fetch_hosts(&connect).await?;
+            let online = hosts.iter().filter(|h| h.online).count();
+            if online == want {
+                Ok(())
+            } else {
+                Err(Error::Failed(format!("{online} of {want} agents online")))
+            }
+        },
+    )
     .await?;
 
     println!("\n$ cutover status");

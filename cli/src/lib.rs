@@ -16,7 +16,11 @@ pub use error::{Error, Result};
 use output::Format;
 
 #[derive(Parser)]
-#[command(name = "cutover", version, about = "Roll releases out across a fleet, safely")]
+#[command(
+    name = "cutover",
+    version,
+    about = "Roll releases out across a fleet, safely"
+)]
 pub struct Cli {
     #[command(flatten)]
     pub connect: client::ConnectArgs,

@@ -56,10 +56,11 @@ impl Config {
             path: path.to_path_buf(),
             problem: e.to_string(),
         })?;
-        let mut config: Config = toml::from_str(&text).map_err(|e| Error::Config {
-            path: path.to_path_buf(),
-            problem: e.to_string().split_whitespace().collect::<Vec<_>>().join(" "),
-        })?;
+        let mut config: Config =
+            cutover_core::toml_text::parse(&text).map_err(|problem| Error::Config {
+                path: path.to_path_buf(),
+                problem,
+            })?;
         let base = path.parent().unwrap_or_else(|| Path::new("."));
         config.resolve(base);
         if config.agent_cert_ttl < Duration::from_secs(3) {

@@ -35,7 +35,10 @@ fn main() -> ExitCode {
         LogFormat::Json => builder.json().init(),
     }
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("cutover-controller: cannot start runtime: {e}");

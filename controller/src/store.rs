@@ -123,20 +123,6 @@ impl Store {
         })
     }
 
-    pub fn events(&self, limit: usize) -> Result<Vec<(i64, String, Option<String>, String)>> {
-        self.with(|c| {
-            let mut stmt = c.prepare(
-                "SELECT at, kind, host, detail FROM events ORDER BY id DESC LIMIT ?1",
-            )?;
-            let rows = stmt
-                .query_map([limit as i64], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-                })?
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok(rows)
-        })
-    }
-
     // ------------------------------------------------------------- tokens
 
     pub fn create_token(&self, token_hash: &str, host: &str, expires_at: i64) -> Result<()> {
@@ -224,7 +210,12 @@ impl Store {
                 "UPDATE hosts SET cert_serial = ?2, cert_not_after = ?3 WHERE name = ?1",
                 params![host, serial, not_after],
             )?;
-            insert_event(&tx, "host.renewed", Some(host), &format!("certificate {serial}"))?;
+            insert_event(
+                &tx,
+                "host.renewed",
+                Some(host),
+                &format!("certificate {serial}"),
+            )?;
             tx.commit()?;
             Ok(())
         })
@@ -237,9 +228,11 @@ impl Store {
         self.with(|c| {
             let tx = c.transaction()?;
             let state: Option<Option<i64>> = tx
-                .query_row("SELECT revoked_at FROM hosts WHERE name = ?1", [host], |r| {
-                    r.get(0)
-                })
+                .query_row(
+                    "SELECT revoked_at FROM hosts WHERE name = ?1",
+                    [host],
+                    |r| r.get(0),
+                )
                 .optional()?;
             match state {
                 None => return Err(Error::NotFound(format!("no host named {host:?}"))),
@@ -250,7 +243,10 @@ impl Store {
                 "UPDATE hosts SET revoked_at = ?2 WHERE name = ?1",
                 params![host, now_ms()],
             )?;
-            tx.execute("DELETE FROM join_tokens WHERE host = ?1 AND used_at IS NULL", [host])?;
+            tx.execute(
+                "DELETE FROM join_tokens WHERE host = ?1 AND used_at IS NULL",
+                [host],
+            )?;
             insert_event(&tx, "host.revoked", Some(host), "revoked by operator")?;
             tx.commit()?;
             Ok(true)
@@ -418,7 +414,12 @@ impl Store {
                  ON CONFLICT(name) DO UPDATE SET version = ?2, updated_at = ?3",
                 params![name, version, now_ms()],
             )?;
-            insert_event(&tx, "channel.set", None, &format!("channel {name} -> {version}"))?;
+            insert_event(
+                &tx,
+                "channel.set",
+                None,
+                &format!("channel {name} -> {version}"),
+            )?;
             tx.commit()?;
             Ok(())
         })
@@ -440,7 +441,12 @@ impl Store {
                  ON CONFLICT(key) DO UPDATE SET value = ?1",
                 [name],
             )?;
-            insert_event(&tx, "channel.default", None, &format!("default channel {name}"))?;
+            insert_event(
+                &tx,
+                "channel.default",
+                None,
+                &format!("default channel {name}"),
+            )?;
             tx.commit()?;
             Ok(())
         })
@@ -540,7 +546,10 @@ mod tests {
             Err(TokenProblem::Used { host, .. }) => assert_eq!(host, "edge-1"),
             other => panic!("{other:?}"),
         }
-        assert_eq!(s.enroll("nope", issue).unwrap().unwrap_err(), TokenProblem::Unknown);
+        assert_eq!(
+            s.enroll("nope", issue).unwrap().unwrap_err(),
+            TokenProblem::Unknown
+        );
         assert_eq!(s.hosts().unwrap()[0].cert_serial, "serial-edge-1");
     }
 
@@ -558,7 +567,10 @@ mod tests {
         assert!(s.revoke_host("edge-2").unwrap());
         assert!(!s.revoke_host("edge-2").unwrap());
         // The outstanding token died with the revocation; new ones are refused.
-        assert_eq!(s.enroll("t2", issue).unwrap().unwrap_err(), TokenProblem::Unknown);
+        assert_eq!(
+            s.enroll("t2", issue).unwrap().unwrap_err(),
+            TokenProblem::Unknown
+        );
         assert!(s.create_token("t3", "edge-2", now_ms() + 60_000).is_err());
         assert_eq!(s.revoked_hosts().unwrap(), vec!["edge-2"]);
     }

@@ -10,6 +10,7 @@ pub mod names;
 pub mod pki;
 pub mod signing;
 pub mod tls;
+pub mod toml_text;
 pub mod views;
 
 pub use digest::Sha256Digest;

@@ -11,7 +11,7 @@ use crate::digest::Sha256Digest;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ManifestError {
-    #[error("manifest is not valid TOML: {0}")]
+    #[error("manifest: {0}")]
     Syntax(String),
     #[error("release {version}: {problem}")]
     Invalid { version: String, problem: String },
@@ -105,8 +105,7 @@ impl Manifest {
     /// Parses and validates a manifest. Does not check signatures or expiry
     /// (see [`Manifest::check_current`]) or artifact bytes.
     pub fn parse(text: &str) -> Result<Manifest, ManifestError> {
-        let raw: RawManifest =
-            toml::from_str(text).map_err(|e| ManifestError::Syntax(one_line(&e.to_string())))?;
+        let raw: RawManifest = crate::toml_text::parse(text).map_err(ManifestError::Syntax)?;
         let invalid = |problem: String| ManifestError::Invalid {
             version: raw.version.clone(),
             problem,
@@ -130,9 +129,8 @@ impl Manifest {
             .requires_intermediate
             .iter()
             .map(|v| {
-                semver::Version::parse(v).map_err(|e| {
-                    invalid(format!("requires_intermediate {v:?} is not semver: {e}"))
-                })
+                semver::Version::parse(v)
+                    .map_err(|e| invalid(format!("requires_intermediate {v:?} is not semver: {e}")))
             })
             .collect::<Result<Vec<_>, _>>()?;
         if raw.services.is_empty() {
@@ -285,7 +283,10 @@ fn image(raw: &RawImage) -> Result<Image, String> {
         .id
         .strip_prefix("sha256:")
         .ok_or_else(|| format!("image id {:?} must start with \"sha256:\"", raw.id))
-        .and_then(|hex| hex.parse::<Sha256Digest>().map_err(|e| format!("image id: {e}")))?;
+        .and_then(|hex| {
+            hex.parse::<Sha256Digest>()
+                .map_err(|e| format!("image id: {e}"))
+        })?;
     let tarball = match (&raw.tarball_sha256, raw.size, &raw.file) {
         (Some(sha256), Some(size), Some(file)) => {
             check_file_name(file)?;
@@ -337,8 +338,11 @@ fn datetime(field: &str, dt: &toml::value::Datetime) -> Result<OffsetDateTime, S
             "{field} = {dt} needs a date, a time and an offset, e.g. 2026-01-31T12:00:00Z"
         ));
     }
-    OffsetDateTime::parse(&dt.to_string(), &time::format_description::well_known::Rfc3339)
-        .map_err(|e| format!("{field} = {dt}: {e}"))
+    OffsetDateTime::parse(
+        &dt.to_string(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .map_err(|e| format!("{field} = {dt}: {e}"))
 }
 
 fn find_cycle<'a>(deps: &BTreeMap<&'a str, &'a [String]>) -> Option<Vec<&'a str>> {
@@ -386,10 +390,6 @@ fn find_cycle<'a>(deps: &BTreeMap<&'a str, &'a [String]>) -> Option<Vec<&'a str>
 pub fn rfc3339(t: OffsetDateTime) -> String {
     t.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_else(|_| t.to_string())
-}
-
-fn one_line(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 #[cfg(test)]
@@ -482,10 +482,14 @@ mod tests {
             "id = \"sha256:{SHA}\", tarball_sha256 = \"{SHA}\", size = 10, file = \"web.tar\""
         )))
         .unwrap();
-        assert!(err(&img(&format!("id = \"{SHA}\", reference = \"r/web@sha256:{SHA}\"")))
-            .contains("must start with \"sha256:\""));
-        assert!(err(&img(&format!("id = \"sha256:{SHA}\", reference = \"r/web:latest\"")))
-            .contains("must pin a digest"));
+        assert!(err(&img(&format!(
+            "id = \"{SHA}\", reference = \"r/web@sha256:{SHA}\""
+        )))
+        .contains("must start with \"sha256:\""));
+        assert!(err(&img(&format!(
+            "id = \"sha256:{SHA}\", reference = \"r/web:latest\""
+        )))
+        .contains("must pin a digest"));
     }
 
     #[test]

@@ -7,8 +7,7 @@ use std::path::{Path, PathBuf};
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
-    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
-    SerialNumber,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 use time::{Duration, OffsetDateTime};
 
@@ -47,7 +46,8 @@ pub struct PeerIdentity {
 impl PeerIdentity {
     pub fn from_der(der: &[u8]) -> Result<Self> {
         use x509_parser::prelude::*;
-        let (_, cert) = X509Certificate::from_der(der).map_err(|e| Error::pki("peer certificate", e))?;
+        let (_, cert) =
+            X509Certificate::from_der(der).map_err(|e| Error::pki("peer certificate", e))?;
         let mut role = Role::Other;
         if let Ok(Some(san)) = cert.subject_alternative_name() {
             for name in &san.value.general_names {
@@ -124,14 +124,16 @@ pub fn init(opts: &InitOptions<'_>) -> Result<Vec<PathBuf>> {
     let server_key = new_key()?;
     let mut server = leaf("cutover controller", now, Duration::days(825));
     for h in opts.controller_hosts {
-        server.subject_alt_names.push(match h.parse::<std::net::IpAddr>() {
-            Ok(ip) => SanType::IpAddress(ip),
-            Err(_) => SanType::DnsName(
-                h.clone()
-                    .try_into()
-                    .map_err(|e| Error::pki(format!("controller host {h:?}"), e))?,
-            ),
-        });
+        server
+            .subject_alt_names
+            .push(match h.parse::<std::net::IpAddr>() {
+                Ok(ip) => SanType::IpAddress(ip),
+                Err(_) => SanType::DnsName(
+                    h.clone()
+                        .try_into()
+                        .map_err(|e| Error::pki(format!("controller host {h:?}"), e))?,
+                ),
+            });
     }
     server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     let server_cert = server
@@ -296,7 +298,9 @@ mod tests {
             .unwrap();
         // The CSR asks for another name; the CA ignores it.
         let (_key, csr) = new_csr("evil-host").unwrap();
-        let issued = ca.issue_host_cert(&csr, "edge-1", Duration::days(7)).unwrap();
+        let issued = ca
+            .issue_host_cert(&csr, "edge-1", Duration::days(7))
+            .unwrap();
         let id = PeerIdentity::from_pem(&issued.pem).unwrap();
         assert_eq!(id.role, Role::Host("edge-1".into()));
         assert_eq!(id.serial, issued.serial);

@@ -62,9 +62,7 @@ pub struct SignatureEntry {
 
 impl SignatureFile {
     pub fn parse(text: &str) -> Result<Self, SignatureError> {
-        toml::from_str(text).map_err(|e| {
-            SignatureError::Malformed(e.to_string().split_whitespace().collect::<Vec<_>>().join(" "))
-        })
+        crate::toml_text::parse(text).map_err(SignatureError::Malformed)
     }
 
     pub fn to_toml(&self) -> String {
@@ -74,7 +72,8 @@ impl SignatureFile {
     /// Adds (or replaces) the signature of `key` over `manifest`.
     pub fn sign(&mut self, manifest: &[u8], key: &SigningKey) {
         let id = key_id(&key.verifying_key());
-        let signature = base64::engine::general_purpose::STANDARD.encode(key.sign(manifest).to_bytes());
+        let signature =
+            base64::engine::general_purpose::STANDARD.encode(key.sign(manifest).to_bytes());
         self.signatures.retain(|s| s.key_id != id);
         self.signatures.push(SignatureEntry {
             key_id: id,
@@ -93,7 +92,9 @@ pub struct TrustedKeys {
 impl TrustedKeys {
     pub fn new(keys: Vec<VerifyingKey>, threshold: usize) -> Result<Self> {
         if threshold == 0 {
-            return Err(Error::Invalid("signature threshold must be at least 1".into()));
+            return Err(Error::Invalid(
+                "signature threshold must be at least 1".into(),
+            ));
         }
         let keys: BTreeMap<_, _> = keys.into_iter().map(|k| (key_id(&k), k)).collect();
         if keys.len() < threshold {

@@ -71,7 +71,10 @@ pub fn parse_key(pem: &str, what: &str) -> Result<PrivateKeyDer<'static>> {
 }
 
 pub fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>> {
-    parse_key(&read_to_string(path)?, &format!("private key {}", path.display()))
+    parse_key(
+        &read_to_string(path)?,
+        &format!("private key {}", path.display()),
+    )
 }
 
 fn roots(ca: &[CertificateDer<'static>]) -> Result<RootCertStore> {
@@ -152,7 +155,9 @@ impl ClientCertVerifier for RevocationAwareVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> std::result::Result<ClientCertVerified, rustls::Error> {
-        let verified = self.inner.verify_client_cert(end_entity, intermediates, now)?;
+        let verified = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)?;
         if let Ok(PeerIdentity {
             role: Role::Host(host),
             ..

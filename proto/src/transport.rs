@@ -170,6 +170,8 @@ mod tests {
         let a = ControllerAddr::parse("https://ctl.example:9000").unwrap();
         assert_eq!((a.host.as_str(), a.port), ("ctl.example", 9000));
         assert_eq!(ControllerAddr::parse("https://[::1]").unwrap().host, "::1");
-        assert!(ControllerAddr::parse("http://x:1").unwrap_err().contains("https://"));
+        assert!(ControllerAddr::parse("http://x:1")
+            .unwrap_err()
+            .contains("https://"));
     }
 }

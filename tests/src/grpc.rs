@@ -25,7 +25,9 @@ impl Presented {
     /// An agent's `identity.pem` holds both.
     pub fn from_identity(path: &Path) -> Presented {
         let text = std::fs::read_to_string(path).expect("identity");
-        let at = text.find("-----BEGIN PRIVATE KEY-----").expect("key in identity");
+        let at = text
+            .find("-----BEGIN PRIVATE KEY-----")
+            .expect("key in identity");
         Presented {
             cert_pem: text[..at].to_string(),
             key_pem: text[at..].to_string(),
@@ -42,7 +44,11 @@ pub fn runtime() -> tokio::runtime::Runtime {
 
 /// Connects with `presented` (or no certificate). A refused handshake may
 /// surface here or on the first call; both are returned as text.
-pub async fn channel(url: &str, ca: &Path, presented: Option<&Presented>) -> Result<Channel, String> {
+pub async fn channel(
+    url: &str,
+    ca: &Path,
+    presented: Option<&Presented>,
+) -> Result<Channel, String> {
     let addr = ControllerAddr::parse(url)?;
     let ca = cutover_core::tls::read_certs(ca).map_err(|e| e.to_string())?;
     let identity = presented.map(|p| {

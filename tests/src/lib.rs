@@ -82,7 +82,10 @@ impl Run {
         assert_eq!(self.code, 1, "expected failure: {self:?}");
         let msg = self.stderr.trim();
         assert!(!msg.contains('\n'), "error is not one line: {msg}");
-        assert!(msg.contains(needle), "error {msg:?} does not mention {needle:?}");
+        assert!(
+            msg.contains(needle),
+            "error {msg:?} does not mention {needle:?}"
+        );
     }
 }
 
@@ -273,7 +276,11 @@ impl Fleet {
 
     pub fn agent_exited(&mut self, host: &str) -> Option<i32> {
         let child = self.agents.get_mut(host)?;
-        child.try_wait().ok().flatten().map(|s| s.code().unwrap_or(-1))
+        child
+            .try_wait()
+            .ok()
+            .flatten()
+            .map(|s| s.code().unwrap_or(-1))
     }
 
     pub fn kill_agent(&mut self, host: &str) {
@@ -298,7 +305,12 @@ impl Fleet {
         v.as_array()
             .expect("hosts array")
             .iter()
-            .map(|h| (h["name"].as_str().unwrap_or_default().to_string(), h.clone()))
+            .map(|h| {
+                (
+                    h["name"].as_str().unwrap_or_default().to_string(),
+                    h.clone(),
+                )
+            })
             .collect()
     }
 

@@ -27,7 +27,10 @@ fn enrolled_host_is_online_with_its_fields() {
     )
     .unwrap();
     let left = not_after - time::OffsetDateTime::now_utc();
-    assert!(left > time::Duration::days(6) && left <= time::Duration::days(7), "{left}");
+    assert!(
+        left > time::Duration::days(6) && left <= time::Duration::days(7),
+        "{left}"
+    );
     // The agent keeps its key to itself: identity.pem is private.
     let mode = std::os::unix::fs::PermissionsExt::mode(
         &std::fs::metadata(f.agent_dir("edge-1").join("identity.pem"))
@@ -88,7 +91,10 @@ fn tokens_are_one_time_and_expire() {
     let issued = enroll(&token).unwrap();
     assert_eq!(issued.host, "edge-1");
     let reused = enroll(&token).unwrap_err();
-    assert!(reused.contains("Unauthenticated") && reused.contains("already used"), "{reused}");
+    assert!(
+        reused.contains("Unauthenticated") && reused.contains("already used"),
+        "{reused}"
+    );
 
     let short = f.token("edge-2", "1s");
     std::thread::sleep(Duration::from_millis(1500));
@@ -119,7 +125,8 @@ fn the_door_refuses_the_wrong_certificates() {
     let ca = f.pki.join("ca.pem");
     let rt = grpc::runtime();
     let agent_id = Presented::from_identity(&f.agent_dir("edge-1").join("identity.pem"));
-    let operator_id = Presented::from_files(&f.pki.join("operator.pem"), &f.pki.join("operator-key.pem"));
+    let operator_id =
+        Presented::from_files(&f.pki.join("operator.pem"), &f.pki.join("operator-key.pem"));
     let list_hosts = |p: Option<&Presented>| {
         rt.block_on(async {
             let ch = grpc::channel(&f.url(), &ca, p).await?;
@@ -150,15 +157,27 @@ fn the_door_refuses_the_wrong_certificates() {
 
     // No certificate at all.
     let e = list_hosts(None).unwrap_err();
-    assert!(e.contains("Unauthenticated") && e.contains("needs a client certificate"), "{e}");
+    assert!(
+        e.contains("Unauthenticated") && e.contains("needs a client certificate"),
+        "{e}"
+    );
     let e = open_session(None).unwrap_err();
-    assert!(e.contains("Unauthenticated") && e.contains("host certificate"), "{e}");
+    assert!(
+        e.contains("Unauthenticated") && e.contains("host certificate"),
+        "{e}"
+    );
 
     // An agent certificate on the operator API; an operator certificate as an agent.
     let e = list_hosts(Some(&agent_id)).unwrap_err();
-    assert!(e.contains("PermissionDenied") && e.contains("agent certificate"), "{e}");
+    assert!(
+        e.contains("PermissionDenied") && e.contains("agent certificate"),
+        "{e}"
+    );
     let e = open_session(Some(&operator_id)).unwrap_err();
-    assert!(e.contains("PermissionDenied") && e.contains("operator"), "{e}");
+    assert!(
+        e.contains("PermissionDenied") && e.contains("operator"),
+        "{e}"
+    );
 
     // A certificate from another CA, through the real CLI.
     let other = tempfile::tempdir().unwrap();
@@ -178,11 +197,17 @@ fn the_door_refuses_the_wrong_certificates() {
     run.fails_with("not issued by the controller's CA");
 
     // An expired certificate signed by our own CA.
-    let ours = cutover_core::pki::CertificateAuthority::load(&ca, &f.pki.join("ca-key.pem")).unwrap();
+    let ours =
+        cutover_core::pki::CertificateAuthority::load(&ca, &f.pki.join("ca-key.pem")).unwrap();
     let (key_pem, csr) = cutover_core::pki::new_csr("edge-9").unwrap();
     let now = time::OffsetDateTime::now_utc();
     let expired = ours
-        .issue_host_cert_valid(&csr, "edge-9", now - time::Duration::days(2), now - time::Duration::days(1))
+        .issue_host_cert_valid(
+            &csr,
+            "edge-9",
+            now - time::Duration::days(2),
+            now - time::Duration::days(1),
+        )
         .unwrap();
     let e = open_session(Some(&Presented {
         cert_pem: expired.pem,
@@ -205,10 +230,14 @@ fn revoked_host_is_cut_within_a_second_and_refused_after() {
     let identity = Presented::from_identity(&f.agent_dir("edge-1").join("identity.pem"));
     f.cli(&["host", "revoke", "edge-1"]).ok();
     let cut = std::time::Instant::now();
-    eventually(Duration::from_secs(1), "the revoked session to be cut", || {
-        let h = &f.hosts()["edge-1"];
-        (h["online"] == false && h["revoked"] == true).then_some(())
-    });
+    eventually(
+        Duration::from_secs(1),
+        "the revoked session to be cut",
+        || {
+            let h = &f.hosts()["edge-1"];
+            (h["online"] == false && h["revoked"] == true).then_some(())
+        },
+    );
     assert!(cut.elapsed() < Duration::from_secs(1));
     // The agent's reconnects are refused at the handshake.
     let rt = grpc::runtime();

@@ -41,7 +41,12 @@ pub async fn revoke(c: &ConnectArgs, host: &str) -> Result<()> {
 }
 
 pub async fn fetch_hosts(c: &ConnectArgs) -> Result<Vec<HostView>> {
-    let list = c.operator().await?.list_hosts(v1::Empty {}).await?.into_inner();
+    let list = c
+        .operator()
+        .await?
+        .list_hosts(v1::Empty {})
+        .await?
+        .into_inner();
     list.hosts
         .into_iter()
         .map(|h| HostView::try_from(h).map_err(|e| Error::Rpc(e.to_string())))
@@ -70,13 +75,20 @@ pub async fn hosts(c: &ConnectArgs, out: Format) -> Result<()> {
             vec![
                 h.name.clone(),
                 state(h).into(),
-                if h.agent_version.is_empty() { "-".into() } else { h.agent_version.clone() },
+                if h.agent_version.is_empty() {
+                    "-".into()
+                } else {
+                    h.agent_version.clone()
+                },
                 output::when(h.last_seen),
                 output::when(h.cert_not_after),
             ]
         })
         .collect();
-    output::table(&["HOST", "STATE", "AGENT", "LAST SEEN", "CERT EXPIRES"], &rows);
+    output::table(
+        &["HOST", "STATE", "AGENT", "LAST SEEN", "CERT EXPIRES"],
+        &rows,
+    );
     Ok(())
 }
 
@@ -170,7 +182,10 @@ pub async fn diag(c: &ConnectArgs, host: &str, out: Format) -> Result<()> {
         ("os", d.os.clone()),
         ("kernel", d.kernel.clone()),
         ("cpus", d.cpus.to_string()),
-        ("load", format!("{:.2} {:.2} {:.2}", d.load[0], d.load[1], d.load[2])),
+        (
+            "load",
+            format!("{:.2} {:.2} {:.2}", d.load[0], d.load[1], d.load[2]),
+        ),
         (
             "memory",
             format!(
@@ -188,7 +203,10 @@ pub async fn diag(c: &ConnectArgs, host: &str, out: Format) -> Result<()> {
                 d.data_dir
             ),
         ),
-        ("uptime", humantime::format_duration(Duration::from_secs(d.uptime_s)).to_string()),
+        (
+            "uptime",
+            humantime::format_duration(Duration::from_secs(d.uptime_s)).to_string(),
+        ),
         (
             "agent",
             format!(

@@ -15,7 +15,9 @@ pub fn pki_init(dir: &Path, controller_hosts: &[String], operator: &str) -> Resu
         .filter(|h| !h.is_empty())
         .collect();
     if hosts.is_empty() {
-        return Err(Error::Usage("--controller-host needs at least one name".into()));
+        return Err(Error::Usage(
+            "--controller-host needs at least one name".into(),
+        ));
     }
     let written = cutover_core::pki::init(&cutover_core::pki::InitOptions {
         dir,

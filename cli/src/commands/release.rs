@@ -17,7 +17,10 @@ pub fn keygen(out: &Path) -> Result<()> {
     let (key, public, id) = signing::keygen(out)?;
     println!("release key {id}");
     println!("  secret: {} (keep it offline)", key.display());
-    println!("  public: {} (list it in the controller's trusted_keys)", public.display());
+    println!(
+        "  public: {} (list it in the controller's trusted_keys)",
+        public.display()
+    );
     Ok(())
 }
 
@@ -176,7 +179,12 @@ pub async fn import(
 }
 
 pub async fn releases(c: &ConnectArgs) -> Result<Vec<ReleaseView>> {
-    let list = c.operator().await?.list_releases(v1::Empty {}).await?.into_inner();
+    let list = c
+        .operator()
+        .await?
+        .list_releases(v1::Empty {})
+        .await?
+        .into_inner();
     list.releases
         .into_iter()
         .map(|r| ReleaseView::try_from(r).map_err(|e| Error::Rpc(e.to_string())))
@@ -230,7 +238,12 @@ pub async fn channel_default(c: &ConnectArgs, name: &str) -> Result<()> {
 }
 
 pub async fn channels(c: &ConnectArgs) -> Result<Vec<ChannelView>> {
-    let list = c.operator().await?.list_channels(v1::Empty {}).await?.into_inner();
+    let list = c
+        .operator()
+        .await?
+        .list_channels(v1::Empty {})
+        .await?
+        .into_inner();
     Ok(list.channels.into_iter().map(Into::into).collect())
 }
 
@@ -246,7 +259,11 @@ pub async fn channel_list(c: &ConnectArgs, out: Format) -> Result<()> {
             vec![
                 ch.name.clone(),
                 ch.version.clone(),
-                if ch.is_default { "yes".into() } else { String::new() },
+                if ch.is_default {
+                    "yes".into()
+                } else {
+                    String::new()
+                },
                 output::when(ch.updated_at),
             ]
         })

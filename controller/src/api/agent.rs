@@ -99,7 +99,9 @@ impl Agent for AgentApi {
     ) -> Result<Response<Self::SessionStream>, Status> {
         let (host, identity) = super::require_host(&req)?;
         if self.c.revoked.contains(&host) {
-            return Err(Status::permission_denied(format!("host {host:?} is revoked")));
+            return Err(Status::permission_denied(format!(
+                "host {host:?} is revoked"
+            )));
         }
         let mut inbound = req.into_inner();
         let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
@@ -112,8 +114,8 @@ impl Agent for AgentApi {
         };
         let inventory = cutover_proto::convert::services_from_wire(hello.inventory)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let interval = Duration::from_millis(hello.heartbeat_interval_ms)
-            .clamp(MIN_HEARTBEAT, MAX_HEARTBEAT);
+        let interval =
+            Duration::from_millis(hello.heartbeat_interval_ms).clamp(MIN_HEARTBEAT, MAX_HEARTBEAT);
         let known = {
             let (host, version) = (host.clone(), hello.agent_version.clone());
             self.c
@@ -239,7 +241,11 @@ async fn renew(c: &Controller, host: &str, csr_pem: String) -> crate::Result<Str
     let ttl = time::Duration::try_from(c.config.agent_cert_ttl)
         .map_err(|e| crate::Error::Internal(e.to_string()))?;
     let cert = c.ca.issue_host_cert(&csr_pem, host, ttl)?;
-    let (h, serial, not_after) = (host.to_string(), cert.serial.clone(), to_ms(Some(cert.not_after)));
+    let (h, serial, not_after) = (
+        host.to_string(),
+        cert.serial.clone(),
+        to_ms(Some(cert.not_after)),
+    );
     c.store
         .run(move |s| s.record_renewal(&h, &serial, not_after))
         .await?;

@@ -79,9 +79,11 @@ pub async fn import(
         let all: Vec<String> = expected.keys().map(|d| d.to_hex()).collect();
         let missing = c.store.run(move |s| s.missing_artifacts(&all)).await?;
         for hex in &missing {
-            let digest: Sha256Digest = hex
-                .parse()
-                .map_err(|e: cutover_core::digest::DigestParseError| Error::Internal(e.to_string()))?;
+            let digest: Sha256Digest =
+                hex.parse()
+                    .map_err(|e: cutover_core::digest::DigestParseError| {
+                        Error::Internal(e.to_string())
+                    })?;
             if !received.contains(&digest) {
                 let e = &expected[&digest];
                 return Err(Error::Invalid(format!(
@@ -99,10 +101,8 @@ pub async fn import(
             signed_by: signed_by.clone(),
             imported_at: now_ms(),
         };
-        let artifacts: Vec<(String, u64)> = expected
-            .iter()
-            .map(|(d, e)| (d.to_hex(), e.size))
-            .collect();
+        let artifacts: Vec<(String, u64)> =
+            expected.iter().map(|(d, e)| (d.to_hex(), e.size)).collect();
         let inserted = c
             .store
             .run(move |s| s.insert_release(&release, &artifacts))

@@ -121,7 +121,10 @@ impl Operator for OperatorApi {
         }))
     }
 
-    async fn revoke_host(&self, req: Request<v1::HostRequest>) -> Result<Response<v1::Empty>, Status> {
+    async fn revoke_host(
+        &self,
+        req: Request<v1::HostRequest>,
+    ) -> Result<Response<v1::Empty>, Status> {
         let host = req.into_inner().host;
         name("host", &host)?;
         let h = host.clone();
@@ -142,13 +145,20 @@ impl Operator for OperatorApi {
         }))
     }
 
-    async fn diag(&self, req: Request<v1::HostRequest>) -> Result<Response<v1::DiagReport>, Status> {
+    async fn diag(
+        &self,
+        req: Request<v1::HostRequest>,
+    ) -> Result<Response<v1::DiagReport>, Status> {
         let host = req.into_inner().host;
         name("host", &host)?;
         let body = self
             .c
             .sessions
-            .request(&host, v1::request::Body::Diag(v1::DiagRequest {}), DIAG_TIMEOUT)
+            .request(
+                &host,
+                v1::request::Body::Diag(v1::DiagRequest {}),
+                DIAG_TIMEOUT,
+            )
             .await?;
         match body {
             v1::reply::Body::Diag(d) => Ok(Response::new(d)),
@@ -166,7 +176,11 @@ impl Operator for OperatorApi {
                 .map_err(|e| Status::invalid_argument(e.to_string()))?;
             digests.push(d.to_hex());
         }
-        let missing = self.c.store.run(move |s| s.missing_artifacts(&digests)).await?;
+        let missing = self
+            .c
+            .store
+            .run(move |s| s.missing_artifacts(&digests))
+            .await?;
         Ok(Response::new(v1::ArtifactDigests { sha256: missing }))
     }
 
@@ -189,7 +203,10 @@ impl Operator for OperatorApi {
         }
     }
 
-    async fn list_releases(&self, _req: Request<v1::Empty>) -> Result<Response<v1::ReleaseList>, Status> {
+    async fn list_releases(
+        &self,
+        _req: Request<v1::Empty>,
+    ) -> Result<Response<v1::ReleaseList>, Status> {
         let stored = self.c.store.run(|s| s.releases()).await?;
         let releases = stored
             .iter()
@@ -198,28 +215,39 @@ impl Operator for OperatorApi {
         Ok(Response::new(v1::ReleaseList { releases }))
     }
 
-    async fn set_channel(&self, req: Request<v1::SetChannelRequest>) -> Result<Response<v1::Empty>, Status> {
+    async fn set_channel(
+        &self,
+        req: Request<v1::SetChannelRequest>,
+    ) -> Result<Response<v1::Empty>, Status> {
         let r = req.into_inner();
         name("channel", &r.name)?;
         let version = semver::Version::parse(&r.version)
             .map_err(|e| Status::invalid_argument(format!("version {:?}: {e}", r.version)))?
             .to_string();
-        self.c.store.run(move |s| s.set_channel(&r.name, &version)).await?;
+        self.c
+            .store
+            .run(move |s| s.set_channel(&r.name, &version))
+            .await?;
         Ok(Response::new(v1::Empty {}))
     }
 
-    async fn set_default_channel(&self, req: Request<v1::ChannelName>) -> Result<Response<v1::Empty>, Status> {
+    async fn set_default_channel(
+        &self,
+        req: Request<v1::ChannelName>,
+    ) -> Result<Response<v1::Empty>, Status> {
         let n = req.into_inner().name;
         name("channel", &n)?;
         self.c.store.run(move |s| s.set_default_channel(&n)).await?;
         Ok(Response::new(v1::Empty {}))
     }
 
-    async fn list_channels(&self, _req: Request<v1::Empty>) -> Result<Response<v1::ChannelList>, Status> {
+    async fn list_channels(
+        &self,
+        _req: Request<v1::Empty>,
+    ) -> Result<Response<v1::ChannelList>, Status> {
         let channels = self.c.store.run(|s| s.channels()).await?;
         Ok(Response::new(v1::ChannelList {
             channels: channels.iter().map(Into::into).collect(),
         }))
     }
 }
-

@@ -1,0 +1,93 @@
+//! `cutover demo`, the README's main job: it shows a live fleet and leaves
+//! no process behind, whether it ends by itself or by Ctrl-C.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use cutover_tests::{bin, eventually};
+
+/// Processes whose command line mentions `dir`.
+fn processes_under(dir: &Path) -> Vec<String> {
+    let needle = dir.to_str().unwrap();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| {
+            let cmdline = std::fs::read(e.ok()?.path().join("cmdline")).ok()?;
+            let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            text.contains(needle).then_some(text)
+        })
+        .collect()
+}
+
+#[test]
+fn demo_shows_three_online_agents_and_stops_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("demo");
+    let out = Command::new(bin("cutover"))
+        .args(["demo", "--dir", work.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("hosts:    3 online, 0 offline, 0 revoked"),
+        "{stdout}"
+    );
+    for host in ["edge-1", "edge-2", "edge-3"] {
+        assert!(stdout.contains(&format!("{host}  online")), "{stdout}");
+    }
+    assert!(stdout.contains("session rtt"), "{stdout}");
+    assert!(
+        processes_under(&work).is_empty(),
+        "{:?}",
+        processes_under(&work)
+    );
+}
+
+#[test]
+fn demo_stops_cleanly_on_ctrl_c() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("demo");
+    let mut child = Command::new(bin("cutover"))
+        .args(["demo", "--keep-running", "--dir", work.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let lines = BufReader::new(stdout).lines();
+    let mut seen = String::new();
+    for line in lines {
+        let line = line.unwrap();
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.contains("Press Ctrl-C") {
+            break;
+        }
+    }
+    assert!(seen.contains("3 online"), "{seen}");
+    assert_eq!(
+        processes_under(&work).len(),
+        5,
+        "controller, three agents and the demo"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let status = eventually(Duration::from_secs(15), "the demo to exit", || {
+        child.try_wait().unwrap()
+    });
+    assert!(status.success(), "{status:?}");
+    assert!(
+        processes_under(&work).is_empty(),
+        "{:?}",
+        processes_under(&work)
+    );
+}
