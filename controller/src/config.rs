@@ -19,6 +19,10 @@ pub struct Config {
     /// Lifetime of host certificates issued at enrollment and renewal.
     #[serde(with = "humantime_serde", default = "default_cert_ttl")]
     pub agent_cert_ttl: Duration,
+    /// Paces each artifact download to at most this many bytes per second
+    /// (unset: as fast as the network goes).
+    #[serde(default)]
+    pub fetch_rate_limit: Option<u64>,
     pub tls: TlsConfig,
     pub releases: ReleasesConfig,
 }

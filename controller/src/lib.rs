@@ -5,6 +5,7 @@ pub mod api;
 pub mod artifacts;
 pub mod config;
 pub mod error;
+pub mod rollout;
 pub mod server;
 pub mod sessions;
 pub mod store;
@@ -31,6 +32,8 @@ pub struct Controller {
     pub trusted_keys: TrustedKeys,
     pub revoked: RevokedHosts,
     pub artifacts: artifacts::ArtifactStore,
+    pub rollouts: rollout::driver::Rollouts,
+    inbox: std::sync::Mutex<Option<rollout::driver::Inbox>>,
 }
 
 impl Controller {
@@ -47,6 +50,7 @@ impl Controller {
             config.releases.signature_threshold,
         )?;
         let artifacts = artifacts::ArtifactStore::open(&config.data_dir.join("artifacts"))?;
+        let (rollouts, inbox) = rollout::driver::Rollouts::new();
         Ok(Arc::new(Controller {
             config,
             store,
@@ -55,6 +59,8 @@ impl Controller {
             trusted_keys,
             revoked,
             artifacts,
+            rollouts,
+            inbox: std::sync::Mutex::new(Some(inbox)),
         }))
     }
 }
@@ -80,6 +86,13 @@ pub async fn serve(
         .map_err(|e| Error::Internal(e.to_string()))?;
     tracing::info!(addr = %local, "cutover-controller listening");
     let incoming = server::incoming(listener, Arc::new(server_config));
+    let inbox = controller
+        .inbox
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
+        .ok_or_else(|| Error::Internal("serve called twice".into()))?;
+    let driver = tokio::spawn(rollout::driver::run(controller.clone(), inbox));
 
     let agent = AgentServer::new(api::agent::AgentApi::new(controller.clone()))
         .max_decoding_message_size(cutover_proto::MAX_MESSAGE_BYTES);
@@ -95,6 +108,7 @@ pub async fn serve(
         .serve_with_incoming_shutdown(ReceiverStream::new(incoming), shutdown)
         .await
         .map_err(|e| Error::Unavailable(format!("server: {e}")));
+    driver.abort();
     // Session tasks die with the runtime: record when each host was last
     // heard from while we still can.
     for session in controller.sessions.snapshot() {

@@ -72,11 +72,22 @@ pub struct NewSession {
     pub tx: mpsc::Sender<Outbound>,
 }
 
-#[derive(Default)]
 pub struct Sessions {
     by_host: Mutex<HashMap<String, Arc<Session>>>,
     next_id: AtomicU64,
     next_request: AtomicU64,
+}
+
+impl Default for Sessions {
+    /// Session ids start at a random point so that ids a rollout stored
+    /// before a controller restart never match a new session.
+    fn default() -> Self {
+        Sessions {
+            by_host: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(rand::random::<u64>() >> 2),
+            next_request: AtomicU64::new(0),
+        }
+    }
 }
 
 impl Sessions {

@@ -4,10 +4,12 @@
 
 pub mod digest;
 pub mod error;
+pub mod fleet;
 pub mod fsutil;
 pub mod manifest;
 pub mod names;
 pub mod pki;
+pub mod rollout;
 pub mod signing;
 pub mod tls;
 pub mod toml_text;

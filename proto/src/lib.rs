@@ -3,6 +3,7 @@
 
 #![allow(clippy::large_enum_variant)]
 
+pub mod commands;
 pub mod convert;
 pub mod transport;
 

@@ -91,6 +91,77 @@ impl Agent for AgentApi {
         }
     }
 
+    type FetchStream = ReceiverStream<Result<v1::FetchChunk, Status>>;
+
+    async fn fetch(
+        &self,
+        req: Request<v1::FetchRequest>,
+    ) -> Result<Response<Self::FetchStream>, Status> {
+        let (host, _) = super::require_host(&req)?;
+        if self.c.revoked.contains(&host) {
+            return Err(Status::permission_denied(format!(
+                "host {host:?} is revoked"
+            )));
+        }
+        let v1::FetchRequest { sha256, offset } = req.into_inner();
+        let digest = cutover_core::Sha256Digest::parse_prefixed(&sha256)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let path = self.c.artifacts.path(&digest);
+        let mut file = std::fs::File::open(&path).map_err(|_| {
+            Status::not_found(format!(
+                "artifact {digest} is not in the controller's store"
+            ))
+        })?;
+        let size = file
+            .metadata()
+            .map_err(|e| Status::internal(e.to_string()))?
+            .len();
+        if offset > size {
+            return Err(Status::out_of_range(format!(
+                "offset {offset} is past the end of artifact {digest} ({size} bytes)"
+            )));
+        }
+        tracing::info!(%host, artifact = %digest, offset, size, "artifact fetch");
+        let rate = self.c.config.fetch_rate_limit;
+        let (tx, rx) = mpsc::channel(4);
+        tokio::task::spawn_blocking(move || {
+            use std::io::{Read, Seek};
+            if let Err(e) = file.seek(std::io::SeekFrom::Start(offset)) {
+                let _ = tx.blocking_send(Err(Status::internal(e.to_string())));
+                return;
+            }
+            let started = std::time::Instant::now();
+            let mut sent: u64 = 0;
+            let mut buf = vec![0u8; cutover_proto::CHUNK_BYTES];
+            loop {
+                let n = match file.read(&mut buf) {
+                    Ok(0) => return,
+                    Ok(n) => n,
+                    Err(e) => {
+                        let _ = tx.blocking_send(Err(Status::internal(e.to_string())));
+                        return;
+                    }
+                };
+                if tx
+                    .blocking_send(Ok(v1::FetchChunk {
+                        data: buf[..n].to_vec(),
+                    }))
+                    .is_err()
+                {
+                    return;
+                }
+                sent += n as u64;
+                if let Some(rate) = rate.filter(|r| *r > 0) {
+                    let due = Duration::from_secs_f64(sent as f64 / rate as f64);
+                    if let Some(wait) = due.checked_sub(started.elapsed()) {
+                        std::thread::sleep(wait);
+                    }
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
     type SessionStream = ReceiverStream<Outbound>;
 
     async fn session(
@@ -231,6 +302,13 @@ async fn handle(c: &Controller, session: &Session, m: v1::AgentMessage) {
             };
             let _ = session.tx.send(out(Out::Renewed(msg))).await;
         }
+        Some(In::Report(r)) => match cutover_core::rollout::Report::try_from(r) {
+            Ok(report) => {
+                tracing::info!(host = %session.host, command = %report.command_id, ok = report.ok, "report");
+                c.rollouts.report(session.host.clone(), report).await;
+            }
+            Err(e) => tracing::warn!(host = %session.host, error = %e, "ignored malformed report"),
+        },
         Some(In::Hello(_)) | None => {
             tracing::debug!(host = %session.host, "ignored unexpected message");
         }

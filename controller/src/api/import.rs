@@ -33,7 +33,7 @@ pub async fn import(
         Ok(_) => return Err(Error::Invalid("import must start with the manifest".into())),
         Err(e) => return Err(Error::Invalid(format!("import stream: {}", e.message()))),
     };
-    let (manifest, signed_by) = verify(c, &header)?;
+    let (manifest, signed_by) = verify(c, &header.manifest, &header.signatures)?;
     let version = manifest.version.to_string();
 
     let existing = {
@@ -130,14 +130,19 @@ pub async fn import(
     result
 }
 
-/// Signature first, then the manifest's own rules, then its expiry.
-fn verify(c: &Controller, header: &v1::ImportHeader) -> Result<(Manifest, Vec<String>)> {
-    let sigs = SignatureFile::parse(&header.signatures).map_err(cutover_core::Error::from)?;
+/// Signature first, then the manifest's own rules, then its expiry. Plans
+/// verify stored releases again with this too.
+pub(crate) fn verify(
+    c: &Controller,
+    manifest: &[u8],
+    signatures: &str,
+) -> Result<(Manifest, Vec<String>)> {
+    let sigs = SignatureFile::parse(signatures).map_err(cutover_core::Error::from)?;
     let signed_by = c
         .trusted_keys
-        .verify(&header.manifest, &sigs)
+        .verify(manifest, &sigs)
         .map_err(cutover_core::Error::from)?;
-    let text = std::str::from_utf8(&header.manifest)
+    let text = std::str::from_utf8(manifest)
         .map_err(|_| Error::Invalid("manifest is not UTF-8 text".into()))?;
     let manifest = Manifest::parse(text).map_err(cutover_core::Error::from)?;
     manifest

@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod import;
 pub mod operator;
+pub mod rollouts;
 
 use cutover_core::pki::{PeerIdentity, Role};
 use tonic::{Request, Status};

@@ -12,8 +12,10 @@ use cutover_proto::v1;
 use cutover_proto::Operator;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::rollouts::{self, Ask};
 use crate::error::Error;
 use crate::Controller;
+use cutover_proto::commands::to_json;
 
 const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(15 * 60);
 const MAX_TOKEN_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -44,7 +46,7 @@ impl OperatorApi {
         OperatorApi { c }
     }
 
-    async fn hosts(&self) -> Result<Vec<HostView>, Error> {
+    pub(crate) async fn hosts(&self) -> Result<Vec<HostView>, Error> {
         let mut hosts = self.c.store.run(|s| s.hosts()).await?;
         let now = now_ms();
         for h in &mut hosts {
@@ -250,4 +252,121 @@ impl Operator for OperatorApi {
             channels: channels.iter().map(Into::into).collect(),
         }))
     }
+
+    async fn apply_fleet(
+        &self,
+        req: Request<v1::FleetDocument>,
+    ) -> Result<Response<v1::FleetDocument>, Status> {
+        let doc = req.into_inner();
+        let file = if doc.file.is_empty() {
+            "fleet config".to_string()
+        } else {
+            doc.file.clone()
+        };
+        rollouts::apply_fleet(&self.c, &file, doc.toml.clone()).await?;
+        tracing::info!(%file, "fleet config applied");
+        Ok(Response::new(v1::FleetDocument {
+            applied_at_ms: now_ms(),
+            ..doc
+        }))
+    }
+
+    async fn get_fleet(
+        &self,
+        _req: Request<v1::Empty>,
+    ) -> Result<Response<v1::FleetDocument>, Status> {
+        let (toml, applied_at_ms) = self.c.store.run(|s| s.fleet()).await?.ok_or_else(|| {
+            Status::not_found(
+                "no fleet config yet; apply one with `cutover fleet apply FLEET.toml`",
+            )
+        })?;
+        Ok(Response::new(v1::FleetDocument {
+            file: String::new(),
+            toml,
+            applied_at_ms,
+        }))
+    }
+
+    async fn plan(
+        &self,
+        req: Request<v1::PlanRequest>,
+    ) -> Result<Response<v1::JsonDocument>, Status> {
+        let plan = rollouts::make_plan(&self.c, &ask(req.into_inner())?, false).await?;
+        Ok(Response::new(to_json(&plan)))
+    }
+
+    async fn upgrade(
+        &self,
+        req: Request<v1::UpgradeRequest>,
+    ) -> Result<Response<v1::JsonDocument>, Status> {
+        let r = req.into_inner();
+        let ask = ask(r.plan.unwrap_or_default())?;
+        let started = rollouts::upgrade(&self.c, &ask, r.no_rollback).await?;
+        Ok(Response::new(to_json(&started)))
+    }
+
+    async fn rollback(
+        &self,
+        req: Request<v1::RollbackRequest>,
+    ) -> Result<Response<v1::JsonDocument>, Status> {
+        let r = req.into_inner();
+        name("service", &r.service)?;
+        let started = rollouts::rollback(&self.c, r.service, r.to_version, r.allow_offline).await?;
+        Ok(Response::new(to_json(&started)))
+    }
+
+    async fn list_rollouts(
+        &self,
+        req: Request<v1::ListRolloutsRequest>,
+    ) -> Result<Response<v1::JsonDocument>, Status> {
+        let limit = match req.into_inner().limit {
+            0 => 50,
+            n => n.min(1000) as usize,
+        };
+        let list = self.c.store.run(move |s| s.rollouts(limit)).await?;
+        Ok(Response::new(to_json(&list)))
+    }
+
+    async fn get_rollout(
+        &self,
+        req: Request<v1::RolloutId>,
+    ) -> Result<Response<v1::JsonDocument>, Status> {
+        let detail = rollouts::detail(&self.c, req.into_inner().id).await?;
+        Ok(Response::new(to_json(&detail)))
+    }
+
+    async fn control_rollout(
+        &self,
+        req: Request<v1::ControlRolloutRequest>,
+    ) -> Result<Response<v1::JsonDocument>, Status> {
+        let r = req.into_inner();
+        let rollout = rollouts::control(&self.c, r.id, &r.action).await?;
+        Ok(Response::new(to_json(&rollout)))
+    }
+
+    async fn events(
+        &self,
+        req: Request<v1::EventsRequest>,
+    ) -> Result<Response<v1::JsonDocument>, Status> {
+        let r = req.into_inner();
+        let rollout = (r.rollout != 0).then_some(r.rollout);
+        let limit = if r.limit == 0 {
+            100
+        } else {
+            r.limit.min(10_000) as usize
+        };
+        let events = self.c.store.run(move |s| s.events(rollout, limit)).await?;
+        Ok(Response::new(to_json(&events)))
+    }
+}
+
+fn ask(r: v1::PlanRequest) -> Result<Ask, Status> {
+    for s in &r.services {
+        name("service", s)?;
+    }
+    Ok(Ask {
+        services: r.services,
+        version: r.version,
+        allow_offline: r.allow_offline,
+    })
 }

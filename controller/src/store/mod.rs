@@ -1,5 +1,6 @@
 //! The controller's durable state in SQLite: hosts, join tokens, releases,
-//! artifacts, channels and the event log, under a versioned schema.
+//! artifacts, channels and the event log, under a versioned schema; the
+//! fleet config and rollouts are in [`rollouts`].
 //! Heartbeats never reach this module; it is written on enrollment,
 //! session start and end, imports and operator changes.
 
@@ -11,8 +12,12 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use crate::error::{Error, Result};
 
+mod rollouts;
+pub use rollouts::LogLine;
+
 /// Each entry upgrades the schema by one version; never edit a landed one.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE hosts (
     name           TEXT PRIMARY KEY,
     enrolled_at    INTEGER NOT NULL,
@@ -58,7 +63,26 @@ CREATE TABLE events (
     host   TEXT,
     detail TEXT NOT NULL
 );
-"#];
+"#,
+    r#"
+CREATE TABLE fleet (
+    id         INTEGER PRIMARY KEY CHECK (id = 1),
+    toml       TEXT NOT NULL,
+    applied_at INTEGER NOT NULL
+);
+CREATE TABLE rollouts (
+    id         INTEGER PRIMARY KEY,
+    status     TEXT NOT NULL,
+    release    TEXT NOT NULL,
+    services   TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    state      TEXT NOT NULL
+);
+ALTER TABLE events ADD COLUMN rollout INTEGER;
+CREATE INDEX events_by_rollout ON events (rollout);
+"#,
+];
 
 /// A cheaply cloneable handle on the store. Calls block; async code runs
 /// them through [`Store::run`].
@@ -98,7 +122,7 @@ impl Store {
         })
     }
 
-    fn with<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T>) -> Result<T> {
+    pub(crate) fn with<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T>) -> Result<T> {
         let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         f(&mut conn)
     }
@@ -494,7 +518,12 @@ fn release_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRelease> {
     })
 }
 
-fn insert_event(c: &Connection, kind: &str, host: Option<&str>, detail: &str) -> Result<()> {
+pub(crate) fn insert_event(
+    c: &Connection,
+    kind: &str,
+    host: Option<&str>,
+    detail: &str,
+) -> Result<()> {
     c.execute(
         "INSERT INTO events (at, kind, host, detail) VALUES (?1, ?2, ?3, ?4)",
         params![now_ms(), kind, host, detail],

@@ -1,0 +1,239 @@
+//! Operator calls about the fleet config, plans and rollouts. The operator
+//! service delegates here; planning itself is pure ([`crate::rollout::plan`]).
+
+use std::sync::Arc;
+
+use cutover_core::fleet::FleetConfig;
+use cutover_core::rollout::{
+    HostMove, Plan, Rollout, RolloutDetail, RolloutKind, ServicePlan, Started,
+};
+use cutover_core::views::now_ms;
+
+use crate::error::{Error, Result};
+use crate::rollout::driver::Action;
+use crate::rollout::new_rollout;
+use crate::rollout::plan::{plan, HostState, PlanRequest};
+use crate::Controller;
+
+/// What the operator asked to plan.
+pub struct Ask {
+    pub services: Vec<String>,
+    pub version: String,
+    pub allow_offline: bool,
+}
+
+pub async fn apply_fleet(c: &Controller, file: &str, toml: String) -> Result<FleetConfig> {
+    let fleet = FleetConfig::parse(file, &toml)?;
+    let summary = format!(
+        "{}: {} service(s), {} host(s) with labels",
+        file,
+        fleet.services.len(),
+        fleet.hosts.len()
+    );
+    c.store.run(move |s| s.apply_fleet(&toml, &summary)).await?;
+    Ok(fleet)
+}
+
+async fn fleet(c: &Controller) -> Result<FleetConfig> {
+    let stored = c.store.run(|s| s.fleet()).await?;
+    let (toml, _) = stored.ok_or_else(|| {
+        Error::Invalid(
+            "no fleet config yet; apply one with `cutover fleet apply FLEET.toml`".into(),
+        )
+    })?;
+    FleetConfig::parse("stored fleet config", &toml).map_err(Error::from)
+}
+
+/// A channel name, an exact version, or "" for the default channel.
+async fn resolve(c: &Controller, version: &str) -> Result<String> {
+    let channels = c.store.run(|s| s.channels()).await?;
+    if version.is_empty() {
+        return channels
+            .iter()
+            .find(|ch| ch.is_default)
+            .map(|ch| ch.version.clone())
+            .ok_or_else(|| {
+                Error::Invalid(
+                    "no --version given and no default channel; pass --version or set one with `cutover channel default NAME`"
+                        .into(),
+                )
+            });
+    }
+    if let Some(ch) = channels.iter().find(|ch| ch.name == version) {
+        return Ok(ch.version.clone());
+    }
+    Ok(version.to_string())
+}
+
+async fn hosts(c: &Arc<Controller>) -> Result<Vec<HostState>> {
+    let views = super::operator::OperatorApi::new(c.clone()).hosts().await?;
+    Ok(views
+        .into_iter()
+        .map(|h| HostState {
+            name: h.name,
+            online: h.online,
+            revoked: h.revoked,
+            installed: h.services,
+        })
+        .collect())
+}
+
+pub async fn make_plan(c: &Arc<Controller>, ask: &Ask, instant: bool) -> Result<Plan> {
+    let fleet = fleet(c).await?;
+    let version = resolve(c, &ask.version).await?;
+    let v = version.clone();
+    let stored = c.store.run(move |s| s.release(&v)).await?.ok_or_else(|| {
+        Error::NotFound(format!(
+            "release {version} is not imported; see `cutover release list`"
+        ))
+    })?;
+    let (manifest, _) = super::import::verify(c, &stored.manifest, &stored.signatures)?;
+    let hosts = hosts(c).await?;
+    plan(&PlanRequest {
+        manifest: &manifest,
+        fleet: &fleet,
+        hosts: &hosts,
+        services: &ask.services,
+        allow_offline: ask.allow_offline,
+        instant,
+    })
+    .map_err(|e| Error::Invalid(e.0))
+}
+
+/// Persists a rollout for `plan` and hands it to the driver.
+async fn start(
+    c: &Arc<Controller>,
+    plan: Plan,
+    kind: RolloutKind,
+    no_rollback: bool,
+) -> Result<Started> {
+    if plan.services.is_empty() {
+        return Ok(Started {
+            plan,
+            rollout: None,
+        });
+    }
+    let p = plan.clone();
+    let rollout = c
+        .store
+        .run(move |s| s.create_rollout(|id| new_rollout(id, kind, p, no_rollback, now_ms())))
+        .await?;
+    tracing::info!(rollout = rollout.id, release = %rollout.release, steps = rollout.steps.len(), "rollout started");
+    c.rollouts.started(rollout.clone()).await;
+    Ok(Started {
+        plan,
+        rollout: Some(rollout),
+    })
+}
+
+pub async fn upgrade(c: &Arc<Controller>, ask: &Ask, no_rollback: bool) -> Result<Started> {
+    let plan = make_plan(c, ask, false).await?;
+    start(c, plan, RolloutKind::Upgrade, no_rollback).await
+}
+
+/// `cutover rollback SERVICE [--to VERSION]`: the instant path, all hosts
+/// at once, never rolled back itself.
+pub async fn rollback(
+    c: &Arc<Controller>,
+    service: String,
+    to: String,
+    allow_offline: bool,
+) -> Result<Started> {
+    if !to.is_empty() {
+        let ask = Ask {
+            services: vec![service],
+            version: to,
+            allow_offline,
+        };
+        let plan = make_plan(c, &ask, true).await?;
+        return start(c, plan, RolloutKind::Rollback, true).await;
+    }
+    let fleet = fleet(c).await?;
+    let config =
+        fleet.services.get(&service).cloned().ok_or_else(|| {
+            Error::Invalid(format!("service {service:?} is not in the fleet config"))
+        })?;
+    let hosts = hosts(c).await?;
+    let mut moves = Vec::new();
+    let mut offline = Vec::new();
+    let mut target = None;
+    for name in fleet.hosts_of(&service) {
+        let Some(h) = hosts.iter().find(|h| h.name == name) else {
+            continue;
+        };
+        let Some(s) = h.installed.iter().find(|s| s.name == service) else {
+            continue;
+        };
+        let (Some(current), Some(previous)) = (&s.current, &s.previous) else {
+            continue;
+        };
+        if current.tarball_sha256.is_none() {
+            continue;
+        }
+        if !h.online {
+            offline.push(name.clone());
+        }
+        target.get_or_insert_with(|| previous.clone());
+        moves.push(HostMove {
+            host: name,
+            from: Some(current.clone()),
+        });
+    }
+    if !offline.is_empty() && !allow_offline {
+        return Err(Error::Invalid(format!(
+            "host(s) offline: {}; bring them back or pass --allow-offline",
+            offline.join(", ")
+        )));
+    }
+    let Some(target) = target else {
+        return Err(Error::Invalid(format!(
+            "no host of service {service:?} has a previous release to go back to; use --to VERSION"
+        )));
+    };
+    let sha256 = target
+        .tarball_sha256
+        .unwrap_or_else(|| cutover_core::Sha256Digest::of(b""));
+    let plan = Plan {
+        release: format!("previous of {service}"),
+        services: vec![ServicePlan {
+            service: service.clone(),
+            level: 0,
+            target,
+            sha256,
+            size: 0,
+            batches: vec![moves],
+            unchanged: vec![],
+            config,
+            swap_back: true,
+        }],
+        carried: vec![],
+        offline,
+    };
+    start(c, plan, RolloutKind::Rollback, true).await
+}
+
+pub async fn detail(c: &Controller, id: u64) -> Result<RolloutDetail> {
+    c.store
+        .run(move |s| {
+            let rollout = s.rollout(id)?.ok_or_else(|| {
+                Error::NotFound(format!("no rollout {id}; see `cutover rollout list`"))
+            })?;
+            let events = s.events(Some(id), 500)?;
+            Ok(RolloutDetail { rollout, events })
+        })
+        .await
+}
+
+pub async fn control(c: &Controller, id: u64, action: &str) -> Result<Rollout> {
+    let action = match action {
+        "pause" => Action::Pause,
+        "resume" => Action::Resume,
+        "abort" => Action::Abort,
+        other => {
+            return Err(Error::Invalid(format!(
+                "unknown rollout action {other:?}; use pause, resume or abort"
+            )))
+        }
+    };
+    c.rollouts.control(id, action).await
+}

@@ -1,0 +1,390 @@
+//! Planning: from a verified release, the fleet config and what every host
+//! reports it runs, the steps a rollout takes. Pure; the caller gathers the
+//! inputs and verifies the release first.
+
+use std::collections::BTreeMap;
+
+use cutover_core::fleet::FleetConfig;
+use cutover_core::manifest::Manifest;
+use cutover_core::rollout::{Carried, HostMove, Plan, ServicePlan};
+use cutover_core::views::{ContentIdentity, InstalledService};
+
+/// One host as the planner sees it.
+#[derive(Debug, Clone)]
+pub struct HostState {
+    pub name: String,
+    pub online: bool,
+    pub revoked: bool,
+    pub installed: Vec<InstalledService>,
+}
+
+pub struct PlanRequest<'a> {
+    pub manifest: &'a Manifest,
+    pub fleet: &'a FleetConfig,
+    pub hosts: &'a [HostState],
+    /// Empty: every service of the release that the fleet runs.
+    pub services: &'a [String],
+    pub allow_offline: bool,
+    /// All hosts in one batch, no canary (the instant path of a rollback).
+    pub instant: bool,
+}
+
+/// Why no plan could be made; the message says what to do.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct PlanError(pub String);
+
+pub fn plan(req: &PlanRequest<'_>) -> Result<Plan, PlanError> {
+    let m = req.manifest;
+    let release = m.version.to_string();
+    let err = |msg: String| PlanError(format!("release {release}: {msg}"));
+    for s in req.services {
+        if !m.services.iter().any(|x| &x.name == s) {
+            return Err(err(format!("has no service {s:?}")));
+        }
+        if !req.fleet.services.contains_key(s) {
+            return Err(err(format!(
+                "service {s:?} is not in the fleet config; add it with `cutover fleet apply`"
+            )));
+        }
+    }
+    let hosts: BTreeMap<&str, &HostState> =
+        req.hosts.iter().map(|h| (h.name.as_str(), h)).collect();
+    let levels = m.levels().map_err(err)?;
+    let mut out = Plan {
+        release: release.clone(),
+        services: Vec::new(),
+        carried: Vec::new(),
+        offline: Vec::new(),
+    };
+    let mut offline = Vec::new();
+    for (level, names) in levels.iter().enumerate() {
+        for name in names {
+            let svc = m
+                .services
+                .iter()
+                .find(|s| &s.name == name)
+                .expect("levels come from services");
+            let selected = req.services.is_empty() || req.services.contains(name);
+            let Some(config) = req.fleet.services.get(name).filter(|_| selected) else {
+                if selected {
+                    out.carried.push(Carried {
+                        service: name.clone(),
+                        service_version: svc.service_version.clone(),
+                        reason: "not assigned to any host in the fleet config".into(),
+                    });
+                }
+                continue;
+            };
+            let Some(tarball) = &svc.tarball else {
+                return Err(err(format!(
+                    "service {name:?} ships only a container image, which the {:?} runner cannot install",
+                    config.runner
+                )));
+            };
+            let target = ContentIdentity {
+                release: release.clone(),
+                service_version: svc.service_version.clone(),
+                tarball_sha256: Some(tarball.sha256),
+                image_id: None,
+            };
+            let mut moves = Vec::new();
+            let mut unchanged = Vec::new();
+            for host in req.fleet.hosts_of(name) {
+                let Some(h) = hosts.get(host.as_str()) else {
+                    return Err(err(format!(
+                        "the fleet config runs {name:?} on host {host:?}, which is not enrolled; enroll it or remove it from the fleet config"
+                    )));
+                };
+                if h.revoked {
+                    return Err(err(format!(
+                        "the fleet config runs {name:?} on host {host:?}, which is revoked; remove it from the fleet config"
+                    )));
+                }
+                let current = h
+                    .installed
+                    .iter()
+                    .find(|i| &i.name == name)
+                    .and_then(|i| i.current.clone());
+                if current.as_ref().and_then(|c| c.tarball_sha256) == Some(tarball.sha256) {
+                    unchanged.push(host);
+                    continue;
+                }
+                check_floor(m, h).map_err(err)?;
+                if !h.online && !offline.contains(&host) {
+                    offline.push(host.clone());
+                }
+                moves.push(HostMove {
+                    host,
+                    from: current,
+                });
+            }
+            if moves.is_empty() {
+                out.carried.push(Carried {
+                    service: name.clone(),
+                    service_version: svc.service_version.clone(),
+                    reason: format!("already at the target on all {} host(s)", unchanged.len()),
+                });
+                continue;
+            }
+            out.services.push(ServicePlan {
+                service: name.clone(),
+                level,
+                target,
+                sha256: tarball.sha256,
+                size: tarball.size,
+                batches: batches(moves, config, req.instant),
+                unchanged,
+                config: config.clone(),
+                swap_back: false,
+            });
+        }
+    }
+    if !offline.is_empty() && !req.allow_offline {
+        return Err(err(format!(
+            "host(s) offline: {}; bring them back or pass --allow-offline (their steps wait for them until the step deadline)",
+            offline.join(", ")
+        )));
+    }
+    out.offline = offline;
+    Ok(out)
+}
+
+fn batches(
+    moves: Vec<HostMove>,
+    config: &cutover_core::fleet::ServiceConfig,
+    instant: bool,
+) -> Vec<Vec<HostMove>> {
+    if instant {
+        return vec![moves];
+    }
+    let canary = config.policy.canary.min(moves.len());
+    let mut rest = moves;
+    let tail = rest.split_off(canary);
+    let mut out = vec![rest];
+    let size = config.policy.batch_size();
+    let mut tail = tail.into_iter().peekable();
+    while tail.peek().is_some() {
+        out.push(tail.by_ref().take(size).collect());
+    }
+    out
+}
+
+/// The lowest release a host runs, from its services' identities.
+fn host_release(h: &HostState) -> Option<semver::Version> {
+    h.installed
+        .iter()
+        .filter_map(|i| i.current.as_ref())
+        .filter_map(|c| semver::Version::parse(&c.release).ok())
+        .min()
+}
+
+/// The compatibility floor and required intermediate releases. Going down
+/// (a rollback to an older release) is not an upgrade and is not checked.
+fn check_floor(m: &Manifest, h: &HostState) -> Result<(), String> {
+    let Some(from) = host_release(h) else {
+        return Ok(());
+    };
+    if from >= m.version {
+        return Ok(());
+    }
+    if let Some(floor) = &m.min_upgrade_from {
+        if &from < floor {
+            return Err(format!(
+                "host {:?} runs release {from}, below this release's compatibility floor {floor}; upgrade it to {floor} or later first",
+                h.name
+            ));
+        }
+    }
+    for step in &m.requires_intermediate {
+        if &from < step {
+            return Err(format!(
+                "host {:?} runs release {from}; release {} requires {step} to be installed first: upgrade to {step}, then to {}",
+                h.name, m.version, m.version
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(extra: &str) -> Manifest {
+        let sha = |c: char| c.to_string().repeat(64);
+        Manifest::parse(&format!(
+            r#"
+version = "2.0.0"
+created = 2026-01-01T00:00:00Z
+expires = 2036-01-01T00:00:00Z
+{extra}
+[[services]]
+name = "db"
+service_version = "14"
+tarball = {{ sha256 = "{}", size = 10, file = "db.tgz" }}
+[[services]]
+name = "api"
+service_version = "2"
+depends_on = ["db"]
+tarball = {{ sha256 = "{}", size = 10, file = "api.tgz" }}
+"#,
+            sha('a'),
+            sha('b')
+        ))
+        .unwrap()
+    }
+
+    fn fleet() -> FleetConfig {
+        FleetConfig::parse(
+            "f.toml",
+            r#"
+[hosts.h1]
+labels = ["all"]
+[hosts.h2]
+labels = ["all"]
+[hosts.h3]
+labels = ["all"]
+[hosts.h4]
+labels = ["all"]
+[services.db]
+labels = ["all"]
+runner = "process"
+command = "bin/db"
+[services.api]
+labels = ["all"]
+runner = "process"
+command = "bin/api"
+[services.api.policy]
+max_parallel = 2
+max_unavailable = 2
+"#,
+        )
+        .unwrap()
+    }
+
+    fn host(name: &str, online: bool, running: &[(&str, &str, char)]) -> HostState {
+        HostState {
+            name: name.into(),
+            online,
+            revoked: false,
+            installed: running
+                .iter()
+                .map(|(svc, release, c)| InstalledService {
+                    name: svc.to_string(),
+                    current: Some(ContentIdentity {
+                        release: release.to_string(),
+                        service_version: "x".into(),
+                        tarball_sha256: Some(c.to_string().repeat(64).parse().unwrap()),
+                        image_id: None,
+                    }),
+                    previous: None,
+                    state: "running".into(),
+                })
+                .collect(),
+        }
+    }
+
+    fn req<'a>(m: &'a Manifest, f: &'a FleetConfig, hosts: &'a [HostState]) -> PlanRequest<'a> {
+        PlanRequest {
+            manifest: m,
+            fleet: f,
+            hosts,
+            services: &[],
+            allow_offline: false,
+            instant: false,
+        }
+    }
+
+    #[test]
+    fn orders_services_by_dependency_and_hosts_in_canary_then_batches() {
+        let (m, f) = (manifest(""), fleet());
+        let hosts: Vec<_> = ["h1", "h2", "h3", "h4"]
+            .iter()
+            .map(|h| host(h, true, &[]))
+            .collect();
+        let p = plan(&req(&m, &f, &hosts)).unwrap();
+        let names: Vec<_> = p
+            .services
+            .iter()
+            .map(|s| (s.service.as_str(), s.level))
+            .collect();
+        assert_eq!(names, [("db", 0), ("api", 1)]);
+        let api: Vec<Vec<&str>> = p.services[1]
+            .batches
+            .iter()
+            .map(|b| b.iter().map(|m| m.host.as_str()).collect())
+            .collect();
+        assert_eq!(api, [vec!["h1"], vec!["h2", "h3"], vec!["h4"]]);
+        assert_eq!(
+            p.services[0].batches.len(),
+            4,
+            "db: canary then batches of one"
+        );
+    }
+
+    #[test]
+    fn hosts_at_the_target_are_carried() {
+        let (m, f) = (manifest(""), fleet());
+        let hosts: Vec<_> = ["h1", "h2", "h3", "h4"]
+            .iter()
+            .map(|h| host(h, true, &[("db", "2.0.0", 'a'), ("api", "1.0.0", 'c')]))
+            .collect();
+        let p = plan(&req(&m, &f, &hosts)).unwrap();
+        assert_eq!(p.services.len(), 1);
+        assert_eq!(p.services[0].service, "api");
+        assert_eq!(p.carried[0].service, "db");
+        assert!(p.carried[0].reason.contains("all 4"), "{:?}", p.carried);
+    }
+
+    #[test]
+    fn offline_hosts_fail_the_plan_unless_allowed() {
+        let (m, f) = (manifest(""), fleet());
+        let mut hosts: Vec<_> = ["h1", "h2", "h3", "h4"]
+            .iter()
+            .map(|h| host(h, true, &[]))
+            .collect();
+        hosts[2].online = false;
+        let e = plan(&req(&m, &f, &hosts)).unwrap_err().to_string();
+        assert!(
+            e.contains("offline: h3") && e.contains("--allow-offline"),
+            "{e}"
+        );
+        let mut r = req(&m, &f, &hosts);
+        r.allow_offline = true;
+        assert_eq!(plan(&r).unwrap().offline, ["h3"]);
+    }
+
+    #[test]
+    fn refuses_below_floor_and_without_intermediate() {
+        let f = fleet();
+        let hosts: Vec<_> = ["h1", "h2", "h3", "h4"]
+            .iter()
+            .map(|h| host(h, true, &[("db", "1.0.0", 'c')]))
+            .collect();
+        let m = manifest("min_upgrade_from = \"1.5.0\"");
+        let e = plan(&req(&m, &f, &hosts)).unwrap_err().to_string();
+        assert!(
+            e.contains("runs release 1.0.0, below this release's compatibility floor 1.5.0"),
+            "{e}"
+        );
+        let m = manifest("requires_intermediate = [\"1.5.0\"]");
+        let e = plan(&req(&m, &f, &hosts)).unwrap_err().to_string();
+        assert!(e.contains("requires 1.5.0 to be installed first"), "{e}");
+    }
+
+    #[test]
+    fn unknown_and_unenrolled_are_named() {
+        let (m, f) = (manifest(""), fleet());
+        let hosts = vec![host("h1", true, &[])];
+        let e = plan(&req(&m, &f, &hosts)).unwrap_err().to_string();
+        assert!(e.contains("host \"h2\", which is not enrolled"), "{e}");
+        let svc = ["web".to_string()];
+        let mut r = req(&m, &f, &hosts);
+        r.services = &svc;
+        assert!(plan(&r)
+            .unwrap_err()
+            .to_string()
+            .contains("has no service \"web\""));
+    }
+}

@@ -1,0 +1,526 @@
+//! The operator's fleet configuration: which hosts run which services, how
+//! each service runs and is health-checked, and its rollout policy.
+//!
+//! ```toml
+//! [hosts.edge-1]
+//! labels = ["edge"]
+//!
+//! [services.api]
+//! hosts = ["web-1"]          # host names ...
+//! labels = ["edge"]          # ... and/or host labels
+//! runner = "process"
+//! command = "bin/api"
+//! min_healthy_time = "5s"
+//! healthy_deadline = "60s"
+//! [[services.api.checks]]
+//! kind = "http"
+//! url = "http://127.0.0.1:8080/healthz"
+//! [services.api.policy]
+//! canary = 1
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetConfig {
+    #[serde(default)]
+    pub hosts: BTreeMap<String, HostConfig>,
+    #[serde(default)]
+    pub services: BTreeMap<String, ServiceConfig>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostConfig {
+    #[serde(default)]
+    pub labels: Vec<String>,
+}
+
+/// Where one service runs, how it runs and is judged healthy, and how it
+/// rolls out. The controller sends it to the agent with every install.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// Host names that run the service.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// Every host carrying one of these labels runs the service too.
+    #[serde(default)]
+    pub labels: Vec<String>,
+    pub runner: RunnerKind,
+    /// `process`: the program, relative to the release directory unless
+    /// absolute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// `process`: working directory inside the release directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_dir: Option<String>,
+    #[serde(default = "default_stop_signal")]
+    pub stop_signal: String,
+    #[serde(default = "default_stop_grace", with = "humantime_serde")]
+    pub stop_grace: Duration,
+    /// `systemd`: the unit to restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
+    #[serde(default)]
+    pub checks: Vec<Check>,
+    /// Checks must pass continuously this long for the install to be healthy.
+    #[serde(default = "default_min_healthy", with = "humantime_serde")]
+    pub min_healthy_time: Duration,
+    /// An install not healthy this long after its restart has failed.
+    #[serde(default = "default_deadline", with = "humantime_serde")]
+    pub healthy_deadline: Duration,
+    #[serde(default)]
+    pub policy: Policy,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunnerKind {
+    Process,
+    Systemd,
+}
+
+/// One health check as written in the fleet file; [`Check::probe`] gives
+/// its typed form.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Check {
+    pub kind: CheckKind,
+    /// Shown in reports; defaults to the kind and target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// `http`: the URL to GET.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// `http`: the status that means healthy (default 200).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect_status: Option<u16>,
+    /// `http`: text the body must contain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_contains: Option<String>,
+    /// `tcp`: `host:port` that must accept a connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// `exec`: program that must exit 0, run in the release directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default = "default_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    #[serde(default = "default_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckKind {
+    Http,
+    Tcp,
+    Exec,
+}
+
+/// What a check does, once validated.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Probe<'a> {
+    Http {
+        url: &'a str,
+        expect_status: u16,
+        body_contains: Option<&'a str>,
+    },
+    Tcp {
+        address: &'a str,
+    },
+    Exec {
+        command: &'a str,
+        args: &'a [String],
+    },
+}
+
+impl Check {
+    pub fn probe(&self) -> std::result::Result<Probe<'_>, String> {
+        fn need<'a>(
+            v: &'a Option<String>,
+            key: &str,
+            kind: &str,
+        ) -> std::result::Result<&'a str, String> {
+            v.as_deref()
+                .filter(|s| !s.is_empty())
+                .ok_or_else(|| format!("{key}: required for kind = \"{kind}\""))
+        }
+        let kind = self.kind_name();
+        let stray = |present: bool, key: &str| {
+            if present {
+                Err(format!(
+                    "{key}: not used by kind = \"{}\"",
+                    self.kind_name()
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        match self.kind {
+            CheckKind::Http => {
+                stray(self.address.is_some(), "address")?;
+                stray(self.command.is_some(), "command")?;
+                Ok(Probe::Http {
+                    url: need(&self.url, "url", kind)?,
+                    expect_status: self.expect_status.unwrap_or(200),
+                    body_contains: self.body_contains.as_deref(),
+                })
+            }
+            CheckKind::Tcp => {
+                stray(self.url.is_some(), "url")?;
+                stray(self.command.is_some(), "command")?;
+                Ok(Probe::Tcp {
+                    address: need(&self.address, "address", kind)?,
+                })
+            }
+            CheckKind::Exec => {
+                stray(self.url.is_some(), "url")?;
+                stray(self.address.is_some(), "address")?;
+                Ok(Probe::Exec {
+                    command: need(&self.command, "command", kind)?,
+                    args: &self.args,
+                })
+            }
+        }
+    }
+
+    fn kind_name(&self) -> &'static str {
+        match self.kind {
+            CheckKind::Http => "http",
+            CheckKind::Tcp => "tcp",
+            CheckKind::Exec => "exec",
+        }
+    }
+
+    /// How reports name the check.
+    pub fn label(&self) -> String {
+        if let Some(n) = &self.name {
+            return n.clone();
+        }
+        let target = self
+            .url
+            .as_ref()
+            .or(self.address.as_ref())
+            .or(self.command.as_ref())
+            .map(String::as_str)
+            .unwrap_or("");
+        format!("{} {target}", self.kind_name())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RollbackScope {
+    /// Only the failed host goes back.
+    Host,
+    /// Every host of the failed service that moved goes back.
+    Service,
+    /// Every host of every service the rollout moved goes back.
+    Release,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    /// Hosts in the first batch, which must be healthy before any other.
+    #[serde(default = "one")]
+    pub canary: usize,
+    /// Hosts installing at once after the canary.
+    #[serde(default = "one")]
+    pub max_parallel: usize,
+    /// Hosts that may be out of service at once; batches never exceed it.
+    #[serde(default = "one")]
+    pub max_unavailable: usize,
+    #[serde(default = "default_scope")]
+    pub rollback_scope: RollbackScope,
+    /// A host that has not reported this long after its command counts as
+    /// failed. Defaults to `healthy_deadline` plus two minutes to download.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub step_deadline: Option<Duration>,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            canary: 1,
+            max_parallel: 1,
+            max_unavailable: 1,
+            rollback_scope: RollbackScope::Service,
+            step_deadline: None,
+        }
+    }
+}
+
+impl Policy {
+    /// Hosts per batch after the canary.
+    pub fn batch_size(&self) -> usize {
+        self.max_parallel.min(self.max_unavailable).max(1)
+    }
+}
+
+fn one() -> usize {
+    1
+}
+fn default_scope() -> RollbackScope {
+    RollbackScope::Service
+}
+fn default_stop_signal() -> String {
+    "SIGTERM".into()
+}
+fn default_stop_grace() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_min_healthy() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_deadline() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_interval() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+
+impl FleetConfig {
+    /// Parses and validates a fleet file; `file` names it in errors.
+    pub fn parse(file: &str, text: &str) -> Result<FleetConfig> {
+        let fleet: FleetConfig =
+            crate::toml_text::parse(text).map_err(|e| Error::Invalid(format!("{file}: {e}")))?;
+        fleet
+            .validate()
+            .map_err(|e| Error::Invalid(format!("{file}: {e}")))?;
+        Ok(fleet)
+    }
+
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        for (name, host) in &self.hosts {
+            crate::names::validate("host", name).map_err(|e| e.to_string())?;
+            for l in &host.labels {
+                crate::names::validate("label", l)
+                    .map_err(|e| format!("hosts.{name}.labels: {e}"))?;
+            }
+        }
+        for (name, svc) in &self.services {
+            crate::names::validate("service", name).map_err(|e| e.to_string())?;
+            let at = format!("services.{name}");
+            if svc.hosts.is_empty() && svc.labels.is_empty() {
+                return Err(format!("{at}: no `hosts` or `labels`; say where it runs"));
+            }
+            for h in &svc.hosts {
+                crate::names::validate("host", h).map_err(|e| format!("{at}.hosts: {e}"))?;
+            }
+            svc.validate().map_err(|e| format!("{at}.{e}"))?;
+            let p = &svc.policy;
+            if p.canary == 0 {
+                return Err(format!(
+                    "{at}.policy.canary: must be at least 1 (a canary host is the safe default)"
+                ));
+            }
+            if p.max_parallel == 0 || p.max_unavailable == 0 {
+                return Err(format!(
+                    "{at}.policy: max_parallel and max_unavailable must be at least 1"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The hosts that run `service`, sorted by name.
+    pub fn hosts_of(&self, service: &str) -> Vec<String> {
+        let Some(svc) = self.services.get(service) else {
+            return Vec::new();
+        };
+        let mut hosts: BTreeSet<String> = svc.hosts.iter().cloned().collect();
+        for (name, h) in &self.hosts {
+            if h.labels.iter().any(|l| svc.labels.contains(l)) {
+                hosts.insert(name.clone());
+            }
+        }
+        hosts.into_iter().collect()
+    }
+}
+
+impl ServiceConfig {
+    fn validate(&self) -> std::result::Result<(), String> {
+        match self.runner {
+            RunnerKind::Process => {
+                if self.command.as_deref().unwrap_or("").is_empty() {
+                    return Err("command: required for runner = \"process\"".into());
+                }
+                if self.unit.is_some() {
+                    return Err("unit: only for runner = \"systemd\"".into());
+                }
+                if let Some(dir) = &self.working_dir {
+                    if dir.starts_with('/') || dir.split('/').any(|c| c == "..") {
+                        return Err(format!(
+                            "working_dir: {dir:?} must be a path inside the release"
+                        ));
+                    }
+                }
+                signal_number(&self.stop_signal).map_err(|e| format!("stop_signal: {e}"))?;
+            }
+            RunnerKind::Systemd => {
+                if self.unit.as_deref().unwrap_or("").is_empty() {
+                    return Err("unit: required for runner = \"systemd\"".into());
+                }
+                if self.command.is_some() || !self.args.is_empty() {
+                    return Err("command: only for runner = \"process\"".into());
+                }
+            }
+        }
+        if self.healthy_deadline <= self.min_healthy_time {
+            return Err(format!(
+                "healthy_deadline: {} must be longer than min_healthy_time {}",
+                humantime::format_duration(self.healthy_deadline),
+                humantime::format_duration(self.min_healthy_time)
+            ));
+        }
+        for (i, c) in self.checks.iter().enumerate() {
+            if c.interval.is_zero() || c.timeout.is_zero() {
+                return Err(format!(
+                    "checks[{i}]: interval and timeout must be positive"
+                ));
+            }
+            let probe = c.probe().map_err(|e| format!("checks[{i}].{e}"))?;
+            if let Probe::Http { url, .. } = probe {
+                if !url.starts_with("http://") {
+                    return Err(format!(
+                        "checks[{i}].url: {url:?} must start with http:// (checks talk to the local service)"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The number of a signal named like `SIGTERM` or `TERM`.
+pub fn signal_number(name: &str) -> std::result::Result<i32, String> {
+    let n = name.strip_prefix("SIG").unwrap_or(name);
+    Ok(match n {
+        "TERM" => 15,
+        "INT" => 2,
+        "QUIT" => 3,
+        "HUP" => 1,
+        "KILL" => 9,
+        "USR1" => 10,
+        "USR2" => 12,
+        _ => {
+            return Err(format!(
+                "unknown signal {name:?}; use SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1, SIGUSR2 or SIGKILL"
+            ))
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[hosts.a]
+labels = ["edge"]
+[hosts.b]
+labels = ["edge"]
+
+[services.api]
+hosts = ["c"]
+labels = ["edge"]
+runner = "process"
+command = "bin/api"
+min_healthy_time = "2s"
+[[services.api.checks]]
+kind = "http"
+url = "http://127.0.0.1:1/healthz"
+body_contains = "ok"
+[services.api.policy]
+max_parallel = 2
+rollback_scope = "host"
+"#;
+
+    #[test]
+    fn parses_with_defaults_and_resolves_labels() {
+        let f = FleetConfig::parse("fleet.toml", GOOD).unwrap();
+        assert_eq!(f.hosts_of("api"), ["a", "b", "c"]);
+        let api = &f.services["api"];
+        assert_eq!(api.policy.canary, 1);
+        assert_eq!(api.policy.batch_size(), 1, "capped by max_unavailable");
+        assert_eq!(api.policy.rollback_scope, RollbackScope::Host);
+        assert_eq!(api.healthy_deadline, Duration::from_secs(60));
+        assert!(matches!(
+            api.checks[0].probe().unwrap(),
+            Probe::Http {
+                expect_status: 200,
+                body_contains: Some("ok"),
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn unknown_key_names_file_and_key() {
+        let text = GOOD.replace("max_parallel = 2", "max_paralel = 2");
+        let e = FleetConfig::parse("fleet.toml", &text)
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("fleet.toml: line"), "{e}");
+        assert!(e.contains("max_paralel"), "{e}");
+    }
+
+    #[test]
+    fn unknown_key_in_a_check_is_refused() {
+        let text = GOOD.replace("body_contains", "body_contans");
+        let e = FleetConfig::parse("fleet.toml", &text)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("body_contans"), "{e}");
+    }
+
+    #[test]
+    fn refuses_inconsistent_services() {
+        for (from, to, want) in [
+            ("command = \"bin/api\"", "", "command: required"),
+            (
+                "runner = \"process\"",
+                "runner = \"systemd\"",
+                "unit: required",
+            ),
+            (
+                "min_healthy_time = \"2s\"",
+                "min_healthy_time = \"2m\"",
+                "healthy_deadline",
+            ),
+            (
+                "hosts = [\"c\"]\nlabels = [\"edge\"]",
+                "",
+                "no `hosts` or `labels`",
+            ),
+            ("rollback_scope = \"host\"", "canary = 0", "canary"),
+            ("url = ", "address = ", "checks[0].address: not used"),
+        ] {
+            let text = GOOD.replace(from, to);
+            let e = FleetConfig::parse("f.toml", &text).unwrap_err().to_string();
+            assert!(e.contains(want), "{want}: {e}");
+        }
+    }
+}

@@ -1,0 +1,296 @@
+//! Plans, rollouts and the commands and reports that move them, as domain
+//! types: the controller's engine advances them, the store keeps them, the
+//! CLI prints them and `cutover-proto` carries the commands and reports.
+
+use serde::{Deserialize, Serialize};
+
+use crate::fleet::ServiceConfig;
+use crate::views::{ContentIdentity, InstalledService};
+use crate::Sha256Digest;
+
+/// What the controller asks one agent to do. Ids are stable, so sending a
+/// command twice does it once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Command {
+    Install(InstallCommand),
+    Rollback(RollbackCommand),
+}
+
+impl Command {
+    pub fn id(&self) -> &str {
+        match self {
+            Command::Install(c) => &c.command_id,
+            Command::Rollback(c) => &c.command_id,
+        }
+    }
+
+    pub fn service(&self) -> &str {
+        match self {
+            Command::Install(c) => &c.service,
+            Command::Rollback(c) => &c.service,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstallCommand {
+    pub command_id: String,
+    pub service: String,
+    pub target: ContentIdentity,
+    pub sha256: Sha256Digest,
+    pub size: u64,
+    pub config: ServiceConfig,
+}
+
+/// Go back to the previous release if `from` is what runs now; if the host
+/// never moved to `from`, there is nothing to do.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RollbackCommand {
+    pub command_id: String,
+    pub service: String,
+    pub from: Sha256Digest,
+}
+
+/// Why a step failed: the gate that said no and what it saw.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Evidence {
+    /// `fetch`, `verify`, `unpack`, `start`, `health`, `deadline`,
+    /// `disconnected`, `rollback`.
+    pub gate: String,
+    pub detail: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_code: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// The start of the response body or command output.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub output: String,
+    /// Time from the start of the step to the verdict.
+    pub elapsed_ms: u64,
+    /// Health probes run before the verdict.
+    pub probes: u32,
+}
+
+/// An agent's answer to one command.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub command_id: String,
+    pub service: String,
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<Evidence>,
+    /// What the service runs after the command.
+    pub installed: InstalledService,
+    /// The agent lost the controller while the install failed and went
+    /// back by itself.
+    pub auto_rolled_back: bool,
+    pub fetched_bytes: u64,
+    pub restarted: bool,
+    pub duration_ms: u64,
+}
+
+/// The steps a rollout would take, before it is started.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    pub release: String,
+    /// Services that move, in dependency order.
+    pub services: Vec<ServicePlan>,
+    /// Services of the release that move on no host.
+    pub carried: Vec<Carried>,
+    /// Offline hosts the operator allowed; their steps wait for them.
+    pub offline: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServicePlan {
+    pub service: String,
+    /// Dependency level: level n starts when levels < n are healthy.
+    pub level: usize,
+    pub target: ContentIdentity,
+    pub sha256: Sha256Digest,
+    pub size: u64,
+    /// Batch 0 is the canary.
+    pub batches: Vec<Vec<HostMove>>,
+    /// Hosts that already run the target identity: not touched.
+    pub unchanged: Vec<String>,
+    pub config: ServiceConfig,
+    /// Steps swap each host back to its previous release instead of
+    /// installing `target` (`cutover rollback SERVICE`).
+    #[serde(default)]
+    pub swap_back: bool,
+}
+
+impl ServicePlan {
+    /// How long a host may take to report on its step.
+    pub fn step_deadline(&self) -> std::time::Duration {
+        self.config
+            .policy
+            .step_deadline
+            .unwrap_or(self.config.healthy_deadline + std::time::Duration::from_secs(120))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HostMove {
+    pub host: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<ContentIdentity>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Carried {
+    pub service: String,
+    pub service_version: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RolloutKind {
+    Upgrade,
+    Rollback,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RolloutStatus {
+    Running,
+    Paused,
+    RollingBack,
+    Succeeded,
+    RolledBack,
+    Failed,
+    Aborted,
+}
+
+impl RolloutStatus {
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            RolloutStatus::Succeeded
+                | RolloutStatus::RolledBack
+                | RolloutStatus::Failed
+                | RolloutStatus::Aborted
+        )
+    }
+}
+
+impl std::fmt::Display for RolloutStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self, f)
+    }
+}
+
+/// A rollout as the store keeps it and `cutover rollout show` prints it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Rollout {
+    pub id: u64,
+    pub kind: RolloutKind,
+    pub release: String,
+    pub status: RolloutStatus,
+    pub no_rollback: bool,
+    pub created_ms: i64,
+    pub updated_ms: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_ms: Option<i64>,
+    pub plan: Plan,
+    pub steps: Vec<Step>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<Failure>,
+}
+
+/// One host moving one service.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Step {
+    pub service: String,
+    pub host: String,
+    pub level: usize,
+    pub batch: usize,
+    pub phase: StepPhase,
+    /// Install command id; the rollback command id adds `-rollback`.
+    pub command_id: String,
+    /// When the current command was first sent, and on which session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<u64>,
+    /// Times the current command was sent (resends after reconnects).
+    pub sends: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<Evidence>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<ContentIdentity>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StepPhase {
+    Pending,
+    Installing,
+    Healthy,
+    Failed,
+    RollingBack,
+    RolledBack,
+    RollbackFailed,
+}
+
+impl std::fmt::Display for StepPhase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self, f)
+    }
+}
+
+/// The one thing that stopped a rollout, for `rollout show`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Failure {
+    pub service: String,
+    pub host: String,
+    /// Which boundary stopped: `canary`, `batch 2`.
+    pub boundary: String,
+    pub evidence: Evidence,
+    pub action: String,
+}
+
+/// One line of the controller's event log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventView {
+    pub at_ms: i64,
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<u64>,
+    pub detail: String,
+}
+
+/// `rollout show`: the rollout and its events.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RolloutDetail {
+    pub rollout: Rollout,
+    pub events: Vec<EventView>,
+}
+
+/// What `cutover upgrade` and `cutover rollback` did: the plan, and the
+/// rollout started for it (none when no host needs to move).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Started {
+    pub plan: Plan,
+    pub rollout: Option<Rollout>,
+}
+
+impl Rollout {
+    /// Steps done (healthy or resolved by rollback) out of all steps.
+    pub fn progress(&self) -> (usize, usize) {
+        let done = self
+            .steps
+            .iter()
+            .filter(|s| !matches!(s.phase, StepPhase::Pending | StepPhase::Installing))
+            .count();
+        (done, self.steps.len())
+    }
+
+    pub fn count(&self, phase: StepPhase) -> usize {
+        self.steps.iter().filter(|s| s.phase == phase).count()
+    }
+}
