@@ -22,6 +22,53 @@ pub struct Config {
     /// Upper bound of the jittered exponential reconnect backoff.
     #[serde(with = "humantime_serde", default = "default_backoff")]
     pub reconnect_max_backoff: Duration,
+    /// Tarballs unpacking to more bytes than this are refused.
+    #[serde(default = "default_max_unpacked")]
+    pub max_unpacked_bytes: u64,
+    /// Tarballs with more entries than this are refused.
+    #[serde(default = "default_max_entries")]
+    pub max_entries: u64,
+    /// A freshly installed service failing its checks while the controller
+    /// has been unreachable this long is rolled back by the agent itself.
+    #[serde(with = "humantime_serde", default = "default_autonomous")]
+    pub autonomous_rollback_after: Duration,
+    /// Service log files rotate at this size; `log_files` of them are kept.
+    #[serde(default = "default_log_bytes")]
+    pub log_max_bytes: u64,
+    #[serde(default = "default_log_files")]
+    pub log_files: u32,
+    /// Stop the services the process runner supervises when the agent
+    /// exits cleanly. Off by default: restarting or upgrading the agent
+    /// leaves services running, and the next agent adopts them.
+    #[serde(default)]
+    pub stop_services_on_exit: bool,
+    /// The `systemctl` the systemd runner drives.
+    #[serde(default = "default_systemctl")]
+    pub systemctl: PathBuf,
+}
+
+fn default_max_unpacked() -> u64 {
+    8 << 30
+}
+
+fn default_max_entries() -> u64 {
+    200_000
+}
+
+fn default_autonomous() -> Duration {
+    Duration::from_secs(300)
+}
+
+fn default_log_bytes() -> u64 {
+    10 << 20
+}
+
+fn default_log_files() -> u32 {
+    3
+}
+
+fn default_systemctl() -> PathBuf {
+    PathBuf::from("systemctl")
 }
 
 fn default_heartbeat() -> Duration {

@@ -17,6 +17,7 @@ pub fn gather(
     agent_uptime_s: u64,
     session: SessionFigures,
     services: Vec<InstalledService>,
+    logs: Vec<cutover_core::views::ServiceLog>,
 ) -> DiagReport {
     let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
     let load: Vec<f64> = read("/proc/loadavg")
@@ -53,6 +54,7 @@ pub fn gather(
         agent_uptime_s,
         rtt_ms: session.rtt_ms,
         clock_offset_ms: session.clock_offset_ms,
+        logs,
         services,
     }
 }
@@ -105,7 +107,7 @@ mod tests {
     #[test]
     fn gathers_real_figures_from_this_host() {
         let dir = tempfile::tempdir().unwrap();
-        let d = gather(dir.path(), 1, SessionFigures::default(), vec![]);
+        let d = gather(dir.path(), 1, SessionFigures::default(), vec![], vec![]);
         assert!(!d.hostname.is_empty());
         assert!(!d.kernel.is_empty());
         assert!(d.cpus >= 1);

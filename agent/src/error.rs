@@ -16,6 +16,25 @@ pub enum Error {
     EnrollRefused(String),
     #[error("{0}")]
     Session(String),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("journal {path}: {problem}")]
+    Journal { path: PathBuf, problem: String },
+    #[error("service {service}: {problem}")]
+    Runner { service: String, problem: String },
     #[error("no identity in {data_dir}: start the agent once with --join-token (from `cutover token create HOST`)")]
     NoIdentity { data_dir: PathBuf },
+}
+
+impl Error {
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
 }

@@ -1,6 +1,7 @@
 //! The agent's session with the controller: dial out, hello with the
-//! inventory, heartbeats, replies to requests, certificate renewal at two
-//! thirds of its life, and reconnection with jittered exponential backoff.
+//! inventory, heartbeats, replies to requests, commands handed to the
+//! installer and its reports sent back, certificate renewal at two thirds
+//! of its life, and reconnection with jittered exponential backoff.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -15,43 +16,133 @@ use tokio_stream::wrappers::ReceiverStream;
 use crate::diag::SessionFigures;
 use crate::error::{Error, Result};
 use crate::identity::Identity;
+use crate::install::{Installer, Link, Outbox};
 use crate::Config;
 
-/// Everything the session shares with request handlers.
-pub struct Agent {
-    pub config: Config,
-    pub addr: ControllerAddr,
+/// What a session needs to dial the controller.
+struct Dialer {
+    addr: ControllerAddr,
     ca: Vec<rustls::pki_types::CertificateDer<'static>>,
     identity: Mutex<Identity>,
-    figures: Mutex<SessionFigures>,
-    started: Instant,
 }
 
-impl Agent {
-    pub fn new(config: Config, identity: Identity) -> Result<Arc<Agent>> {
-        let addr = ControllerAddr::parse(&config.controller).map_err(Error::Session)?;
-        let ca = cutover_core::tls::read_certs(&config.ca_cert)?;
-        Ok(Arc::new(Agent {
-            config,
-            addr,
-            ca,
-            identity: Mutex::new(identity),
-            figures: Mutex::new(SessionFigures::default()),
-            started: Instant::now(),
-        }))
-    }
-
-    pub fn identity(&self) -> Identity {
+impl Dialer {
+    fn identity(&self) -> Identity {
         self.identity
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
     }
 
-    /// What this host has installed. Nothing installs services yet; the
-    /// install pipeline will report its journal here.
+    async fn channel(&self) -> Result<tonic::transport::Channel> {
+        let tls = cutover_core::tls::client_config(&self.ca, Some(self.identity().rustls()?))?;
+        connect(&self.addr, tls, Duration::from_secs(10))
+            .await
+            .map_err(|e| Error::Connect {
+                addr: self.addr.to_string(),
+                detail: error_chain(&e),
+            })
+    }
+}
+
+/// Artifacts come from the controller's `Fetch`, on a fresh connection per
+/// attempt so a restarted controller is simply dialled again.
+struct ControllerSource(Arc<Dialer>);
+
+impl crate::fetch::Source for ControllerSource {
+    fn open<'a>(
+        &'a self,
+        sha256: &'a cutover_core::Sha256Digest,
+        offset: u64,
+    ) -> std::pin::Pin<
+        Box<
+            dyn std::future::Future<Output = std::result::Result<crate::fetch::Chunks, String>>
+                + Send
+                + 'a,
+        >,
+    > {
+        Box::pin(async move {
+            let channel = self.0.channel().await.map_err(|e| e.to_string())?;
+            let mut client = AgentClient::new(channel)
+                .max_decoding_message_size(cutover_proto::MAX_MESSAGE_BYTES);
+            let stream = client
+                .fetch(v1::FetchRequest {
+                    sha256: sha256.to_hex(),
+                    offset,
+                })
+                .await
+                .map_err(|s| status_text(&s))?
+                .into_inner();
+            use futures::StreamExt;
+            let chunks = stream.map(|r| r.map(|c| c.data).map_err(|s| status_text(&s)));
+            Ok(Box::pin(chunks) as crate::fetch::Chunks)
+        })
+    }
+}
+
+/// Everything the session shares with request handlers.
+pub struct Agent {
+    pub config: Config,
+    pub addr: ControllerAddr,
+    dialer: Arc<Dialer>,
+    figures: Mutex<SessionFigures>,
+    started: Instant,
+    pub installer: Arc<Installer>,
+    outbox: tokio::sync::Mutex<Outbox>,
+    link: Arc<Link>,
+}
+
+impl Agent {
+    pub fn new(config: Config, identity: Identity) -> Result<Arc<Agent>> {
+        let addr = ControllerAddr::parse(&config.controller).map_err(Error::Session)?;
+        let ca = cutover_core::tls::read_certs(&config.ca_cert)?;
+        let dialer = Arc::new(Dialer {
+            addr: addr.clone(),
+            ca,
+            identity: Mutex::new(identity),
+        });
+        let link = Arc::new(Link::new_lost());
+        let runners = crate::runner::Runners {
+            process: Box::new(crate::runner::ProcessRunner::new(
+                &config.data_dir,
+                config.log_max_bytes,
+                config.log_files,
+            )),
+            systemd: Box::new(crate::runner::SystemdRunner {
+                systemctl: config.systemctl.clone(),
+            }),
+        };
+        let (installer, outbox) = Installer::new(
+            config.data_dir.clone(),
+            crate::extract::Limits {
+                max_bytes: config.max_unpacked_bytes,
+                max_entries: config.max_entries,
+            },
+            runners,
+            Box::new(crate::health::RealProber),
+            Box::new(ControllerSource(dialer.clone())),
+            link.clone(),
+            config.autonomous_rollback_after,
+        );
+        Ok(Arc::new(Agent {
+            config,
+            addr,
+            dialer,
+            figures: Mutex::new(SessionFigures::default()),
+            started: Instant::now(),
+            installer,
+            outbox: tokio::sync::Mutex::new(outbox),
+            link,
+        }))
+    }
+
+    pub fn identity(&self) -> Identity {
+        self.dialer.identity()
+    }
+
+    /// What this host has installed, from the installer's journals.
     pub fn inventory(&self) -> Vec<InstalledService> {
-        Vec::new()
+        self.installer.inventory()
     }
 
     fn figures(&self) -> SessionFigures {
@@ -59,15 +150,19 @@ impl Agent {
     }
 }
 
-/// Keeps a session open until `shutdown` resolves.
+/// Recovers installed services, then keeps a session open until
+/// `shutdown` resolves.
 pub async fn run(agent: Arc<Agent>, shutdown: impl std::future::Future<Output = ()>) {
+    agent.installer.recover().await;
+    let upkeep = tokio::spawn(upkeep(agent.clone()));
     tokio::pin!(shutdown);
     let mut attempt: u32 = 0;
     loop {
         let outcome = tokio::select! {
-            _ = &mut shutdown => return,
+            _ = &mut shutdown => break,
             o = session_once(&agent) => o,
         };
+        agent.link.lost();
         match &outcome {
             Ok(Ended { welcomed, reason }) => {
                 tracing::warn!(%reason, "session ended");
@@ -81,9 +176,25 @@ pub async fn run(agent: Arc<Agent>, shutdown: impl std::future::Future<Output = 
         attempt = attempt.saturating_add(1);
         tracing::info!(retry_in = ?delay, "reconnecting");
         tokio::select! {
-            _ = &mut shutdown => return,
+            _ = &mut shutdown => break,
             _ = tokio::time::sleep(delay) => {}
         }
+    }
+    upkeep.abort();
+    if agent.config.stop_services_on_exit {
+        let installer = agent.installer.clone();
+        let _ = tokio::task::spawn_blocking(move || installer.stop_all()).await;
+    }
+}
+
+/// Supervision of service processes and the agent's own rollback watch.
+async fn upkeep(agent: Arc<Agent>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tick.tick().await;
+        let installer = agent.installer.clone();
+        let _ = tokio::task::spawn_blocking(move || installer.runners.process.supervise()).await;
+        agent.installer.autonomous_rollbacks().await;
     }
 }
 
@@ -103,13 +214,7 @@ struct Ended {
 
 async fn session_once(agent: &Arc<Agent>) -> Result<Ended> {
     let identity = agent.identity();
-    let tls = cutover_core::tls::client_config(&agent.ca, Some(identity.rustls()?))?;
-    let channel = connect(&agent.addr, tls, Duration::from_secs(10))
-        .await
-        .map_err(|e| Error::Connect {
-            addr: agent.addr.to_string(),
-            detail: error_chain(&e),
-        })?;
+    let channel = agent.dialer.channel().await?;
     let mut client =
         AgentClient::new(channel).max_decoding_message_size(cutover_proto::MAX_MESSAGE_BYTES);
     let interval = agent.config.heartbeat_interval;
@@ -144,6 +249,7 @@ async fn session_once(agent: &Arc<Agent>) -> Result<Ended> {
     let mut pending_key: Option<String> = None;
     let renew = tokio::time::sleep(until(identity.renew_at()));
     tokio::pin!(renew);
+    let mut outbox = agent.outbox.lock().await;
 
     loop {
         tokio::select! {
@@ -164,6 +270,12 @@ async fn session_once(agent: &Arc<Agent>) -> Result<Ended> {
                 tracing::info!("renewing certificate");
                 let _ = tx.send(send(Out::Renew(v1::RenewRequest { csr_pem: csr }))).await;
             }
+            Some(report) = outbox.recv(), if welcomed => {
+                let msg = send(Out::Report((&report).into()));
+                if tx.send(msg).await.is_err() {
+                    return Ok(Ended { welcomed, reason: "session stream closed".into() });
+                }
+            }
             msg = inbound.message() => {
                 let msg = match msg {
                     Ok(Some(m)) => m,
@@ -174,8 +286,20 @@ async fn session_once(agent: &Arc<Agent>) -> Result<Ended> {
                 match msg.msg {
                     Some(In::Welcome(w)) => {
                         welcomed = true;
+                        agent.link.connected();
                         tracing::info!(host = %w.host, controller = %w.controller_version, "session open");
+                        // Reports the controller may have missed.
+                        for report in agent.installer.last_reports() {
+                            let _ = tx.send(send(Out::Report((&report).into()))).await;
+                        }
                     }
+                    Some(In::Command(c)) => match cutover_core::rollout::Command::try_from(c) {
+                        Ok(cmd) => {
+                            let installer = agent.installer.clone();
+                            tokio::spawn(async move { installer.execute(cmd).await });
+                        }
+                        Err(e) => tracing::warn!(error = %e, "ignored malformed command"),
+                    },
                     Some(In::HeartbeatAck(ack)) => {
                         if let Some((s, at, sent_ms)) = last_sent {
                             if s == ack.seq {
@@ -206,7 +330,7 @@ async fn session_once(agent: &Arc<Agent>) -> Result<Ended> {
                         fresh.save(&agent.config.data_dir)?;
                         tracing::info!(not_after = %cutover_core::manifest::rfc3339(fresh.not_after), "certificate renewed");
                         renew.as_mut().reset(tokio::time::Instant::now() + until(fresh.renew_at()));
-                        *agent.identity.lock().unwrap_or_else(|p| p.into_inner()) = fresh;
+                        *agent.dialer.identity.lock().unwrap_or_else(|p| p.into_inner()) = fresh;
                     }
                     None => {}
                 }
@@ -225,6 +349,7 @@ async fn answer(agent: &Arc<Agent>, body: Option<v1::request::Body>) -> v1::repl
                     a.started.elapsed().as_secs(),
                     a.figures(),
                     a.inventory(),
+                    a.installer.logs(20),
                 )
             })
             .await;

@@ -44,6 +44,19 @@ pub struct DiagReport {
     pub rtt_ms: f64,
     pub clock_offset_ms: f64,
     pub services: Vec<InstalledService>,
+    #[serde(default)]
+    pub logs: Vec<ServiceLog>,
+}
+
+/// How a service's process fares on a host, with the end of its log.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceLog {
+    pub service: String,
+    pub pid: Option<u32>,
+    pub restarts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_exit: Option<String>,
+    pub lines: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

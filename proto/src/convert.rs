@@ -3,7 +3,7 @@
 
 use cutover_core::views::{
     from_ms, to_ms, ChannelView, ContentIdentity, DiagReport, HostView, InstalledService,
-    ReleaseServiceView, ReleaseView,
+    ReleaseServiceView, ReleaseView, ServiceLog,
 };
 use cutover_core::Sha256Digest;
 
@@ -114,6 +114,17 @@ impl From<&DiagReport> for v1::DiagReport {
             rtt_ms: d.rtt_ms,
             clock_offset_ms: d.clock_offset_ms,
             services: services_to_wire(&d.services),
+            logs: d
+                .logs
+                .iter()
+                .map(|l| v1::ServiceLog {
+                    service: l.service.clone(),
+                    pid: l.pid.unwrap_or(0),
+                    restarts: l.restarts,
+                    last_exit: l.last_exit.clone().unwrap_or_default(),
+                    lines: l.lines.clone(),
+                })
+                .collect(),
         }
     }
 }
@@ -138,6 +149,17 @@ impl TryFrom<v1::DiagReport> for DiagReport {
             rtt_ms: d.rtt_ms,
             clock_offset_ms: d.clock_offset_ms,
             services: services_from_wire(d.services)?,
+            logs: d
+                .logs
+                .into_iter()
+                .map(|l| ServiceLog {
+                    service: l.service,
+                    pid: Some(l.pid).filter(|p| *p != 0),
+                    restarts: l.restarts,
+                    last_exit: Some(l.last_exit).filter(|e| !e.is_empty()),
+                    lines: l.lines,
+                })
+                .collect(),
         })
     }
 }

@@ -1,0 +1,713 @@
+//! Carries out `Install` and `Rollback` commands and recovers after a
+//! crash. Each service has one journal ([`crate::journal`]) written before
+//! every side effect; commands for one service run one at a time, and a
+//! command whose id already has a report is answered from the journal, not
+//! done again. Side effects go through [`Runner`], [`Prober`] and
+//! [`Source`], so the sequencing is tested against fakes.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cutover_core::rollout::{Command, Evidence, InstallCommand, Report, RollbackCommand};
+use cutover_core::views::{now_ms, InstalledService};
+use tokio::sync::mpsc;
+
+use crate::extract::{self, Limits};
+use crate::fetch::{self, Source};
+use crate::health::{HealthWindow, Prober, Verdict};
+use crate::journal::{self, Journal, Op, Slot, Stage};
+use crate::runner::{RunStatus, Runners};
+
+/// When the controller was last reachable, shared with the session.
+#[derive(Default)]
+pub struct Link {
+    lost_since: Mutex<Option<Instant>>,
+}
+
+impl Link {
+    pub fn new_lost() -> Link {
+        Link {
+            lost_since: Mutex::new(Some(Instant::now())),
+        }
+    }
+
+    pub fn connected(&self) {
+        *self.lost_since.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    pub fn lost(&self) {
+        self.lost_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert_with(Instant::now);
+    }
+
+    /// How long the controller has been unreachable (zero when connected).
+    pub fn lost_for(&self) -> Duration {
+        self.lost_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .map(|t| t.elapsed())
+            .unwrap_or_default()
+    }
+}
+
+pub struct Installer {
+    pub data_dir: PathBuf,
+    pub limits: Limits,
+    pub runners: Runners,
+    pub prober: Box<dyn Prober>,
+    pub source: Box<dyn Source>,
+    pub link: Arc<Link>,
+    pub autonomous_rollback_after: Duration,
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    busy: Mutex<HashMap<String, &'static str>>,
+    outbox: mpsc::UnboundedSender<Report>,
+}
+
+/// Reports waiting for a session to carry them.
+pub type Outbox = mpsc::UnboundedReceiver<Report>;
+
+fn failure(gate: &str, detail: impl Into<String>) -> Evidence {
+    Evidence {
+        gate: gate.into(),
+        detail: detail.into(),
+        ..Evidence::default()
+    }
+}
+
+impl Installer {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        data_dir: PathBuf,
+        limits: Limits,
+        runners: Runners,
+        prober: Box<dyn Prober>,
+        source: Box<dyn Source>,
+        link: Arc<Link>,
+        autonomous_rollback_after: Duration,
+    ) -> (Arc<Installer>, Outbox) {
+        let (outbox, rx) = mpsc::unbounded_channel();
+        let i = Installer {
+            data_dir,
+            limits,
+            runners,
+            prober,
+            source,
+            link,
+            autonomous_rollback_after,
+            locks: Mutex::new(HashMap::new()),
+            busy: Mutex::new(HashMap::new()),
+            outbox,
+        };
+        (Arc::new(i), rx)
+    }
+
+    fn lock(&self, service: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(service.to_string())
+            .or_default()
+            .clone()
+    }
+
+    fn set_busy(&self, service: &str, what: Option<&'static str>) {
+        let mut busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
+        match what {
+            Some(w) => busy.insert(service.to_string(), w),
+            None => busy.remove(service),
+        };
+    }
+
+    fn journal(&self, service: &str) -> Journal {
+        match Journal::load(&self.data_dir, service) {
+            Ok(Some(j)) => j,
+            Ok(None) => Journal::new(service),
+            Err(e) => {
+                tracing::error!(%service, error = %e, "journal unreadable; starting it afresh");
+                Journal::new(service)
+            }
+        }
+    }
+
+    fn save(&self, j: &Journal) -> Result<(), Evidence> {
+        j.save(&self.data_dir)
+            .map_err(|e| failure("journal", format!("cannot write the journal: {e}")))
+    }
+
+    fn status(&self, slot: &Slot, service: &str) -> RunStatus {
+        self.runners
+            .for_config(&slot.config)
+            .status(service, &slot.config)
+    }
+
+    /// What every service runs, for hello and diagnostics.
+    pub fn inventory(&self) -> Vec<InstalledService> {
+        let journals = Journal::load_all(&self.data_dir).unwrap_or_default();
+        let busy = self.busy.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        journals
+            .iter()
+            .map(|j| {
+                let state = if let Some(b) = busy.get(&j.service) {
+                    b.to_string()
+                } else if j.failed_since_ms.is_some() {
+                    "failed".into()
+                } else {
+                    match &j.current {
+                        Some(slot) if self.status(slot, &j.service).running => "running".into(),
+                        Some(_) => "not running".into(),
+                        None => "not installed".into(),
+                    }
+                };
+                j.installed(&state)
+            })
+            .collect()
+    }
+
+    /// The last report of every service, sent again on each new session so
+    /// a controller that missed one (or restarted) hears it.
+    pub fn last_reports(&self) -> Vec<Report> {
+        Journal::load_all(&self.data_dir)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|j| j.last_report)
+            .collect()
+    }
+
+    /// Per service: restarts, pid and the tail of its log, for `cutover diag`.
+    pub fn logs(&self, lines: usize) -> Vec<cutover_core::views::ServiceLog> {
+        Journal::load_all(&self.data_dir)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|j| {
+                let slot = j.current?;
+                let runner = self.runners.for_config(&slot.config);
+                let st = runner.status(&j.service, &slot.config);
+                Some(cutover_core::views::ServiceLog {
+                    service: j.service.clone(),
+                    pid: st.pid,
+                    restarts: st.restarts,
+                    last_exit: st.last_exit,
+                    lines: runner.log_tail(&j.service, &slot.config, lines),
+                })
+            })
+            .collect()
+    }
+
+    /// Runs one command and queues its report.
+    pub async fn execute(self: &Arc<Self>, cmd: Command) {
+        let service = cmd.service().to_string();
+        let lock = self.lock(&service);
+        let _held = lock.lock().await;
+        let mut j = self.journal(&service);
+        if let Some(r) = j.last_report.as_ref().filter(|r| r.command_id == cmd.id()) {
+            tracing::info!(%service, command = %cmd.id(), "command already done; reporting again");
+            let _ = self.outbox.send(r.clone());
+            return;
+        }
+        tracing::info!(%service, command = %cmd.id(), "command received");
+        let started = Instant::now();
+        let (ok, evidence, fetched, restarted) = match &cmd {
+            Command::Install(c) => self.install(&mut j, c, started).await,
+            Command::Rollback(c) => self.rollback(&mut j, c, started).await,
+        };
+        self.finish(&mut j, cmd.id(), ok, evidence, fetched, restarted, started);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn finish(
+        &self,
+        j: &mut Journal,
+        command_id: &str,
+        ok: bool,
+        evidence: Option<Evidence>,
+        fetched: u64,
+        restarted: bool,
+        started: Instant,
+    ) {
+        j.op = None;
+        let state = if ok {
+            "running"
+        } else if j.failed_since_ms.is_some() {
+            "failed"
+        } else {
+            "running"
+        };
+        let report = Report {
+            command_id: command_id.to_string(),
+            service: j.service.clone(),
+            ok,
+            evidence,
+            installed: j.installed(state),
+            auto_rolled_back: false,
+            fetched_bytes: fetched,
+            restarted,
+            duration_ms: started.elapsed().as_millis() as u64,
+        };
+        match &report.evidence {
+            None => {
+                tracing::info!(service = %j.service, command = %command_id, "command succeeded")
+            }
+            Some(e) => {
+                tracing::warn!(service = %j.service, command = %command_id, gate = %e.gate, detail = %e.detail, "command failed")
+            }
+        }
+        j.last_report = Some(report.clone());
+        if let Err(e) = self.save(j) {
+            tracing::error!(service = %j.service, error = %e.detail, "could not record the report");
+        }
+        self.set_busy(&j.service, None);
+        self.collect_garbage();
+        let _ = self.outbox.send(report);
+    }
+
+    /// (ok, evidence, bytes fetched, restarted)
+    async fn install(
+        &self,
+        j: &mut Journal,
+        c: &InstallCommand,
+        started: Instant,
+    ) -> (bool, Option<Evidence>, u64, bool) {
+        let service = c.service.as_str();
+        if j.current.as_ref().is_some_and(|s| s.sha256 == c.sha256) && j.failed_since_ms.is_none() {
+            // Already installed: not fetched, not restarted.
+            if let Some(slot) = &j.current {
+                if !self.status(slot, service).running {
+                    let dir = journal::release_dir(&self.data_dir, &slot.sha256);
+                    if let Err(e) =
+                        self.runners
+                            .for_config(&slot.config)
+                            .start(service, &dir, &slot.config)
+                    {
+                        return (false, Some(failure("start", e.to_string())), 0, true);
+                    }
+                    return (true, None, 0, true);
+                }
+            }
+            return (true, None, 0, false);
+        }
+        self.set_busy(service, Some("installing"));
+        j.failed_since_ms = None;
+        j.op = Some(Op::Install {
+            command: c.clone(),
+            stage: Stage::Preparing,
+        });
+        if let Err(e) = self.save(j) {
+            return (false, Some(e), 0, false);
+        }
+        let fetched = match self.prepare(c).await {
+            Ok(n) => n,
+            Err(e) => return (false, Some(e), 0, false),
+        };
+        let new = Slot {
+            identity: c.target.clone(),
+            sha256: c.sha256,
+            config: c.config.clone(),
+        };
+        if let Err(e) = self
+            .swap_to(
+                j,
+                new,
+                Op::Install {
+                    command: c.clone(),
+                    stage: Stage::Swapping,
+                },
+            )
+            .await
+        {
+            return (false, Some(e), fetched, true);
+        }
+        j.op = Some(Op::Install {
+            command: c.clone(),
+            stage: Stage::Checking,
+        });
+        if let Err(e) = self.save(j) {
+            return (false, Some(e), fetched, true);
+        }
+        self.set_busy(service, Some("checking"));
+        match self.check_health(j, started, false).await {
+            Ok(()) => (true, None, fetched, true),
+            Err(e) => {
+                j.failed_since_ms = Some(now_ms());
+                (false, Some(e), fetched, true)
+            }
+        }
+    }
+
+    /// Makes `releases/<sha256>/` exist: from the cache, or fetched,
+    /// verified and unpacked. Returns the bytes fetched.
+    async fn prepare(&self, c: &InstallCommand) -> Result<u64, Evidence> {
+        let dest = journal::release_dir(&self.data_dir, &c.sha256);
+        if dest.is_dir() {
+            return Ok(0);
+        }
+        let (part, fetched) =
+            fetch::fetch(self.source.as_ref(), &self.data_dir, &c.sha256, c.size).await?;
+        let staging =
+            dest.with_file_name(format!(".tmp-{}-{}", c.sha256.to_hex(), std::process::id()));
+        let _ = std::fs::remove_dir_all(&staging);
+        if let Some(parent) = staging.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| failure("unpack", format!("{}: {e}", parent.display())))?;
+        }
+        let limits = self.limits;
+        let (p, s) = (part.clone(), staging.clone());
+        let unpacked = tokio::task::spawn_blocking(move || extract::unpack(&p, &s, limits))
+            .await
+            .map_err(|e| failure("unpack", e.to_string()))?;
+        match unpacked {
+            Ok(u) => {
+                tracing::info!(service = %c.service, files = u.files, bytes = u.bytes, "unpacked")
+            }
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&staging);
+                let _ = std::fs::remove_file(&part);
+                return Err(failure(
+                    "unpack",
+                    format!("artifact {} refused: {e}", c.sha256),
+                ));
+            }
+        }
+        std::fs::rename(&staging, &dest).map_err(|e| {
+            let _ = std::fs::remove_dir_all(&staging);
+            failure("unpack", format!("{}: {e}", dest.display()))
+        })?;
+        let _ = std::fs::remove_file(&part);
+        Ok(fetched.transferred)
+    }
+
+    /// Stops what runs, flips `current` to `new` and starts it. The journal
+    /// says `Swapping` before anything stops.
+    async fn swap_to(&self, j: &mut Journal, new: Slot, op: Op) -> Result<(), Evidence> {
+        let service = j.service.clone();
+        j.op = Some(op);
+        self.save(j)?;
+        if let Some(old) = j.current.clone() {
+            let runner_old = self.runners.for_config(&old.config);
+            let s = service.clone();
+            // Stopping blocks up to the grace period.
+            let result = tokio::task::block_in_place(|| runner_old.stop(&s, &old.config));
+            if let Err(e) = result {
+                tracing::warn!(%service, error = %e, "stopping the old release failed; swapping anyway");
+            }
+        }
+        journal::switch_current(&self.data_dir, &service, &new.sha256)
+            .map_err(|e| failure("swap", e.to_string()))?;
+        let old = j.current.replace(new.clone());
+        if old.as_ref().map(|o| o.sha256) != Some(new.sha256) {
+            j.previous = old;
+        }
+        self.save(j)?;
+        let dir = journal::release_dir(&self.data_dir, &new.sha256);
+        self.runners
+            .for_config(&new.config)
+            .start(&service, &dir, &new.config)
+            .map_err(|e| failure("start", e.to_string()))
+    }
+
+    /// Probes until healthy or the deadline. With `instant`, one passing
+    /// round is enough (the rollback path).
+    async fn check_health(
+        &self,
+        j: &Journal,
+        started: Instant,
+        instant: bool,
+    ) -> Result<(), Evidence> {
+        let Some(slot) = j.current.clone() else {
+            return Err(failure("health", "nothing installed"));
+        };
+        let min = if instant {
+            Duration::ZERO
+        } else {
+            slot.config.min_healthy_time
+        };
+        let mut window = HealthWindow::new(Instant::now(), min, slot.config.healthy_deadline);
+        let interval = slot
+            .config
+            .checks
+            .iter()
+            .map(|c| c.interval)
+            .min()
+            .unwrap_or(Duration::from_millis(500));
+        let dir = journal::release_dir(&self.data_dir, &slot.sha256);
+        loop {
+            let round = self.round(&j.service, &slot, &dir).await;
+            match window.observe(Instant::now(), round) {
+                Verdict::Healthy => return Ok(()),
+                Verdict::Failed(mut e) => {
+                    e.elapsed_ms = started.elapsed().as_millis() as u64;
+                    return Err(e);
+                }
+                Verdict::Pending => {}
+            }
+            if !instant && window.failing() && self.link.lost_for() > self.autonomous_rollback_after
+            {
+                let mut e = window
+                    .last_failure(Instant::now())
+                    .unwrap_or_else(|| failure("health", "failing"));
+                e.detail = format!(
+                    "{} (controller unreachable for {}s)",
+                    e.detail,
+                    self.link.lost_for().as_secs()
+                );
+                return Err(e);
+            }
+            tokio::time::sleep(interval).await;
+        }
+    }
+
+    /// One round: the service must run, then every check must pass.
+    async fn round(&self, service: &str, slot: &Slot, dir: &Path) -> Result<(), Evidence> {
+        let st = self.status(slot, service);
+        if !st.running {
+            let how = st.last_exit.unwrap_or_else(|| "not running".into());
+            let mut e = failure(
+                "start",
+                format!("service is not running: {how} (restarts: {})", st.restarts),
+            );
+            let log = self
+                .runners
+                .for_config(&slot.config)
+                .log_tail(service, &slot.config, 5);
+            e.output = log.join("\n");
+            return Err(e);
+        }
+        for check in &slot.config.checks {
+            self.prober.probe(check, dir).await?;
+        }
+        Ok(())
+    }
+
+    async fn rollback(
+        &self,
+        j: &mut Journal,
+        c: &RollbackCommand,
+        started: Instant,
+    ) -> (bool, Option<Evidence>, u64, bool) {
+        if j.current.as_ref().map(|s| s.sha256) != Some(c.from) {
+            // Never moved to `from` (or already went back): nothing to do.
+            j.failed_since_ms = None;
+            return (true, None, 0, false);
+        }
+        let Some(previous) = j.previous.clone() else {
+            return (
+                false,
+                Some(failure(
+                    "rollback",
+                    "no previous release on this host to go back to",
+                )),
+                0,
+                false,
+            );
+        };
+        self.set_busy(&c.service, Some("rolling back"));
+        if let Err(e) = self
+            .swap_to(
+                j,
+                previous,
+                Op::Rollback {
+                    command_id: c.command_id.clone(),
+                    stage: Stage::Swapping,
+                },
+            )
+            .await
+        {
+            return (false, Some(e), 0, true);
+        }
+        j.failed_since_ms = None;
+        j.op = Some(Op::Rollback {
+            command_id: c.command_id.clone(),
+            stage: Stage::Checking,
+        });
+        if let Err(e) = self.save(j) {
+            return (false, Some(e), 0, true);
+        }
+        match self.check_health(j, started, true).await {
+            Ok(()) => (true, None, 0, true),
+            Err(mut e) => {
+                e.gate = "rollback".into();
+                (false, Some(e), 0, true)
+            }
+        }
+    }
+
+    /// Rolls back, on the agent's own authority, every freshly installed
+    /// service that failed while the controller has been gone too long.
+    pub async fn autonomous_rollbacks(self: &Arc<Self>) {
+        if self.link.lost_for() <= self.autonomous_rollback_after {
+            return;
+        }
+        for j in Journal::load_all(&self.data_dir).unwrap_or_default() {
+            if j.failed_since_ms.is_none() || j.op.is_some() {
+                continue;
+            }
+            let lock = self.lock(&j.service);
+            let _held = lock.lock().await;
+            let mut j = self.journal(&j.service);
+            let (Some(cur), Some(_), Some(mut report)) =
+                (j.current.clone(), j.previous.clone(), j.last_report.clone())
+            else {
+                continue;
+            };
+            if j.failed_since_ms.is_none() {
+                continue;
+            }
+            tracing::warn!(service = %j.service, lost_for = ?self.link.lost_for(), "controller unreachable and the new release is failing; rolling back on my own");
+            let cmd = RollbackCommand {
+                command_id: format!("{}-auto", report.command_id),
+                service: j.service.clone(),
+                from: cur.sha256,
+            };
+            let (ok, evidence, _, _) = self.rollback(&mut j, &cmd, Instant::now()).await;
+            j.op = None;
+            if !ok {
+                tracing::error!(service = %j.service, error = ?evidence, "autonomous rollback failed");
+                j.failed_since_ms = Some(now_ms());
+            }
+            report.auto_rolled_back = ok;
+            report.installed = j.installed(if ok { "running" } else { "failed" });
+            j.last_report = Some(report.clone());
+            if let Err(e) = self.save(&j) {
+                tracing::error!(service = %j.service, error = %e.detail, "could not record the autonomous rollback");
+            }
+            self.set_busy(&j.service, None);
+            let _ = self.outbox.send(report);
+        }
+    }
+
+    /// After a restart: bring every service to exactly its old or its new
+    /// release, running, and finish health checks that were cut short.
+    pub async fn recover(self: &Arc<Self>) {
+        let _ = std::fs::read_dir(self.data_dir.join("releases")).map(|entries| {
+            for e in entries.flatten() {
+                if e.file_name().to_string_lossy().starts_with(".tmp-") {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        });
+        for mut j in Journal::load_all(&self.data_dir).unwrap_or_default() {
+            let service = j.service.clone();
+            let linked = journal::read_current(&self.data_dir, &service);
+            let mut resume_checks = None;
+            match j.op.clone() {
+                None => {}
+                Some(Op::Install {
+                    command,
+                    stage: Stage::Preparing,
+                }) => {
+                    tracing::info!(%service, command = %command.command_id, "install was interrupted before the swap; old release stays");
+                    j.op = None;
+                }
+                Some(Op::Install { command, stage }) => {
+                    if stage == Stage::Swapping
+                        && linked == Some(command.sha256)
+                        && j.current.as_ref().map(|s| s.sha256) != Some(command.sha256)
+                    {
+                        let new = Slot {
+                            identity: command.target.clone(),
+                            sha256: command.sha256,
+                            config: command.config.clone(),
+                        };
+                        j.previous = j.current.replace(new);
+                    }
+                    if linked == Some(command.sha256) {
+                        tracing::info!(%service, command = %command.command_id, "install was interrupted after the swap; checking the new release again");
+                        j.op = Some(Op::Install {
+                            command: command.clone(),
+                            stage: Stage::Checking,
+                        });
+                        resume_checks = Some(command.command_id.clone());
+                    } else {
+                        tracing::info!(%service, command = %command.command_id, "install was interrupted before the swap; old release stays");
+                        j.op = None;
+                    }
+                }
+                Some(Op::Rollback { command_id, stage }) => {
+                    let prev = j.previous.as_ref().map(|s| s.sha256);
+                    if stage == Stage::Swapping && linked.is_some() && linked == prev {
+                        std::mem::swap(&mut j.current, &mut j.previous);
+                    }
+                    tracing::info!(%service, command = %command_id, "rollback was interrupted; the current release stays");
+                    j.op = None;
+                }
+            }
+            if let Some(slot) = &j.current {
+                let runner = self.runners.for_config(&slot.config);
+                let dir = journal::release_dir(&self.data_dir, &slot.sha256);
+                if !runner.adopt(&service, &dir, &slot.config) {
+                    // Whatever still runs from before (a half-done swap) goes first.
+                    let _ = runner.stop(&service, &slot.config);
+                    if let Err(e) = runner.start(&service, &dir, &slot.config) {
+                        tracing::error!(%service, error = %e, "could not start the current release");
+                    }
+                }
+            }
+            if let Err(e) = self.save(&j) {
+                tracing::error!(%service, error = %e.detail, "could not write the recovered journal");
+            }
+            if let Some(command_id) = resume_checks {
+                let me = self.clone();
+                tokio::spawn(async move {
+                    let lock = me.lock(&service);
+                    let _held = lock.lock().await;
+                    let mut j = me.journal(&service);
+                    let started = Instant::now();
+                    me.set_busy(&service, Some("checking"));
+                    let (ok, evidence) = match me.check_health(&j, started, false).await {
+                        Ok(()) => (true, None),
+                        Err(e) => {
+                            j.failed_since_ms = Some(now_ms());
+                            (false, Some(e))
+                        }
+                    };
+                    me.finish(&mut j, &command_id, ok, evidence, 0, true, started);
+                });
+            }
+        }
+    }
+
+    /// Stops every service (the agent's `stop_services_on_exit`).
+    pub fn stop_all(&self) {
+        for j in Journal::load_all(&self.data_dir).unwrap_or_default() {
+            if let Some(slot) = &j.current {
+                if let Err(e) = self
+                    .runners
+                    .for_config(&slot.config)
+                    .stop(&j.service, &slot.config)
+                {
+                    tracing::warn!(service = %j.service, error = %e, "could not stop");
+                }
+            }
+        }
+    }
+
+    /// Keeps each service's current and previous release; removes the rest.
+    fn collect_garbage(&self) {
+        let journals = Journal::load_all(&self.data_dir).unwrap_or_default();
+        let mut keep = std::collections::HashSet::new();
+        for j in &journals {
+            keep.extend(
+                j.current
+                    .iter()
+                    .chain(j.previous.iter())
+                    .map(|s| s.sha256.to_hex()),
+            );
+            if let Some(Op::Install { command, .. }) = &j.op {
+                keep.insert(command.sha256.to_hex());
+            }
+        }
+        let Ok(entries) = std::fs::read_dir(self.data_dir.join("releases")) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.len() == 64 && !keep.contains(&name) {
+                tracing::info!(release = %name, "removing release no service needs");
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+}
