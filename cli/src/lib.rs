@@ -64,8 +64,114 @@ pub enum Command {
     Status,
     /// Ask one host's agent for live diagnostics.
     Diag { host: String },
-    /// Run a throwaway controller and three agents on loopback and show them.
+    /// The fleet config: which hosts run which services, and how.
+    Fleet {
+        #[command(subcommand)]
+        command: FleetCommand,
+    },
+    /// Show the steps a rollout would take, without starting it.
+    Plan {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Plan and start a rollout.
+    Upgrade {
+        #[command(flatten)]
+        target: Target,
+        /// Only print the plan.
+        #[arg(long)]
+        dry_run: bool,
+        /// Start without asking.
+        #[arg(long, short)]
+        yes: bool,
+        /// On a failed health check, stop and leave the host as it is.
+        #[arg(long)]
+        no_rollback: bool,
+        /// Follow the rollout until it ends (exit 1 unless it succeeds).
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Take SERVICE back on every host at once: to each host's previous
+    /// release, or to release VERSION.
+    Rollback {
+        service: String,
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(long)]
+        allow_offline: bool,
+        #[arg(long, short)]
+        yes: bool,
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Rollouts: list, show, watch, pause, resume, abort.
+    Rollout {
+        #[command(subcommand)]
+        command: RolloutCommand,
+    },
+    /// The controller's event log.
+    Events {
+        /// Only this rollout's events.
+        #[arg(long)]
+        rollout: Option<u64>,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Run a throwaway controller and three agents on loopback, roll a good
+    /// and a failing release of a sample service out, and show the rollback.
     Demo(demo::DemoArgs),
+}
+
+/// Which services and which release.
+#[derive(clap::Args)]
+pub struct Target {
+    /// Services to move.
+    pub services: Vec<String>,
+    /// Every service of the release.
+    #[arg(long)]
+    pub all: bool,
+    /// A channel, an exact version, or nothing for the default channel.
+    #[arg(long, default_value = "")]
+    pub version: String,
+    /// Plan even with hosts offline; their steps wait for them.
+    #[arg(long)]
+    pub allow_offline: bool,
+}
+
+impl Target {
+    fn plan_args(self) -> Result<commands::rollout::PlanArgs> {
+        Ok(commands::rollout::PlanArgs {
+            services: commands::rollout::selection(self.services, self.all)?,
+            version: self.version,
+            allow_offline: self.allow_offline,
+        })
+    }
+}
+
+#[derive(Subcommand)]
+pub enum FleetCommand {
+    /// Validate FILE and store it as the fleet config.
+    Apply { file: PathBuf },
+    /// Print the stored fleet config.
+    Show,
+}
+
+#[derive(Subcommand)]
+pub enum RolloutCommand {
+    /// Recent rollouts, newest first.
+    List {
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// One rollout on one screen: where it stopped, why, and what was done.
+    Show { id: u64 },
+    /// Follow a rollout live until it ends.
+    Watch { id: u64 },
+    /// Start no new batches; steps in flight finish.
+    Pause { id: u64 },
+    Resume { id: u64 },
+    /// Stop for good; hosts stay as they are.
+    Abort { id: u64 },
 }
 
 #[derive(Subcommand)]
@@ -136,7 +242,7 @@ pub enum HostCommand {
 
 /// Runs one command.
 pub async fn run(cli: Cli) -> Result<()> {
-    use commands::{fleet, release};
+    use commands::{fleet, release, rollout};
     let out = cli.output;
     let c = &cli.connect;
     match cli.command {
@@ -171,6 +277,43 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Hosts => fleet::hosts(c, out).await,
         Command::Status => fleet::status(c, out).await,
         Command::Diag { host } => fleet::diag(c, &host, out).await,
+        Command::Fleet { command } => match command {
+            FleetCommand::Apply { file } => rollout::fleet_apply(c, &file).await,
+            FleetCommand::Show => rollout::fleet_show(c, out).await,
+        },
+        Command::Plan { target } => rollout::plan(c, &target.plan_args()?, out).await,
+        Command::Upgrade {
+            target,
+            dry_run,
+            yes,
+            no_rollback,
+            wait,
+        } => {
+            let args = rollout::UpgradeArgs {
+                plan: target.plan_args()?,
+                dry_run,
+                yes,
+                no_rollback,
+                wait,
+            };
+            rollout::upgrade(c, args, out).await
+        }
+        Command::Rollback {
+            service,
+            to,
+            allow_offline,
+            yes,
+            wait,
+        } => rollout::rollback(c, &service, to, allow_offline, yes, wait, out).await,
+        Command::Rollout { command } => match command {
+            RolloutCommand::List { limit } => rollout::list(c, limit, out).await,
+            RolloutCommand::Show { id } => rollout::show(c, id, out).await,
+            RolloutCommand::Watch { id } => rollout::watch(c, id, out).await,
+            RolloutCommand::Pause { id } => rollout::control(c, id, "pause", out).await,
+            RolloutCommand::Resume { id } => rollout::control(c, id, "resume", out).await,
+            RolloutCommand::Abort { id } => rollout::control(c, id, "abort", out).await,
+        },
+        Command::Events { rollout: id, limit } => rollout::events(c, id, limit, out).await,
         Command::Demo(args) => demo::run(args).await,
     }
 }

@@ -2,6 +2,7 @@
 
 pub mod fleet;
 pub mod release;
+pub mod rollout;
 
 use std::path::Path;
 

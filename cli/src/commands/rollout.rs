@@ -1,0 +1,446 @@
+//! `cutover fleet apply|show`, `plan`, `upgrade`, `rollback`,
+//! `rollout list|show|watch|pause|resume|abort` and `events`.
+
+use std::io::IsTerminal;
+use std::path::Path;
+use std::time::Duration;
+
+use cutover_core::rollout::{
+    EventView, Plan, Rollout, RolloutDetail, RolloutStatus, Started, Step, StepPhase,
+};
+use cutover_core::views::{from_ms, ContentIdentity};
+use cutover_proto::commands::from_json;
+use cutover_proto::v1;
+
+use crate::client::ConnectArgs;
+use crate::error::{Error, Result};
+use crate::output::{self, Format};
+
+fn decode<T: serde::de::DeserializeOwned>(what: &'static str, doc: v1::JsonDocument) -> Result<T> {
+    from_json(what, doc).map_err(|e| Error::Rpc(e.to_string()))
+}
+
+pub async fn fleet_apply(c: &ConnectArgs, file: &Path) -> Result<()> {
+    let toml = std::fs::read_to_string(file).map_err(|e| Error::io(file, e))?;
+    let name = file.display().to_string();
+    // Checked here too, so a typo is named before anything is sent.
+    let fleet = cutover_core::fleet::FleetConfig::parse(&name, &toml)?;
+    c.operator()
+        .await?
+        .apply_fleet(v1::FleetDocument { file: name.clone(), toml, applied_at_ms: 0 })
+        .await?;
+    println!(
+        "fleet config {name} applied: {} service(s), {} host(s) with labels",
+        fleet.services.len(),
+        fleet.hosts.len()
+    );
+    Ok(())
+}
+
+pub async fn fleet_show(c: &ConnectArgs, out: Format) -> Result<()> {
+    let doc = c.operator().await?.get_fleet(v1::Empty {}).await?.into_inner();
+    if out == Format::Json {
+        let fleet = cutover_core::fleet::FleetConfig::parse("stored fleet config", &doc.toml)?;
+        output::json(&fleet);
+    } else {
+        eprintln!("# applied {}", output::when(from_ms(doc.applied_at_ms)));
+        print!("{}", doc.toml);
+    }
+    Ok(())
+}
+
+/// Which services an operator asked for: names, or `--all`.
+pub fn selection(services: Vec<String>, all: bool) -> Result<Vec<String>> {
+    match (services.is_empty(), all) {
+        (true, false) => Err(Error::Usage("name the services to move, or pass --all".into())),
+        (false, true) => Err(Error::Usage("pass service names or --all, not both".into())),
+        _ => Ok(services),
+    }
+}
+
+pub struct PlanArgs {
+    pub services: Vec<String>,
+    pub version: String,
+    pub allow_offline: bool,
+}
+
+impl PlanArgs {
+    fn wire(&self) -> v1::PlanRequest {
+        v1::PlanRequest {
+            services: self.services.clone(),
+            version: self.version.clone(),
+            allow_offline: self.allow_offline,
+        }
+    }
+}
+
+pub async fn plan(c: &ConnectArgs, args: &PlanArgs, out: Format) -> Result<()> {
+    let doc = c.operator().await?.plan(args.wire()).await?.into_inner();
+    let plan: Plan = decode("plan", doc)?;
+    if out == Format::Json {
+        output::json(&plan);
+    } else {
+        print_plan(&plan);
+    }
+    Ok(())
+}
+
+fn ident(c: &Option<ContentIdentity>) -> String {
+    match c {
+        Some(c) => format!("{} ({})", c.service_version, c.release),
+        None => "nothing".into(),
+    }
+}
+
+fn print_plan(plan: &Plan) {
+    println!("release {}", plan.release);
+    if plan.services.is_empty() {
+        println!("nothing to do: every host already runs this release's services");
+    }
+    for s in &plan.services {
+        println!(
+            "\nlevel {}  {}  -> {} ({}, artifact {} {})",
+            s.level,
+            s.service,
+            s.target.service_version,
+            s.target.release,
+            output::short(&s.sha256),
+            output::bytes(s.size)
+        );
+        for (i, batch) in s.batches.iter().enumerate() {
+            let label = if i == 0 && !s.swap_back { "canary".to_string() } else { format!("batch {i}") };
+            let hosts: Vec<String> = batch.iter().map(|m| format!("{} (from {})", m.host, ident(&m.from))).collect();
+            println!("  {label:<9} {}", hosts.join(", "));
+        }
+        if !s.unchanged.is_empty() {
+            println!("  {:<9} {} (already at the target)", "unchanged", s.unchanged.join(", "));
+        }
+    }
+    if !plan.carried.is_empty() {
+        println!("\ncarried (will not move):");
+        for c in &plan.carried {
+            println!("  {} {}: {}", c.service, c.service_version, c.reason);
+        }
+    }
+    if !plan.offline.is_empty() {
+        println!("\noffline hosts allowed: {} (their steps wait until the step deadline)", plan.offline.join(", "));
+    }
+}
+
+pub struct UpgradeArgs {
+    pub plan: PlanArgs,
+    pub dry_run: bool,
+    pub yes: bool,
+    pub no_rollback: bool,
+    pub wait: bool,
+}
+
+pub async fn upgrade(c: &ConnectArgs, args: UpgradeArgs, out: Format) -> Result<()> {
+    if args.dry_run {
+        return plan(c, &args.plan, out).await;
+    }
+    if !args.yes {
+        let doc = c.operator().await?.plan(args.plan.wire()).await?.into_inner();
+        let plan: Plan = decode("plan", doc)?;
+        print_plan(&plan);
+        if plan.services.is_empty() {
+            return Ok(());
+        }
+        confirm("start this rollout?")?;
+    }
+    let doc = c
+        .operator()
+        .await?
+        .upgrade(v1::UpgradeRequest { plan: Some(args.plan.wire()), no_rollback: args.no_rollback })
+        .await?
+        .into_inner();
+    let started: Started = decode("rollout", doc)?;
+    started_output(c, started, args.wait, out).await
+}
+
+fn confirm(question: &str) -> Result<()> {
+    if !std::io::stdin().is_terminal() {
+        return Err(Error::Usage(format!("{question} pass --yes to confirm when not on a terminal")));
+    }
+    eprint!("{question} [y/N] ");
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer).map_err(|e| Error::io("stdin", e))?;
+    if matches!(answer.trim(), "y" | "Y" | "yes") {
+        Ok(())
+    } else {
+        Err(Error::Failed("not started".into()))
+    }
+}
+
+async fn started_output(c: &ConnectArgs, started: Started, wait: bool, out: Format) -> Result<()> {
+    let Some(r) = &started.rollout else {
+        if out == Format::Json {
+            output::json(&started);
+        } else {
+            println!("nothing to do: every host already runs release {}", started.plan.release);
+        }
+        return Ok(());
+    };
+    if !wait {
+        if out == Format::Json {
+            output::json(&started);
+        } else {
+            println!(
+                "rollout {} started: {} step(s) to release {}; follow it with `cutover rollout watch {}`",
+                r.id,
+                r.steps.len(),
+                r.release,
+                r.id
+            );
+        }
+        return Ok(());
+    }
+    if out != Format::Json {
+        println!("rollout {} started: {} step(s) to release {}", r.id, r.steps.len(), r.release);
+    }
+    watch(c, r.id, out).await
+}
+
+pub async fn rollback(c: &ConnectArgs, service: &str, to: Option<String>, allow_offline: bool, yes: bool, wait: bool, out: Format) -> Result<()> {
+    if !yes {
+        let target = to.as_deref().map(|v| format!("release {v}")).unwrap_or_else(|| "its previous release".into());
+        confirm(&format!("roll {service} back to {target} on every host at once?"))?;
+    }
+    let doc = c
+        .operator()
+        .await?
+        .rollback(v1::RollbackRequest { service: service.into(), to_version: to.unwrap_or_default(), allow_offline })
+        .await?
+        .into_inner();
+    let started: Started = decode("rollout", doc)?;
+    started_output(c, started, wait, out).await
+}
+
+pub async fn list(c: &ConnectArgs, limit: u32, out: Format) -> Result<()> {
+    let doc = c.operator().await?.list_rollouts(v1::ListRolloutsRequest { limit }).await?.into_inner();
+    let rollouts: Vec<Rollout> = decode("rollouts", doc)?;
+    if out == Format::Json {
+        output::json(&rollouts);
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = rollouts
+        .iter()
+        .map(|r| {
+            let (done, total) = r.progress();
+            vec![
+                r.id.to_string(),
+                format!("{:?}", r.kind).to_lowercase(),
+                r.release.clone(),
+                r.plan.services.iter().map(|s| s.service.as_str()).collect::<Vec<_>>().join(","),
+                r.status.to_string(),
+                format!("{done}/{total}"),
+                output::when(from_ms(r.created_ms)),
+            ]
+        })
+        .collect();
+    output::table(&["ID", "KIND", "RELEASE", "SERVICES", "STATUS", "STEPS", "CREATED"], &rows);
+    Ok(())
+}
+
+async fn detail(c: &ConnectArgs, id: u64) -> Result<RolloutDetail> {
+    let doc = c.operator().await?.get_rollout(v1::RolloutId { id }).await?.into_inner();
+    decode("rollout", doc)
+}
+
+pub async fn show(c: &ConnectArgs, id: u64, out: Format) -> Result<()> {
+    let d = detail(c, id).await?;
+    if out == Format::Json {
+        output::json(&d);
+    } else {
+        print_detail(&d);
+    }
+    Ok(())
+}
+
+fn secs(ms: i64) -> String {
+    format!("{:.1} s", ms as f64 / 1000.0)
+}
+
+fn print_detail(d: &RolloutDetail) {
+    let r = &d.rollout;
+    let end = r.finished_ms.unwrap_or(r.updated_ms);
+    println!(
+        "rollout {}  {:?} to release {}  {}{}",
+        r.id,
+        r.kind,
+        r.release,
+        r.status,
+        if r.no_rollback { "  (--no-rollback)" } else { "" }
+    );
+    println!("created {}, {} {}", output::when(from_ms(r.created_ms)), if r.finished_ms.is_some() { "took" } else { "running for" }, secs(end - r.created_ms));
+    let count = |p| r.count(p);
+    println!(
+        "steps: {} healthy, {} failed, {} rolled back, {} in flight, {} pending",
+        count(StepPhase::Healthy),
+        count(StepPhase::Failed) + count(StepPhase::RollbackFailed),
+        count(StepPhase::RolledBack),
+        count(StepPhase::Installing) + count(StepPhase::RollingBack),
+        count(StepPhase::Pending)
+    );
+    if let Some(f) = &r.failure {
+        let e = &f.evidence;
+        println!("\nSTOPPED at the {}: service {} on host {}", f.boundary, f.service, f.host);
+        println!("  {:<9} {}", "gate", e.gate);
+        if let Some(check) = &e.check {
+            println!("  {:<9} {check}", "check");
+        }
+        println!("  {:<9} {}", "evidence", e.detail);
+        if let Some(code) = e.status_code {
+            println!("  {:<9} {code}", "status");
+        }
+        if let Some(code) = e.exit_code {
+            println!("  {:<9} {code}", "exit code");
+        }
+        if !e.output.is_empty() {
+            println!("  {:<9} {}", "output", e.output.replace('\n', "\n            "));
+        }
+        println!("  {:<9} verdict after {}, {} probe(s)", "timings", secs(e.elapsed_ms as i64), e.probes);
+        println!("  {:<9} {}", "action", f.action);
+    } else if !r.status.is_final() {
+        if let Some(gate) = waiting_on(r) {
+            println!("\nwaiting on: {gate}");
+        }
+    }
+    println!();
+    let rows: Vec<Vec<String>> = r.steps.iter().map(step_row).collect();
+    output::table(&["SERVICE", "HOST", "BATCH", "PHASE", "SENT", "DETAIL"], &rows);
+    let recent = &d.events[d.events.len().saturating_sub(12)..];
+    if !recent.is_empty() {
+        println!("\nevents:");
+        for e in recent {
+            print_event(e);
+        }
+    }
+}
+
+/// What a running rollout waits for, in one line.
+fn waiting_on(r: &Rollout) -> Option<String> {
+    if r.status == RolloutStatus::Paused {
+        return Some("paused by an operator; `cutover rollout resume` continues".into());
+    }
+    let flight: Vec<String> = r
+        .steps
+        .iter()
+        .filter(|s| matches!(s.phase, StepPhase::Installing | StepPhase::RollingBack))
+        .map(|s| {
+            let sent = if s.sends == 0 { "host offline, command not sent yet".to_string() } else { "checking".into() };
+            format!("{} on {} ({sent})", s.service, s.host)
+        })
+        .collect();
+    (!flight.is_empty()).then(|| flight.join("; "))
+}
+
+fn step_row(s: &Step) -> Vec<String> {
+    let batch = if s.batch == 0 { "canary".to_string() } else { s.batch.to_string() };
+    let detail = match &s.evidence {
+        Some(e) => format!("{}: {}", e.gate, e.detail),
+        None => String::new(),
+    };
+    vec![s.service.clone(), s.host.clone(), batch, s.phase.to_string(), s.sends.to_string(), detail]
+}
+
+fn print_event(e: &EventView) {
+    println!(
+        "  {}  {:<20} {}{}",
+        output::when(from_ms(e.at_ms)),
+        e.kind,
+        e.host.as_deref().map(|h| format!("[{h}] ")).unwrap_or_default(),
+        e.detail
+    );
+}
+
+/// Follows a rollout until it ends: a progress bar on a terminal, a line
+/// per change otherwise. Fails (exit 1) unless it succeeded.
+pub async fn watch(c: &ConnectArgs, id: u64, out: Format) -> Result<()> {
+    let tty = std::io::stdout().is_terminal() && out == Format::Text;
+    let mut bar: Option<indicatif::ProgressBar> = None;
+    let mut last = String::new();
+    let mut seen_events = 0usize;
+    let final_detail = loop {
+        let d = detail(c, id).await?;
+        let r = &d.rollout;
+        let (done, total) = r.progress();
+        if tty {
+            let b = bar.get_or_insert_with(|| {
+                let b = indicatif::ProgressBar::new(total as u64);
+                if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} rollout {prefix} [{bar:30}] {pos}/{len} {msg}") {
+                    b.set_style(style.progress_chars("=> "));
+                }
+                b.set_prefix(id.to_string());
+                b
+            });
+            b.set_position(done as u64);
+            b.set_message(format!("{} {}", r.status, waiting_on(r).unwrap_or_default()));
+            b.tick();
+        } else if out == Format::Text {
+            for e in d.events.iter().skip(seen_events) {
+                print_event(e);
+            }
+            seen_events = d.events.len();
+            let line = format!("rollout {id}: {} {done}/{total} steps done", r.status);
+            if line != last {
+                println!("{line}");
+                last = line;
+            }
+        }
+        if r.status.is_final() {
+            if let Some(b) = bar.take() {
+                b.finish_and_clear();
+            }
+            break d;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    let r = &final_detail.rollout;
+    if out == Format::Json {
+        output::json(&final_detail);
+    } else if tty {
+        print_detail(&final_detail);
+    }
+    match r.status {
+        RolloutStatus::Succeeded => Ok(()),
+        status => Err(Error::Failed(match &r.failure {
+            Some(f) => format!("rollout {id} ended {status}: {} on {} failed at the {}: {}", f.service, f.host, f.boundary, f.evidence.detail),
+            None => format!("rollout {id} ended {status}"),
+        })),
+    }
+}
+
+pub async fn control(c: &ConnectArgs, id: u64, action: &str, out: Format) -> Result<()> {
+    let doc = c
+        .operator()
+        .await?
+        .control_rollout(v1::ControlRolloutRequest { id, action: action.into() })
+        .await?
+        .into_inner();
+    let r: Rollout = decode("rollout", doc)?;
+    if out == Format::Json {
+        output::json(&r);
+    } else {
+        println!("rollout {id} is now {}", r.status);
+    }
+    Ok(())
+}
+
+pub async fn events(c: &ConnectArgs, rollout: Option<u64>, limit: u32, out: Format) -> Result<()> {
+    let doc = c
+        .operator()
+        .await?
+        .events(v1::EventsRequest { rollout: rollout.unwrap_or(0), limit })
+        .await?
+        .into_inner();
+    let events: Vec<EventView> = decode("events", doc)?;
+    if out == Format::Json {
+        output::json(&events);
+    } else {
+        for e in &events {
+            print_event(e);
+        }
+    }
+    Ok(())
+}
