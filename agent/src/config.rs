@@ -42,6 +42,10 @@ pub struct Config {
     /// leaves services running, and the next agent adopts them.
     #[serde(default)]
     pub stop_services_on_exit: bool,
+    /// Values for `${name}` in the fleet config's commands, env and checks
+    /// (`${host}` is always this host's name).
+    #[serde(default)]
+    pub vars: std::collections::BTreeMap<String, String>,
     /// The `systemctl` the systemd runner drives.
     #[serde(default = "default_systemctl")]
     pub systemctl: PathBuf,

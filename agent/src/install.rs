@@ -62,6 +62,8 @@ pub struct Installer {
     pub source: Box<dyn Source>,
     pub link: Arc<Link>,
     pub autonomous_rollback_after: Duration,
+    /// `${name}` values for service configs, `host` included.
+    pub vars: std::collections::BTreeMap<String, String>,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     busy: Mutex<HashMap<String, &'static str>>,
     outbox: mpsc::UnboundedSender<Report>,
@@ -88,6 +90,7 @@ impl Installer {
         source: Box<dyn Source>,
         link: Arc<Link>,
         autonomous_rollback_after: Duration,
+        vars: std::collections::BTreeMap<String, String>,
     ) -> (Arc<Installer>, Outbox) {
         let (outbox, rx) = mpsc::unbounded_channel();
         let i = Installer {
@@ -98,6 +101,7 @@ impl Installer {
             source,
             link,
             autonomous_rollback_after,
+            vars,
             locks: Mutex::new(HashMap::new()),
             busy: Mutex::new(HashMap::new()),
             outbox,
@@ -289,6 +293,17 @@ impl Installer {
             }
             return (true, None, 0, false);
         }
+        let config = match c.config.with_vars(&self.vars) {
+            Ok(c) => c,
+            Err(e) => {
+                return (
+                    false,
+                    Some(failure("config", format!("service {service}: {e}"))),
+                    0,
+                    false,
+                )
+            }
+        };
         self.set_busy(service, Some("installing"));
         j.failed_since_ms = None;
         j.op = Some(Op::Install {
@@ -305,7 +320,7 @@ impl Installer {
         let new = Slot {
             identity: c.target.clone(),
             sha256: c.sha256,
-            config: c.config.clone(),
+            config,
         };
         if let Err(e) = self
             .swap_to(

@@ -96,6 +96,8 @@ impl Agent {
     pub fn new(config: Config, identity: Identity) -> Result<Arc<Agent>> {
         let addr = ControllerAddr::parse(&config.controller).map_err(Error::Session)?;
         let ca = cutover_core::tls::read_certs(&config.ca_cert)?;
+        let mut vars = config.vars.clone();
+        vars.insert("host".into(), identity.host.clone());
         let dialer = Arc::new(Dialer {
             addr: addr.clone(),
             ca,
@@ -123,6 +125,7 @@ impl Agent {
             Box::new(ControllerSource(dialer.clone())),
             link.clone(),
             config.autonomous_rollback_after,
+            vars,
         );
         Ok(Arc::new(Agent {
             config,

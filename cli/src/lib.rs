@@ -1,6 +1,7 @@
 //! `cutover`, the operator CLI: `cutover VERB [NOUN]`, `--output json` on
 //! every read command, exit code 0 (success), 1 (failure), 2 (usage).
 
+pub mod bundle;
 pub mod client;
 pub mod commands;
 pub mod demo;
@@ -164,14 +165,24 @@ pub enum RolloutCommand {
         limit: u32,
     },
     /// One rollout on one screen: where it stopped, why, and what was done.
-    Show { id: u64 },
+    Show {
+        id: u64,
+    },
     /// Follow a rollout live until it ends.
-    Watch { id: u64 },
+    Watch {
+        id: u64,
+    },
     /// Start no new batches; steps in flight finish.
-    Pause { id: u64 },
-    Resume { id: u64 },
+    Pause {
+        id: u64,
+    },
+    Resume {
+        id: u64,
+    },
     /// Stop for good; hosts stay as they are.
-    Abort { id: u64 },
+    Abort {
+        id: u64,
+    },
 }
 
 #[derive(Subcommand)]

@@ -414,6 +414,63 @@ impl ServiceConfig {
     }
 }
 
+impl ServiceConfig {
+    /// The config with `${name}` replaced by the host's variables (the
+    /// agent's `[vars]` plus `host`) in command, args, env values and
+    /// checks. An unknown variable is an error naming it.
+    pub fn with_vars(
+        &self,
+        vars: &BTreeMap<String, String>,
+    ) -> std::result::Result<ServiceConfig, String> {
+        let mut c = self.clone();
+        let sub = |s: &mut String| -> std::result::Result<(), String> {
+            *s = substitute(s, vars)?;
+            Ok(())
+        };
+        for s in c
+            .command
+            .iter_mut()
+            .chain(c.working_dir.iter_mut())
+            .chain(c.args.iter_mut())
+            .chain(c.env.values_mut())
+        {
+            sub(s)?;
+        }
+        for check in &mut c.checks {
+            for s in check
+                .url
+                .iter_mut()
+                .chain(check.address.iter_mut())
+                .chain(check.command.iter_mut())
+                .chain(check.args.iter_mut())
+            {
+                sub(s)?;
+            }
+        }
+        Ok(c)
+    }
+}
+
+fn substitute(s: &str, vars: &BTreeMap<String, String>) -> std::result::Result<String, String> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find("${") {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| format!("unclosed `${{` in {s:?}"))?;
+        let name = &after[..end];
+        let value = vars.get(name).ok_or_else(|| {
+            format!("variable `${{{name}}}` is not set on this host; add it to the agent's [vars]")
+        })?;
+        out.push_str(value);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
 /// The number of a signal named like `SIGTERM` or `TERM`.
 pub fn signal_number(name: &str) -> std::result::Result<i32, String> {
     let n = name.strip_prefix("SIG").unwrap_or(name);
@@ -494,6 +551,23 @@ rollback_scope = "host"
             .unwrap_err()
             .to_string();
         assert!(e.contains("body_contans"), "{e}");
+    }
+
+    #[test]
+    fn host_variables_are_substituted_and_unknown_ones_named() {
+        let text = GOOD.replace(
+            "http://127.0.0.1:1/healthz",
+            "http://127.0.0.1:${port}/healthz",
+        );
+        let f = FleetConfig::parse("f.toml", &text).unwrap();
+        let vars = BTreeMap::from([("port".to_string(), "8081".to_string())]);
+        let c = f.services["api"].with_vars(&vars).unwrap();
+        assert_eq!(
+            c.checks[0].url.as_deref(),
+            Some("http://127.0.0.1:8081/healthz")
+        );
+        let e = f.services["api"].with_vars(&BTreeMap::new()).unwrap_err();
+        assert!(e.contains("`${port}` is not set"), "{e}");
     }
 
     #[test]

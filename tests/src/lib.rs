@@ -4,6 +4,7 @@
 //! real `cutover` CLI. Children are killed when the fixture drops.
 
 pub mod grpc;
+pub mod sample;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -110,6 +111,10 @@ pub struct Fleet {
     pub options: ControllerOptions,
     controller: Option<Child>,
     agents: BTreeMap<String, Child>,
+    /// `[vars]` each agent's config gets.
+    pub agent_vars: BTreeMap<String, Vec<(String, String)>>,
+    /// Extra controller config lines (top-level keys).
+    pub controller_extra: String,
 }
 
 impl Fleet {
@@ -127,6 +132,8 @@ impl Fleet {
             options,
             controller: None,
             agents: BTreeMap::new(),
+            agent_vars: BTreeMap::new(),
+            controller_extra: String::new(),
             dir,
         };
         fleet
@@ -160,8 +167,8 @@ impl Fleet {
         std::fs::write(
             &config,
             format!(
-                "listen = \"127.0.0.1:{}\"\ndata_dir = \"controller\"\nagent_cert_ttl = \"{}\"\n[tls]\nca_cert = \"pki/ca.pem\"\nca_key = \"pki/ca-key.pem\"\ncert = \"pki/controller.pem\"\nkey = \"pki/controller-key.pem\"\n[releases]\ntrusted_keys = [\"release.pub\"]\n",
-                self.port, self.options.agent_cert_ttl
+                "listen = \"127.0.0.1:{}\"\ndata_dir = \"controller\"\nagent_cert_ttl = \"{}\"\n{}\n[tls]\nca_cert = \"pki/ca.pem\"\nca_key = \"pki/ca-key.pem\"\ncert = \"pki/controller.pem\"\nkey = \"pki/controller-key.pem\"\n[releases]\ntrusted_keys = [\"release.pub\"]\n",
+                self.port, self.options.agent_cert_ttl, self.controller_extra
             ),
         )
         .expect("write controller config");
@@ -230,14 +237,14 @@ impl Fleet {
 
     fn agent_config(&self, host: &str, heartbeat: &str) -> PathBuf {
         let config = self.path(&format!("{host}.toml"));
-        std::fs::write(
-            &config,
-            format!(
-                "controller = \"{}\"\nca_cert = \"pki/ca.pem\"\ndata_dir = \"agent-{host}\"\nheartbeat_interval = \"{heartbeat}\"\nreconnect_max_backoff = \"1s\"\n",
-                self.url()
-            ),
-        )
-        .expect("write agent config");
+        let mut text = format!(
+            "controller = \"{}\"\nca_cert = \"pki/ca.pem\"\ndata_dir = \"agent-{host}\"\nheartbeat_interval = \"{heartbeat}\"\nreconnect_max_backoff = \"1s\"\nautonomous_rollback_after = \"3s\"\n[vars]\n",
+            self.url()
+        );
+        for (k, v) in self.agent_vars.get(host).into_iter().flatten() {
+            text.push_str(&format!("{k} = \"{v}\"\n"));
+        }
+        std::fs::write(&config, text).expect("write agent config");
         config
     }
 
@@ -333,12 +340,41 @@ impl Default for Fleet {
     }
 }
 
+/// Kills every service process an agent of this fleet supervises (their
+/// own process groups outlive a killed agent, by design).
+fn kill_services(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for agent in entries.flatten() {
+        let Ok(services) = std::fs::read_dir(agent.path().join("services")) else {
+            continue;
+        };
+        for s in services.flatten() {
+            let Ok(text) = std::fs::read_to_string(s.path().join("pid")) else {
+                continue;
+            };
+            if let Some(pid) = text
+                .split_whitespace()
+                .next()
+                .and_then(|p| p.parse::<i32>().ok())
+            {
+                let _ = nix::sys::signal::killpg(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+}
+
 impl Drop for Fleet {
     fn drop(&mut self) {
         for (_, mut c) in std::mem::take(&mut self.agents) {
             let _ = c.kill();
             let _ = c.wait();
         }
+        kill_services(self.dir.path());
         self.kill_controller();
         if std::thread::panicking() {
             // Leave the evidence where a failing test can be read.

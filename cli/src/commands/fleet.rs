@@ -224,8 +224,15 @@ pub async fn diag(c: &ConnectArgs, host: &str, out: Format) -> Result<()> {
     }
     for log in &d.logs {
         let pid = log.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
-        let exit = log.last_exit.as_deref().map(|e| format!(", last {e}")).unwrap_or_default();
-        println!("\n{} (pid {pid}, {} restart(s){exit}), last log lines:", log.service, log.restarts);
+        let exit = log
+            .last_exit
+            .as_deref()
+            .map(|e| format!(", last {e}"))
+            .unwrap_or_default();
+        println!(
+            "\n{} (pid {pid}, {} restart(s){exit}), last log lines:",
+            log.service, log.restarts
+        );
         for line in &log.lines {
             println!("  {line}");
         }

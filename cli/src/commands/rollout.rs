@@ -27,7 +27,11 @@ pub async fn fleet_apply(c: &ConnectArgs, file: &Path) -> Result<()> {
     let fleet = cutover_core::fleet::FleetConfig::parse(&name, &toml)?;
     c.operator()
         .await?
-        .apply_fleet(v1::FleetDocument { file: name.clone(), toml, applied_at_ms: 0 })
+        .apply_fleet(v1::FleetDocument {
+            file: name.clone(),
+            toml,
+            applied_at_ms: 0,
+        })
         .await?;
     println!(
         "fleet config {name} applied: {} service(s), {} host(s) with labels",
@@ -38,7 +42,12 @@ pub async fn fleet_apply(c: &ConnectArgs, file: &Path) -> Result<()> {
 }
 
 pub async fn fleet_show(c: &ConnectArgs, out: Format) -> Result<()> {
-    let doc = c.operator().await?.get_fleet(v1::Empty {}).await?.into_inner();
+    let doc = c
+        .operator()
+        .await?
+        .get_fleet(v1::Empty {})
+        .await?
+        .into_inner();
     if out == Format::Json {
         let fleet = cutover_core::fleet::FleetConfig::parse("stored fleet config", &doc.toml)?;
         output::json(&fleet);
@@ -52,7 +61,9 @@ pub async fn fleet_show(c: &ConnectArgs, out: Format) -> Result<()> {
 /// Which services an operator asked for: names, or `--all`.
 pub fn selection(services: Vec<String>, all: bool) -> Result<Vec<String>> {
     match (services.is_empty(), all) {
-        (true, false) => Err(Error::Usage("name the services to move, or pass --all".into())),
+        (true, false) => Err(Error::Usage(
+            "name the services to move, or pass --all".into(),
+        )),
         (false, true) => Err(Error::Usage("pass service names or --all, not both".into())),
         _ => Ok(services),
     }
@@ -108,12 +119,23 @@ fn print_plan(plan: &Plan) {
             output::bytes(s.size)
         );
         for (i, batch) in s.batches.iter().enumerate() {
-            let label = if i == 0 && !s.swap_back { "canary".to_string() } else { format!("batch {i}") };
-            let hosts: Vec<String> = batch.iter().map(|m| format!("{} (from {})", m.host, ident(&m.from))).collect();
+            let label = if i == 0 && !s.swap_back {
+                "canary".to_string()
+            } else {
+                format!("batch {i}")
+            };
+            let hosts: Vec<String> = batch
+                .iter()
+                .map(|m| format!("{} (from {})", m.host, ident(&m.from)))
+                .collect();
             println!("  {label:<9} {}", hosts.join(", "));
         }
         if !s.unchanged.is_empty() {
-            println!("  {:<9} {} (already at the target)", "unchanged", s.unchanged.join(", "));
+            println!(
+                "  {:<9} {} (already at the target)",
+                "unchanged",
+                s.unchanged.join(", ")
+            );
         }
     }
     if !plan.carried.is_empty() {
@@ -123,7 +145,10 @@ fn print_plan(plan: &Plan) {
         }
     }
     if !plan.offline.is_empty() {
-        println!("\noffline hosts allowed: {} (their steps wait until the step deadline)", plan.offline.join(", "));
+        println!(
+            "\noffline hosts allowed: {} (their steps wait until the step deadline)",
+            plan.offline.join(", ")
+        );
     }
 }
 
@@ -140,7 +165,12 @@ pub async fn upgrade(c: &ConnectArgs, args: UpgradeArgs, out: Format) -> Result<
         return plan(c, &args.plan, out).await;
     }
     if !args.yes {
-        let doc = c.operator().await?.plan(args.plan.wire()).await?.into_inner();
+        let doc = c
+            .operator()
+            .await?
+            .plan(args.plan.wire())
+            .await?
+            .into_inner();
         let plan: Plan = decode("plan", doc)?;
         print_plan(&plan);
         if plan.services.is_empty() {
@@ -151,7 +181,10 @@ pub async fn upgrade(c: &ConnectArgs, args: UpgradeArgs, out: Format) -> Result<
     let doc = c
         .operator()
         .await?
-        .upgrade(v1::UpgradeRequest { plan: Some(args.plan.wire()), no_rollback: args.no_rollback })
+        .upgrade(v1::UpgradeRequest {
+            plan: Some(args.plan.wire()),
+            no_rollback: args.no_rollback,
+        })
         .await?
         .into_inner();
     let started: Started = decode("rollout", doc)?;
@@ -160,11 +193,15 @@ pub async fn upgrade(c: &ConnectArgs, args: UpgradeArgs, out: Format) -> Result<
 
 fn confirm(question: &str) -> Result<()> {
     if !std::io::stdin().is_terminal() {
-        return Err(Error::Usage(format!("{question} pass --yes to confirm when not on a terminal")));
+        return Err(Error::Usage(format!(
+            "{question} pass --yes to confirm when not on a terminal"
+        )));
     }
     eprint!("{question} [y/N] ");
     let mut answer = String::new();
-    std::io::stdin().read_line(&mut answer).map_err(|e| Error::io("stdin", e))?;
+    std::io::stdin()
+        .read_line(&mut answer)
+        .map_err(|e| Error::io("stdin", e))?;
     if matches!(answer.trim(), "y" | "Y" | "yes") {
         Ok(())
     } else {
@@ -177,7 +214,10 @@ async fn started_output(c: &ConnectArgs, started: Started, wait: bool, out: Form
         if out == Format::Json {
             output::json(&started);
         } else {
-            println!("nothing to do: every host already runs release {}", started.plan.release);
+            println!(
+                "nothing to do: every host already runs release {}",
+                started.plan.release
+            );
         }
         return Ok(());
     };
@@ -196,20 +236,42 @@ async fn started_output(c: &ConnectArgs, started: Started, wait: bool, out: Form
         return Ok(());
     }
     if out != Format::Json {
-        println!("rollout {} started: {} step(s) to release {}", r.id, r.steps.len(), r.release);
+        println!(
+            "rollout {} started: {} step(s) to release {}",
+            r.id,
+            r.steps.len(),
+            r.release
+        );
     }
     watch(c, r.id, out).await
 }
 
-pub async fn rollback(c: &ConnectArgs, service: &str, to: Option<String>, allow_offline: bool, yes: bool, wait: bool, out: Format) -> Result<()> {
+pub async fn rollback(
+    c: &ConnectArgs,
+    service: &str,
+    to: Option<String>,
+    allow_offline: bool,
+    yes: bool,
+    wait: bool,
+    out: Format,
+) -> Result<()> {
     if !yes {
-        let target = to.as_deref().map(|v| format!("release {v}")).unwrap_or_else(|| "its previous release".into());
-        confirm(&format!("roll {service} back to {target} on every host at once?"))?;
+        let target = to
+            .as_deref()
+            .map(|v| format!("release {v}"))
+            .unwrap_or_else(|| "its previous release".into());
+        confirm(&format!(
+            "roll {service} back to {target} on every host at once?"
+        ))?;
     }
     let doc = c
         .operator()
         .await?
-        .rollback(v1::RollbackRequest { service: service.into(), to_version: to.unwrap_or_default(), allow_offline })
+        .rollback(v1::RollbackRequest {
+            service: service.into(),
+            to_version: to.unwrap_or_default(),
+            allow_offline,
+        })
         .await?
         .into_inner();
     let started: Started = decode("rollout", doc)?;
@@ -217,7 +279,12 @@ pub async fn rollback(c: &ConnectArgs, service: &str, to: Option<String>, allow_
 }
 
 pub async fn list(c: &ConnectArgs, limit: u32, out: Format) -> Result<()> {
-    let doc = c.operator().await?.list_rollouts(v1::ListRolloutsRequest { limit }).await?.into_inner();
+    let doc = c
+        .operator()
+        .await?
+        .list_rollouts(v1::ListRolloutsRequest { limit })
+        .await?
+        .into_inner();
     let rollouts: Vec<Rollout> = decode("rollouts", doc)?;
     if out == Format::Json {
         output::json(&rollouts);
@@ -231,19 +298,34 @@ pub async fn list(c: &ConnectArgs, limit: u32, out: Format) -> Result<()> {
                 r.id.to_string(),
                 format!("{:?}", r.kind).to_lowercase(),
                 r.release.clone(),
-                r.plan.services.iter().map(|s| s.service.as_str()).collect::<Vec<_>>().join(","),
+                r.plan
+                    .services
+                    .iter()
+                    .map(|s| s.service.as_str())
+                    .collect::<Vec<_>>()
+                    .join(","),
                 r.status.to_string(),
                 format!("{done}/{total}"),
                 output::when(from_ms(r.created_ms)),
             ]
         })
         .collect();
-    output::table(&["ID", "KIND", "RELEASE", "SERVICES", "STATUS", "STEPS", "CREATED"], &rows);
+    output::table(
+        &[
+            "ID", "KIND", "RELEASE", "SERVICES", "STATUS", "STEPS", "CREATED",
+        ],
+        &rows,
+    );
     Ok(())
 }
 
 async fn detail(c: &ConnectArgs, id: u64) -> Result<RolloutDetail> {
-    let doc = c.operator().await?.get_rollout(v1::RolloutId { id }).await?.into_inner();
+    let doc = c
+        .operator()
+        .await?
+        .get_rollout(v1::RolloutId { id })
+        .await?
+        .into_inner();
     decode("rollout", doc)
 }
 
@@ -270,9 +352,22 @@ fn print_detail(d: &RolloutDetail) {
         r.kind,
         r.release,
         r.status,
-        if r.no_rollback { "  (--no-rollback)" } else { "" }
+        if r.no_rollback {
+            "  (--no-rollback)"
+        } else {
+            ""
+        }
     );
-    println!("created {}, {} {}", output::when(from_ms(r.created_ms)), if r.finished_ms.is_some() { "took" } else { "running for" }, secs(end - r.created_ms));
+    println!(
+        "created {}, {} {}",
+        output::when(from_ms(r.created_ms)),
+        if r.finished_ms.is_some() {
+            "took"
+        } else {
+            "running for"
+        },
+        secs(end - r.created_ms)
+    );
     let count = |p| r.count(p);
     println!(
         "steps: {} healthy, {} failed, {} rolled back, {} in flight, {} pending",
@@ -284,7 +379,10 @@ fn print_detail(d: &RolloutDetail) {
     );
     if let Some(f) = &r.failure {
         let e = &f.evidence;
-        println!("\nSTOPPED at the {}: service {} on host {}", f.boundary, f.service, f.host);
+        println!(
+            "\nSTOPPED at the {}: service {} on host {}",
+            f.boundary, f.service, f.host
+        );
         println!("  {:<9} {}", "gate", e.gate);
         if let Some(check) = &e.check {
             println!("  {:<9} {check}", "check");
@@ -297,9 +395,18 @@ fn print_detail(d: &RolloutDetail) {
             println!("  {:<9} {code}", "exit code");
         }
         if !e.output.is_empty() {
-            println!("  {:<9} {}", "output", e.output.replace('\n', "\n            "));
+            println!(
+                "  {:<9} {}",
+                "output",
+                e.output.replace('\n', "\n            ")
+            );
         }
-        println!("  {:<9} verdict after {}, {} probe(s)", "timings", secs(e.elapsed_ms as i64), e.probes);
+        println!(
+            "  {:<9} verdict after {}, {} probe(s)",
+            "timings",
+            secs(e.elapsed_ms as i64),
+            e.probes
+        );
         println!("  {:<9} {}", "action", f.action);
     } else if !r.status.is_final() {
         if let Some(gate) = waiting_on(r) {
@@ -308,7 +415,10 @@ fn print_detail(d: &RolloutDetail) {
     }
     println!();
     let rows: Vec<Vec<String>> = r.steps.iter().map(step_row).collect();
-    output::table(&["SERVICE", "HOST", "BATCH", "PHASE", "SENT", "DETAIL"], &rows);
+    output::table(
+        &["SERVICE", "HOST", "BATCH", "PHASE", "SENT", "DETAIL"],
+        &rows,
+    );
     let recent = &d.events[d.events.len().saturating_sub(12)..];
     if !recent.is_empty() {
         println!("\nevents:");
@@ -328,7 +438,11 @@ fn waiting_on(r: &Rollout) -> Option<String> {
         .iter()
         .filter(|s| matches!(s.phase, StepPhase::Installing | StepPhase::RollingBack))
         .map(|s| {
-            let sent = if s.sends == 0 { "host offline, command not sent yet".to_string() } else { "checking".into() };
+            let sent = if s.sends == 0 {
+                "host offline, command not sent yet".to_string()
+            } else {
+                "checking".into()
+            };
             format!("{} on {} ({sent})", s.service, s.host)
         })
         .collect();
@@ -336,12 +450,23 @@ fn waiting_on(r: &Rollout) -> Option<String> {
 }
 
 fn step_row(s: &Step) -> Vec<String> {
-    let batch = if s.batch == 0 { "canary".to_string() } else { s.batch.to_string() };
+    let batch = if s.batch == 0 {
+        "canary".to_string()
+    } else {
+        s.batch.to_string()
+    };
     let detail = match &s.evidence {
         Some(e) => format!("{}: {}", e.gate, e.detail),
         None => String::new(),
     };
-    vec![s.service.clone(), s.host.clone(), batch, s.phase.to_string(), s.sends.to_string(), detail]
+    vec![
+        s.service.clone(),
+        s.host.clone(),
+        batch,
+        s.phase.to_string(),
+        s.sends.to_string(),
+        detail,
+    ]
 }
 
 fn print_event(e: &EventView) {
@@ -349,7 +474,10 @@ fn print_event(e: &EventView) {
         "  {}  {:<20} {}{}",
         output::when(from_ms(e.at_ms)),
         e.kind,
-        e.host.as_deref().map(|h| format!("[{h}] ")).unwrap_or_default(),
+        e.host
+            .as_deref()
+            .map(|h| format!("[{h}] "))
+            .unwrap_or_default(),
         e.detail
     );
 }
@@ -368,14 +496,20 @@ pub async fn watch(c: &ConnectArgs, id: u64, out: Format) -> Result<()> {
         if tty {
             let b = bar.get_or_insert_with(|| {
                 let b = indicatif::ProgressBar::new(total as u64);
-                if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} rollout {prefix} [{bar:30}] {pos}/{len} {msg}") {
+                if let Ok(style) = indicatif::ProgressStyle::with_template(
+                    "{spinner} rollout {prefix} [{bar:30}] {pos}/{len} {msg}",
+                ) {
                     b.set_style(style.progress_chars("=> "));
                 }
                 b.set_prefix(id.to_string());
                 b
             });
             b.set_position(done as u64);
-            b.set_message(format!("{} {}", r.status, waiting_on(r).unwrap_or_default()));
+            b.set_message(format!(
+                "{} {}",
+                r.status,
+                waiting_on(r).unwrap_or_default()
+            ));
             b.tick();
         } else if out == Format::Text {
             for e in d.events.iter().skip(seen_events) {
@@ -405,7 +539,10 @@ pub async fn watch(c: &ConnectArgs, id: u64, out: Format) -> Result<()> {
     match r.status {
         RolloutStatus::Succeeded => Ok(()),
         status => Err(Error::Failed(match &r.failure {
-            Some(f) => format!("rollout {id} ended {status}: {} on {} failed at the {}: {}", f.service, f.host, f.boundary, f.evidence.detail),
+            Some(f) => format!(
+                "rollout {id} ended {status}: {} on {} failed at the {}: {}",
+                f.service, f.host, f.boundary, f.evidence.detail
+            ),
             None => format!("rollout {id} ended {status}"),
         })),
     }
@@ -415,7 +552,10 @@ pub async fn control(c: &ConnectArgs, id: u64, action: &str, out: Format) -> Res
     let doc = c
         .operator()
         .await?
-        .control_rollout(v1::ControlRolloutRequest { id, action: action.into() })
+        .control_rollout(v1::ControlRolloutRequest {
+            id,
+            action: action.into(),
+        })
         .await?
         .into_inner();
     let r: Rollout = decode("rollout", doc)?;
@@ -431,7 +571,10 @@ pub async fn events(c: &ConnectArgs, rollout: Option<u64>, limit: u32, out: Form
     let doc = c
         .operator()
         .await?
-        .events(v1::EventsRequest { rollout: rollout.unwrap_or(0), limit })
+        .events(v1::EventsRequest {
+            rollout: rollout.unwrap_or(0),
+            limit,
+        })
         .await?
         .into_inner();
     let events: Vec<EventView> = decode("events", doc)?;

@@ -1,0 +1,172 @@
+//! Building release bundles: deterministic `.tar.gz` artifacts and the
+//! manifest that pins them. The demo makes its sample releases with this,
+//! and the system tests make theirs.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use cutover_core::Sha256Digest;
+
+use crate::error::{Error, Result};
+
+/// One file of a tarball: path inside the release, bytes, Unix mode.
+pub struct File {
+    pub path: String,
+    pub bytes: Vec<u8>,
+    pub mode: u32,
+}
+
+impl File {
+    pub fn new(path: &str, bytes: impl Into<Vec<u8>>, mode: u32) -> File {
+        File {
+            path: path.into(),
+            bytes: bytes.into(),
+            mode,
+        }
+    }
+}
+
+/// One service of a release.
+pub struct Service {
+    pub name: String,
+    pub service_version: String,
+    pub depends_on: Vec<String>,
+    pub files: Vec<File>,
+}
+
+/// A gzip'd tar of `files` with fixed owners and times, so the same files
+/// always give the same digest.
+pub fn tarball(files: &[File]) -> Result<Vec<u8>> {
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let mut b = tar::Builder::new(gz);
+    let mut dirs = std::collections::BTreeSet::new();
+    for f in files {
+        let mut parent = Path::new(&f.path).parent();
+        let mut chain = Vec::new();
+        while let Some(p) = parent.filter(|p| !p.as_os_str().is_empty()) {
+            chain.push(p.to_path_buf());
+            parent = p.parent();
+        }
+        for d in chain.into_iter().rev() {
+            if dirs.insert(d.clone()) {
+                let mut h = tar::Header::new_ustar();
+                h.set_entry_type(tar::EntryType::Directory);
+                h.set_mode(0o755);
+                h.set_size(0);
+                h.set_mtime(0);
+                b.append_data(&mut h, &d, std::io::empty())
+                    .map_err(|e| Error::Failed(format!("tar {}: {e}", d.display())))?;
+            }
+        }
+        let mut h = tar::Header::new_ustar();
+        h.set_mode(f.mode);
+        h.set_size(f.bytes.len() as u64);
+        h.set_mtime(0);
+        b.append_data(&mut h, &f.path, f.bytes.as_slice())
+            .map_err(|e| Error::Failed(format!("tar {}: {e}", f.path)))?;
+    }
+    let gz = b
+        .into_inner()
+        .map_err(|e| Error::Failed(format!("tar: {e}")))?;
+    gz.finish().map_err(|e| Error::Failed(format!("gzip: {e}")))
+}
+
+/// Options of a release manifest beyond its services.
+#[derive(Default)]
+pub struct Floor {
+    pub min_upgrade_from: Option<String>,
+    pub requires_intermediate: Vec<String>,
+}
+
+/// Writes `<service>-<version>.tar.gz` for every service and
+/// `release-<version>.toml` pinning them into `dir`; returns the manifest.
+pub fn write_release(
+    dir: &Path,
+    version: &str,
+    services: &[Service],
+    floor: &Floor,
+) -> Result<PathBuf> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let now = time::OffsetDateTime::now_utc();
+    let mut text = String::new();
+    let _ = writeln!(text, "version = \"{version}\"");
+    let _ = writeln!(
+        text,
+        "created = {}",
+        cutover_core::manifest::rfc3339(now - time::Duration::minutes(1))
+    );
+    let _ = writeln!(
+        text,
+        "expires = {}",
+        cutover_core::manifest::rfc3339(now + time::Duration::days(30))
+    );
+    if let Some(v) = &floor.min_upgrade_from {
+        let _ = writeln!(text, "min_upgrade_from = \"{v}\"");
+    }
+    if !floor.requires_intermediate.is_empty() {
+        let list: Vec<String> = floor
+            .requires_intermediate
+            .iter()
+            .map(|v| format!("\"{v}\""))
+            .collect();
+        let _ = writeln!(text, "requires_intermediate = [{}]", list.join(", "));
+    }
+    for s in services {
+        let bytes = tarball(&s.files)?;
+        let file = format!("{}-{}.tar.gz", s.name, s.service_version);
+        let path = dir.join(&file);
+        std::fs::write(&path, &bytes).map_err(|e| Error::io(&path, e))?;
+        let deps: Vec<String> = s.depends_on.iter().map(|d| format!("\"{d}\"")).collect();
+        let _ = write!(
+            text,
+            "\n[[services]]\nname = \"{}\"\nservice_version = \"{}\"\ndepends_on = [{}]\ntarball = {{ sha256 = \"{}\", size = {}, file = \"{file}\" }}\n",
+            s.name,
+            s.service_version,
+            deps.join(", "),
+            Sha256Digest::of(&bytes),
+            bytes.len()
+        );
+    }
+    let manifest = dir.join(format!("release-{version}.toml"));
+    std::fs::write(&manifest, text).map_err(|e| Error::io(&manifest, e))?;
+    Ok(manifest)
+}
+
+/// The files of a release of `cutover-sample`: the binary, its version and
+/// whether its health check passes.
+pub fn sample_files(binary: &[u8], version: &str, healthy: bool) -> Vec<File> {
+    let health = if healthy {
+        "ok".to_string()
+    } else {
+        format!("release {version} cannot reach its database")
+    };
+    vec![
+        File::new("bin/cutover-sample", binary.to_vec(), 0o755),
+        File::new("VERSION", format!("{version}\n"), 0o644),
+        File::new("HEALTH", format!("{health}\n"), 0o644),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tarballs_are_deterministic_and_unpack() {
+        let files = || {
+            vec![
+                File::new("bin/x", b"#!/bin/sh\n".to_vec(), 0o755),
+                File::new("VERSION", b"1\n".to_vec(), 0o644),
+            ]
+        };
+        let a = tarball(&files()).unwrap();
+        assert_eq!(a, tarball(&files()).unwrap());
+        let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(a.as_slice()));
+        let names: Vec<String> = ar
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap().path().unwrap().display().to_string())
+            .collect();
+        assert_eq!(names, ["bin", "bin/x", "VERSION"]);
+    }
+}
