@@ -16,6 +16,8 @@ pub struct Svc<'a> {
     pub version: &'a str,
     pub depends_on: &'a [&'a str],
     pub healthy: bool,
+    /// Incompressible bytes added to the tarball, to make it large.
+    pub ballast: usize,
 }
 
 impl<'a> Svc<'a> {
@@ -25,7 +27,13 @@ impl<'a> Svc<'a> {
             version,
             depends_on: &[],
             healthy: true,
+            ballast: 0,
         }
+    }
+
+    pub fn ballast(mut self, bytes: usize) -> Svc<'a> {
+        self.ballast = bytes;
+        self
     }
 
     pub fn after(mut self, deps: &'a [&'a str]) -> Svc<'a> {
@@ -75,7 +83,13 @@ impl Fleet {
                 name: s.name.into(),
                 service_version: s.version.into(),
                 depends_on: s.depends_on.iter().map(|d| d.to_string()).collect(),
-                files: bundle::sample_files(&binary, s.version, s.healthy),
+                files: {
+                    let mut files = bundle::sample_files(&binary, s.version, s.healthy);
+                    if s.ballast > 0 {
+                        files.push(bundle::File::new("ballast.bin", noise(s.ballast), 0o644));
+                    }
+                    files
+                },
             })
             .collect();
         let dir = self.path(&format!("release-{version}"));
@@ -90,6 +104,39 @@ impl Fleet {
 
     /// Applies a fleet config running every listed service on `hosts`.
     pub fn apply_sample_fleet(&self, hosts: &[&str], services: &[&str], policy: &str) {
+        self.apply_fleet_text(&sample_fleet(hosts, services, policy));
+    }
+
+    pub fn apply_fleet_text(&self, text: &str) {
+        let path = self.path("fleet.toml");
+        std::fs::write(&path, text).expect("write fleet");
+        self.cli(&["fleet", "apply", path.to_str().expect("utf-8")])
+            .ok();
+    }
+
+    /// Imports a release of one service whose tarball is exactly `bytes`.
+    pub fn raw_release(&self, version: &str, service: &str, bytes: &[u8]) {
+        let dir = self.path(&format!("release-{version}"));
+        std::fs::create_dir_all(&dir).expect("release dir");
+        std::fs::write(dir.join("artifact.tar.gz"), bytes).expect("artifact");
+        let text = format!(
+            "version = \"{version}\"\ncreated = 2026-01-01T00:00:00Z\nexpires = 2099-01-01T00:00:00Z\n[[services]]\nname = \"{service}\"\nservice_version = \"{version}\"\ntarball = {{ sha256 = \"{}\", size = {}, file = \"artifact.tar.gz\" }}\n",
+            cutover_core::Sha256Digest::of(bytes),
+            bytes.len()
+        );
+        let manifest = dir.join("release.toml");
+        std::fs::write(&manifest, text).expect("manifest");
+        let m = manifest.to_str().expect("utf-8");
+        let key = self.path("release.key");
+        self.cli(&["release", "sign", m, "--key", key.to_str().expect("utf-8")])
+            .ok();
+        self.cli(&["release", "import", m]).ok();
+    }
+}
+
+/// Fleet config text running every listed sample service on `hosts`.
+pub fn sample_fleet(hosts: &[&str], services: &[&str], policy: &str) -> String {
+    {
         let list = hosts
             .iter()
             .map(|h| format!("\"{h}\""))
@@ -117,10 +164,7 @@ timeout = "1s"
 "#
             ));
         }
-        let path = self.path("fleet.toml");
-        std::fs::write(&path, text).expect("write fleet");
-        self.cli(&["fleet", "apply", path.to_str().expect("utf-8")])
-            .ok();
+        text
     }
 }
 
@@ -136,4 +180,99 @@ pub fn http_get(port: u16, path: &str) -> Option<String> {
     let mut buf = String::new();
     s.read_to_string(&mut buf).ok()?;
     buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string())
+}
+
+/// Deterministic incompressible bytes (xorshift).
+pub fn noise(len: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+impl Fleet {
+    /// `cutover upgrade WHAT --version V --yes --wait EXTRA…`
+    pub fn upgrade(&self, what: &[&str], version: &str, extra: &[&str]) -> crate::Run {
+        let mut args = vec!["upgrade"];
+        args.extend(what);
+        args.extend(["--version", version, "--yes", "--wait"]);
+        args.extend(extra);
+        self.cli(&args)
+    }
+
+    /// `cutover rollout show ID --output json`: the rollout and its events.
+    pub fn rollout(&self, id: u64) -> crate::Value {
+        self.cli_json(&["rollout", "show", &id.to_string()])
+    }
+
+    pub fn last_rollout(&self) -> crate::Value {
+        let list = self.cli_json(&["rollout", "list"]);
+        self.rollout(list[0]["id"].as_u64().expect("a rollout"))
+    }
+
+    /// The pid in a service's pid file on `host`.
+    pub fn service_pid(&self, host: &str, service: &str) -> Option<i32> {
+        let text = std::fs::read_to_string(
+            self.agent_dir(host)
+                .join("services")
+                .join(service)
+                .join("pid"),
+        )
+        .ok()?;
+        text.split_whitespace().next()?.parse().ok()
+    }
+
+    /// The stage of the operation in progress in a service's journal.
+    pub fn journal_stage(&self, host: &str, service: &str) -> Option<String> {
+        let text = std::fs::read_to_string(
+            self.agent_dir(host)
+                .join("services")
+                .join(service)
+                .join("journal.json"),
+        )
+        .ok()?;
+        let j: crate::Value = serde_json::from_str(&text).ok()?;
+        let op = j.get("op")?.as_object()?;
+        let (_, body) = op.iter().next()?;
+        body["stage"].as_str().map(String::from)
+    }
+}
+
+/// (service, host) of every step in `phase`.
+pub fn steps(r: &crate::Value, phase: &str) -> Vec<(String, String)> {
+    r["rollout"]["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .filter(|s| s["phase"] == phase)
+        .map(|s| {
+            (
+                s["service"].as_str().unwrap_or_default().to_string(),
+                s["host"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Positions of the events matching `pred(kind, detail)`.
+pub fn event_index(r: &crate::Value, pred: impl Fn(&str, &str) -> bool) -> Vec<usize> {
+    r["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| {
+            pred(
+                e["kind"].as_str().unwrap_or_default(),
+                e["detail"].as_str().unwrap_or_default(),
+            )
+        })
+        .map(|(i, _)| i)
+        .collect()
 }

@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use cutover_cli::bundle::Floor;
-use cutover_tests::sample::Svc;
-use cutover_tests::{eventually, Fleet, Run, Value};
+use cutover_tests::sample::{event_index, steps, Svc};
+use cutover_tests::{eventually, Fleet};
 
 const HOSTS: [&str; 3] = ["h1", "h2", "h3"];
 
@@ -22,45 +22,6 @@ fn world(services: &[&str], policy: &str) -> Fleet {
     }
     f.apply_sample_fleet(&HOSTS, services, policy);
     f
-}
-
-fn upgrade(f: &Fleet, what: &[&str], version: &str, extra: &[&str]) -> Run {
-    let mut args = vec!["upgrade"];
-    args.extend(what);
-    args.extend(["--version", version, "--yes", "--wait"]);
-    args.extend(extra);
-    f.cli(&args)
-}
-
-fn show(f: &Fleet, id: u64) -> Value {
-    f.cli_json(&["rollout", "show", &id.to_string()])
-}
-
-fn last_rollout(f: &Fleet) -> Value {
-    let list = f.cli_json(&["rollout", "list"]);
-    let id = list[0]["id"].as_u64().expect("a rollout");
-    show(f, id)
-}
-
-fn steps<'a>(r: &'a Value, phase: &str) -> Vec<(&'a str, &'a str)> {
-    r["rollout"]["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|s| s["phase"] == phase)
-        .map(|s| (s["service"].as_str().unwrap(), s["host"].as_str().unwrap()))
-        .collect()
-}
-
-fn event_index(r: &Value, pred: impl Fn(&str, &str) -> bool) -> Vec<usize> {
-    r["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .enumerate()
-        .filter(|(_, e)| pred(e["kind"].as_str().unwrap(), e["detail"].as_str().unwrap()))
-        .map(|(i, _)| i)
-        .collect()
 }
 
 fn installed_version(f: &Fleet, host: &str, service: &str) -> Option<String> {
@@ -87,7 +48,7 @@ fn two_services_with_a_dependency_roll_out_in_order_and_report_versions() {
         "{plan}"
     );
     assert!(plan.contains("canary    h1"), "{plan}");
-    upgrade(&f, &["--all"], "1.0.0", &[]).ok();
+    f.upgrade(&["--all"], "1.0.0", &[]).ok();
     for h in HOSTS {
         assert_eq!(
             f.served_version(h, "db").as_deref(),
@@ -100,7 +61,7 @@ fn two_services_with_a_dependency_roll_out_in_order_and_report_versions() {
             "api on {h}"
         );
     }
-    let r = last_rollout(&f);
+    let r = f.last_rollout();
     assert_eq!(r["rollout"]["status"], "Succeeded");
     let db_done = event_index(&r, |k, d| k == "step.healthy" && d.starts_with("db:"));
     let api_start = event_index(&r, |k, d| k == "batch.started" && d.starts_with("api:"));
@@ -116,4 +77,227 @@ fn two_services_with_a_dependency_roll_out_in_order_and_report_versions() {
             .all(|h| installed_version(&f, h, "api").as_deref() == Some("1.0.0"))
             .then_some(())
     });
+}
+
+fn controller_fetches_of(f: &Fleet, sha: &str) -> usize {
+    f.controller_log()
+        .lines()
+        .filter(|l| l.contains("artifact fetch") && l.contains(sha))
+        .count()
+}
+
+fn sha_of(f: &Fleet, release: &str, service: &str) -> String {
+    let list = f.cli_json(&["release", "list"]);
+    let r = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["version"] == release)
+        .unwrap();
+    let s = r["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == service)
+        .unwrap();
+    s["tarball_sha256"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn an_unchanged_component_is_neither_fetched_nor_restarted() {
+    let f = world(&["db", "api"], "max_parallel = 3\nmax_unavailable = 3");
+    f.sample_release(
+        "1.0.0",
+        &[
+            Svc::new("db", "14.1"),
+            Svc::new("api", "2.0").after(&["db"]),
+        ],
+        Floor::default(),
+    );
+    f.upgrade(&["--all"], "1.0.0", &[]).ok();
+    let db_pids: Vec<_> = HOSTS
+        .iter()
+        .map(|h| f.service_pid(h, "db").expect("db pid"))
+        .collect();
+    let db_sha = sha_of(&f, "1.0.0", "db");
+    assert_eq!(controller_fetches_of(&f, &db_sha), 3);
+
+    // Same db bytes, new api.
+    f.sample_release(
+        "1.1.0",
+        &[
+            Svc::new("db", "14.1"),
+            Svc::new("api", "2.1").after(&["db"]),
+        ],
+        Floor::default(),
+    );
+    assert_eq!(sha_of(&f, "1.1.0", "db"), db_sha);
+    let plan = f.cli_json(&["plan", "--all", "--version", "1.1.0"]);
+    assert_eq!(plan["carried"][0]["service"], "db", "{plan}");
+    assert_eq!(plan["services"].as_array().unwrap().len(), 1);
+    f.upgrade(&["--all"], "1.1.0", &[]).ok();
+    for (h, pid) in HOSTS.iter().zip(&db_pids) {
+        assert_eq!(f.service_pid(h, "db"), Some(*pid), "db restarted on {h}");
+        assert_eq!(f.served_version(h, "api").as_deref(), Some("2.1"));
+    }
+    assert_eq!(controller_fetches_of(&f, &db_sha), 3, "db fetched again");
+    let r = f.last_rollout();
+    assert!(steps(&r, "Healthy").iter().all(|(s, _)| s == "api"), "{r}");
+}
+
+#[test]
+fn failing_canary_is_rolled_back_and_no_other_host_is_touched() {
+    let f = world(&["api"], "max_parallel = 2\nmax_unavailable = 2");
+    f.sample_release("1.0.0", &[Svc::new("api", "1.0")], Floor::default());
+    f.upgrade(&["api"], "1.0.0", &[]).ok();
+    let pids: Vec<_> = ["h2", "h3"]
+        .iter()
+        .map(|h| f.service_pid(h, "api"))
+        .collect();
+    f.sample_release("1.1.0", &[Svc::new("api", "1.1").sick()], Floor::default());
+    let run = f.upgrade(&["api"], "1.1.0", &[]);
+    run.fails_with("ended RolledBack");
+    for h in HOSTS {
+        assert_eq!(f.served_version(h, "api").as_deref(), Some("1.0"), "{h}");
+    }
+    assert_eq!(
+        ["h2", "h3"]
+            .iter()
+            .map(|h| f.service_pid(h, "api"))
+            .collect::<Vec<_>>(),
+        pids,
+        "h2/h3 restarted"
+    );
+    let r = f.last_rollout();
+    assert_eq!(r["rollout"]["status"], "RolledBack");
+    assert_eq!(
+        steps(&r, "RolledBack"),
+        [("api".to_string(), "h1".to_string())]
+    );
+    assert_eq!(steps(&r, "Pending").len(), 2);
+    let id = r["rollout"]["id"].as_u64().unwrap().to_string();
+    let text = f.cli(&["rollout", "show", &id]).ok().stdout;
+    let port = f.port_of("h1", "api");
+    for needle in [
+        "STOPPED at the canary: service api on host h1".to_string(),
+        format!("check     http http://127.0.0.1:{port}/healthz"),
+        "HTTP 503, expected 200".into(),
+        "status    503".into(),
+        "output    unhealthy: release 1.1 cannot reach its database".into(),
+        "action    stopped; rolling back (scope service): h1 (api)".into(),
+    ] {
+        assert!(text.contains(&needle), "show lacks {needle:?}:\n{text}");
+    }
+    assert!(text.lines().count() < 45, "show is not one screen:\n{text}");
+}
+
+/// A check that fails for release 1.1 on the hosts whose `sick_marker`
+/// file exists (it runs in the release directory, beside `VERSION`).
+fn fleet_with_marker_check(f: &mut Fleet) {
+    for h in HOSTS {
+        let marker = f.path(&format!("sick-{h}"));
+        f.agent_vars
+            .entry(h.into())
+            .or_default()
+            .push(("sick_marker".into(), marker.display().to_string()));
+    }
+}
+
+#[test]
+fn failure_in_the_second_batch_rolls_back_every_moved_host_of_the_service() {
+    let mut f = Fleet::new();
+    f.assign_ports(&HOSTS, &["api"]);
+    fleet_with_marker_check(&mut f);
+    f.start_controller();
+    for h in HOSTS {
+        f.start_agent(h, "500ms");
+    }
+    for h in HOSTS {
+        f.wait_online(h);
+    }
+    let mut text = cutover_tests::sample::sample_fleet(
+        &HOSTS,
+        &["api"],
+        "max_parallel = 2\nmax_unavailable = 2\nrollback_scope = \"service\"",
+    );
+    text.push_str("[[services.api.checks]]\nkind = \"exec\"\ncommand = \"/bin/sh\"\nargs = [\"-c\", \"! { test -e ${sick_marker} && grep -q 1.1 VERSION; }\"]\ninterval = \"200ms\"\n");
+    f.apply_fleet_text(&text);
+    f.sample_release("1.0.0", &[Svc::new("api", "1.0")], Floor::default());
+    f.upgrade(&["api"], "1.0.0", &[]).ok();
+    f.sample_release("1.1.0", &[Svc::new("api", "1.1")], Floor::default());
+    std::fs::write(f.path("sick-h3"), "").unwrap();
+    f.upgrade(&["api"], "1.1.0", &[])
+        .fails_with("api on h3 failed at the batch 1");
+    let r = f.last_rollout();
+    let mut back = steps(&r, "RolledBack");
+    back.sort();
+    assert_eq!(
+        back.iter().map(|(_, h)| h.as_str()).collect::<Vec<_>>(),
+        HOSTS,
+        "{r}"
+    );
+    assert_eq!(r["rollout"]["failure"]["evidence"]["exit_code"], 1);
+    for h in HOSTS {
+        assert_eq!(f.served_version(h, "api").as_deref(), Some("1.0"), "{h}");
+    }
+}
+
+#[test]
+fn no_rollback_leaves_the_failed_host_in_place_and_ends_failed() {
+    let f = world(&["api"], "max_parallel = 2\nmax_unavailable = 2");
+    f.sample_release("1.0.0", &[Svc::new("api", "1.0")], Floor::default());
+    f.upgrade(&["api"], "1.0.0", &[]).ok();
+    f.sample_release("1.1.0", &[Svc::new("api", "1.1").sick()], Floor::default());
+    f.upgrade(&["api"], "1.1.0", &["--no-rollback"])
+        .fails_with("ended Failed");
+    assert_eq!(
+        f.served_version("h1", "api").as_deref(),
+        Some("1.1"),
+        "left for inspection"
+    );
+    assert_eq!(f.served_version("h2", "api").as_deref(), Some("1.0"));
+    let r = f.last_rollout();
+    assert_eq!(r["rollout"]["status"], "Failed");
+    assert!(r["rollout"]["failure"]["action"]
+        .as_str()
+        .unwrap()
+        .contains("left in place for inspection"));
+    // The operator decides: take it back by hand.
+    f.cli(&["rollback", "api", "--yes", "--wait"]).ok();
+    assert_eq!(f.served_version("h1", "api").as_deref(), Some("1.0"));
+}
+
+#[test]
+fn compatibility_floor_and_required_intermediate_release_refuse_the_plan() {
+    let f = world(&["api"], "");
+    f.sample_release("1.0.0", &[Svc::new("api", "1.0")], Floor::default());
+    f.upgrade(&["api"], "1.0.0", &[]).ok();
+    f.sample_release(
+        "3.0.0",
+        &[Svc::new("api", "3.0")],
+        Floor {
+            min_upgrade_from: Some("2.0.0".into()),
+            ..Floor::default()
+        },
+    );
+    f.cli(&["plan", "api", "--version", "3.0.0"]).fails_with(
+        "host \"h1\" runs release 1.0.0, below this release's compatibility floor 2.0.0",
+    );
+    f.sample_release(
+        "2.5.0",
+        &[Svc::new("api", "2.5")],
+        Floor {
+            requires_intermediate: vec!["2.0.0".into()],
+            ..Floor::default()
+        },
+    );
+    f.cli(&["upgrade", "api", "--version", "2.5.0", "--yes"])
+        .fails_with(
+            "release 2.5.0 requires 2.0.0 to be installed first: upgrade to 2.0.0, then to 2.5.0",
+        );
+    assert_eq!(
+        f.cli_json(&["rollout", "list"]).as_array().unwrap().len(),
+        1,
+        "nothing started"
+    );
 }
