@@ -238,7 +238,7 @@ impl Fleet {
     fn agent_config(&self, host: &str, heartbeat: &str) -> PathBuf {
         let config = self.path(&format!("{host}.toml"));
         let mut text = format!(
-            "controller = \"{}\"\nca_cert = \"pki/ca.pem\"\ndata_dir = \"agent-{host}\"\nheartbeat_interval = \"{heartbeat}\"\nreconnect_max_backoff = \"1s\"\nautonomous_rollback_after = \"3s\"\n[vars]\n",
+            "controller = \"{}\"\nca_cert = \"pki/ca.pem\"\ndata_dir = \"agent-{host}\"\nheartbeat_interval = \"{heartbeat}\"\nreconnect_max_backoff = \"1s\"\nautonomous_rollback_after = \"3s\"\nmax_entries = 1000\nmax_unpacked_bytes = 67108864\n[vars]\n",
             self.url()
         );
         for (k, v) in self.agent_vars.get(host).into_iter().flatten() {
