@@ -1,6 +1,8 @@
 //! `cutover demo`: a throwaway PKI, a controller on SQLite and three agents
-//! on loopback, started as child processes in a temporary directory. Shows
-//! the fleet, then stops everything cleanly (also on Ctrl-C).
+//! on loopback, started as child processes in a temporary directory. It
+//! builds two releases of a sample service, rolls the good one out, then
+//! the one whose health check fails, shows the canary stopping it and the
+//! rollback, and stops everything cleanly (also on Ctrl-C).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -164,6 +166,7 @@ async fn demo(args: &DemoArgs, dir: &Path, children: &mut Children) -> Result<()
     })
     .await?;
 
+    let sample_bin = sibling_binary("cutover-sample")?;
     for i in 1..=args.agents {
         let host = format!("edge-{i}");
         let token = client
@@ -178,7 +181,8 @@ async fn demo(args: &DemoArgs, dir: &Path, children: &mut Children) -> Result<()
         write(
             &agent_config,
             &format!(
-                "controller = \"https://127.0.0.1:{port}\"\nca_cert = \"pki/ca.pem\"\ndata_dir = \"{host}\"\nheartbeat_interval = \"1s\"\n"
+                "controller = \"https://127.0.0.1:{port}\"\nca_cert = \"pki/ca.pem\"\ndata_dir = \"{host}\"\nheartbeat_interval = \"1s\"\nreconnect_max_backoff = \"2s\"\nstop_services_on_exit = true\n\n[vars]\nweb_port = \"{}\"\n",
+                free_port()?
             ),
         )?;
         let cfg = agent_config.display().to_string();
@@ -209,10 +213,7 @@ async fn demo(args: &DemoArgs, dir: &Path, children: &mut Children) -> Result<()
     )
     .await?;
 
-    println!("\n$ cutover status");
-    crate::commands::fleet::status(&connect, Format::Text).await?;
-    println!("\n$ cutover diag edge-1");
-    crate::commands::fleet::diag(&connect, "edge-1", Format::Text).await?;
+    rollouts(dir, &connect, &sample_bin, args.agents).await?;
 
     if args.keep_running {
         println!(
@@ -222,6 +223,109 @@ async fn demo(args: &DemoArgs, dir: &Path, children: &mut Children) -> Result<()
         std::future::pending::<()>().await;
     }
     println!("\ndemo: stopping the controller and agents");
+    Ok(())
+}
+
+const FLEET: &str = r#"# The demo's fleet: one sample web service on every edge host.
+[services.web]
+labels = ["edge"]
+runner = "process"
+command = "bin/cutover-sample"
+args = ["--port", "${web_port}"]
+stop_grace = "2s"
+min_healthy_time = "2s"
+healthy_deadline = "6s"
+
+[[services.web.checks]]
+kind = "http"
+url = "http://127.0.0.1:${web_port}/healthz"
+interval = "250ms"
+timeout = "1s"
+
+[services.web.policy]
+canary = 1
+max_parallel = 2
+max_unavailable = 2
+rollback_scope = "service"
+"#;
+
+/// Builds, signs and imports a release of the sample service.
+async fn sample_release(
+    dir: &Path,
+    connect: &ConnectArgs,
+    binary: &[u8],
+    version: &str,
+    healthy: bool,
+) -> Result<()> {
+    let service = crate::bundle::Service {
+        name: "web".into(),
+        service_version: version.strip_suffix(".0").unwrap_or(version).into(),
+        depends_on: vec![],
+        files: crate::bundle::sample_files(binary, version, healthy),
+    };
+    let manifest = crate::bundle::write_release(
+        &dir.join("releases"),
+        version,
+        &[service],
+        &Default::default(),
+    )?;
+    crate::commands::release::sign(&manifest, &dir.join("release.key"))?;
+    crate::commands::release::import(connect, &manifest, None, Format::Text).await
+}
+
+/// The main act: a good release rolled out, a bad one stopped at the canary.
+async fn rollouts(
+    dir: &Path,
+    connect: &ConnectArgs,
+    sample_bin: &Path,
+    agents: usize,
+) -> Result<()> {
+    use crate::commands::{fleet, rollout};
+    let binary = std::fs::read(sample_bin).map_err(|e| Error::io(sample_bin, e))?;
+    let mut fleet_toml = String::new();
+    for i in 1..=agents {
+        fleet_toml.push_str(&format!("[hosts.edge-{i}]\nlabels = [\"edge\"]\n"));
+    }
+    fleet_toml.push('\n');
+    fleet_toml.push_str(FLEET);
+    let fleet_path = dir.join("fleet.toml");
+    write(&fleet_path, &fleet_toml)?;
+    println!("\n$ cutover fleet apply fleet.toml");
+    rollout::fleet_apply(connect, &fleet_path).await?;
+
+    println!("\n$ cutover release import  (web 1.0, healthy; web 1.1, fails its health check)");
+    sample_release(dir, connect, &binary, "1.0.0", true).await?;
+    sample_release(dir, connect, &binary, "1.1.0", false).await?;
+
+    let target = |version: &str| rollout::PlanArgs {
+        services: vec!["web".into()],
+        version: version.into(),
+        allow_offline: false,
+    };
+    println!("\n$ cutover plan web --version 1.0.0");
+    rollout::plan(connect, &target("1.0.0"), Format::Text).await?;
+    println!("\n$ cutover upgrade web --version 1.0.0 --yes --wait");
+    let upgrade = |version: &str| rollout::UpgradeArgs {
+        plan: target(version),
+        dry_run: false,
+        yes: true,
+        no_rollback: false,
+        wait: true,
+    };
+    rollout::upgrade(connect, upgrade("1.0.0"), Format::Text).await?;
+
+    println!("\n$ cutover upgrade web --version 1.1.0 --yes --wait");
+    match rollout::upgrade(connect, upgrade("1.1.0"), Format::Text).await {
+        Err(Error::Failed(why)) => println!("demo: as expected, {why}"),
+        Ok(()) => return Err(Error::Failed("the failing release was not stopped".into())),
+        Err(e) => return Err(e),
+    }
+    println!("\n$ cutover status");
+    fleet::status(connect, Format::Text).await?;
+    println!("\n$ cutover rollout show 2");
+    rollout::show(connect, 2, Format::Text).await?;
+    println!("\n$ cutover diag edge-1");
+    fleet::diag(connect, "edge-1", Format::Text).await?;
     Ok(())
 }
 
