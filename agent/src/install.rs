@@ -307,7 +307,7 @@ impl Installer {
         self.set_busy(service, Some("installing"));
         j.failed_since_ms = None;
         j.op = Some(Op::Install {
-            command: c.clone(),
+            command: Box::new(c.clone()),
             stage: Stage::Preparing,
         });
         if let Err(e) = self.save(j) {
@@ -327,7 +327,7 @@ impl Installer {
                 j,
                 new,
                 Op::Install {
-                    command: c.clone(),
+                    command: Box::new(c.clone()),
                     stage: Stage::Swapping,
                 },
             )
@@ -336,7 +336,7 @@ impl Installer {
             return (false, Some(e), fetched, true);
         }
         j.op = Some(Op::Install {
-            command: c.clone(),
+            command: Box::new(c.clone()),
             stage: Stage::Checking,
         });
         if let Err(e) = self.save(j) {

@@ -40,7 +40,7 @@ pub enum Stage {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Op {
     Install {
-        command: InstallCommand,
+        command: Box<InstallCommand>,
         stage: Stage,
     },
     Rollback {

@@ -12,7 +12,7 @@ use crate::Sha256Digest;
 /// command twice does it once.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Command {
-    Install(InstallCommand),
+    Install(Box<InstallCommand>),
     Rollback(RollbackCommand),
 }
 

@@ -53,7 +53,7 @@ impl TryFrom<v1::Command> for Command {
                         what: "service config",
                         reason: e.to_string(),
                     })?;
-                Command::Install(InstallCommand {
+                Command::Install(Box::new(InstallCommand {
                     command_id: c.command_id,
                     service: c.service,
                     target: i
@@ -63,7 +63,7 @@ impl TryFrom<v1::Command> for Command {
                     sha256: digest("artifact digest", &i.sha256)?,
                     size: i.size,
                     config,
-                })
+                }))
             }
             v1::command::Op::Rollback(r) => Command::Rollback(RollbackCommand {
                 command_id: c.command_id,
@@ -174,14 +174,14 @@ mod tests {
         .services
         .remove("x")
         .unwrap();
-        let c = Command::Install(InstallCommand {
+        let c = Command::Install(Box::new(InstallCommand {
             command_id: "r1-x-h".into(),
             service: "x".into(),
             target: Default::default(),
             sha256: Sha256Digest::of(b"x"),
             size: 3,
             config,
-        });
+        }));
         let wire: v1::Command = (&c).into();
         assert_eq!(Command::try_from(wire.clone()).unwrap(), c);
         let mut bad = wire;

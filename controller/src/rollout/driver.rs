@@ -29,7 +29,7 @@ pub enum Action {
 enum Msg {
     Report {
         host: String,
-        report: Report,
+        report: Box<Report>,
     },
     Started(Box<Rollout>),
     Control {
@@ -52,7 +52,13 @@ impl Rollouts {
     }
 
     pub async fn report(&self, host: String, report: Report) {
-        let _ = self.tx.send(Msg::Report { host, report }).await;
+        let _ = self
+            .tx
+            .send(Msg::Report {
+                host,
+                report: Box::new(report),
+            })
+            .await;
     }
 
     pub async fn started(&self, rollout: Rollout) {
@@ -104,7 +110,7 @@ pub async fn run(c: Arc<Controller>, Inbox(mut inbox): Inbox) {
                         let online = online(&c);
                         advance(&c, &mut active, id, |r| engine::step(r, Event::Tick { now: now_ms(), online: &online })).await;
                     }
-                    Msg::Report { host, report } => on_report(&c, &mut active, host, report).await,
+                    Msg::Report { host, report } => on_report(&c, &mut active, host, *report).await,
                     Msg::Control { id, action, reply } => {
                         let result = control(&c, &mut active, id, action).await;
                         let _ = reply.send(result);

@@ -279,14 +279,14 @@ fn command_for(r: &Rollout, s: &Step) -> Option<Command> {
             from: from(&s.from)?,
         }));
     }
-    Some(Command::Install(InstallCommand {
+    Some(Command::Install(Box::new(InstallCommand {
         command_id: s.command_id.clone(),
         service: s.service.clone(),
         target: plan.target.clone(),
         sha256: plan.sha256,
         size: plan.size,
         config: plan.config.clone(),
-    }))
+    })))
 }
 
 pub fn rollback_id(install_id: &str) -> String {
