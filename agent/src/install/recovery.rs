@@ -1,0 +1,190 @@
+//! Coming back consistent: recovery after an agent restart, the agent's
+//! own rollback when the controller is gone, and release garbage collection.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use cutover_core::rollout::RollbackCommand;
+use cutover_core::views::now_ms;
+
+use super::Installer;
+use crate::journal::{self, Journal, Op, Slot, Stage};
+
+impl Installer {
+    /// Rolls back, on the agent's own authority, every freshly installed
+    /// service that failed while the controller has been gone too long.
+    pub async fn autonomous_rollbacks(self: &Arc<Self>) {
+        if self.link.lost_for() <= self.autonomous_rollback_after {
+            return;
+        }
+        for j in Journal::load_all(&self.data_dir).unwrap_or_default() {
+            if j.failed_since_ms.is_none() || j.op.is_some() {
+                continue;
+            }
+            let lock = self.lock(&j.service);
+            let _held = lock.lock().await;
+            let mut j = self.journal(&j.service);
+            let (Some(cur), Some(_), Some(mut report)) =
+                (j.current.clone(), j.previous.clone(), j.last_report.clone())
+            else {
+                continue;
+            };
+            if j.failed_since_ms.is_none() {
+                continue;
+            }
+            tracing::warn!(service = %j.service, lost_for = ?self.link.lost_for(), "controller unreachable and the new release is failing; rolling back on my own");
+            let cmd = RollbackCommand {
+                command_id: format!("{}-auto", report.command_id),
+                service: j.service.clone(),
+                from: cur.sha256,
+            };
+            let (ok, evidence, _, _) = self.rollback(&mut j, &cmd, Instant::now()).await;
+            j.op = None;
+            if !ok {
+                tracing::error!(service = %j.service, error = ?evidence, "autonomous rollback failed");
+                j.failed_since_ms = Some(now_ms());
+            }
+            report.auto_rolled_back = ok;
+            report.installed = j.installed(if ok { "running" } else { "failed" });
+            j.last_report = Some(report.clone());
+            if let Err(e) = self.save(&j) {
+                tracing::error!(service = %j.service, error = %e.detail, "could not record the autonomous rollback");
+            }
+            self.set_busy(&j.service, None);
+            let _ = self.outbox.send(report);
+        }
+    }
+
+    /// After a restart: bring every service to exactly its old or its new
+    /// release, running, and finish health checks that were cut short.
+    pub async fn recover(self: &Arc<Self>) {
+        let _ = std::fs::read_dir(self.data_dir.join("releases")).map(|entries| {
+            for e in entries.flatten() {
+                if e.file_name().to_string_lossy().starts_with(".tmp-") {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        });
+        for mut j in Journal::load_all(&self.data_dir).unwrap_or_default() {
+            let service = j.service.clone();
+            let linked = journal::read_current(&self.data_dir, &service);
+            let mut resume_checks = None;
+            match j.op.clone() {
+                None => {}
+                Some(Op::Install {
+                    command,
+                    stage: Stage::Preparing,
+                }) => {
+                    tracing::info!(%service, command = %command.command_id, "install was interrupted before the swap; old release stays");
+                    j.op = None;
+                }
+                Some(Op::Install { command, stage }) => {
+                    if stage == Stage::Swapping
+                        && linked == Some(command.sha256)
+                        && j.current.as_ref().map(|s| s.sha256) != Some(command.sha256)
+                    {
+                        let new = Slot {
+                            identity: command.target.clone(),
+                            sha256: command.sha256,
+                            config: command.config.clone(),
+                        };
+                        j.previous = j.current.replace(new);
+                    }
+                    if linked == Some(command.sha256) {
+                        tracing::info!(%service, command = %command.command_id, "install was interrupted after the swap; checking the new release again");
+                        j.op = Some(Op::Install {
+                            command: command.clone(),
+                            stage: Stage::Checking,
+                        });
+                        resume_checks = Some(command.command_id.clone());
+                    } else {
+                        tracing::info!(%service, command = %command.command_id, "install was interrupted before the swap; old release stays");
+                        j.op = None;
+                    }
+                }
+                Some(Op::Rollback { command_id, stage }) => {
+                    let prev = j.previous.as_ref().map(|s| s.sha256);
+                    if stage == Stage::Swapping && linked.is_some() && linked == prev {
+                        std::mem::swap(&mut j.current, &mut j.previous);
+                    }
+                    tracing::info!(%service, command = %command_id, "rollback was interrupted; the current release stays");
+                    j.op = None;
+                }
+            }
+            if let Some(slot) = &j.current {
+                let runner = self.runners.for_config(&slot.config);
+                let dir = journal::release_dir(&self.data_dir, &slot.sha256);
+                if !runner.adopt(&service, &dir, &slot.config) {
+                    // Whatever still runs from before (a half-done swap) goes first.
+                    let _ = runner.stop(&service, &slot.config);
+                    if let Err(e) = runner.start(&service, &dir, &slot.config) {
+                        tracing::error!(%service, error = %e, "could not start the current release");
+                    }
+                }
+            }
+            if let Err(e) = self.save(&j) {
+                tracing::error!(%service, error = %e.detail, "could not write the recovered journal");
+            }
+            if let Some(command_id) = resume_checks {
+                let me = self.clone();
+                tokio::spawn(async move {
+                    let lock = me.lock(&service);
+                    let _held = lock.lock().await;
+                    let mut j = me.journal(&service);
+                    let started = Instant::now();
+                    me.set_busy(&service, Some("checking"));
+                    let (ok, evidence) = match me.check_health(&j, started, false).await {
+                        Ok(()) => (true, None),
+                        Err(e) => {
+                            j.failed_since_ms = Some(now_ms());
+                            (false, Some(e))
+                        }
+                    };
+                    me.finish(&mut j, &command_id, ok, evidence, 0, true, started);
+                });
+            }
+        }
+    }
+
+    /// Stops every service (the agent's `stop_services_on_exit`).
+    pub fn stop_all(&self) {
+        for j in Journal::load_all(&self.data_dir).unwrap_or_default() {
+            if let Some(slot) = &j.current {
+                if let Err(e) = self
+                    .runners
+                    .for_config(&slot.config)
+                    .stop(&j.service, &slot.config)
+                {
+                    tracing::warn!(service = %j.service, error = %e, "could not stop");
+                }
+            }
+        }
+    }
+
+    /// Keeps each service's current and previous release; removes the rest.
+    pub(super) fn collect_garbage(&self) {
+        let journals = Journal::load_all(&self.data_dir).unwrap_or_default();
+        let mut keep = std::collections::HashSet::new();
+        for j in &journals {
+            keep.extend(
+                j.current
+                    .iter()
+                    .chain(j.previous.iter())
+                    .map(|s| s.sha256.to_hex()),
+            );
+            if let Some(Op::Install { command, .. }) = &j.op {
+                keep.insert(command.sha256.to_hex());
+            }
+        }
+        let Ok(entries) = std::fs::read_dir(self.data_dir.join("releases")) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.len() == 64 && !keep.contains(&name) {
+                tracing::info!(release = %name, "removing release no service needs");
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+}

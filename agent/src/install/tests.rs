@@ -1,0 +1,381 @@
+//! The installer's sequencing against hand-written fakes of its side
+//! effects: a runner that records starts and stops, a prober that fails
+//! chosen releases, an artifact source that counts bytes.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cutover_core::fleet::{Check, FleetConfig, ServiceConfig};
+use cutover_core::rollout::{Command, Evidence, InstallCommand, Report, RollbackCommand};
+use cutover_core::views::ContentIdentity;
+use cutover_core::Sha256Digest;
+
+use super::*;
+use crate::fetch::{Chunks, Source};
+use crate::health::Prober;
+use crate::runner::{RunStatus, Runner, Runners};
+
+#[derive(Default)]
+struct World {
+    /// "start <sha12>" / "stop" per call, in order.
+    calls: Mutex<Vec<String>>,
+    running: Mutex<HashMap<String, String>>,
+    artifacts: Mutex<HashMap<Sha256Digest, Vec<u8>>>,
+    served: AtomicU64,
+    sick: Mutex<HashSet<String>>,
+}
+
+fn short(release: &Path) -> String {
+    release.file_name().unwrap().to_string_lossy()[..12].to_string()
+}
+
+struct FakeRunner(Arc<World>);
+
+impl Runner for FakeRunner {
+    fn start(&self, service: &str, release: &Path, _c: &ServiceConfig) -> crate::Result<()> {
+        self.0
+            .calls
+            .lock()
+            .unwrap()
+            .push(format!("start {}", short(release)));
+        self.0
+            .running
+            .lock()
+            .unwrap()
+            .insert(service.into(), short(release));
+        Ok(())
+    }
+    fn stop(&self, service: &str, _c: &ServiceConfig) -> crate::Result<()> {
+        self.0.calls.lock().unwrap().push("stop".into());
+        self.0.running.lock().unwrap().remove(service);
+        Ok(())
+    }
+    fn status(&self, service: &str, _c: &ServiceConfig) -> RunStatus {
+        RunStatus {
+            running: self.0.running.lock().unwrap().contains_key(service),
+            ..RunStatus::default()
+        }
+    }
+    fn adopt(&self, service: &str, _r: &Path, _c: &ServiceConfig) -> bool {
+        self.0.running.lock().unwrap().contains_key(service)
+    }
+    fn log_tail(&self, _s: &str, _c: &ServiceConfig, _n: usize) -> Vec<String> {
+        Vec::new()
+    }
+}
+
+struct FakeProber(Arc<World>);
+
+impl Prober for FakeProber {
+    fn probe<'a>(
+        &'a self,
+        _check: &'a Check,
+        release: &'a Path,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Evidence>> + Send + 'a>>
+    {
+        let sick = self.0.sick.lock().unwrap().contains(&short(release));
+        Box::pin(async move {
+            if sick {
+                Err(Evidence {
+                    gate: "health".into(),
+                    detail: "HTTP 503".into(),
+                    status_code: Some(503),
+                    ..Evidence::default()
+                })
+            } else {
+                Ok(())
+            }
+        })
+    }
+}
+
+struct FakeSource(Arc<World>);
+
+impl Source for FakeSource {
+    fn open<'a>(
+        &'a self,
+        sha256: &'a Sha256Digest,
+        offset: u64,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Chunks, String>> + Send + 'a>>
+    {
+        Box::pin(async move {
+            let bytes = self
+                .0
+                .artifacts
+                .lock()
+                .unwrap()
+                .get(sha256)
+                .cloned()
+                .ok_or("not found")?;
+            let rest = bytes[offset as usize..].to_vec();
+            self.0.served.fetch_add(rest.len() as u64, Ordering::SeqCst);
+            Ok(Box::pin(futures::stream::iter(vec![Ok(rest)])) as Chunks)
+        })
+    }
+}
+
+fn config() -> ServiceConfig {
+    FleetConfig::parse(
+        "f",
+        "[services.api]\nhosts=[\"h\"]\nrunner=\"process\"\ncommand=\"bin/api\"\nmin_healthy_time=\"0s\"\nhealthy_deadline=\"600ms\"\n[[services.api.checks]]\nkind=\"tcp\"\naddress=\"127.0.0.1:1\"\ninterval=\"100ms\"\n",
+    )
+    .unwrap()
+    .services
+    .remove("api")
+    .unwrap()
+}
+
+/// A release tarball holding one file that names `version`.
+fn artifact(world: &World, version: &str) -> (Sha256Digest, u64) {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_ustar();
+    h.set_size(version.len() as u64);
+    h.set_mode(0o644);
+    b.append_data(&mut h, "VERSION", version.as_bytes())
+        .unwrap();
+    let bytes = b.into_inner().unwrap();
+    let sha = Sha256Digest::of(&bytes);
+    let size = bytes.len() as u64;
+    world.artifacts.lock().unwrap().insert(sha, bytes);
+    (sha, size)
+}
+
+fn install(id: &str, version: &str, (sha256, size): (Sha256Digest, u64)) -> Command {
+    Command::Install(Box::new(InstallCommand {
+        command_id: id.into(),
+        service: "api".into(),
+        target: ContentIdentity {
+            release: version.into(),
+            service_version: version.into(),
+            tarball_sha256: Some(sha256),
+            image_id: None,
+        },
+        sha256,
+        size,
+        config: config(),
+    }))
+}
+
+struct Harness {
+    _dir: tempfile::TempDir,
+    world: Arc<World>,
+    installer: Arc<Installer>,
+    outbox: Outbox,
+}
+
+fn harness() -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let world = Arc::new(World::default());
+    let (installer, outbox) = Installer::new(
+        dir.path().to_path_buf(),
+        crate::extract::Limits {
+            max_bytes: 1 << 20,
+            max_entries: 100,
+        },
+        Runners {
+            process: Box::new(FakeRunner(world.clone())),
+            systemd: Box::new(FakeRunner(world.clone())),
+        },
+        Box::new(FakeProber(world.clone())),
+        Box::new(FakeSource(world.clone())),
+        Arc::new(Link::default()),
+        Duration::from_secs(300),
+        BTreeMap::new(),
+    );
+    Harness {
+        _dir: dir,
+        world,
+        installer,
+        outbox,
+    }
+}
+
+impl Harness {
+    async fn run(&mut self, cmd: Command) -> Report {
+        self.installer.execute(cmd).await;
+        self.outbox.recv().await.unwrap()
+    }
+
+    fn calls(&self) -> Vec<String> {
+        std::mem::take(&mut *self.world.calls.lock().unwrap())
+    }
+
+    fn journal(&self) -> Journal {
+        Journal::load(&self.installer.data_dir, "api")
+            .unwrap()
+            .unwrap()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn installs_then_carries_an_unchanged_digest_without_fetch_or_restart() {
+    let mut h = harness();
+    let v1 = artifact(&h.world, "1");
+    let r = h.run(install("c1", "1", v1)).await;
+    assert!(r.ok && r.restarted, "{r:?}");
+    assert_eq!(r.fetched_bytes, v1.1);
+    assert_eq!(h.calls(), [format!("start {}", &v1.0.to_hex()[..12])]);
+    let r = h.run(install("c2", "1", v1)).await;
+    assert!(r.ok && !r.restarted && r.fetched_bytes == 0, "{r:?}");
+    assert!(h.calls().is_empty(), "carried component was touched");
+    assert_eq!(h.world.served.load(Ordering::SeqCst), v1.1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_repeated_command_id_is_answered_from_the_journal() {
+    let mut h = harness();
+    let v1 = artifact(&h.world, "1");
+    let first = h.run(install("c1", "1", v1)).await;
+    h.calls();
+    let again = h.run(install("c1", "1", v1)).await;
+    assert_eq!(first, again);
+    assert!(h.calls().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failed_health_keeps_the_previous_release_and_rollback_restores_it() {
+    let mut h = harness();
+    let (v1, v2) = (artifact(&h.world, "1"), artifact(&h.world, "2"));
+    h.run(install("c1", "1", v1)).await;
+    h.world
+        .sick
+        .lock()
+        .unwrap()
+        .insert(v2.0.to_hex()[..12].to_string());
+    h.calls();
+    let r = h.run(install("c2", "2", v2)).await;
+    let e = r.evidence.as_ref().unwrap();
+    assert!(
+        !r.ok && e.status_code == Some(503) && e.probes >= 2,
+        "{r:?}"
+    );
+    assert_eq!(
+        h.calls(),
+        [
+            "stop".to_string(),
+            format!("start {}", &v2.0.to_hex()[..12])
+        ]
+    );
+    assert!(h.journal().failed_since_ms.is_some());
+    assert_eq!(
+        journal::read_current(&h.installer.data_dir, "api"),
+        Some(v2.0)
+    );
+
+    let back = RollbackCommand {
+        command_id: "c2-rollback".into(),
+        service: "api".into(),
+        from: v2.0,
+    };
+    let r = h.run(Command::Rollback(back.clone())).await;
+    assert!(r.ok, "{r:?}");
+    assert_eq!(
+        h.calls(),
+        [
+            "stop".to_string(),
+            format!("start {}", &v1.0.to_hex()[..12])
+        ]
+    );
+    let j = h.journal();
+    assert_eq!(
+        (j.current.unwrap().sha256, j.previous.unwrap().sha256),
+        (v1.0, v2.0)
+    );
+    // Asked again under a new id: it is no longer on `from`, nothing to do.
+    let r = h
+        .run(Command::Rollback(RollbackCommand {
+            command_id: "x".into(),
+            ..back
+        }))
+        .await;
+    assert!(r.ok && !r.restarted);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn recovery_keeps_the_old_release_before_the_flip_and_rechecks_the_new_one_after() {
+    let mut h = harness();
+    let (v1, v2) = (artifact(&h.world, "1"), artifact(&h.world, "2"));
+    h.run(install("c1", "1", v1)).await;
+    let dir = h.installer.data_dir.clone();
+    let Command::Install(c2) = install("c2", "2", v2) else {
+        unreachable!()
+    };
+
+    // Killed while swapping, before the link moved: old release, no report.
+    let mut j = h.journal();
+    j.op = Some(Op::Install {
+        command: c2.clone(),
+        stage: Stage::Swapping,
+    });
+    j.save(&dir).unwrap();
+    h.world.running.lock().unwrap().clear();
+    h.calls();
+    h.installer.recover().await;
+    assert_eq!(
+        h.calls(),
+        [
+            "stop".to_string(),
+            format!("start {}", &v1.0.to_hex()[..12])
+        ]
+    );
+    assert_eq!(h.journal().op, None);
+
+    // Killed after the flip: the new release is current, checked again and
+    // reported under the interrupted command's id.
+    std::fs::create_dir_all(journal::release_dir(&dir, &v2.0)).unwrap();
+    journal::switch_current(&dir, "api", &v2.0).unwrap();
+    let mut j = h.journal();
+    j.op = Some(Op::Install {
+        command: c2,
+        stage: Stage::Swapping,
+    });
+    j.save(&dir).unwrap();
+    h.calls();
+    h.installer.recover().await;
+    let r = h.outbox.recv().await.unwrap();
+    assert!(r.ok && r.command_id == "c2", "{r:?}");
+    let j = h.journal();
+    assert_eq!(
+        (j.current.unwrap().sha256, j.previous.unwrap().sha256),
+        (v2.0, v1.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lost_controller_and_failing_release_roll_back_on_the_agents_own_authority() {
+    let mut h = harness();
+    let (v1, v2) = (artifact(&h.world, "1"), artifact(&h.world, "2"));
+    h.run(install("c1", "1", v1)).await;
+    h.world
+        .sick
+        .lock()
+        .unwrap()
+        .insert(v2.0.to_hex()[..12].to_string());
+    let failed = h.run(install("c2", "2", v2)).await;
+    assert!(!failed.ok);
+    // Connected: the controller decides.
+    h.installer.autonomous_rollbacks().await;
+    assert_eq!(h.journal().current.unwrap().sha256, v2.0);
+    // Gone for longer than allowed: the agent goes back and says so.
+    let (installer, mut outbox) = Installer::new(
+        h.installer.data_dir.clone(),
+        h.installer.limits,
+        Runners {
+            process: Box::new(FakeRunner(h.world.clone())),
+            systemd: Box::new(FakeRunner(h.world.clone())),
+        },
+        Box::new(FakeProber(h.world.clone())),
+        Box::new(FakeSource(h.world.clone())),
+        Arc::new(Link::new_lost()),
+        Duration::ZERO,
+        BTreeMap::new(),
+    );
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    installer.autonomous_rollbacks().await;
+    let r = outbox.recv().await.unwrap();
+    assert!(r.auto_rolled_back && r.command_id == "c2", "{r:?}");
+    assert_eq!(h.journal().current.unwrap().sha256, v1.0);
+}
