@@ -130,4 +130,10 @@ mod tests {
             "{e}"
         );
     }
+
+    #[test]
+    fn the_packaged_example_is_valid() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/agent.toml");
+        Config::load(&path).unwrap();
+    }
 }

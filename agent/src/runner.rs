@@ -577,4 +577,51 @@ mod tests {
         second.stop("s", &c).unwrap();
         assert!(!first.status("s", &c).running);
     }
+
+    /// This machine has no systemd: a stand-in `systemctl` records what the
+    /// runner asks and answers like systemctl does.
+    #[test]
+    fn systemd_runner_drives_systemctl_for_the_unit() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("calls");
+        let script = dir.path().join("systemctl");
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\necho \"$*\" >> {}\ncase \"$1\" in\n  is-active) echo active ;;\n  show) case \"$3\" in NRestarts) echo 2 ;; MainPID) echo 42 ;; *) echo success ;; esac ;;\n  stop) [ \"$2\" = broken.service ] && {{ echo 'Unit broken.service not loaded.' >&2; exit 5; }} ;;\nesac\nexit 0\n",
+                log.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let r = SystemdRunner { systemctl: script };
+        let mut f = cutover_core::fleet::FleetConfig::parse(
+            "f",
+            "[services.db]\nhosts=[\"h\"]\nrunner=\"systemd\"\nunit=\"db.service\"\n",
+        )
+        .unwrap();
+        let mut c = f.services.remove("db").unwrap();
+        r.start("db", dir.path(), &c).unwrap();
+        let st = r.status("db", &c);
+        assert_eq!(
+            st,
+            RunStatus {
+                running: true,
+                pid: Some(42),
+                restarts: 2,
+                last_exit: None
+            }
+        );
+        r.stop("db", &c).unwrap();
+        let calls = std::fs::read_to_string(&log).unwrap();
+        assert!(
+            calls.starts_with("restart db.service\nis-active db.service\n"),
+            "{calls}"
+        );
+        assert!(calls.ends_with("stop db.service\n"), "{calls}");
+        c.unit = Some("broken.service".into());
+        let e = r.stop("db", &c).unwrap_err().to_string();
+        assert!(e.contains("`systemctl stop broken.service` failed (exited with code 5): Unit broken.service not loaded."), "{e}");
+    }
 }

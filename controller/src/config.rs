@@ -124,4 +124,11 @@ mod tests {
         assert_eq!(c.releases.trusted_keys, vec![dir.path().join("r.pub")]);
         assert_eq!(c.agent_cert_ttl, Duration::from_secs(3600));
     }
+
+    #[test]
+    fn the_packaged_example_is_valid() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/controller.toml");
+        Config::load(&path).unwrap();
+    }
 }

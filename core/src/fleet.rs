@@ -597,4 +597,11 @@ rollback_scope = "host"
             assert!(e.contains(want), "{want}: {e}");
         }
     }
+
+    #[test]
+    fn the_packaged_example_is_valid() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../packaging/fleet.toml");
+        let f = FleetConfig::parse(path, &std::fs::read_to_string(path).unwrap()).unwrap();
+        assert_eq!(f.hosts_of("api"), ["edge-1", "edge-2"]);
+    }
 }

@@ -411,3 +411,67 @@ fn stale_and_duplicate_reports_change_nothing() {
     deliver(&mut r, "a", "api", true, false, &on);
     assert_eq!(r, before);
 }
+
+#[test]
+fn release_scope_takes_back_every_service_the_rollout_moved() {
+    let on = online(&["a", "b"]);
+    let mut r = rollout(
+        vec![
+            service("db", 0, &[&["a", "b"]], RollbackScope::Release),
+            service("api", 1, &[&["a"], &["b"]], RollbackScope::Release),
+        ],
+        false,
+    );
+    step(
+        &mut r,
+        Event::Tick {
+            now: 0,
+            online: &on,
+        },
+    );
+    deliver(&mut r, "a", "db", true, false, &on);
+    deliver(&mut r, "b", "db", true, false, &on);
+    let fx = deliver(&mut r, "a", "api", false, false, &on);
+    let mut back = sent(&fx);
+    back.sort();
+    assert_eq!(
+        back,
+        [
+            ("a".to_string(), "rollback api".to_string()),
+            ("a".to_string(), "rollback db".to_string()),
+            ("b".to_string(), "rollback db".to_string()),
+        ]
+    );
+}
+
+#[test]
+fn host_scope_takes_back_only_the_failed_host() {
+    let on = online(&["a", "b", "c"]);
+    let mut r = rollout(
+        vec![service(
+            "api",
+            0,
+            &[&["a"], &["b", "c"]],
+            RollbackScope::Host,
+        )],
+        false,
+    );
+    step(
+        &mut r,
+        Event::Tick {
+            now: 0,
+            online: &on,
+        },
+    );
+    deliver(&mut r, "a", "api", true, false, &on);
+    let fx = deliver(&mut r, "c", "api", false, false, &on);
+    assert_eq!(sent(&fx), [("c".to_string(), "rollback api".to_string())]);
+    deliver(&mut r, "c", "api", true, true, &on);
+    deliver(&mut r, "b", "api", true, false, &on);
+    assert_eq!(r.status, RolloutStatus::RolledBack);
+    assert_eq!(
+        r.count(StepPhase::Healthy),
+        2,
+        "a and b stay on the new release"
+    );
+}
