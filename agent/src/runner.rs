@@ -201,6 +201,27 @@ fn describe(status: std::process::ExitStatus) -> String {
 }
 
 impl Proc {
+    fn new(
+        pid: u32,
+        start_time: u64,
+        child: Option<Child>,
+        release: &Path,
+        config: &ServiceConfig,
+    ) -> Proc {
+        Proc {
+            pid,
+            start_time,
+            child,
+            release: release.to_path_buf(),
+            config: config.clone(),
+            restarts: 0,
+            last_exit: None,
+            started: Instant::now(),
+            restart_at: None,
+            backoff: Duration::from_millis(500),
+        }
+    }
+
     /// Whether it still runs; reaps it if it does not.
     fn check(&mut self) -> bool {
         match &mut self.child {
@@ -220,21 +241,8 @@ impl Proc {
 impl Runner for ProcessRunner {
     fn start(&self, service: &str, release: &Path, config: &ServiceConfig) -> Result<()> {
         let (child, start_time) = self.spawn(service, release, config)?;
-        self.procs().insert(
-            service.to_string(),
-            Proc {
-                pid: child.id(),
-                start_time,
-                child: Some(child),
-                release: release.to_path_buf(),
-                config: config.clone(),
-                restarts: 0,
-                last_exit: None,
-                started: Instant::now(),
-                restart_at: None,
-                backoff: Duration::from_millis(500),
-            },
-        );
+        let proc = Proc::new(child.id(), start_time, Some(child), release, config);
+        self.procs().insert(service.to_string(), proc);
         Ok(())
     }
 
@@ -248,18 +256,7 @@ impl Runner for ProcessRunner {
                 let Some((pid, st)) = read_pid_file(&pid_file) else {
                     return Ok(());
                 };
-                Proc {
-                    pid,
-                    start_time: st,
-                    child: None,
-                    release: PathBuf::new(),
-                    config: config.clone(),
-                    restarts: 0,
-                    last_exit: None,
-                    started: Instant::now(),
-                    restart_at: None,
-                    backoff: Duration::ZERO,
-                }
+                Proc::new(pid, st, None, Path::new(""), config)
             }
         };
         if proc.check() {
@@ -310,18 +307,7 @@ impl Runner for ProcessRunner {
         tracing::info!(%service, pid, "adopted running service");
         self.procs().insert(
             service.to_string(),
-            Proc {
-                pid,
-                start_time,
-                child: None,
-                release: release.to_path_buf(),
-                config: config.clone(),
-                restarts: 0,
-                last_exit: None,
-                started: Instant::now(),
-                restart_at: None,
-                backoff: Duration::from_millis(500),
-            },
+            Proc::new(pid, start_time, None, release, config),
         );
         true
     }

@@ -199,6 +199,14 @@ impl Harness {
         self.outbox.recv().await.unwrap()
     }
 
+    fn make_sick(&self, sha: &Sha256Digest) {
+        self.world
+            .sick
+            .lock()
+            .unwrap()
+            .insert(sha.to_hex()[..12].to_string());
+    }
+
     fn calls(&self) -> Vec<String> {
         std::mem::take(&mut *self.world.calls.lock().unwrap())
     }
@@ -240,11 +248,7 @@ async fn failed_health_keeps_the_previous_release_and_rollback_restores_it() {
     let mut h = harness();
     let (v1, v2) = (artifact(&h.world, "1"), artifact(&h.world, "2"));
     h.run(install("c1", "1", v1)).await;
-    h.world
-        .sick
-        .lock()
-        .unwrap()
-        .insert(v2.0.to_hex()[..12].to_string());
+    h.make_sick(&v2.0);
     h.calls();
     let r = h.run(install("c2", "2", v2)).await;
     let e = r.evidence.as_ref().unwrap();
@@ -349,11 +353,7 @@ async fn lost_controller_and_failing_release_roll_back_on_the_agents_own_authori
     let mut h = harness();
     let (v1, v2) = (artifact(&h.world, "1"), artifact(&h.world, "2"));
     h.run(install("c1", "1", v1)).await;
-    h.world
-        .sick
-        .lock()
-        .unwrap()
-        .insert(v2.0.to_hex()[..12].to_string());
+    h.make_sick(&v2.0);
     let failed = h.run(install("c2", "2", v2)).await;
     assert!(!failed.ok);
     // Connected: the controller decides.
