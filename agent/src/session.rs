@@ -298,8 +298,7 @@ async fn session_once(agent: &Arc<Agent>) -> Result<Ended> {
                     }
                     Some(In::Command(c)) => match cutover_core::rollout::Command::try_from(c) {
                         Ok(cmd) => {
-                            let installer = agent.installer.clone();
-                            tokio::spawn(async move { installer.execute(cmd).await });
+                            agent.installer.submit(cmd);
                         }
                         Err(e) => tracing::warn!(error = %e, "ignored malformed command"),
                     },

@@ -301,3 +301,67 @@ fn compatibility_floor_and_required_intermediate_release_refuse_the_plan() {
         "nothing started"
     );
 }
+
+#[test]
+fn pause_holds_the_next_batch_resume_finishes_and_rollback_to_goes_back() {
+    let f = world(&["api"], "");
+    f.sample_release("1.0.0", &[Svc::new("api", "1.0")], Floor::default());
+    f.upgrade(&["api"], "1.0.0", &[]).ok();
+    f.sample_release("1.1.0", &[Svc::new("api", "1.1")], Floor::default());
+    f.cli(&["upgrade", "api", "--version", "1.1.0", "--yes"])
+        .ok();
+    f.cli(&["rollout", "pause", "2"]).ok();
+    // A second rollout of the same service is refused while this one lives.
+    f.cli(&["upgrade", "api", "--version", "1.1.0", "--yes"])
+        .fails_with("rollout 2 (Paused) is already moving service \"api\"");
+    eventually(Duration::from_secs(20), "the canary to finish", || {
+        let r = f.rollout(2);
+        (steps(&r, "Installing").is_empty()).then_some(r)
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let r = f.rollout(2);
+    assert_eq!(r["rollout"]["status"], "Paused");
+    assert_eq!(
+        steps(&r, "Pending").len(),
+        2,
+        "a batch started while paused: {r}"
+    );
+    f.cli(&["rollout", "resume", "2"]).ok();
+    f.cli(&["rollout", "watch", "2"]).ok();
+    for h in HOSTS {
+        assert_eq!(f.served_version(h, "api").as_deref(), Some("1.1"));
+    }
+    f.cli(&["rollback", "api", "--to", "1.0.0", "--yes", "--wait"])
+        .ok();
+    for h in HOSTS {
+        assert_eq!(f.served_version(h, "api").as_deref(), Some("1.0"));
+    }
+    let events = f.cli(&["events", "--rollout", "2"]).ok().stdout;
+    assert!(
+        events.contains("rollout.paused") && events.contains("rollout.resumed"),
+        "{events}"
+    );
+}
+
+#[test]
+fn a_typo_in_the_fleet_config_is_named_and_nothing_is_stored() {
+    let f = world(&["api"], "");
+    let before = f.cli(&["fleet", "show"]).ok().stdout;
+    let bad = f.path("bad-fleet.toml");
+    std::fs::write(
+        &bad,
+        before.replace("max_parallel", "max_paralel").replace(
+            "[services.api.policy]\n",
+            "[services.api.policy]\nmax_paralel = 2\n",
+        ),
+    )
+    .unwrap();
+    let run = f.cli(&["fleet", "apply", bad.to_str().unwrap()]);
+    run.fails_with("bad-fleet.toml: line");
+    assert!(
+        run.stderr.contains("unknown field `max_paralel`"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(f.cli(&["fleet", "show"]).ok().stdout, before);
+}

@@ -70,6 +70,9 @@ pub struct Installer {
     pub vars: std::collections::BTreeMap<String, String>,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     busy: Mutex<HashMap<String, &'static str>>,
+    queues: Mutex<HashMap<String, mpsc::UnboundedSender<Command>>>,
+    /// Services with a rollback waiting: their health checks stop early.
+    rollback_waiting: Mutex<std::collections::HashSet<String>>,
     outbox: mpsc::UnboundedSender<Report>,
 }
 
@@ -108,6 +111,8 @@ impl Installer {
             vars,
             locks: Mutex::new(HashMap::new()),
             busy: Mutex::new(HashMap::new()),
+            queues: Mutex::new(HashMap::new()),
+            rollback_waiting: Mutex::new(Default::default()),
             outbox,
         };
         (Arc::new(i), rx)
@@ -205,9 +210,47 @@ impl Installer {
             .collect()
     }
 
+    fn rollback_waiting(&self, service: &str) -> bool {
+        self.rollback_waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(service)
+    }
+
+    /// Queues a command behind the service's earlier ones, so commands for
+    /// one service run in the order they arrived. A rollback also cuts short
+    /// the health checks of an install still in progress.
+    pub fn submit(self: &Arc<Self>, cmd: Command) {
+        let service = cmd.service().to_string();
+        if matches!(cmd, Command::Rollback(_)) {
+            self.rollback_waiting
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(service.clone());
+        }
+        let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+        let queue = queues.entry(service).or_insert_with(|| {
+            let (tx, mut rx) = mpsc::unbounded_channel::<Command>();
+            let me = self.clone();
+            tokio::spawn(async move {
+                while let Some(cmd) = rx.recv().await {
+                    me.execute(cmd).await;
+                }
+            });
+            tx
+        });
+        let _ = queue.send(cmd);
+    }
+
     /// Runs one command and queues its report.
     pub async fn execute(self: &Arc<Self>, cmd: Command) {
         let service = cmd.service().to_string();
+        if matches!(cmd, Command::Rollback(_)) {
+            self.rollback_waiting
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&service);
+        }
         let lock = self.lock(&service);
         let _held = lock.lock().await;
         let mut j = self.journal(&service);
@@ -461,6 +504,16 @@ impl Installer {
                     return Err(e);
                 }
                 Verdict::Pending => {}
+            }
+            if !instant && self.rollback_waiting(&j.service) {
+                let mut e = window
+                    .last_failure(Instant::now())
+                    .unwrap_or_else(|| failure("health", "not yet healthy"));
+                e.detail = format!(
+                    "{} (checks stopped: the controller asked for a rollback)",
+                    e.detail
+                );
+                return Err(e);
             }
             if !instant && window.failing() && self.link.lost_for() > self.autonomous_rollback_after
             {

@@ -379,3 +379,42 @@ async fn lost_controller_and_failing_release_roll_back_on_the_agents_own_authori
     assert!(r.auto_rolled_back && r.command_id == "c2", "{r:?}");
     assert_eq!(h.journal().current.unwrap().sha256, v1.0);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rollback_cuts_short_the_checks_of_the_install_it_undoes() {
+    let mut h = harness();
+    let (v1, v2) = (artifact(&h.world, "1"), artifact(&h.world, "2"));
+    h.run(install("c1", "1", v1)).await;
+    h.make_sick(&v2.0);
+    let Command::Install(mut slow) = install("c2", "2", v2) else {
+        unreachable!()
+    };
+    slow.config.healthy_deadline = Duration::from_secs(60);
+    let started = std::time::Instant::now();
+    h.installer.submit(Command::Install(slow));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    h.installer.submit(Command::Rollback(RollbackCommand {
+        command_id: "c2-rollback".into(),
+        service: "api".into(),
+        from: v2.0,
+    }));
+    let install = h.outbox.recv().await.unwrap();
+    let rollback = h.outbox.recv().await.unwrap();
+    assert!(
+        !install.ok
+            && install
+                .evidence
+                .unwrap()
+                .detail
+                .contains("asked for a rollback")
+    );
+    assert!(
+        rollback.ok && rollback.command_id == "c2-rollback",
+        "{rollback:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "waited for the health deadline"
+    );
+    assert_eq!(h.journal().current.unwrap().sha256, v1.0);
+}
