@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod diag;
+pub mod docker;
 pub mod enroll;
 pub mod error;
 pub mod extract;

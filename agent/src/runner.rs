@@ -44,6 +44,9 @@ pub trait Runner: Send + Sync {
 }
 
 /// The runner a service's config asks for.
+/// Container services go through the Docker engine instead
+/// (`crate::docker`); asking this for one is a bug that the process runner
+/// answers harmlessly.
 pub struct Runners {
     pub process: Box<dyn Runner>,
     pub systemd: Box<dyn Runner>,
@@ -52,7 +55,7 @@ pub struct Runners {
 impl Runners {
     pub fn for_config(&self, config: &ServiceConfig) -> &dyn Runner {
         match config.runner {
-            RunnerKind::Process => self.process.as_ref(),
+            RunnerKind::Process | RunnerKind::Docker => self.process.as_ref(),
             RunnerKind::Systemd => self.systemd.as_ref(),
         }
     }

@@ -144,8 +144,8 @@ impl Agent {
     }
 
     /// What this host has installed, from the installer's journals.
-    pub fn inventory(&self) -> Vec<InstalledService> {
-        self.installer.inventory()
+    pub async fn inventory(&self) -> Vec<InstalledService> {
+        self.installer.inventory().await
     }
 
     fn figures(&self) -> SessionFigures {
@@ -185,8 +185,7 @@ pub async fn run(agent: Arc<Agent>, shutdown: impl std::future::Future<Output = 
     }
     upkeep.abort();
     if agent.config.stop_services_on_exit {
-        let installer = agent.installer.clone();
-        let _ = tokio::task::spawn_blocking(move || installer.stop_all()).await;
+        agent.installer.stop_all().await;
     }
 }
 
@@ -226,7 +225,7 @@ async fn session_once(agent: &Arc<Agent>) -> Result<Ended> {
     let hello = send(Out::Hello(v1::Hello {
         agent_version: cutover_core::VERSION.into(),
         heartbeat_interval_ms: interval.as_millis() as u64,
-        inventory: cutover_proto::convert::services_to_wire(&agent.inventory()),
+        inventory: cutover_proto::convert::services_to_wire(&agent.inventory().await),
         agent_started_at_ms: now_ms() - agent.started.elapsed().as_millis() as i64,
     }));
     tx.send(hello)
@@ -345,13 +344,14 @@ async fn answer(agent: &Arc<Agent>, body: Option<v1::request::Body>) -> v1::repl
     match body {
         Some(v1::request::Body::Diag(_)) => {
             let a = agent.clone();
+            let (inventory, logs) = (a.inventory().await, a.installer.logs(20).await);
             let report = tokio::task::spawn_blocking(move || {
                 crate::diag::gather(
                     &a.config.data_dir,
                     a.started.elapsed().as_secs(),
                     a.figures(),
-                    a.inventory(),
-                    a.installer.logs(20),
+                    inventory,
+                    logs,
                 )
             })
             .await;

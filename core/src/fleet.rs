@@ -80,6 +80,9 @@ pub struct ServiceConfig {
     /// An install not healthy this long after its restart has failed.
     #[serde(default = "default_deadline", with = "humantime_serde")]
     pub healthy_deadline: Duration,
+    /// `docker`: the container's settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<ContainerConfig>,
     #[serde(default)]
     pub policy: Policy,
 }
@@ -89,6 +92,42 @@ pub struct ServiceConfig {
 pub enum RunnerKind {
     Process,
     Systemd,
+    Docker,
+}
+
+/// How a `docker` service's container is created. Every new container gets
+/// the same settings; only the image changes.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerConfig {
+    /// Container name (default `cutover-<service>`). The previous one is
+    /// kept, stopped, as `<name>-previous`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Overrides the image's command.
+    #[serde(default)]
+    pub command: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// `[host_ip:]host_port:container_port[/tcp|/udp]`.
+    #[serde(default)]
+    pub ports: Vec<String>,
+    /// Bind mounts, `host_path:container_path[:ro]`.
+    #[serde(default)]
+    pub mounts: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
+    /// `no`, `always`, `unless-stopped` or `on-failure`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart: Option<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Memory limit in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<i64>,
+    /// CPU limit in cores (`0.5` is half a core).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<f64>,
 }
 
 /// One health check as written in the fleet file; [`Check::probe`] gives
@@ -387,6 +426,36 @@ impl ServiceConfig {
                     return Err("command: only for runner = \"process\"".into());
                 }
             }
+            RunnerKind::Docker => {
+                if self.command.is_some() || !self.args.is_empty() || self.unit.is_some() {
+                    return Err("command: a docker service sets its command in [container]".into());
+                }
+                let c = self.container.clone().unwrap_or_default();
+                if let Some(r) = &c.restart {
+                    if !["no", "always", "unless-stopped", "on-failure"].contains(&r.as_str()) {
+                        return Err(format!(
+                            "container.restart: {r:?}; use no, always, unless-stopped or on-failure"
+                        ));
+                    }
+                }
+                for p in &c.ports {
+                    if p.split(':').count() < 2 {
+                        return Err(format!(
+                            "container.ports: {p:?}; write [host_ip:]host_port:container_port"
+                        ));
+                    }
+                }
+                for m in &c.mounts {
+                    if !m.starts_with('/') || m.split(':').count() < 2 {
+                        return Err(format!(
+                            "container.mounts: {m:?}; write /host/path:/container/path[:ro]"
+                        ));
+                    }
+                }
+            }
+        }
+        if self.container.is_some() && self.runner != RunnerKind::Docker {
+            return Err("container: only for runner = \"docker\"".into());
         }
         if self.healthy_deadline <= self.min_healthy_time {
             return Err(format!(
@@ -435,6 +504,17 @@ impl ServiceConfig {
             .chain(c.env.values_mut())
         {
             sub(s)?;
+        }
+        if let Some(ct) = &mut c.container {
+            for s in ct
+                .command
+                .iter_mut()
+                .chain(ct.env.values_mut())
+                .chain(ct.ports.iter_mut())
+                .chain(ct.mounts.iter_mut())
+            {
+                sub(s)?;
+            }
         }
         for check in &mut c.checks {
             for s in check

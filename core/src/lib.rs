@@ -6,6 +6,7 @@ pub mod digest;
 pub mod error;
 pub mod fleet;
 pub mod fsutil;
+pub mod image;
 pub mod manifest;
 pub mod names;
 pub mod pki;

@@ -32,6 +32,9 @@ impl Command {
     }
 }
 
+/// Install `target`. For a native service `sha256` and `size` pin its
+/// tarball; for a container service they pin the image tarball (size 0
+/// when the image comes from a registry) and `image` says which image.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InstallCommand {
     pub command_id: String,
@@ -40,6 +43,17 @@ pub struct InstallCommand {
     pub sha256: Sha256Digest,
     pub size: u64,
     pub config: ServiceConfig,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<ImageTarget>,
+}
+
+/// A container image pinned by ID, with where to pull it from if it is not
+/// delivered as a tarball.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageTarget {
+    pub id: Sha256Digest,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
 }
 
 /// Go back to the previous release if `from` is what runs now; if the host
@@ -116,6 +130,8 @@ pub struct ServicePlan {
     /// Hosts that already run the target identity: not touched.
     pub unchanged: Vec<String>,
     pub config: ServiceConfig,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<ImageTarget>,
     /// Steps swap each host back to its previous release instead of
     /// installing `target` (`cutover rollback SERVICE`).
     #[serde(default)]

@@ -57,6 +57,9 @@ pub struct ServiceLog {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_exit: Option<String>,
     pub lines: Vec<String>,
+    /// Runner-specific state, e.g. a container's image, health, start time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

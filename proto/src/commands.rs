@@ -2,7 +2,9 @@
 //! that carry plans, rollouts and events to operators.
 
 use cutover_core::fleet::ServiceConfig;
-use cutover_core::rollout::{Command, Evidence, InstallCommand, Report, RollbackCommand};
+use cutover_core::rollout::{
+    Command, Evidence, ImageTarget, InstallCommand, Report, RollbackCommand,
+};
 use cutover_core::Sha256Digest;
 
 use crate::convert::WireError;
@@ -23,6 +25,16 @@ impl From<&Command> for v1::Command {
                 sha256: i.sha256.to_hex(),
                 size: i.size,
                 config_json: serde_json::to_string(&i.config).unwrap_or_default(),
+                image_id: i
+                    .image
+                    .as_ref()
+                    .map(|m| m.id.to_prefixed())
+                    .unwrap_or_default(),
+                image_reference: i
+                    .image
+                    .as_ref()
+                    .and_then(|m| m.reference.clone())
+                    .unwrap_or_default(),
             }),
             Command::Rollback(r) => v1::command::Op::Rollback(v1::RollbackOp {
                 from_sha256: r.from.to_hex(),
@@ -63,6 +75,14 @@ impl TryFrom<v1::Command> for Command {
                     sha256: digest("artifact digest", &i.sha256)?,
                     size: i.size,
                     config,
+                    image: if i.image_id.is_empty() {
+                        None
+                    } else {
+                        Some(ImageTarget {
+                            id: digest("image id", &i.image_id)?,
+                            reference: Some(i.image_reference).filter(|r| !r.is_empty()),
+                        })
+                    },
                 }))
             }
             v1::command::Op::Rollback(r) => Command::Rollback(RollbackCommand {
@@ -181,6 +201,7 @@ mod tests {
             sha256: Sha256Digest::of(b"x"),
             size: 3,
             config,
+            image: None,
         }));
         let wire: v1::Command = (&c).into();
         assert_eq!(Command::try_from(wire.clone()).unwrap(), c);

@@ -123,6 +123,7 @@ impl From<&DiagReport> for v1::DiagReport {
                     restarts: l.restarts,
                     last_exit: l.last_exit.clone().unwrap_or_default(),
                     lines: l.lines.clone(),
+                    detail: l.detail.clone().unwrap_or_default(),
                 })
                 .collect(),
         }
@@ -158,6 +159,7 @@ impl TryFrom<v1::DiagReport> for DiagReport {
                     restarts: l.restarts,
                     last_exit: Some(l.last_exit).filter(|e| !e.is_empty()),
                     lines: l.lines,
+                    detail: Some(l.detail).filter(|e| !e.is_empty()),
                 })
                 .collect(),
         })

@@ -20,6 +20,7 @@ use crate::health::{HealthWindow, Prober, Verdict};
 use crate::journal::{self, Journal, Op, Slot, Stage};
 use crate::runner::{RunStatus, Runners};
 
+mod containers;
 mod recovery;
 #[cfg(test)]
 mod tests;
@@ -71,6 +72,7 @@ pub struct Installer {
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     busy: Mutex<HashMap<String, &'static str>>,
     queues: Mutex<HashMap<String, mpsc::UnboundedSender<Command>>>,
+    docker: tokio::sync::Mutex<Option<Arc<crate::docker::Engine>>>,
     /// Services with a rollback waiting: their health checks stop early.
     rollback_waiting: Mutex<std::collections::HashSet<String>>,
     outbox: mpsc::UnboundedSender<Report>,
@@ -112,6 +114,7 @@ impl Installer {
             locks: Mutex::new(HashMap::new()),
             busy: Mutex::new(HashMap::new()),
             queues: Mutex::new(HashMap::new()),
+            docker: tokio::sync::Mutex::new(None),
             rollback_waiting: Mutex::new(Default::default()),
             outbox,
         };
@@ -151,33 +154,45 @@ impl Installer {
             .map_err(|e| failure("journal", format!("cannot write the journal: {e}")))
     }
 
-    fn status(&self, slot: &Slot, service: &str) -> RunStatus {
+    async fn status(&self, slot: &Slot, service: &str) -> RunStatus {
+        if containers::is_container(slot) {
+            return self.container_status(slot, service).await;
+        }
         self.runners
             .for_config(&slot.config)
             .status(service, &slot.config)
     }
 
+    /// Where a release's files are (and exec checks run): its unpacked
+    /// directory, or the data directory for a container.
+    fn release_dir(&self, slot: &Slot) -> std::path::PathBuf {
+        if containers::is_container(slot) {
+            self.data_dir.clone()
+        } else {
+            journal::release_dir(&self.data_dir, &slot.sha256)
+        }
+    }
+
     /// What every service runs, for hello and diagnostics.
-    pub fn inventory(&self) -> Vec<InstalledService> {
+    pub async fn inventory(&self) -> Vec<InstalledService> {
         let journals = Journal::load_all(&self.data_dir).unwrap_or_default();
         let busy = self.busy.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        journals
-            .iter()
-            .map(|j| {
-                let state = if let Some(b) = busy.get(&j.service) {
-                    b.to_string()
-                } else if j.failed_since_ms.is_some() {
-                    "failed".into()
-                } else {
-                    match &j.current {
-                        Some(slot) if self.status(slot, &j.service).running => "running".into(),
-                        Some(_) => "not running".into(),
-                        None => "not installed".into(),
-                    }
-                };
-                j.installed(&state)
-            })
-            .collect()
+        let mut out = Vec::with_capacity(journals.len());
+        for j in &journals {
+            let state = if let Some(b) = busy.get(&j.service) {
+                b.to_string()
+            } else if j.failed_since_ms.is_some() {
+                "failed".into()
+            } else {
+                match &j.current {
+                    Some(slot) if self.status(slot, &j.service).await.running => "running".into(),
+                    Some(_) => "not running".into(),
+                    None => "not installed".into(),
+                }
+            };
+            out.push(j.installed(&state));
+        }
+        out
     }
 
     /// The last report of every service, sent again on each new session so
@@ -191,23 +206,26 @@ impl Installer {
     }
 
     /// Per service: restarts, pid and the tail of its log, for `cutover diag`.
-    pub fn logs(&self, lines: usize) -> Vec<cutover_core::views::ServiceLog> {
-        Journal::load_all(&self.data_dir)
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(|j| {
-                let slot = j.current?;
-                let runner = self.runners.for_config(&slot.config);
-                let st = runner.status(&j.service, &slot.config);
-                Some(cutover_core::views::ServiceLog {
-                    service: j.service.clone(),
-                    pid: st.pid,
-                    restarts: st.restarts,
-                    last_exit: st.last_exit,
-                    lines: runner.log_tail(&j.service, &slot.config, lines),
-                })
-            })
-            .collect()
+    pub async fn logs(&self, lines: usize) -> Vec<cutover_core::views::ServiceLog> {
+        let mut out = Vec::new();
+        for j in Journal::load_all(&self.data_dir).unwrap_or_default() {
+            let Some(slot) = j.current else { continue };
+            if containers::is_container(&slot) {
+                out.push(self.container_log(&slot, &j.service, lines).await);
+                continue;
+            }
+            let runner = self.runners.for_config(&slot.config);
+            let st = runner.status(&j.service, &slot.config);
+            out.push(cutover_core::views::ServiceLog {
+                service: j.service.clone(),
+                pid: st.pid,
+                restarts: st.restarts,
+                last_exit: st.last_exit,
+                lines: runner.log_tail(&j.service, &slot.config, lines),
+                detail: None,
+            });
+        }
+        out
     }
 
     fn rollback_waiting(&self, service: &str) -> bool {
@@ -323,17 +341,14 @@ impl Installer {
         started: Instant,
     ) -> (bool, Option<Evidence>, u64, bool) {
         let service = c.service.as_str();
-        if j.current.as_ref().is_some_and(|s| s.sha256 == c.sha256) && j.failed_since_ms.is_none() {
+        // What identifies the install: the image for a container, else the tarball.
+        let key = c.image.as_ref().map(|i| i.id).unwrap_or(c.sha256);
+        if j.current.as_ref().is_some_and(|s| s.sha256 == key) && j.failed_since_ms.is_none() {
             // Already installed: not fetched, not restarted.
-            if let Some(slot) = &j.current {
-                if !self.status(slot, service).running {
-                    let dir = journal::release_dir(&self.data_dir, &slot.sha256);
-                    if let Err(e) =
-                        self.runners
-                            .for_config(&slot.config)
-                            .start(service, &dir, &slot.config)
-                    {
-                        return (false, Some(failure("start", e.to_string())), 0, true);
+            if let Some(slot) = j.current.clone() {
+                if !self.status(&slot, service).await.running {
+                    if let Err(e) = self.ensure_running(service, &slot).await {
+                        return (false, Some(e), 0, true);
                     }
                     return (true, None, 0, true);
                 }
@@ -360,13 +375,18 @@ impl Installer {
         if let Err(e) = self.save(j) {
             return (false, Some(e), 0, false);
         }
-        let fetched = match self.prepare(c).await {
+        let prepared = if config.runner == cutover_core::fleet::RunnerKind::Docker {
+            self.prepare_image(c).await
+        } else {
+            self.prepare(c).await
+        };
+        let fetched = match prepared {
             Ok(n) => n,
             Err(e) => return (false, Some(e), 0, false),
         };
         let new = Slot {
             identity: c.target.clone(),
-            sha256: c.sha256,
+            sha256: key,
             config,
         };
         if let Err(e) = self
@@ -377,6 +397,7 @@ impl Installer {
                     command: Box::new(c.clone()),
                     stage: Stage::Swapping,
                 },
+                false,
             )
             .await
         {
@@ -443,10 +464,24 @@ impl Installer {
 
     /// Stops what runs, flips `current` to `new` and starts it. The journal
     /// says `Swapping` before anything stops.
-    async fn swap_to(&self, j: &mut Journal, new: Slot, op: Op) -> Result<(), Evidence> {
+    async fn swap_to(
+        &self,
+        j: &mut Journal,
+        new: Slot,
+        op: Op,
+        back: bool,
+    ) -> Result<(), Evidence> {
         let service = j.service.clone();
         j.op = Some(op);
         self.save(j)?;
+        if containers::is_container(&new) {
+            self.swap_container(&service, &new, back).await?;
+            let old = j.current.replace(new.clone());
+            if old.as_ref().map(|o| o.sha256) != Some(new.sha256) {
+                j.previous = old;
+            }
+            return self.save(j);
+        }
         if let Some(old) = j.current.clone() {
             let runner_old = self.runners.for_config(&old.config);
             let s = service.clone();
@@ -494,7 +529,7 @@ impl Installer {
             .map(|c| c.interval)
             .min()
             .unwrap_or(Duration::from_millis(500));
-        let dir = journal::release_dir(&self.data_dir, &slot.sha256);
+        let dir = self.release_dir(&slot);
         loop {
             let round = self.round(&j.service, &slot, &dir).await;
             match window.observe(Instant::now(), round) {
@@ -531,9 +566,31 @@ impl Installer {
         }
     }
 
+    /// Starts the current release if it does not run (or, for a container,
+    /// brings the engine to exactly one running container of it).
+    async fn ensure_running(&self, service: &str, slot: &Slot) -> Result<(), Evidence> {
+        if containers::is_container(slot) {
+            let engine = self.engine().await?;
+            return engine
+                .recover(service, &slot.config, &slot.sha256)
+                .await
+                .map_err(|e| failure("start", e));
+        }
+        let runner = self.runners.for_config(&slot.config);
+        let dir = self.release_dir(slot);
+        if runner.adopt(service, &dir, &slot.config) {
+            return Ok(());
+        }
+        // Whatever still runs from before (a half-done swap) goes first.
+        let _ = runner.stop(service, &slot.config);
+        runner
+            .start(service, &dir, &slot.config)
+            .map_err(|e| failure("start", e.to_string()))
+    }
+
     /// One round: the service must run, then every check must pass.
     async fn round(&self, service: &str, slot: &Slot, dir: &Path) -> Result<(), Evidence> {
-        let st = self.status(slot, service);
+        let st = self.status(slot, service).await;
         if !st.running {
             let how = st.last_exit.unwrap_or_else(|| "not running".into());
             let mut e = failure(
@@ -549,6 +606,9 @@ impl Installer {
         }
         for check in &slot.config.checks {
             self.prober.probe(check, dir).await?;
+        }
+        if containers::is_container(slot) {
+            self.container_health(slot, service).await?;
         }
         Ok(())
     }
@@ -584,6 +644,7 @@ impl Installer {
                     command_id: c.command_id.clone(),
                     stage: Stage::Swapping,
                 },
+                true,
             )
             .await
         {

@@ -67,7 +67,7 @@ impl Installer {
         });
         for mut j in Journal::load_all(&self.data_dir).unwrap_or_default() {
             let service = j.service.clone();
-            let linked = journal::read_current(&self.data_dir, &service);
+            let linked = self.linked(&j).await;
             let mut resume_checks = None;
             match j.op.clone() {
                 None => {}
@@ -79,18 +79,26 @@ impl Installer {
                     j.op = None;
                 }
                 Some(Op::Install { command, stage }) => {
+                    let key = command
+                        .image
+                        .as_ref()
+                        .map(|i| i.id)
+                        .unwrap_or(command.sha256);
                     if stage == Stage::Swapping
-                        && linked == Some(command.sha256)
-                        && j.current.as_ref().map(|s| s.sha256) != Some(command.sha256)
+                        && linked == Some(key)
+                        && j.current.as_ref().map(|s| s.sha256) != Some(key)
                     {
                         let new = Slot {
                             identity: command.target.clone(),
-                            sha256: command.sha256,
-                            config: command.config.clone(),
+                            sha256: key,
+                            config: command
+                                .config
+                                .with_vars(&self.vars)
+                                .unwrap_or_else(|_| command.config.clone()),
                         };
                         j.previous = j.current.replace(new);
                     }
-                    if linked == Some(command.sha256) {
+                    if linked == Some(key) {
                         tracing::info!(%service, command = %command.command_id, "install was interrupted after the swap; checking the new release again");
                         j.op = Some(Op::Install {
                             command: command.clone(),
@@ -112,14 +120,8 @@ impl Installer {
                 }
             }
             if let Some(slot) = &j.current {
-                let runner = self.runners.for_config(&slot.config);
-                let dir = journal::release_dir(&self.data_dir, &slot.sha256);
-                if !runner.adopt(&service, &dir, &slot.config) {
-                    // Whatever still runs from before (a half-done swap) goes first.
-                    let _ = runner.stop(&service, &slot.config);
-                    if let Err(e) = runner.start(&service, &dir, &slot.config) {
-                        tracing::error!(%service, error = %e, "could not start the current release");
-                    }
+                if let Err(e) = self.ensure_running(&service, slot).await {
+                    tracing::error!(%service, error = %e.detail, "could not start the current release");
                 }
             }
             if let Err(e) = self.save(&j) {
@@ -146,17 +148,42 @@ impl Installer {
         }
     }
 
+    /// Which release a service is really on: where its `current` link
+    /// points, or for a container the image of the container that runs (or,
+    /// if a swap was cut short, of the previous container that will).
+    async fn linked(&self, j: &Journal) -> Option<cutover_core::Sha256Digest> {
+        let config = match (&j.current, &j.op) {
+            (Some(slot), _) => slot.config.clone(),
+            (None, Some(Op::Install { command, .. })) => command.config.clone(),
+            _ => return journal::read_current(&self.data_dir, &j.service),
+        };
+        if config.runner != cutover_core::fleet::RunnerKind::Docker {
+            return journal::read_current(&self.data_dir, &j.service);
+        }
+        let config = config.with_vars(&self.vars).unwrap_or(config);
+        let engine = self.engine().await.ok()?;
+        engine
+            .image_of(&j.service, &config)
+            .await
+            .and_then(|i| cutover_core::Sha256Digest::parse_prefixed(&i).ok())
+    }
+
     /// Stops every service (the agent's `stop_services_on_exit`).
-    pub fn stop_all(&self) {
+    pub async fn stop_all(&self) {
         for j in Journal::load_all(&self.data_dir).unwrap_or_default() {
-            if let Some(slot) = &j.current {
-                if let Err(e) = self
-                    .runners
-                    .for_config(&slot.config)
-                    .stop(&j.service, &slot.config)
-                {
-                    tracing::warn!(service = %j.service, error = %e, "could not stop");
+            let Some(slot) = &j.current else { continue };
+            let stopped = if super::containers::is_container(slot) {
+                match self.engine().await {
+                    Ok(engine) => engine.stop_service(&j.service, &slot.config).await,
+                    Err(e) => Err(e.detail),
                 }
+            } else {
+                let runner = self.runners.for_config(&slot.config);
+                tokio::task::block_in_place(|| runner.stop(&j.service, &slot.config))
+                    .map_err(|e| e.to_string())
+            };
+            if let Err(e) = stopped {
+                tracing::warn!(service = %j.service, error = %e, "could not stop");
             }
         }
     }

@@ -156,6 +156,7 @@ fn install(id: &str, version: &str, (sha256, size): (Sha256Digest, u64)) -> Comm
         sha256,
         size,
         config: config(),
+        image: None,
     }))
 }
 

@@ -66,6 +66,7 @@ pub async fn import(
     let received = receive(c, &mut stream, &expected, &mut staged_paths).await;
     let result = async {
         let received = received?;
+        check_images(c, &manifest, &received, &staged_paths).await?;
         if existing.is_some() {
             return Ok(v1::ImportReleaseResponse {
                 version: version.clone(),
@@ -149,6 +150,49 @@ pub(crate) fn verify(
         .check_current(time::OffsetDateTime::now_utc())
         .map_err(cutover_core::Error::from)?;
     Ok((manifest, signed_by))
+}
+
+/// An image tarball must carry the image ID the manifest pins: the digest
+/// of the config its own `manifest.json` names.
+async fn check_images(
+    c: &Controller,
+    manifest: &Manifest,
+    received: &[Sha256Digest],
+    staged: &[PathBuf],
+) -> Result<()> {
+    for s in &manifest.services {
+        let Some(image) = &s.image else { continue };
+        let Some(tarball) = &image.tarball else {
+            continue;
+        };
+        let path = match received.iter().position(|d| *d == tarball.sha256) {
+            Some(i) => staged[i].clone(),
+            None => c.artifacts.path(&tarball.sha256),
+        };
+        let found = tokio::task::spawn_blocking(move || {
+            std::fs::File::open(&path)
+                .map_err(|e| format!("{}: {e}", path.display()))
+                .and_then(cutover_core::image::image_id)
+        })
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))?;
+        let what = format!(
+            "release {}: service {:?}: image tarball {}",
+            manifest.version, s.name, tarball.file
+        );
+        match found {
+            Ok(id) if id == image.id => {}
+            Ok(id) => {
+                return Err(Error::Invalid(format!(
+                    "{what} holds image {}, but the manifest pins {}; refused",
+                    id.to_prefixed(),
+                    image.id.to_prefixed()
+                )))
+            }
+            Err(e) => return Err(Error::Invalid(format!("{what}: {e}"))),
+        }
+    }
+    Ok(())
 }
 
 /// Receives artifact streams; returns the digests verified into staging.

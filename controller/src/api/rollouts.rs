@@ -167,7 +167,7 @@ pub async fn rollback(
         let (Some(current), Some(previous)) = (&s.current, &s.previous) else {
             continue;
         };
-        if current.tarball_sha256.is_none() {
+        if current.tarball_sha256.is_none() && current.image_id.is_none() {
             continue;
         }
         if !h.online {
@@ -192,7 +192,14 @@ pub async fn rollback(
     };
     let sha256 = target
         .tarball_sha256
+        .or(target.image_id)
         .unwrap_or_else(|| cutover_core::Sha256Digest::of(b""));
+    let image = target
+        .image_id
+        .map(|id| cutover_core::rollout::ImageTarget {
+            id,
+            reference: None,
+        });
     let plan = Plan {
         release: format!("previous of {service}"),
         services: vec![ServicePlan {
@@ -204,6 +211,7 @@ pub async fn rollback(
             batches: vec![moves],
             unchanged: vec![],
             config,
+            image,
             swap_back: true,
         }],
         carried: vec![],

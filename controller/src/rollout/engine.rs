@@ -263,13 +263,14 @@ fn send_due(r: &mut Rollout, online: &Online, fx: &mut Vec<Effect>) {
 fn command_for(r: &Rollout, s: &Step) -> Option<Command> {
     let plan = r.plan.services.iter().find(|p| p.service == s.service)?;
     let from = |id: &Option<cutover_core::views::ContentIdentity>| {
-        id.as_ref().and_then(|c| c.tarball_sha256)
+        id.as_ref().and_then(|c| c.tarball_sha256.or(c.image_id))
     };
     if s.phase == StepPhase::RollingBack {
         return Some(Command::Rollback(RollbackCommand {
             command_id: rollback_id(&s.command_id),
             service: s.service.clone(),
-            from: plan.sha256,
+            // What the agent installed: the image for containers.
+            from: plan.image.as_ref().map(|i| i.id).unwrap_or(plan.sha256),
         }));
     }
     if plan.swap_back {
@@ -286,6 +287,7 @@ fn command_for(r: &Rollout, s: &Step) -> Option<Command> {
         sha256: plan.sha256,
         size: plan.size,
         config: plan.config.clone(),
+        image: plan.image.clone(),
     })))
 }
 

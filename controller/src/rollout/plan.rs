@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use cutover_core::fleet::FleetConfig;
 use cutover_core::manifest::Manifest;
-use cutover_core::rollout::{Carried, HostMove, Plan, ServicePlan};
+use cutover_core::rollout::{Carried, HostMove, ImageTarget, Plan, ServicePlan};
 use cutover_core::views::{ContentIdentity, InstalledService};
 
 /// One host as the planner sees it.
@@ -76,17 +76,43 @@ pub fn plan(req: &PlanRequest<'_>) -> Result<Plan, PlanError> {
                 }
                 continue;
             };
-            let Some(tarball) = &svc.tarball else {
-                return Err(err(format!(
-                    "service {name:?} ships only a container image, which the {:?} runner cannot install",
-                    config.runner
-                )));
-            };
-            let target = ContentIdentity {
-                release: release.clone(),
-                service_version: svc.service_version.clone(),
-                tarball_sha256: Some(tarball.sha256),
-                image_id: None,
+            let docker = config.runner == cutover_core::fleet::RunnerKind::Docker;
+            let (target, sha256, size, image) = if docker {
+                let Some(img) = &svc.image else {
+                    return Err(err(format!(
+                        "service {name:?} runs with runner \"docker\" but the release pins no image for it"
+                    )));
+                };
+                let (sha, size) = img
+                    .tarball
+                    .as_ref()
+                    .map(|t| (t.sha256, t.size))
+                    .unwrap_or((img.id, 0));
+                let target = ContentIdentity {
+                    release: release.clone(),
+                    service_version: svc.service_version.clone(),
+                    tarball_sha256: None,
+                    image_id: Some(img.id),
+                };
+                let image = ImageTarget {
+                    id: img.id,
+                    reference: img.reference.clone(),
+                };
+                (target, sha, size, Some(image))
+            } else {
+                let Some(tarball) = &svc.tarball else {
+                    return Err(err(format!(
+                        "service {name:?} ships only a container image, which the {:?} runner cannot install; use runner = \"docker\"",
+                        config.runner
+                    )));
+                };
+                let target = ContentIdentity {
+                    release: release.clone(),
+                    service_version: svc.service_version.clone(),
+                    tarball_sha256: Some(tarball.sha256),
+                    image_id: None,
+                };
+                (target, tarball.sha256, tarball.size, None)
             };
             let mut moves = Vec::new();
             let mut unchanged = Vec::new();
@@ -106,7 +132,12 @@ pub fn plan(req: &PlanRequest<'_>) -> Result<Plan, PlanError> {
                     .iter()
                     .find(|i| &i.name == name)
                     .and_then(|i| i.current.clone());
-                if current.as_ref().and_then(|c| c.tarball_sha256) == Some(tarball.sha256) {
+                let at_target = match &current {
+                    Some(c) if docker => c.image_id == target.image_id,
+                    Some(c) => c.tarball_sha256 == target.tarball_sha256,
+                    None => false,
+                };
+                if at_target {
                     unchanged.push(host);
                     continue;
                 }
@@ -131,11 +162,12 @@ pub fn plan(req: &PlanRequest<'_>) -> Result<Plan, PlanError> {
                 service: name.clone(),
                 level,
                 target,
-                sha256: tarball.sha256,
-                size: tarball.size,
+                sha256,
+                size,
                 batches: batches(moves, config, req.instant),
                 unchanged,
                 config: config.clone(),
+                image,
                 swap_back: false,
             });
         }

@@ -229,6 +229,7 @@ mod tests {
                 batches: vec![],
                 unchanged: vec![],
                 config: fleet.services["x"].clone(),
+                image: None,
                 swap_back: false,
             });
         }

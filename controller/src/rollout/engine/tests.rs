@@ -44,6 +44,7 @@ fn service(name: &str, level: usize, hosts: &[&[&str]], scope: RollbackScope) ->
             .collect(),
         unchanged: vec![],
         config: config(scope, 2),
+        image: None,
         swap_back: false,
     }
 }
