@@ -507,8 +507,9 @@ impl ServiceConfig {
         }
         if let Some(ct) = &mut c.container {
             for s in ct
-                .command
+                .name
                 .iter_mut()
+                .chain(ct.command.iter_mut())
                 .chain(ct.env.values_mut())
                 .chain(ct.ports.iter_mut())
                 .chain(ct.mounts.iter_mut())

@@ -3,6 +3,7 @@
 //! loopback port and real `cutover-agent` processes, driven through the
 //! real `cutover` CLI. Children are killed when the fixture drops.
 
+pub mod docker;
 pub mod grpc;
 pub mod sample;
 

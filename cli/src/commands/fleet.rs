@@ -233,6 +233,9 @@ pub async fn diag(c: &ConnectArgs, host: &str, out: Format) -> Result<()> {
             "\n{} (pid {pid}, {} restart(s){exit}), last log lines:",
             log.service, log.restarts
         );
+        if let Some(detail) = &log.detail {
+            println!("  {detail}");
+        }
         for line in &log.lines {
             println!("  {line}");
         }

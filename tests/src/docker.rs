@@ -1,0 +1,172 @@
+//! Container images for tests on the real Docker engine, built locally
+//! `FROM scratch` with Debian's static busybox (nothing can be pulled), and
+//! a guard that removes every container and image a test made, even when
+//! it fails. Without an engine these helpers panic: the tests fail, they
+//! never skip.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Runs `docker ARGS`; panics with its stderr when it fails.
+pub fn docker(args: &[&str]) -> String {
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot run docker {args:?}: {e}; the Docker tests need a Docker engine")
+        });
+    assert!(
+        out.status.success(),
+        "docker {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+pub struct Image {
+    pub id: String,
+    pub tarball: PathBuf,
+}
+
+/// Names everything a test creates, and removes it on drop.
+pub struct Scope {
+    pub prefix: String,
+    images: Vec<String>,
+}
+
+impl Scope {
+    pub fn new(test: &str) -> Scope {
+        let busybox = Path::new("/bin/busybox");
+        assert!(
+            busybox.is_file(),
+            "/bin/busybox is missing: install Debian's busybox-static (.ci/run does)"
+        );
+        Scope {
+            prefix: format!("cutover-test-{test}-{}", std::process::id()),
+            images: Vec::new(),
+        }
+    }
+
+    /// Builds a busybox httpd image serving `/` with `version` and, when
+    /// healthy, `/healthz`; saves it to `dir` and removes it from the
+    /// engine so the agent has to load it.
+    pub fn image(&mut self, dir: &Path, version: &str, healthy: bool) -> Image {
+        let ctx = dir.join(format!("image-{version}"));
+        std::fs::create_dir_all(ctx.join("www")).unwrap();
+        std::fs::copy("/bin/busybox", ctx.join("busybox")).unwrap();
+        std::fs::write(ctx.join("www/index.html"), format!("{version}\n")).unwrap();
+        std::fs::write(ctx.join("nonce"), &self.prefix).unwrap();
+        if healthy {
+            std::fs::write(ctx.join("www/healthz"), "ok\n").unwrap();
+        }
+        std::fs::write(
+            ctx.join("Dockerfile"),
+            "FROM scratch\nCOPY busybox /bin/busybox\nCOPY nonce /nonce\nCOPY www /www\nENTRYPOINT [\"/bin/busybox\", \"httpd\", \"-f\", \"-v\", \"-p\", \"8080\", \"-h\", \"/www\"]\n",
+        )
+        .unwrap();
+        let tag = format!("{}:{version}", self.prefix);
+        docker(&["build", "-q", "-t", &tag, ctx.to_str().unwrap()]);
+        let id = docker(&["image", "inspect", "--format", "{{.Id}}", &tag]);
+        let tarball = dir.join(format!("image-{version}.tar"));
+        docker(&["save", "-o", tarball.to_str().unwrap(), &tag]);
+        docker(&["rmi", &tag]);
+        self.images.push(id.clone());
+        Image { id, tarball }
+    }
+
+    /// Running containers whose name starts with `name`, with their images.
+    pub fn running(&self, name: &str) -> Vec<(String, String)> {
+        docker(&[
+            "ps",
+            "--filter",
+            &format!("name=^/{name}"),
+            "--format",
+            "{{.Names}} {{.ID}}",
+        ])
+        .lines()
+        .filter_map(|l| {
+            let (n, id) = l.split_once(' ')?;
+            let image = docker(&["inspect", "--format", "{{.Image}}", id]);
+            Some((n.to_string(), image))
+        })
+        .collect()
+    }
+}
+
+impl Drop for Scope {
+    fn drop(&mut self) {
+        let out = Command::new("docker")
+            .args(["ps", "-aq", "--filter", &format!("name={}", self.prefix)])
+            .output();
+        if let Ok(out) = out {
+            for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                let _ = Command::new("docker").args(["rm", "-f", id]).output();
+            }
+        }
+        for id in &self.images {
+            let _ = Command::new("docker").args(["rmi", "-f", id]).output();
+        }
+    }
+}
+
+impl crate::Fleet {
+    /// Signs and tries to import a release of `service` as the image
+    /// tarball of `image`, pinned to `pinned_id`.
+    pub fn image_release(
+        &self,
+        version: &str,
+        service: &str,
+        image: &Image,
+        pinned_id: &str,
+    ) -> crate::Run {
+        let dir = self.path(&format!("release-{version}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let bytes = std::fs::read(&image.tarball).unwrap();
+        std::fs::write(dir.join("image.tar"), &bytes).unwrap();
+        let text = format!(
+            "version = \"{version}\"\ncreated = 2026-01-01T00:00:00Z\nexpires = 2099-01-01T00:00:00Z\n[[services]]\nname = \"{service}\"\nservice_version = \"{version}\"\nimage = {{ id = \"{pinned_id}\", tarball_sha256 = \"{}\", size = {}, file = \"image.tar\" }}\n",
+            cutover_core::Sha256Digest::of(&bytes),
+            bytes.len()
+        );
+        let manifest = dir.join("release.toml");
+        std::fs::write(&manifest, text).unwrap();
+        let m = manifest.to_str().unwrap();
+        let key = self.path("release.key");
+        self.cli(&["release", "sign", m, "--key", key.to_str().unwrap()])
+            .ok();
+        self.cli(&["release", "import", m])
+    }
+}
+
+/// A fleet config running `service` in a container on `hosts`; each
+/// host's container is named `<prefix>-<host>` and publishes 8080 on the
+/// host's `${<service>_port}`.
+pub fn container_fleet(prefix: &str, hosts: &[&str], service: &str, extra: &str) -> String {
+    let list = hosts
+        .iter()
+        .map(|h| format!("\"{h}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        r#"
+[services.{service}]
+hosts = [{list}]
+runner = "docker"
+stop_grace = "1s"
+min_healthy_time = "1s"
+healthy_deadline = "5s"
+{extra}
+[services.{service}.container]
+name = "{prefix}-${{host}}"
+ports = ["127.0.0.1:${{{service}_port}}:8080"]
+env = {{ GREETING = "hello" }}
+labels = {{ team = "edge" }}
+restart = "unless-stopped"
+[[services.{service}.checks]]
+kind = "http"
+url = "http://127.0.0.1:${{{service}_port}}/healthz"
+interval = "200ms"
+timeout = "1s"
+"#
+    )
+}
