@@ -51,6 +51,40 @@ impl Scope {
     /// healthy, `/healthz`; saves it to `dir` and removes it from the
     /// engine so the agent has to load it.
     pub fn image(&mut self, dir: &Path, version: &str, healthy: bool) -> Image {
+        let (tag, id) = self.build(dir, version, healthy);
+        let tarball = dir.join(format!("image-{version}.tar"));
+        docker(&["save", "-o", tarball.to_str().unwrap(), &tag]);
+        docker(&["rmi", &tag]);
+        Image { id, tarball }
+    }
+
+    /// Builds the image and pushes it to `registry`; returns its ID and
+    /// its reference by digest. The engine keeps no copy, so an agent has
+    /// to pull it.
+    pub fn pushed(&mut self, dir: &Path, version: &str, registry: &Registry) -> (String, String) {
+        let (tag, id) = self.build(dir, version, true);
+        let remote = format!("127.0.0.1:{}/{}:{version}", registry.port, self.prefix);
+        docker(&["tag", &tag, &remote]);
+        docker(&["push", &remote]);
+        let digests = docker(&[
+            "image",
+            "inspect",
+            "--format",
+            "{{json .RepoDigests}}",
+            &remote,
+        ]);
+        let reference = digests
+            .trim_matches(|c| c == '[' || c == ']')
+            .split(',')
+            .map(|d| d.trim_matches('"'))
+            .find(|d| d.starts_with(&format!("127.0.0.1:{}/", registry.port)))
+            .expect("pushed image has a repo digest")
+            .to_string();
+        docker(&["rmi", &tag, &remote]);
+        (id, reference)
+    }
+
+    fn build(&mut self, dir: &Path, version: &str, healthy: bool) -> (String, String) {
         let ctx = dir.join(format!("image-{version}"));
         std::fs::create_dir_all(ctx.join("www")).unwrap();
         std::fs::copy("/bin/busybox", ctx.join("busybox")).unwrap();
@@ -67,11 +101,8 @@ impl Scope {
         let tag = format!("{}:{version}", self.prefix);
         docker(&["build", "-q", "-t", &tag, ctx.to_str().unwrap()]);
         let id = docker(&["image", "inspect", "--format", "{{.Id}}", &tag]);
-        let tarball = dir.join(format!("image-{version}.tar"));
-        docker(&["save", "-o", tarball.to_str().unwrap(), &tag]);
-        docker(&["rmi", &tag]);
         self.images.push(id.clone());
-        Image { id, tarball }
+        (tag, id)
     }
 
     /// Running containers whose name starts with `name`, with their images.
@@ -109,7 +140,68 @@ impl Drop for Scope {
     }
 }
 
+/// A real registry (Debian's `docker-registry`) on a loopback port, with
+/// its storage in `dir`; stopped on drop.
+pub struct Registry {
+    pub port: u16,
+    child: std::process::Child,
+}
+
+impl Registry {
+    pub fn start(dir: &Path) -> Registry {
+        let port = crate::free_port();
+        std::fs::create_dir_all(dir).unwrap();
+        let config = dir.join("config.yml");
+        std::fs::write(
+            &config,
+            format!("version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n", dir.join("data").display()),
+        )
+        .unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.join("registry.log")).unwrap())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start docker-registry: {e}; install Debian's docker-registry (.ci/run does)"));
+        crate::eventually(
+            std::time::Duration::from_secs(10),
+            "the registry to listen",
+            || {
+                std::net::TcpStream::connect(("127.0.0.1", port))
+                    .ok()
+                    .map(|_| ())
+            },
+        );
+        Registry { port, child }
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl crate::Fleet {
+    /// Signs and imports a release whose `service` image is pulled from a
+    /// registry by `reference`, pinned to `pinned_id`.
+    pub fn registry_release(&self, version: &str, service: &str, pinned_id: &str, reference: &str) {
+        let dir = self.path(&format!("release-{version}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let text = format!(
+            "version = \"{version}\"\ncreated = 2026-01-01T00:00:00Z\nexpires = 2099-01-01T00:00:00Z\n[[services]]\nname = \"{service}\"\nservice_version = \"{version}\"\nimage = {{ id = \"{pinned_id}\", reference = \"{reference}\" }}\n"
+        );
+        let manifest = dir.join("release.toml");
+        std::fs::write(&manifest, text).unwrap();
+        let m = manifest.to_str().unwrap();
+        let key = self.path("release.key");
+        self.cli(&["release", "sign", m, "--key", key.to_str().unwrap()])
+            .ok();
+        self.cli(&["release", "import", m]).ok();
+    }
+
     /// Signs and tries to import a release of `service` as the image
     /// tarball of `image`, pinned to `pinned_id`.
     pub fn image_release(

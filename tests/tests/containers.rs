@@ -205,3 +205,38 @@ fn agent_killed_while_swapping_containers_comes_back_with_exactly_one_running() 
         f.agent_log("h1")
     );
 }
+
+#[test]
+fn images_are_pulled_by_digest_from_a_registry_and_a_different_image_is_refused() {
+    let mut scope = Scope::new("pull");
+    let f = world(&scope, "");
+    let registry = cutover_tests::docker::Registry::start(&f.path("registry"));
+    let dir = f.path("images");
+    let (v1, v1_ref) = scope.pushed(&dir, "1.0.0", &registry);
+    let (v2, _) = scope.pushed(&dir, "2.0.0", &registry);
+    let (_, v3_ref) = scope.pushed(&dir, "3.0.0", &registry);
+    f.registry_release("1.0.0", "web", &v1, &v1_ref);
+    f.upgrade(&["web"], "1.0.0", &[]).ok();
+    for h in HOSTS {
+        let name = format!("{}-{h}", scope.prefix);
+        assert_eq!(scope.running(&name), [(name.clone(), v1.clone())], "{h}");
+    }
+    // Pinned to v2's ID, but the reference answers with v3.
+    f.registry_release("2.0.0", "web", &v2, &v3_ref);
+    f.upgrade(&["web"], "2.0.0", &[])
+        .fails_with("ended RolledBack");
+    let r = f.last_rollout();
+    let e = &r["rollout"]["failure"]["evidence"];
+    assert_eq!(e["gate"], "verify", "{e}");
+    assert!(
+        e["detail"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("but the release pins {v2}")),
+        "{e}"
+    );
+    for h in HOSTS {
+        let name = format!("{}-{h}", scope.prefix);
+        assert_eq!(scope.running(&name), [(name.clone(), v1.clone())], "{h}");
+    }
+}
