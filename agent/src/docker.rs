@@ -470,6 +470,14 @@ fn create_body(
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn no_engine_is_a_clear_error() {
+        std::env::set_var("DOCKER_HOST", "unix:///nonexistent/docker.sock");
+        let e = Engine::connect().await.err().unwrap();
+        std::env::remove_var("DOCKER_HOST");
+        assert!(e.starts_with("no Docker engine reachable"), "{e}");
+    }
+
     #[test]
     fn settings_become_a_create_request() {
         let c = ContainerConfig {

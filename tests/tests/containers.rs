@@ -47,6 +47,15 @@ fn containers_roll_forward_and_a_failing_image_is_rolled_back_with_its_settings(
     import(&f, "3.0.0", &v3);
     f.upgrade(&["web"], "1.0.0", &[]).ok();
     f.upgrade(&["web"], "2.0.0", &[]).ok();
+    // The three agents share this machine's engine: once h1 has loaded an
+    // image, the others find it by ID and fetch nothing.
+    let tarball_sha = cutover_core::Sha256Digest::of(&std::fs::read(&v2.tarball).unwrap()).to_hex();
+    let fetches = f
+        .controller_log()
+        .lines()
+        .filter(|l| l.contains("artifact fetch") && l.contains(&tarball_sha))
+        .count();
+    assert_eq!(fetches, 1, "an image already present was fetched again");
     for h in HOSTS {
         assert_eq!(served(&f, h).as_deref(), Some("2.0.0"), "{h}");
         let name = format!("{}-{h}", scope.prefix);
