@@ -51,7 +51,18 @@ impl Scope {
     /// healthy, `/healthz`; saves it to `dir` and removes it from the
     /// engine so the agent has to load it.
     pub fn image(&mut self, dir: &Path, version: &str, healthy: bool) -> Image {
-        let (tag, id) = self.build(dir, version, healthy);
+        self.image_with(dir, version, healthy, None)
+    }
+
+    /// Like [`Scope::image`], with a Docker `HEALTHCHECK` instruction.
+    pub fn image_with(
+        &mut self,
+        dir: &Path,
+        version: &str,
+        healthy: bool,
+        healthcheck: Option<&str>,
+    ) -> Image {
+        let (tag, id) = self.build(dir, version, healthy, healthcheck);
         let tarball = dir.join(format!("image-{version}.tar"));
         docker(&["save", "-o", tarball.to_str().unwrap(), &tag]);
         docker(&["rmi", &tag]);
@@ -62,7 +73,7 @@ impl Scope {
     /// its reference by digest. The engine keeps no copy, so an agent has
     /// to pull it.
     pub fn pushed(&mut self, dir: &Path, version: &str, registry: &Registry) -> (String, String) {
-        let (tag, id) = self.build(dir, version, true);
+        let (tag, id) = self.build(dir, version, true, None);
         let remote = format!("127.0.0.1:{}/{}:{version}", registry.port, self.prefix);
         docker(&["tag", &tag, &remote]);
         docker(&["push", &remote]);
@@ -84,7 +95,13 @@ impl Scope {
         (id, reference)
     }
 
-    fn build(&mut self, dir: &Path, version: &str, healthy: bool) -> (String, String) {
+    fn build(
+        &mut self,
+        dir: &Path,
+        version: &str,
+        healthy: bool,
+        healthcheck: Option<&str>,
+    ) -> (String, String) {
         let ctx = dir.join(format!("image-{version}"));
         std::fs::create_dir_all(ctx.join("www")).unwrap();
         std::fs::copy("/bin/busybox", ctx.join("busybox")).unwrap();
@@ -95,7 +112,10 @@ impl Scope {
         }
         std::fs::write(
             ctx.join("Dockerfile"),
-            "FROM scratch\nCOPY busybox /bin/busybox\nCOPY nonce /nonce\nCOPY www /www\nENTRYPOINT [\"/bin/busybox\", \"httpd\", \"-f\", \"-v\", \"-p\", \"8080\", \"-h\", \"/www\"]\n",
+            format!(
+                "FROM scratch\nCOPY busybox /bin/busybox\nCOPY nonce /nonce\nCOPY www /www\n{}ENTRYPOINT [\"/bin/busybox\", \"httpd\", \"-f\", \"-v\", \"-p\", \"8080\", \"-h\", \"/www\"]\n",
+                healthcheck.map(|h| format!("HEALTHCHECK {h}\n")).unwrap_or_default()
+            ),
         )
         .unwrap();
         let tag = format!("{}:{version}", self.prefix);

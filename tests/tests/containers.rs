@@ -249,3 +249,33 @@ fn images_are_pulled_by_digest_from_a_registry_and_a_different_image_is_refused(
         assert_eq!(scope.running(&name), [(name.clone(), v1.clone())], "{h}");
     }
 }
+
+#[test]
+fn the_images_own_healthcheck_gates_the_install_too() {
+    let mut scope = Scope::new("healthcheck");
+    let f = world(&scope, "");
+    let dir = f.path("images");
+    let probe = |path: &str| {
+        format!("--interval=1s --timeout=1s --retries=2 CMD [\"/bin/busybox\", \"wget\", \"-q\", \"-O\", \"/dev/null\", \"http://127.0.0.1:8080/{path}\"]")
+    };
+    let v1 = scope.image_with(&dir, "1.0.0", true, Some(&probe("healthz")));
+    // Our HTTP check passes; the image's own HEALTHCHECK never does.
+    let v2 = scope.image_with(&dir, "2.0.0", true, Some(&probe("missing")));
+    import(&f, "1.0.0", &v1);
+    import(&f, "2.0.0", &v2);
+    f.upgrade(&["web"], "1.0.0", &[]).ok();
+    f.upgrade(&["web"], "2.0.0", &[])
+        .fails_with("ended RolledBack");
+    let r = f.last_rollout();
+    let e = &r["rollout"]["failure"]["evidence"];
+    assert_eq!(e["check"], "docker HEALTHCHECK", "{e}");
+    assert!(
+        e["detail"]
+            .as_str()
+            .unwrap()
+            .contains("the image's own health check says unhealthy"),
+        "{e}"
+    );
+    let name = format!("{}-h1", scope.prefix);
+    assert_eq!(scope.running(&name), [(name.clone(), v1.id.clone())]);
+}
