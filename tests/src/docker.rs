@@ -213,13 +213,7 @@ impl crate::Fleet {
         let text = format!(
             "version = \"{version}\"\ncreated = 2026-01-01T00:00:00Z\nexpires = 2099-01-01T00:00:00Z\n[[services]]\nname = \"{service}\"\nservice_version = \"{version}\"\nimage = {{ id = \"{pinned_id}\", reference = \"{reference}\" }}\n"
         );
-        let manifest = dir.join("release.toml");
-        std::fs::write(&manifest, text).unwrap();
-        let m = manifest.to_str().unwrap();
-        let key = self.path("release.key");
-        self.cli(&["release", "sign", m, "--key", key.to_str().unwrap()])
-            .ok();
-        self.cli(&["release", "import", m]).ok();
+        self.sign_and_import(&dir, &text).ok();
     }
 
     /// Signs and tries to import a release of `service` as the image
@@ -240,13 +234,7 @@ impl crate::Fleet {
             cutover_core::Sha256Digest::of(&bytes),
             bytes.len()
         );
-        let manifest = dir.join("release.toml");
-        std::fs::write(&manifest, text).unwrap();
-        let m = manifest.to_str().unwrap();
-        let key = self.path("release.key");
-        self.cli(&["release", "sign", m, "--key", key.to_str().unwrap()])
-            .ok();
-        self.cli(&["release", "import", m])
+        self.sign_and_import(&dir, &text)
     }
 }
 

@@ -114,6 +114,18 @@ impl Fleet {
             .ok();
     }
 
+    /// Writes `text` as `dir/release.toml`, signs it with the fleet's
+    /// release key and imports it with the real CLI.
+    pub fn sign_and_import(&self, dir: &std::path::Path, text: &str) -> crate::Run {
+        let manifest = dir.join("release.toml");
+        std::fs::write(&manifest, text).expect("manifest");
+        let m = manifest.to_str().expect("utf-8");
+        let key = self.path("release.key");
+        self.cli(&["release", "sign", m, "--key", key.to_str().expect("utf-8")])
+            .ok();
+        self.cli(&["release", "import", m])
+    }
+
     /// Imports a release of one service whose tarball is exactly `bytes`.
     pub fn raw_release(&self, version: &str, service: &str, bytes: &[u8]) {
         let dir = self.path(&format!("release-{version}"));
@@ -124,13 +136,7 @@ impl Fleet {
             cutover_core::Sha256Digest::of(bytes),
             bytes.len()
         );
-        let manifest = dir.join("release.toml");
-        std::fs::write(&manifest, text).expect("manifest");
-        let m = manifest.to_str().expect("utf-8");
-        let key = self.path("release.key");
-        self.cli(&["release", "sign", m, "--key", key.to_str().expect("utf-8")])
-            .ok();
-        self.cli(&["release", "import", m]).ok();
+        self.sign_and_import(&dir, &text).ok();
     }
 }
 
