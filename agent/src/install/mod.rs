@@ -597,10 +597,13 @@ impl Installer {
                 "start",
                 format!("service is not running: {how} (restarts: {})", st.restarts),
             );
-            let log = self
-                .runners
-                .for_config(&slot.config)
-                .log_tail(service, &slot.config, 5);
+            let log = if containers::is_container(slot) {
+                self.container_log(slot, service, 5).await.lines
+            } else {
+                self.runners
+                    .for_config(&slot.config)
+                    .log_tail(service, &slot.config, 5)
+            };
             e.output = log.join("\n");
             return Err(e);
         }
