@@ -3,6 +3,7 @@
 //! loopback port and real `cutover-agent` processes, driven through the
 //! real `cutover` CLI. Children are killed when the fixture drops.
 
+pub mod cluster;
 pub mod docker;
 pub mod grpc;
 pub mod sample;
@@ -61,7 +62,7 @@ pub struct Run {
 }
 
 impl Run {
-    fn from(o: Output) -> Run {
+    pub(crate) fn from(o: Output) -> Run {
         Run {
             code: o.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&o.stdout).into_owned(),

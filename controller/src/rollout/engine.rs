@@ -424,12 +424,20 @@ fn fail(
                 RollbackScope::Service => s.service == service,
                 RollbackScope::Release => true,
             };
-            if in_scope
-                && matches!(
-                    s.phase,
-                    StepPhase::Installing | StepPhase::Healthy | StepPhase::Failed
-                )
-            {
+            let moved = matches!(
+                s.phase,
+                StepPhase::Installing | StepPhase::Healthy | StepPhase::Failed
+            );
+            if in_scope && moved && s.sends == 0 {
+                // Its command never reached the host (offline since its
+                // batch started): nothing moved, nothing to take back.
+                if s.phase == StepPhase::Installing {
+                    s.phase = StepPhase::Pending;
+                    s.sent_ms = None;
+                }
+                continue;
+            }
+            if in_scope && moved {
                 s.phase = StepPhase::RollingBack;
                 s.sent_ms = Some(now);
                 s.session = None;

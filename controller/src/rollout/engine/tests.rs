@@ -476,3 +476,52 @@ fn host_scope_takes_back_only_the_failed_host() {
         "a and b stay on the new release"
     );
 }
+
+/// Regression (fault suite, "host never came back"): a host offline for its
+/// whole batch never got its command, so it is not sent a rollback it
+/// could never acknowledge, and the rollout ends `RolledBack`, not `Failed`.
+#[test]
+fn a_host_that_never_received_its_command_is_not_rolled_back() {
+    let mut r = rollout(
+        vec![service(
+            "api",
+            0,
+            &[&["a"], &["b", "c"]],
+            RollbackScope::Service,
+        )],
+        false,
+    );
+    let all = online(&["a", "b", "c"]);
+    step(
+        &mut r,
+        Event::Tick {
+            now: 0,
+            online: &all,
+        },
+    );
+    // c goes away before its batch starts.
+    let without_c = online(&["a", "b"]);
+    deliver(&mut r, "a", "api", true, false, &without_c);
+    deliver(&mut r, "b", "api", true, false, &without_c);
+    let deadline = r.plan.services[0].step_deadline().as_millis() as i64;
+    let fx = step(
+        &mut r,
+        Event::Tick {
+            now: deadline + 100,
+            online: &without_c,
+        },
+    );
+    let mut back = sent(&fx);
+    back.sort();
+    assert_eq!(
+        back,
+        [
+            ("a".to_string(), "rollback api".to_string()),
+            ("b".to_string(), "rollback api".to_string())
+        ]
+    );
+    assert_eq!(r.failure.as_ref().unwrap().host, "c");
+    deliver(&mut r, "a", "api", true, true, &without_c);
+    deliver(&mut r, "b", "api", true, true, &without_c);
+    assert_eq!(r.status, RolloutStatus::RolledBack);
+}
