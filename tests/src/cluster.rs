@@ -309,13 +309,18 @@ impl Drop for Cluster {
 impl Cluster {
     /// Builds, signs and imports release `version` of the sample `web`.
     pub fn sample_release(&self, version: &str) {
+        self.sample_release_with(version, true);
+    }
+
+    /// Like [`Cluster::sample_release`]; `healthy = false` fails its check.
+    pub fn sample_release_with(&self, version: &str, healthy: bool) {
         use cutover_cli::bundle;
         let binary = std::fs::read(bin("cutover-sample")).unwrap();
         let service = bundle::Service {
             name: "web".into(),
             service_version: version.into(),
             depends_on: vec![],
-            files: bundle::sample_files(&binary, version, true),
+            files: bundle::sample_files(&binary, version, healthy),
         };
         let dir = self.work.join(format!("release-{version}"));
         let manifest =
