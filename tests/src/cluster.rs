@@ -59,7 +59,16 @@ pub fn host_image(work: &Path) -> String {
     )
     .unwrap();
     let tag = format!("cutover-host:test-{}", std::process::id());
-    docker(&["build", "-q", "-t", &tag, ctx.to_str().unwrap()]);
+    // No cache: parallel tests remove their images, and a cached layer shared
+    // with another test may vanish mid-build.
+    docker(&[
+        "build",
+        "-q",
+        "--no-cache",
+        "-t",
+        &tag,
+        ctx.to_str().unwrap(),
+    ]);
     tag
 }
 

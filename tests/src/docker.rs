@@ -119,7 +119,16 @@ impl Scope {
         )
         .unwrap();
         let tag = format!("{}:{version}", self.prefix);
-        docker(&["build", "-q", "-t", &tag, ctx.to_str().unwrap()]);
+        // No cache: parallel tests remove their images, and a cached layer shared
+        // with another test may vanish mid-build.
+        docker(&[
+            "build",
+            "-q",
+            "--no-cache",
+            "-t",
+            &tag,
+            ctx.to_str().unwrap(),
+        ]);
         let id = docker(&["image", "inspect", "--format", "{{.Id}}", &tag]);
         self.images.push(id.clone());
         (tag, id)
