@@ -71,6 +71,13 @@ pub fn container_name(service: &str, config: &ServiceConfig) -> String {
         .unwrap_or_else(|| format!("cutover-{service}"))
 }
 
+/// The service's container name and the name its kept previous one has.
+fn names(service: &str, config: &ServiceConfig) -> (String, String) {
+    let name = container_name(service, config);
+    let previous = format!("{name}-previous");
+    (name, previous)
+}
+
 impl Engine {
     /// Connects to the local engine (DOCKER_HOST or the default socket).
     pub async fn connect() -> Result<Engine, String> {
@@ -245,8 +252,7 @@ impl Engine {
         config: &ServiceConfig,
         image: &Sha256Digest,
     ) -> Result<(), String> {
-        let name = container_name(service, config);
-        let previous = format!("{name}-previous");
+        let (name, previous) = names(service, config);
         if let Some(current) = self.ours(service, &name).await? {
             if current.image.as_deref() == Some(image.to_prefixed().as_str()) {
                 // A replace cut short after creating the new container.
@@ -287,8 +293,7 @@ impl Engine {
         service: &str,
         config: &ServiceConfig,
     ) -> Result<(), String> {
-        let name = container_name(service, config);
-        let previous = format!("{name}-previous");
+        let (name, previous) = names(service, config);
         if self.ours(service, &previous).await?.is_none() {
             return Err(format!("no container {previous} to go back to"));
         }
@@ -308,8 +313,7 @@ impl Engine {
         config: &ServiceConfig,
         image: &Sha256Digest,
     ) -> Result<(), String> {
-        let name = container_name(service, config);
-        let previous = format!("{name}-previous");
+        let (name, previous) = names(service, config);
         let current = self.ours(service, &name).await?;
         let prev = self.ours(service, &previous).await?;
         match (current, prev) {
@@ -340,15 +344,10 @@ impl Engine {
     /// The image of the service's container, or of the previous one when
     /// only that exists (a swap cut short: recovery renames it back).
     pub async fn image_of(&self, service: &str, config: &ServiceConfig) -> Option<String> {
-        let name = container_name(service, config);
+        let (name, previous) = names(service, config);
         match self.ours(service, &name).await.ok()? {
             Some(c) => c.image,
-            None => {
-                self.ours(service, &format!("{name}-previous"))
-                    .await
-                    .ok()??
-                    .image
-            }
+            None => self.ours(service, &previous).await.ok()??.image,
         }
     }
 

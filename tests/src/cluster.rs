@@ -221,17 +221,11 @@ impl Cluster {
 
     /// Runs the real CLI on the test host against the controller.
     pub fn cli(&self, args: &[&str]) -> Run {
-        let out = Command::new(bin("cutover"))
-            .args(args)
-            .env(
-                "CUTOVER_CONTROLLER",
-                format!("https://127.0.0.1:{}", self.cli_port),
-            )
-            .env("CUTOVER_PKI_DIR", self.work.join("pki"))
-            .env_remove("RUST_LOG")
-            .output()
-            .expect("run cutover");
-        Run::from(out)
+        crate::run_cli(
+            &format!("https://127.0.0.1:{}", self.cli_port),
+            &self.work.join("pki"),
+            args,
+        )
     }
 
     pub fn cli_json(&self, args: &[&str]) -> Value {
@@ -298,14 +292,7 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        let out = Command::new("docker")
-            .args(["ps", "-aq", "--filter", &format!("name={}", self.prefix)])
-            .output();
-        if let Ok(out) = out {
-            for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                let _ = Command::new("docker").args(["rm", "-f", id]).output();
-            }
-        }
+        crate::docker::remove_containers(&self.prefix);
         let _ = Command::new("docker")
             .args(["network", "rm", &self.network])
             .output();
@@ -334,11 +321,7 @@ impl Cluster {
         let dir = self.work.join(format!("release-{version}"));
         let manifest =
             bundle::write_release(&dir, version, &[service], &bundle::Floor::default()).unwrap();
-        let m = manifest.to_str().unwrap();
-        let key = self.work.join("release.key");
-        self.cli(&["release", "sign", m, "--key", key.to_str().unwrap()])
-            .ok();
-        self.cli(&["release", "import", m]).ok();
+        crate::sign_and_import(|a| self.cli(a), &manifest, &self.work.join("release.key")).ok();
     }
 
     pub fn apply_fleet(&self, policy: &str) {

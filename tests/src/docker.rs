@@ -23,6 +23,20 @@ pub fn docker(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// Removes every container whose name contains `prefix` (for cleanup:
+/// errors are ignored).
+pub fn remove_containers(prefix: &str) {
+    let Ok(out) = Command::new("docker")
+        .args(["ps", "-aq", "--filter", &format!("name={prefix}")])
+        .output()
+    else {
+        return;
+    };
+    for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+        let _ = Command::new("docker").args(["rm", "-f", id]).output();
+    }
+}
+
 pub struct Image {
     pub id: String,
     pub tarball: PathBuf,
@@ -155,14 +169,7 @@ impl Scope {
 
 impl Drop for Scope {
     fn drop(&mut self) {
-        let out = Command::new("docker")
-            .args(["ps", "-aq", "--filter", &format!("name={}", self.prefix)])
-            .output();
-        if let Ok(out) = out {
-            for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                let _ = Command::new("docker").args(["rm", "-f", id]).output();
-            }
-        }
+        remove_containers(&self.prefix);
         for id in &self.images {
             let _ = Command::new("docker").args(["rmi", "-f", id]).output();
         }

@@ -53,6 +53,34 @@ pub fn free_port() -> u16 {
         .expect("free loopback port")
 }
 
+/// Runs the real `cutover` CLI against `controller` with the operator
+/// certificate in `pki`.
+pub fn run_cli(controller: &str, pki: &Path, args: &[&str]) -> Run {
+    let out = Command::new(bin("cutover"))
+        .args(args)
+        .env("CUTOVER_CONTROLLER", controller)
+        .env("CUTOVER_PKI_DIR", pki)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run cutover");
+    Run::from(out)
+}
+
+/// Signs `manifest` with `key` and imports it, both with the real CLI.
+pub fn sign_and_import(cli: impl Fn(&[&str]) -> Run, manifest: &Path, key: &Path) -> Run {
+    let m = manifest.to_str().expect("utf-8 path");
+    cli(&[
+        "release",
+        "sign",
+        m,
+        "--key",
+        key.to_str().expect("utf-8 path"),
+    ])
+    .ok();
+    cli(&["release", "import", m])
+}
+
 /// The result of one CLI run.
 #[derive(Debug)]
 pub struct Run {
@@ -62,7 +90,7 @@ pub struct Run {
 }
 
 impl Run {
-    pub(crate) fn from(o: Output) -> Run {
+    fn from(o: Output) -> Run {
         Run {
             code: o.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
@@ -208,15 +236,7 @@ impl Fleet {
 
     /// Runs the real `cutover` CLI against this fleet's controller.
     pub fn cli(&self, args: &[&str]) -> Run {
-        let out = Command::new(bin("cutover"))
-            .args(args)
-            .env("CUTOVER_CONTROLLER", self.url())
-            .env("CUTOVER_PKI_DIR", &self.pki)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .output()
-            .expect("run cutover");
-        Run::from(out)
+        run_cli(&self.url(), &self.pki, args)
     }
 
     pub fn cli_json(&self, args: &[&str]) -> Value {

@@ -94,11 +94,7 @@ impl Fleet {
             .collect();
         let dir = self.path(&format!("release-{version}"));
         let manifest = bundle::write_release(&dir, version, &list, &floor).expect("write release");
-        let m = manifest.to_str().expect("utf-8");
-        let key = self.path("release.key");
-        self.cli(&["release", "sign", m, "--key", key.to_str().expect("utf-8")])
-            .ok();
-        self.cli(&["release", "import", m]).ok();
+        crate::sign_and_import(|a| self.cli(a), &manifest, &self.path("release.key")).ok();
         manifest
     }
 
@@ -119,11 +115,7 @@ impl Fleet {
     pub fn sign_and_import(&self, dir: &std::path::Path, text: &str) -> crate::Run {
         let manifest = dir.join("release.toml");
         std::fs::write(&manifest, text).expect("manifest");
-        let m = manifest.to_str().expect("utf-8");
-        let key = self.path("release.key");
-        self.cli(&["release", "sign", m, "--key", key.to_str().expect("utf-8")])
-            .ok();
-        self.cli(&["release", "import", m])
+        crate::sign_and_import(|a| self.cli(a), &manifest, &self.path("release.key"))
     }
 
     /// Imports a release of one service whose tarball is exactly `bytes`.
