@@ -13,48 +13,48 @@ use crate::Config;
 /// Enrolls with `token`, retrying while the controller is unreachable, and
 /// saves the identity. A refused token is final.
 pub async fn enroll(config: &Config, token: &str) -> Result<Identity> {
-    let addr = ControllerAddr::parse(&config.controller).map_err(Error::Session)?;
-    let ca = cutover_core::tls::read_certs(&config.ca_cert)?;
-    let (key_pem, csr_pem) = cutover_core::pki::new_csr("cutover-agent")?;
     let mut delay = Duration::from_millis(250);
     loop {
-        let tls = cutover_core::tls::client_config(&ca, None)?;
-        let attempt = async {
-            let channel = connect(&addr, tls, Duration::from_secs(10))
-                .await
-                .map_err(|e| Error::Connect {
-                    addr: addr.to_string(),
-                    detail: error_chain(&e),
-                })?;
-            AgentClient::new(channel)
-                .enroll(v1::EnrollRequest {
-                    token: token.trim().to_string(),
-                    csr_pem: csr_pem.clone(),
-                })
-                .await
-                .map_err(|s| match s.code() {
-                    tonic::Code::Unavailable => Error::Connect {
-                        addr: addr.to_string(),
-                        detail: s.message().to_string(),
-                    },
-                    _ => Error::EnrollRefused(s.message().to_string()),
-                })
-        }
-        .await;
-        match attempt {
-            Ok(resp) => {
-                let resp = resp.into_inner();
-                let identity = Identity::from_pem(resp.cert_pem, key_pem)?;
-                identity.save(&config.data_dir)?;
-                tracing::info!(host = %identity.host, "enrolled");
-                return Ok(identity);
-            }
+        match enroll_once(config, token).await {
             Err(e @ Error::Connect { .. }) => {
                 tracing::warn!(error = %e, retry_in = ?delay, "enrollment: controller unreachable");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(config.reconnect_max_backoff);
             }
-            Err(e) => return Err(e),
+            other => return other,
         }
     }
+}
+
+/// One enrollment attempt with a fresh key; on success the new identity
+/// replaces the stored one with one atomic rename.
+pub async fn enroll_once(config: &Config, token: &str) -> Result<Identity> {
+    let addr = ControllerAddr::parse(&config.controller).map_err(Error::Session)?;
+    let ca = cutover_core::tls::read_certs(&config.ca_cert)?;
+    let (key_pem, csr_pem) = cutover_core::pki::new_csr("cutover-agent")?;
+    let tls = cutover_core::tls::client_config(&ca, None)?;
+    let channel = connect(&addr, tls, Duration::from_secs(10))
+        .await
+        .map_err(|e| Error::Connect {
+            addr: addr.to_string(),
+            detail: error_chain(&e),
+        })?;
+    let resp = AgentClient::new(channel)
+        .enroll(v1::EnrollRequest {
+            token: token.trim().to_string(),
+            csr_pem,
+        })
+        .await
+        .map_err(|s| match s.code() {
+            tonic::Code::Unavailable => Error::Connect {
+                addr: addr.to_string(),
+                detail: s.message().to_string(),
+            },
+            _ => Error::EnrollRefused(s.message().to_string()),
+        })?
+        .into_inner();
+    let identity = Identity::from_pem(resp.cert_pem, key_pem)?;
+    identity.save(&config.data_dir)?;
+    tracing::info!(host = %identity.host, not_after = %cutover_core::manifest::rfc3339(identity.not_after), "enrolled");
+    Ok(identity)
 }

@@ -28,6 +28,12 @@ pub enum Error {
     Runner { service: String, problem: String },
     #[error("no identity in {data_dir}: start the agent once with --join-token (from `cutover token create HOST`)")]
     NoIdentity { data_dir: PathBuf },
+    #[error("the certificate of host {host} expired at {not_after}{why}; the controller will refuse it: create a join token with `cutover token create {host}` and restart the agent with --join-token")]
+    Expired {
+        host: String,
+        not_after: String,
+        why: String,
+    },
 }
 
 impl Error {

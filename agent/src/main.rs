@@ -13,7 +13,8 @@ struct Args {
     #[arg(long, short, env = "CUTOVER_AGENT_CONFIG")]
     config: PathBuf,
     /// One-time join token from `cutover token create HOST`; needed only
-    /// until the agent has an identity.
+    /// until the agent has an identity, and again once its certificate has
+    /// expired (a host that was down past the certificate's life).
     #[arg(long, env = "CUTOVER_JOIN_TOKEN", hide_env_values = true)]
     join_token: Option<String>,
     #[arg(long, value_enum, default_value = "text")]
@@ -66,7 +67,9 @@ fn main() -> ExitCode {
             },
         };
         tracing::info!(host = %identity.host, controller = %config.controller, "starting");
-        let agent = cutover_agent::session::Agent::new(config, identity)?;
+        // An expired identity is kept: the session enrolls again with the
+        // join token, if one was given, and the services keep running.
+        let agent = cutover_agent::session::Agent::new(config, identity, args.join_token)?;
         cutover_agent::session::run(agent, shutdown_signal()).await;
         Ok(())
     });

@@ -90,10 +90,17 @@ pub struct Agent {
     pub installer: Arc<Installer>,
     outbox: tokio::sync::Mutex<Outbox>,
     link: Arc<Link>,
+    /// A join token to enroll again with once the certificate has expired
+    /// (a host that was down past its certificate's life). One-time.
+    join_token: Mutex<Option<String>>,
 }
 
 impl Agent {
-    pub fn new(config: Config, identity: Identity) -> Result<Arc<Agent>> {
+    pub fn new(
+        config: Config,
+        identity: Identity,
+        join_token: Option<String>,
+    ) -> Result<Arc<Agent>> {
         let addr = ControllerAddr::parse(&config.controller).map_err(Error::Session)?;
         let ca = cutover_core::tls::read_certs(&config.ca_cert)?;
         let mut vars = config.vars.clone();
@@ -136,6 +143,7 @@ impl Agent {
             installer,
             outbox: tokio::sync::Mutex::new(outbox),
             link,
+            join_token: Mutex::new(join_token),
         }))
     }
 
@@ -146,6 +154,44 @@ impl Agent {
     /// What this host has installed, from the installer's journals.
     pub async fn inventory(&self) -> Vec<InstalledService> {
         self.installer.inventory().await
+    }
+
+    /// An expired certificate is never offered to the controller: the
+    /// agent enrolls again if it was given a join token, and otherwise says
+    /// what the operator must do. Its services keep running meanwhile.
+    async fn renew_expired(&self) -> Result<()> {
+        let identity = self.identity();
+        if identity.not_after > time::OffsetDateTime::now_utc() {
+            return Ok(());
+        }
+        let expired = |why: String| Error::Expired {
+            host: identity.host.clone(),
+            not_after: cutover_core::manifest::rfc3339(identity.not_after),
+            why,
+        };
+        let token = self
+            .join_token
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let Some(token) = token else {
+            return Err(expired(String::new()));
+        };
+        match crate::enroll::enroll_once(&self.config, &token).await {
+            Ok(fresh) => {
+                *self.join_token.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                *self
+                    .dialer
+                    .identity
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = fresh;
+                Ok(())
+            }
+            Err(Error::EnrollRefused(why)) => Err(expired(format!(
+                " and enrolling again with the join token was refused ({why})"
+            ))),
+            Err(e) => Err(e),
+        }
     }
 
     fn figures(&self) -> SessionFigures {
@@ -215,6 +261,7 @@ struct Ended {
 }
 
 async fn session_once(agent: &Arc<Agent>) -> Result<Ended> {
+    agent.renew_expired().await?;
     let identity = agent.identity();
     let channel = agent.dialer.channel().await?;
     let mut client =

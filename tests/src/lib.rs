@@ -46,6 +46,30 @@ pub fn eventually<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Optio
     }
 }
 
+/// Replaces the identity in an agent's `data_dir` with a fresh key and a
+/// certificate for `host` from the CA in `pki` that expired a day ago: a
+/// host that was down past its certificate's life.
+pub fn expire_identity(pki: &Path, data_dir: &Path, host: &str) {
+    let ca =
+        cutover_core::pki::CertificateAuthority::load(&pki.join("ca.pem"), &pki.join("ca-key.pem"))
+            .expect("load CA");
+    let (key_pem, csr) = cutover_core::pki::new_csr(host).unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    let cert = ca
+        .issue_host_cert_valid(
+            &csr,
+            host,
+            now - time::Duration::days(2),
+            now - time::Duration::days(1),
+        )
+        .unwrap();
+    std::fs::write(
+        data_dir.join("identity.pem"),
+        format!("{}{}", cert.pem, key_pem),
+    )
+    .expect("write identity.pem");
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())

@@ -117,6 +117,69 @@ fn tokens_are_one_time_and_expire() {
 }
 
 #[test]
+fn agent_with_expired_certificate_keeps_running_and_enrolls_again_with_a_new_token() {
+    let mut f = Fleet::new();
+    f.start_controller();
+    f.start_agent("edge-1", "500ms");
+    f.wait_online("edge-1");
+    let first = f.hosts()["edge-1"]["cert_serial"].clone();
+    f.kill_agent("edge-1");
+    cutover_tests::expire_identity(&f.pki, &f.agent_dir("edge-1"), "edge-1");
+
+    // No token: the agent stays up (its services need it), never offers the
+    // expired certificate, and says what the operator must do.
+    f.spawn_agent("edge-1", "500ms", None);
+    eventually(
+        Duration::from_secs(10),
+        "the expiry named in the log",
+        || {
+            let log = f.agent_log("edge-1");
+            (log.contains("the certificate of host edge-1 expired at")
+                && log.contains("cutover token create edge-1"))
+            .then_some(())
+        },
+    );
+    assert_eq!(
+        f.agent_exited("edge-1"),
+        None,
+        "the agent must keep running"
+    );
+    assert!(!f.is_online("edge-1"));
+    assert!(!f.controller_log().contains("CertificateExpired"));
+
+    // Restarted with a new token, it enrolls again: online with a fresh
+    // certificate on disk.
+    f.kill_agent("edge-1");
+    let token = f.token("edge-1", "5m");
+    f.spawn_agent("edge-1", "500ms", Some(&token));
+    f.wait_online("edge-1");
+    assert_ne!(f.hosts()["edge-1"]["cert_serial"], first);
+    let on_disk = Presented::from_identity(&f.agent_dir("edge-1").join("identity.pem"));
+    let id = cutover_core::pki::PeerIdentity::from_pem(&on_disk.cert_pem).unwrap();
+    assert!(id.not_after > time::OffsetDateTime::now_utc());
+
+    // Expired again with only that used token: refused, named, still running.
+    f.kill_agent("edge-1");
+    cutover_tests::expire_identity(&f.pki, &f.agent_dir("edge-1"), "edge-1");
+    f.spawn_agent("edge-1", "500ms", Some(&token));
+    eventually(
+        Duration::from_secs(10),
+        "the refusal named in the log",
+        || {
+            f.agent_log("edge-1")
+                .contains("enrolling again with the join token was refused")
+                .then_some(())
+        },
+    );
+    assert_eq!(
+        f.agent_exited("edge-1"),
+        None,
+        "the agent must keep running"
+    );
+    assert!(f.agent_log("edge-1").contains("already used"));
+}
+
+#[test]
 fn the_door_refuses_the_wrong_certificates() {
     let mut f = Fleet::new();
     f.start_controller();
