@@ -79,11 +79,23 @@ pub struct Cluster {
     pub image: String,
     pub hosts: Vec<String>,
     pub cli_port: u16,
+    /// Hosts whose data directory is a size-limited tmpfs (host, size): a
+    /// small disk that an unpack can fill. Lost if the container stops.
+    disks: Vec<(String, String)>,
 }
 
+/// How the sample runs: its own binary, stopped by SIGTERM.
+pub const RUN_SAMPLE: &str =
+    "command = \"bin/cutover-sample\"\nargs = [\"--port\", \"8080\"]\nstop_grace = \"2s\"\n";
+
+/// The sample behind a shell that makes it ignore SIGTERM, so stopping it
+/// takes the whole 4 s grace: a wide window between download and swap.
+pub const RUN_SAMPLE_IGNORING_TERM: &str = "command = \"/bin/busybox\"\nargs = [\"sh\", \"-c\", \"trap '' TERM; exec bin/cutover-sample --port 8080\"]\nstop_grace = \"4s\"\n";
+
 impl Cluster {
-    /// PKI, release key, network, controller and `hosts` enrolled agents.
-    pub fn start(work: &Path, hosts: &[&str]) -> Cluster {
+    /// PKI, release key, network, controller and `hosts` enrolled agents;
+    /// `disks` gives some hosts a small data disk (host, tmpfs size).
+    pub fn start(work: &Path, hosts: &[&str], disks: &[(&str, &str)]) -> Cluster {
         let prefix = format!("cutover-faults-{}", std::process::id());
         let image = host_image(work);
         let network = format!("{prefix}-net");
@@ -95,6 +107,10 @@ impl Cluster {
             image,
             hosts: hosts.iter().map(|h| h.to_string()).collect(),
             cli_port: crate::free_port(),
+            disks: disks
+                .iter()
+                .map(|(h, size)| (h.to_string(), size.to_string()))
+                .collect(),
         };
         let ctl = c.controller_name();
         c.cli(&[
@@ -190,7 +206,7 @@ impl Cluster {
         let name = self.host_container(host);
         let dir = format!("{}:/host", self.work.join(format!("host-{host}")).display());
         let work = format!("{}/pki:/work/pki:ro", self.work.display());
-        docker(&[
+        let mut args = vec![
             "run",
             "-d",
             "--name",
@@ -205,12 +221,23 @@ impl Cluster {
             &work,
             "-e",
             "RUST_LOG=info",
-            &self.image,
+        ];
+        let tmpfs = self
+            .disks
+            .iter()
+            .find(|(h, _)| h == host)
+            .map(|(_, size)| format!("/host/data:rw,exec,size={size}"));
+        if let Some(t) = &tmpfs {
+            args.extend(["--tmpfs", t.as_str()]);
+        }
+        args.extend([
+            self.image.as_str(),
             "/bin/busybox",
             "sh",
             "-c",
             "exec /bin/cutover-agent --config /host/agent.toml --join-token \"$(cat /host/token)\"",
         ]);
+        docker(&args);
     }
 
     /// `docker kill` then `docker start`: the host's processes all die.
@@ -305,18 +332,21 @@ impl Drop for Cluster {
 impl Cluster {
     /// Builds, signs and imports release `version` of the sample `web`.
     pub fn sample_release(&self, version: &str) {
-        self.sample_release_with(version, true);
+        self.release(version, true, Vec::new());
     }
 
-    /// Like [`Cluster::sample_release`]; `healthy = false` fails its check.
-    pub fn sample_release_with(&self, version: &str, healthy: bool) {
+    /// Like [`Cluster::sample_release`]; `healthy = false` fails its check,
+    /// and `extra` files ride along in the tarball.
+    pub fn release(&self, version: &str, healthy: bool, extra: Vec<cutover_cli::bundle::File>) {
         use cutover_cli::bundle;
         let binary = std::fs::read(bin("cutover-sample")).unwrap();
+        let mut files = bundle::sample_files(&binary, version, healthy);
+        files.extend(extra);
         let service = bundle::Service {
             name: "web".into(),
             service_version: version.into(),
             depends_on: vec![],
-            files: bundle::sample_files(&binary, version, healthy),
+            files,
         };
         let dir = self.work.join(format!("release-{version}"));
         let manifest =
@@ -324,7 +354,9 @@ impl Cluster {
         crate::sign_and_import(|a| self.cli(a), &manifest, &self.work.join("release.key")).ok();
     }
 
-    pub fn apply_fleet(&self, policy: &str) {
+    /// Applies the fleet config: `web` on every host, run as `run` says
+    /// ([`RUN_SAMPLE`] or [`RUN_SAMPLE_IGNORING_TERM`]), with `policy`.
+    pub fn apply_fleet(&self, run: &str, policy: &str) {
         let hosts = self
             .hosts
             .iter()
@@ -332,7 +364,7 @@ impl Cluster {
             .collect::<Vec<_>>()
             .join(", ");
         let text = format!(
-            "[services.web]\nhosts = [{hosts}]\nrunner = \"process\"\ncommand = \"bin/cutover-sample\"\nargs = [\"--port\", \"8080\"]\nstop_grace = \"2s\"\nmin_healthy_time = \"1s\"\nhealthy_deadline = \"6s\"\n[[services.web.checks]]\nkind = \"http\"\nurl = \"http://127.0.0.1:8080/healthz\"\ninterval = \"250ms\"\ntimeout = \"1s\"\n[services.web.policy]\n{policy}\n"
+            "[services.web]\nhosts = [{hosts}]\nrunner = \"process\"\n{run}min_healthy_time = \"1s\"\nhealthy_deadline = \"6s\"\n[[services.web.checks]]\nkind = \"http\"\nurl = \"http://127.0.0.1:8080/healthz\"\ninterval = \"250ms\"\ntimeout = \"1s\"\n[services.web.policy]\n{policy}\n"
         );
         let path = self.work.join("fleet.toml");
         std::fs::write(&path, text).unwrap();
@@ -383,5 +415,143 @@ impl Cluster {
             }
         }
         problems
+    }
+}
+
+impl Cluster {
+    /// The record of a finished rollout is whole: every planned host has
+    /// exactly one step, every step is final and its outcome has its event,
+    /// the events run in time order from `rollout.created` to exactly one
+    /// `rollout.finished`, and a stop names its host. Returns the problems.
+    pub fn check_record(&self, id: u64) -> Vec<String> {
+        let detail = self.cli_json(&["rollout", "show", &id.to_string()]);
+        let r = &detail["rollout"];
+        let none = Vec::new();
+        let steps = r["steps"].as_array().unwrap_or(&none);
+        let events = detail["events"].as_array().unwrap_or(&none);
+        let mut problems = Vec::new();
+        let mut problem = |p: String| problems.push(format!("rollout {id}: {p}"));
+        for plan in r["plan"]["services"].as_array().unwrap_or(&none) {
+            let service = &plan["service"];
+            for host in plan["batches"]
+                .as_array()
+                .unwrap_or(&none)
+                .iter()
+                .filter_map(|b| b.as_array())
+                .flatten()
+            {
+                let host = &host["host"];
+                let n = steps
+                    .iter()
+                    .filter(|s| s["host"] == *host && s["service"] == *service)
+                    .count();
+                if n != 1 {
+                    problem(format!("{host}/{service}: {n} steps"));
+                }
+            }
+        }
+        let has = |kind: &str, host: &Value| {
+            events
+                .iter()
+                .any(|e| e["kind"] == kind && (host.is_null() || e["host"] == *host))
+        };
+        for s in steps {
+            let (host, phase) = (&s["host"], s["phase"].as_str().unwrap_or(""));
+            let needs: &[&str] = match phase {
+                "Healthy" => &["step.healthy"],
+                "RolledBack" => &["step.failed", "step.rolled_back"],
+                "Failed" => &["step.failed"],
+                "RollbackFailed" => &["step.rollback_failed"],
+                "Pending" => &[],
+                other => {
+                    problem(format!("{host}: step left in phase {other}"));
+                    &[]
+                }
+            };
+            if !needs.is_empty() && !needs.iter().any(|k| has(k, host)) {
+                problem(format!("{host}: phase {phase} but no {needs:?} event"));
+            }
+            let started = events.iter().any(|e| {
+                e["kind"] == "batch.started"
+                    && e["detail"]
+                        .as_str()
+                        .is_some_and(|d| d.contains(host.as_str().unwrap_or("?")))
+            });
+            if phase != "Pending" && !started {
+                problem(format!("{host}: no batch.started event names it"));
+            }
+        }
+        let kinds: Vec<&str> = events.iter().filter_map(|e| e["kind"].as_str()).collect();
+        if kinds.first() != Some(&"rollout.created") {
+            problem(format!("first event is {:?}", kinds.first()));
+        }
+        let finished = kinds.iter().filter(|k| **k == "rollout.finished").count();
+        let aborted = r["status"] == "Aborted";
+        if !aborted && (finished != 1 || kinds.last() != Some(&"rollout.finished")) {
+            problem(format!(
+                "{finished} rollout.finished event(s), last {:?}",
+                kinds.last()
+            ));
+        }
+        if events
+            .windows(2)
+            .any(|w| w[0]["at_ms"].as_i64() > w[1]["at_ms"].as_i64())
+        {
+            problem("events out of time order".into());
+        }
+        let failed_host = &r["failure"]["host"];
+        if !failed_host.is_null() && !has("rollout.stopped", failed_host) {
+            problem(format!(
+                "failure on {failed_host} without a rollout.stopped event"
+            ));
+        }
+        problems
+    }
+
+    /// Bytes used on the data disk of `host`, asked inside the host.
+    pub fn disk_used(&self, host: &str) -> u64 {
+        let out = docker(&[
+            "exec",
+            &self.host_container(host),
+            "/bin/busybox",
+            "df",
+            "-k",
+            "/host/data",
+        ]);
+        let kib: u64 = out
+            .lines()
+            .nth(1)
+            .and_then(|l| l.split_whitespace().nth(2))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("df on {host}: {out}"));
+        kib * 1024
+    }
+
+    /// What the container has written to stdout and stderr.
+    pub fn logs(&self, container: &str) -> String {
+        let out = Command::new("docker")
+            .args(["logs", container])
+            .output()
+            .expect("docker logs");
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    }
+
+    /// Waits until the controller counts `host` online (or offline).
+    pub fn wait_online(&self, host: &str, online: bool) {
+        eventually(
+            Duration::from_secs(30),
+            &format!("{host} online={online}"),
+            || {
+                self.cli_json(&["hosts"])
+                    .as_array()?
+                    .iter()
+                    .find(|h| h["name"] == host && h["online"] == online)
+                    .map(|_| ())
+            },
+        );
     }
 }
