@@ -90,18 +90,20 @@ impl Config {
             problem,
         };
         let text = std::fs::read_to_string(path).map_err(|e| config_err(e.to_string()))?;
-        let mut c: Config = cutover_core::toml_text::parse(&text).map_err(config_err)?;
-        let base = path.parent().unwrap_or_else(|| Path::new("."));
+        Config::parse(&text, path.parent().unwrap_or_else(|| Path::new("."))).map_err(config_err)
+    }
+
+    /// A config from TOML text; relative paths are taken from `base`.
+    pub fn parse(text: &str, base: &Path) -> std::result::Result<Config, String> {
+        let mut c: Config = cutover_core::toml_text::parse(text)?;
         for p in [&mut c.ca_cert, &mut c.data_dir] {
             if p.is_relative() {
                 *p = base.join(&*p);
             }
         }
-        cutover_proto::transport::ControllerAddr::parse(&c.controller).map_err(config_err)?;
+        cutover_proto::transport::ControllerAddr::parse(&c.controller)?;
         if c.heartbeat_interval < Duration::from_millis(100) {
-            return Err(config_err(
-                "heartbeat_interval must be at least 100ms".into(),
-            ));
+            return Err("heartbeat_interval must be at least 100ms".into());
         }
         Ok(c)
     }

@@ -14,6 +14,7 @@ pub mod identity;
 pub mod install;
 pub mod journal;
 pub mod runner;
+pub mod runtime;
 pub mod session;
 
 pub use config::Config;

@@ -17,6 +17,7 @@ use crate::diag::SessionFigures;
 use crate::error::{Error, Result};
 use crate::identity::Identity;
 use crate::install::{Installer, Link, Outbox};
+use crate::runtime::{Native, Runtime};
 use crate::Config;
 
 /// What a session needs to dial the controller.
@@ -27,6 +28,14 @@ struct Dialer {
 }
 
 impl Dialer {
+    fn new(config: &Config, identity: Identity) -> Result<Dialer> {
+        Ok(Dialer {
+            addr: ControllerAddr::parse(&config.controller).map_err(Error::Session)?,
+            ca: cutover_core::tls::read_certs(&config.ca_cert)?,
+            identity: Mutex::new(identity),
+        })
+    }
+
     fn identity(&self) -> Identity {
         self.identity
             .lock()
@@ -47,7 +56,14 @@ impl Dialer {
 
 /// Artifacts come from the controller's `Fetch`, on a fresh connection per
 /// attempt so a restarted controller is simply dialled again.
-struct ControllerSource(Arc<Dialer>);
+pub struct ControllerSource(Arc<Dialer>);
+
+impl ControllerSource {
+    /// A source for `config`'s controller, dialled as `identity`.
+    pub fn new(config: &Config, identity: Identity) -> Result<ControllerSource> {
+        Ok(ControllerSource(Arc::new(Dialer::new(config, identity)?)))
+    }
+}
 
 impl crate::fetch::Source for ControllerSource {
     fn open<'a>(
@@ -87,7 +103,7 @@ pub struct Agent {
     dialer: Arc<Dialer>,
     figures: Mutex<SessionFigures>,
     started: Instant,
-    pub installer: Arc<Installer>,
+    runtime: Box<dyn Runtime>,
     outbox: tokio::sync::Mutex<Outbox>,
     link: Arc<Link>,
     /// A join token to enroll again with once the certificate has expired
@@ -101,15 +117,9 @@ impl Agent {
         identity: Identity,
         join_token: Option<String>,
     ) -> Result<Arc<Agent>> {
-        let addr = ControllerAddr::parse(&config.controller).map_err(Error::Session)?;
-        let ca = cutover_core::tls::read_certs(&config.ca_cert)?;
         let mut vars = config.vars.clone();
         vars.insert("host".into(), identity.host.clone());
-        let dialer = Arc::new(Dialer {
-            addr: addr.clone(),
-            ca,
-            identity: Mutex::new(identity),
-        });
+        let dialer = Arc::new(Dialer::new(&config, identity)?);
         let link = Arc::new(Link::new_lost());
         let runners = crate::runner::Runners {
             process: Box::new(crate::runner::ProcessRunner::new(
@@ -134,26 +144,62 @@ impl Agent {
             config.autonomous_rollback_after,
             vars,
         );
-        Ok(Arc::new(Agent {
+        let runtime = Box::new(Native {
+            installer,
+            data_dir: config.data_dir.clone(),
+        });
+        Ok(Agent::assemble(
+            config, dialer, runtime, outbox, link, join_token,
+        ))
+    }
+
+    /// An agent whose host is `runtime` (the simulator's stand-in), with
+    /// the same session, heartbeats, renewal and reconnection as the real
+    /// one. Reports come back on `outbox`.
+    pub fn simulated(
+        config: Config,
+        identity: Identity,
+        runtime: Box<dyn Runtime>,
+        outbox: Outbox,
+    ) -> Result<Arc<Agent>> {
+        let dialer = Arc::new(Dialer::new(&config, identity)?);
+        let link = Arc::new(Link::new_lost());
+        Ok(Agent::assemble(config, dialer, runtime, outbox, link, None))
+    }
+
+    fn assemble(
+        config: Config,
+        dialer: Arc<Dialer>,
+        runtime: Box<dyn Runtime>,
+        outbox: Outbox,
+        link: Arc<Link>,
+        join_token: Option<String>,
+    ) -> Arc<Agent> {
+        Arc::new(Agent {
+            addr: dialer.addr.clone(),
             config,
-            addr,
             dialer,
             figures: Mutex::new(SessionFigures::default()),
             started: Instant::now(),
-            installer,
+            runtime,
             outbox: tokio::sync::Mutex::new(outbox),
             link,
             join_token: Mutex::new(join_token),
-        }))
+        })
     }
 
     pub fn identity(&self) -> Identity {
         self.dialer.identity()
     }
 
+    /// Whether the controller has welcomed the current session.
+    pub fn is_connected(&self) -> bool {
+        self.link.is_up()
+    }
+
     /// What this host has installed, from the installer's journals.
     pub async fn inventory(&self) -> Vec<InstalledService> {
-        self.installer.inventory().await
+        self.runtime.inventory().await
     }
 
     /// An expired certificate is never offered to the controller: the
@@ -202,8 +248,11 @@ impl Agent {
 /// Recovers installed services, then keeps a session open until
 /// `shutdown` resolves.
 pub async fn run(agent: Arc<Agent>, shutdown: impl std::future::Future<Output = ()>) {
-    agent.installer.recover().await;
-    let upkeep = tokio::spawn(upkeep(agent.clone()));
+    agent.runtime.recover().await;
+    let upkeep = agent
+        .runtime
+        .upkeep_every()
+        .map(|every| tokio::spawn(upkeep(agent.clone(), every)));
     tokio::pin!(shutdown);
     let mut attempt: u32 = 0;
     loop {
@@ -229,20 +278,20 @@ pub async fn run(agent: Arc<Agent>, shutdown: impl std::future::Future<Output = 
             _ = tokio::time::sleep(delay) => {}
         }
     }
-    upkeep.abort();
+    if let Some(u) = upkeep {
+        u.abort();
+    }
     if agent.config.stop_services_on_exit {
-        agent.installer.stop_all().await;
+        agent.runtime.stop_all().await;
     }
 }
 
 /// Supervision of service processes and the agent's own rollback watch.
-async fn upkeep(agent: Arc<Agent>) {
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
+async fn upkeep(agent: Arc<Agent>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
     loop {
         tick.tick().await;
-        let installer = agent.installer.clone();
-        let _ = tokio::task::spawn_blocking(move || installer.runners.process.supervise()).await;
-        agent.installer.autonomous_rollbacks().await;
+        agent.runtime.upkeep().await;
     }
 }
 
@@ -338,13 +387,13 @@ async fn session_once(agent: &Arc<Agent>) -> Result<Ended> {
                         agent.link.connected();
                         tracing::info!(host = %w.host, controller = %w.controller_version, "session open");
                         // Reports the controller may have missed.
-                        for report in agent.installer.last_reports() {
+                        for report in agent.runtime.last_reports() {
                             let _ = tx.send(send(Out::Report((&report).into()))).await;
                         }
                     }
                     Some(In::Command(c)) => match cutover_core::rollout::Command::try_from(c) {
                         Ok(cmd) => {
-                            agent.installer.submit(cmd);
+                            agent.runtime.submit(cmd);
                         }
                         Err(e) => tracing::warn!(error = %e, "ignored malformed command"),
                     },
@@ -390,21 +439,10 @@ async fn session_once(agent: &Arc<Agent>) -> Result<Ended> {
 async fn answer(agent: &Arc<Agent>, body: Option<v1::request::Body>) -> v1::reply::Body {
     match body {
         Some(v1::request::Body::Diag(_)) => {
-            let a = agent.clone();
-            let (inventory, logs) = (a.inventory().await, a.installer.logs(20).await);
-            let report = tokio::task::spawn_blocking(move || {
-                crate::diag::gather(
-                    &a.config.data_dir,
-                    a.started.elapsed().as_secs(),
-                    a.figures(),
-                    inventory,
-                    logs,
-                )
-            })
-            .await;
-            match report {
+            let uptime = agent.started.elapsed().as_secs();
+            match agent.runtime.diag(uptime, agent.figures()).await {
                 Ok(r) => v1::reply::Body::Diag((&r).into()),
-                Err(e) => v1::reply::Body::Error(format!("diagnostics failed: {e}")),
+                Err(e) => v1::reply::Body::Error(e),
             }
         }
         None => v1::reply::Body::Error(

@@ -4,7 +4,6 @@ use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use sha2::{Digest as _, Sha256};
 
 /// A SHA-256 digest, written as 64 lowercase hex characters (optionally
 /// prefixed by `sha256:` where the format asks for it, as Docker image IDs do).
@@ -13,7 +12,9 @@ pub struct Sha256Digest([u8; 32]);
 
 impl Sha256Digest {
     pub fn of(bytes: &[u8]) -> Self {
-        Sha256Digest(Sha256::digest(bytes).into())
+        let mut h = Hasher::new();
+        h.update(bytes);
+        h.finish().0
     }
 
     pub fn from_bytes(bytes: [u8; 32]) -> Self {
@@ -91,10 +92,19 @@ impl<'de> Deserialize<'de> for Sha256Digest {
 }
 
 /// Incremental SHA-256 with a byte count, for hashing while streaming.
-#[derive(Default, Clone)]
+#[derive(Clone)]
 pub struct Hasher {
-    inner: Sha256,
+    inner: ring::digest::Context,
     len: u64,
+}
+
+impl Default for Hasher {
+    fn default() -> Self {
+        Hasher {
+            inner: ring::digest::Context::new(&ring::digest::SHA256),
+            len: 0,
+        }
+    }
 }
 
 impl Hasher {
@@ -116,7 +126,10 @@ impl Hasher {
     }
 
     pub fn finish(self) -> (Sha256Digest, u64) {
-        (Sha256Digest(self.inner.finalize().into()), self.len)
+        let digest = self.inner.finish();
+        let mut out = [0u8; 32];
+        out.copy_from_slice(digest.as_ref());
+        (Sha256Digest(out), self.len)
     }
 }
 

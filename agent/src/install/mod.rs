@@ -49,6 +49,13 @@ impl Link {
             .get_or_insert_with(Instant::now);
     }
 
+    pub fn is_up(&self) -> bool {
+        self.lost_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none()
+    }
+
     /// How long the controller has been unreachable (zero when connected).
     pub fn lost_for(&self) -> Duration {
         self.lost_since

@@ -1,0 +1,237 @@
+//! Benchmarks of one host rather than the fleet: the agent's install
+//! pipeline against `sha256sum` + `tar xzf` of the same file, its SHA-256
+//! against `openssl speed`, and a real idle agent's memory and the release
+//! binaries' sizes.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cutover_agent::identity::Identity;
+use cutover_cli::bundle;
+
+use crate::lab::Lab;
+use crate::swarm::{self, Result};
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// Fetch from the controller + verify + unpack, as the agent does it, of a
+/// tarball of about `mb` MiB; then `sha256sum` and `tar xzf` of that file.
+pub async fn pipeline(lab: &Lab, mb: usize) -> Result<()> {
+    swarm::enroll(&lab.setup, &swarm::names(1), 1).await?;
+    let version = format!("9.{mb}.0");
+    let dir = lab.dir.join(format!("release-{version}"));
+    let manifest = dir.join(format!("release-{version}.toml"));
+    if !manifest.exists() {
+        let service = bundle::Service {
+            name: "payload".into(),
+            service_version: version.clone(),
+            depends_on: vec![],
+            files: payload(mb << 20),
+        };
+        bundle::write_release(&dir, &version, &[service], &bundle::Floor::default())
+            .map_err(|e| e.to_string())?;
+        let (m, key) = (
+            manifest.display().to_string(),
+            lab.dir.join("release.key").display().to_string(),
+        );
+        lab.cli(&["release", "sign", &m, "--key", &key])?;
+    }
+    // Importing the same signed manifest again is a no-op.
+    lab.cli(&["release", "import", &manifest.display().to_string()])?;
+    let tarball = dir.join(format!("payload-{version}.tar.gz"));
+    let (sha, size) = cutover_core::digest::hash_file(&tarball).map_err(|e| e.to_string())?;
+
+    let host = &swarm::names(1)[0];
+    let data = lab.dir.join("pipeline-agent");
+    let _ = std::fs::remove_dir_all(&data);
+    std::fs::create_dir_all(&data).map_err(|e| e.to_string())?;
+    let config = lab.setup.config(host)?;
+    let identity = Identity::load(&config.data_dir)
+        .map_err(|e| e.to_string())?
+        .ok_or("sim host not enrolled")?;
+    let source = cutover_agent::session::ControllerSource::new(&config, identity)
+        .map_err(|e| e.to_string())?;
+    // Both sides read the same bytes warm from the page cache: the
+    // controller its stored copy, the tools the local one.
+    let t = Instant::now();
+    let (part, _) = cutover_agent::fetch::fetch(&source, &data, &sha, size)
+        .await
+        .map_err(|e| format!("fetch: {}", e.detail))?;
+    let fetched = t.elapsed();
+    let dest = data.join("unpacked");
+    let limits = cutover_agent::extract::Limits {
+        max_bytes: 64 << 30,
+        max_entries: 1_000_000,
+    };
+    let unpacked = tokio::task::spawn_blocking(move || {
+        cutover_agent::extract::unpack(&part, &dest, limits).map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| e.to_string())??;
+    let agent = t.elapsed();
+
+    let tools = data.join("tools");
+    std::fs::create_dir_all(&tools).map_err(|e| e.to_string())?;
+    let t = Instant::now();
+    run(Command::new("sha256sum").arg(&tarball))?;
+    run(Command::new("tar")
+        .arg("xzf")
+        .arg(&tarball)
+        .arg("-C")
+        .arg(&tools))?;
+    let baseline = t.elapsed();
+    println!(
+        "install pipeline {:.0} MiB tarball ({:.0} MiB unpacked): agent fetch+verify {:.2} s + unpack = {:.2} s; sha256sum + tar xzf (local file, no network) {:.2} s; ratio {:.2}",
+        size as f64 / MIB,
+        unpacked.bytes as f64 / MIB,
+        fetched.as_secs_f64(),
+        agent.as_secs_f64(),
+        baseline.as_secs_f64(),
+        agent.as_secs_f64() / baseline.as_secs_f64()
+    );
+    let _ = std::fs::remove_dir_all(&data);
+    Ok(())
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd
+        .stdout(Stdio::null())
+        .status()
+        .map_err(|e| format!("{cmd:?}: {e}"))?;
+    status
+        .success()
+        .then_some(())
+        .ok_or_else(|| format!("{cmd:?} failed"))
+}
+
+/// Files of about `total` bytes: half incompressible, half text that
+/// compresses like logs and configs.
+fn payload(total: usize) -> Vec<bundle::File> {
+    let chunk = 8 << 20;
+    let mut files = Vec::new();
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut made = 0;
+    while made < total {
+        let n = chunk.min(total - made);
+        let bytes = if files.len() % 2 == 0 {
+            let mut b = Vec::with_capacity(n + 8);
+            while b.len() < n {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                b.extend_from_slice(&x.to_le_bytes());
+            }
+            b.truncate(n);
+            b
+        } else {
+            let mut b = Vec::with_capacity(n + 100);
+            let mut i = 0u64;
+            while b.len() < n {
+                b.extend_from_slice(
+                    format!(
+                        "2026-11-22T10:{:02}:{:02}Z INFO request {i} served in {} us\n",
+                        i % 60,
+                        i % 59,
+                        i % 977
+                    )
+                    .as_bytes(),
+                );
+                i += 1;
+            }
+            b.truncate(n);
+            b
+        };
+        files.push(bundle::File::new(
+            &format!("data/{:04}.bin", files.len()),
+            bytes,
+            0o644,
+        ));
+        made += n;
+    }
+    files
+}
+
+/// The agent's SHA-256 over 1 GiB in memory against `openssl speed`.
+pub fn sha() -> Result<()> {
+    let buf = vec![0x5au8; 1 << 20];
+    let t = Instant::now();
+    let mut h = cutover_core::digest::Hasher::new();
+    for _ in 0..1024 {
+        h.update(&buf);
+    }
+    let _ = h.finish();
+    let ours = 1024.0 / t.elapsed().as_secs_f64();
+    let out = Command::new("openssl")
+        .args([
+            "speed", "-evp", "sha256", "-bytes", "16384", "-seconds", "3",
+        ])
+        .stderr(Stdio::null())
+        .output()
+        .map_err(|e| format!("openssl: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // The last line: "sha256   123456.78k" (thousands of bytes per second).
+    let openssl = text
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("sha256"))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.trim_end_matches('k').parse::<f64>().ok())
+        .map(|k| k * 1000.0 / MIB)
+        .ok_or_else(|| format!("cannot read openssl speed output: {text}"))?;
+    println!(
+        "sha256: agent {ours:.0} MiB/s, openssl speed -evp sha256 (16 KiB blocks) {openssl:.0} MiB/s; ratio {:.2}",
+        ours / openssl
+    );
+    Ok(())
+}
+
+/// A real agent enrolled and idle for 15 s: its RSS; and binary sizes.
+pub async fn agent(lab: &Lab) -> Result<()> {
+    let host = "idle-agent";
+    let dir = lab.dir.join(host);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let token = lab.cli(&["token", "create", host])?;
+    let config = dir.join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "controller = \"{}\"\nca_cert = \"{}\"\ndata_dir = \"{}\"\n",
+            lab.setup.controller,
+            lab.setup.pki.join("ca.pem").display(),
+            dir.join("data").display()
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    let mut child = Command::new(lab.bin_dir.join("cutover-agent"))
+        .arg("--config")
+        .arg(&config)
+        .arg("--join-token")
+        .arg(token.trim())
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("start cutover-agent: {e}"))?;
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    let rss = crate::lab::rss_of(child.id());
+    let _ = child.kill();
+    let _ = child.wait();
+    println!(
+        "agent idle RSS (enrolled, 15 s): {:.1} MiB",
+        rss? as f64 / MIB
+    );
+    for name in [
+        "cutover-agent",
+        "cutover-controller",
+        "cutover",
+        "cutover-sim",
+    ] {
+        let len = std::fs::metadata(lab.bin_dir.join(name))
+            .map(|m| m.len())
+            .map_err(|e| format!("{name}: {e}"))?;
+        println!("binary {name}: {:.1} MiB", len as f64 / MIB);
+    }
+    Ok(())
+}
