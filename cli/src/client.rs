@@ -54,9 +54,7 @@ impl ConnectArgs {
                 addr: addr.to_string(),
                 detail: error_chain(&e),
             })?;
-        Ok(
-            OperatorClient::new(channel)
-                .max_decoding_message_size(cutover_proto::MAX_MESSAGE_BYTES),
-        )
+        Ok(OperatorClient::new(channel)
+            .max_decoding_message_size(cutover_proto::MAX_OPERATOR_MESSAGE_BYTES))
     }
 }

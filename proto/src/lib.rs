@@ -18,7 +18,11 @@ pub use v1::agent_server::{Agent, AgentServer};
 pub use v1::operator_client::OperatorClient;
 pub use v1::operator_server::{Operator, OperatorServer};
 
-/// Largest message either side accepts (artifact chunks are 256 KiB).
+/// Largest message either side of an agent session accepts (artifact
+/// chunks are 256 KiB).
 pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+/// Largest document the CLI accepts from the controller: the plan or the
+/// rollout of a whole fleet (10,000 hosts x 50 services is about 75 MiB).
+pub const MAX_OPERATOR_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 /// Size of artifact chunks on the wire.
 pub const CHUNK_BYTES: usize = 256 * 1024;

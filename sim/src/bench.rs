@@ -33,13 +33,18 @@ pub enum Name {
     Sha,
     /// A real agent's idle RSS, and the release binaries' sizes.
     Agent,
+    /// The planner over 10,000 hosts x 50 services.
+    Plan,
 }
 
 const MIB: f64 = 1024.0 * 1024.0;
 
 pub async fn run(name: Name, agents: &[usize], dir: &Path) -> Result<()> {
-    if let Name::Sha = name {
-        return crate::pipeline::sha();
+    // The two that need no controller.
+    match name {
+        Name::Sha => return crate::pipeline::sha(),
+        Name::Plan => return crate::pipeline::plan(agents.first().copied().unwrap_or(10000), 50),
+        _ => {}
     }
     let first = |default: usize| agents.first().copied().unwrap_or(default);
     let heartbeat = match name {
@@ -87,7 +92,7 @@ pub async fn run(name: Name, agents: &[usize], dir: &Path) -> Result<()> {
             Ok(())
         }
         Name::Agent => crate::pipeline::agent(&lab).await,
-        Name::Sha => unreachable!("handled above"),
+        Name::Sha | Name::Plan => Ok(()),
     }
 }
 
@@ -193,6 +198,14 @@ fn initial() -> Vec<(String, ContentIdentity)> {
 /// Imports a fresh release of `web` (signed with the lab's key) and
 /// applies a fleet that runs it on the first `n` hosts.
 fn prepare(lab: &Lab, n: usize, max_parallel: usize) -> Result<String> {
+    // A run cut short leaves its rollout unfinished in the kept lab.
+    let list = latest_rollouts(lab, 5)?;
+    for r in list.as_array().into_iter().flatten() {
+        if ["Running", "Paused", "RollingBack"].contains(&r["status"].as_str().unwrap_or("")) {
+            let id = r["id"].to_string();
+            lab.cli(&["rollout", "abort", &id])?;
+        }
+    }
     let version = format!(
         "2.0.{}",
         std::time::SystemTime::now()
@@ -230,6 +243,20 @@ fn prepare(lab: &Lab, n: usize, max_parallel: usize) -> Result<String> {
     Ok(version)
 }
 
+/// The newest rollouts, as `cutover rollout list` gives them. Kept short:
+/// each listed rollout is read whole from the store.
+fn latest_rollouts(lab: &Lab, limit: usize) -> Result<serde_json::Value> {
+    let out = lab.cli(&[
+        "rollout",
+        "list",
+        "--limit",
+        &limit.to_string(),
+        "--output",
+        "json",
+    ])?;
+    serde_json::from_str(&out).map_err(|e| e.to_string())
+}
+
 /// One rollout of `web` across `n` hosts; with `fail_at`, that host's
 /// install fails and the rollout must roll back.
 async fn rollout(lab: &Lab, n: usize, max_parallel: usize, fail_at: Option<usize>) -> Result<()> {
@@ -248,10 +275,9 @@ async fn rollout(lab: &Lab, n: usize, max_parallel: usize, fail_at: Option<usize
     let cpu = lab.cpu()?;
     let t = Instant::now();
     lab.cli(&["upgrade", "web", "--version", &version, "--yes"])?;
-    let list: serde_json::Value =
-        serde_json::from_str(&lab.cli(&["rollout", "list", "--output", "json"])?)
-            .map_err(|e| e.to_string())?;
-    let id = list[0]["id"].as_u64().ok_or("no rollout listed")?;
+    let id = latest_rollouts(lab, 1)?[0]["id"]
+        .as_u64()
+        .ok_or("no rollout listed")?;
     let want = if fail_at.is_some() {
         "RolledBack"
     } else {
@@ -259,10 +285,10 @@ async fn rollout(lab: &Lab, n: usize, max_parallel: usize, fail_at: Option<usize
     };
     let status = loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let r: serde_json::Value =
-            serde_json::from_str(&lab.cli(&["rollout", "list", "--output", "json"])?)
-                .map_err(|e| e.to_string())?;
-        let status = r[0]["status"].as_str().unwrap_or("").to_string();
+        let status = latest_rollouts(lab, 1)?[0]["status"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
         if ["Succeeded", "RolledBack", "Failed", "Aborted"].contains(&status.as_str()) {
             break status;
         }
@@ -302,12 +328,17 @@ async fn rollout(lab: &Lab, n: usize, max_parallel: usize, fail_at: Option<usize
                 .lock()
                 .unwrap()
                 .ok_or("no failed report")?;
-            let (last, count) = *swarm.observed.rollbacks.lock().unwrap();
-            let last = last.ok_or("no rollback command arrived")?;
+            let arrivals = *swarm.observed.rollbacks.lock().unwrap();
+            let ms = |t: Option<Instant>| {
+                t.map(|t| t.duration_since(failed).as_secs_f64() * 1000.0)
+                    .ok_or("no rollback command arrived")
+            };
             println!(
-                "rollout {n} hosts, host {at} failing: RolledBack in {:.2} s; {count} rollback commands, the last {:.1} ms after the failed report",
+                "rollout {n} hosts, host {at} failing: RolledBack in {:.2} s; {} rollback commands, the first {:.1} ms and the last {:.1} ms after the failed report",
                 took.as_secs_f64(),
-                last.duration_since(failed).as_secs_f64() * 1000.0
+                arrivals.count,
+                ms(arrivals.first)?,
+                ms(arrivals.last)?
             );
         }
     }

@@ -28,8 +28,16 @@ pub struct Behaviour {
 pub struct Observed {
     /// When the first failed report was queued.
     pub failed_at: Mutex<Option<Instant>>,
-    /// When the last rollback command arrived, and how many did.
-    pub rollbacks: Mutex<(Option<Instant>, u64)>,
+    /// Rollback commands that arrived.
+    pub rollbacks: Mutex<Arrivals>,
+}
+
+/// When the first and the last of some commands arrived, and how many.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Arrivals {
+    pub first: Option<Instant>,
+    pub last: Option<Instant>,
+    pub count: u64,
 }
 
 pub struct SimHost {
@@ -39,8 +47,9 @@ pub struct SimHost {
     services: Mutex<BTreeMap<String, InstalledService>>,
     reports: Mutex<BTreeMap<String, Report>>,
     outbox: mpsc::UnboundedSender<Report>,
-    /// Commands run one at a time, in arrival order (tokio's mutex is fair).
-    order: tokio::sync::Mutex<()>,
+    /// Commands run one at a time, in arrival order, from this queue (as
+    /// the real installer's queue per service); started on first use.
+    queue: Mutex<Option<mpsc::UnboundedSender<Command>>>,
 }
 
 /// The runtime handed to `Agent::simulated`.
@@ -77,7 +86,7 @@ impl SimRuntime {
             services: Mutex::new(services),
             reports: Mutex::new(BTreeMap::new()),
             outbox: tx,
-            order: tokio::sync::Mutex::new(()),
+            queue: Mutex::new(None),
         };
         (SimRuntime(Arc::new(host)), rx)
     }
@@ -85,7 +94,6 @@ impl SimRuntime {
 
 impl SimHost {
     async fn execute(&self, command: Command) {
-        let _turn = self.order.lock().await;
         let started = Instant::now();
         if !self.behaviour.install_delay.is_zero() {
             tokio::time::sleep(self.behaviour.install_delay).await;
@@ -184,11 +192,26 @@ impl Runtime for SimRuntime {
 
     fn submit(&self, command: Command) {
         if matches!(command, Command::Rollback(_)) {
+            let now = Instant::now();
             let mut r = self.0.observed.rollbacks.lock().unwrap();
-            *r = (Some(Instant::now()), r.1 + 1);
+            r.first.get_or_insert(now);
+            r.last = Some(now);
+            r.count += 1;
         }
-        let host = self.0.clone();
-        tokio::spawn(async move { host.execute(command).await });
+        let mut queue = self.0.queue.lock().unwrap();
+        let tx = queue.get_or_insert_with(|| {
+            let (tx, mut rx) = mpsc::unbounded_channel::<Command>();
+            // Weak: the queue ends when the host is dropped.
+            let host = Arc::downgrade(&self.0);
+            tokio::spawn(async move {
+                while let Some(command) = rx.recv().await {
+                    let Some(host) = host.upgrade() else { break };
+                    host.execute(command).await;
+                }
+            });
+            tx
+        });
+        let _ = tx.send(command);
     }
 
     fn last_reports(&self) -> Vec<Report> {
@@ -279,6 +302,6 @@ mod tests {
         assert_eq!(failed.evidence.unwrap().gate, "health");
         assert_eq!(failed.installed.current, Some(identity("1")));
         assert!(observed.failed_at.lock().unwrap().is_some());
-        assert_eq!(observed.rollbacks.lock().unwrap().1, 1);
+        assert_eq!(observed.rollbacks.lock().unwrap().count, 1);
     }
 }

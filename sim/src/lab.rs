@@ -39,7 +39,8 @@ impl Lab {
                 pki: dir.join("pki"),
                 state: dir.to_path_buf(),
                 heartbeat,
-                max_backoff: Duration::from_secs(5),
+                // The agent's default, so the reconnect storm is what a fleet sees.
+                max_backoff: Duration::from_secs(30),
             },
         };
         if !lab.setup.pki.join("ca.pem").exists() {

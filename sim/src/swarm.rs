@@ -2,7 +2,7 @@
 //! key, each holding its own mutual-TLS session through the agent's own
 //! session code, each host simulated by [`SimRuntime`].
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -49,7 +49,8 @@ impl Setup {
             humantime::format_duration(self.heartbeat),
             humantime::format_duration(self.max_backoff),
         );
-        cutover_agent::Config::parse(&text, Path::new("/"))
+        let base = std::env::current_dir().map_err(|e| e.to_string())?;
+        cutover_agent::Config::parse(&text, &base)
     }
 
     fn data_dir(&self, host: &str) -> PathBuf {

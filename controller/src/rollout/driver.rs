@@ -3,12 +3,12 @@
 //! state with its events *before* sending the commands it asks for, and
 //! resumes whatever the store holds after a restart.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
 use cutover_core::rollout::{Command, Report, Rollout};
-use cutover_core::views::now_ms;
+use cutover_core::views::{now_ms, InstalledService};
 use tokio::sync::{mpsc, oneshot};
 
 use super::engine::{self, Effect, Event, Online};
@@ -95,6 +95,9 @@ pub async fn run(c: Arc<Controller>, Inbox(mut inbox): Inbox) {
     loop {
         tokio::select! {
             _ = tick.tick() => {
+                if active.is_empty() {
+                    continue;
+                }
                 let online = online(&c);
                 let ids: Vec<u64> = active.keys().copied().collect();
                 for id in ids {
@@ -103,66 +106,114 @@ pub async fn run(c: Arc<Controller>, Inbox(mut inbox): Inbox) {
             }
             msg = inbox.recv() => {
                 let Some(msg) = msg else { return };
-                match msg {
-                    Msg::Started(r) => {
-                        let id = r.id;
-                        active.insert(id, *r);
-                        let online = online(&c);
-                        advance(&c, &mut active, id, |r| engine::step(r, Event::Tick { now: now_ms(), online: &online })).await;
+                // Reports arriving within a few milliseconds of each other
+                // are handled together: a wave of them costs one save per
+                // rollout, not one each.
+                let window = tokio::time::Instant::now() + BATCH_WINDOW;
+                let mut reports = Vec::new();
+                let mut next = Some(msg);
+                while let Some(msg) = next.take() {
+                    match msg {
+                        Msg::Report { host, report } => reports.push((host, *report)),
+                        other => {
+                            on_reports(&c, &mut active, std::mem::take(&mut reports)).await;
+                            on_other(&c, &mut active, other).await;
+                        }
                     }
-                    Msg::Report { host, report } => on_report(&c, &mut active, host, *report).await,
-                    Msg::Control { id, action, reply } => {
-                        let result = control(&c, &mut active, id, action).await;
-                        let _ = reply.send(result);
+                    if reports.is_empty() || reports.len() >= BATCH {
+                        break;
                     }
+                    next = match inbox.try_recv() {
+                        Ok(m) => Some(m),
+                        Err(_) => tokio::time::timeout_at(window, inbox.recv()).await.ok().flatten(),
+                    };
                 }
+                on_reports(&c, &mut active, reports).await;
             }
         }
     }
 }
 
-async fn on_report(
+/// The most reports handled in one batch, and how long a batch waits for
+/// more after its first.
+const BATCH: usize = 4096;
+const BATCH_WINDOW: Duration = Duration::from_millis(10);
+
+async fn on_other(c: &Arc<Controller>, active: &mut HashMap<u64, Rollout>, msg: Msg) {
+    match msg {
+        Msg::Started(r) => {
+            let id = r.id;
+            active.insert(id, *r);
+            let online = online(c);
+            advance(c, active, id, |r| {
+                engine::step(
+                    r,
+                    Event::Tick {
+                        now: now_ms(),
+                        online: &online,
+                    },
+                )
+            })
+            .await;
+        }
+        Msg::Report { host, report } => on_reports(c, active, vec![(host, *report)]).await,
+        Msg::Control { id, action, reply } => {
+            let result = control(c, active, id, action).await;
+            let _ = reply.send(result);
+        }
+    }
+}
+
+/// Feeds each report to its rollout, ticks and saves each rollout touched
+/// once, sends what they ask for, then records what the reporting hosts
+/// now run (one transaction).
+async fn on_reports(
     c: &Arc<Controller>,
     active: &mut HashMap<u64, Rollout>,
-    host: String,
-    report: Report,
+    reports: Vec<(String, Report)>,
 ) {
-    let (h, installed) = (host.clone(), report.installed.clone());
-    if let Err(e) = c
-        .store
-        .run(move |s| s.record_installed(&h, &installed))
-        .await
-    {
-        tracing::warn!(%host, error = %e, "could not record the reported inventory");
-    }
-    let Some(id) = rollout_of(&report.command_id) else {
-        return;
-    };
-    if !active.contains_key(&id) {
-        tracing::debug!(%host, command = %report.command_id, "report for a finished rollout");
+    if reports.is_empty() {
         return;
     }
-    let online = online(c);
-    advance(c, active, id, |r| {
-        let now = now_ms();
-        let mut fx = engine::step(
-            r,
-            Event::Report {
-                now,
-                host: &host,
-                report: &report,
-            },
-        );
-        fx.extend(engine::step(
-            r,
-            Event::Tick {
-                now,
-                online: &online,
-            },
-        ));
-        fx
-    })
-    .await;
+    let now = now_ms();
+    let mut changes: BTreeMap<u64, Change> = BTreeMap::new();
+    for (host, report) in &reports {
+        let Some(id) = rollout_of(&report.command_id) else {
+            continue;
+        };
+        let Some(r) = active.get_mut(&id) else {
+            tracing::debug!(%host, command = %report.command_id, "report for a finished rollout");
+            continue;
+        };
+        let change = changes.entry(id).or_insert_with(|| Change::from(&*r));
+        change
+            .effects
+            .extend(engine::step(r, Event::Report { now, host, report }));
+    }
+    if !changes.is_empty() {
+        let online = online(c);
+        for (id, mut change) in changes {
+            if let Some(r) = active.get_mut(&id) {
+                change.effects.extend(engine::step(
+                    r,
+                    Event::Tick {
+                        now,
+                        online: &online,
+                    },
+                ));
+            }
+            commit(c, active, id, change).await;
+        }
+    }
+    // After the commands those reports called for are out: the inventory
+    // feeds the next plan, not this rollout's decisions.
+    let installed: Vec<(String, InstalledService)> = reports
+        .iter()
+        .map(|(h, r)| (h.clone(), r.installed.clone()))
+        .collect();
+    if let Err(e) = c.store.run(move |s| s.record_installed(&installed)).await {
+        tracing::warn!(error = %e, "could not record the reported inventories");
+    }
 }
 
 async fn control(
@@ -213,6 +264,22 @@ async fn control(
     }
 }
 
+/// One rollout's change in progress: its state before, and the effects
+/// the engine asked for since.
+struct Change {
+    before: Rollout,
+    effects: Vec<Effect>,
+}
+
+impl From<&Rollout> for Change {
+    fn from(r: &Rollout) -> Change {
+        Change {
+            before: r.clone(),
+            effects: Vec::new(),
+        }
+    }
+}
+
 /// Applies `step` to one rollout; persists, then carries out its effects.
 async fn advance(
     c: &Arc<Controller>,
@@ -221,14 +288,21 @@ async fn advance(
     step: impl FnOnce(&mut Rollout) -> Vec<Effect>,
 ) {
     let Some(r) = active.get_mut(&id) else { return };
-    let before = r.clone();
-    let effects = step(r);
-    if *r == before {
+    let mut change = Change::from(&*r);
+    change.effects = step(r);
+    commit(c, active, id, change).await;
+}
+
+/// Saves a changed rollout with its events, then sends its commands; on a
+/// failed save the rollout goes back to its state before the change.
+async fn commit(c: &Arc<Controller>, active: &mut HashMap<u64, Rollout>, id: u64, change: Change) {
+    let Some(r) = active.get_mut(&id) else { return };
+    if *r == change.before {
         return;
     }
     let mut lines = Vec::new();
     let mut sends = Vec::new();
-    for e in effects {
+    for e in change.effects {
         match e {
             Effect::Log { kind, host, detail } => {
                 tracing::info!(
@@ -255,7 +329,7 @@ async fn advance(
         // Nothing is sent that the store does not know about: go back to
         // the stored state and try again on the next tick.
         tracing::error!(rollout = id, error = %e, "could not save rollout state; retrying");
-        *r = before;
+        *r = change.before;
         return;
     }
     if r.status.is_final() {

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use cutover_core::fleet::FleetConfig;
+use cutover_core::fleet::{FleetConfig, ServiceConfig};
 use cutover_core::manifest::Manifest;
 use cutover_core::rollout::{Carried, HostMove, ImageTarget, Plan, ServicePlan};
 use cutover_core::views::{ContentIdentity, InstalledService};
@@ -34,6 +34,17 @@ pub struct PlanRequest<'a> {
 #[error("{0}")]
 pub struct PlanError(pub String);
 
+/// The service's settings as every install command carries them: which
+/// hosts and labels select it is the controller's business, and at fleet
+/// size that list would otherwise be copied into every command.
+fn for_agents(config: &ServiceConfig) -> ServiceConfig {
+    ServiceConfig {
+        hosts: Vec::new(),
+        labels: Vec::new(),
+        ..config.clone()
+    }
+}
+
 pub fn plan(req: &PlanRequest<'_>) -> Result<Plan, PlanError> {
     let m = req.manifest;
     let release = m.version.to_string();
@@ -50,6 +61,13 @@ pub fn plan(req: &PlanRequest<'_>) -> Result<Plan, PlanError> {
     }
     let hosts: BTreeMap<&str, &HostState> =
         req.hosts.iter().map(|h| (h.name.as_str(), h)).collect();
+    // Once per host, not once per (host, service): it parses every
+    // release the host reports.
+    let floors: BTreeMap<&str, Result<(), String>> = req
+        .hosts
+        .iter()
+        .map(|h| (h.name.as_str(), check_floor(m, h)))
+        .collect();
     let levels = m.levels().map_err(err)?;
     let mut out = Plan {
         release: release.clone(),
@@ -141,7 +159,9 @@ pub fn plan(req: &PlanRequest<'_>) -> Result<Plan, PlanError> {
                     unchanged.push(host);
                     continue;
                 }
-                check_floor(m, h).map_err(err)?;
+                if let Some(Err(e)) = floors.get(host.as_str()) {
+                    return Err(err(e.clone()));
+                }
                 if !h.online && !offline.contains(&host) {
                     offline.push(host.clone());
                 }
@@ -166,7 +186,7 @@ pub fn plan(req: &PlanRequest<'_>) -> Result<Plan, PlanError> {
                 size,
                 batches: batches(moves, config, req.instant),
                 unchanged,
-                config: config.clone(),
+                config: for_agents(config),
                 image,
                 swap_back: false,
             });

@@ -169,26 +169,29 @@ impl Store {
     }
 
     /// Replaces one service in a host's stored inventory, as its report says.
-    pub fn record_installed(&self, host: &str, installed: &InstalledService) -> Result<()> {
+    /// Records what each (host, service) now runs, in one transaction.
+    pub fn record_installed(&self, reported: &[(String, InstalledService)]) -> Result<()> {
         self.with(|c| {
             let tx = c.transaction()?;
-            let json: Option<String> = tx
-                .query_row("SELECT inventory FROM hosts WHERE name = ?1", [host], |r| {
-                    r.get(0)
-                })
-                .optional()?;
-            let Some(json) = json else { return Ok(()) };
-            let mut inventory: Vec<InstalledService> =
-                serde_json::from_str(&json).unwrap_or_default();
-            inventory.retain(|s| s.name != installed.name);
-            inventory.push(installed.clone());
-            inventory.sort_by(|a, b| a.name.cmp(&b.name));
-            let json = serde_json::to_string(&inventory)
-                .map_err(|e| Error::Internal(format!("inventory of {host}: {e}")))?;
-            tx.execute(
-                "UPDATE hosts SET inventory = ?2 WHERE name = ?1",
-                params![host, json],
-            )?;
+            for (host, installed) in reported {
+                let json: Option<String> = tx
+                    .query_row("SELECT inventory FROM hosts WHERE name = ?1", [host], |r| {
+                        r.get(0)
+                    })
+                    .optional()?;
+                let Some(json) = json else { continue };
+                let mut inventory: Vec<InstalledService> =
+                    serde_json::from_str(&json).unwrap_or_default();
+                inventory.retain(|s| s.name != installed.name);
+                inventory.push(installed.clone());
+                inventory.sort_by(|a, b| a.name.cmp(&b.name));
+                let json = serde_json::to_string(&inventory)
+                    .map_err(|e| Error::Internal(format!("inventory of {host}: {e}")))?;
+                tx.execute(
+                    "UPDATE hosts SET inventory = ?2 WHERE name = ?1",
+                    params![host, json],
+                )?;
+            }
             tx.commit()?;
             Ok(())
         })
