@@ -21,6 +21,8 @@ impl Lab {
     /// runs reuse it, enrolled identities included.
     pub fn new(dir: &Path, heartbeat: Duration) -> Result<Lab> {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        // Absolute, so configs written into the lab mean the same from anywhere.
+        let dir = &std::path::absolute(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let bin_dir = std::env::current_exe()
             .map_err(|e| e.to_string())?
             .parent()
