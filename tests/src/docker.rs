@@ -270,7 +270,9 @@ hosts = [{list}]
 runner = "docker"
 stop_grace = "1s"
 min_healthy_time = "1s"
-healthy_deadline = "5s"
+# Room for the engine's own HEALTHCHECK (1 s interval) to report under load:
+# once seen at 5 s, a healthy image was still "starting".
+healthy_deadline = "10s"
 {extra}
 [services.{service}.container]
 name = "{prefix}-${{host}}"
