@@ -134,6 +134,21 @@ pub fn write_release(
 
 /// The files of a release of `cutover-sample`: the binary, its version and
 /// whether its health check passes.
+/// Deterministic incompressible bytes (xorshift): ballast for test and
+/// benchmark releases.
+pub fn noise(len: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
 pub fn sample_files(binary: &[u8], version: &str, healthy: bool) -> Vec<File> {
     let health = if healthy {
         "ok".to_string()

@@ -20,7 +20,7 @@ const MIB: f64 = 1024.0 * 1024.0;
 pub async fn pipeline(lab: &Lab, mb: usize) -> Result<()> {
     swarm::enroll(&lab.setup, &swarm::names(1), 1).await?;
     // The patch number changes whenever the payload recipe does.
-    let version = format!("9.{mb}.1");
+    let version = format!("9.{mb}.2");
     let dir = lab.dir.join(format!("release-{version}"));
     let manifest = dir.join(format!("release-{version}.toml"));
     if !manifest.exists() {
@@ -112,20 +112,11 @@ fn run(cmd: &mut Command) -> Result<()> {
 fn payload(total: usize) -> Vec<bundle::File> {
     let chunk = 8 << 20;
     let mut files = Vec::new();
-    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
     let mut made = 0;
     while made < total {
         let n = chunk.min(total - made);
         let bytes = if files.len() % 2 == 0 {
-            let mut b = Vec::with_capacity(n + 8);
-            while b.len() < n {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                b.extend_from_slice(&x.to_le_bytes());
-            }
-            b.truncate(n);
-            b
+            bundle::noise(n)
         } else {
             let mut b = Vec::with_capacity(n + 100);
             let mut i = 0u64;

@@ -86,7 +86,11 @@ impl Fleet {
                 files: {
                     let mut files = bundle::sample_files(&binary, s.version, s.healthy);
                     if s.ballast > 0 {
-                        files.push(bundle::File::new("ballast.bin", noise(s.ballast), 0o644));
+                        files.push(bundle::File::new(
+                            "ballast.bin",
+                            bundle::noise(s.ballast),
+                            0o644,
+                        ));
                     }
                     files
                 },
@@ -178,20 +182,6 @@ pub fn http_get(port: u16, path: &str) -> Option<String> {
     let mut buf = String::new();
     s.read_to_string(&mut buf).ok()?;
     buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string())
-}
-
-/// Deterministic incompressible bytes (xorshift).
-pub fn noise(len: usize) -> Vec<u8> {
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
 }
 
 impl Fleet {

@@ -10,7 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-use cutover_cli::bundle::File;
+use cutover_cli::bundle::{self, File};
 use cutover_tests::cluster::{Cluster, RUN_SAMPLE, RUN_SAMPLE_IGNORING_TERM};
 use cutover_tests::docker::docker;
 use cutover_tests::eventually;
@@ -135,20 +135,6 @@ fn failed_at(c: &Cluster, id: u64, host: &str, gate: &str) -> Vec<String> {
     } else {
         vec![format!("failure does not name {host} at {gate}: {failure}")]
     }
-}
-
-/// Bytes no compressor can shrink, so fetching and hashing them costs CPU.
-fn noise(len: usize) -> Vec<u8> {
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
 }
 
 #[test]
@@ -529,7 +515,7 @@ fn scenarios(s: &mut Suite) {
     s.c.release(
         "2.4.0",
         true,
-        vec![File::new("assets/noise", noise(16 << 20), 0o644)],
+        vec![File::new("assets/noise", bundle::noise(16 << 20), 0o644)],
     );
     let h3 = s.c.host_container("h3");
     docker(&["update", "--cpus", "0.01", &h3]);
