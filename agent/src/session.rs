@@ -197,7 +197,7 @@ impl Agent {
         self.link.is_up()
     }
 
-    /// What this host has installed, from the installer's journals.
+    /// What this host has installed, as its runtime reports it.
     pub async fn inventory(&self) -> Vec<InstalledService> {
         self.runtime.inventory().await
     }
