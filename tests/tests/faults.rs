@@ -578,6 +578,10 @@ fn fault_soak() {
         .ok();
     let mut current = "0.1.0".to_string();
     for round in 1..=rounds {
+        // The last round's faulted host may still be reconnecting.
+        for h in HOSTS {
+            s.c.wait_online(h, true);
+        }
         let version = format!("0.{}.0", round + 1);
         let healthy = next(2) == 0;
         s.c.release(&version, healthy, Vec::new());
