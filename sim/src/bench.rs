@@ -1,7 +1,8 @@
-//! The scale benchmarks: each starts a real controller on loopback, attaches
-//! simulated agents through the agent's own session code, and prints what
-//! it measured. Figures, never assertions: the only failures are a swarm
-//! that does not come online or a rollout that does not end as it must.
+//! The scale benchmarks: the fleet ones start a real controller on
+//! loopback, attach simulated agents through the agent's own session code,
+//! and print what they measured. Figures, never assertions: the only
+//! failures are a swarm that does not come online or a rollout that does
+//! not end as it must.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -40,19 +41,13 @@ pub enum Name {
 const MIB: f64 = 1024.0 * 1024.0;
 
 pub async fn run(name: Name, agents: &[usize], dir: &Path) -> Result<()> {
-    // The two that need no controller.
-    match name {
-        Name::Sha => return crate::pipeline::sha(),
-        Name::Plan => return crate::pipeline::plan(agents.first().copied().unwrap_or(10000), 50),
-        _ => {}
-    }
     let first = |default: usize| agents.first().copied().unwrap_or(default);
-    let heartbeat = match name {
-        Name::Smoke => Duration::from_secs(1),
-        _ => Duration::from_secs(10),
+    let lab = |heartbeat: Duration| -> Result<Lab> {
+        let mut lab = Lab::new(dir, heartbeat)?;
+        lab.start_controller()?;
+        Ok(lab)
     };
-    let mut lab = Lab::new(dir, heartbeat)?;
-    lab.start_controller()?;
+    let ten = Duration::from_secs(10);
     match name {
         Name::Connect => {
             let sizes = if agents.is_empty() {
@@ -60,22 +55,23 @@ pub async fn run(name: Name, agents: &[usize], dir: &Path) -> Result<()> {
             } else {
                 agents.to_vec()
             };
+            let mut lab = lab(ten)?;
             enroll(&lab, *sizes.iter().max().unwrap_or(&0)).await?;
             for n in sizes {
                 connect(&mut lab, n).await?;
             }
             Ok(())
         }
-        Name::Storm => storm(&mut lab, first(10000)).await,
-        Name::Heartbeat => heartbeat_share(&mut lab, first(10000)).await,
+        Name::Storm => storm(&mut lab(ten)?, first(10000)).await,
+        Name::Heartbeat => heartbeat_share(&mut lab(ten)?, first(10000)).await,
         Name::Rollout => {
-            let n = first(10000);
+            let (lab, n) = (lab(ten)?, first(10000));
             enroll(&lab, n).await?;
             rollout(&lab, n, 1000, None).await?;
             rollout(&lab, n, 1000, Some(n / 2)).await
         }
         Name::Smoke => {
-            let n = first(200);
+            let (lab, n) = (lab(Duration::from_secs(1))?, first(200));
             enroll(&lab, n).await?;
             rollout(&lab, n, 50, None).await?;
             rollout(&lab, n, 50, Some(n / 2)).await
@@ -86,13 +82,15 @@ pub async fn run(name: Name, agents: &[usize], dir: &Path) -> Result<()> {
             } else {
                 agents.to_vec()
             };
+            let lab = lab(ten)?;
             for mb in sizes {
                 crate::pipeline::pipeline(&lab, mb).await?;
             }
             Ok(())
         }
-        Name::Agent => crate::pipeline::agent(&lab).await,
-        Name::Sha | Name::Plan => Ok(()),
+        Name::Agent => crate::pipeline::agent(&lab(ten)?).await,
+        Name::Sha => crate::pipeline::sha(),
+        Name::Plan => crate::plan::plan(first(10000), 50),
     }
 }
 

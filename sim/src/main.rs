@@ -8,6 +8,7 @@ mod bench;
 mod host;
 mod lab;
 mod pipeline;
+mod plan;
 mod swarm;
 
 use std::path::PathBuf;

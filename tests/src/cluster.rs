@@ -59,16 +59,7 @@ pub fn host_image(work: &Path) -> String {
     )
     .unwrap();
     let tag = format!("cutover-host:test-{}", std::process::id());
-    // No cache: parallel tests remove their images, and a cached layer shared
-    // with another test may vanish mid-build.
-    docker(&[
-        "build",
-        "-q",
-        "--no-cache",
-        "-t",
-        &tag,
-        ctx.to_str().unwrap(),
-    ]);
+    crate::docker::build_image(&ctx, &tag);
     tag
 }
 

@@ -23,6 +23,20 @@ pub fn docker(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// `docker build` of the context `ctx` as `tag`. No cache: parallel tests
+/// remove their images, and a cached layer shared with another test may
+/// vanish mid-build.
+pub fn build_image(ctx: &std::path::Path, tag: &str) {
+    docker(&[
+        "build",
+        "-q",
+        "--no-cache",
+        "-t",
+        tag,
+        ctx.to_str().unwrap(),
+    ]);
+}
+
 /// Removes every container whose name contains `prefix` (for cleanup:
 /// errors are ignored).
 pub fn remove_containers(prefix: &str) {
@@ -133,16 +147,7 @@ impl Scope {
         )
         .unwrap();
         let tag = format!("{}:{version}", self.prefix);
-        // No cache: parallel tests remove their images, and a cached layer shared
-        // with another test may vanish mid-build.
-        docker(&[
-            "build",
-            "-q",
-            "--no-cache",
-            "-t",
-            &tag,
-            ctx.to_str().unwrap(),
-        ]);
+        build_image(&ctx, &tag);
         let id = docker(&["image", "inspect", "--format", "{{.Id}}", &tag]);
         self.images.push(id.clone());
         (tag, id)

@@ -436,8 +436,9 @@ fn scenarios(s: &mut Suite) {
     s.c.apply_fleet(RUN_SAMPLE, POLICY);
 
     // 10. Agent restarted with an expired certificate during a rollout: it
-    // keeps its service running, is refused nothing because it offers
-    // nothing, names the fix, and enrolls again once given a new token.
+    // keeps its service running, never offers the expired certificate,
+    // names the fix when its old (used) token is refused, and enrolls again
+    // once given a new token.
     let t = Instant::now();
     s.c.sample_release("2.2.0");
     let id = start(&s.c, "2.2.0");

@@ -373,6 +373,12 @@ max_unavailable = 2
             4,
             "db: canary then batches of one"
         );
+        // Which hosts and labels select a service is the controller's
+        // business: every install command carries this config.
+        let config = &p.services[1].config;
+        assert!(config.hosts.is_empty() && config.labels.is_empty());
+        assert_eq!(config.command.as_deref(), Some("bin/api"));
+        assert_eq!(config.policy.max_parallel, 2);
     }
 
     #[test]
