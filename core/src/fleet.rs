@@ -19,7 +19,7 @@
 //! canary = 1
 //! ```
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -389,13 +389,20 @@ impl FleetConfig {
         let Some(svc) = self.services.get(service) else {
             return Vec::new();
         };
-        let mut hosts: BTreeSet<String> = svc.hosts.iter().cloned().collect();
-        for (name, h) in &self.hosts {
-            if h.labels.iter().any(|l| svc.labels.contains(l)) {
-                hosts.insert(name.clone());
-            }
+        // `self.hosts` is sorted, so hosts selected by label come out in
+        // order; named hosts are merged in only when there are any.
+        let mut hosts: Vec<String> = self
+            .hosts
+            .iter()
+            .filter(|(_, h)| h.labels.iter().any(|l| svc.labels.contains(l)))
+            .map(|(name, _)| name.clone())
+            .collect();
+        if !svc.hosts.is_empty() {
+            hosts.extend(svc.hosts.iter().cloned());
+            hosts.sort_unstable();
+            hosts.dedup();
         }
-        hosts.into_iter().collect()
+        hosts
     }
 }
 

@@ -2,7 +2,7 @@
 //! reports it runs, the steps a rollout takes. Pure; the caller gathers the
 //! inputs and verifies the release first.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeSet, HashMap};
 
 use cutover_core::fleet::{FleetConfig, ServiceConfig};
 use cutover_core::manifest::Manifest;
@@ -59,15 +59,25 @@ pub fn plan(req: &PlanRequest<'_>) -> Result<Plan, PlanError> {
             )));
         }
     }
-    let hosts: BTreeMap<&str, &HostState> =
-        req.hosts.iter().map(|h| (h.name.as_str(), h)).collect();
-    // Once per host, not once per (host, service): it parses every
-    // release the host reports.
-    let floors: BTreeMap<&str, Result<(), String>> = req
+    let hosts: HashMap<&str, usize> = req
         .hosts
         .iter()
-        .map(|h| (h.name.as_str(), check_floor(m, h)))
+        .enumerate()
+        .map(|(i, h)| (h.name.as_str(), i))
         .collect();
+    // What each host runs of each service, gathered in one pass: at fleet
+    // size a search of every host's inventory per service dominates.
+    let mut running: HashMap<&str, Vec<Option<&ContentIdentity>>> = HashMap::new();
+    for (i, h) in req.hosts.iter().enumerate() {
+        for s in &h.installed {
+            running
+                .entry(s.name.as_str())
+                .or_insert_with(|| vec![None; req.hosts.len()])[i] = s.current.as_ref();
+        }
+    }
+    // Once per host, not once per (host, service): it parses every
+    // release the host reports.
+    let floors: Vec<Result<(), String>> = req.hosts.iter().map(|h| check_floor(m, h)).collect();
     let levels = m.levels().map_err(err)?;
     let mut out = Plan {
         release: release.clone(),
@@ -75,7 +85,7 @@ pub fn plan(req: &PlanRequest<'_>) -> Result<Plan, PlanError> {
         carried: Vec::new(),
         offline: Vec::new(),
     };
-    let mut offline = Vec::new();
+    let mut offline = BTreeSet::new();
     for (level, names) in levels.iter().enumerate() {
         for name in names {
             let svc = m
@@ -134,22 +144,20 @@ pub fn plan(req: &PlanRequest<'_>) -> Result<Plan, PlanError> {
             };
             let mut moves = Vec::new();
             let mut unchanged = Vec::new();
+            let running = running.get(name.as_str());
             for host in req.fleet.hosts_of(name) {
-                let Some(h) = hosts.get(host.as_str()) else {
+                let Some(&i) = hosts.get(host.as_str()) else {
                     return Err(err(format!(
                         "the fleet config runs {name:?} on host {host:?}, which is not enrolled; enroll it or remove it from the fleet config"
                     )));
                 };
+                let h = &req.hosts[i];
                 if h.revoked {
                     return Err(err(format!(
                         "the fleet config runs {name:?} on host {host:?}, which is revoked; remove it from the fleet config"
                     )));
                 }
-                let current = h
-                    .installed
-                    .iter()
-                    .find(|i| &i.name == name)
-                    .and_then(|i| i.current.clone());
+                let current = running.and_then(|r| r[i]);
                 let at_target = match &current {
                     Some(c) if docker => c.image_id == target.image_id,
                     Some(c) => c.tarball_sha256 == target.tarball_sha256,
@@ -159,15 +167,15 @@ pub fn plan(req: &PlanRequest<'_>) -> Result<Plan, PlanError> {
                     unchanged.push(host);
                     continue;
                 }
-                if let Some(Err(e)) = floors.get(host.as_str()) {
+                if let Err(e) = &floors[i] {
                     return Err(err(e.clone()));
                 }
                 if !h.online && !offline.contains(&host) {
-                    offline.push(host.clone());
+                    offline.insert(host.clone());
                 }
                 moves.push(HostMove {
                     host,
-                    from: current,
+                    from: current.cloned(),
                 });
             }
             if moves.is_empty() {
@@ -195,10 +203,10 @@ pub fn plan(req: &PlanRequest<'_>) -> Result<Plan, PlanError> {
     if !offline.is_empty() && !req.allow_offline {
         return Err(err(format!(
             "host(s) offline: {}; bring them back or pass --allow-offline (their steps wait for them until the step deadline)",
-            offline.join(", ")
+            offline.iter().cloned().collect::<Vec<_>>().join(", ")
         )));
     }
-    out.offline = offline;
+    out.offline = offline.into_iter().collect();
     Ok(out)
 }
 
