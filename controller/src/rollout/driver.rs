@@ -11,9 +11,9 @@ use cutover_core::rollout::{Command, Report, Rollout};
 use cutover_core::views::{now_ms, InstalledService};
 use tokio::sync::{mpsc, oneshot};
 
-use super::engine::{self, Effect, Event, Online};
+use super::engine::{self, Effect, Event, Live, Online};
 use crate::error::{Error, Result};
-use crate::store::LogLine;
+use crate::store::{LogLine, RolloutSave};
 use crate::Controller;
 
 const TICK: Duration = Duration::from_millis(250);
@@ -80,8 +80,8 @@ pub struct Inbox(mpsc::Receiver<Msg>);
 
 /// Drives every unfinished rollout until the process ends.
 pub async fn run(c: Arc<Controller>, Inbox(mut inbox): Inbox) {
-    let mut active: HashMap<u64, Rollout> = match c.store.run(|s| s.unfinished_rollouts()).await {
-        Ok(rs) => rs.into_iter().map(|r| (r.id, r)).collect(),
+    let mut active: HashMap<u64, Live> = match c.store.run(|s| s.unfinished_rollouts()).await {
+        Ok(rs) => rs.into_iter().map(|r| (r.id, Live::new(r))).collect(),
         Err(e) => {
             tracing::error!(error = %e, "cannot load unfinished rollouts; none will progress");
             HashMap::new()
@@ -90,6 +90,8 @@ pub async fn run(c: Arc<Controller>, Inbox(mut inbox): Inbox) {
     for id in active.keys() {
         tracing::info!(rollout = id, "resuming rollout");
     }
+    let (inventories, pending) = mpsc::channel(64);
+    tokio::spawn(record_inventories(c.clone(), pending));
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -98,7 +100,7 @@ pub async fn run(c: Arc<Controller>, Inbox(mut inbox): Inbox) {
                 if active.is_empty() {
                     continue;
                 }
-                let online = online(&c);
+                let online = Sessions(&c);
                 let ids: Vec<u64> = active.keys().copied().collect();
                 for id in ids {
                     advance(&c, &mut active, id, |r| engine::step(r, Event::Tick { now: now_ms(), online: &online })).await;
@@ -116,8 +118,8 @@ pub async fn run(c: Arc<Controller>, Inbox(mut inbox): Inbox) {
                     match msg {
                         Msg::Report { host, report } => reports.push((host, *report)),
                         other => {
-                            on_reports(&c, &mut active, std::mem::take(&mut reports)).await;
-                            on_other(&c, &mut active, other).await;
+                            on_reports(&c, &mut active, &inventories, std::mem::take(&mut reports)).await;
+                            on_other(&c, &mut active, &inventories, other).await;
                         }
                     }
                     if reports.is_empty() || reports.len() >= BATCH {
@@ -128,7 +130,7 @@ pub async fn run(c: Arc<Controller>, Inbox(mut inbox): Inbox) {
                         Err(_) => tokio::time::timeout_at(window, inbox.recv()).await.ok().flatten(),
                     };
                 }
-                on_reports(&c, &mut active, reports).await;
+                on_reports(&c, &mut active, &inventories, reports).await;
             }
         }
     }
@@ -137,14 +139,19 @@ pub async fn run(c: Arc<Controller>, Inbox(mut inbox): Inbox) {
 /// The most reports handled in one batch, and how long a batch waits for
 /// more after its first.
 const BATCH: usize = 4096;
-const BATCH_WINDOW: Duration = Duration::from_millis(10);
+const BATCH_WINDOW: Duration = Duration::from_millis(2);
 
-async fn on_other(c: &Arc<Controller>, active: &mut HashMap<u64, Rollout>, msg: Msg) {
+async fn on_other(
+    c: &Arc<Controller>,
+    active: &mut HashMap<u64, Live>,
+    inventories: &Inventories,
+    msg: Msg,
+) {
     match msg {
         Msg::Started(r) => {
             let id = r.id;
-            active.insert(id, *r);
-            let online = online(c);
+            active.insert(id, Live::new(*r));
+            let online = Sessions(c);
             advance(c, active, id, |r| {
                 engine::step(
                     r,
@@ -156,7 +163,9 @@ async fn on_other(c: &Arc<Controller>, active: &mut HashMap<u64, Rollout>, msg: 
             })
             .await;
         }
-        Msg::Report { host, report } => on_reports(c, active, vec![(host, *report)]).await,
+        Msg::Report { host, report } => {
+            on_reports(c, active, inventories, vec![(host, *report)]).await
+        }
         Msg::Control { id, action, reply } => {
             let result = control(c, active, id, action).await;
             let _ = reply.send(result);
@@ -164,19 +173,23 @@ async fn on_other(c: &Arc<Controller>, active: &mut HashMap<u64, Rollout>, msg: 
     }
 }
 
+/// What reporting hosts now run, on its way to the store.
+type Inventories = mpsc::Sender<Vec<(String, InstalledService)>>;
+
 /// Feeds each report to its rollout, ticks and saves each rollout touched
-/// once, sends what they ask for, then records what the reporting hosts
-/// now run (one transaction).
+/// once, sends what they ask for, then hands what the reporting hosts now
+/// run to the inventory writer.
 async fn on_reports(
     c: &Arc<Controller>,
-    active: &mut HashMap<u64, Rollout>,
+    active: &mut HashMap<u64, Live>,
+    inventories: &Inventories,
     reports: Vec<(String, Report)>,
 ) {
     if reports.is_empty() {
         return;
     }
     let now = now_ms();
-    let mut changes: BTreeMap<u64, Change> = BTreeMap::new();
+    let mut changes: BTreeMap<u64, Vec<Effect>> = BTreeMap::new();
     for (host, report) in &reports {
         let Some(id) = rollout_of(&report.command_id) else {
             continue;
@@ -185,40 +198,49 @@ async fn on_reports(
             tracing::debug!(%host, command = %report.command_id, "report for a finished rollout");
             continue;
         };
-        let change = changes.entry(id).or_insert_with(|| Change::from(&*r));
-        change
-            .effects
+        changes
+            .entry(id)
+            .or_default()
             .extend(engine::step(r, Event::Report { now, host, report }));
     }
-    if !changes.is_empty() {
-        let online = online(c);
-        for (id, mut change) in changes {
-            if let Some(r) = active.get_mut(&id) {
-                change.effects.extend(engine::step(
-                    r,
-                    Event::Tick {
-                        now,
-                        online: &online,
-                    },
-                ));
-            }
-            commit(c, active, id, change).await;
+    let online = Sessions(c);
+    for (id, mut effects) in changes {
+        if let Some(r) = active.get_mut(&id) {
+            effects.extend(engine::step(
+                r,
+                Event::Tick {
+                    now,
+                    online: &online,
+                },
+            ));
         }
+        commit(c, active, id, effects).await;
     }
-    // After the commands those reports called for are out: the inventory
-    // feeds the next plan, not this rollout's decisions.
-    let installed: Vec<(String, InstalledService)> = reports
-        .iter()
-        .map(|(h, r)| (h.clone(), r.installed.clone()))
-        .collect();
-    if let Err(e) = c.store.run(move |s| s.record_installed(&installed)).await {
-        tracing::warn!(error = %e, "could not record the reported inventories");
+    // Off the driver's path: the inventory feeds the next plan, not this
+    // rollout's decisions.
+    let installed = reports.into_iter().map(|(h, r)| (h, r.installed)).collect();
+    let _ = inventories.send(installed).await;
+}
+
+/// Records reported inventories in arrival order, as many batches per
+/// transaction as are waiting.
+async fn record_inventories(
+    c: Arc<Controller>,
+    mut pending: mpsc::Receiver<Vec<(String, InstalledService)>>,
+) {
+    while let Some(mut installed) = pending.recv().await {
+        while let Ok(more) = pending.try_recv() {
+            installed.extend(more);
+        }
+        if let Err(e) = c.store.run(move |s| s.record_installed(&installed)).await {
+            tracing::warn!(error = %e, "could not record the reported inventories");
+        }
     }
 }
 
 async fn control(
     c: &Arc<Controller>,
-    active: &mut HashMap<u64, Rollout>,
+    active: &mut HashMap<u64, Live>,
     id: u64,
     action: Action,
 ) -> Result<Rollout> {
@@ -233,7 +255,7 @@ async fn control(
             ))),
         };
     }
-    let online = online(c);
+    let online = Sessions(c);
     advance(c, active, id, |r| {
         let now = now_ms();
         let mut fx = engine::step(
@@ -255,7 +277,7 @@ async fn control(
     })
     .await;
     match active.get(&id) {
-        Some(r) => Ok(r.clone()),
+        Some(r) => Ok(r.rollout().clone()),
         None => c
             .store
             .run(move |s| s.rollout(id))
@@ -264,45 +286,35 @@ async fn control(
     }
 }
 
-/// One rollout's change in progress: its state before, and the effects
-/// the engine asked for since.
-struct Change {
-    before: Rollout,
-    effects: Vec<Effect>,
-}
-
-impl From<&Rollout> for Change {
-    fn from(r: &Rollout) -> Change {
-        Change {
-            before: r.clone(),
-            effects: Vec::new(),
-        }
-    }
-}
-
 /// Applies `step` to one rollout; persists, then carries out its effects.
 async fn advance(
     c: &Arc<Controller>,
-    active: &mut HashMap<u64, Rollout>,
+    active: &mut HashMap<u64, Live>,
     id: u64,
-    step: impl FnOnce(&mut Rollout) -> Vec<Effect>,
+    step: impl FnOnce(&mut Live) -> Vec<Effect>,
 ) {
     let Some(r) = active.get_mut(&id) else { return };
-    let mut change = Change::from(&*r);
-    change.effects = step(r);
-    commit(c, active, id, change).await;
+    let effects = step(r);
+    commit(c, active, id, effects).await;
 }
 
-/// Saves a changed rollout with its events, then sends its commands; on a
-/// failed save the rollout goes back to its state before the change.
-async fn commit(c: &Arc<Controller>, active: &mut HashMap<u64, Rollout>, id: u64, change: Change) {
+/// Saves a changed rollout (its fields and the steps that changed) with
+/// its events, then sends its commands. On a failed save the rollout is
+/// read back from the store: nothing is sent that the store does not know.
+async fn commit(
+    c: &Arc<Controller>,
+    active: &mut HashMap<u64, Live>,
+    id: u64,
+    effects: Vec<Effect>,
+) {
     let Some(r) = active.get_mut(&id) else { return };
-    if *r == change.before {
+    let changed = r.take_changed();
+    if changed.is_empty() && effects.is_empty() {
         return;
     }
     let mut lines = Vec::new();
     let mut sends = Vec::new();
-    for e in change.effects {
+    for e in effects {
         match e {
             Effect::Log { kind, host, detail } => {
                 tracing::info!(
@@ -320,16 +332,22 @@ async fn commit(c: &Arc<Controller>, active: &mut HashMap<u64, Rollout>, id: u64
             Effect::Send { host, command } => sends.push((host, command)),
         }
     }
-    let snapshot = r.clone();
-    let saved = c
-        .store
-        .run(move |s| s.save_rollout(&snapshot, &lines))
-        .await;
+    let saved = match RolloutSave::new(r.rollout(), &changed, lines) {
+        Ok(save) => c.store.run(move |s| s.save_rollout(&save)).await,
+        Err(e) => Err(e),
+    };
     if let Err(e) = saved {
-        // Nothing is sent that the store does not know about: go back to
-        // the stored state and try again on the next tick.
-        tracing::error!(rollout = id, error = %e, "could not save rollout state; retrying");
-        *r = change.before;
+        tracing::error!(rollout = id, error = %e, "could not save rollout state; going back to the stored state and retrying");
+        match c.store.run(move |s| s.rollout(id)).await {
+            Ok(Some(stored)) => *r = Live::new(stored),
+            Ok(None) | Err(_) => {
+                tracing::error!(
+                    rollout = id,
+                    "cannot read the rollout back; it is driven again after a controller restart"
+                );
+                active.remove(&id);
+            }
+        }
         return;
     }
     if r.status.is_final() {
@@ -359,14 +377,18 @@ async fn send(c: &Controller, host: &str, command: Command) {
     }
 }
 
-fn online(c: &Controller) -> Online {
-    let now = now_ms();
-    c.sessions
-        .snapshot()
-        .into_iter()
-        .filter(|s| s.is_live(now))
-        .map(|s| (s.host.clone(), s.id))
-        .collect()
+/// The session registry as the engine asks it: a host is online while its
+/// session is live.
+struct Sessions<'a>(&'a Controller);
+
+impl Online for Sessions<'_> {
+    fn session(&self, host: &str) -> Option<u64> {
+        self.0
+            .sessions
+            .get(host)
+            .filter(|s| s.is_live(now_ms()))
+            .map(|s| s.id)
+    }
 }
 
 /// Command ids are `r<rollout>-...`.

@@ -3,7 +3,7 @@
 //! driver can persist the new state before sending any command, and a
 //! restarted controller continues from the stored rollout alone.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use cutover_core::fleet::RollbackScope;
 use cutover_core::rollout::{
@@ -11,15 +11,76 @@ use cutover_core::rollout::{
     Step, StepPhase,
 };
 
-/// Hosts with a live session, and that session's id. A step whose command
-/// went out on another session (or none) is sent again: commands are
-/// idempotent by id.
-pub type Online = HashMap<String, u64>;
+/// Which hosts have a live session, and that session's id. A step whose
+/// command went out on another session (or none) is sent again: commands
+/// are idempotent by id.
+pub trait Online {
+    fn session(&self, host: &str) -> Option<u64>;
+}
+
+impl Online for HashMap<String, u64> {
+    fn session(&self, host: &str) -> Option<u64> {
+        self.get(host).copied()
+    }
+}
+
+/// A rollout being driven: the rollout, where each host's steps are, and
+/// which steps changed since the driver last saved it. The engine changes
+/// steps only through [`Live::step_mut`], so a save writes exactly those.
+pub struct Live {
+    rollout: Rollout,
+    by_host: HashMap<String, Vec<usize>>,
+    changed: BTreeSet<usize>,
+}
+
+impl Live {
+    pub fn new(rollout: Rollout) -> Live {
+        let mut by_host: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, s) in rollout.steps.iter().enumerate() {
+            by_host.entry(s.host.clone()).or_default().push(i);
+        }
+        Live {
+            rollout,
+            by_host,
+            changed: BTreeSet::new(),
+        }
+    }
+
+    pub fn rollout(&self) -> &Rollout {
+        &self.rollout
+    }
+
+    /// The steps changed since the last call, in order.
+    pub fn take_changed(&mut self) -> Vec<usize> {
+        std::mem::take(&mut self.changed).into_iter().collect()
+    }
+
+    fn step_mut(&mut self, i: usize) -> &mut Step {
+        self.changed.insert(i);
+        &mut self.rollout.steps[i]
+    }
+
+    fn find(&self, host: &str, service: &str) -> Option<usize> {
+        self.by_host
+            .get(host)?
+            .iter()
+            .copied()
+            .find(|&i| self.rollout.steps[i].service == service)
+    }
+}
+
+impl std::ops::Deref for Live {
+    type Target = Rollout;
+
+    fn deref(&self) -> &Rollout {
+        &self.rollout
+    }
+}
 
 pub enum Event<'a> {
     Tick {
         now: i64,
-        online: &'a Online,
+        online: &'a dyn Online,
     },
     Report {
         now: i64,
@@ -58,19 +119,34 @@ fn log(kind: &'static str, host: Option<&str>, detail: String) -> Effect {
     }
 }
 
-/// Advances `r` by one event; returns what the driver must do, in order.
-pub fn step(r: &mut Rollout, event: Event<'_>) -> Vec<Effect> {
+/// Advances `live` by one event; returns what the driver must do, in order.
+pub fn step(live: &mut Live, event: Event<'_>) -> Vec<Effect> {
+    #[cfg(test)]
+    let before = live.rollout.steps.clone();
+    let fx = advance(live, event);
+    #[cfg(test)]
+    for (i, (a, b)) in before.iter().zip(&live.rollout.steps).enumerate() {
+        assert!(
+            a == b || live.changed.contains(&i),
+            "step {i} changed but is not marked for saving"
+        );
+    }
+    fx
+}
+
+fn advance(live: &mut Live, event: Event<'_>) -> Vec<Effect> {
     let mut fx = Vec::new();
     let now = match event {
         Event::Tick { now, online } => {
-            tick(r, now, online, &mut fx);
+            tick(live, now, online, &mut fx);
             now
         }
         Event::Report { now, host, report } => {
-            on_report(r, now, host, report, &mut fx);
+            on_report(live, now, host, report, &mut fx);
             now
         }
         Event::Pause { now } => {
+            let r = &mut live.rollout;
             if r.status == RolloutStatus::Running {
                 r.status = RolloutStatus::Paused;
                 fx.push(log(
@@ -82,6 +158,7 @@ pub fn step(r: &mut Rollout, event: Event<'_>) -> Vec<Effect> {
             now
         }
         Event::Resume { now } => {
+            let r = &mut live.rollout;
             if r.status == RolloutStatus::Paused {
                 r.status = RolloutStatus::Running;
                 fx.push(log("rollout.resumed", None, "resumed by operator".into()));
@@ -89,6 +166,7 @@ pub fn step(r: &mut Rollout, event: Event<'_>) -> Vec<Effect> {
             now
         }
         Event::Abort { now } => {
+            let r = &mut live.rollout;
             if !r.status.is_final() {
                 r.status = RolloutStatus::Aborted;
                 r.finished_ms = Some(now);
@@ -102,33 +180,33 @@ pub fn step(r: &mut Rollout, event: Event<'_>) -> Vec<Effect> {
         }
     };
     if !fx.is_empty() {
-        r.updated_ms = now;
+        live.rollout.updated_ms = now;
     }
     fx
 }
 
-fn tick(r: &mut Rollout, now: i64, online: &Online, fx: &mut Vec<Effect>) {
-    if r.status.is_final() {
+fn tick(live: &mut Live, now: i64, online: &dyn Online, fx: &mut Vec<Effect>) {
+    if live.status.is_final() {
         return;
     }
-    expire(r, now, online, fx);
-    if r.status == RolloutStatus::Running {
-        activate_next(r, now, fx);
+    expire(live, now, online, fx);
+    if live.status == RolloutStatus::Running {
+        activate_next(live, now, fx);
     }
-    send_due(r, online, fx);
-    conclude(r, now, fx);
+    send_due(live, online, fx);
+    conclude(&mut live.rollout, now, fx);
 }
 
 /// Fails steps whose host did not report before the deadline.
-fn expire(r: &mut Rollout, now: i64, online: &Online, fx: &mut Vec<Effect>) {
-    for i in 0..r.steps.len() {
-        let s = &r.steps[i];
+fn expire(live: &mut Live, now: i64, online: &dyn Online, fx: &mut Vec<Effect>) {
+    for i in 0..live.steps.len() {
+        let s = &live.steps[i];
         let Some(sent) = s.sent_ms else { continue };
-        let deadline = deadline_ms(r, &s.service);
+        let deadline = deadline_ms(live, &s.service);
         if now - sent <= deadline {
             continue;
         }
-        let (gate, detail) = if online.contains_key(&s.host) {
+        let (gate, detail) = if online.session(&s.host).is_some() {
             ("deadline", format!("no report within {}s", deadline / 1000))
         } else {
             (
@@ -143,9 +221,9 @@ fn expire(r: &mut Rollout, now: i64, online: &Online, fx: &mut Vec<Effect>) {
             ..Evidence::default()
         };
         match s.phase {
-            StepPhase::Installing => fail(r, i, evidence, false, now, fx),
+            StepPhase::Installing => fail(live, i, evidence, false, now, fx),
             StepPhase::RollingBack => {
-                let s = &mut r.steps[i];
+                let s = live.step_mut(i);
                 s.phase = StepPhase::RollbackFailed;
                 s.finished_ms = Some(now);
                 s.sent_ms = None;
@@ -172,8 +250,8 @@ fn deadline_ms(r: &Rollout, service: &str) -> i64 {
 
 /// Starts the next batch of every service in the lowest unfinished level,
 /// once the batch before it is healthy everywhere.
-fn activate_next(r: &mut Rollout, now: i64, fx: &mut Vec<Effect>) {
-    let Some(level) = r
+fn activate_next(live: &mut Live, now: i64, fx: &mut Vec<Effect>) {
+    let Some(level) = live
         .steps
         .iter()
         .filter(|s| s.phase != StepPhase::Healthy)
@@ -182,7 +260,7 @@ fn activate_next(r: &mut Rollout, now: i64, fx: &mut Vec<Effect>) {
     else {
         return;
     };
-    let services: Vec<String> = r
+    let services: Vec<String> = live
         .plan
         .services
         .iter()
@@ -190,7 +268,7 @@ fn activate_next(r: &mut Rollout, now: i64, fx: &mut Vec<Effect>) {
         .map(|p| p.service.clone())
         .collect();
     for service in services {
-        let unfinished = r
+        let unfinished = live
             .steps
             .iter()
             .filter(|s| s.service == service && s.phase != StepPhase::Healthy)
@@ -198,8 +276,10 @@ fn activate_next(r: &mut Rollout, now: i64, fx: &mut Vec<Effect>) {
             .min();
         let Some(batch) = unfinished else { continue };
         let mut started = Vec::new();
-        for s in r.steps.iter_mut() {
+        for i in 0..live.steps.len() {
+            let s = &live.steps[i];
             if s.service == service && s.batch == batch && s.phase == StepPhase::Pending {
+                let s = live.step_mut(i);
                 s.phase = StepPhase::Installing;
                 s.sent_ms = Some(now);
                 s.session = None;
@@ -224,22 +304,22 @@ fn activate_next(r: &mut Rollout, now: i64, fx: &mut Vec<Effect>) {
 
 /// (Re)sends the command of every step in flight whose host is online on a
 /// session that has not seen it yet.
-fn send_due(r: &mut Rollout, online: &Online, fx: &mut Vec<Effect>) {
-    for i in 0..r.steps.len() {
-        let s = &r.steps[i];
+fn send_due(live: &mut Live, online: &dyn Online, fx: &mut Vec<Effect>) {
+    for i in 0..live.steps.len() {
+        let s = &live.steps[i];
         if !matches!(s.phase, StepPhase::Installing | StepPhase::RollingBack) {
             continue;
         }
-        let Some(&session) = online.get(&s.host) else {
+        let Some(session) = online.session(&s.host) else {
             continue;
         };
         if s.session == Some(session) {
             continue;
         }
-        let Some(command) = command_for(r, s) else {
+        let Some(command) = command_for(live, s) else {
             continue;
         };
-        let s = &mut r.steps[i];
+        let s = live.step_mut(i);
         s.session = Some(session);
         s.sends += 1;
         if s.sends > 1 {
@@ -295,20 +375,16 @@ pub fn rollback_id(install_id: &str) -> String {
     format!("{install_id}-rollback")
 }
 
-fn on_report(r: &mut Rollout, now: i64, host: &str, report: &Report, fx: &mut Vec<Effect>) {
-    let Some(i) = r
-        .steps
-        .iter()
-        .position(|s| s.host == host && s.service == report.service)
-    else {
+fn on_report(live: &mut Live, now: i64, host: &str, report: &Report, fx: &mut Vec<Effect>) {
+    let Some(i) = live.find(host, &report.service) else {
         return;
     };
-    let s = &r.steps[i];
+    let s = &live.steps[i];
     let install = s.phase == StepPhase::Installing && report.command_id == s.command_id;
     let rollback =
         s.phase == StepPhase::RollingBack && report.command_id == rollback_id(&s.command_id);
     if install && report.ok {
-        let s = &mut r.steps[i];
+        let s = live.step_mut(i);
         s.phase = StepPhase::Healthy;
         s.finished_ms = Some(now);
         s.sent_ms = None;
@@ -331,9 +407,9 @@ fn on_report(r: &mut Rollout, now: i64, host: &str, report: &Report, fx: &mut Ve
             detail: "the agent reported a failure without evidence".into(),
             ..Evidence::default()
         });
-        fail(r, i, evidence, report.auto_rolled_back, now, fx);
+        fail(live, i, evidence, report.auto_rolled_back, now, fx);
     } else if rollback {
-        let s = &mut r.steps[i];
+        let s = live.step_mut(i);
         s.finished_ms = Some(now);
         s.sent_ms = None;
         if report.ok {
@@ -362,7 +438,7 @@ fn on_report(r: &mut Rollout, now: i64, host: &str, report: &Report, fx: &mut Ve
 
 /// A step failed: stop at this boundary and take back the rollback scope.
 fn fail(
-    r: &mut Rollout,
+    live: &mut Live,
     i: usize,
     evidence: Evidence,
     auto_rolled_back: bool,
@@ -370,7 +446,7 @@ fn fail(
     fx: &mut Vec<Effect>,
 ) {
     let (service, host, batch) = {
-        let s = &mut r.steps[i];
+        let s = live.step_mut(i);
         s.phase = if auto_rolled_back {
             StepPhase::RolledBack
         } else {
@@ -386,7 +462,7 @@ fn fail(
         Some(&host),
         format!("{service}: {} failed: {}", evidence.gate, evidence.detail),
     ));
-    if matches!(r.status, RolloutStatus::RollingBack) || r.status.is_final() {
+    if matches!(live.status, RolloutStatus::RollingBack) || live.status.is_final() {
         return;
     }
     let boundary = if batch == 0 {
@@ -394,14 +470,14 @@ fn fail(
     } else {
         format!("batch {batch}")
     };
-    let swap_back = r
+    let swap_back = live
         .plan
         .services
         .iter()
         .any(|p| p.service == service && p.swap_back);
-    let action = if r.no_rollback || swap_back {
-        r.status = RolloutStatus::Failed;
-        r.finished_ms = Some(now);
+    let action = if live.no_rollback || swap_back {
+        live.rollout.status = RolloutStatus::Failed;
+        live.rollout.finished_ms = Some(now);
         if auto_rolled_back {
             format!("stopped; {host} had already rolled itself back")
         } else if swap_back {
@@ -410,15 +486,19 @@ fn fail(
             format!("stopped; {host} left in place for inspection (--no-rollback)")
         }
     } else {
-        let scope = r
+        let scope = live
             .plan
             .services
             .iter()
             .find(|p| p.service == service)
             .map(|p| p.config.policy.rollback_scope)
             .unwrap_or(RollbackScope::Service);
+        // The first few by name; `rollout show` lists every step.
+        const LISTED: usize = 20;
         let mut back = Vec::new();
-        for s in r.steps.iter_mut() {
+        let mut moving = 0;
+        for i in 0..live.steps.len() {
+            let s = &live.steps[i];
             let in_scope = match scope {
                 RollbackScope::Host => s.host == host && s.service == service,
                 RollbackScope::Service => s.service == service,
@@ -432,27 +512,36 @@ fn fail(
                 // Its command never reached the host (offline since its
                 // batch started): nothing moved, nothing to take back.
                 if s.phase == StepPhase::Installing {
+                    let s = live.step_mut(i);
                     s.phase = StepPhase::Pending;
                     s.sent_ms = None;
                 }
                 continue;
             }
             if in_scope && moved {
+                let s = live.step_mut(i);
                 s.phase = StepPhase::RollingBack;
                 s.sent_ms = Some(now);
                 s.session = None;
                 s.sends = 0;
                 s.finished_ms = None;
-                back.push(format!("{} ({})", s.host, s.service));
+                if back.len() < LISTED {
+                    back.push(format!("{} ({})", s.host, s.service));
+                }
+                moving += 1;
             }
         }
-        r.status = RolloutStatus::RollingBack;
+        live.rollout.status = RolloutStatus::RollingBack;
         let scope_name = format!("{scope:?}").to_lowercase();
         if back.is_empty() {
             format!("stopped; nothing else in rollback scope {scope_name} had moved")
         } else {
+            let more = match moving - back.len() {
+                0 => String::new(),
+                n => format!(" and {n} more"),
+            };
             format!(
-                "stopped; rolling back (scope {scope_name}): {}",
+                "stopped; rolling back (scope {scope_name}): {}{more}",
                 back.join(", ")
             )
         }
@@ -465,7 +554,7 @@ fn fail(
             evidence.detail
         ),
     ));
-    r.failure = Some(Failure {
+    live.rollout.failure = Some(Failure {
         service,
         host,
         boundary,

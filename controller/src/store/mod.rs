@@ -13,7 +13,7 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use crate::error::{Error, Result};
 
 mod rollouts;
-pub use rollouts::LogLine;
+pub use rollouts::{LogLine, RolloutSave};
 
 /// Each entry upgrades the schema by one version; never edit a landed one.
 const MIGRATIONS: &[&str] = &[
@@ -81,6 +81,21 @@ CREATE TABLE rollouts (
 );
 ALTER TABLE events ADD COLUMN rollout INTEGER;
 CREATE INDEX events_by_rollout ON events (rollout);
+"#,
+    // A rollout's plan is written once and its steps are rows, so a save
+    // writes the steps that changed, not the whole rollout.
+    r#"
+CREATE TABLE rollout_steps (
+    rollout INTEGER NOT NULL REFERENCES rollouts(id),
+    idx     INTEGER NOT NULL,
+    step    TEXT NOT NULL,
+    PRIMARY KEY (rollout, idx)
+) WITHOUT ROWID;
+ALTER TABLE rollouts ADD COLUMN plan TEXT NOT NULL DEFAULT 'null';
+INSERT INTO rollout_steps (rollout, idx, step)
+    SELECT r.id, s.key, s.value FROM rollouts r, json_each(r.state, '$.steps') s;
+UPDATE rollouts SET plan = json_extract(state, '$.plan'),
+                    state = json_remove(state, '$.plan', '$.steps');
 "#,
 ];
 

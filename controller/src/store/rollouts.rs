@@ -1,10 +1,13 @@
 //! The fleet config, rollouts and host inventories as reports update them.
-//! A rollout is stored whole (its state machine's value) together with the
-//! events of the step that produced it, in one transaction.
+//! A rollout is three things in the store: its own fields (a row of
+//! `rollouts`, with its plan written once) and its steps (rows of
+//! `rollout_steps`). A save writes the rollout's fields, the steps that
+//! changed and the events that explain them, in one transaction.
 
-use cutover_core::rollout::{EventView, Rollout};
+use cutover_core::rollout::{EventView, Failure, Plan, Rollout, RolloutKind, RolloutStatus, Step};
 use cutover_core::views::{now_ms, InstalledService};
-use rusqlite::{params, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use serde::{Deserialize, Serialize};
 
 use super::{insert_event, Store};
 use crate::error::{Error, Result};
@@ -18,13 +21,103 @@ pub struct LogLine {
 
 const UNFINISHED: &str = "status IN ('Running', 'Paused', 'RollingBack')";
 
-fn encode(r: &Rollout) -> Result<String> {
-    serde_json::to_string(r).map_err(|e| Error::Internal(format!("rollout {}: {e}", r.id)))
+/// A rollout's own fields: everything but its plan and steps.
+#[derive(Serialize, Deserialize)]
+struct Head {
+    id: u64,
+    kind: RolloutKind,
+    release: String,
+    status: RolloutStatus,
+    no_rollback: bool,
+    created_ms: i64,
+    updated_ms: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    finished_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    failure: Option<Failure>,
 }
 
-fn decode(id: u64, json: &str) -> Result<Rollout> {
-    serde_json::from_str(json)
-        .map_err(|e| Error::Internal(format!("rollout {id} in the store cannot be read: {e}")))
+impl Head {
+    fn of(r: &Rollout) -> Head {
+        Head {
+            id: r.id,
+            kind: r.kind,
+            release: r.release.clone(),
+            status: r.status,
+            no_rollback: r.no_rollback,
+            created_ms: r.created_ms,
+            updated_ms: r.updated_ms,
+            finished_ms: r.finished_ms,
+            failure: r.failure.clone(),
+        }
+    }
+
+    fn with(self, plan: Plan, steps: Vec<Step>) -> Rollout {
+        Rollout {
+            id: self.id,
+            kind: self.kind,
+            release: self.release,
+            status: self.status,
+            no_rollback: self.no_rollback,
+            created_ms: self.created_ms,
+            updated_ms: self.updated_ms,
+            finished_ms: self.finished_ms,
+            plan,
+            steps,
+            failure: self.failure,
+        }
+    }
+}
+
+fn encode(id: u64, value: &impl Serialize) -> Result<String> {
+    serde_json::to_string(value).map_err(|e| Error::Internal(format!("rollout {id}: {e}")))
+}
+
+fn decode<T: serde::de::DeserializeOwned>(id: u64, what: &str, json: &str) -> Result<T> {
+    serde_json::from_str(json).map_err(|e| {
+        Error::Internal(format!(
+            "rollout {id} in the store cannot be read ({what}): {e}"
+        ))
+    })
+}
+
+/// What one save of a rollout writes, encoded before the store is locked.
+pub struct RolloutSave {
+    id: u64,
+    status: String,
+    updated_ms: i64,
+    head: String,
+    steps: Vec<(usize, String)>,
+    events: Vec<LogLine>,
+}
+
+impl RolloutSave {
+    /// The rollout's fields, the steps `changed` names, and `events`.
+    pub fn new(r: &Rollout, changed: &[usize], events: Vec<LogLine>) -> Result<RolloutSave> {
+        let steps = changed
+            .iter()
+            .map(|&i| Ok((i, encode(r.id, &r.steps[i])?)))
+            .collect::<Result<_>>()?;
+        Ok(RolloutSave {
+            id: r.id,
+            status: r.status.to_string(),
+            updated_ms: r.updated_ms,
+            head: encode(r.id, &Head::of(r))?,
+            steps,
+            events,
+        })
+    }
+}
+
+fn insert_steps(c: &Connection, id: u64, steps: &[(usize, String)]) -> Result<()> {
+    let mut stmt = c.prepare_cached(
+        "INSERT INTO rollout_steps (rollout, idx, step) VALUES (?1, ?2, ?3)
+         ON CONFLICT(rollout, idx) DO UPDATE SET step = ?3",
+    )?;
+    for (i, json) in steps {
+        stmt.execute(params![id, *i as i64, json])?;
+    }
+    Ok(())
 }
 
 impl Store {
@@ -75,10 +168,15 @@ impl Store {
                 }
             }
             tx.execute(
-                "INSERT INTO rollouts (id, status, release, services, created_at, updated_at, state)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6)",
-                params![id, r.status.to_string(), r.release, services.join(","), r.created_ms, encode(&r)?],
+                "INSERT INTO rollouts (id, status, release, services, created_at, updated_at, state, plan)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?7)",
+                params![id, r.status.to_string(), r.release, services.join(","), r.created_ms,
+                        encode(id, &Head::of(&r))?, encode(id, &r.plan)?],
             )?;
+            let steps = r.steps.iter().enumerate()
+                .map(|(i, s)| Ok((i, encode(id, s)?)))
+                .collect::<Result<Vec<_>>>()?;
+            insert_steps(&tx, id, &steps)?;
             tx.execute(
                 "INSERT INTO events (at, kind, host, detail, rollout) VALUES (?1, 'rollout.created', NULL, ?2, ?3)",
                 params![now_ms(), format!("{:?} to release {} of {}", r.kind, r.release, services.join(", ")), id],
@@ -88,20 +186,23 @@ impl Store {
         })
     }
 
-    /// Saves a rollout's new state with the events that explain it.
-    pub fn save_rollout(&self, r: &Rollout, events: &[LogLine]) -> Result<()> {
-        let state = encode(r)?;
+    /// Saves a rollout's new fields and changed steps with the events that
+    /// explain them.
+    pub fn save_rollout(&self, save: &RolloutSave) -> Result<()> {
         self.with(|c| {
             let tx = c.transaction()?;
             tx.execute(
                 "UPDATE rollouts SET status = ?2, updated_at = ?3, state = ?4 WHERE id = ?1",
-                params![r.id, r.status.to_string(), r.updated_ms, state],
+                params![save.id, save.status, save.updated_ms, save.head],
             )?;
-            for e in events {
-                tx.execute(
+            insert_steps(&tx, save.id, &save.steps)?;
+            {
+                let mut stmt = tx.prepare_cached(
                     "INSERT INTO events (at, kind, host, detail, rollout) VALUES (?1, ?2, ?3, ?4, ?5)",
-                    params![r.updated_ms, e.kind, e.host, e.detail, r.id],
                 )?;
+                for e in &save.events {
+                    stmt.execute(params![save.updated_ms, e.kind, e.host, e.detail, save.id])?;
+                }
             }
             tx.commit()?;
             Ok(())
@@ -109,39 +210,45 @@ impl Store {
     }
 
     pub fn rollout(&self, id: u64) -> Result<Option<Rollout>> {
-        let json: Option<String> = self.with(|c| {
-            Ok(
-                c.query_row("SELECT state FROM rollouts WHERE id = ?1", [id], |r| {
-                    r.get(0)
-                })
-                .optional()?,
-            )
-        })?;
-        json.map(|j| decode(id, &j)).transpose()
+        Ok(self.load(&format!("WHERE id = {id}"))?.into_iter().next())
     }
 
     /// Rollouts, newest first.
     pub fn rollouts(&self, limit: usize) -> Result<Vec<Rollout>> {
-        self.load(&format!(
-            "SELECT id, state FROM rollouts ORDER BY id DESC LIMIT {limit}"
-        ))
+        self.load(&format!("ORDER BY id DESC LIMIT {limit}"))
     }
 
     pub fn unfinished_rollouts(&self) -> Result<Vec<Rollout>> {
-        self.load(&format!(
-            "SELECT id, state FROM rollouts WHERE {UNFINISHED} ORDER BY id"
-        ))
+        self.load(&format!("WHERE {UNFINISHED} ORDER BY id"))
     }
 
-    fn load(&self, sql: &str) -> Result<Vec<Rollout>> {
-        let rows: Vec<(u64, String)> = self.with(|c| {
-            let mut stmt = c.prepare(sql)?;
+    /// The rollouts `filter` (a WHERE/ORDER BY/LIMIT clause) selects, whole.
+    fn load(&self, filter: &str) -> Result<Vec<Rollout>> {
+        self.with(|c| {
+            let mut stmt = c.prepare(&format!("SELECT id, state, plan FROM rollouts {filter}"))?;
             let rows = stmt
-                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, u64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                    ))
+                })?
                 .collect::<Result<Vec<_>, _>>()?;
-            Ok(rows)
-        })?;
-        rows.iter().map(|(id, j)| decode(*id, j)).collect()
+            let mut steps =
+                c.prepare_cached("SELECT step FROM rollout_steps WHERE rollout = ?1 ORDER BY idx")?;
+            rows.into_iter()
+                .map(|(id, head, plan)| {
+                    let head: Head = decode(id, "its fields", &head)?;
+                    let plan: Plan = decode(id, "its plan", &plan)?;
+                    let steps = steps
+                        .query_map([id], |r| r.get::<_, String>(0))?
+                        .map(|json| decode(id, "a step", &json?))
+                        .collect::<Result<Vec<Step>>>()?;
+                    Ok(head.with(plan, steps))
+                })
+                .collect()
+        })
     }
 
     /// The event log, oldest first; one rollout's events when `rollout` is set.
@@ -173,12 +280,10 @@ impl Store {
     pub fn record_installed(&self, reported: &[(String, InstalledService)]) -> Result<()> {
         self.with(|c| {
             let tx = c.transaction()?;
+            let mut read = tx.prepare_cached("SELECT inventory FROM hosts WHERE name = ?1")?;
+            let mut write = tx.prepare_cached("UPDATE hosts SET inventory = ?2 WHERE name = ?1")?;
             for (host, installed) in reported {
-                let json: Option<String> = tx
-                    .query_row("SELECT inventory FROM hosts WHERE name = ?1", [host], |r| {
-                        r.get(0)
-                    })
-                    .optional()?;
+                let json: Option<String> = read.query_row([host], |r| r.get(0)).optional()?;
                 let Some(json) = json else { continue };
                 let mut inventory: Vec<InstalledService> =
                     serde_json::from_str(&json).unwrap_or_default();
@@ -187,11 +292,9 @@ impl Store {
                 inventory.sort_by(|a, b| a.name.cmp(&b.name));
                 let json = serde_json::to_string(&inventory)
                     .map_err(|e| Error::Internal(format!("inventory of {host}: {e}")))?;
-                tx.execute(
-                    "UPDATE hosts SET inventory = ?2 WHERE name = ?1",
-                    params![host, json],
-                )?;
+                write.execute(params![host, json])?;
             }
+            drop((read, write));
             tx.commit()?;
             Ok(())
         })
@@ -201,7 +304,6 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cutover_core::rollout::{Plan, RolloutKind, RolloutStatus};
 
     fn rollout(id: u64, services: &[&str]) -> Rollout {
         let mut r = crate::rollout::new_rollout(
@@ -239,6 +341,69 @@ mod tests {
         r
     }
 
+    /// A rollout of service "api" over `hosts`, one batch each.
+    fn with_steps(id: u64, hosts: &[&str]) -> Rollout {
+        let mut plan = rollout(id, &["api"]).plan;
+        plan.services[0].batches = hosts
+            .iter()
+            .map(|h| {
+                vec![cutover_core::rollout::HostMove {
+                    host: h.to_string(),
+                    from: None,
+                }]
+            })
+            .collect();
+        crate::rollout::new_rollout(id, RolloutKind::Upgrade, plan, false, 1)
+    }
+
+    #[test]
+    fn a_save_writes_the_fields_and_the_changed_steps_and_reads_back_whole() {
+        use cutover_core::rollout::StepPhase;
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("state.db")).unwrap();
+        let mut r = s
+            .create_rollout(|id| with_steps(id, &["a", "b", "c"]))
+            .unwrap();
+        assert_eq!(s.rollout(r.id).unwrap().as_ref(), Some(&r));
+        r.steps[1].phase = StepPhase::Installing;
+        r.steps[1].sent_ms = Some(5);
+        r.status = RolloutStatus::RollingBack;
+        r.updated_ms = 5;
+        s.save_rollout(&RolloutSave::new(&r, &[1], vec![]).unwrap())
+            .unwrap();
+        assert_eq!(s.rollout(r.id).unwrap().as_ref(), Some(&r));
+        // A step the save does not name is not written.
+        let stored = r.clone();
+        r.steps[2].phase = StepPhase::Healthy;
+        s.save_rollout(&RolloutSave::new(&r, &[], vec![]).unwrap())
+            .unwrap();
+        assert_eq!(s.rollout(r.id).unwrap().unwrap().steps, stored.steps);
+        assert_eq!(s.unfinished_rollouts().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn rollouts_stored_whole_by_an_older_controller_read_back_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let r = with_steps(4, &["a", "b"]);
+        {
+            // Schema 2: each rollout one JSON document.
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(super::super::MIGRATIONS[0]).unwrap();
+            c.execute_batch(super::super::MIGRATIONS[1]).unwrap();
+            c.pragma_update(None, "user_version", 2).unwrap();
+            c.execute(
+                "INSERT INTO rollouts (id, status, release, services, created_at, updated_at, state)
+                 VALUES (4, 'Running', '1.0.0', 'api', 1, 1, ?1)",
+                [serde_json::to_string(&r).unwrap()],
+            )
+            .unwrap();
+        }
+        let s = Store::open(&path).unwrap();
+        assert_eq!(s.rollout(4).unwrap(), Some(r.clone()));
+        assert_eq!(s.unfinished_rollouts().unwrap(), vec![r]);
+    }
+
     #[test]
     fn a_second_rollout_of_a_busy_service_is_refused_until_the_first_ends() {
         let dir = tempfile::tempdir().unwrap();
@@ -255,15 +420,17 @@ mod tests {
         );
         assert_eq!(s.create_rollout(|id| rollout(id, &["web"])).unwrap().id, 2);
         first.status = RolloutStatus::Succeeded;
-        s.save_rollout(
+        let save = RolloutSave::new(
             &first,
-            &[LogLine {
+            &[],
+            vec![LogLine {
                 kind: "k".into(),
                 host: None,
                 detail: "done".into(),
             }],
         )
         .unwrap();
+        s.save_rollout(&save).unwrap();
         assert_eq!(s.create_rollout(|id| rollout(id, &["db"])).unwrap().id, 3);
         assert_eq!(s.unfinished_rollouts().unwrap().len(), 2);
         let ev = s.events(Some(1), 10).unwrap();

@@ -49,17 +49,17 @@ fn service(name: &str, level: usize, hosts: &[&[&str]], scope: RollbackScope) ->
     }
 }
 
-fn rollout(services: Vec<ServicePlan>, no_rollback: bool) -> Rollout {
+fn rollout(services: Vec<ServicePlan>, no_rollback: bool) -> Live {
     let plan = Plan {
         release: "2.0.0".into(),
         services,
         carried: vec![],
         offline: vec![],
     };
-    new_rollout(7, RolloutKind::Upgrade, plan, no_rollback, 0)
+    Live::new(new_rollout(7, RolloutKind::Upgrade, plan, no_rollback, 0))
 }
 
-fn online(hosts: &[&str]) -> Online {
+fn online(hosts: &[&str]) -> HashMap<String, u64> {
     hosts.iter().map(|h| (h.to_string(), 1)).collect()
 }
 
@@ -112,12 +112,12 @@ fn report(r: &Rollout, host: &str, service: &str, ok: bool, rollback: bool) -> R
 }
 
 fn deliver(
-    r: &mut Rollout,
+    r: &mut Live,
     host: &str,
     service: &str,
     ok: bool,
     rollback: bool,
-    on: &Online,
+    on: &HashMap<String, u64>,
 ) -> Vec<Effect> {
     let rep = report(r, host, service, ok, rollback);
     let mut fx = step(
@@ -408,9 +408,14 @@ fn stale_and_duplicate_reports_change_nothing() {
     );
     assert_eq!(r.steps[0].phase, StepPhase::Installing);
     deliver(&mut r, "a", "api", true, false, &on);
-    let before = r.clone();
+    let before = r.rollout().clone();
+    r.take_changed();
     deliver(&mut r, "a", "api", true, false, &on);
-    assert_eq!(r, before);
+    assert_eq!(*r.rollout(), before);
+    assert!(
+        r.take_changed().is_empty(),
+        "a repeated report changes nothing"
+    );
 }
 
 #[test]
@@ -524,4 +529,45 @@ fn a_host_that_never_received_its_command_is_not_rolled_back() {
     deliver(&mut r, "a", "api", true, true, &without_c);
     deliver(&mut r, "b", "api", true, true, &without_c);
     assert_eq!(r.status, RolloutStatus::RolledBack);
+}
+
+#[test]
+fn a_stop_names_the_first_hosts_it_takes_back_and_counts_the_rest() {
+    let hosts: Vec<String> = (0..30).map(|i| format!("h{i:02}")).collect();
+    let names: Vec<&str> = hosts.iter().map(String::as_str).collect();
+    let on = online(&names);
+    let mut r = rollout(
+        vec![service(
+            "api",
+            0,
+            &[&names[..1], &names[1..]],
+            RollbackScope::Service,
+        )],
+        false,
+    );
+    step(
+        &mut r,
+        Event::Tick {
+            now: 0,
+            online: &on,
+        },
+    );
+    deliver(&mut r, "h00", "api", true, false, &on);
+    let fx = deliver(&mut r, "h01", "api", false, false, &on);
+    let stopped = fx
+        .iter()
+        .find_map(|e| match e {
+            Effect::Log {
+                kind: "rollout.stopped",
+                detail,
+                ..
+            } => Some(detail.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert!(
+        stopped.contains("h00 (api), h01 (api)") && stopped.ends_with("h19 (api) and 10 more"),
+        "{stopped}"
+    );
+    assert_eq!(sent(&fx).len(), 30, "every moved host is taken back");
 }
