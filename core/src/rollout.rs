@@ -2,6 +2,8 @@
 //! types: the controller's engine advances them, the store keeps them, the
 //! CLI prints them and `cutover-proto` carries the commands and reports.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use crate::fleet::ServiceConfig;
@@ -151,8 +153,10 @@ impl ServicePlan {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HostMove {
     pub host: String,
+    /// What the host runs now. Shared: at fleet size most hosts move from
+    /// the same identity.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub from: Option<ContentIdentity>,
+    pub from: Option<Arc<ContentIdentity>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -237,7 +241,7 @@ pub struct Step {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub evidence: Option<Evidence>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub from: Option<ContentIdentity>,
+    pub from: Option<Arc<ContentIdentity>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -96,7 +96,7 @@ pub async fn plan(c: &ConnectArgs, args: &PlanArgs, out: Format) -> Result<()> {
     Ok(())
 }
 
-fn ident(c: &Option<ContentIdentity>) -> String {
+fn ident(c: Option<&ContentIdentity>) -> String {
     match c {
         Some(c) => format!("{} ({})", c.service_version, c.release),
         None => "nothing".into(),
@@ -126,7 +126,7 @@ fn print_plan(plan: &Plan) {
             };
             let hosts: Vec<String> = batch
                 .iter()
-                .map(|m| format!("{} (from {})", m.host, ident(&m.from)))
+                .map(|m| format!("{} (from {})", m.host, ident(m.from.as_deref())))
                 .collect();
             println!("  {label:<9} {}", hosts.join(", "));
         }

@@ -176,7 +176,7 @@ pub async fn rollback(
         target.get_or_insert_with(|| previous.clone());
         moves.push(HostMove {
             host: name,
-            from: Some(current.clone()),
+            from: Some(Arc::new(current.clone())),
         });
     }
     if !offline.is_empty() && !allow_offline {

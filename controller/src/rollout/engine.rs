@@ -342,7 +342,7 @@ fn send_due(live: &mut Live, online: &dyn Online, fx: &mut Vec<Effect>) {
 
 fn command_for(r: &Rollout, s: &Step) -> Option<Command> {
     let plan = r.plan.services.iter().find(|p| p.service == s.service)?;
-    let from = |id: &Option<cutover_core::views::ContentIdentity>| {
+    let from = |id: &Option<std::sync::Arc<cutover_core::views::ContentIdentity>>| {
         id.as_ref().and_then(|c| c.tarball_sha256.or(c.image_id))
     };
     if s.phase == StepPhase::RollingBack {

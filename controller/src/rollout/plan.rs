@@ -3,6 +3,7 @@
 //! inputs and verifies the release first.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 
 use cutover_core::fleet::{FleetConfig, ServiceConfig};
 use cutover_core::manifest::Manifest;
@@ -142,10 +143,12 @@ pub fn plan(req: &PlanRequest<'_>) -> Result<Plan, PlanError> {
                 };
                 (target, tarball.sha256, tarball.size, None)
             };
-            let mut moves = Vec::new();
+            let selected = req.fleet.hosts_of(name);
+            let mut moves = Vec::with_capacity(selected.len());
             let mut unchanged = Vec::new();
+            let mut shared: Option<Arc<ContentIdentity>> = None;
             let running = running.get(name.as_str());
-            for host in req.fleet.hosts_of(name) {
+            for host in selected {
                 let Some(&i) = hosts.get(host.as_str()) else {
                     return Err(err(format!(
                         "the fleet config runs {name:?} on host {host:?}, which is not enrolled; enroll it or remove it from the fleet config"
@@ -173,10 +176,12 @@ pub fn plan(req: &PlanRequest<'_>) -> Result<Plan, PlanError> {
                 if !h.online && !offline.contains(&host) {
                     offline.insert(host.clone());
                 }
-                moves.push(HostMove {
-                    host,
-                    from: current.cloned(),
+                // Hosts that run the same identity share one copy of it.
+                let from = current.map(|c| match &shared {
+                    Some(s) if **s == *c => s.clone(),
+                    _ => shared.insert(Arc::new(c.clone())).clone(),
                 });
+                moves.push(HostMove { host, from });
             }
             if moves.is_empty() {
                 out.carried.push(Carried {
@@ -218,25 +223,35 @@ fn batches(
     if instant {
         return vec![moves];
     }
+    // Each move is moved once, into its batch.
     let canary = config.policy.canary.min(moves.len());
-    let mut rest = moves;
-    let tail = rest.split_off(canary);
-    let mut out = vec![rest];
     let size = config.policy.batch_size();
-    let mut tail = tail.into_iter().peekable();
-    while tail.peek().is_some() {
-        out.push(tail.by_ref().take(size).collect());
+    let mut out = Vec::with_capacity(2 + moves.len() / size);
+    let mut moves = moves.into_iter();
+    out.push(moves.by_ref().take(canary).collect());
+    while moves.len() > 0 {
+        out.push(moves.by_ref().take(size).collect());
     }
     out
 }
 
 /// The lowest release a host runs, from its services' identities.
 fn host_release(h: &HostState) -> Option<semver::Version> {
-    h.installed
-        .iter()
-        .filter_map(|i| i.current.as_ref())
-        .filter_map(|c| semver::Version::parse(&c.release).ok())
-        .min()
+    let mut lowest: Option<semver::Version> = None;
+    let mut last: Option<&str> = None;
+    for c in h.installed.iter().filter_map(|i| i.current.as_ref()) {
+        // A host's services mostly come from one release: parse it once.
+        if last == Some(c.release.as_str()) {
+            continue;
+        }
+        last = Some(&c.release);
+        if let Ok(v) = semver::Version::parse(&c.release) {
+            if lowest.as_ref().is_none_or(|l| v < *l) {
+                lowest = Some(v);
+            }
+        }
+    }
+    lowest
 }
 
 /// The compatibility floor and required intermediate releases. Going down
