@@ -219,6 +219,27 @@ pub struct Rollout {
     pub failure: Option<Failure>,
 }
 
+/// One line of `cutover rollout list`: a rollout without its plan and
+/// steps, which at fleet size are megabytes each.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RolloutSummary {
+    pub id: u64,
+    pub kind: RolloutKind,
+    pub release: String,
+    pub services: Vec<String>,
+    pub status: RolloutStatus,
+    /// Steps done (healthy or resolved by rollback), as
+    /// [`Rollout::progress`] counts them, and all steps.
+    pub steps_done: usize,
+    pub steps: usize,
+    pub created_ms: i64,
+    pub updated_ms: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<Failure>,
+}
+
 /// One host moving one service.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Step {

@@ -6,7 +6,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use cutover_core::rollout::{
-    EventView, Plan, Rollout, RolloutDetail, RolloutStatus, Started, Step, StepPhase,
+    EventView, Plan, Rollout, RolloutDetail, RolloutStatus, RolloutSummary, Started, Step,
+    StepPhase,
 };
 use cutover_core::views::{from_ms, ContentIdentity};
 use cutover_proto::commands::from_json;
@@ -285,7 +286,7 @@ pub async fn list(c: &ConnectArgs, limit: u32, out: Format) -> Result<()> {
         .list_rollouts(v1::ListRolloutsRequest { limit })
         .await?
         .into_inner();
-    let rollouts: Vec<Rollout> = decode("rollouts", doc)?;
+    let rollouts: Vec<RolloutSummary> = decode("rollouts", doc)?;
     if out == Format::Json {
         output::json(&rollouts);
         return Ok(());
@@ -293,19 +294,13 @@ pub async fn list(c: &ConnectArgs, limit: u32, out: Format) -> Result<()> {
     let rows: Vec<Vec<String>> = rollouts
         .iter()
         .map(|r| {
-            let (done, total) = r.progress();
             vec![
                 r.id.to_string(),
                 format!("{:?}", r.kind).to_lowercase(),
                 r.release.clone(),
-                r.plan
-                    .services
-                    .iter()
-                    .map(|s| s.service.as_str())
-                    .collect::<Vec<_>>()
-                    .join(","),
+                r.services.join(","),
                 r.status.to_string(),
-                format!("{done}/{total}"),
+                format!("{}/{}", r.steps_done, r.steps),
                 output::when(from_ms(r.created_ms)),
             ]
         })

@@ -323,7 +323,11 @@ impl Operator for OperatorApi {
             0 => 50,
             n => n.min(1000) as usize,
         };
-        let list = self.c.store.run(move |s| s.rollouts(limit)).await?;
+        let list = self
+            .c
+            .store
+            .run(move |s| s.rollout_summaries(limit))
+            .await?;
         Ok(Response::new(to_json(&list)))
     }
 

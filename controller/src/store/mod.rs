@@ -88,12 +88,14 @@ CREATE INDEX events_by_rollout ON events (rollout);
 CREATE TABLE rollout_steps (
     rollout INTEGER NOT NULL REFERENCES rollouts(id),
     idx     INTEGER NOT NULL,
+    phase   TEXT NOT NULL,
     step    TEXT NOT NULL,
     PRIMARY KEY (rollout, idx)
 ) WITHOUT ROWID;
 ALTER TABLE rollouts ADD COLUMN plan TEXT NOT NULL DEFAULT 'null';
-INSERT INTO rollout_steps (rollout, idx, step)
-    SELECT r.id, s.key, s.value FROM rollouts r, json_each(r.state, '$.steps') s;
+INSERT INTO rollout_steps (rollout, idx, phase, step)
+    SELECT r.id, s.key, json_extract(s.value, '$.phase'), s.value
+    FROM rollouts r, json_each(r.state, '$.steps') s;
 UPDATE rollouts SET plan = json_extract(state, '$.plan'),
                     state = json_remove(state, '$.plan', '$.steps');
 "#,

@@ -4,7 +4,9 @@
 //! `rollout_steps`). A save writes the rollout's fields, the steps that
 //! changed and the events that explain them, in one transaction.
 
-use cutover_core::rollout::{EventView, Failure, Plan, Rollout, RolloutKind, RolloutStatus, Step};
+use cutover_core::rollout::{
+    EventView, Failure, Plan, Rollout, RolloutKind, RolloutStatus, RolloutSummary, Step,
+};
 use cutover_core::views::{now_ms, InstalledService};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde::{Deserialize, Serialize};
@@ -87,8 +89,17 @@ pub struct RolloutSave {
     status: String,
     updated_ms: i64,
     head: String,
-    steps: Vec<(usize, String)>,
+    steps: Vec<EncodedStep>,
     events: Vec<LogLine>,
+}
+
+/// A step as its row holds it: index, phase (for counts) and JSON.
+struct EncodedStep(usize, String, String);
+
+impl EncodedStep {
+    fn new(id: u64, i: usize, s: &Step) -> Result<EncodedStep> {
+        Ok(EncodedStep(i, s.phase.to_string(), encode(id, s)?))
+    }
 }
 
 impl RolloutSave {
@@ -96,7 +107,7 @@ impl RolloutSave {
     pub fn new(r: &Rollout, changed: &[usize], events: Vec<LogLine>) -> Result<RolloutSave> {
         let steps = changed
             .iter()
-            .map(|&i| Ok((i, encode(r.id, &r.steps[i])?)))
+            .map(|&i| EncodedStep::new(r.id, i, &r.steps[i]))
             .collect::<Result<_>>()?;
         Ok(RolloutSave {
             id: r.id,
@@ -109,13 +120,13 @@ impl RolloutSave {
     }
 }
 
-fn insert_steps(c: &Connection, id: u64, steps: &[(usize, String)]) -> Result<()> {
+fn insert_steps(c: &Connection, id: u64, steps: &[EncodedStep]) -> Result<()> {
     let mut stmt = c.prepare_cached(
-        "INSERT INTO rollout_steps (rollout, idx, step) VALUES (?1, ?2, ?3)
-         ON CONFLICT(rollout, idx) DO UPDATE SET step = ?3",
+        "INSERT INTO rollout_steps (rollout, idx, phase, step) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT(rollout, idx) DO UPDATE SET phase = ?3, step = ?4",
     )?;
-    for (i, json) in steps {
-        stmt.execute(params![id, *i as i64, json])?;
+    for EncodedStep(i, phase, json) in steps {
+        stmt.execute(params![id, *i as i64, phase, json])?;
     }
     Ok(())
 }
@@ -174,7 +185,7 @@ impl Store {
                         encode(id, &Head::of(&r))?, encode(id, &r.plan)?],
             )?;
             let steps = r.steps.iter().enumerate()
-                .map(|(i, s)| Ok((i, encode(id, s)?)))
+                .map(|(i, s)| EncodedStep::new(id, i, s))
                 .collect::<Result<Vec<_>>>()?;
             insert_steps(&tx, id, &steps)?;
             tx.execute(
@@ -213,9 +224,46 @@ impl Store {
         Ok(self.load(&format!("WHERE id = {id}"))?.into_iter().next())
     }
 
-    /// Rollouts, newest first.
-    pub fn rollouts(&self, limit: usize) -> Result<Vec<Rollout>> {
-        self.load(&format!("ORDER BY id DESC LIMIT {limit}"))
+    /// Rollouts without their plans and steps, newest first.
+    pub fn rollout_summaries(&self, limit: usize) -> Result<Vec<RolloutSummary>> {
+        self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT r.id, r.state, r.services,
+                   (SELECT count(*) FROM rollout_steps s WHERE s.rollout = r.id),
+                   (SELECT count(*) FROM rollout_steps s WHERE s.rollout = r.id
+                      AND s.phase NOT IN ('Pending', 'Installing'))
+                 FROM rollouts r ORDER BY r.id DESC LIMIT ?1",
+            )?;
+            let rows = stmt
+                .query_map([limit as i64], |r| {
+                    Ok((
+                        r.get::<_, u64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, usize>(3)?,
+                        r.get::<_, usize>(4)?,
+                    ))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            rows.into_iter()
+                .map(|(id, head, services, steps, steps_done)| {
+                    let h: Head = decode(id, "its fields", &head)?;
+                    Ok(RolloutSummary {
+                        id,
+                        kind: h.kind,
+                        release: h.release,
+                        services: services.split(',').map(str::to_string).collect(),
+                        status: h.status,
+                        steps_done,
+                        steps,
+                        created_ms: h.created_ms,
+                        updated_ms: h.updated_ms,
+                        finished_ms: h.finished_ms,
+                        failure: h.failure,
+                    })
+                })
+                .collect()
+        })
     }
 
     pub fn unfinished_rollouts(&self) -> Result<Vec<Rollout>> {
@@ -379,6 +427,16 @@ mod tests {
             .unwrap();
         assert_eq!(s.rollout(r.id).unwrap().unwrap().steps, stored.steps);
         assert_eq!(s.unfinished_rollouts().unwrap().len(), 1);
+        // Step 0 is Pending, 1 Installing, 2 (as stored) Pending.
+        let list = s.rollout_summaries(10).unwrap();
+        assert_eq!((list[0].steps_done, list[0].steps), (0, 3));
+        r.steps[1].phase = StepPhase::Healthy;
+        s.save_rollout(&RolloutSave::new(&r, &[1, 2], vec![]).unwrap())
+            .unwrap();
+        let list = s.rollout_summaries(10).unwrap();
+        assert_eq!((list[0].steps_done, list[0].steps), (2, 3));
+        assert_eq!(list[0].status, RolloutStatus::RollingBack);
+        assert_eq!(list[0].services, ["api"]);
     }
 
     #[test]
@@ -402,6 +460,8 @@ mod tests {
         let s = Store::open(&path).unwrap();
         assert_eq!(s.rollout(4).unwrap(), Some(r.clone()));
         assert_eq!(s.unfinished_rollouts().unwrap(), vec![r]);
+        let list = s.rollout_summaries(10).unwrap();
+        assert_eq!((list[0].id, list[0].steps_done, list[0].steps), (4, 0, 2));
     }
 
     #[test]
