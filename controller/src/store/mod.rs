@@ -91,7 +91,7 @@ CREATE TABLE rollout_steps (
     phase   TEXT NOT NULL,
     step    TEXT NOT NULL,
     PRIMARY KEY (rollout, idx)
-) WITHOUT ROWID;
+);
 ALTER TABLE rollouts ADD COLUMN plan TEXT NOT NULL DEFAULT 'null';
 INSERT INTO rollout_steps (rollout, idx, phase, step)
     SELECT r.id, s.key, json_extract(s.value, '$.phase'), s.value
