@@ -1,11 +1,12 @@
 //! The fleet config, rollouts and host inventories as reports update them.
 //! A rollout is three things in the store: its own fields (a row of
-//! `rollouts`, with its plan written once) and its steps (rows of
-//! `rollout_steps`). A save writes the rollout's fields, the steps that
+//! `rollouts`, with its plan written once) and what changes of its steps
+//! (rows of `rollout_steps`; the rest of a step follows from the plan). A save writes the rollout's fields, the steps that
 //! changed and the events that explain them, in one transaction.
 
 use cutover_core::rollout::{
-    EventView, Failure, Plan, Rollout, RolloutKind, RolloutStatus, RolloutSummary, Step,
+    EventView, Evidence, Failure, Plan, Rollout, RolloutKind, RolloutStatus, RolloutSummary, Step,
+    StepPhase,
 };
 use cutover_core::views::{now_ms, InstalledService};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
@@ -13,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{insert_event, Store};
 use crate::error::{Error, Result};
+use crate::rollout::new_rollout;
 
 /// One event line a rollout step produced.
 pub struct LogLine {
@@ -93,12 +95,56 @@ pub struct RolloutSave {
     events: Vec<LogLine>,
 }
 
-/// A step as its row holds it: index, phase (for counts) and JSON.
+/// A step as its row holds it: index, phase (for counts) and its
+/// [`StepState`] as JSON.
 struct EncodedStep(usize, String, String);
 
 impl EncodedStep {
     fn new(id: u64, i: usize, s: &Step) -> Result<EncodedStep> {
-        Ok(EncodedStep(i, s.phase.to_string(), encode(id, s)?))
+        Ok(EncodedStep(
+            i,
+            s.phase.to_string(),
+            encode(id, &StepState::of(s))?,
+        ))
+    }
+}
+
+/// What of a step changes as its rollout runs. The rest (service, host,
+/// level, batch, command id, `from`) follows from the plan through
+/// [`new_rollout`], so a row holds only this.
+#[derive(Serialize, Deserialize)]
+struct StepState {
+    phase: StepPhase,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sent_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    session: Option<u64>,
+    sends: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    finished_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    evidence: Option<Evidence>,
+}
+
+impl StepState {
+    fn of(s: &Step) -> StepState {
+        StepState {
+            phase: s.phase,
+            sent_ms: s.sent_ms,
+            session: s.session,
+            sends: s.sends,
+            finished_ms: s.finished_ms,
+            evidence: s.evidence.clone(),
+        }
+    }
+
+    fn apply(self, s: &mut Step) {
+        s.phase = self.phase;
+        s.sent_ms = self.sent_ms;
+        s.session = self.session;
+        s.sends = self.sends;
+        s.finished_ms = self.finished_ms;
+        s.evidence = self.evidence;
     }
 }
 
@@ -283,16 +329,28 @@ impl Store {
                     ))
                 })?
                 .collect::<Result<Vec<_>, _>>()?;
-            let mut steps =
-                c.prepare_cached("SELECT step FROM rollout_steps WHERE rollout = ?1 ORDER BY idx")?;
+            let mut states =
+                c.prepare_cached("SELECT idx, step FROM rollout_steps WHERE rollout = ?1")?;
             rows.into_iter()
                 .map(|(id, head, plan)| {
                     let head: Head = decode(id, "its fields", &head)?;
                     let plan: Plan = decode(id, "its plan", &plan)?;
-                    let steps = steps
-                        .query_map([id], |r| r.get::<_, String>(0))?
-                        .map(|json| decode(id, "a step", &json?))
-                        .collect::<Result<Vec<Step>>>()?;
+                    let Rollout {
+                        plan, mut steps, ..
+                    } = new_rollout(id, head.kind, plan, head.no_rollback, head.created_ms);
+                    let rows = states
+                        .query_map([id], |r| Ok((r.get::<_, usize>(0)?, r.get::<_, String>(1)?)))?;
+                    for row in rows {
+                        let (i, json) = row?;
+                        let state: StepState = decode(id, "a step", &json)?;
+                        let made = steps.len();
+                        let step = steps.get_mut(i).ok_or_else(|| {
+                            Error::Internal(format!(
+                                "rollout {id} in the store has step {i}, beyond the {made} its plan makes"
+                            ))
+                        })?;
+                        state.apply(step);
+                    }
                     Ok(head.with(plan, steps))
                 })
                 .collect()
@@ -415,6 +473,14 @@ mod tests {
         assert_eq!(s.rollout(r.id).unwrap().as_ref(), Some(&r));
         r.steps[1].phase = StepPhase::Installing;
         r.steps[1].sent_ms = Some(5);
+        r.steps[1].session = Some(77);
+        r.steps[1].sends = 2;
+        r.steps[1].evidence = Some(Evidence {
+            gate: "health".into(),
+            detail: "HTTP 503".into(),
+            status_code: Some(503),
+            ..Evidence::default()
+        });
         r.status = RolloutStatus::RollingBack;
         r.updated_ms = 5;
         s.save_rollout(&RolloutSave::new(&r, &[1], vec![]).unwrap())
