@@ -34,7 +34,8 @@ pub enum Name {
     Sha,
     /// A real agent's idle RSS, and the release binaries' sizes.
     Agent,
-    /// The planner over 10,000 hosts x 50 services.
+    /// The planner over 10,000 hosts x 50 services, in process and
+    /// through `cutover plan`.
     Plan,
 }
 
@@ -95,7 +96,13 @@ pub async fn run(name: Name, agents: &[usize], dir: &Path) -> Result<()> {
         }
         Name::Agent => crate::pipeline::agent(&lab(ten)?).await,
         Name::Sha => crate::pipeline::sha(),
-        Name::Plan => crate::plan::plan(first(10000), 50),
+        Name::Plan => {
+            let n = first(10000);
+            crate::plan::plan(n, 50)?;
+            let lab = lab(ten)?;
+            enroll(&lab, n).await?;
+            crate::plan::through_cli(&lab, n, 50)
+        }
     }
 }
 
@@ -246,8 +253,7 @@ fn prepare(lab: &Lab, n: usize, max_parallel: usize) -> Result<String> {
     Ok(version)
 }
 
-/// The newest rollouts, as `cutover rollout list` gives them. Kept short:
-/// each listed rollout is read whole from the store.
+/// The newest rollouts, as `cutover rollout list` gives them.
 fn latest_rollouts(lab: &Lab, limit: usize) -> Result<serde_json::Value> {
     let out = lab.cli(&[
         "rollout",

@@ -1,5 +1,6 @@
-//! The planner over a fleet-sized input, in process: the controller's own
-//! `plan`, fed what its store would hold. No controller runs.
+//! The planner over a fleet-sized input: in process (the controller's own
+//! `plan`, fed what its store would hold), and end to end through
+//! `cutover plan` against the lab's controller.
 
 use std::time::{Duration, Instant};
 
@@ -86,6 +87,71 @@ pub fn plan(hosts: usize, services: usize) -> Result<()> {
         best.as_secs_f64() * 1000.0,
         with_json.as_secs_f64() * 1000.0,
         json.len() as f64 / MIB
+    );
+    Ok(())
+}
+
+/// `cutover plan --all` of a release of `services` services (a dependency
+/// chain) onto `hosts` enrolled hosts, through the real CLI and controller:
+/// the time until the CLI has the whole plan, and its size.
+pub fn through_cli(lab: &crate::lab::Lab, hosts: usize, services: usize) -> Result<()> {
+    use cutover_cli::bundle;
+    let version = format!("3.{services}.{hosts}");
+    let dir = lab.dir.join(format!("release-{version}"));
+    let release: Vec<bundle::Service> = (0..services)
+        .map(|i| bundle::Service {
+            name: format!("svc{i:02}"),
+            service_version: version.clone(),
+            depends_on: if i == 0 {
+                vec![]
+            } else {
+                vec![format!("svc{:02}", i - 1)]
+            },
+            files: vec![bundle::File::new(
+                "bin/svc",
+                format!("#!/bin/sh\n# svc{i:02}\n").into_bytes(),
+                0o755,
+            )],
+        })
+        .collect();
+    if lab.cli(&["release", "list"])?.contains(&version) {
+        // Imported by an earlier run of this benchmark in the kept lab.
+    } else {
+        let manifest = bundle::write_release(&dir, &version, &release, &bundle::Floor::default())
+            .map_err(|e| e.to_string())?;
+        let m = manifest.display().to_string();
+        let key = lab.dir.join("release.key").display().to_string();
+        lab.cli(&["release", "sign", &m, "--key", &key])?;
+        lab.cli(&["release", "import", &m])?;
+    }
+    let mut fleet = String::new();
+    for i in 0..services {
+        fleet.push_str(&format!(
+            "[services.svc{i:02}]\nlabels = [\"sim\"]\nrunner = \"process\"\ncommand = \"bin/svc\"\n[services.svc{i:02}.policy]\nmax_parallel = 1000\nmax_unavailable = 1000\n"
+        ));
+    }
+    for h in swarm::names(hosts) {
+        fleet.push_str(&format!("[hosts.{h}]\nlabels = [\"sim\"]\n"));
+    }
+    let path = lab.dir.join("fleet-plan.toml");
+    std::fs::write(&path, fleet).map_err(|e| e.to_string())?;
+    lab.cli(&["fleet", "apply", &path.display().to_string()])?;
+    let plan = ["plan", "--all", "--version", &version, "--allow-offline"];
+    let mut best = (Duration::MAX, Duration::MAX);
+    let (mut json_bytes, mut text_lines) = (0, 0);
+    for _ in 0..3 {
+        let t = Instant::now();
+        json_bytes = lab.cli(&[&plan[..], &["--output", "json"]].concat())?.len();
+        best.0 = best.0.min(t.elapsed());
+        let t = Instant::now();
+        text_lines = lab.cli(&plan)?.lines().count();
+        best.1 = best.1.min(t.elapsed());
+    }
+    println!(
+        "cutover plan {hosts} hosts x {services} services (all offline, --allow-offline): {:.0} ms for the {:.1} MiB JSON document, {:.0} ms for the {text_lines}-line text (best of 3, CLI process start to exit)",
+        best.0.as_secs_f64() * 1000.0,
+        json_bytes as f64 / MIB,
+        best.1.as_secs_f64() * 1000.0
     );
     Ok(())
 }

@@ -2,7 +2,7 @@
 //! reports it runs, the steps a rollout takes. Pure; the caller gathers the
 //! inputs and verifies the release first.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use cutover_core::fleet::{FleetConfig, ServiceConfig};
@@ -86,7 +86,9 @@ pub fn plan(req: &PlanRequest<'_>) -> Result<Plan, PlanError> {
         carried: Vec::new(),
         offline: Vec::new(),
     };
-    let mut offline = BTreeSet::new();
+    // Offline hosts that must move, marked by index: at fleet size a set
+    // of names searched per (host, service) dominates.
+    let mut offline = vec![false; req.hosts.len()];
     for (level, names) in levels.iter().enumerate() {
         for name in names {
             let svc = m
@@ -173,8 +175,8 @@ pub fn plan(req: &PlanRequest<'_>) -> Result<Plan, PlanError> {
                 if let Err(e) = &floors[i] {
                     return Err(err(e.clone()));
                 }
-                if !h.online && !offline.contains(&host) {
-                    offline.insert(host.clone());
+                if !h.online {
+                    offline[i] = true;
                 }
                 // Hosts that run the same identity share one copy of it.
                 let from = current.map(|c| match &shared {
@@ -205,13 +207,21 @@ pub fn plan(req: &PlanRequest<'_>) -> Result<Plan, PlanError> {
             });
         }
     }
+    let mut offline: Vec<String> = req
+        .hosts
+        .iter()
+        .zip(offline)
+        .filter(|(_, off)| *off)
+        .map(|(h, _)| h.name.clone())
+        .collect();
+    offline.sort_unstable();
     if !offline.is_empty() && !req.allow_offline {
         return Err(err(format!(
             "host(s) offline: {}; bring them back or pass --allow-offline (their steps wait for them until the step deadline)",
-            offline.iter().cloned().collect::<Vec<_>>().join(", ")
+            offline.join(", ")
         )));
     }
-    out.offline = offline.into_iter().collect();
+    out.offline = offline;
     Ok(out)
 }
 
