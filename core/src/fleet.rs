@@ -604,6 +604,16 @@ rollback_scope = "host"
 "#;
 
     #[test]
+    fn a_host_both_named_and_labelled_is_selected_once_in_order() {
+        let f = FleetConfig::parse(
+            "f.toml",
+            &GOOD.replace("hosts = [\"c\"]", "hosts = [\"b\", \"0\"]"),
+        )
+        .unwrap();
+        assert_eq!(f.hosts_of("api"), ["0", "a", "b"]);
+    }
+
+    #[test]
     fn parses_with_defaults_and_resolves_labels() {
         let f = FleetConfig::parse("fleet.toml", GOOD).unwrap();
         assert_eq!(f.hosts_of("api"), ["a", "b", "c"]);

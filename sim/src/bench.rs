@@ -229,13 +229,7 @@ fn prepare(lab: &Lab, n: usize, max_parallel: usize) -> Result<String> {
         depends_on: vec![],
         files: vec![bundle::File::new("bin/web", b"#!/bin/sh\n".to_vec(), 0o755)],
     };
-    let dir = lab.dir.join(format!("release-{version}"));
-    let manifest = bundle::write_release(&dir, &version, &[service], &bundle::Floor::default())
-        .map_err(|e| e.to_string())?;
-    let m = manifest.display().to_string();
-    let key = lab.dir.join("release.key").display().to_string();
-    lab.cli(&["release", "sign", &m, "--key", &key])?;
-    lab.cli(&["release", "import", &m])?;
+    lab.publish(&version, &[service])?;
     let hosts = swarm::names(n)
         .iter()
         .map(|h| format!("\"{h}\""))

@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use cutover_cli::bundle;
+
 use crate::swarm::{Result, Setup};
 
 pub struct Lab {
@@ -88,6 +90,19 @@ impl Lab {
                 String::from_utf8_lossy(&out.stderr).trim()
             ))
         }
+    }
+
+    /// Writes `services` as release `version` in the lab, signs it with the
+    /// lab's key and imports it; returns the release's manifest.
+    pub fn publish(&self, version: &str, services: &[bundle::Service]) -> Result<PathBuf> {
+        let dir = self.dir.join(format!("release-{version}"));
+        let manifest = bundle::write_release(&dir, version, services, &bundle::Floor::default())
+            .map_err(|e| e.to_string())?;
+        let m = manifest.display().to_string();
+        let key = self.dir.join("release.key").display().to_string();
+        self.cli(&["release", "sign", &m, "--key", &key])?;
+        self.cli(&["release", "import", &m])?;
+        Ok(manifest)
     }
 
     /// Starts the controller; returns once it answers operators.

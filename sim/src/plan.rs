@@ -97,32 +97,25 @@ pub fn plan(hosts: usize, services: usize) -> Result<()> {
 pub fn through_cli(lab: &crate::lab::Lab, hosts: usize, services: usize) -> Result<()> {
     use cutover_cli::bundle;
     let version = format!("3.{services}.{hosts}");
-    let dir = lab.dir.join(format!("release-{version}"));
-    let release: Vec<bundle::Service> = (0..services)
-        .map(|i| bundle::Service {
-            name: format!("svc{i:02}"),
-            service_version: version.clone(),
-            depends_on: if i == 0 {
-                vec![]
-            } else {
-                vec![format!("svc{:02}", i - 1)]
-            },
-            files: vec![bundle::File::new(
-                "bin/svc",
-                format!("#!/bin/sh\n# svc{i:02}\n").into_bytes(),
-                0o755,
-            )],
-        })
-        .collect();
-    if lab.cli(&["release", "list"])?.contains(&version) {
-        // Imported by an earlier run of this benchmark in the kept lab.
-    } else {
-        let manifest = bundle::write_release(&dir, &version, &release, &bundle::Floor::default())
-            .map_err(|e| e.to_string())?;
-        let m = manifest.display().to_string();
-        let key = lab.dir.join("release.key").display().to_string();
-        lab.cli(&["release", "sign", &m, "--key", &key])?;
-        lab.cli(&["release", "import", &m])?;
+    // A kept lab holds the release from an earlier run.
+    if !lab.cli(&["release", "list"])?.contains(&version) {
+        let release: Vec<bundle::Service> = (0..services)
+            .map(|i| bundle::Service {
+                name: format!("svc{i:02}"),
+                service_version: version.clone(),
+                depends_on: if i == 0 {
+                    vec![]
+                } else {
+                    vec![format!("svc{:02}", i - 1)]
+                },
+                files: vec![bundle::File::new(
+                    "bin/svc",
+                    format!("#!/bin/sh\n# svc{i:02}\n").into_bytes(),
+                    0o755,
+                )],
+            })
+            .collect();
+        lab.publish(&version, &release)?;
     }
     let mut fleet = String::new();
     for i in 0..services {

@@ -1,8 +1,9 @@
 //! The fleet config, rollouts and host inventories as reports update them.
-//! A rollout is three things in the store: its own fields (a row of
-//! `rollouts`, with its plan written once) and what changes of its steps
-//! (rows of `rollout_steps`; the rest of a step follows from the plan). A save writes the rollout's fields, the steps that
-//! changed and the events that explain them, in one transaction.
+//! A rollout is stored as a row of `rollouts` (its own fields, and its plan
+//! written once) and a row of `rollout_steps` per step holding what of the
+//! step changes as the rollout runs; the rest of a step follows from the
+//! plan. A save writes the rollout's fields, the steps that changed and the
+//! events that explain them, in one transaction.
 
 use cutover_core::rollout::{
     EventView, Evidence, Failure, Plan, Rollout, RolloutKind, RolloutStatus, RolloutSummary, Step,
@@ -381,8 +382,8 @@ impl Store {
         })
     }
 
-    /// Replaces one service in a host's stored inventory, as its report says.
-    /// Records what each (host, service) now runs, in one transaction.
+    /// Replaces each reported service in its host's stored inventory, in one
+    /// transaction.
     pub fn record_installed(&self, reported: &[(String, InstalledService)]) -> Result<()> {
         self.with(|c| {
             let tx = c.transaction()?;
