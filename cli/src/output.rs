@@ -8,10 +8,19 @@ pub enum Format {
     Json,
 }
 
+/// Streams `value` to stdout: a 10,000-host plan is tens of MiB of JSON.
 pub fn json<T: Serialize>(value: &T) {
-    match serde_json::to_string_pretty(value) {
-        Ok(s) => println!("{s}"),
-        Err(e) => eprintln!("cutover: cannot encode JSON: {e}"),
+    use std::io::Write;
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
+    let written = serde_json::to_writer_pretty(&mut out, value)
+        .map_err(std::io::Error::from)
+        .and_then(|()| writeln!(out))
+        .and_then(|()| out.flush());
+    match written {
+        // A closed pipe (`| head`) is the reader's choice, not an error.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+        Err(e) => eprintln!("cutover: cannot write JSON: {e}"),
+        Ok(()) => {}
     }
 }
 

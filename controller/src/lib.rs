@@ -33,6 +33,7 @@ pub struct Controller {
     pub revoked: RevokedHosts,
     pub artifacts: artifacts::ArtifactStore,
     pub rollouts: rollout::driver::Rollouts,
+    fleet: api::rollouts::ParsedFleet,
     inbox: std::sync::Mutex<Option<rollout::driver::Inbox>>,
 }
 
@@ -60,6 +61,7 @@ impl Controller {
             revoked,
             artifacts,
             rollouts,
+            fleet: Default::default(),
             inbox: std::sync::Mutex::new(Some(inbox)),
         }))
     }

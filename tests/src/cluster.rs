@@ -424,14 +424,14 @@ impl Cluster {
         let mut problem = |p: String| problems.push(format!("rollout {id}: {p}"));
         for plan in r["plan"]["services"].as_array().unwrap_or(&none) {
             let service = &plan["service"];
-            for host in plan["batches"]
+            // A batch is a list of runs: {"from", "hosts": [...]}.
+            let runs = plan["batches"]
                 .as_array()
                 .unwrap_or(&none)
                 .iter()
                 .filter_map(|b| b.as_array())
-                .flatten()
-            {
-                let host = &host["host"];
+                .flatten();
+            for host in runs.filter_map(|r| r["hosts"].as_array()).flatten() {
                 let n = steps
                     .iter()
                     .filter(|s| s["host"] == *host && s["service"] == *service)

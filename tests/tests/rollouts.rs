@@ -365,3 +365,29 @@ fn a_typo_in_the_fleet_config_is_named_and_nothing_is_stored() {
     );
     assert_eq!(f.cli(&["fleet", "show"]).ok().stdout, before);
 }
+
+#[test]
+fn a_plan_follows_the_fleet_config_applied_last() {
+    let f = world(&["api"], "");
+    f.sample_release("1.0.0", &[Svc::new("api", "1.0")], Floor::default());
+    let plan = ["plan", "api", "--version", "1.0.0"];
+    let text = f.cli(&plan).ok().stdout;
+    assert!(text.contains("canary    h1 (from nothing)"), "{text}");
+    // The controller keeps the parsed fleet config; a new one must replace it.
+    f.apply_fleet_text(&cutover_tests::sample::sample_fleet(
+        &HOSTS[1..],
+        &["api"],
+        "canary = 2",
+    ));
+    let text = f.cli(&plan).ok().stdout;
+    assert!(
+        text.contains("canary    h2, h3 (from nothing)") && !text.contains("h1"),
+        "{text}"
+    );
+    let json = f.cli_json(&plan);
+    assert_eq!(
+        json["services"][0]["batches"],
+        serde_json::json!([[{"hosts": ["h2", "h3"]}]]),
+        "{json}"
+    );
+}

@@ -1,7 +1,7 @@
 //! `cutover fleet apply|show`, `plan`, `upgrade`, `rollback`,
 //! `rollout list|show|watch|pause|resume|abort` and `events`.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::path::Path;
 use std::time::Duration;
 
@@ -105,12 +105,24 @@ fn ident(c: Option<&ContentIdentity>) -> String {
 }
 
 fn print_plan(plan: &Plan) {
-    println!("release {}", plan.release);
+    // A 10,000-host plan is half a million moves: one buffered writer, and
+    // each run of hosts that move from the same identity says it once.
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
+    // A closed pipe (`cutover plan | head`) is not an error worth a panic.
+    let _ = write_plan(&mut out, plan).and_then(|()| out.flush());
+}
+
+fn write_plan(out: &mut impl Write, plan: &Plan) -> std::io::Result<()> {
+    writeln!(out, "release {}", plan.release)?;
     if plan.services.is_empty() {
-        println!("nothing to do: every host already runs this release's services");
+        writeln!(
+            out,
+            "nothing to do: every host already runs this release's services"
+        )?;
     }
     for s in &plan.services {
-        println!(
+        writeln!(
+            out,
             "\nlevel {}  {}  -> {} ({}, artifact {} {})",
             s.level,
             s.service,
@@ -118,39 +130,48 @@ fn print_plan(plan: &Plan) {
             s.target.release,
             output::short(&s.sha256),
             output::bytes(s.size)
-        );
+        )?;
         for (i, batch) in s.batches.iter().enumerate() {
             let label = if i == 0 && !s.swap_back {
                 "canary".to_string()
             } else {
                 format!("batch {i}")
             };
-            let hosts: Vec<String> = batch
-                .iter()
-                .map(|m| format!("{} (from {})", m.host, ident(m.from.as_deref())))
-                .collect();
-            println!("  {label:<9} {}", hosts.join(", "));
+            write!(out, "  {label:<9} ")?;
+            for (j, m) in batch.iter().enumerate() {
+                out.write_all(m.host.as_bytes())?;
+                let from = m.from.as_deref();
+                match batch.get(j + 1) {
+                    Some(next) if next.from.as_deref() == from => out.write_all(b", ")?,
+                    Some(_) => write!(out, " (from {}); ", ident(from))?,
+                    None => write!(out, " (from {})", ident(from))?,
+                }
+            }
+            writeln!(out)?;
         }
         if !s.unchanged.is_empty() {
-            println!(
+            writeln!(
+                out,
                 "  {:<9} {} (already at the target)",
                 "unchanged",
                 s.unchanged.join(", ")
-            );
+            )?;
         }
     }
     if !plan.carried.is_empty() {
-        println!("\ncarried (will not move):");
+        writeln!(out, "\ncarried (will not move):")?;
         for c in &plan.carried {
-            println!("  {} {}: {}", c.service, c.service_version, c.reason);
+            writeln!(out, "  {} {}: {}", c.service, c.service_version, c.reason)?;
         }
     }
     if !plan.offline.is_empty() {
-        println!(
+        writeln!(
+            out,
             "\noffline hosts allowed: {} (their steps wait until the step deadline)",
             plan.offline.join(", ")
-        );
+        )?;
     }
+    Ok(())
 }
 
 pub struct UpgradeArgs {

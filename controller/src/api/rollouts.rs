@@ -34,14 +34,39 @@ pub async fn apply_fleet(c: &Controller, file: &str, toml: String) -> Result<Fle
     Ok(fleet)
 }
 
-async fn fleet(c: &Controller) -> Result<FleetConfig> {
+/// The stored fleet config, parsed. A 10,000-host config takes tens of
+/// milliseconds to parse, so the parse is kept until the stored text
+/// changes; comparing the text keeps the cache exact whoever wrote it.
+#[derive(Default)]
+pub struct ParsedFleet(std::sync::Mutex<Option<(String, Arc<FleetConfig>)>>);
+
+impl ParsedFleet {
+    fn get(&self, toml: &str) -> Option<Arc<FleetConfig>> {
+        let cached = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        cached
+            .as_ref()
+            .filter(|(text, _)| text == toml)
+            .map(|(_, fleet)| fleet.clone())
+    }
+
+    fn put(&self, toml: String, fleet: Arc<FleetConfig>) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some((toml, fleet));
+    }
+}
+
+async fn fleet(c: &Controller) -> Result<Arc<FleetConfig>> {
     let stored = c.store.run(|s| s.fleet()).await?;
     let (toml, _) = stored.ok_or_else(|| {
         Error::Invalid(
             "no fleet config yet; apply one with `cutover fleet apply FLEET.toml`".into(),
         )
     })?;
-    FleetConfig::parse("stored fleet config", &toml).map_err(Error::from)
+    if let Some(fleet) = c.fleet.get(&toml) {
+        return Ok(fleet);
+    }
+    let fleet = Arc::new(FleetConfig::parse("stored fleet config", &toml)?);
+    c.fleet.put(toml, fleet.clone());
+    Ok(fleet)
 }
 
 /// A channel name, an exact version, or "" for the default channel.
@@ -157,8 +182,10 @@ pub async fn rollback(
     let mut moves = Vec::new();
     let mut offline = Vec::new();
     let mut target = None;
+    let by_name: std::collections::HashMap<&str, &HostState> =
+        hosts.iter().map(|h| (h.name.as_str(), h)).collect();
     for name in fleet.hosts_of(&service) {
-        let Some(h) = hosts.iter().find(|h| h.name == name) else {
+        let Some(h) = by_name.get(name.as_str()) else {
             continue;
         };
         let Some(s) = h.installed.iter().find(|s| s.name == service) else {
