@@ -54,16 +54,26 @@ fn io_at(path: &Path) -> impl FnOnce(io::Error) -> ExtractError + '_ {
 /// Unpacks `archive` into `dest`, which must not exist yet. On error the
 /// caller removes `dest`; nothing outside it is ever written.
 pub fn unpack(archive: &Path, dest: &Path, limits: Limits) -> Result<Unpacked, ExtractError> {
-    let mut file = BufReader::new(fs::File::open(archive).map_err(io_at(archive))?);
+    let file = fs::File::open(archive).map_err(io_at(archive))?;
+    unpack_reader(file, dest, limits)
+}
+
+/// Unpacks the archive `bytes` yields, as [`unpack`] does a file.
+pub fn unpack_reader(
+    bytes: impl Read,
+    dest: &Path,
+    limits: Limits,
+) -> Result<Unpacked, ExtractError> {
+    let mut bytes = BufReader::with_capacity(256 * 1024, bytes);
     let gz = {
         use std::io::BufRead;
-        let head = file.fill_buf().map_err(io_at(archive))?;
+        let head = bytes.fill_buf().map_err(ExtractError::Corrupt)?;
         head.starts_with(&[0x1f, 0x8b])
     };
     let reader: Box<dyn Read> = if gz {
-        Box::new(flate2::bufread::MultiGzDecoder::new(file))
+        Box::new(flate2::bufread::MultiGzDecoder::new(bytes))
     } else {
-        Box::new(file)
+        Box::new(bytes)
     };
     fs::create_dir(dest).map_err(io_at(dest))?;
     unpack_from(reader, dest, limits)

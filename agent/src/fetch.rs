@@ -1,11 +1,15 @@
 //! Downloads an artifact from the controller by digest into
-//! `downloads/<sha256>.part`, hashing as it writes. A broken connection
-//! resumes from the bytes already on disk; the result is accepted only if
-//! both size and SHA-256 match what the signed release pins.
+//! `downloads/<sha256>.part`, hashing as it writes and, for the one-pass
+//! install, handing each chunk on to the extractor ([`crate::pipeline`]).
+//! A broken connection resumes from the bytes already on disk; the result
+//! is accepted only if both size and SHA-256 match what the signed release
+//! pins.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use tokio::sync::mpsc;
 
 use cutover_core::digest::Hasher;
 use cutover_core::rollout::Evidence;
@@ -34,6 +38,31 @@ pub struct Fetched {
     pub attempts: u32,
 }
 
+/// Where the artifact's bytes go besides the `.part` file, in order from
+/// its first byte (a resumed download sends what was on disk first). The
+/// reader may stop early (an archive the extractor refused); the download
+/// still runs to the end, so the digest can tell bad bytes from a bad
+/// archive.
+pub struct Tee(Option<mpsc::Sender<Vec<u8>>>);
+
+impl Tee {
+    pub fn none() -> Tee {
+        Tee(None)
+    }
+
+    pub fn to(tx: mpsc::Sender<Vec<u8>>) -> Tee {
+        Tee(Some(tx))
+    }
+
+    async fn send(&mut self, chunk: Vec<u8>) {
+        if let Some(tx) = &self.0 {
+            if tx.send(chunk).await.is_err() {
+                self.0 = None;
+            }
+        }
+    }
+}
+
 const ATTEMPTS: u32 = 30;
 
 pub fn part_path(data_dir: &Path, sha256: &Sha256Digest) -> PathBuf {
@@ -42,27 +71,22 @@ pub fn part_path(data_dir: &Path, sha256: &Sha256Digest) -> PathBuf {
         .join(format!("{}.part", sha256.to_hex()))
 }
 
-fn gate(gate: &str, detail: String) -> Evidence {
-    Evidence {
-        gate: gate.into(),
-        detail,
-        ..Evidence::default()
-    }
-}
-
-/// Fetches into the `.part` file and verifies it. On a mismatch the file
-/// is deleted so the next attempt starts clean.
+/// Fetches into the `.part` file and verifies it, passing every byte to
+/// `tee` as well. On a mismatch the file is deleted so the next attempt
+/// starts clean.
 pub async fn fetch(
     source: &dyn Source,
     data_dir: &Path,
     sha256: &Sha256Digest,
     size: u64,
+    mut tee: Tee,
 ) -> Result<(PathBuf, Fetched), Evidence> {
     let part = part_path(data_dir, sha256);
     let dir = part.parent().expect("part path has a parent");
-    std::fs::create_dir_all(dir).map_err(|e| gate("fetch", format!("{}: {e}", dir.display())))?;
-    let (mut file, mut hasher) =
-        resume(&part, size).map_err(|e| gate("fetch", format!("{}: {e}", part.display())))?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Evidence::new("fetch", format!("{}: {e}", dir.display())))?;
+    let on_part = |e: std::io::Error| Evidence::new("fetch", format!("{}: {e}", part.display()));
+    let (mut file, mut hasher) = resume(&part, size, &mut tee).await.map_err(on_part)?;
     let mut out = Fetched {
         resumed_from: hasher.len(),
         ..Fetched::default()
@@ -92,12 +116,12 @@ pub async fn fetch(
                     if hasher.len() + data.len() as u64 > size {
                         drop(file);
                         let _ = std::fs::remove_file(&part);
-                        return Err(gate("verify", format!("artifact {sha256} is larger than the {size} bytes the release pins")));
+                        return Err(Evidence::new("verify", format!("artifact {sha256} is larger than the {size} bytes the release pins")));
                     }
-                    file.write_all(&data)
-                        .map_err(|e| gate("fetch", format!("{}: {e}", part.display())))?;
+                    file.write_all(&data).map_err(on_part)?;
                     hasher.update(&data);
                     out.transferred += data.len() as u64;
+                    tee.send(data).await;
                 }
                 Err(e) => {
                     last_error = e;
@@ -109,12 +133,12 @@ pub async fn fetch(
             last_error = "the controller ended the stream early".into();
         }
     }
-    file.sync_all()
-        .map_err(|e| gate("fetch", format!("{}: {e}", part.display())))?;
+    // Not synced: the file only lets a restarted agent resume, and bytes a
+    // crash garbled fail the digest then, which starts the download over.
     drop(file);
     let (digest, len) = hasher.finish();
     if len < size {
-        return Err(gate(
+        return Err(Evidence::new(
             "fetch",
             format!(
                 "artifact {sha256}: got {len} of {size} bytes after {} attempts: {last_error}",
@@ -124,7 +148,7 @@ pub async fn fetch(
     }
     if digest != *sha256 {
         let _ = std::fs::remove_file(&part);
-        return Err(gate(
+        return Err(Evidence::new(
             "verify",
             format!("artifact bytes hash to {digest}, but the release pins {sha256}; refused"),
         ));
@@ -132,21 +156,24 @@ pub async fn fetch(
     Ok((part, out))
 }
 
-/// Opens the `.part` file for appending and hashes what it already holds.
-fn resume(part: &Path, size: u64) -> std::io::Result<(std::fs::File, Hasher)> {
+/// Opens the `.part` file for appending, hashing what it already holds
+/// and passing it to `tee`.
+async fn resume(part: &Path, size: u64, tee: &mut Tee) -> std::io::Result<(std::fs::File, Hasher)> {
     let mut hasher = Hasher::new();
     if let Ok(mut f) = std::fs::File::open(part) {
         if f.metadata()?.len() > size {
             drop(f);
             std::fs::remove_file(part)?;
         } else {
-            let mut buf = vec![0u8; 1 << 20];
             loop {
+                let mut buf = vec![0u8; cutover_proto::CHUNK_BYTES];
                 let n = f.read(&mut buf)?;
                 if n == 0 {
                     break;
                 }
-                hasher.update(&buf[..n]);
+                buf.truncate(n);
+                hasher.update(&buf);
+                tee.send(buf).await;
             }
         }
     }
@@ -210,7 +237,7 @@ mod tests {
         let data = b"0123456789abcdef".to_vec();
         let sha = Sha256Digest::of(&data);
         let src = flaky(&data, 2);
-        let (path, f) = fetch(&src, dir.path(), &sha, data.len() as u64)
+        let (path, f) = fetch(&src, dir.path(), &sha, data.len() as u64, Tee::none())
             .await
             .unwrap();
         assert_eq!(std::fs::read(path).unwrap(), data);
@@ -223,14 +250,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let data = b"0123456789".to_vec();
         let pinned = Sha256Digest::of(b"something else");
-        let e = fetch(&flaky(&data, 0), dir.path(), &pinned, 10)
+        let e = fetch(&flaky(&data, 0), dir.path(), &pinned, 10, Tee::none())
             .await
             .unwrap_err();
         assert_eq!(e.gate, "verify");
         assert!(!part_path(dir.path(), &pinned).exists());
-        let e = fetch(&flaky(&data, 0), dir.path(), &Sha256Digest::of(&data), 5)
-            .await
-            .unwrap_err();
+        let e = fetch(
+            &flaky(&data, 0),
+            dir.path(),
+            &Sha256Digest::of(&data),
+            5,
+            Tee::none(),
+        )
+        .await
+        .unwrap_err();
         assert!(e.detail.contains("larger than"), "{}", e.detail);
     }
 }

@@ -13,6 +13,7 @@ pub mod health;
 pub mod identity;
 pub mod install;
 pub mod journal;
+pub mod pipeline;
 pub mod runner;
 pub mod runtime;
 pub mod session;

@@ -89,6 +89,17 @@ pub struct Evidence {
     pub probes: u32,
 }
 
+impl Evidence {
+    /// The gate that said no and why, with nothing measured.
+    pub fn new(gate: &str, detail: impl Into<String>) -> Evidence {
+        Evidence {
+            gate: gate.into(),
+            detail: detail.into(),
+            ..Evidence::default()
+        }
+    }
+}
+
 /// An agent's answer to one command.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Report {

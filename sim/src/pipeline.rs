@@ -14,8 +14,9 @@ use crate::swarm::{self, Result};
 
 const MIB: f64 = 1024.0 * 1024.0;
 
-/// Fetch from the controller + verify + unpack, as the agent does it, of a
-/// tarball of about `mb` MiB; then `sha256sum` and `tar xzf` of that file.
+/// Fetch from the controller + verify + unpack, through the agent's own
+/// one-pass pipeline, of a tarball of about `mb` MiB; then `sha256sum` and
+/// `tar xzf` of that file.
 /// Both sides read warm from the page cache.
 pub async fn pipeline(lab: &Lab, mb: usize) -> Result<()> {
     swarm::enroll(&lab.setup, &swarm::names(1), 1).await?;
@@ -52,21 +53,21 @@ pub async fn pipeline(lab: &Lab, mb: usize) -> Result<()> {
         .map_err(|e| e.to_string())?;
     // Both sides read the same bytes warm from the page cache: the
     // controller its stored copy, the tools the local one.
-    let t = Instant::now();
-    let (part, _) = cutover_agent::fetch::fetch(&source, &data, &sha, size)
-        .await
-        .map_err(|e| format!("fetch: {}", e.detail))?;
-    let fetched = t.elapsed();
-    let dest = data.join("unpacked");
     let limits = cutover_agent::extract::Limits {
         max_bytes: 64 << 30,
         max_entries: 1_000_000,
     };
-    let unpacked = tokio::task::spawn_blocking(move || {
-        cutover_agent::extract::unpack(&part, &dest, limits).map_err(|e| e.to_string())
-    })
+    let t = Instant::now();
+    let (_, unpacked) = cutover_agent::pipeline::fetch_and_unpack(
+        &source,
+        &data,
+        &sha,
+        size,
+        &data.join("unpacked"),
+        limits,
+    )
     .await
-    .map_err(|e| e.to_string())??;
+    .map_err(|e| format!("{}: {}", e.gate, e.detail))?;
     let agent = t.elapsed();
 
     let tools = data.join("tools");
@@ -80,10 +81,9 @@ pub async fn pipeline(lab: &Lab, mb: usize) -> Result<()> {
         .arg(&tools))?;
     let baseline = t.elapsed();
     println!(
-        "install pipeline {:.0} MiB tarball ({:.0} MiB unpacked): agent fetch+verify {:.2} s + unpack = {:.2} s; sha256sum + tar xzf (local file, no network) {:.2} s; ratio {:.2}",
+        "install pipeline {:.0} MiB tarball ({:.0} MiB unpacked): agent fetch+verify+unpack in one pass {:.2} s; sha256sum + tar xzf (local file, no network) {:.2} s; ratio {:.2}",
         size as f64 / MIB,
         unpacked.bytes as f64 / MIB,
-        fetched.as_secs_f64(),
         agent.as_secs_f64(),
         baseline.as_secs_f64(),
         agent.as_secs_f64() / baseline.as_secs_f64()

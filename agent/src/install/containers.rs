@@ -8,7 +8,7 @@ use std::sync::Arc;
 use cutover_core::fleet::RunnerKind;
 use cutover_core::rollout::{Evidence, InstallCommand};
 
-use super::{failure, Installer};
+use super::Installer;
 use crate::docker::Engine;
 use crate::fetch;
 use crate::journal::Slot;
@@ -26,7 +26,11 @@ impl Installer {
         if let Some(e) = engine.as_ref() {
             return Ok(e.clone());
         }
-        let connected = Arc::new(Engine::connect().await.map_err(|e| failure("docker", e))?);
+        let connected = Arc::new(
+            Engine::connect()
+                .await
+                .map_err(|e| Evidence::new("docker", e))?,
+        );
         *engine = Some(connected.clone());
         Ok(connected)
     }
@@ -34,7 +38,7 @@ impl Installer {
     /// Makes the engine hold the pinned image; returns the bytes fetched.
     pub(super) async fn prepare_image(&self, c: &InstallCommand) -> Result<u64, Evidence> {
         let image = c.image.as_ref().ok_or_else(|| {
-            failure(
+            Evidence::new(
                 "config",
                 format!("service {}: a docker service needs an image", c.service),
             )
@@ -45,7 +49,7 @@ impl Installer {
         }
         if c.size == 0 {
             let reference = image.reference.as_deref().ok_or_else(|| {
-                failure(
+                Evidence::new(
                     "fetch",
                     format!(
                         "image {} is neither delivered as a tarball nor given a registry reference",
@@ -56,11 +60,17 @@ impl Installer {
             engine
                 .pull(reference, &image.id)
                 .await
-                .map_err(|e| failure("verify", e))?;
+                .map_err(|e| Evidence::new("verify", e))?;
             return Ok(0);
         }
-        let (part, fetched) =
-            fetch::fetch(self.source.as_ref(), &self.data_dir, &c.sha256, c.size).await?;
+        let (part, fetched) = fetch::fetch(
+            self.source.as_ref(),
+            &self.data_dir,
+            &c.sha256,
+            c.size,
+            fetch::Tee::none(),
+        )
+        .await?;
         let p = part.clone();
         let carried = tokio::task::spawn_blocking(move || {
             std::fs::File::open(&p)
@@ -68,12 +78,12 @@ impl Installer {
                 .and_then(cutover_core::image::image_id)
         })
         .await
-        .map_err(|e| failure("verify", e.to_string()))?;
+        .map_err(|e| Evidence::new("verify", e.to_string()))?;
         match carried {
             Ok(id) if id == image.id => {}
             Ok(id) => {
                 let _ = std::fs::remove_file(&part);
-                return Err(failure(
+                return Err(Evidence::new(
                     "verify",
                     format!(
                         "image tarball holds image {}, but the release pins {}; refused",
@@ -84,12 +94,15 @@ impl Installer {
             }
             Err(e) => {
                 let _ = std::fs::remove_file(&part);
-                return Err(failure("verify", format!("image tarball refused: {e}")));
+                return Err(Evidence::new(
+                    "verify",
+                    format!("image tarball refused: {e}"),
+                ));
             }
         }
         let loaded = engine.load(&part, &image.id).await;
         let _ = std::fs::remove_file(&part);
-        loaded.map_err(|e| failure("verify", e))?;
+        loaded.map_err(|e| Evidence::new("verify", e))?;
         Ok(fetched.transferred)
     }
 
@@ -107,7 +120,7 @@ impl Installer {
         } else {
             engine.replace(service, &new.config, &new.sha256).await
         };
-        result.map_err(|e| failure("start", e))
+        result.map_err(|e| Evidence::new("start", e))
     }
 
     pub(super) async fn container_status(&self, slot: &Slot, service: &str) -> RunStatus {

@@ -14,10 +14,11 @@ use cutover_core::rollout::{Command, Evidence, InstallCommand, Report, RollbackC
 use cutover_core::views::{now_ms, InstalledService};
 use tokio::sync::mpsc;
 
-use crate::extract::{self, Limits};
-use crate::fetch::{self, Source};
+use crate::extract::Limits;
+use crate::fetch::Source;
 use crate::health::{HealthWindow, Prober, Verdict};
 use crate::journal::{self, Journal, Op, Slot, Stage};
+use crate::pipeline;
 use crate::runner::{RunStatus, Runners};
 
 mod containers;
@@ -88,14 +89,6 @@ pub struct Installer {
 /// Reports waiting for a session to carry them.
 pub type Outbox = mpsc::UnboundedReceiver<Report>;
 
-fn failure(gate: &str, detail: impl Into<String>) -> Evidence {
-    Evidence {
-        gate: gate.into(),
-        detail: detail.into(),
-        ..Evidence::default()
-    }
-}
-
 impl Installer {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
@@ -158,7 +151,7 @@ impl Installer {
 
     fn save(&self, j: &Journal) -> Result<(), Evidence> {
         j.save(&self.data_dir)
-            .map_err(|e| failure("journal", format!("cannot write the journal: {e}")))
+            .map_err(|e| Evidence::new("journal", format!("cannot write the journal: {e}")))
     }
 
     async fn status(&self, slot: &Slot, service: &str) -> RunStatus {
@@ -367,7 +360,7 @@ impl Installer {
             Err(e) => {
                 return (
                     false,
-                    Some(failure("config", format!("service {service}: {e}"))),
+                    Some(Evidence::new("config", format!("service {service}: {e}"))),
                     0,
                     false,
                 )
@@ -428,44 +421,34 @@ impl Installer {
     }
 
     /// Makes `releases/<sha256>/` exist: from the cache, or fetched,
-    /// verified and unpacked. Returns the bytes fetched.
+    /// verified and unpacked in one pass. Returns the bytes fetched.
     async fn prepare(&self, c: &InstallCommand) -> Result<u64, Evidence> {
         let dest = journal::release_dir(&self.data_dir, &c.sha256);
         if dest.is_dir() {
             return Ok(0);
         }
-        let (part, fetched) =
-            fetch::fetch(self.source.as_ref(), &self.data_dir, &c.sha256, c.size).await?;
         let staging =
             dest.with_file_name(format!(".tmp-{}-{}", c.sha256.to_hex(), std::process::id()));
         let _ = std::fs::remove_dir_all(&staging);
         if let Some(parent) = staging.parent() {
             std::fs::create_dir_all(parent)
-                .map_err(|e| failure("unpack", format!("{}: {e}", parent.display())))?;
+                .map_err(|e| Evidence::new("unpack", format!("{}: {e}", parent.display())))?;
         }
-        let limits = self.limits;
-        let (p, s) = (part.clone(), staging.clone());
-        let unpacked = tokio::task::spawn_blocking(move || extract::unpack(&p, &s, limits))
-            .await
-            .map_err(|e| failure("unpack", e.to_string()))?;
-        match unpacked {
-            Ok(u) => {
-                tracing::info!(service = %c.service, files = u.files, bytes = u.bytes, "unpacked")
-            }
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(&staging);
-                let _ = std::fs::remove_file(&part);
-                return Err(failure(
-                    "unpack",
-                    format!("artifact {} refused: {e}", c.sha256),
-                ));
-            }
-        }
+        let (fetched, unpacked) = pipeline::fetch_and_unpack(
+            self.source.as_ref(),
+            &self.data_dir,
+            &c.sha256,
+            c.size,
+            &staging,
+            self.limits,
+        )
+        .await?;
+        tracing::info!(service = %c.service, files = unpacked.files, bytes = unpacked.bytes, "unpacked");
+        // Verified: only now does the release appear under its digest.
         std::fs::rename(&staging, &dest).map_err(|e| {
             let _ = std::fs::remove_dir_all(&staging);
-            failure("unpack", format!("{}: {e}", dest.display()))
+            Evidence::new("unpack", format!("{}: {e}", dest.display()))
         })?;
-        let _ = std::fs::remove_file(&part);
         Ok(fetched.transferred)
     }
 
@@ -499,7 +482,7 @@ impl Installer {
             }
         }
         journal::switch_current(&self.data_dir, &service, &new.sha256)
-            .map_err(|e| failure("swap", e.to_string()))?;
+            .map_err(|e| Evidence::new("swap", e.to_string()))?;
         let old = j.current.replace(new.clone());
         if old.as_ref().map(|o| o.sha256) != Some(new.sha256) {
             j.previous = old;
@@ -509,7 +492,7 @@ impl Installer {
         self.runners
             .for_config(&new.config)
             .start(&service, &dir, &new.config)
-            .map_err(|e| failure("start", e.to_string()))
+            .map_err(|e| Evidence::new("start", e.to_string()))
     }
 
     /// Probes until healthy or the deadline. With `instant`, one passing
@@ -521,7 +504,7 @@ impl Installer {
         instant: bool,
     ) -> Result<(), Evidence> {
         let Some(slot) = j.current.clone() else {
-            return Err(failure("health", "nothing installed"));
+            return Err(Evidence::new("health", "nothing installed"));
         };
         let min = if instant {
             Duration::ZERO
@@ -550,7 +533,7 @@ impl Installer {
             if !instant && self.rollback_waiting(&j.service) {
                 let mut e = window
                     .last_failure(Instant::now())
-                    .unwrap_or_else(|| failure("health", "not yet healthy"));
+                    .unwrap_or_else(|| Evidence::new("health", "not yet healthy"));
                 e.detail = format!(
                     "{} (checks stopped: the controller asked for a rollback)",
                     e.detail
@@ -561,7 +544,7 @@ impl Installer {
             {
                 let mut e = window
                     .last_failure(Instant::now())
-                    .unwrap_or_else(|| failure("health", "failing"));
+                    .unwrap_or_else(|| Evidence::new("health", "failing"));
                 e.detail = format!(
                     "{} (controller unreachable for {}s)",
                     e.detail,
@@ -581,7 +564,7 @@ impl Installer {
             return engine
                 .recover(service, &slot.config, &slot.sha256)
                 .await
-                .map_err(|e| failure("start", e));
+                .map_err(|e| Evidence::new("start", e));
         }
         let runner = self.runners.for_config(&slot.config);
         let dir = self.release_dir(slot);
@@ -592,7 +575,7 @@ impl Installer {
         let _ = runner.stop(service, &slot.config);
         runner
             .start(service, &dir, &slot.config)
-            .map_err(|e| failure("start", e.to_string()))
+            .map_err(|e| Evidence::new("start", e.to_string()))
     }
 
     /// One round: the service must run, then every check must pass.
@@ -600,7 +583,7 @@ impl Installer {
         let st = self.status(slot, service).await;
         if !st.running {
             let how = st.last_exit.unwrap_or_else(|| "not running".into());
-            let mut e = failure(
+            let mut e = Evidence::new(
                 "start",
                 format!("service is not running: {how} (restarts: {})", st.restarts),
             );
@@ -637,7 +620,7 @@ impl Installer {
         let Some(previous) = j.previous.clone() else {
             return (
                 false,
-                Some(failure(
+                Some(Evidence::new(
                     "rollback",
                     "no previous release on this host to go back to",
                 )),

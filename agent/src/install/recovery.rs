@@ -206,10 +206,16 @@ impl Installer {
         let Ok(entries) = std::fs::read_dir(self.data_dir.join("releases")) else {
             return;
         };
+        // Staging directories are `.tmp-<sha256>-<pid>`; one of another
+        // process is what a killed agent was unpacking.
+        let ours = format!("-{}", std::process::id());
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
             if name.len() == 64 && !keep.contains(&name) {
                 tracing::info!(release = %name, "removing release no service needs");
+                let _ = std::fs::remove_dir_all(e.path());
+            } else if name.starts_with(".tmp-") && !name.ends_with(&ours) {
+                tracing::info!(staging = %name, "removing what an earlier agent left unpacking");
                 let _ = std::fs::remove_dir_all(e.path());
             }
         }

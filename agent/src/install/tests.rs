@@ -234,6 +234,28 @@ async fn installs_then_carries_an_unchanged_digest_without_fetch_or_restart() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn what_a_killed_agent_left_half_unpacked_is_removed_and_this_agents_install_lands() {
+    let mut h = harness();
+    let releases = h.installer.data_dir.join("releases");
+    let v1 = artifact(&h.world, "1");
+    // pid 1 is never this test's process.
+    let left = releases.join(format!(".tmp-{}-1", v1.0.to_hex()));
+    std::fs::create_dir_all(left.join("data")).unwrap();
+    let r = h.run(install("c1", "1", v1)).await;
+    assert!(r.ok, "{r:?}");
+    let names: Vec<String> = std::fs::read_dir(&releases)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, [v1.0.to_hex()]);
+    assert_eq!(
+        std::fs::read_to_string(releases.join(v1.0.to_hex()).join("VERSION")).unwrap(),
+        "1"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_repeated_command_id_is_answered_from_the_journal() {
     let mut h = harness();
     let v1 = artifact(&h.world, "1");

@@ -215,10 +215,8 @@ fn expire(live: &mut Live, now: i64, online: &dyn Online, fx: &mut Vec<Effect>) 
             )
         };
         let evidence = Evidence {
-            gate: gate.into(),
-            detail,
             elapsed_ms: (now - sent) as u64,
-            ..Evidence::default()
+            ..Evidence::new(gate, detail)
         };
         match s.phase {
             StepPhase::Installing => fail(live, i, evidence, false, now, fx),
