@@ -133,8 +133,9 @@ pub async fn fetch(
             last_error = "the controller ended the stream early".into();
         }
     }
-    // Not synced: the file only lets a restarted agent resume, and bytes a
-    // crash garbled fail the digest then, which starts the download over.
+    // Not synced: the file only lets a restarted agent resume. A sync here
+    // would not cover a crash mid-download anyway; bytes a crash garbled
+    // fail the digest, which deletes the file.
     drop(file);
     let (digest, len) = hasher.finish();
     if len < size {
