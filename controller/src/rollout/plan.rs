@@ -89,6 +89,8 @@ pub fn plan(req: &PlanRequest<'_>) -> Result<Plan, PlanError> {
     // Offline hosts that must move, marked by index: at fleet size a set
     // of names searched per (host, service) dominates.
     let mut offline = vec![false; req.hosts.len()];
+    type Selection<'a> = (&'a Vec<String>, &'a Vec<String>);
+    let mut selections: HashMap<Selection<'_>, Result<Vec<usize>, String>> = HashMap::new();
     for (level, names) in levels.iter().enumerate() {
         for name in names {
             let svc = m
@@ -145,18 +147,31 @@ pub fn plan(req: &PlanRequest<'_>) -> Result<Plan, PlanError> {
                 };
                 (target, tarball.sha256, tarball.size, None)
             };
-            let selected = req.fleet.hosts_of(name);
+            // Services selected the same way run on the same hosts: at
+            // fleet size, resolving each selection once saves a name
+            // lookup per (host, service).
+            let selected = selections
+                .entry((&config.labels, &config.hosts))
+                .or_insert_with(|| {
+                    req.fleet
+                        .hosts_of(name)
+                        .into_iter()
+                        .map(|host| hosts.get(host.as_str()).copied().ok_or(host))
+                        .collect::<Result<Vec<usize>, String>>()
+                })
+                .as_ref()
+                .map_err(|host| {
+                    err(format!(
+                        "the fleet config runs {name:?} on host {host:?}, which is not enrolled; enroll it or remove it from the fleet config"
+                    ))
+                })?;
             let mut moves = Vec::with_capacity(selected.len());
             let mut unchanged = Vec::new();
             let mut shared: Option<Arc<ContentIdentity>> = None;
             let running = running.get(name.as_str());
-            for host in selected {
-                let Some(&i) = hosts.get(host.as_str()) else {
-                    return Err(err(format!(
-                        "the fleet config runs {name:?} on host {host:?}, which is not enrolled; enroll it or remove it from the fleet config"
-                    )));
-                };
+            for &i in selected {
                 let h = &req.hosts[i];
+                let host = &h.name;
                 if h.revoked {
                     return Err(err(format!(
                         "the fleet config runs {name:?} on host {host:?}, which is revoked; remove it from the fleet config"
@@ -169,7 +184,7 @@ pub fn plan(req: &PlanRequest<'_>) -> Result<Plan, PlanError> {
                     None => false,
                 };
                 if at_target {
-                    unchanged.push(host);
+                    unchanged.push(host.clone());
                     continue;
                 }
                 if let Err(e) = &floors[i] {
@@ -183,7 +198,10 @@ pub fn plan(req: &PlanRequest<'_>) -> Result<Plan, PlanError> {
                     Some(s) if **s == *c => s.clone(),
                     _ => shared.insert(Arc::new(c.clone())).clone(),
                 });
-                moves.push(HostMove { host, from });
+                moves.push(HostMove {
+                    host: host.clone(),
+                    from,
+                });
             }
             if moves.is_empty() {
                 out.carried.push(Carried {
