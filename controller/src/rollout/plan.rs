@@ -483,6 +483,26 @@ max_unavailable = 2
     }
 
     #[test]
+    fn services_selected_differently_each_get_their_own_hosts() {
+        let mut f = fleet();
+        // db: labelled hosts plus a named one; api: the label alone.
+        f.services.get_mut("db").unwrap().hosts = vec!["h5".into()];
+        f.hosts.remove("h4");
+        let hosts: Vec<_> = ["h1", "h2", "h3", "h4", "h5"]
+            .iter()
+            .map(|h| host(h, true, &[]))
+            .collect();
+        let p = plan(&req(&manifest(""), &f, &hosts)).unwrap();
+        let moved = |i: usize| -> Vec<String> {
+            let s: &ServicePlan = &p.services[i];
+            s.batches.iter().flatten().map(|m| m.host.clone()).collect()
+        };
+        assert_eq!(p.services[0].service, "db");
+        assert_eq!(moved(0), ["h1", "h2", "h3", "h5"]);
+        assert_eq!(moved(1), ["h1", "h2", "h3"]);
+    }
+
+    #[test]
     fn unknown_and_unenrolled_are_named() {
         let (m, f) = (manifest(""), fleet());
         let hosts = vec![host("h1", true, &[])];
