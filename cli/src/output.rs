@@ -1,5 +1,7 @@
 //! Printing for humans (aligned text) or scripts (`--output json`).
 
+use std::io::Write;
+
 use serde::Serialize;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -8,20 +10,22 @@ pub enum Format {
     Json,
 }
 
-/// Streams `value` to stdout: a 10,000-host plan is tens of MiB of JSON.
-pub fn json<T: Serialize>(value: &T) {
-    use std::io::Write;
+/// Writes to stdout through one buffer: a plan at fleet size is tens of
+/// MiB. A closed pipe (`| head`) is the reader's choice, not an error.
+pub fn to_stdout(write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>) {
     let mut out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
-    let written = serde_json::to_writer_pretty(&mut out, value)
-        .map_err(std::io::Error::from)
-        .and_then(|()| writeln!(out))
-        .and_then(|()| out.flush());
-    match written {
-        // A closed pipe (`| head`) is the reader's choice, not an error.
+    match write(&mut out).and_then(|()| out.flush()) {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
-        Err(e) => eprintln!("cutover: cannot write JSON: {e}"),
+        Err(e) => eprintln!("cutover: cannot write the output: {e}"),
         Ok(()) => {}
     }
+}
+
+pub fn json<T: Serialize>(value: &T) {
+    to_stdout(|out| {
+        serde_json::to_writer_pretty(&mut *out, value)?;
+        writeln!(out)
+    });
 }
 
 /// Prints rows as columns padded to the widest cell.

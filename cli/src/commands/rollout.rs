@@ -105,14 +105,12 @@ fn ident(c: Option<&ContentIdentity>) -> String {
 }
 
 fn print_plan(plan: &Plan) {
-    // A 10,000-host plan is half a million moves: one buffered writer, and
-    // each run of hosts that move from the same identity says it once.
-    let mut out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
-    // A closed pipe (`cutover plan | head`) is not an error worth a panic.
-    let _ = write_plan(&mut out, plan).and_then(|()| out.flush());
+    output::to_stdout(|out| write_plan(out, plan));
 }
 
-fn write_plan(out: &mut impl Write, plan: &Plan) -> std::io::Result<()> {
+/// Each run of hosts that move from the same identity names it once: a
+/// plan at fleet size is half a million moves.
+fn write_plan(out: &mut dyn Write, plan: &Plan) -> std::io::Result<()> {
     writeln!(out, "release {}", plan.release)?;
     if plan.services.is_empty() {
         writeln!(
