@@ -141,8 +141,13 @@ pub fn service_dir(data_dir: &Path, service: &str) -> PathBuf {
     data_dir.join("services").join(service)
 }
 
+/// Where unpacked releases live, each under its digest.
+pub fn releases_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("releases")
+}
+
 pub fn release_dir(data_dir: &Path, sha256: &Sha256Digest) -> PathBuf {
-    data_dir.join("releases").join(sha256.to_hex())
+    releases_dir(data_dir).join(sha256.to_hex())
 }
 
 pub fn current_link(data_dir: &Path, service: &str) -> PathBuf {
@@ -164,9 +169,7 @@ pub fn switch_current(data_dir: &Path, service: &str, sha256: &Sha256Digest) -> 
     std::os::unix::fs::symlink(&target, &tmp).map_err(|e| Error::io(&tmp, e))?;
     std::fs::rename(&tmp, &link).map_err(|e| Error::io(&link, e))?;
     if let Some(dir) = link.parent() {
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
+        let _ = cutover_core::fsutil::sync_dir(dir);
     }
     Ok(())
 }

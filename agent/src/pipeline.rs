@@ -4,7 +4,8 @@
 //! a staging directory that nothing runs from; the caller renames it into
 //! `releases/<sha256>/` only once the digest and size match what the signed
 //! release pins. Until then the unpacked files are untrusted scratch, and
-//! any failure removes them.
+//! any failure removes them. A verified release is synced to disk before it
+//! is handed over.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -21,8 +22,8 @@ use crate::fetch::{self, Fetched, Source, Tee};
 const QUEUE: usize = 16;
 
 /// Downloads, verifies and unpacks the artifact into `staging`, which must
-/// not exist. On success `staging` holds the verified release and the
-/// `.part` file is gone; on failure `staging` is gone, and the `.part` file
+/// not exist. On success `staging` holds the verified release, synced to
+/// disk, and the `.part` file is gone; on failure `staging` is gone, and the `.part` file
 /// is kept only when the download broke (to resume it).
 pub async fn fetch_and_unpack(
     source: &dyn Source,
@@ -60,6 +61,13 @@ pub async fn fetch_and_unpack(
     match unpacked {
         Ok(Ok(u)) => {
             let _ = std::fs::remove_file(&part);
+            if let Err(e) = sync_tree(staging).await {
+                discard(None);
+                return Err(Evidence::new(
+                    "unpack",
+                    format!("{}: syncing the unpacked release: {e}", staging.display()),
+                ));
+            }
             Ok((fetched, u))
         }
         Ok(Err(e)) => {
@@ -74,6 +82,19 @@ pub async fn fetch_and_unpack(
             Err(e)
         }
     }
+}
+
+/// Puts what the extractor wrote on disk before the release can become
+/// visible under its digest: an existing `releases/<sha256>/` is trusted
+/// as whole, so after a power cut it must not hold empty or torn files.
+/// One `syncfs` of the filesystem instead of an `fsync` per file: a
+/// release may hold thousands of files, and each `fsync` is a journal
+/// commit of its own.
+async fn sync_tree(dir: &Path) -> std::io::Result<()> {
+    let dir = std::fs::File::open(dir)?;
+    tokio::task::spawn_blocking(move || nix::unistd::syncfs(&dir).map_err(std::io::Error::from))
+        .await
+        .map_err(std::io::Error::other)?
 }
 
 /// The chunks the download sends, read as one stream of bytes.

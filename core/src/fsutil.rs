@@ -32,13 +32,19 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
         file.write_all(bytes)?;
         file.sync_all()?;
         fs::rename(&tmp, path)?;
-        fs::File::open(dir)?.sync_all()
+        sync_dir(dir)
     })();
     if let Err(e) = result {
         let _ = fs::remove_file(&tmp);
         return Err(Error::io(path, e));
     }
     Ok(())
+}
+
+/// Makes what changed in `dir`'s entries (a rename into it, a new name)
+/// durable.
+pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    fs::File::open(dir)?.sync_all()
 }
 
 /// Reads a file to a string, naming the file on failure.

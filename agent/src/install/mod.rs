@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use cutover_core::fsutil;
 use cutover_core::rollout::{Command, Evidence, InstallCommand, Report, RollbackCommand};
 use cutover_core::views::{now_ms, InstalledService};
 use tokio::sync::mpsc;
@@ -427,13 +428,11 @@ impl Installer {
         if dest.is_dir() {
             return Ok(0);
         }
-        let staging =
-            dest.with_file_name(format!(".tmp-{}-{}", c.sha256.to_hex(), std::process::id()));
+        let releases = journal::releases_dir(&self.data_dir);
+        let staging = releases.join(format!(".tmp-{}-{}", c.sha256.to_hex(), std::process::id()));
         let _ = std::fs::remove_dir_all(&staging);
-        if let Some(parent) = staging.parent() {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| Evidence::new("unpack", format!("{}: {e}", parent.display())))?;
-        }
+        std::fs::create_dir_all(&releases)
+            .map_err(|e| Evidence::new("unpack", format!("{}: {e}", releases.display())))?;
         let (fetched, unpacked) = pipeline::fetch_and_unpack(
             self.source.as_ref(),
             &self.data_dir,
@@ -444,8 +443,10 @@ impl Installer {
         )
         .await?;
         tracing::info!(service = %c.service, files = unpacked.files, bytes = unpacked.bytes, "unpacked");
-        // Verified: only now does the release appear under its digest.
-        std::fs::rename(&staging, &dest).map_err(|e| {
+        // Verified and on disk: only now does the release appear under its
+        // digest, and the rename is made durable before anything points at it.
+        let renamed = std::fs::rename(&staging, &dest).and_then(|()| fsutil::sync_dir(&releases));
+        renamed.map_err(|e| {
             let _ = std::fs::remove_dir_all(&staging);
             Evidence::new("unpack", format!("{}: {e}", dest.display()))
         })?;

@@ -58,7 +58,7 @@ impl Installer {
     /// After a restart: bring every service to exactly its old or its new
     /// release, running, and finish health checks that were cut short.
     pub async fn recover(self: &Arc<Self>) {
-        let _ = std::fs::read_dir(self.data_dir.join("releases")).map(|entries| {
+        let _ = std::fs::read_dir(journal::releases_dir(&self.data_dir)).map(|entries| {
             for e in entries.flatten() {
                 if e.file_name().to_string_lossy().starts_with(".tmp-") {
                     let _ = std::fs::remove_dir_all(e.path());
@@ -203,7 +203,7 @@ impl Installer {
                 keep.insert(command.sha256.to_hex());
             }
         }
-        let Ok(entries) = std::fs::read_dir(self.data_dir.join("releases")) else {
+        let Ok(entries) = std::fs::read_dir(journal::releases_dir(&self.data_dir)) else {
             return;
         };
         // Staging directories are `.tmp-<sha256>-<pid>`; one of another
