@@ -20,6 +20,23 @@ use crate::install::{Installer, Link, Outbox};
 use crate::runtime::{Native, Runtime};
 use crate::Config;
 
+/// The agent asks for an ack on one heartbeat in this many. Acks are half
+/// of what a controller writes at fleet size; every other one is enough for
+/// RTT figures and to notice a controller that stopped answering.
+const ACK_EVERY: u64 = 2;
+/// Unanswered acks after which the controller counts as silent.
+const MISSED_ACKS: u32 = 3;
+
+/// Whether heartbeat `seq` (from 1) asks for an ack: the first does.
+fn wants_ack(seq: u64) -> bool {
+    (seq - 1).is_multiple_of(ACK_EVERY)
+}
+
+/// How long the agent hears nothing before it calls the controller silent.
+fn silence_limit(interval: Duration) -> Duration {
+    interval * (ACK_EVERY as u32 * MISSED_ACKS)
+}
+
 /// What a session needs to dial the controller.
 struct Dialer {
     addr: ControllerAddr,
@@ -352,13 +369,16 @@ async fn session_once(agent: &Arc<Agent>) -> Result<Ended> {
     loop {
         tokio::select! {
             _ = heartbeat.tick() => {
-                if last_heard.elapsed() > 3 * interval {
-                    return Ok(Ended { welcomed, reason: "controller silent for 3 heartbeat intervals".into() });
+                if last_heard.elapsed() > silence_limit(interval) {
+                    return Ok(Ended { welcomed, reason: format!("controller silent: {MISSED_ACKS} acks unanswered") });
                 }
                 seq += 1;
                 let sent_ms = now_ms();
-                last_sent = Some((seq, Instant::now(), sent_ms));
-                if tx.send(send(Out::Heartbeat(v1::Heartbeat { seq, sent_at_ms: sent_ms }))).await.is_err() {
+                let skip_ack = !wants_ack(seq);
+                if !skip_ack {
+                    last_sent = Some((seq, Instant::now(), sent_ms));
+                }
+                if tx.send(send(Out::Heartbeat(v1::Heartbeat { seq, sent_at_ms: sent_ms, skip_ack }))).await.is_err() {
                     return Ok(Ended { welcomed, reason: "session stream closed".into() });
                 }
             }
@@ -468,6 +488,16 @@ fn status_text(s: &tonic::Status) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_other_heartbeat_asks_for_an_ack_and_three_missed_acks_are_silence() {
+        let asks: Vec<bool> = (1..=6).map(wants_ack).collect();
+        assert_eq!(asks, [true, false, true, false, true, false]);
+        assert_eq!(
+            silence_limit(Duration::from_secs(10)),
+            Duration::from_secs(60)
+        );
+    }
 
     #[test]
     fn backoff_is_jittered_and_capped() {

@@ -254,6 +254,12 @@ impl Fleet {
         }
     }
 
+    pub fn signal_controller(&self, signal: nix::sys::signal::Signal) {
+        let pid = self.controller.as_ref().expect("controller running").id();
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal)
+            .expect("signal controller");
+    }
+
     pub fn controller_log(&self) -> String {
         std::fs::read_to_string(self.path("controller.log")).unwrap_or_default()
     }

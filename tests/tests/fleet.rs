@@ -117,6 +117,38 @@ fn killed_agent_is_offline_and_frozen_agent_after_three_missed_heartbeats() {
 }
 
 #[test]
+fn agent_acked_every_other_heartbeat_stays_on_and_leaves_a_frozen_controller() {
+    let mut f = Fleet::new();
+    f.start_controller();
+    f.start_agent("edge-1", "200ms");
+    f.wait_online("edge-1");
+    // Ten heartbeats, five of them acked: half the acks is not silence.
+    std::thread::sleep(Duration::from_secs(2));
+    let ended = |f: &Fleet| f.agent_log("edge-1").matches("session ended").count();
+    assert_eq!(ended(&f), 0, "{}", f.agent_log("edge-1"));
+
+    // A frozen controller keeps its TCP connections open: only the
+    // unanswered acks can tell. The last ack came at most two intervals
+    // before the freeze, the limit is six.
+    f.signal_controller(Signal::SIGSTOP);
+    let frozen = std::time::Instant::now();
+    eventually(
+        Duration::from_secs(10),
+        "edge-1 to leave the frozen controller",
+        || (ended(&f) == 1).then_some(()),
+    );
+    let waited = frozen.elapsed();
+    f.signal_controller(Signal::SIGCONT);
+    assert!(waited >= Duration::from_millis(750), "{waited:?}");
+    let log = f.agent_log("edge-1");
+    assert!(
+        log.contains("controller silent: 3 acks unanswered"),
+        "{log}"
+    );
+    f.wait_online("edge-1");
+}
+
+#[test]
 fn diag_returns_real_figures_from_the_agents_host() {
     let mut f = Fleet::new();
     f.start_controller();

@@ -275,8 +275,9 @@ async fn run_session(
 
 async fn handle(c: &Controller, session: &Session, m: v1::AgentMessage) {
     match m.msg {
-        Some(In::Heartbeat(hb)) => {
-            // Best effort: a full queue only costs the agent one RTT sample.
+        Some(In::Heartbeat(hb)) if !hb.skip_ack => {
+            // Best effort: a full queue costs the agent one RTT sample, and
+            // it takes three unanswered acks to call the controller silent.
             let _ = session.tx.try_send(out(Out::HeartbeatAck(v1::HeartbeatAck {
                 seq: hb.seq,
                 agent_sent_at_ms: hb.sent_at_ms,
@@ -309,6 +310,7 @@ async fn handle(c: &Controller, session: &Session, m: v1::AgentMessage) {
             }
             Err(e) => tracing::warn!(host = %session.host, error = %e, "ignored malformed report"),
         },
+        Some(In::Heartbeat(_)) => {}
         Some(In::Hello(_)) | None => {
             tracing::debug!(host = %session.host, "ignored unexpected message");
         }
