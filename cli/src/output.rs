@@ -28,6 +28,25 @@ pub fn json<T: Serialize>(value: &T) {
     });
 }
 
+/// Pretty-prints a JSON document as the controller sent it, without
+/// building the value it describes: a plan at fleet size is half a million
+/// moves, and decoding them only to encode them again costs more than
+/// printing. The document is checked whole first, so a malformed one is
+/// an error before anything is printed.
+pub fn json_document(what: &str, json: &str) -> Result<(), String> {
+    serde_json::from_str::<serde::de::IgnoredAny>(json)
+        .map_err(|e| format!("malformed {what} from the controller: {e}"))?;
+    to_stdout(|out| write_pretty(out, json));
+    Ok(())
+}
+
+fn write_pretty(out: &mut dyn Write, json: &str) -> std::io::Result<()> {
+    let mut pretty = serde_json::Serializer::pretty(&mut *out);
+    serde_transcode::transcode(&mut serde_json::Deserializer::from_str(json), &mut pretty)
+        .map_err(std::io::Error::other)?;
+    writeln!(out)
+}
+
 /// Prints rows as columns padded to the widest cell.
 pub fn table(header: &[&str], rows: &[Vec<String>]) {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
@@ -79,6 +98,23 @@ pub fn short(d: &cutover_core::Sha256Digest) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_document_prints_as_its_decoded_value_would() {
+        let value = serde_json::json!({
+            "release": "2026.11.1",
+            "services": [{"service": "api", "batches": [[{"from": null, "hosts": ["a", "b"]}]], "size": 7}],
+            "note": "quotes \" and é",
+        });
+        let compact = serde_json::to_string(&value).unwrap();
+        let mut out = Vec::new();
+        super::write_pretty(&mut out, &compact).unwrap();
+        let expected = serde_json::to_string_pretty(&value).unwrap() + "\n";
+        assert_eq!(String::from_utf8(out).unwrap(), expected);
+
+        let e = super::json_document("plan", r#"{"release": "x", "services": [}"#).unwrap_err();
+        assert!(e.starts_with("malformed plan from the controller: "), "{e}");
+    }
+
     #[test]
     fn formats_bytes() {
         assert_eq!(super::bytes(512), "512 B");

@@ -88,12 +88,10 @@ impl PlanArgs {
 
 pub async fn plan(c: &ConnectArgs, args: &PlanArgs, out: Format) -> Result<()> {
     let doc = c.operator().await?.plan(args.wire()).await?.into_inner();
-    let plan: Plan = decode("plan", doc)?;
     if out == Format::Json {
-        output::json(&plan);
-    } else {
-        print_plan(&plan);
+        return output::json_document("plan", &doc.json).map_err(Error::Rpc);
     }
+    print_plan(&decode("plan", doc)?);
     Ok(())
 }
 
