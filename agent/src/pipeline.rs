@@ -23,8 +23,8 @@ const QUEUE: usize = 16;
 
 /// Downloads, verifies and unpacks the artifact into `staging`, which must
 /// not exist. On success `staging` holds the verified release, synced to
-/// disk, and the `.part` file is gone; on failure `staging` is gone, and the `.part` file
-/// is kept only when the download broke (to resume it).
+/// disk, and the `.part` file is gone; on failure `staging` is gone, and
+/// the `.part` file is kept only when the download broke (to resume it).
 pub async fn fetch_and_unpack(
     source: &dyn Source,
     data_dir: &Path,
