@@ -275,14 +275,12 @@ async fn run_session(
 
 async fn handle(c: &Controller, session: &Session, m: v1::AgentMessage) {
     match m.msg {
-        Some(In::Heartbeat(hb)) if !hb.skip_ack => {
+        Some(In::Heartbeat(hb)) => {
             // Best effort: a full queue costs the agent one RTT sample, and
             // it takes three unanswered acks to call the controller silent.
-            let _ = session.tx.try_send(out(Out::HeartbeatAck(v1::HeartbeatAck {
-                seq: hb.seq,
-                agent_sent_at_ms: hb.sent_at_ms,
-                server_time_ms: now_ms(),
-            })));
+            if let Some(a) = ack(&hb) {
+                let _ = session.tx.try_send(out(Out::HeartbeatAck(a)));
+            }
         }
         Some(In::Reply(r)) => {
             if let Some(body) = r.body {
@@ -310,11 +308,20 @@ async fn handle(c: &Controller, session: &Session, m: v1::AgentMessage) {
             }
             Err(e) => tracing::warn!(host = %session.host, error = %e, "ignored malformed report"),
         },
-        Some(In::Heartbeat(_)) => {}
         Some(In::Hello(_)) | None => {
             tracing::debug!(host = %session.host, "ignored unexpected message");
         }
     }
+}
+
+/// The ack a heartbeat asks for: none when the agent set `skip_ack` (it
+/// asks on every other one; agents that predate the field never set it).
+fn ack(hb: &v1::Heartbeat) -> Option<v1::HeartbeatAck> {
+    (!hb.skip_ack).then(|| v1::HeartbeatAck {
+        seq: hb.seq,
+        agent_sent_at_ms: hb.sent_at_ms,
+        server_time_ms: now_ms(),
+    })
 }
 
 async fn renew(c: &Controller, host: &str, csr_pem: String) -> crate::Result<String> {
@@ -331,4 +338,22 @@ async fn renew(c: &Controller, host: &str, csr_pem: String) -> crate::Result<Str
         .await?;
     tracing::info!(%host, serial = %cert.serial, "certificate renewed");
     Ok(cert.pem)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_heartbeat_is_acked_unless_the_agent_skips_the_ack() {
+        let hb = |skip_ack| v1::Heartbeat {
+            seq: 7,
+            sent_at_ms: 1_000,
+            skip_ack,
+        };
+        let a = ack(&hb(false)).expect("acked");
+        assert_eq!((a.seq, a.agent_sent_at_ms), (7, 1_000));
+        assert!(a.server_time_ms > 0);
+        assert!(ack(&hb(true)).is_none());
+    }
 }
