@@ -17,6 +17,23 @@ pub enum ManifestError {
     Invalid { version: String, problem: String },
 }
 
+/// The largest manifest file accepted, checked before it is parsed.
+pub const MAX_MANIFEST_BYTES: usize = 1 << 20;
+/// The most `[[services]]` one release may list.
+pub const MAX_SERVICES: usize = 1024;
+/// The most versions `requires_intermediate` may list.
+pub const MAX_INTERMEDIATE: usize = 64;
+/// The longest version string (`version`, `min_upgrade_from`, …).
+pub const MAX_VERSION_LEN: usize = 64;
+/// The longest `service_version`.
+pub const MAX_SERVICE_VERSION_LEN: usize = 128;
+/// The longest artifact `file` path and image `reference`.
+pub const MAX_PATH_LEN: usize = 1024;
+/// The largest artifact size a pin may name (1 TiB): far above any real
+/// service or image, and small enough that no offset arithmetic on it can
+/// overflow and that it fits SQLite's signed integers.
+pub const MAX_ARTIFACT_SIZE: u64 = 1 << 40;
+
 /// A validated release manifest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Manifest {
@@ -105,13 +122,26 @@ impl Manifest {
     /// Parses and validates a manifest. Does not check signatures or expiry
     /// (see [`Manifest::check_current`]) or artifact bytes.
     pub fn parse(text: &str) -> Result<Manifest, ManifestError> {
+        if text.len() > MAX_MANIFEST_BYTES {
+            return Err(ManifestError::Syntax(format!(
+                "{} bytes, more than the {MAX_MANIFEST_BYTES} a manifest may have; split the release",
+                text.len()
+            )));
+        }
         let raw: RawManifest = crate::toml_text::parse(text).map_err(ManifestError::Syntax)?;
+        if raw.version.len() > MAX_VERSION_LEN || raw.version.chars().any(char::is_control) {
+            return Err(ManifestError::Invalid {
+                version: shown(&raw.version),
+                problem: format!(
+                    "version must be a semver version of at most {MAX_VERSION_LEN} characters"
+                ),
+            });
+        }
         let invalid = |problem: String| ManifestError::Invalid {
             version: raw.version.clone(),
             problem,
         };
-        let version = semver::Version::parse(&raw.version)
-            .map_err(|e| invalid(format!("version {:?} is not semver: {e}", raw.version)))?;
+        let version = release_version("version", &raw.version).map_err(&invalid)?;
         let created = datetime("created", &raw.created).map_err(&invalid)?;
         let expires = datetime("expires", &raw.expires).map_err(&invalid)?;
         if expires <= created {
@@ -120,25 +150,37 @@ impl Manifest {
         let min_upgrade_from = raw
             .min_upgrade_from
             .as_deref()
-            .map(|v| {
-                semver::Version::parse(v)
-                    .map_err(|e| invalid(format!("min_upgrade_from {v:?} is not semver: {e}")))
-            })
+            .map(|v| release_version("min_upgrade_from", v).map_err(&invalid))
             .transpose()?;
+        if raw.requires_intermediate.len() > MAX_INTERMEDIATE {
+            return Err(invalid(format!(
+                "requires_intermediate lists {} versions, at most {MAX_INTERMEDIATE} are allowed",
+                raw.requires_intermediate.len()
+            )));
+        }
         let requires_intermediate = raw
             .requires_intermediate
             .iter()
-            .map(|v| {
-                semver::Version::parse(v)
-                    .map_err(|e| invalid(format!("requires_intermediate {v:?} is not semver: {e}")))
-            })
+            .map(|v| release_version("requires_intermediate", v).map_err(&invalid))
             .collect::<Result<Vec<_>, _>>()?;
         if raw.services.is_empty() {
             return Err(invalid("no [[services]]".into()));
         }
+        if raw.services.len() > MAX_SERVICES {
+            return Err(invalid(format!(
+                "{} [[services]], at most {MAX_SERVICES} are allowed in one release",
+                raw.services.len()
+            )));
+        }
         let mut services = Vec::with_capacity(raw.services.len());
         let mut seen = BTreeSet::new();
         for s in &raw.services {
+            if s.name.len() > 253 {
+                return Err(invalid(format!(
+                    "service name {} is longer than 253 characters",
+                    shown(&s.name)
+                )));
+            }
             crate::names::validate("service", &s.name).map_err(|e| invalid(e.to_string()))?;
             if !seen.insert(s.name.as_str()) {
                 return Err(invalid(format!("service {:?} is listed twice", s.name)));
@@ -255,19 +297,114 @@ impl Manifest {
     }
 }
 
+/// A release version (or one a release names): semver without build
+/// metadata. Semver gives `1.1.0+build` the same precedence as `1.1.0`, so
+/// two such releases could not be told apart in channels, upgrade order or
+/// `min_upgrade_from`; a rebuild needs a version of its own.
+fn release_version(field: &str, v: &str) -> Result<semver::Version, String> {
+    if v.len() > MAX_VERSION_LEN {
+        return Err(format!(
+            "{field} {} is longer than {MAX_VERSION_LEN} characters",
+            shown(v)
+        ));
+    }
+    let version =
+        semver::Version::parse(v).map_err(|e| format!("{field} {v:?} is not semver: {e}"))?;
+    if !version.build.is_empty() {
+        let mut same = version.clone();
+        same.build = semver::BuildMetadata::EMPTY;
+        return Err(format!(
+            "{field} {v:?} carries build metadata \"+{}\": semver ignores it when ordering versions, so it has the same precedence as {same}; refused, give the release a version of its own (e.g. a new patch or pre-release number)",
+            version.build
+        ));
+    }
+    Ok(version)
+}
+
+/// A string from the manifest for an error message: quoted, control
+/// characters escaped, and cut short if long.
+fn shown(s: &str) -> String {
+    const SHOWN: usize = 64;
+    if s.chars().count() <= SHOWN {
+        format!("{s:?}")
+    } else {
+        let head: String = s.chars().take(SHOWN).collect();
+        format!("{head:?}... ({} bytes)", s.len())
+    }
+}
+
+/// A free-text field: bounded, one line, no terminal control characters.
+fn check_text(field: &str, value: &str, max: usize) -> Result<(), String> {
+    if value.len() > max {
+        return Err(format!(
+            "{field} {} is longer than {max} characters",
+            shown(value)
+        ));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(format!(
+            "{field} {} contains control characters",
+            shown(value)
+        ));
+    }
+    Ok(())
+}
+
+/// An artifact pin: a size the bytes can have and a file name inside the
+/// artifacts directory.
+fn check_pin(kind: &str, t: &Tarball) -> Result<(), String> {
+    check_file_name(&t.file)?;
+    if t.size == 0 {
+        return Err(format!(
+            "{kind} {} is pinned with size 0; an artifact must have bytes (pin the size of the real file)",
+            t.file
+        ));
+    }
+    if t.size > MAX_ARTIFACT_SIZE {
+        return Err(format!(
+            "{kind} {} is pinned with size {}, more than the {MAX_ARTIFACT_SIZE} bytes an artifact may have",
+            t.file, t.size
+        ));
+    }
+    Ok(())
+}
+
 fn service(s: &RawService) -> Result<Service, String> {
     if s.service_version.trim().is_empty() {
         return Err("service_version is empty".into());
     }
+    check_text(
+        "service_version",
+        &s.service_version,
+        MAX_SERVICE_VERSION_LEN,
+    )?;
     if s.depends_on.contains(&s.name) {
         return Err("depends on itself".into());
+    }
+    if s.depends_on.len() > MAX_SERVICES {
+        return Err(format!(
+            "depends_on lists {} services, more than a release may hold ({MAX_SERVICES})",
+            s.depends_on.len()
+        ));
+    }
+    let mut deps = BTreeSet::new();
+    for dep in &s.depends_on {
+        if dep.len() > 253 {
+            return Err(format!(
+                "depends_on names {}, which is longer than any service name",
+                shown(dep)
+            ));
+        }
+        if !deps.insert(dep.as_str()) {
+            return Err(format!("depends_on lists {dep:?} twice"));
+        }
     }
     let image = s.image.as_ref().map(image).transpose()?;
     if s.tarball.is_none() && image.is_none() {
         return Err("pins no artifact: give `tarball` or `image`".into());
     }
     if let Some(t) = &s.tarball {
-        check_file_name(&t.file)?;
+        check_pin("tarball", t)?;
     }
     Ok(Service {
         name: s.name.clone(),
@@ -289,17 +426,19 @@ fn image(raw: &RawImage) -> Result<Image, String> {
         })?;
     let tarball = match (&raw.tarball_sha256, raw.size, &raw.file) {
         (Some(sha256), Some(size), Some(file)) => {
-            check_file_name(file)?;
-            Some(Tarball {
+            let t = Tarball {
                 sha256: *sha256,
                 size,
                 file: file.clone(),
-            })
+            };
+            check_pin("image tarball", &t)?;
+            Some(t)
         }
         (None, None, None) => None,
         _ => return Err("image needs all of tarball_sha256, size and file, or none".into()),
     };
     if let Some(r) = &raw.reference {
+        check_text("image reference", r, MAX_PATH_LEN)?;
         if !r.contains("@sha256:") {
             return Err(format!(
                 "image reference {r:?} must pin a digest (name@sha256:...)"
@@ -318,6 +457,7 @@ fn image(raw: &RawImage) -> Result<Image, String> {
 
 /// Artifact files are named relative to the artifacts directory.
 fn check_file_name(file: &str) -> Result<(), String> {
+    check_text("artifact file", file, MAX_PATH_LEN)?;
     let path = std::path::Path::new(file);
     if file.is_empty()
         || path.is_absolute()
@@ -490,6 +630,127 @@ mod tests {
             "id = \"sha256:{SHA}\", reference = \"r/web:latest\""
         )))
         .contains("must pin a digest"));
+    }
+
+    #[test]
+    fn size_zero_pins_are_refused_for_tarballs_and_images() {
+        let e = err(&manifest(&svc("a", "").replace("size = 3", "size = 0")));
+        assert_eq!(
+            e,
+            "release 1.2.0: service \"a\": tarball a.tar.gz is pinned with size 0; an artifact must have bytes (pin the size of the real file)"
+        );
+        let e = err(&manifest(&format!(
+            "[[services]]\nname = \"web\"\nservice_version = \"2\"\nimage = {{ id = \"sha256:{SHA}\", tarball_sha256 = \"{SHA}\", size = 0, file = \"web.tar\" }}\n"
+        )));
+        assert!(
+            e.contains("image tarball web.tar is pinned with size 0"),
+            "{e}"
+        );
+        let huge = (MAX_ARTIFACT_SIZE + 1).to_string();
+        let e = err(&manifest(
+            &svc("a", "").replace("size = 3", &format!("size = {huge}")),
+        ));
+        assert!(
+            e.contains(&format!("pinned with size {huge}, more than")),
+            "{e}"
+        );
+        Manifest::parse(&manifest(
+            &svc("a", "").replace("size = 3", &format!("size = {MAX_ARTIFACT_SIZE}")),
+        ))
+        .unwrap();
+    }
+
+    #[test]
+    fn build_metadata_is_refused_in_every_version_field() {
+        let e = err(&manifest(&svc("a", "")).replace("\"1.2.0\"", "\"1.2.0+evil\""));
+        assert!(
+            e.contains("version \"1.2.0+evil\" carries build metadata \"+evil\"")
+                && e.contains("same precedence as 1.2.0; refused"),
+            "{e}"
+        );
+        assert!(!e.contains('\n'));
+        let e = err(&format!(
+            "min_upgrade_from = \"1.0.0+b\"\n{}",
+            manifest(&svc("a", ""))
+        ));
+        assert!(
+            e.contains("min_upgrade_from \"1.0.0+b\" carries build metadata"),
+            "{e}"
+        );
+        let e = err(&format!(
+            "requires_intermediate = [\"1.1.0-rc.1+b\"]\n{}",
+            manifest(&svc("a", ""))
+        ));
+        assert!(e.contains("same precedence as 1.1.0-rc.1"), "{e}");
+        // Pre-release versions stay allowed: they order before the release.
+        Manifest::parse(&manifest(&svc("a", "")).replace("\"1.2.0\"", "\"1.2.0-rc.1\"")).unwrap();
+    }
+
+    #[test]
+    fn counts_and_lengths_are_bounded() {
+        let big = "x".repeat(MAX_MANIFEST_BYTES + 1);
+        let e = err(&format!("{}# {big}\n", manifest(&svc("a", ""))));
+        assert!(
+            e.contains("more than the 1048576 a manifest may have"),
+            "{e}"
+        );
+
+        let many: String = (0..=MAX_SERVICES)
+            .map(|i| svc(&format!("s{i}"), ""))
+            .collect();
+        let e = err(&manifest(&many));
+        assert!(e.contains("1025 [[services]], at most 1024"), "{e}");
+        let most: String = (0..MAX_SERVICES)
+            .map(|i| svc(&format!("s{i}"), ""))
+            .collect();
+        assert_eq!(
+            Manifest::parse(&manifest(&most)).unwrap().services.len(),
+            MAX_SERVICES
+        );
+
+        let e = err(&manifest(&format!(
+            "{}{}",
+            svc("a", "\"b\", \"b\""),
+            svc("b", "")
+        )));
+        assert!(
+            e.contains("service \"a\": depends_on lists \"b\" twice"),
+            "{e}"
+        );
+
+        let long = "v".repeat(MAX_SERVICE_VERSION_LEN + 1);
+        let e = err(&manifest(
+            &svc("a", "").replace("\"1.0\"", &format!("\"{long}\"")),
+        ));
+        assert!(
+            e.contains("service_version \"vvvv") && e.contains("(129 bytes)"),
+            "{e}"
+        );
+        assert!(e.len() < 300, "the error echoes the whole value: {e}");
+
+        let e = err(&manifest(&svc("a", "").replace("a.tar.gz", "a\\n.tar.gz")));
+        assert!(
+            e.contains("artifact file \"a\\n.tar.gz\" contains control characters"),
+            "{e}"
+        );
+
+        let name = "n".repeat(10_000);
+        let e = err(&manifest(&svc(&name, "")));
+        assert!(e.contains("longer than 253") && e.len() < 300, "{e}");
+
+        let version = "1.0.0-".to_string() + &"a".repeat(10_000);
+        let e = err(&manifest(&svc("a", "")).replace("\"1.2.0\"", &format!("\"{version}\"")));
+        assert!(e.contains("at most 64 characters") && e.len() < 300, "{e}");
+
+        let list: Vec<String> = (0..=MAX_INTERMEDIATE)
+            .map(|i| format!("\"1.1.{i}\""))
+            .collect();
+        let e = err(&format!(
+            "requires_intermediate = [{}]\n{}",
+            list.join(", "),
+            manifest(&svc("a", ""))
+        ));
+        assert!(e.contains("requires_intermediate lists 65 versions"), "{e}");
     }
 
     #[test]
