@@ -60,9 +60,49 @@ pub struct SignatureEntry {
     pub signature: String,
 }
 
+/// The largest `.sig` file accepted, checked before it is parsed.
+pub const MAX_SIGNATURE_FILE_BYTES: usize = 64 * 1024;
+/// The most signatures one `.sig` file may hold.
+pub const MAX_SIGNATURES: usize = 64;
+/// The length of a base64 Ed25519 signature (64 bytes, padded).
+const SIGNATURE_B64_LEN: usize = 88;
+
 impl SignatureFile {
+    /// Parses a `.sig` file. Its size, the number of signatures and the
+    /// form of each key id and signature are bounded here, so nothing
+    /// unbounded reaches verification or an error message.
     pub fn parse(text: &str) -> Result<Self, SignatureError> {
-        crate::toml_text::parse(text).map_err(SignatureError::Malformed)
+        if text.len() > MAX_SIGNATURE_FILE_BYTES {
+            return Err(SignatureError::Malformed(format!(
+                "{} bytes, more than the {MAX_SIGNATURE_FILE_BYTES} a signature file may have",
+                text.len()
+            )));
+        }
+        let file: SignatureFile =
+            crate::toml_text::parse(text).map_err(SignatureError::Malformed)?;
+        if file.signatures.len() > MAX_SIGNATURES {
+            return Err(SignatureError::Malformed(format!(
+                "{} signatures, at most {MAX_SIGNATURES} are allowed",
+                file.signatures.len()
+            )));
+        }
+        for (i, entry) in file.signatures.iter().enumerate() {
+            let n = i + 1;
+            let id = &entry.key_id;
+            if id.len() != 16 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(SignatureError::Malformed(format!(
+                    "signature {n}: key_id {} is not a release key id (16 hex characters, as `cutover release keygen` prints)",
+                    shown(id)
+                )));
+            }
+            if entry.signature.trim().len() > SIGNATURE_B64_LEN {
+                return Err(SignatureError::Malformed(format!(
+                    "signature {n} (key {id}) is {} characters; an Ed25519 signature is {SIGNATURE_B64_LEN} in base64",
+                    entry.signature.trim().len()
+                )));
+            }
+        }
+        Ok(file)
     }
 
     pub fn to_toml(&self) -> String {
@@ -79,6 +119,18 @@ impl SignatureFile {
             key_id: id,
             signature,
         });
+    }
+}
+
+/// A value from a `.sig` file for an error message: quoted, escaped, cut
+/// short.
+fn shown(s: &str) -> String {
+    const SHOWN: usize = 32;
+    if s.chars().count() <= SHOWN {
+        format!("{s:?}")
+    } else {
+        let head: String = s.chars().take(SHOWN).collect();
+        format!("{head:?}... ({} bytes)", s.len())
     }
 }
 
@@ -264,6 +316,48 @@ mod tests {
         assert_eq!(key_id(&read_public_key(&p).unwrap()), id);
         assert_eq!(key_id(&sk.verifying_key()), id);
         assert!(keygen(&dir.path().join("release")).is_err());
+    }
+
+    #[test]
+    fn signature_files_are_bounded_before_verification() {
+        let mut sigs = SignatureFile::default();
+        sigs.sign(b"x", &key());
+        let good = sigs.to_toml();
+        let too_big = format!("{good}#{}\n", "x".repeat(MAX_SIGNATURE_FILE_BYTES));
+        let e = SignatureFile::parse(&too_big).unwrap_err().to_string();
+        assert!(
+            e.contains("more than the 65536 a signature file may have"),
+            "{e}"
+        );
+
+        let mut many = SignatureFile::default();
+        for _ in 0..=MAX_SIGNATURES {
+            many.signatures.push(sigs.signatures[0].clone());
+        }
+        let e = SignatureFile::parse(&many.to_toml())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("65 signatures, at most 64"), "{e}");
+
+        let mut long_id = sigs.clone();
+        long_id.signatures[0].key_id = "a".repeat(50_000);
+        let e = SignatureFile::parse(&long_id.to_toml())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("is not a release key id") && e.len() < 300,
+            "{e}"
+        );
+
+        let mut long_sig = sigs.clone();
+        long_sig.signatures[0].signature = "A".repeat(1000);
+        let e = SignatureFile::parse(&long_sig.to_toml())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("signature 1 (key ") && e.contains("1000 characters"),
+            "{e}"
+        );
     }
 
     #[test]
