@@ -205,6 +205,20 @@ impl Manifest {
             requires_intermediate,
             services,
         };
+        // One digest names one byte string, so it has one size.
+        let mut sizes: BTreeMap<Sha256Digest, ArtifactRef<'_>> = BTreeMap::new();
+        for a in manifest.artifacts() {
+            if let Some(first) = sizes.get(&a.sha256) {
+                if first.size != a.size {
+                    return Err(invalid(format!(
+                        "sha256 {} is pinned with size {} by service {:?} and size {} by service {:?}; one digest has one size",
+                        a.sha256, first.size, first.service, a.size, a.service
+                    )));
+                }
+            } else {
+                sizes.insert(a.sha256, a);
+            }
+        }
         manifest.levels().map_err(invalid)?;
         Ok(manifest)
     }
@@ -658,6 +672,21 @@ mod tests {
             &svc("a", "").replace("size = 3", &format!("size = {MAX_ARTIFACT_SIZE}")),
         ))
         .unwrap();
+    }
+
+    #[test]
+    fn one_digest_pinned_with_two_sizes_is_refused() {
+        let e = err(&manifest(&format!(
+            "{}{}",
+            svc("a", ""),
+            svc("b", "").replace("size = 3", "size = 4")
+        )));
+        assert_eq!(
+            e,
+            format!("release 1.2.0: sha256 {SHA} is pinned with size 3 by service \"a\" and size 4 by service \"b\"; one digest has one size")
+        );
+        // The same bytes pinned twice with one size are fine.
+        Manifest::parse(&manifest(&format!("{}{}", svc("a", ""), svc("b", "")))).unwrap();
     }
 
     #[test]
