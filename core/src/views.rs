@@ -129,3 +129,201 @@ pub fn from_ms(ms: i64) -> Option<OffsetDateTime> {
 pub fn now_ms() -> i64 {
     to_ms(Some(OffsetDateTime::now_utc()))
 }
+
+/// Bounds on the text and counts an agent may send and the controller
+/// keeps, so that no message an agent builds exceeds what the controller
+/// accepts (`cutover_proto::MAX_MESSAGE_BYTES`) and no value that reaches
+/// an operator's terminal is unbounded. Lengths are in bytes.
+pub mod limits {
+    /// Host and service names (`names::validate`).
+    pub const NAME: usize = 253;
+    /// A release version or a service version in a content identity (a
+    /// manifest allows 64 and 128).
+    pub const VERSION: usize = 128;
+    /// Command ids (`r<id>-<service>-<host>` and suffixes).
+    pub const COMMAND_ID: usize = 1024;
+    /// Short free text: agent version, service state, gate, check label,
+    /// hostname, OS, kernel, data directory, a process's last exit.
+    pub const SHORT: usize = 256;
+    /// Evidence detail.
+    pub const DETAIL: usize = 4096;
+    /// A runner's detail line in a diag report (a container's image,
+    /// health, start time).
+    pub const LOG_DETAIL: usize = 512;
+    /// The excerpt of a response body or command output in evidence.
+    pub const OUTPUT: usize = 4096;
+    /// One log line in a diag report.
+    pub const LOG_LINE: usize = 1024;
+    /// Log lines per service in a diag report.
+    pub const LOG_LINES: usize = 200;
+    /// Bytes of log lines in one whole diag report, counting 4 bytes of
+    /// framing per line.
+    pub const LOG_BYTES: usize = 512 << 10;
+    /// Services in one inventory, one diag report or one list of logs
+    /// (a release has at most 1,024).
+    pub const SERVICES: usize = 1024;
+}
+
+/// What a truncated text ends with.
+pub const TRUNCATED: &str = "…[truncated]";
+
+/// `text` cut to at most `max` bytes at a character boundary, ending with
+/// [`TRUNCATED`] when anything was cut. Nothing is escaped here: escaping
+/// is for the printer.
+pub fn bounded(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= max {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut keep = max.saturating_sub(TRUNCATED.len());
+    while !text.is_char_boundary(keep) {
+        keep -= 1;
+    }
+    if max < TRUNCATED.len() {
+        // No room for the marker: the largest prefix that fits.
+        let mut cut = max;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        return std::borrow::Cow::Owned(text[..cut].to_string());
+    }
+    let mut out = String::with_capacity(keep + TRUNCATED.len());
+    out.push_str(&text[..keep]);
+    out.push_str(TRUNCATED);
+    std::borrow::Cow::Owned(out)
+}
+
+/// [`bounded`] in place.
+pub fn bound(text: &mut String, max: usize) {
+    if text.len() > max {
+        *text = bounded(text, max).into_owned();
+    }
+}
+
+impl InstalledService {
+    /// The service with its free text bounded (names and identities are
+    /// validated where they enter, never cut).
+    pub fn bound(&mut self) {
+        bound(&mut self.state, limits::SHORT);
+    }
+}
+
+impl ServiceLog {
+    /// The log with every text bounded and at most `max_lines` of its last
+    /// lines, each cut to [`limits::LOG_LINE`].
+    pub fn bound(&mut self, max_lines: usize) {
+        bound(&mut self.service, limits::NAME);
+        if let Some(e) = &mut self.last_exit {
+            bound(e, limits::SHORT);
+        }
+        if let Some(d) = &mut self.detail {
+            bound(d, limits::LOG_DETAIL);
+        }
+        let max_lines = max_lines.min(limits::LOG_LINES);
+        if self.lines.len() > max_lines {
+            self.lines.drain(..self.lines.len() - max_lines);
+        }
+        for line in &mut self.lines {
+            bound(line, limits::LOG_LINE);
+        }
+    }
+}
+
+impl DiagReport {
+    /// The report with every text and list bounded: at most
+    /// [`limits::SERVICES`] services and logs, and the last lines of each
+    /// log while the whole report's lines stay within
+    /// [`limits::LOG_BYTES`].
+    pub fn bound(&mut self) {
+        for s in [
+            &mut self.hostname,
+            &mut self.os,
+            &mut self.kernel,
+            &mut self.data_dir,
+            &mut self.agent_version,
+        ] {
+            bound(s, limits::SHORT);
+        }
+        self.services.truncate(limits::SERVICES);
+        self.services.iter_mut().for_each(InstalledService::bound);
+        self.logs.truncate(limits::SERVICES);
+        let mut budget = limits::LOG_BYTES;
+        for log in &mut self.logs {
+            log.bound(limits::LOG_LINES);
+            // Keep the newest lines that fit in what is left.
+            let mut keep = 0;
+            for line in log.lines.iter().rev() {
+                let Some(left) = budget.checked_sub(line.len() + 4) else {
+                    break;
+                };
+                budget = left;
+                keep += 1;
+            }
+            let drop = log.lines.len() - keep;
+            log.lines.drain(..drop);
+        }
+    }
+}
+
+#[cfg(test)]
+mod bound_tests {
+    use super::*;
+
+    #[test]
+    fn bounded_text_is_cut_at_a_char_boundary_with_a_marker() {
+        assert_eq!(bounded("short", 10), "short");
+        let long = "é".repeat(100); // 200 bytes
+        let cut = bounded(&long, 51);
+        assert!(cut.len() <= 51, "{}", cut.len());
+        assert!(cut.ends_with(TRUNCATED));
+        assert!(cut.starts_with("éé"));
+        // No room for the marker: still within the bound and valid UTF-8.
+        let tiny = bounded(&long, 5);
+        assert_eq!(tiny, "éé");
+        // Control characters are kept: escaping is the printer's job.
+        assert_eq!(bounded("a\u{1b}[2J", 10), "a\u{1b}[2J");
+    }
+
+    #[test]
+    fn a_diag_report_is_bounded_in_every_text_and_list() {
+        let huge = "x".repeat(10_000);
+        let mut d = DiagReport {
+            hostname: huge.clone(),
+            agent_version: huge.clone(),
+            services: vec![
+                InstalledService {
+                    name: "api".into(),
+                    current: None,
+                    previous: None,
+                    state: huge.clone(),
+                };
+                limits::SERVICES + 5
+            ],
+            logs: (0..limits::SERVICES + 5)
+                .map(|i| ServiceLog {
+                    service: "api".into(),
+                    last_exit: Some(huge.clone()),
+                    detail: Some(huge.clone()),
+                    lines: vec!["y".repeat(2000); if i < 4 { 300 } else { 3 }],
+                    ..ServiceLog::default()
+                })
+                .collect(),
+            ..DiagReport::default()
+        };
+        d.bound();
+        assert!(d.hostname.len() <= limits::SHORT && d.agent_version.len() <= limits::SHORT);
+        assert_eq!(d.services.len(), limits::SERVICES);
+        assert!(d.services.iter().all(|s| s.state.len() <= limits::SHORT));
+        assert_eq!(d.logs.len(), limits::SERVICES);
+        let lines: usize = d
+            .logs
+            .iter()
+            .flat_map(|l| &l.lines)
+            .map(|l| l.len() + 4)
+            .sum();
+        assert!(lines <= limits::LOG_BYTES, "{lines}");
+        assert_eq!(d.logs[0].lines.len(), limits::LOG_LINES);
+        assert!(d.logs[0].lines.iter().all(|l| l.len() <= limits::LOG_LINE));
+        assert!(d.logs.last().unwrap().lines.is_empty(), "budget spent");
+        assert!(d.logs[0].detail.as_ref().unwrap().len() <= limits::LOG_DETAIL);
+    }
+}

@@ -1,9 +1,13 @@
 //! Conversions between wire messages and `cutover_core::views` domain types.
-//! Wire input is untrusted: malformed digests are refused with `TryFrom`.
+//! Wire input is untrusted: malformed digests, invalid names, over-long
+//! identities and too many entries are refused with `TryFrom`; over-long
+//! free text is cut to its bound (`cutover_core::views::limits`). What an
+//! agent sends is bounded the same way on the way out, so no message it
+//! builds exceeds what the controller accepts.
 
 use cutover_core::views::{
-    from_ms, to_ms, ChannelView, ContentIdentity, DiagReport, HostView, InstalledService,
-    ReleaseServiceView, ReleaseView, ServiceLog,
+    bound, from_ms, limits, to_ms, ChannelView, ContentIdentity, DiagReport, HostView,
+    InstalledService, ReleaseServiceView, ReleaseView, ServiceLog,
 };
 use cutover_core::Sha256Digest;
 
@@ -44,9 +48,40 @@ impl From<&ContentIdentity> for v1::ContentIdentity {
     }
 }
 
+/// An identity's version text: compared, never cut, so over-long or
+/// control characters are refused.
+fn version_text(what: &'static str, s: &str) -> Result<(), WireError> {
+    if s.len() > limits::VERSION {
+        return Err(WireError {
+            what,
+            reason: format!("{} bytes, at most {} are allowed", s.len(), limits::VERSION),
+        });
+    }
+    if s.chars().any(char::is_control) {
+        return Err(WireError {
+            what,
+            reason: format!("{s:?} contains control characters"),
+        });
+    }
+    Ok(())
+}
+
+/// Refuses a list of more than `max` entries before any is converted.
+pub fn check_count(what: &'static str, n: usize, max: usize) -> Result<(), WireError> {
+    if n > max {
+        return Err(WireError {
+            what,
+            reason: format!("{n} entries, at most {max} are allowed"),
+        });
+    }
+    Ok(())
+}
+
 impl TryFrom<v1::ContentIdentity> for ContentIdentity {
     type Error = WireError;
     fn try_from(c: v1::ContentIdentity) -> Result<Self, WireError> {
+        version_text("release version", &c.release)?;
+        version_text("service version", &c.service_version)?;
         Ok(ContentIdentity {
             release: c.release,
             service_version: c.service_version,
@@ -62,7 +97,7 @@ impl From<&InstalledService> for v1::InstalledService {
             name: s.name.clone(),
             current: s.current.as_ref().map(Into::into),
             previous: s.previous.as_ref().map(Into::into),
-            state: s.state.clone(),
+            state: cutover_core::views::bounded(&s.state, limits::SHORT).into_owned(),
         }
     }
 }
@@ -74,27 +109,61 @@ impl TryFrom<v1::InstalledService> for InstalledService {
             what: "service name",
             reason: e.to_string(),
         })?;
-        Ok(InstalledService {
+        let mut service = InstalledService {
             name: s.name,
             current: s.current.map(TryInto::try_into).transpose()?,
             previous: s.previous.map(TryInto::try_into).transpose()?,
             state: s.state,
-        })
+        };
+        service.bound();
+        Ok(service)
     }
 }
 
+/// An inventory from a peer: at most [`limits::SERVICES`] services, each
+/// checked.
 pub fn services_from_wire(
     list: Vec<v1::InstalledService>,
 ) -> Result<Vec<InstalledService>, WireError> {
+    check_count("inventory", list.len(), limits::SERVICES)?;
     list.into_iter().map(TryInto::try_into).collect()
+}
+
+/// What an agent says when it opens a session, as checked at the edge.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hello {
+    /// Cut to [`limits::SHORT`] with a marker.
+    pub agent_version: String,
+    pub heartbeat_interval_ms: u64,
+    pub inventory: Vec<InstalledService>,
+    pub agent_started_at_ms: i64,
+}
+
+impl TryFrom<v1::Hello> for Hello {
+    type Error = WireError;
+    fn try_from(h: v1::Hello) -> Result<Self, WireError> {
+        let mut agent_version = h.agent_version;
+        bound(&mut agent_version, limits::SHORT);
+        Ok(Hello {
+            agent_version,
+            heartbeat_interval_ms: h.heartbeat_interval_ms,
+            inventory: services_from_wire(h.inventory)?,
+            agent_started_at_ms: h.agent_started_at_ms,
+        })
+    }
 }
 
 pub fn services_to_wire(list: &[InstalledService]) -> Vec<v1::InstalledService> {
     list.iter().map(Into::into).collect()
 }
 
+/// What an agent sends: bounded first ([`DiagReport::bound`]), so the
+/// largest report it can build fits in one message.
 impl From<&DiagReport> for v1::DiagReport {
     fn from(d: &DiagReport) -> Self {
+        let mut d = d.clone();
+        d.bound();
+        let d = &d;
         v1::DiagReport {
             hostname: d.hostname.clone(),
             os: d.os.clone(),
@@ -133,7 +202,9 @@ impl From<&DiagReport> for v1::DiagReport {
 impl TryFrom<v1::DiagReport> for DiagReport {
     type Error = WireError;
     fn try_from(d: v1::DiagReport) -> Result<Self, WireError> {
-        Ok(DiagReport {
+        check_count("diag report services", d.services.len(), limits::SERVICES)?;
+        check_count("diag report logs", d.logs.len(), limits::SERVICES)?;
+        let mut report = DiagReport {
             hostname: d.hostname,
             os: d.os,
             kernel: d.kernel,
@@ -162,7 +233,9 @@ impl TryFrom<v1::DiagReport> for DiagReport {
                     detail: Some(l.detail).filter(|e| !e.is_empty()),
                 })
                 .collect(),
-        })
+        };
+        report.bound();
+        Ok(report)
     }
 }
 
@@ -301,5 +374,87 @@ mod tests {
         };
         let back = ContentIdentity::try_from(v1::ContentIdentity::from(&c)).unwrap();
         assert_eq!(back, c);
+    }
+
+    #[test]
+    fn a_hello_is_bounded_and_an_oversized_inventory_is_refused() {
+        let service = v1::InstalledService {
+            name: "api".into(),
+            current: None,
+            previous: None,
+            state: "s".repeat(70_000),
+        };
+        let hello = Hello::try_from(v1::Hello {
+            agent_version: "v".repeat(70_000),
+            heartbeat_interval_ms: 1000,
+            inventory: vec![service.clone()],
+            agent_started_at_ms: 1,
+        })
+        .unwrap();
+        assert!(hello.agent_version.len() <= limits::SHORT);
+        assert!(hello.agent_version.starts_with("vvv"));
+        assert!(hello
+            .agent_version
+            .ends_with(cutover_core::views::TRUNCATED));
+        assert!(hello.inventory[0].state.len() <= limits::SHORT);
+
+        let e = Hello::try_from(v1::Hello {
+            inventory: vec![service; limits::SERVICES + 1],
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("malformed inventory from peer: 1025 entries, at most 1024"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn an_identity_with_an_over_long_or_control_version_is_refused() {
+        for (release, needle) in [
+            ("9".repeat(limits::VERSION + 1), "129 bytes, at most 128"),
+            ("1.0\u{1b}]0;pwned\u{7}".to_string(), "control characters"),
+        ] {
+            let e = ContentIdentity::try_from(v1::ContentIdentity {
+                release,
+                ..Default::default()
+            })
+            .unwrap_err()
+            .to_string();
+            assert!(
+                e.contains("malformed release version") && e.contains(needle),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_diag_report_from_a_peer_is_bounded_and_too_many_logs_are_refused() {
+        let log = v1::ServiceLog {
+            service: "api".into(),
+            lines: vec!["l".repeat(10_000); 1000],
+            detail: "d".repeat(10_000),
+            last_exit: "e".repeat(10_000),
+            ..Default::default()
+        };
+        let d = DiagReport::try_from(v1::DiagReport {
+            hostname: "h".repeat(70_000),
+            logs: vec![log.clone(); 3],
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(d.hostname.len() <= limits::SHORT);
+        assert!(d.logs[0].lines.len() <= limits::LOG_LINES);
+        assert!(d.logs[0].lines[0].len() <= limits::LOG_LINE);
+        assert!(d.logs[0].last_exit.as_ref().unwrap().len() <= limits::SHORT);
+
+        let e = DiagReport::try_from(v1::DiagReport {
+            logs: vec![v1::ServiceLog::default(); limits::SERVICES + 1],
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("malformed diag report logs from peer"), "{e}");
     }
 }
