@@ -26,6 +26,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
+mod bounds;
+pub use bounds::*;
+use bounds::{check_count, check_entries, check_target, check_text, check_url};
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FleetConfig {
@@ -352,8 +356,11 @@ impl FleetConfig {
     }
 
     pub fn validate(&self) -> std::result::Result<(), String> {
+        check_count("hosts", self.hosts.len(), 0, MAX_HOSTS)?;
+        check_count("services", self.services.len(), 0, MAX_SERVICES)?;
         for (name, host) in &self.hosts {
             crate::names::validate("host", name).map_err(|e| e.to_string())?;
+            check_entries(&format!("hosts.{name}.labels"), host.labels.len())?;
             for l in &host.labels {
                 crate::names::validate("label", l)
                     .map_err(|e| format!("hosts.{name}.labels: {e}"))?;
@@ -365,21 +372,12 @@ impl FleetConfig {
             if svc.hosts.is_empty() && svc.labels.is_empty() {
                 return Err(format!("{at}: no `hosts` or `labels`; say where it runs"));
             }
+            check_entries(&format!("{at}.hosts"), svc.hosts.len())?;
+            check_entries(&format!("{at}.labels"), svc.labels.len())?;
             for h in &svc.hosts {
                 crate::names::validate("host", h).map_err(|e| format!("{at}.hosts: {e}"))?;
             }
             svc.validate().map_err(|e| format!("{at}.{e}"))?;
-            let p = &svc.policy;
-            if p.canary == 0 {
-                return Err(format!(
-                    "{at}.policy.canary: must be at least 1 (a canary host is the safe default)"
-                ));
-            }
-            if p.max_parallel == 0 || p.max_unavailable == 0 {
-                return Err(format!(
-                    "{at}.policy: max_parallel and max_unavailable must be at least 1"
-                ));
-            }
         }
         Ok(())
     }
@@ -407,7 +405,35 @@ impl FleetConfig {
 }
 
 impl ServiceConfig {
-    fn validate(&self) -> std::result::Result<(), String> {
+    /// Checks the service's settings: their consistency, and every
+    /// duration, count and check target against its bound. Errors start
+    /// with the key (`healthy_deadline = "…": must be between …`). The
+    /// controller runs it again on the config a stored rollout carries,
+    /// which an older controller may have accepted unchecked.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        STOP_GRACE.check("stop_grace", self.stop_grace)?;
+        MIN_HEALTHY_TIME.check("min_healthy_time", self.min_healthy_time)?;
+        HEALTHY_DEADLINE.check("healthy_deadline", self.healthy_deadline)?;
+        self.policy.validate().map_err(|e| format!("policy.{e}"))?;
+        check_count("checks", self.checks.len(), 0, MAX_CHECKS)?;
+        for (key, n) in [
+            ("args", self.args.len()),
+            ("env", self.env.len()),
+            ("labels", self.labels.len()),
+            ("hosts", self.hosts.len()),
+        ] {
+            check_entries(key, n)?;
+        }
+        check_text(
+            "command",
+            self.command
+                .iter()
+                .chain(&self.working_dir)
+                .chain(&self.unit)
+                .chain(&self.args)
+                .chain(self.env.keys())
+                .chain(self.env.values()),
+        )?;
         match self.runner {
             RunnerKind::Process => {
                 if self.command.as_deref().unwrap_or("").is_empty() {
@@ -438,6 +464,7 @@ impl ServiceConfig {
                     return Err("command: a docker service sets its command in [container]".into());
                 }
                 let c = self.container.clone().unwrap_or_default();
+                c.validate().map_err(|e| format!("container.{e}"))?;
                 if let Some(r) = &c.restart {
                     if !["no", "always", "unless-stopped", "on-failure"].contains(&r.as_str()) {
                         return Err(format!(
@@ -472,21 +499,121 @@ impl ServiceConfig {
             ));
         }
         for (i, c) in self.checks.iter().enumerate() {
-            if c.interval.is_zero() || c.timeout.is_zero() {
+            c.validate(false).map_err(|e| format!("checks[{i}].{e}"))?;
+        }
+        Ok(())
+    }
+}
+
+impl Policy {
+    fn validate(&self) -> std::result::Result<(), String> {
+        if self.canary == 0 {
+            return Err(format!(
+                "canary = 0: must be between 1 and {MAX_BATCH_HOSTS} (a canary host is the safe default)"
+            ));
+        }
+        check_count("canary", self.canary, 1, MAX_BATCH_HOSTS)?;
+        check_count("max_parallel", self.max_parallel, 1, MAX_BATCH_HOSTS)?;
+        check_count("max_unavailable", self.max_unavailable, 1, MAX_BATCH_HOSTS)?;
+        if let Some(d) = self.step_deadline {
+            STEP_DEADLINE.check("step_deadline", d)?;
+        }
+        Ok(())
+    }
+
+    /// How long a host has to report after its command: `step_deadline`,
+    /// or `healthy_deadline` plus two minutes to download. Saturating, so
+    /// a config that skipped validation cannot overflow it.
+    pub fn step_deadline_for(&self, healthy_deadline: Duration) -> Duration {
+        self.step_deadline
+            .unwrap_or_else(|| healthy_deadline.saturating_add(Duration::from_secs(120)))
+    }
+}
+
+impl ContainerConfig {
+    fn validate(&self) -> std::result::Result<(), String> {
+        for (key, n) in [
+            ("command", self.command.len()),
+            ("env", self.env.len()),
+            ("ports", self.ports.len()),
+            ("mounts", self.mounts.len()),
+            ("labels", self.labels.len()),
+        ] {
+            check_entries(key, n)?;
+        }
+        check_text(
+            "command",
+            self.name
+                .iter()
+                .chain(&self.command)
+                .chain(self.env.keys())
+                .chain(self.env.values())
+                .chain(&self.ports)
+                .chain(&self.mounts)
+                .chain(&self.network)
+                .chain(self.labels.keys())
+                .chain(self.labels.values()),
+        )?;
+        if let Some(m) = self.memory_bytes {
+            let (lo, hi) = CONTAINER_MEMORY;
+            if !(lo..=hi).contains(&m) {
                 return Err(format!(
-                    "checks[{i}]: interval and timeout must be positive"
+                    "memory_bytes = {m}: must be between {lo} (4 MiB) and {hi} (16 TiB)"
                 ));
             }
-            let probe = c.probe().map_err(|e| format!("checks[{i}].{e}"))?;
-            if let Probe::Http { url, .. } = probe {
-                if !url.starts_with("http://") {
+        }
+        if let Some(c) = self.cpus {
+            let (lo, hi) = CONTAINER_CPUS;
+            if !(lo..=hi).contains(&c) {
+                return Err(format!("cpus = {c}: must be between {lo} and {hi}"));
+            }
+        }
+        for p in &self.ports {
+            // The last two parts are host_port:container_port[/proto].
+            let parts: Vec<&str> = p.rsplitn(3, ':').collect();
+            for port in parts.iter().take(2) {
+                let port = port.split('/').next().unwrap_or("");
+                let var = port.starts_with("${") && port.ends_with('}');
+                if !var && !port.parse::<u16>().is_ok_and(|n| n >= 1) {
                     return Err(format!(
-                        "checks[{i}].url: {url:?} must start with http:// (checks talk to the local service)"
+                        "ports: {p:?} has a port that is not a number from 1 to 65535"
                     ));
                 }
             }
         }
         Ok(())
+    }
+}
+
+impl Check {
+    /// Bounds and target of one check; `substituted` once the host's
+    /// `${var}`s are filled in.
+    fn validate(&self, substituted: bool) -> std::result::Result<(), String> {
+        CHECK_INTERVAL.check("interval", self.interval)?;
+        CHECK_TIMEOUT.check("timeout", self.timeout)?;
+        check_entries("args", self.args.len())?;
+        check_text(
+            "args",
+            self.name
+                .iter()
+                .chain(&self.url)
+                .chain(&self.body_contains)
+                .chain(&self.address)
+                .chain(&self.command)
+                .chain(&self.args),
+        )?;
+        if let Some(s) = self.expect_status {
+            if !(100..=599).contains(&s) {
+                return Err(format!(
+                    "expect_status = {s}: must be an HTTP status from 100 to 599"
+                ));
+            }
+        }
+        match self.probe()? {
+            Probe::Http { url, .. } => check_url("url", url, substituted),
+            Probe::Tcp { address } => check_target("address", address, true, substituted),
+            Probe::Exec { .. } => Ok(()),
+        }
     }
 }
 
@@ -535,6 +662,11 @@ impl ServiceConfig {
                 sub(s)?;
             }
         }
+        for (i, check) in c.checks.iter().enumerate() {
+            check
+                .validate(true)
+                .map_err(|e| format!("checks[{i}].{e} (after the host's [vars])"))?;
+        }
         Ok(c)
     }
 }
@@ -579,127 +711,4 @@ pub fn signal_number(name: &str) -> std::result::Result<i32, String> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const GOOD: &str = r#"
-[hosts.a]
-labels = ["edge"]
-[hosts.b]
-labels = ["edge"]
-
-[services.api]
-hosts = ["c"]
-labels = ["edge"]
-runner = "process"
-command = "bin/api"
-min_healthy_time = "2s"
-[[services.api.checks]]
-kind = "http"
-url = "http://127.0.0.1:1/healthz"
-body_contains = "ok"
-[services.api.policy]
-max_parallel = 2
-rollback_scope = "host"
-"#;
-
-    #[test]
-    fn a_host_both_named_and_labelled_is_selected_once_in_order() {
-        let f = FleetConfig::parse(
-            "f.toml",
-            &GOOD.replace("hosts = [\"c\"]", "hosts = [\"b\", \"0\"]"),
-        )
-        .unwrap();
-        assert_eq!(f.hosts_of("api"), ["0", "a", "b"]);
-    }
-
-    #[test]
-    fn parses_with_defaults_and_resolves_labels() {
-        let f = FleetConfig::parse("fleet.toml", GOOD).unwrap();
-        assert_eq!(f.hosts_of("api"), ["a", "b", "c"]);
-        let api = &f.services["api"];
-        assert_eq!(api.policy.canary, 1);
-        assert_eq!(api.policy.batch_size(), 1, "capped by max_unavailable");
-        assert_eq!(api.policy.rollback_scope, RollbackScope::Host);
-        assert_eq!(api.healthy_deadline, Duration::from_secs(60));
-        assert!(matches!(
-            api.checks[0].probe().unwrap(),
-            Probe::Http {
-                expect_status: 200,
-                body_contains: Some("ok"),
-                ..
-            }
-        ));
-    }
-
-    #[test]
-    fn unknown_key_names_file_and_key() {
-        let text = GOOD.replace("max_parallel = 2", "max_paralel = 2");
-        let e = FleetConfig::parse("fleet.toml", &text)
-            .unwrap_err()
-            .to_string();
-        assert!(e.starts_with("fleet.toml: line"), "{e}");
-        assert!(e.contains("max_paralel"), "{e}");
-    }
-
-    #[test]
-    fn unknown_key_in_a_check_is_refused() {
-        let text = GOOD.replace("body_contains", "body_contans");
-        let e = FleetConfig::parse("fleet.toml", &text)
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("body_contans"), "{e}");
-    }
-
-    #[test]
-    fn host_variables_are_substituted_and_unknown_ones_named() {
-        let text = GOOD.replace(
-            "http://127.0.0.1:1/healthz",
-            "http://127.0.0.1:${port}/healthz",
-        );
-        let f = FleetConfig::parse("f.toml", &text).unwrap();
-        let vars = BTreeMap::from([("port".to_string(), "8081".to_string())]);
-        let c = f.services["api"].with_vars(&vars).unwrap();
-        assert_eq!(
-            c.checks[0].url.as_deref(),
-            Some("http://127.0.0.1:8081/healthz")
-        );
-        let e = f.services["api"].with_vars(&BTreeMap::new()).unwrap_err();
-        assert!(e.contains("`${port}` is not set"), "{e}");
-    }
-
-    #[test]
-    fn refuses_inconsistent_services() {
-        for (from, to, want) in [
-            ("command = \"bin/api\"", "", "command: required"),
-            (
-                "runner = \"process\"",
-                "runner = \"systemd\"",
-                "unit: required",
-            ),
-            (
-                "min_healthy_time = \"2s\"",
-                "min_healthy_time = \"2m\"",
-                "healthy_deadline",
-            ),
-            (
-                "hosts = [\"c\"]\nlabels = [\"edge\"]",
-                "",
-                "no `hosts` or `labels`",
-            ),
-            ("rollback_scope = \"host\"", "canary = 0", "canary"),
-            ("url = ", "address = ", "checks[0].address: not used"),
-        ] {
-            let text = GOOD.replace(from, to);
-            let e = FleetConfig::parse("f.toml", &text).unwrap_err().to_string();
-            assert!(e.contains(want), "{want}: {e}");
-        }
-    }
-
-    #[test]
-    fn the_packaged_example_is_valid() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../packaging/fleet.toml");
-        let f = FleetConfig::parse(path, &std::fs::read_to_string(path).unwrap()).unwrap();
-        assert_eq!(f.hosts_of("api"), ["edge-1", "edge-2"]);
-    }
-}
+mod tests;

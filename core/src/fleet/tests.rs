@@ -1,0 +1,348 @@
+//! Fleet config parsing, with hostile values as well as good ones.
+
+use super::*;
+
+const GOOD: &str = r#"
+[hosts.a]
+labels = ["edge"]
+[hosts.b]
+labels = ["edge"]
+
+[services.api]
+hosts = ["c"]
+labels = ["edge"]
+runner = "process"
+command = "bin/api"
+min_healthy_time = "2s"
+[[services.api.checks]]
+kind = "http"
+url = "http://127.0.0.1:1/healthz"
+body_contains = "ok"
+[services.api.policy]
+max_parallel = 2
+rollback_scope = "host"
+"#;
+
+#[test]
+fn a_host_both_named_and_labelled_is_selected_once_in_order() {
+    let f = FleetConfig::parse(
+        "f.toml",
+        &GOOD.replace("hosts = [\"c\"]", "hosts = [\"b\", \"0\"]"),
+    )
+    .unwrap();
+    assert_eq!(f.hosts_of("api"), ["0", "a", "b"]);
+}
+
+#[test]
+fn parses_with_defaults_and_resolves_labels() {
+    let f = FleetConfig::parse("fleet.toml", GOOD).unwrap();
+    assert_eq!(f.hosts_of("api"), ["a", "b", "c"]);
+    let api = &f.services["api"];
+    assert_eq!(api.policy.canary, 1);
+    assert_eq!(api.policy.batch_size(), 1, "capped by max_unavailable");
+    assert_eq!(api.policy.rollback_scope, RollbackScope::Host);
+    assert_eq!(api.healthy_deadline, Duration::from_secs(60));
+    assert!(matches!(
+        api.checks[0].probe().unwrap(),
+        Probe::Http {
+            expect_status: 200,
+            body_contains: Some("ok"),
+            ..
+        }
+    ));
+}
+
+#[test]
+fn unknown_key_names_file_and_key() {
+    let text = GOOD.replace("max_parallel = 2", "max_paralel = 2");
+    let e = FleetConfig::parse("fleet.toml", &text)
+        .unwrap_err()
+        .to_string();
+    assert!(e.starts_with("fleet.toml: line"), "{e}");
+    assert!(e.contains("max_paralel"), "{e}");
+}
+
+#[test]
+fn unknown_key_in_a_check_is_refused() {
+    let text = GOOD.replace("body_contains", "body_contans");
+    let e = FleetConfig::parse("fleet.toml", &text)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("body_contans"), "{e}");
+}
+
+#[test]
+fn host_variables_are_substituted_and_unknown_ones_named() {
+    let text = GOOD.replace(
+        "http://127.0.0.1:1/healthz",
+        "http://127.0.0.1:${port}/healthz",
+    );
+    let f = FleetConfig::parse("f.toml", &text).unwrap();
+    let vars = BTreeMap::from([("port".to_string(), "8081".to_string())]);
+    let c = f.services["api"].with_vars(&vars).unwrap();
+    assert_eq!(
+        c.checks[0].url.as_deref(),
+        Some("http://127.0.0.1:8081/healthz")
+    );
+    let e = f.services["api"].with_vars(&BTreeMap::new()).unwrap_err();
+    assert!(e.contains("`${port}` is not set"), "{e}");
+}
+
+#[test]
+fn refuses_inconsistent_services() {
+    for (from, to, want) in [
+        ("command = \"bin/api\"", "", "command: required"),
+        (
+            "runner = \"process\"",
+            "runner = \"systemd\"",
+            "unit: required",
+        ),
+        (
+            "min_healthy_time = \"2s\"",
+            "min_healthy_time = \"2m\"",
+            "healthy_deadline",
+        ),
+        (
+            "hosts = [\"c\"]\nlabels = [\"edge\"]",
+            "",
+            "no `hosts` or `labels`",
+        ),
+        ("rollback_scope = \"host\"", "canary = 0", "canary"),
+        ("url = ", "address = ", "checks[0].address: not used"),
+    ] {
+        let text = GOOD.replace(from, to);
+        let e = FleetConfig::parse("f.toml", &text).unwrap_err().to_string();
+        assert!(e.contains(want), "{want}: {e}");
+    }
+}
+
+fn refusal(from: &str, to: &str) -> String {
+    let text = GOOD.replace(from, to);
+    assert_ne!(text, GOOD, "{from:?} is not in the test config");
+    FleetConfig::parse("fleet.toml", &text)
+        .unwrap_err()
+        .to_string()
+}
+
+#[test]
+fn durations_outside_their_bounds_are_refused_naming_key_value_file_and_bound() {
+    let max = u64::MAX;
+    for (from, to, want) in [
+        (
+            "min_healthy_time = \"2s\"",
+            format!("min_healthy_time = \"2s\"\nhealthy_deadline = \"{max}s\""),
+            format!("fleet.toml: services.api.healthy_deadline = \"{max}s\": must be between 100ms and 24h"),
+        ),
+        (
+            "min_healthy_time = \"2s\"",
+            "min_healthy_time = \"2s\"\nhealthy_deadline = \"0s\"".to_string(),
+            "healthy_deadline = \"0s\": must be between 100ms and 24h".to_string(),
+        ),
+        (
+            "min_healthy_time = \"2s\"",
+            format!("min_healthy_time = \"{max}s\""),
+            format!("min_healthy_time = \"{max}s\": must be between 0s and 1h"),
+        ),
+        (
+            "rollback_scope = \"host\"",
+            "step_deadline = \"0s\"".to_string(),
+            "services.api.policy.step_deadline = \"0s\": must be between 1s and 48h".to_string(),
+        ),
+        (
+            "rollback_scope = \"host\"",
+            format!("step_deadline = \"{max}s\""),
+            format!("policy.step_deadline = \"{max}s\": must be between 1s and 48h"),
+        ),
+        (
+            "min_healthy_time = \"2s\"",
+            format!("min_healthy_time = \"2s\"\nstop_grace = \"{max}s\""),
+            format!("stop_grace = \"{max}s\": must be between 0s and 1h"),
+        ),
+        (
+            "body_contains = \"ok\"",
+            "body_contains = \"ok\"\ninterval = \"0s\"".to_string(),
+            "checks[0].interval = \"0s\": must be between 10ms and 1h".to_string(),
+        ),
+        (
+            "body_contains = \"ok\"",
+            format!("body_contains = \"ok\"\ntimeout = \"{max}s\""),
+            format!("checks[0].timeout = \"{max}s\": must be between 10ms and 10m"),
+        ),
+    ] {
+        let e = refusal(from, &to);
+        assert!(e.contains(&want), "want {want:?}, got {e}");
+    }
+}
+
+#[test]
+fn counts_outside_their_bounds_are_refused() {
+    let huge = i64::MAX;
+    for (to, want) in [
+        (
+            format!("canary = {huge}"),
+            format!("canary = {huge}: must be between 1 and 100000"),
+        ),
+        (
+            "max_parallel = 100001".to_string(),
+            "max_parallel = 100001: must be between 1 and 100000".to_string(),
+        ),
+        (
+            "max_unavailable = 0".to_string(),
+            "max_unavailable = 0: must be between 1".to_string(),
+        ),
+    ] {
+        let e = refusal("max_parallel = 2", &to);
+        assert!(e.contains(&want), "want {want:?}, got {e}");
+    }
+    let many = "[[services.api.checks]]\nkind = \"exec\"\ncommand = \"true\"\n".repeat(33);
+    let e = FleetConfig::parse("f.toml", &format!("{GOOD}{many}"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("services.api.checks = 34: must be between 0 and 32"),
+        "{e}"
+    );
+}
+
+#[test]
+fn checks_must_target_the_host_itself_on_a_real_port() {
+    for (url, want) in [
+        ("http://example.com/healthz", "must target the host itself"),
+        ("http://10.0.0.1:80/", "must target the host itself"),
+        (
+            "http://127.0.0.1@example.com/",
+            "must not carry a user name",
+        ),
+        ("http://127.0.0.1:70000/", "not a number from 1 to 65535"),
+        ("http://127.0.0.1:0/", "not a number from 1 to 65535"),
+        ("http://localhost:-1/", "not a number from 1 to 65535"),
+        ("http://${ip}x:80/", "must target the host itself"),
+    ] {
+        let e = refusal("http://127.0.0.1:1/healthz", url);
+        assert!(
+            e.contains("services.api.checks[0].url") && e.contains(want),
+            "{url}: {e}"
+        );
+    }
+    for url in [
+        "http://localhost/healthz",
+        "http://127.0.0.2:65535/",
+        "http://[::1]:8080/x?y",
+        "http://${addr}:${port}/healthz",
+    ] {
+        let text = GOOD.replace("http://127.0.0.1:1/healthz", url);
+        FleetConfig::parse("f.toml", &text).unwrap_or_else(|e| panic!("{url}: {e}"));
+    }
+    let tcp = |address: &str| {
+        GOOD.replace(
+            "url = \"http://127.0.0.1:1/healthz\"",
+            &format!("address = \"{address}\""),
+        )
+        .replace("kind = \"http\"", "kind = \"tcp\"")
+        .replace("body_contains = \"ok\"", "")
+    };
+    for (address, want) in [
+        ("db.internal:5432", "must target the host itself"),
+        ("127.0.0.1:0", "not a number from 1 to 65535"),
+        ("127.0.0.1", "needs a :PORT"),
+    ] {
+        let e = FleetConfig::parse("f.toml", &tcp(address))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("checks[0].address") && e.contains(want),
+            "{address}: {e}"
+        );
+    }
+    FleetConfig::parse("f.toml", &tcp("[::1]:5432")).unwrap();
+}
+
+#[test]
+fn a_port_from_the_hosts_vars_is_checked_after_substitution() {
+    let text = GOOD.replace(
+        "http://127.0.0.1:1/healthz",
+        "http://${addr}:${port}/healthz",
+    );
+    let f = FleetConfig::parse("f.toml", &text).unwrap();
+    let vars = |port: &str| {
+        BTreeMap::from([
+            ("addr".to_string(), "192.0.2.7".to_string()),
+            ("port".to_string(), port.to_string()),
+        ])
+    };
+    let c = f.services["api"].with_vars(&vars("8081")).unwrap();
+    assert_eq!(
+        c.checks[0].url.as_deref(),
+        Some("http://192.0.2.7:8081/healthz")
+    );
+    for bad in ["70000", "0", "80@example.com"] {
+        let e = f.services["api"].with_vars(&vars(bad)).unwrap_err();
+        assert!(
+            e.contains("checks[0].url") && e.contains("after the host's [vars]"),
+            "{bad}: {e}"
+        );
+    }
+}
+
+#[test]
+fn container_limits_and_ports_are_bounded() {
+    let docker = |container: &str| {
+        format!("[services.web]\nhosts = [\"a\"]\nrunner = \"docker\"\n[services.web.container]\n{container}\n")
+    };
+    for (container, want) in [
+        (
+            "memory_bytes = -1",
+            "container.memory_bytes = -1: must be between",
+        ),
+        ("cpus = 0.0", "container.cpus = 0: must be between"),
+        ("cpus = nan", "container.cpus = NaN: must be between"),
+        (
+            "ports = [\"127.0.0.1:70000:80\"]",
+            "container.ports: \"127.0.0.1:70000:80\" has a port",
+        ),
+        (
+            "ports = [\"8080:0/udp\"]",
+            "has a port that is not a number",
+        ),
+    ] {
+        let e = FleetConfig::parse("f.toml", &docker(container))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(want), "{container}: {e}");
+    }
+    FleetConfig::parse(
+        "f.toml",
+        &docker("ports = [\"127.0.0.1:${p}:8080/tcp\"]\ncpus = 0.5"),
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_step_deadline_from_an_unchecked_config_saturates_instead_of_overflowing() {
+    let p = Policy::default();
+    assert_eq!(p.step_deadline_for(Duration::MAX), Duration::MAX);
+    assert_eq!(
+        p.step_deadline_for(Duration::from_secs(60)),
+        Duration::from_secs(180)
+    );
+}
+
+#[test]
+fn durations_show_in_the_unit_that_divides_them() {
+    assert_eq!(show_duration(Duration::from_secs(24 * 3600)), "24h");
+    assert_eq!(show_duration(Duration::from_millis(100)), "100ms");
+    assert_eq!(show_duration(Duration::from_secs(90)), "90s");
+    assert_eq!(show_duration(Duration::ZERO), "0s");
+    assert_eq!(
+        show_duration(Duration::from_secs(u64::MAX)),
+        format!("{}s", u64::MAX)
+    );
+    assert_eq!(show_duration(Duration::from_nanos(7)), "7ns");
+}
+
+#[test]
+fn the_packaged_example_is_valid() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../packaging/fleet.toml");
+    let f = FleetConfig::parse(path, &std::fs::read_to_string(path).unwrap()).unwrap();
+    assert_eq!(f.hosts_of("api"), ["edge-1", "edge-2"]);
+}
