@@ -78,37 +78,66 @@ impl Journal {
         service_dir(data_dir, service).join("journal.json")
     }
 
-    pub fn load(data_dir: &Path, service: &str) -> Result<Option<Journal>> {
+    /// The service's journal: `Ok(None)` when there is none, and
+    /// [`Unreadable`] when one is there but cannot be read or parsed. An
+    /// unreadable journal is never taken for a missing one: it is kept as
+    /// it is and reported.
+    pub fn load(data_dir: &Path, service: &str) -> Result<Option<Journal>, Unreadable> {
         let path = Journal::path(data_dir, service);
-        match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| Error::Journal {
-                    path,
-                    problem: e.to_string(),
-                }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(Error::io(path, e)),
-        }
+        let unreadable = |problem: String| Unreadable {
+            service: service.to_string(),
+            path: path.clone(),
+            problem,
+            linked: read_current(data_dir, service),
+        };
+        let bytes = match read_bounded(&path, MAX_JOURNAL_BYTES) {
+            Ok(Some(b)) => b,
+            Ok(None) => return Ok(None),
+            Err(problem) => return Err(unreadable(problem)),
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| unreadable(e.to_string()))
     }
 
-    /// Every journal under the data directory.
-    pub fn load_all(data_dir: &Path) -> Result<Vec<Journal>> {
+    /// Every service under the data directory, each as a readable journal,
+    /// an unreadable one, or a `current` link without a journal. `Err` only
+    /// when `services/` itself cannot be listed.
+    pub fn scan(data_dir: &Path) -> Result<Scan> {
         let dir = data_dir.join("services");
         let entries = match std::fs::read_dir(&dir) {
             Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Scan::default()),
             Err(e) => return Err(Error::io(dir, e)),
         };
-        let mut out = Vec::new();
+        let mut out = Scan::default();
         for entry in entries {
             let entry = entry.map_err(|e| Error::io(&dir, e))?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            if let Some(j) = Journal::load(data_dir, &name)? {
-                out.push(j);
+            if !entry.path().is_dir() {
+                continue;
+            }
+            if let Some(sha) = read_current(data_dir, &name) {
+                out.linked.push(sha);
+            }
+            match Journal::load(data_dir, &name) {
+                Ok(Some(j)) => out.journals.push(j),
+                Ok(None) => {
+                    if let Some(linked) = read_current(data_dir, &name) {
+                        out.orphans.push(Orphan {
+                            pid_file: service_dir(data_dir, &name).join("pid").exists(),
+                            path: Journal::path(data_dir, &name),
+                            service: name,
+                            linked,
+                        });
+                    }
+                }
+                Err(u) => out.unreadable.push(u),
             }
         }
-        out.sort_by(|a, b| a.service.cmp(&b.service));
+        out.journals.sort_by(|a, b| a.service.cmp(&b.service));
+        out.unreadable.sort_by(|a, b| a.service.cmp(&b.service));
+        out.orphans.sort_by(|a, b| a.service.cmp(&b.service));
         Ok(out)
     }
 
@@ -135,6 +164,97 @@ impl Journal {
             state: state.to_string(),
         }
     }
+}
+
+/// Larger than any journal the agent writes (a command, its config and one
+/// bounded report): a bigger file is damage, refused before it is read.
+pub const MAX_JOURNAL_BYTES: u64 = 16 << 20;
+
+/// What [`Journal::scan`] found under `services/`.
+#[derive(Debug, Default)]
+pub struct Scan {
+    pub journals: Vec<Journal>,
+    /// Journals that exist but cannot be read: nothing may be deleted on
+    /// their account, and their services are not touched until repaired.
+    pub unreadable: Vec<Unreadable>,
+    /// Services with a `current` link but no journal (it was deleted).
+    pub orphans: Vec<Orphan>,
+    /// Where every `services/*/current` link points, journal or not.
+    pub linked: Vec<Sha256Digest>,
+}
+
+/// A `journal.json` that exists but cannot be read or parsed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Unreadable {
+    pub service: String,
+    pub path: PathBuf,
+    pub problem: String,
+    /// Where the service's `current` link points, if it does.
+    pub linked: Option<Sha256Digest>,
+}
+
+impl Unreadable {
+    /// One line for the operator: the file, what is wrong, the fix.
+    pub fn message(&self) -> String {
+        format!(
+            "journal {} cannot be read ({}): repair or remove it; nothing was deleted and service {} is left as it is until then",
+            self.path.display(),
+            self.problem,
+            self.service
+        )
+    }
+}
+
+/// A service whose journal is gone while its `current` link remains: its
+/// release is kept, it stays in the inventory, and the next install stops
+/// whatever its pid file names before starting anything.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Orphan {
+    pub service: String,
+    pub path: PathBuf,
+    pub linked: Sha256Digest,
+    pub pid_file: bool,
+}
+
+impl Orphan {
+    pub fn message(&self) -> String {
+        format!(
+            "journal {} is missing; current points at release {}{}: the next install of {} stops it first and writes a new journal",
+            self.path.display(),
+            self.linked,
+            if self.pid_file { " and a pid file names its process" } else { "" },
+            self.service
+        )
+    }
+}
+
+/// What a service reports when only its `current` link is known: the
+/// digest, without a release or version to name.
+pub fn linked_identity(linked: Option<Sha256Digest>) -> Option<ContentIdentity> {
+    linked.map(|sha| ContentIdentity {
+        release: "unknown".into(),
+        service_version: "unknown".into(),
+        tarball_sha256: Some(sha),
+        image_id: None,
+    })
+}
+
+/// Reads a whole file of at most `max` bytes; `Ok(None)` if it is absent.
+fn read_bounded(path: &Path, max: u64) -> std::result::Result<Option<Vec<u8>>, String> {
+    use std::io::Read;
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.to_string()),
+    };
+    let mut bytes = Vec::new();
+    file.take(max.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(|e| e.to_string())?;
+    if bytes.len() as u64 > max {
+        return Err(format!("larger than {max} bytes"));
+    }
+    Ok(Some(bytes))
 }
 
 pub fn service_dir(data_dir: &Path, service: &str) -> PathBuf {
@@ -191,6 +311,48 @@ mod tests {
         let mut j = Journal::new("api");
         j.failed_since_ms = Some(3);
         j.save(dir.path()).unwrap();
-        assert_eq!(Journal::load_all(dir.path()).unwrap(), vec![j]);
+        assert_eq!(Journal::scan(dir.path()).unwrap().journals, vec![j]);
+    }
+
+    #[test]
+    fn scan_tells_unreadable_and_missing_journals_from_absent_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (Sha256Digest::of(b"a"), Sha256Digest::of(b"b"));
+        Journal::new("ok").save(dir.path()).unwrap();
+        std::fs::create_dir_all(service_dir(dir.path(), "bad")).unwrap();
+        std::fs::write(Journal::path(dir.path(), "bad"), b"not json").unwrap();
+        switch_current(dir.path(), "bad", &a).unwrap();
+        std::fs::create_dir_all(service_dir(dir.path(), "gone")).unwrap();
+        switch_current(dir.path(), "gone", &b).unwrap();
+        std::fs::create_dir_all(service_dir(dir.path(), "empty")).unwrap();
+        let scan = Journal::scan(dir.path()).unwrap();
+        assert_eq!(scan.journals.len(), 1);
+        assert_eq!(scan.unreadable.len(), 1);
+        let u = &scan.unreadable[0];
+        assert_eq!((u.service.as_str(), u.linked), ("bad", Some(a)));
+        assert!(u.message().contains("expected ident"), "{}", u.message());
+        assert_eq!(scan.orphans.len(), 1);
+        assert_eq!(
+            (scan.orphans[0].service.as_str(), scan.orphans[0].linked),
+            ("gone", b)
+        );
+        let mut linked = scan.linked.clone();
+        linked.sort();
+        let mut want = vec![a, b];
+        want.sort();
+        assert_eq!(linked, want);
+    }
+
+    #[test]
+    fn an_oversized_journal_is_refused_before_it_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        Journal::new("api").save(dir.path()).unwrap();
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(Journal::path(dir.path(), "api"))
+            .unwrap();
+        f.set_len(MAX_JOURNAL_BYTES + 1).unwrap();
+        let e = Journal::load(dir.path(), "api").unwrap_err();
+        assert!(e.problem.contains("larger than"), "{}", e.problem);
     }
 }

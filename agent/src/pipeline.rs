@@ -5,7 +5,8 @@
 //! `releases/<sha256>/` only once the digest and size match what the signed
 //! release pins. Until then the unpacked files are untrusted scratch, and
 //! any failure removes them. A verified release is synced to disk before it
-//! is handed over.
+//! is handed over, and [`publish`] names it without ever replacing or
+//! merging into a release another installer made first.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -81,6 +82,34 @@ pub async fn fetch_and_unpack(
             discard(Some(&part));
             Err(e)
         }
+    }
+}
+
+/// How a verified staging directory became `releases/<sha256>/`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Published {
+    /// Renamed into place.
+    Renamed,
+    /// Another installer's whole, verified copy was there first; the
+    /// staging directory is left for its owner to remove.
+    AlreadyThere,
+}
+
+/// Gives a verified, synced staging directory its digest's name with one
+/// `rename`, which never merges into or replaces a non-empty directory:
+/// `dest` is either this tree whole or the one that was there before.
+pub fn publish(staging: &Path, dest: &Path) -> std::io::Result<Published> {
+    match std::fs::rename(staging, dest) {
+        Ok(()) => Ok(Published::Renamed),
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::DirectoryNotEmpty | std::io::ErrorKind::AlreadyExists
+            ) && dest.is_dir() =>
+        {
+            Ok(Published::AlreadyThere)
+        }
+        Err(e) => Err(e),
     }
 }
 

@@ -68,6 +68,60 @@ impl Link {
     }
 }
 
+/// The state a service with an unreadable journal is reported in.
+pub const UNREADABLE: &str = "journal unreadable";
+/// The state of a service whose journal is gone but whose `current` link
+/// remains.
+pub const MISSING: &str = "journal missing";
+
+/// The staging directory of one install: a name no other install uses
+/// (`releases/.tmp-<sha256>-<pid>-<n>`), registered as live for as long as
+/// the install runs and removed when it ends, whatever the outcome.
+struct Staging {
+    path: PathBuf,
+    live: Arc<Mutex<std::collections::HashSet<PathBuf>>>,
+}
+
+impl Staging {
+    fn new(
+        live: &Arc<Mutex<std::collections::HashSet<PathBuf>>>,
+        releases: &Path,
+        sha256: &cutover_core::Sha256Digest,
+    ) -> Staging {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = releases.join(format!(
+            ".tmp-{}-{}-{n}",
+            sha256.to_hex(),
+            std::process::id()
+        ));
+        // Registered before the directory can exist, so garbage collection
+        // never sees it unregistered.
+        live.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(path.clone());
+        Staging {
+            path,
+            live: live.clone(),
+        }
+    }
+
+    fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        // After a rename it is gone; otherwise it is unverified scratch.
+        let _ = std::fs::remove_dir_all(&self.path);
+        self.live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.path);
+    }
+}
+
 pub struct Installer {
     pub data_dir: PathBuf,
     pub limits: Limits,
@@ -84,6 +138,13 @@ pub struct Installer {
     docker: tokio::sync::Mutex<Option<Arc<crate::docker::Engine>>>,
     /// Services with a rollback waiting: their health checks stop early.
     rollback_waiting: Mutex<std::collections::HashSet<String>>,
+    /// One lock per release digest, held while `releases/<sha256>/` is
+    /// made: one installer creates it, the others wait and then use it,
+    /// and garbage collection never removes one that is being made.
+    digests: Mutex<HashMap<cutover_core::Sha256Digest, Arc<tokio::sync::Mutex<()>>>>,
+    /// Staging directories of installs running in this process: garbage
+    /// collection removes every other one.
+    staging: Arc<Mutex<std::collections::HashSet<PathBuf>>>,
     outbox: mpsc::UnboundedSender<Report>,
 }
 
@@ -117,6 +178,8 @@ impl Installer {
             queues: Mutex::new(HashMap::new()),
             docker: tokio::sync::Mutex::new(None),
             rollback_waiting: Mutex::new(Default::default()),
+            digests: Mutex::new(HashMap::new()),
+            staging: Arc::new(Mutex::new(Default::default())),
             outbox,
         };
         (Arc::new(i), rx)
@@ -139,15 +202,29 @@ impl Installer {
         };
     }
 
-    fn journal(&self, service: &str) -> Journal {
-        match Journal::load(&self.data_dir, service) {
-            Ok(Some(j)) => j,
-            Ok(None) => Journal::new(service),
-            Err(e) => {
-                tracing::error!(%service, error = %e, "journal unreadable; starting it afresh");
-                Journal::new(service)
-            }
-        }
+    fn digest_lock(&self, sha256: &cutover_core::Sha256Digest) -> Arc<tokio::sync::Mutex<()>> {
+        self.digests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(*sha256)
+            .or_default()
+            .clone()
+    }
+
+    /// The service's journal, or a fresh one if it has none. One that
+    /// cannot be read is an error, never a fresh start: writing a new one
+    /// would lose what it knew.
+    fn journal(&self, service: &str) -> Result<Journal, journal::Unreadable> {
+        Ok(Journal::load(&self.data_dir, service)?.unwrap_or_else(|| Journal::new(service)))
+    }
+
+    /// Every service on disk; a `services/` that cannot be listed is
+    /// logged and reads as nothing (callers that delete do not use this).
+    fn scan(&self) -> journal::Scan {
+        Journal::scan(&self.data_dir).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "cannot list the services");
+            journal::Scan::default()
+        })
     }
 
     fn save(&self, j: &Journal) -> Result<(), Evidence> {
@@ -176,7 +253,8 @@ impl Installer {
 
     /// What every service runs, for hello and diagnostics.
     pub async fn inventory(&self) -> Vec<InstalledService> {
-        let journals = Journal::load_all(&self.data_dir).unwrap_or_default();
+        let scan = self.scan();
+        let journals = scan.journals;
         let busy = self.busy.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let mut out = Vec::with_capacity(journals.len());
         for j in &journals {
@@ -193,14 +271,31 @@ impl Installer {
             };
             out.push(j.installed(&state));
         }
+        for u in &scan.unreadable {
+            out.push(InstalledService {
+                name: u.service.clone(),
+                current: journal::linked_identity(u.linked),
+                previous: None,
+                state: UNREADABLE.into(),
+            });
+        }
+        for o in &scan.orphans {
+            out.push(InstalledService {
+                name: o.service.clone(),
+                current: journal::linked_identity(Some(o.linked)),
+                previous: None,
+                state: MISSING.into(),
+            });
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
         out
     }
 
     /// The last report of every service, sent again on each new session so
     /// a controller that missed one (or restarted) hears it.
     pub fn last_reports(&self) -> Vec<Report> {
-        Journal::load_all(&self.data_dir)
-            .unwrap_or_default()
+        self.scan()
+            .journals
             .into_iter()
             .filter_map(|j| j.last_report)
             .collect()
@@ -208,8 +303,24 @@ impl Installer {
 
     /// Per service: restarts, pid and the tail of its log, for `cutover diag`.
     pub async fn logs(&self, lines: usize) -> Vec<cutover_core::views::ServiceLog> {
+        let scan = self.scan();
         let mut out = Vec::new();
-        for j in Journal::load_all(&self.data_dir).unwrap_or_default() {
+        // What cannot be read is said first, in the words of the fix.
+        for u in &scan.unreadable {
+            out.push(cutover_core::views::ServiceLog {
+                service: u.service.clone(),
+                detail: Some(u.message()),
+                ..Default::default()
+            });
+        }
+        for o in &scan.orphans {
+            out.push(cutover_core::views::ServiceLog {
+                service: o.service.clone(),
+                detail: Some(o.message()),
+                ..Default::default()
+            });
+        }
+        for j in scan.journals {
             let Some(slot) = j.current else { continue };
             if containers::is_container(&slot) {
                 out.push(self.container_log(&slot, &j.service, lines).await);
@@ -272,7 +383,32 @@ impl Installer {
         }
         let lock = self.lock(&service);
         let _held = lock.lock().await;
-        let mut j = self.journal(&service);
+        let mut j = match self.journal(&service) {
+            Ok(j) => j,
+            Err(u) => {
+                // Nothing is touched, nothing written: the report says
+                // which file is broken and what to do.
+                let detail = u.message();
+                tracing::error!(%service, command = %cmd.id(), error = %detail, "command refused");
+                let _ = self.outbox.send(Report {
+                    command_id: cmd.id().to_string(),
+                    service: service.clone(),
+                    ok: false,
+                    evidence: Some(Evidence::new("journal", detail)),
+                    installed: InstalledService {
+                        name: service.clone(),
+                        current: journal::linked_identity(u.linked),
+                        previous: None,
+                        state: UNREADABLE.into(),
+                    },
+                    auto_rolled_back: false,
+                    fetched_bytes: 0,
+                    restarted: false,
+                    duration_ms: 0,
+                });
+                return;
+            }
+        };
         if let Some(r) = j.last_report.as_ref().filter(|r| r.command_id == cmd.id()) {
             tracing::info!(%service, command = %cmd.id(), "command already done; reporting again");
             let _ = self.outbox.send(r.clone());
@@ -425,31 +561,39 @@ impl Installer {
     /// verified and unpacked in one pass. Returns the bytes fetched.
     async fn prepare(&self, c: &InstallCommand) -> Result<u64, Evidence> {
         let dest = journal::release_dir(&self.data_dir, &c.sha256);
+        // One installer per digest makes the release (and owns its
+        // `.part` file); another service pinning the same bytes waits and
+        // then finds it whole.
+        let lock = self.digest_lock(&c.sha256);
+        let _making = lock.lock().await;
         if dest.is_dir() {
             return Ok(0);
         }
         let releases = journal::releases_dir(&self.data_dir);
-        let staging = releases.join(format!(".tmp-{}-{}", c.sha256.to_hex(), std::process::id()));
-        let _ = std::fs::remove_dir_all(&staging);
         std::fs::create_dir_all(&releases)
             .map_err(|e| Evidence::new("unpack", format!("{}: {e}", releases.display())))?;
+        let staging = Staging::new(&self.staging, &releases, &c.sha256);
         let (fetched, unpacked) = pipeline::fetch_and_unpack(
             self.source.as_ref(),
             &self.data_dir,
             &c.sha256,
             c.size,
-            &staging,
+            staging.path(),
             self.limits,
         )
         .await?;
         tracing::info!(service = %c.service, files = unpacked.files, bytes = unpacked.bytes, "unpacked");
         // Verified and on disk: only now does the release appear under its
         // digest, and the rename is made durable before anything points at it.
-        let renamed = std::fs::rename(&staging, &dest).and_then(|()| fsutil::sync_dir(&releases));
-        renamed.map_err(|e| {
-            let _ = std::fs::remove_dir_all(&staging);
-            Evidence::new("unpack", format!("{}: {e}", dest.display()))
-        })?;
+        match pipeline::publish(staging.path(), &dest) {
+            Ok(pipeline::Published::Renamed) => {}
+            Ok(pipeline::Published::AlreadyThere) => {
+                tracing::info!(service = %c.service, release = %dest.display(), "another installer made this release first; using it");
+            }
+            Err(e) => return Err(Evidence::new("unpack", format!("{}: {e}", dest.display()))),
+        }
+        fsutil::sync_dir(&releases)
+            .map_err(|e| Evidence::new("unpack", format!("{}: {e}", releases.display())))?;
         Ok(fetched.transferred)
     }
 
@@ -472,6 +616,17 @@ impl Installer {
                 j.previous = old;
             }
             return self.save(j);
+        }
+        if j.current.is_none() && journal::read_current(&self.data_dir, &service).is_some() {
+            // A `current` link the journal does not know: what ran before
+            // the journal was lost. Its process (found by its pid file)
+            // goes first, or the new one could not take its port.
+            let runner = self.runners.for_config(&new.config);
+            let s = service.clone();
+            let result = tokio::task::block_in_place(|| runner.stop(&s, &new.config));
+            if let Err(e) = result {
+                tracing::warn!(%service, error = %e, "stopping what ran without a journal failed; swapping anyway");
+            }
         }
         if let Some(old) = j.current.clone() {
             let runner_old = self.runners.for_config(&old.config);

@@ -1,11 +1,13 @@
 //! Coming back consistent: recovery after an agent restart, the agent's
 //! own rollback when the controller is gone, and release garbage collection.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Instant;
 
 use cutover_core::rollout::RollbackCommand;
 use cutover_core::views::now_ms;
+use cutover_core::Sha256Digest;
 
 use super::Installer;
 use crate::journal::{self, Journal, Op, Slot, Stage};
@@ -17,13 +19,15 @@ impl Installer {
         if self.link.lost_for() <= self.autonomous_rollback_after {
             return;
         }
-        for j in Journal::load_all(&self.data_dir).unwrap_or_default() {
+        for j in self.scan().journals {
             if j.failed_since_ms.is_none() || j.op.is_some() {
                 continue;
             }
             let lock = self.lock(&j.service);
             let _held = lock.lock().await;
-            let mut j = self.journal(&j.service);
+            let Ok(mut j) = self.journal(&j.service) else {
+                continue;
+            };
             let (Some(cur), Some(_), Some(mut report)) =
                 (j.current.clone(), j.previous.clone(), j.last_report.clone())
             else {
@@ -58,14 +62,15 @@ impl Installer {
     /// After a restart: bring every service to exactly its old or its new
     /// release, running, and finish health checks that were cut short.
     pub async fn recover(self: &Arc<Self>) {
-        let _ = std::fs::read_dir(journal::releases_dir(&self.data_dir)).map(|entries| {
-            for e in entries.flatten() {
-                if e.file_name().to_string_lossy().starts_with(".tmp-") {
-                    let _ = std::fs::remove_dir_all(e.path());
-                }
-            }
-        });
-        for mut j in Journal::load_all(&self.data_dir).unwrap_or_default() {
+        self.remove_dead_staging();
+        let scan = self.scan();
+        for u in &scan.unreadable {
+            tracing::error!(service = %u.service, error = %u.message(), "service left alone");
+        }
+        for o in &scan.orphans {
+            tracing::warn!(service = %o.service, detail = %o.message(), "service without a journal");
+        }
+        for mut j in scan.journals {
             let service = j.service.clone();
             let linked = self.linked(&j).await;
             let mut resume_checks = None;
@@ -132,7 +137,13 @@ impl Installer {
                 tokio::spawn(async move {
                     let lock = me.lock(&service);
                     let _held = lock.lock().await;
-                    let mut j = me.journal(&service);
+                    let mut j = match me.journal(&service) {
+                        Ok(j) => j,
+                        Err(u) => {
+                            tracing::error!(%service, error = %u.message(), "cannot finish the interrupted checks");
+                            return;
+                        }
+                    };
                     let started = Instant::now();
                     me.set_busy(&service, Some("checking"));
                     let (ok, evidence) = match me.check_health(&j, started, false).await {
@@ -170,7 +181,7 @@ impl Installer {
 
     /// Stops every service (the agent's `stop_services_on_exit`).
     pub async fn stop_all(&self) {
-        for j in Journal::load_all(&self.data_dir).unwrap_or_default() {
+        for j in self.scan().journals {
             let Some(slot) = &j.current else { continue };
             let stopped = if super::containers::is_container(slot) {
                 match self.engine().await {
@@ -188,36 +199,95 @@ impl Installer {
         }
     }
 
-    /// Keeps each service's current and previous release; removes the rest.
-    pub(super) fn collect_garbage(&self) {
-        let journals = Journal::load_all(&self.data_dir).unwrap_or_default();
-        let mut keep = std::collections::HashSet::new();
-        for j in &journals {
-            keep.extend(
-                j.current
-                    .iter()
-                    .chain(j.previous.iter())
-                    .map(|s| s.sha256.to_hex()),
-            );
-            if let Some(Op::Install { command, .. }) = &j.op {
-                keep.insert(command.sha256.to_hex());
-            }
-        }
+    /// Removes every staging directory that no install of this process
+    /// is using: what a killed agent was unpacking (whatever its pid, which
+    /// a restarted agent in a container may share).
+    pub(super) fn remove_dead_staging(&self) {
         let Ok(entries) = std::fs::read_dir(journal::releases_dir(&self.data_dir)) else {
             return;
         };
-        // Staging directories are `.tmp-<sha256>-<pid>`; one of another
-        // process is what a killed agent was unpacking.
-        let ours = format!("-{}", std::process::id());
+        let live = self
+            .staging
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            if name.len() == 64 && !keep.contains(&name) {
-                tracing::info!(release = %name, "removing release no service needs");
-                let _ = std::fs::remove_dir_all(e.path());
-            } else if name.starts_with(".tmp-") && !name.ends_with(&ours) {
-                tracing::info!(staging = %name, "removing what an earlier agent left unpacking");
+            if name.starts_with(".tmp-") && !live.contains(&e.path()) {
+                tracing::info!(staging = %name, "removing what an earlier install left unpacking");
                 let _ = std::fs::remove_dir_all(e.path());
             }
         }
+    }
+
+    /// Keeps each service's current and previous release, the release of
+    /// an install in progress and whatever any `current` link points at;
+    /// removes the rest. While any journal cannot be read (or `services/`
+    /// cannot be listed) it removes no release at all: what that journal
+    /// needs is unknown.
+    pub(super) fn collect_garbage(&self) {
+        self.remove_dead_staging();
+        // Locks nobody holds or waits for are dropped (a clone is only
+        // taken under the map's mutex), so the map holds digests in use.
+        self.digests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, lock| Arc::strong_count(lock) > 1);
+        let Some(unneeded) = self.unneeded_releases() else {
+            return;
+        };
+        // A release being made (or reused) by an install holds its digest's
+        // lock; one that is busy is skipped, and the rest are judged again
+        // with their locks held, so an install that picked one up after
+        // the first look keeps it.
+        let mut held = Vec::new();
+        for sha in unneeded {
+            if let Ok(guard) = self.digest_lock(&sha).try_lock_owned() {
+                held.push((sha, guard));
+            }
+        }
+        if held.is_empty() {
+            return;
+        }
+        let Some(unneeded) = self.unneeded_releases() else {
+            return;
+        };
+        for (sha, _guard) in &held {
+            if unneeded.contains(sha) {
+                tracing::info!(release = %sha, "removing release no service needs");
+                let _ = std::fs::remove_dir_all(journal::release_dir(&self.data_dir, sha));
+            }
+        }
+    }
+
+    /// The releases on disk that nothing needs, or `None` when that cannot
+    /// be known.
+    fn unneeded_releases(&self) -> Option<HashSet<Sha256Digest>> {
+        let scan = match Journal::scan(&self.data_dir) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot list the services; keeping every release");
+                return None;
+            }
+        };
+        if let Some(u) = scan.unreadable.first() {
+            tracing::warn!(service = %u.service, error = %u.message(), "keeping every release");
+            return None;
+        }
+        let mut keep: HashSet<Sha256Digest> = scan.linked.iter().copied().collect();
+        for j in &scan.journals {
+            keep.extend(j.current.iter().chain(j.previous.iter()).map(|s| s.sha256));
+            if let Some(Op::Install { command, .. }) = &j.op {
+                keep.insert(command.sha256);
+            }
+        }
+        let entries = std::fs::read_dir(journal::releases_dir(&self.data_dir)).ok()?;
+        Some(
+            entries
+                .flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse::<Sha256Digest>().ok())
+                .filter(|sha| !keep.contains(sha))
+                .collect(),
+        )
     }
 }

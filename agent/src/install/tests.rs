@@ -26,6 +26,12 @@ struct World {
     artifacts: Mutex<HashMap<Sha256Digest, Vec<u8>>>,
     served: AtomicU64,
     sick: Mutex<HashSet<String>>,
+    /// Transfers opened.
+    opens: AtomicU64,
+    /// While set, a transfer stops after its first 512 bytes.
+    held: std::sync::atomic::AtomicBool,
+    /// A release directory another installer "makes" when a transfer opens.
+    winner: Mutex<Option<std::path::PathBuf>>,
 }
 
 fn short(release: &Path) -> String {
@@ -112,7 +118,24 @@ impl Source for FakeSource {
                 .ok_or("not found")?;
             let rest = bytes[offset as usize..].to_vec();
             self.0.served.fetch_add(rest.len() as u64, Ordering::SeqCst);
-            Ok(Box::pin(futures::stream::iter(vec![Ok(rest)])) as Chunks)
+            self.0.opens.fetch_add(1, Ordering::SeqCst);
+            if let Some(dir) = self.0.winner.lock().unwrap().take() {
+                std::fs::create_dir_all(&dir).unwrap();
+                std::fs::write(dir.join("WINNER"), "made first").unwrap();
+            }
+            let (head, tail) = rest.split_at(rest.len().min(512));
+            let (head, tail) = (head.to_vec(), tail.to_vec());
+            let world = self.0.clone();
+            let tail = futures::stream::once(async move {
+                while world.held.load(Ordering::SeqCst) {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Ok(tail)
+            });
+            Ok(Box::pin(futures::StreamExt::chain(
+                futures::stream::iter(vec![Ok(head)]),
+                tail,
+            )) as Chunks)
         })
     }
 }
@@ -143,10 +166,19 @@ fn artifact(world: &World, version: &str) -> (Sha256Digest, u64) {
     (sha, size)
 }
 
-fn install(id: &str, version: &str, (sha256, size): (Sha256Digest, u64)) -> Command {
+fn install(id: &str, version: &str, art: (Sha256Digest, u64)) -> Command {
+    install_of("api", id, version, art)
+}
+
+fn install_of(
+    service: &str,
+    id: &str,
+    version: &str,
+    (sha256, size): (Sha256Digest, u64),
+) -> Command {
     Command::Install(Box::new(InstallCommand {
         command_id: id.into(),
-        service: "api".into(),
+        service: service.into(),
         target: ContentIdentity {
             release: version.into(),
             service_version: version.into(),
@@ -217,6 +249,65 @@ impl Harness {
             .unwrap()
             .unwrap()
     }
+
+    /// A new installer over the same data directory and world: the agent
+    /// restarted.
+    fn restart(&mut self) {
+        let (installer, outbox) = Installer::new(
+            self.installer.data_dir.clone(),
+            self.installer.limits,
+            Runners {
+                process: Box::new(FakeRunner(self.world.clone())),
+                systemd: Box::new(FakeRunner(self.world.clone())),
+            },
+            Box::new(FakeProber(self.world.clone())),
+            Box::new(FakeSource(self.world.clone())),
+            Arc::new(Link::default()),
+            Duration::from_secs(300),
+            BTreeMap::new(),
+        );
+        (self.installer, self.outbox) = (installer, outbox);
+    }
+
+    fn releases(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.installer.data_dir.join("releases"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+}
+
+/// Polls `f` until it holds; panics (naming `what`) if it never does.
+async fn until(what: &str, mut f: impl FnMut() -> bool) {
+    for _ in 0..6000 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("never happened: {what}");
+}
+
+/// A release tarball of `files` files of 8 KiB each, so unpacking it takes
+/// many writes.
+fn big_artifact(world: &World, files: usize) -> (Sha256Digest, u64) {
+    let mut b = tar::Builder::new(Vec::new());
+    for i in 0..files {
+        let data = vec![i as u8; 8 * 1024];
+        let mut h = tar::Header::new_ustar();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        b.append_data(&mut h, format!("data/{i}.bin"), &data[..])
+            .unwrap();
+    }
+    let bytes = b.into_inner().unwrap();
+    let sha = Sha256Digest::of(&bytes);
+    let size = bytes.len() as u64;
+    world.artifacts.lock().unwrap().insert(sha, bytes);
+    (sha, size)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -440,4 +531,215 @@ async fn a_rollback_cuts_short_the_checks_of_the_install_it_undoes() {
         "waited for the health deadline"
     );
     assert_eq!(h.journal().current.unwrap().sha256, v1.0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_services_pinning_one_tarball_at_once_share_one_whole_release_fetched_once() {
+    let mut h = harness();
+    let art = big_artifact(&h.world, 40);
+    let dir = h.installer.data_dir.clone();
+    h.world.held.store(true, Ordering::SeqCst);
+    h.installer.submit(install_of("api", "c-api", "1", art));
+    h.installer.submit(install_of("web", "c-web", "1", art));
+    // Both installs are under way (journalled as preparing) while the
+    // first transfer is held halfway.
+    until("both installs preparing and one transfer open", || {
+        let preparing = |s: &str| {
+            matches!(
+                Journal::load(&dir, s),
+                Ok(Some(Journal {
+                    op: Some(Op::Install {
+                        stage: Stage::Preparing,
+                        ..
+                    }),
+                    ..
+                }))
+            )
+        };
+        preparing("api") && preparing("web") && h.world.opens.load(Ordering::SeqCst) >= 1
+    })
+    .await;
+    h.world.held.store(false, Ordering::SeqCst);
+    let (a, b) = (
+        h.outbox.recv().await.unwrap(),
+        h.outbox.recv().await.unwrap(),
+    );
+    assert!(a.ok && b.ok, "{a:?}\n{b:?}");
+    // One installer made it, the other waited and used it.
+    assert_eq!(h.world.opens.load(Ordering::SeqCst), 1);
+    assert_eq!(a.fetched_bytes + b.fetched_bytes, art.1);
+    assert_eq!(h.releases(), [art.0.to_hex()], "staging left behind");
+    let release = journal::release_dir(&dir, &art.0);
+    for i in 0..40 {
+        let data = std::fs::read(release.join(format!("data/{i}.bin"))).unwrap();
+        assert_eq!(data, vec![i as u8; 8 * 1024], "file {i} torn");
+    }
+    assert_eq!(journal::read_current(&dir, "api"), Some(art.0));
+    assert_eq!(journal::read_current(&dir, "web"), Some(art.0));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_release_another_installer_made_first_is_used_never_replaced_or_merged_into() {
+    let mut h = harness();
+    let v1 = artifact(&h.world, "1");
+    let dest = journal::release_dir(&h.installer.data_dir, &v1.0);
+    *h.world.winner.lock().unwrap() = Some(dest.clone());
+    let r = h.run(install("c1", "1", v1)).await;
+    assert!(r.ok, "{r:?}");
+    // The winner's tree, as it was: ours was discarded, not merged in.
+    assert!(dest.join("WINNER").is_file());
+    assert!(!dest.join("VERSION").exists());
+    assert_eq!(h.releases(), [v1.0.to_hex()], "staging left behind");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn garbage_collection_spares_a_live_staging_and_removes_what_dead_installs_left() {
+    let mut h = harness();
+    let art = big_artifact(&h.world, 20);
+    let releases = h.installer.data_dir.join("releases");
+    std::fs::create_dir_all(&releases).unwrap();
+    // Left by killed agents: one of another pid, one of this very pid (a
+    // restarted agent in a container is pid 1 again), older naming both.
+    let dead = [
+        releases.join(format!(".tmp-{}-1", art.0.to_hex())),
+        releases.join(format!(".tmp-{}-{}", art.0.to_hex(), std::process::id())),
+    ];
+    for d in &dead {
+        std::fs::create_dir_all(d.join("data")).unwrap();
+    }
+    h.world.held.store(true, Ordering::SeqCst);
+    h.installer.submit(install("c1", "1", art));
+    let live = || {
+        std::fs::read_dir(&releases)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.join("data").is_dir() && !dead.contains(p))
+    };
+    until("the install unpacking into its staging", || {
+        live().is_some()
+    })
+    .await;
+    let staging = live().unwrap();
+    h.installer.collect_garbage();
+    assert!(staging.is_dir(), "a live install's staging was removed");
+    for d in &dead {
+        assert!(!d.exists(), "{} was kept", d.display());
+    }
+    h.world.held.store(false, Ordering::SeqCst);
+    let r = h.outbox.recv().await.unwrap();
+    assert!(r.ok, "{r:?}");
+    assert_eq!(h.releases(), [art.0.to_hex()]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreadable_journal_keeps_every_release_and_its_service_is_refused_untouched() {
+    let mut h = harness();
+    let dir = h.installer.data_dir.clone();
+    let [v1, v2, v3, v4] = ["1", "2", "3", "4"].map(|v| artifact(&h.world, v));
+    h.run(install("c1", "1", v1)).await;
+    h.run(install("c2", "2", v2)).await;
+    h.run(install_of("web", "w3", "3", v3)).await;
+    let broken = Journal::path(&dir, "web");
+    std::fs::write(&broken, b"{\"service\": \"web\", trunc").unwrap();
+    // api moves on; v1 is no longer needed by any journal that can be read.
+    let r = h.run(install("c4", "4", v4)).await;
+    assert!(r.ok, "{r:?}");
+    let all: Vec<String> = {
+        let mut v = [v1, v2, v3, v4].map(|a| a.0.to_hex()).to_vec();
+        v.sort();
+        v
+    };
+    assert_eq!(h.releases(), all, "a release was deleted");
+
+    // A command for the broken service: refused, naming the file and fix.
+    h.calls();
+    let r = h.run(install_of("web", "w1", "1", v1)).await;
+    let e = r.evidence.as_ref().expect("evidence");
+    assert!(!r.ok && e.gate == "journal", "{r:?}");
+    assert!(
+        e.detail.contains(&broken.display().to_string())
+            && e.detail.contains("repair or remove it")
+            && e.detail.contains("nothing was deleted"),
+        "{}",
+        e.detail
+    );
+    assert!(h.calls().is_empty(), "the service was touched");
+    assert_eq!(
+        std::fs::read(&broken).unwrap(),
+        b"{\"service\": \"web\", trunc"
+    );
+    assert_eq!(journal::read_current(&dir, "web"), Some(v3.0));
+    let rb = h
+        .run(Command::Rollback(RollbackCommand {
+            command_id: "w-back".into(),
+            service: "web".into(),
+            from: v3.0,
+        }))
+        .await;
+    assert!(!rb.ok && rb.evidence.unwrap().gate == "journal");
+    assert_eq!(h.releases(), all);
+
+    // The operator sees it: in the inventory and in diag.
+    let inv = h.installer.inventory().await;
+    let web = inv.iter().find(|s| s.name == "web").expect("web listed");
+    assert_eq!(web.state, UNREADABLE);
+    assert_eq!(web.current.as_ref().unwrap().tarball_sha256, Some(v3.0));
+    let logs = h.installer.logs(5).await;
+    let detail = logs
+        .iter()
+        .find(|l| l.service == "web")
+        .and_then(|l| l.detail.clone())
+        .expect("web in diag");
+    assert!(detail.contains(&broken.display().to_string()), "{detail}");
+
+    // Removed by the operator: collection resumes and keeps web's release.
+    std::fs::remove_file(&broken).unwrap();
+    h.run(install("c5", "2", v2)).await;
+    let mut left = [v2, v3, v4].map(|a| a.0.to_hex()).to_vec();
+    left.sort();
+    assert_eq!(h.releases(), left);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deleted_journal_does_not_forget_a_service_whose_current_link_remains() {
+    let mut h = harness();
+    let dir = h.installer.data_dir.clone();
+    let [v1, v2, v3] = ["1", "2", "3"].map(|v| artifact(&h.world, v));
+    h.run(install("c1", "1", v1)).await;
+    std::fs::remove_file(Journal::path(&dir, "api")).unwrap();
+    std::fs::write(journal::service_dir(&dir, "api").join("pid"), "4242 1\n").unwrap();
+    h.restart();
+    h.installer.recover().await;
+
+    let inv = h.installer.inventory().await;
+    let api = inv.iter().find(|s| s.name == "api").expect("api forgotten");
+    assert_eq!(api.state, MISSING);
+    assert_eq!(api.current.as_ref().unwrap().tarball_sha256, Some(v1.0));
+    let logs = h.installer.logs(5).await;
+    let detail = logs.iter().find_map(|l| l.detail.clone()).unwrap();
+    assert!(
+        detail.contains("missing") && detail.contains("pid file"),
+        "{detail}"
+    );
+
+    // Another service's install collects garbage: the orphan's release stays.
+    h.run(install_of("web", "w2", "2", v2)).await;
+    assert!(
+        journal::release_dir(&dir, &v1.0).is_dir(),
+        "orphan's release deleted"
+    );
+
+    // The next install of api stops what still runs before starting.
+    h.calls();
+    let r = h.run(install("c3", "3", v3)).await;
+    assert!(r.ok, "{r:?}");
+    assert_eq!(
+        h.calls(),
+        [
+            "stop".to_string(),
+            format!("start {}", &v3.0.to_hex()[..12])
+        ]
+    );
+    assert_eq!(h.journal().current.unwrap().sha256, v3.0);
 }
