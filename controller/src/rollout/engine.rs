@@ -8,7 +8,7 @@ use std::collections::{BTreeSet, HashMap};
 use cutover_core::fleet::RollbackScope;
 use cutover_core::rollout::{
     Command, Evidence, Failure, InstallCommand, Report, RollbackCommand, Rollout, RolloutStatus,
-    Step, StepPhase,
+    ServicePlan, Step, StepPhase,
 };
 
 /// Which hosts have a live session, and that session's id. A step whose
@@ -203,7 +203,10 @@ fn expire(live: &mut Live, now: i64, online: &dyn Online, fx: &mut Vec<Effect>) 
         let s = &live.steps[i];
         let Some(sent) = s.sent_ms else { continue };
         let deadline = deadline_ms(live, &s.service);
-        if now - sent <= deadline {
+        // Saturating: a clock or a stored time far off must not wrap into
+        // "not yet due" or panic.
+        let elapsed = now.saturating_sub(sent);
+        if elapsed <= deadline {
             continue;
         }
         let (gate, detail) = if online.session(&s.host).is_some() {
@@ -215,7 +218,7 @@ fn expire(live: &mut Live, now: i64, online: &dyn Online, fx: &mut Vec<Effect>) 
             )
         };
         let evidence = Evidence {
-            elapsed_ms: (now - sent) as u64,
+            elapsed_ms: u64::try_from(elapsed).unwrap_or(0),
             ..Evidence::new(gate, detail)
         };
         match s.phase {
@@ -242,8 +245,17 @@ fn deadline_ms(r: &Rollout, service: &str) -> i64 {
         .services
         .iter()
         .find(|p| p.service == service)
-        .map(|p| p.step_deadline().as_millis() as i64)
+        .map(step_deadline_ms)
         .unwrap_or(i64::MAX)
+}
+
+/// How long, in ms, a host of `p` has to report after its command. Never
+/// panics or wraps, whatever the (possibly unchecked, stored) config says:
+/// a deadline too long for an `i64` of ms is `i64::MAX`, i.e. never.
+pub fn step_deadline_ms(p: &ServicePlan) -> i64 {
+    let policy = &p.config.policy;
+    let d = policy.step_deadline_for(p.config.healthy_deadline);
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// Starts the next batch of every service in the lowest unfinished level,
@@ -319,7 +331,7 @@ fn send_due(live: &mut Live, online: &dyn Online, fx: &mut Vec<Effect>) {
         };
         let s = live.step_mut(i);
         s.session = Some(session);
-        s.sends += 1;
+        s.sends = s.sends.saturating_add(1);
         if s.sends > 1 {
             fx.push(log(
                 "step.resent",
@@ -494,7 +506,7 @@ fn fail(
         // The first few by name; `rollout show` lists every step.
         const LISTED: usize = 20;
         let mut back = Vec::new();
-        let mut moving = 0;
+        let mut moving: usize = 0;
         for i in 0..live.steps.len() {
             let s = &live.steps[i];
             let in_scope = match scope {
@@ -534,7 +546,7 @@ fn fail(
         if back.is_empty() {
             format!("stopped; nothing else in rollback scope {scope_name} had moved")
         } else {
-            let more = match moving - back.len() {
+            let more = match moving.saturating_sub(back.len()) {
                 0 => String::new(),
                 n => format!(" and {n} more"),
             };

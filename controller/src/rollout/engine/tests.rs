@@ -322,7 +322,7 @@ fn a_host_gone_past_the_deadline_fails_its_step() {
             online: &online(&["a", "b"]),
         },
     );
-    let deadline = r.plan.services[0].step_deadline().as_millis() as i64;
+    let deadline = step_deadline_ms(&r.plan.services[0]);
     step(
         &mut r,
         Event::Tick {
@@ -508,7 +508,7 @@ fn a_host_that_never_received_its_command_is_not_rolled_back() {
     let without_c = online(&["a", "b"]);
     deliver(&mut r, "a", "api", true, false, &without_c);
     deliver(&mut r, "b", "api", true, false, &without_c);
-    let deadline = r.plan.services[0].step_deadline().as_millis() as i64;
+    let deadline = step_deadline_ms(&r.plan.services[0]);
     let fx = step(
         &mut r,
         Event::Tick {
@@ -570,4 +570,67 @@ fn a_stop_names_the_first_hosts_it_takes_back_and_counts_the_rest() {
         "{stopped}"
     );
     assert_eq!(sent(&fx).len(), 30, "every moved host is taken back");
+}
+
+#[test]
+fn deadlines_from_an_unchecked_config_or_far_off_clocks_cannot_panic() {
+    // What an older controller stored unchecked: a deadline of u64::MAX
+    // seconds used to overflow `healthy_deadline + 120s` in the driver.
+    let mut svc = service("api", 0, &[&["a"], &["b"]], RollbackScope::Host);
+    svc.config.healthy_deadline = std::time::Duration::from_secs(u64::MAX);
+    assert_eq!(step_deadline_ms(&svc), i64::MAX);
+    let mut explicit = svc.clone();
+    explicit.config.policy.step_deadline = Some(std::time::Duration::MAX);
+    assert_eq!(step_deadline_ms(&explicit), i64::MAX);
+    let mut r = rollout(vec![svc], false);
+    let all = online(&["a", "b"]);
+    step(
+        &mut r,
+        Event::Tick {
+            now: i64::MIN,
+            online: &all,
+        },
+    );
+    assert_eq!(r.steps[0].phase, StepPhase::Installing);
+    // A tick at the far end of time: the step is not due (its deadline is
+    // never), and nothing wraps.
+    let fx = step(
+        &mut r,
+        Event::Tick {
+            now: i64::MAX,
+            online: &all,
+        },
+    );
+    assert!(fx.is_empty(), "{fx:?}");
+    assert_eq!(r.steps[0].phase, StepPhase::Installing);
+    assert_eq!(r.status, RolloutStatus::Running);
+}
+
+#[test]
+fn a_step_sent_at_a_far_off_time_expires_without_wrapping() {
+    let mut r = rollout(
+        vec![service("api", 0, &[&["a"]], RollbackScope::Host)],
+        true,
+    );
+    let all = online(&["a"]);
+    step(
+        &mut r,
+        Event::Tick {
+            now: i64::MIN,
+            online: &all,
+        },
+    );
+    // now - sent overflows an i64: saturated, it is far past the deadline.
+    step(
+        &mut r,
+        Event::Tick {
+            now: i64::MAX,
+            online: &all,
+        },
+    );
+    assert_eq!(r.steps[0].phase, StepPhase::Failed);
+    let e = r.steps[0].evidence.as_ref().unwrap();
+    assert_eq!(e.gate, "deadline");
+    assert_eq!(e.elapsed_ms, i64::MAX as u64);
+    assert_eq!(r.status, RolloutStatus::Failed);
 }
