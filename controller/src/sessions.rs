@@ -2,11 +2,12 @@
 //! from them, and the channel to send them requests. A heartbeat touches an
 //! atomic here and nothing else.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use cutover_core::Sha256Digest;
 use cutover_proto::v1;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -15,6 +16,11 @@ use crate::error::{Error, Result};
 
 /// What the session task sends down the agent's stream.
 pub type Outbound = std::result::Result<v1::ControllerMessage, tonic::Status>;
+
+/// The most artifact digests one session remembers as granted. A session
+/// carries one install command per service it is moving, so this is far
+/// above any real need; the oldest grant goes first.
+pub const MAX_GRANTS: usize = 1024;
 
 pub struct Session {
     pub id: u64,
@@ -28,6 +34,9 @@ pub struct Session {
     pub cut: CancellationToken,
     cut_status: Mutex<Option<tonic::Status>>,
     pending: Mutex<HashMap<u64, oneshot::Sender<v1::reply::Body>>>,
+    /// Artifacts an install command sent on this session named: the only
+    /// ones the host may fetch while this session is its current one.
+    granted: Mutex<VecDeque<Sha256Digest>>,
 }
 
 impl Session {
@@ -36,6 +45,27 @@ impl Session {
     pub fn is_live(&self, now_ms: i64) -> bool {
         let limit = 3 * self.heartbeat_interval.as_millis() as i64;
         now_ms - self.last_seen_ms.load(Ordering::Relaxed) <= limit
+    }
+
+    /// Lets the host fetch `digest`: an install command naming it is on its
+    /// way to the agent.
+    pub fn grant(&self, digest: Sha256Digest) {
+        let mut granted = self.granted.lock().unwrap_or_else(|p| p.into_inner());
+        if granted.contains(&digest) {
+            return;
+        }
+        if granted.len() >= MAX_GRANTS {
+            granted.pop_front();
+        }
+        granted.push_back(digest);
+    }
+
+    /// Whether a command sent on this session named `digest`.
+    pub fn is_granted(&self, digest: &Sha256Digest) -> bool {
+        self.granted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(digest)
     }
 
     pub fn cut(&self, status: tonic::Status) {
@@ -105,6 +135,7 @@ impl Sessions {
             cut: CancellationToken::new(),
             cut_status: Mutex::new(None),
             pending: Mutex::new(HashMap::new()),
+            granted: Mutex::new(VecDeque::new()),
         });
         let old = self
             .by_host
@@ -232,6 +263,26 @@ mod tests {
         // The old session ending must not remove the new one.
         sessions.remove(&first);
         assert_eq!(sessions.get("h").unwrap().id, second.id);
+    }
+
+    #[test]
+    fn a_session_grants_only_the_digests_sent_on_it_and_forgets_the_oldest_past_the_bound() {
+        let sessions = Sessions::default();
+        let (a, _ra) = new("h");
+        let s = sessions.register(a);
+        let d = |i: u32| Sha256Digest::of(&i.to_le_bytes());
+        assert!(!s.is_granted(&d(0)));
+        s.grant(d(0));
+        s.grant(d(0));
+        assert!(s.is_granted(&d(0)) && !s.is_granted(&d(1)));
+        for i in 1..=MAX_GRANTS as u32 {
+            s.grant(d(i));
+        }
+        assert!(!s.is_granted(&d(0)), "the oldest grant is dropped");
+        assert!(s.is_granted(&d(1)) && s.is_granted(&d(MAX_GRANTS as u32)));
+        // A newer session of the host starts with nothing granted.
+        let (b, _rb) = new("h");
+        assert!(!sessions.register(b).is_granted(&d(1)));
     }
 
     #[test]

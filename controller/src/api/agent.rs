@@ -1,7 +1,11 @@
-//! The agent API: enrollment and the long-lived session stream.
+//! The agent API: enrollment, the long-lived session stream and artifact
+//! fetches. Every call but enrollment is made with a host certificate, and
+//! only the one the controller issued last (see [`super::certs`]).
 
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use cutover_core::views::{from_ms, now_ms, to_ms};
@@ -9,24 +13,53 @@ use cutover_proto::v1::{self, agent_message::Msg as In, controller_message::Msg 
 use cutover_proto::Agent;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::certs::Certs;
+use super::fetch::{self, FetchLimits};
 use crate::sessions::{NewSession, Outbound, Session};
 use crate::store::TokenProblem;
 use crate::Controller;
 
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
-const MIN_HEARTBEAT: Duration = Duration::from_millis(100);
-const MAX_HEARTBEAT: Duration = Duration::from_secs(600);
+/// The heartbeat intervals a hello may ask for. A host is offline after
+/// three missed heartbeats, so the upper bound is what caps how long a host
+/// that went silent still shows online (3 minutes).
+pub const MIN_HEARTBEAT: Duration = Duration::from_millis(100);
+pub const MAX_HEARTBEAT: Duration = Duration::from_secs(60);
 
 pub struct AgentApi {
     c: Arc<Controller>,
+    state: Arc<AgentState>,
+}
+
+/// What the agent calls share beyond the controller.
+#[derive(Default)]
+struct AgentState {
+    certs: Certs,
+    fetches: Arc<FetchLimits>,
 }
 
 impl AgentApi {
     pub fn new(c: Arc<Controller>) -> Self {
-        AgentApi { c }
+        AgentApi {
+            c,
+            state: Arc::default(),
+        }
     }
+}
+
+/// The heartbeat interval a hello asked for, if it is one the controller
+/// accepts.
+fn heartbeat_interval(ms: u64) -> Result<Duration, Status> {
+    let asked = Duration::from_millis(ms);
+    if (MIN_HEARTBEAT..=MAX_HEARTBEAT).contains(&asked) {
+        return Ok(asked);
+    }
+    Err(Status::invalid_argument(format!(
+        "heartbeat interval {asked:?} is outside what this controller accepts ({MIN_HEARTBEAT:?} to {MAX_HEARTBEAT:?}); set heartbeat_interval in the agent's config within it"
+    )))
 }
 
 fn out(msg: Out) -> Outbound {
@@ -68,6 +101,15 @@ impl Agent for AgentApi {
         match result {
             Ok((host, cert_pem)) => {
                 tracing::info!(%host, %peer, "host enrolled");
+                // Every older certificate of the host is superseded now,
+                // including the one a still-open session was opened with.
+                self.state.certs.changed(&host);
+                self.c.sessions.cut(
+                    &host,
+                    Status::permission_denied(format!(
+                        "host {host:?} enrolled again; this session's certificate was replaced"
+                    )),
+                );
                 Ok(Response::new(v1::EnrollResponse { host, cert_pem }))
             }
             Err(problem) => {
@@ -91,78 +133,70 @@ impl Agent for AgentApi {
         }
     }
 
-    type FetchStream = ReceiverStream<Result<v1::FetchChunk, Status>>;
+    type FetchStream = fetch::FetchStream;
 
     async fn fetch(
         &self,
         req: Request<v1::FetchRequest>,
     ) -> Result<Response<Self::FetchStream>, Status> {
-        let (host, _) = super::require_host(&req)?;
+        let (host, identity) = super::require_host(&req)?;
         if self.c.revoked.contains(&host) {
             return Err(Status::permission_denied(format!(
                 "host {host:?} is revoked"
             )));
         }
+        self.state
+            .certs
+            .check(&self.c.store, &host, &identity.serial)
+            .await?;
         let v1::FetchRequest { sha256, offset } = req.into_inner();
         let digest = cutover_core::Sha256Digest::parse_prefixed(&sha256)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        // Refused alike whether or not the controller holds the artifact.
+        let granted = self
+            .c
+            .sessions
+            .get(&host)
+            .is_some_and(|s| s.is_granted(&digest));
+        if !granted {
+            tracing::warn!(%host, artifact = %digest, "fetch refused: no command sent on the host's session names the artifact");
+            return Err(Status::permission_denied(format!(
+                "host {host:?} may not fetch artifact {digest}: no install command sent on its current session names it (a host fetches only what its rollout steps install)"
+            )));
+        }
+        let slot = self.state.fetches.admit(&host).inspect_err(|e| {
+            tracing::warn!(%host, artifact = %digest, reason = %e.message(), "fetch refused");
+        })?;
         let path = self.c.artifacts.path(&digest);
-        let mut file = std::fs::File::open(&path).map_err(|_| {
+        let opened = fetch::open(&self.state.fetches, path).await.map_err(|_| {
             Status::not_found(format!(
                 "artifact {digest} is not in the controller's store"
             ))
         })?;
-        let size = file
-            .metadata()
-            .map_err(|e| Status::internal(e.to_string()))?
-            .len();
+        let size = opened.size;
         if offset > size {
             return Err(Status::out_of_range(format!(
                 "offset {offset} is past the end of artifact {digest} ({size} bytes)"
             )));
         }
         tracing::info!(%host, artifact = %digest, offset, size, "artifact fetch");
-        let rate = self.c.config.fetch_rate_limit;
-        let (tx, rx) = mpsc::channel(4);
-        tokio::task::spawn_blocking(move || {
-            use std::io::{Read, Seek};
-            if let Err(e) = file.seek(std::io::SeekFrom::Start(offset)) {
-                let _ = tx.blocking_send(Err(Status::internal(e.to_string())));
-                return;
-            }
-            let started = std::time::Instant::now();
-            let mut sent: u64 = 0;
-            let mut buf = vec![0u8; cutover_proto::CHUNK_BYTES];
-            loop {
-                let n = match file.read(&mut buf) {
-                    Ok(0) => return,
-                    Ok(n) => n,
-                    Err(e) => {
-                        let _ = tx.blocking_send(Err(Status::internal(e.to_string())));
-                        return;
-                    }
-                };
-                if tx
-                    .blocking_send(Ok(v1::FetchChunk {
-                        data: buf[..n].to_vec(),
-                    }))
-                    .is_err()
-                {
-                    return;
-                }
-                sent += n as u64;
-                if let Some(rate) = rate.filter(|r| *r > 0) {
-                    let due = Duration::from_secs_f64(sent as f64 / rate as f64);
-                    if let Some(wait) = due.checked_sub(started.elapsed()) {
-                        std::thread::sleep(wait);
-                    }
-                }
-            }
-        });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        let stream = fetch::serve(
+            self.state.fetches.clone(),
+            slot,
+            fetch::Serve {
+                host,
+                digest,
+                opened,
+                offset,
+                rate: self.c.config.fetch_rate_limit,
+                chunk: cutover_proto::CHUNK_BYTES,
+                stall_timeout: fetch::FETCH_STALL_TIMEOUT,
+            },
+        );
+        Ok(Response::new(stream))
     }
 
-    type SessionStream = ReceiverStream<Outbound>;
+    type SessionStream = Granting;
 
     async fn session(
         &self,
@@ -174,6 +208,10 @@ impl Agent for AgentApi {
                 "host {host:?} is revoked"
             )));
         }
+        self.state
+            .certs
+            .check(&self.c.store, &host, &identity.serial)
+            .await?;
         let mut inbound = req.into_inner();
         let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
             Ok(Ok(Some(v1::AgentMessage {
@@ -183,10 +221,11 @@ impl Agent for AgentApi {
             Err(_) => return Err(Status::deadline_exceeded("no hello within 10s")),
             _ => return Err(Status::invalid_argument("a session must start with hello")),
         };
-        let inventory = cutover_proto::convert::services_from_wire(hello.inventory)
+        // Counts, names and identities checked, free text (agent_version) cut.
+        let hello = cutover_proto::convert::Hello::try_from(hello)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let interval =
-            Duration::from_millis(hello.heartbeat_interval_ms).clamp(MIN_HEARTBEAT, MAX_HEARTBEAT);
+        let inventory = hello.inventory;
+        let interval = heartbeat_interval(hello.heartbeat_interval_ms)?;
         let known = {
             let (host, version) = (host.clone(), hello.agent_version.clone());
             self.c
@@ -215,8 +254,9 @@ impl Agent for AgentApi {
             .await;
         tracing::info!(%host, "session opened");
         let c = self.c.clone();
+        let (state, stream_session) = (self.state.clone(), session.clone());
         tokio::spawn(async move {
-            let reason = run_session(&c, &session, inbound, identity.not_after).await;
+            let reason = run_session(&c, &state, &session, inbound, &identity).await;
             c.sessions.remove(&session);
             tracing::info!(host = %session.host, %reason, "session closed");
             let last_seen = session.last_seen_ms.load(Ordering::Relaxed);
@@ -229,19 +269,58 @@ impl Agent for AgentApi {
                 tracing::warn!(error = %e, "could not record disconnect");
             }
         });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(Granting {
+            rx: ReceiverStream::new(rx),
+            session: stream_session,
+        }))
     }
+}
+
+/// The session's outbound stream. Each install command, as it leaves for
+/// the agent, grants the host the artifact it names, so a host can fetch
+/// only what it was told to install.
+pub struct Granting {
+    rx: ReceiverStream<Outbound>,
+    session: Arc<Session>,
+}
+
+impl Stream for Granting {
+    type Item = Outbound;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Outbound>> {
+        let next = Pin::new(&mut self.rx).poll_next(cx);
+        if let Poll::Ready(Some(Ok(msg))) = &next {
+            if let Some(digest) = granted_by(msg) {
+                self.session.grant(digest);
+            }
+        }
+        next
+    }
+}
+
+/// The artifact an outbound message lets the host fetch: an install's
+/// tarball (a container image's too).
+fn granted_by(msg: &v1::ControllerMessage) -> Option<cutover_core::Sha256Digest> {
+    let Some(Out::Command(v1::Command {
+        op: Some(v1::command::Op::Install(install)),
+        ..
+    })) = &msg.msg
+    else {
+        return None;
+    };
+    cutover_core::Sha256Digest::parse_prefixed(&install.sha256).ok()
 }
 
 /// Serves one session until it ends; returns why it ended.
 async fn run_session(
     c: &Controller,
+    state: &AgentState,
     session: &Session,
     mut inbound: Streaming<v1::AgentMessage>,
-    cert_not_after: time::OffsetDateTime,
+    cert: &cutover_core::pki::PeerIdentity,
 ) -> String {
     let silence_limit = 3 * session.heartbeat_interval;
-    let until_expiry = (cert_not_after - time::OffsetDateTime::now_utc())
+    let until_expiry = (cert.not_after - time::OffsetDateTime::now_utc())
         .try_into()
         .unwrap_or(Duration::ZERO);
     let expiry = tokio::time::sleep(until_expiry);
@@ -263,17 +342,31 @@ async fn run_session(
             msg = tokio::time::timeout(silence_limit, inbound.message()) => match msg {
                 Err(_) => return "missed 3 heartbeats".into(),
                 Ok(Ok(None)) => return "agent closed the session".into(),
-                Ok(Err(status)) => return format!("stream error: {}", status.message()),
+                Ok(Err(status)) => {
+                    // A message refused (too large, undecodable) ends the
+                    // stream: say so once, plainly, instead of just closing.
+                    let _ = session.tx.send(Err(Status::new(status.code(), format!(
+                        "the controller refused a message on this session: {}; the agent must send it bounded (upgrade the agent)",
+                        status.message()
+                    )))).await;
+                    return format!("stream error: {}", status.message());
+                }
                 Ok(Ok(Some(m))) => {
                     session.last_seen_ms.store(now_ms(), Ordering::Relaxed);
-                    handle(c, session, m).await;
+                    handle(c, state, session, cert, m).await;
                 }
             }
         }
     }
 }
 
-async fn handle(c: &Controller, session: &Session, m: v1::AgentMessage) {
+async fn handle(
+    c: &Controller,
+    state: &AgentState,
+    session: &Session,
+    cert: &cutover_core::pki::PeerIdentity,
+    m: v1::AgentMessage,
+) {
     match m.msg {
         Some(In::Heartbeat(hb)) => {
             // Best effort: a full queue costs the agent one RTT sample, and
@@ -288,7 +381,7 @@ async fn handle(c: &Controller, session: &Session, m: v1::AgentMessage) {
             }
         }
         Some(In::Renew(r)) => {
-            let renewed = renew(c, &session.host, r.csr_pem).await;
+            let renewed = renew(c, state, &session.host, cert, r.csr_pem).await;
             let msg = match renewed {
                 Ok(cert_pem) => v1::Renewed {
                     cert_pem,
@@ -324,18 +417,47 @@ fn ack(hb: &v1::Heartbeat) -> Option<v1::HeartbeatAck> {
     })
 }
 
-async fn renew(c: &Controller, host: &str, csr_pem: String) -> crate::Result<String> {
-    let ttl = time::Duration::try_from(c.config.agent_cert_ttl)
-        .map_err(|e| crate::Error::Internal(e.to_string()))?;
-    let cert = c.ca.issue_host_cert(&csr_pem, host, ttl)?;
-    let (h, serial, not_after) = (
-        host.to_string(),
-        cert.serial.clone(),
-        to_ms(Some(cert.not_after)),
-    );
-    c.store
-        .run(move |s| s.record_renewal(&h, &serial, not_after))
-        .await?;
+/// Issues a host a new certificate over its session: at most once per
+/// [`super::certs::renewal_gap`], and not in the first third of the
+/// session certificate's life.
+async fn renew(
+    c: &Controller,
+    state: &AgentState,
+    host: &str,
+    cert: &cutover_core::pki::PeerIdentity,
+    csr_pem: String,
+) -> crate::Result<String> {
+    let ttl = c.config.agent_cert_ttl;
+    let last = state
+        .certs
+        .begin_renewal(
+            host,
+            cert,
+            std::time::Instant::now(),
+            super::certs::renewal_gap(ttl),
+        )
+        .map_err(|why| {
+            tracing::warn!(%host, reason = %why, "renewal refused");
+            crate::Error::PermissionDenied(why)
+        })?;
+    let issued = async {
+        let ttl =
+            time::Duration::try_from(ttl).map_err(|e| crate::Error::Internal(e.to_string()))?;
+        let cert = c.ca.issue_host_cert(&csr_pem, host, ttl)?;
+        let (h, serial, not_after) = (
+            host.to_string(),
+            cert.serial.clone(),
+            to_ms(Some(cert.not_after)),
+        );
+        c.store
+            .run(move |s| s.record_renewal(&h, &serial, not_after))
+            .await?;
+        Ok::<_, crate::Error>(cert)
+    }
+    .await;
+    // Whether or not the store took it, the cached serials may be stale.
+    state.certs.changed(host);
+    let cert = issued.inspect_err(|_| state.certs.renewal_failed(host, last))?;
     tracing::info!(%host, serial = %cert.serial, "certificate renewed");
     Ok(cert.pem)
 }
@@ -355,5 +477,41 @@ mod tests {
         assert_eq!((a.seq, a.agent_sent_at_ms), (7, 1_000));
         assert!(a.server_time_ms > 0);
         assert!(ack(&hb(true)).is_none());
+    }
+
+    #[test]
+    fn a_hello_may_ask_only_for_a_heartbeat_interval_within_the_bounds() {
+        assert_eq!(heartbeat_interval(100).unwrap(), MIN_HEARTBEAT);
+        assert_eq!(heartbeat_interval(60_000).unwrap(), MAX_HEARTBEAT);
+        for ms in [0, 99, 60_001, 3_600_000, u64::MAX] {
+            let e = heartbeat_interval(ms).unwrap_err();
+            assert_eq!(e.code(), tonic::Code::InvalidArgument);
+            assert!(e.message().contains("100ms to 60s"), "{e:?}");
+        }
+    }
+
+    #[test]
+    fn only_an_install_command_grants_the_artifact_it_names() {
+        let d = cutover_core::Sha256Digest::of(b"tarball");
+        let command = |op| v1::ControllerMessage {
+            msg: Some(Out::Command(v1::Command {
+                command_id: "r1-0".into(),
+                service: "api".into(),
+                op: Some(op),
+            })),
+        };
+        let install = command(v1::command::Op::Install(v1::InstallOp {
+            sha256: d.to_prefixed(),
+            ..Default::default()
+        }));
+        assert_eq!(granted_by(&install), Some(d));
+        let rollback = command(v1::command::Op::Rollback(v1::RollbackOp {
+            from_sha256: d.to_prefixed(),
+        }));
+        assert_eq!(granted_by(&rollback), None);
+        let welcome = v1::ControllerMessage {
+            msg: Some(Out::Welcome(v1::Welcome::default())),
+        };
+        assert_eq!(granted_by(&welcome), None);
     }
 }

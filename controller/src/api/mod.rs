@@ -2,6 +2,8 @@
 //! nowhere deeper.
 
 pub mod agent;
+pub mod certs;
+pub mod fetch;
 pub mod import;
 pub mod operator;
 pub mod rollouts;
