@@ -12,6 +12,10 @@ pub enum Error {
     Store(#[from] rusqlite::Error),
     #[error("store {path}: {problem}")]
     StoreSchema { path: PathBuf, problem: String },
+    /// A store the controller refuses to start on (missing or empty where
+    /// state was held, or damaged); the problem names the fix.
+    #[error("store {path}: {problem}")]
+    StoreUnusable { path: PathBuf, problem: String },
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,

@@ -13,7 +13,9 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use crate::error::{Error, Result};
 
 mod rollouts;
+mod startup;
 pub use rollouts::{LogLine, RolloutSave};
+pub use startup::{open_checked, OpenOptions, MARKER_FILE, STORE_FILE};
 
 /// Each entry upgrades the schema by one version; never edit a landed one.
 const MIGRATIONS: &[&str] = &[
