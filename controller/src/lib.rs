@@ -19,6 +19,7 @@ use cutover_core::tls::RevokedHosts;
 use cutover_proto::{AgentServer, OperatorServer};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
 pub use error::{Error, Result};
@@ -38,9 +39,15 @@ pub struct Controller {
 }
 
 impl Controller {
+    /// Opens with the default start-up checks: a data directory that has
+    /// held state refuses a missing or empty store.
     pub fn open(config: Config) -> Result<Arc<Controller>> {
+        Self::open_with(config, store::OpenOptions::default())
+    }
+
+    pub fn open_with(config: Config, options: store::OpenOptions) -> Result<Arc<Controller>> {
         std::fs::create_dir_all(&config.data_dir).map_err(|e| Error::io(&config.data_dir, e))?;
-        let store = store::Store::open(&config.data_dir.join("state.db"))?;
+        let store = store::open_checked(&config.data_dir, options)?;
         let revoked = RevokedHosts::default();
         for host in store.revoked_hosts()? {
             revoked.insert(&host);
@@ -67,7 +74,13 @@ impl Controller {
     }
 }
 
-/// Serves both APIs until `shutdown` resolves.
+/// How long a shutdown waits for in-flight requests before abandoning them.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Serves both APIs until `shutdown` resolves. Then the listener is closed
+/// at once (the port is free for the next controller), every agent session
+/// is cut (agents reconnect to whoever listens later), and in-flight
+/// requests get [`SHUTDOWN_GRACE`] to finish before they are abandoned.
 pub async fn serve(
     controller: Arc<Controller>,
     shutdown: impl std::future::Future<Output = ()> + Send,
@@ -87,7 +100,13 @@ pub async fn serve(
         .local_addr()
         .map_err(|e| Error::Internal(e.to_string()))?;
     tracing::info!(addr = %local, "cutover-controller listening");
-    let incoming = server::incoming(listener, Arc::new(server_config));
+    let stop = CancellationToken::new();
+    let incoming = server::incoming(
+        listener,
+        Arc::new(server_config),
+        server::Limits::default(),
+        stop.clone(),
+    );
     let inbox = controller
         .inbox
         .lock()
@@ -102,28 +121,81 @@ pub async fn serve(
         api::operator::OperatorApi::new(controller.clone()),
         api::operator::require_operator,
     );
-    let served = tonic::transport::Server::builder()
+    let server = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .add_service(agent)
         .add_service(operator)
-        .serve_with_incoming_shutdown(ReceiverStream::new(incoming), shutdown)
-        .await
-        .map_err(|e| Error::Unavailable(format!("server: {e}")));
-    driver.abort();
-    // Session tasks die with the runtime: record when each host was last
-    // heard from while we still can.
-    for session in controller.sessions.snapshot() {
-        let last_seen = session
-            .last_seen_ms
-            .load(std::sync::atomic::Ordering::Relaxed);
-        if let Err(e) =
-            controller
-                .store
-                .record_disconnect(&session.host, last_seen, "controller shut down")
-        {
-            tracing::warn!(host = %session.host, error = %e, "could not record disconnect");
+        .serve_with_incoming_shutdown(
+            ReceiverStream::new(incoming),
+            stop.clone().cancelled_owned(),
+        );
+    tokio::pin!(server);
+    let served = tokio::select! {
+        r = &mut server => r,
+        () = shutdown => {
+            // Stops the accept loop (closing the listener) and has tonic
+            // send GOAWAY on every connection.
+            stop.cancel();
+            let sessions = controller.sessions.snapshot().len();
+            tracing::info!(sessions, "shutting down: listener closed, cutting agent sessions");
+            let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+                loop {
+                    // Sessions that registered after the last pass are cut
+                    // on the next one.
+                    cut_sessions(&controller);
+                    tokio::select! {
+                        r = &mut server => break r,
+                        () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    }
+                }
+            })
+            .await;
+            match drained {
+                Ok(r) => r,
+                Err(_) => {
+                    tracing::warn!(grace = ?SHUTDOWN_GRACE, "requests still in flight after the shutdown grace; abandoning them");
+                    Ok(())
+                }
+            }
         }
     }
+    .map_err(|e| Error::Unavailable(format!("server: {e}")));
+    driver.abort();
+    // Session tasks die with the runtime: record when each host was last
+    // heard from while we still can, within a bound of its own.
+    let store = controller.store.clone();
+    let seen: Vec<(String, i64)> = controller
+        .sessions
+        .snapshot()
+        .iter()
+        .map(|s| {
+            (
+                s.host.clone(),
+                s.last_seen_ms.load(std::sync::atomic::Ordering::Relaxed),
+            )
+        })
+        .collect();
+    let record = store.run(move |store| {
+        for (host, last_seen) in seen {
+            if let Err(e) = store.record_disconnect(&host, last_seen, "controller shut down") {
+                tracing::warn!(host = %host, error = %e, "could not record disconnect");
+            }
+        }
+        Ok(())
+    });
+    if tokio::time::timeout(SHUTDOWN_GRACE, record).await.is_err() {
+        tracing::warn!("the store did not take the disconnects within the shutdown grace; exiting without them");
+    }
     served
+}
+
+fn cut_sessions(controller: &Controller) {
+    for session in controller.sessions.snapshot() {
+        if !session.cut.is_cancelled() {
+            session.cut(tonic::Status::unavailable(
+                "the controller is shutting down; reconnect later",
+            ));
+        }
+    }
 }

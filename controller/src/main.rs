@@ -2,8 +2,10 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
 #[derive(Parser)]
 #[command(name = "cutover-controller", version, about = "The cutover controller")]
@@ -14,6 +16,11 @@ struct Args {
     /// Log format.
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
+    /// Start with a new, empty state.db even though the data directory shows
+    /// this controller has held state (its state.db is missing or empty).
+    /// Nothing in the directory is deleted.
+    #[arg(long)]
+    allow_empty_store: bool,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -21,6 +28,10 @@ enum LogFormat {
     Text,
     Json,
 }
+
+/// How long the runtime waits for blocking work (a store call, an artifact
+/// read) once serving has ended; what is still running then is abandoned.
+const RUNTIME_SHUTDOWN: Duration = Duration::from_secs(1);
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -34,6 +45,12 @@ fn main() -> ExitCode {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+    match cutover_controller::server::raise_descriptor_limit() {
+        Ok(limit) => tracing::info!(open_files = limit, "descriptor limit"),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not raise the descriptor limit; connections may run out of descriptors")
+        }
+    }
     let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -45,13 +62,23 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let options = cutover_controller::store::OpenOptions {
+        allow_empty_store: args.allow_empty_store,
+    };
     let result = runtime.block_on(async {
+        // Installed before anything slow, so a signal during start-up is
+        // caught and ends the controller as soon as it serves.
+        let signals = Signals::new()?;
         let config = cutover_controller::Config::load(&args.config)?;
-        let controller = cutover_controller::Controller::open(config)?;
-        cutover_controller::serve(controller, shutdown_signal()).await
+        let controller = cutover_controller::Controller::open_with(config, options)?;
+        cutover_controller::serve(controller, signals.first()).await
     });
+    runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => {
+            tracing::info!("stopped");
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("cutover-controller: {e}");
             ExitCode::FAILURE
@@ -59,15 +86,43 @@ fn main() -> ExitCode {
     }
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+struct Signals {
+    term: Signal,
+    int: Signal,
+}
+
+impl Signals {
+    fn new() -> cutover_controller::Result<Signals> {
+        let install = |kind: SignalKind, name: &str| {
+            signal(kind).map_err(|e| {
+                cutover_controller::Error::Internal(format!("cannot handle {name}: {e}"))
+            })
+        };
+        Ok(Signals {
+            term: install(SignalKind::terminate(), "SIGTERM")?,
+            int: install(SignalKind::interrupt(), "SIGINT")?,
+        })
     }
-    tracing::info!("shutting down");
+
+    /// Resolves on the first SIGTERM or SIGINT; a second one after it ends
+    /// the process at once, without waiting for in-flight requests.
+    async fn first(mut self) {
+        let name = self.next().await;
+        tracing::info!(
+            signal = name,
+            "shutting down (a second signal exits at once)"
+        );
+        tokio::spawn(async move {
+            let name = self.next().await;
+            eprintln!("cutover-controller: second signal ({name}): exiting at once, abandoning requests in flight");
+            std::process::exit(1);
+        });
+    }
+
+    async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
+    }
 }
