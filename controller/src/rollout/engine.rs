@@ -60,6 +60,16 @@ impl Live {
         &mut self.rollout.steps[i]
     }
 
+    /// Whether `report` answers a command this rollout sent `host`: the
+    /// install or rollback id of its step of the report's service. Reports
+    /// that do not are not this rollout's to act on or to keep.
+    pub fn expects(&self, host: &str, report: &Report) -> bool {
+        self.find(host, &report.service).is_some_and(|i| {
+            let id = &self.rollout.steps[i].command_id;
+            report.command_id == *id || report.command_id == rollback_id(id)
+        })
+    }
+
     fn find(&self, host: &str, service: &str) -> Option<usize> {
         self.by_host
             .get(host)?
@@ -95,6 +105,13 @@ pub enum Event<'a> {
     },
     Abort {
         now: i64,
+    },
+    /// The controller cannot drive this rollout (a config it carries is
+    /// out of bounds, or stepping it failed): it ends Failed with
+    /// `reason`, its hosts left as they are.
+    Fault {
+        now: i64,
+        reason: String,
     },
 }
 
@@ -174,6 +191,22 @@ fn advance(live: &mut Live, event: Event<'_>) -> Vec<Effect> {
                     "rollout.aborted",
                     None,
                     "aborted by operator; hosts stay as they are".into(),
+                ));
+            }
+            now
+        }
+        Event::Fault { now, reason } => {
+            let r = &mut live.rollout;
+            if !r.status.is_final() {
+                r.status = RolloutStatus::Failed;
+                r.finished_ms = Some(now);
+                fx.push(log(
+                    "rollout.finished",
+                    None,
+                    format!(
+                        "rollout {} {}: the controller cannot drive it: {reason}; hosts stay as they are",
+                        r.id, r.status
+                    ),
                 ));
             }
             now
@@ -379,6 +412,22 @@ fn command_for(r: &Rollout, s: &Step) -> Option<Command> {
         config: plan.config.clone(),
         image: plan.image.clone(),
     })))
+}
+
+/// Why the controller cannot drive `r`, if it cannot: a service config it
+/// carries is out of bounds. A rollout planned by this controller always
+/// passes; one an older controller stored, with a config it accepted
+/// unchecked, may not.
+pub fn check_plan(r: &Rollout) -> Result<(), String> {
+    for p in &r.plan.services {
+        p.config.validate().map_err(|e| {
+            format!(
+                "service {:?}: {e}; apply a corrected fleet config and start a new rollout",
+                p.service
+            )
+        })?;
+    }
+    Ok(())
 }
 
 pub fn rollback_id(install_id: &str) -> String {

@@ -634,3 +634,76 @@ fn a_step_sent_at_a_far_off_time_expires_without_wrapping() {
     assert_eq!(e.elapsed_ms, i64::MAX as u64);
     assert_eq!(r.status, RolloutStatus::Failed);
 }
+
+#[test]
+fn a_rollout_carrying_an_out_of_bounds_config_is_refused_and_ends_failed_with_the_reason() {
+    let mut svc = service("api", 0, &[&["a"]], RollbackScope::Host);
+    svc.config.healthy_deadline = std::time::Duration::from_secs(u64::MAX);
+    let mut r = rollout(vec![svc], false);
+    let reason = check_plan(&r).unwrap_err();
+    assert!(
+        reason.contains(
+            "service \"api\": healthy_deadline = \"18446744073709551615s\": must be between"
+        ),
+        "{reason}"
+    );
+    let fx = step(
+        &mut r,
+        Event::Fault {
+            now: 5,
+            reason: reason.clone(),
+        },
+    );
+    assert_eq!(r.status, RolloutStatus::Failed);
+    assert_eq!(r.finished_ms, Some(5));
+    assert!(
+        matches!(
+            &fx[..],
+            [Effect::Log { kind: "rollout.finished", detail, .. }] if detail.contains(&reason)
+        ),
+        "{fx:?}"
+    );
+    // Final: nothing more happens to it, and a second fault says nothing.
+    assert!(step(
+        &mut r,
+        Event::Tick {
+            now: 6,
+            online: &online(&["a"])
+        }
+    )
+    .is_empty());
+    assert!(step(&mut r, Event::Fault { now: 7, reason }).is_empty());
+    let good = rollout(
+        vec![service("api", 0, &[&["a"]], RollbackScope::Host)],
+        false,
+    );
+    assert_eq!(check_plan(&good), Ok(()));
+}
+
+#[test]
+fn only_reports_answering_a_command_of_the_rollout_are_expected() {
+    let r = rollout(
+        vec![service("api", 0, &[&["a"], &["b"]], RollbackScope::Host)],
+        false,
+    );
+    let report = |service: &str, id: &str| Report {
+        command_id: id.into(),
+        service: service.into(),
+        ..report(&r, "a", "api", true, false)
+    };
+    assert!(r.expects("a", &report("api", "r7-api-a")));
+    assert!(r.expects("a", &report("api", "r7-api-a-rollback")));
+    assert!(
+        !r.expects("a", &report("api", "r7-api-b")),
+        "b's command, from a"
+    );
+    assert!(!r.expects("a", &report("api", "r7-api-a-x")));
+    assert!(
+        !r.expects("c", &report("api", "r7-api-c")),
+        "not in the rollout"
+    );
+    assert!(
+        !r.expects("a", &report("db", "r7-db-a")),
+        "not a service of it"
+    );
+}
