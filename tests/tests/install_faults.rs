@@ -385,3 +385,95 @@ fn agent_that_lost_its_controller_rolls_a_failing_release_back_itself_and_report
     assert!(f.agent_log("h1").contains("rolling back on my own"));
     assert_eq!(f.served_version("h2", "api").as_deref(), Some("1.0"));
 }
+
+/// The release directories on `host`, by digest.
+fn releases_on(f: &Fleet, host: &str) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(f.agent_dir(host).join("releases"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn an_unreadable_journal_deletes_no_release_refuses_its_service_and_is_named_in_diag() {
+    let mut f = Fleet::new();
+    f.assign_ports(&["h1"], &["api", "web"]);
+    f.start_controller();
+    f.start_agent("h1", "500ms");
+    f.wait_online("h1");
+    f.apply_sample_fleet(&["h1"], &["api", "web"], "");
+    let release = |f: &Fleet, v: &str, api: &str, web: &str| {
+        f.sample_release(
+            v,
+            &[Svc::new("api", api), Svc::new("web", web)],
+            Floor::default(),
+        );
+    };
+    release(&f, "1.0.0", "1.0", "2.0");
+    f.upgrade(&["api", "web"], "1.0.0", &[]).ok();
+    release(&f, "1.1.0", "1.1", "2.0");
+    f.upgrade(&["api"], "1.1.0", &[]).ok();
+    assert_eq!(releases_on(&f, "h1").len(), 3, "api 1.0 and 1.1, web 2.0");
+
+    // The agent stops; web's journal is damaged; the agent comes back.
+    f.kill_agent("h1");
+    let journal = f.agent_dir("h1").join("services/web/journal.json");
+    let damaged = b"{\"service\": \"web\", \"current\": {\"ident";
+    std::fs::write(&journal, damaged).unwrap();
+    f.spawn_agent("h1", "500ms", None);
+    f.wait_online("h1");
+
+    // api moves on, which once made garbage collection delete everything;
+    // api 1.0 is not needed by any readable journal, but nothing is removed.
+    release(&f, "1.2.0", "1.2", "2.0");
+    f.upgrade(&["api"], "1.2.0", &[]).ok();
+    assert_eq!(f.served_version("h1", "api").as_deref(), Some("1.2"));
+    assert_eq!(releases_on(&f, "h1").len(), 4, "a release was deleted");
+    assert_eq!(f.served_version("h1", "web").as_deref(), Some("2.0"));
+
+    // The operator sees it: status lists web as broken, diag names the file.
+    let web_state = |f: &Fleet| {
+        f.hosts()["h1"]["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == "web")
+            .map(|s| s["state"].as_str().unwrap_or_default().to_string())
+    };
+    assert_eq!(web_state(&f).as_deref(), Some("journal unreadable"));
+    let d = f.cli_json(&["diag", "h1"]);
+    let detail = d["logs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["service"] == "web")
+        .and_then(|l| l["detail"].as_str())
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        detail.contains(journal.to_str().unwrap()) && detail.contains("repair or remove it"),
+        "{d}"
+    );
+
+    // An install for web is refused with that reason, and nothing changes.
+    release(&f, "1.3.0", "1.2", "2.1");
+    let run = f.upgrade(&["web"], "1.3.0", &[]);
+    assert_ne!(run.code, 0, "{run:?}");
+    let r = f.last_rollout();
+    let e = &r["rollout"]["failure"]["evidence"];
+    assert_eq!(e["gate"], "journal", "{r}");
+    assert!(
+        e["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(journal.to_str().unwrap()),
+        "{r}"
+    );
+    assert_eq!(std::fs::read(&journal).unwrap(), damaged);
+    assert_eq!(f.served_version("h1", "web").as_deref(), Some("2.0"));
+    assert_eq!(releases_on(&f, "h1").len(), 4);
+}
