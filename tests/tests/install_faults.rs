@@ -477,3 +477,47 @@ fn an_unreadable_journal_deletes_no_release_refuses_its_service_and_is_named_in_
     assert_eq!(f.served_version("h1", "web").as_deref(), Some("2.0"));
     assert_eq!(releases_on(&f, "h1").len(), 4);
 }
+
+#[test]
+fn a_deleted_journal_leaves_the_service_known_and_its_next_install_replaces_the_old_process() {
+    let mut f = Fleet::new();
+    f.assign_ports(&["h1"], &["api"]);
+    f.start_controller();
+    f.start_agent("h1", "500ms");
+    f.wait_online("h1");
+    f.apply_sample_fleet(&["h1"], &["api"], "");
+    f.sample_release("1.0.0", &[Svc::new("api", "1.0")], Floor::default());
+    f.upgrade(&["api"], "1.0.0", &[]).ok();
+    let old = f.service_pid("h1", "api").expect("pid file");
+
+    f.kill_agent("h1");
+    std::fs::remove_file(f.agent_dir("h1").join("services/api/journal.json")).unwrap();
+    f.spawn_agent("h1", "500ms", None);
+    f.wait_online("h1");
+    let state = f.hosts()["h1"]["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "api")
+        .map(|s| s["state"].as_str().unwrap_or_default().to_string());
+    assert_eq!(state.as_deref(), Some("journal missing"));
+    assert_eq!(f.served_version("h1", "api").as_deref(), Some("1.0"));
+
+    // Once the old process kept its port and the new one could not start.
+    f.sample_release("1.1.0", &[Svc::new("api", "1.1")], Floor::default());
+    f.upgrade(&["api"], "1.1.0", &[]).ok();
+    assert_eq!(f.served_version("h1", "api").as_deref(), Some("1.1"));
+    assert_ne!(f.service_pid("h1", "api"), Some(old));
+    assert_eq!(
+        processes_on(f.port_of("h1", "api")),
+        1,
+        "the old process still runs"
+    );
+    assert!(
+        f.journal_stage("h1", "api").is_none()
+            && f.agent_dir("h1")
+                .join("services/api/journal.json")
+                .is_file(),
+        "no new journal"
+    );
+}
