@@ -28,7 +28,8 @@ fn main() -> ExitCode {
     match runtime.block_on(cutover_cli::run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("cutover: {e}");
+            // An error may quote the controller or a peer: escaped.
+            eprintln!("cutover: {}", cutover_cli::output::escape(&e.to_string()));
             ExitCode::from(e.exit_code())
         }
     }

@@ -47,29 +47,74 @@ fn write_pretty(out: &mut dyn Write, json: &str) -> std::io::Result<()> {
     writeln!(out)
 }
 
-/// Prints rows as columns padded to the widest cell.
+/// Text from a peer (a host's report, an archive's file name, an agent's
+/// version or log) made safe to print on a terminal: control characters
+/// (C0, DEL, C1: cursor moves, screen clears, title changes, OSC 8 links)
+/// and the invisible format characters that reorder or hide text (bidi
+/// overrides, zero-width marks) are written as Rust escapes (`\u{1b}`,
+/// `\n`), so what an operator sees is what was sent. Every text printer
+/// goes through this; JSON output is escaped by serde already.
+pub fn escape(text: &str) -> std::borrow::Cow<'_, str> {
+    // Fast path: printable ASCII, which is nearly everything.
+    if text.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    if !text.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if unsafe_char(c) {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// [`escape`] for text printed over several lines: each line is escaped
+/// and they are joined with `separator` (a newline and an indent).
+pub fn escape_lines(text: &str, separator: &str) -> String {
+    text.split('\n')
+        .map(escape)
+        .collect::<Vec<_>>()
+        .join(separator)
+}
+
+fn unsafe_char(c: char) -> bool {
+    c.is_control()
+        || matches!(c,
+            '\u{200b}'..='\u{200f}' // zero-width space, joiners, LRM/RLM
+            | '\u{2028}'..='\u{202e}' // line/paragraph separators, bidi embeddings and overrides
+            | '\u{2060}'..='\u{2069}' // word joiner, invisible operators, bidi isolates
+            | '\u{feff}' // zero-width no-break space
+        )
+}
+
+/// Prints rows as columns padded to the widest cell, two spaces apart, with
+/// every cell escaped ([`escape`]). Built by comfy-table, which handles a
+/// cell of any width (the hand-written printer panicked on a 70,000-character
+/// agent version).
 pub fn table(header: &[&str], rows: &[Vec<String>]) {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    to_stdout(|out| write_table(out, header, rows));
+}
+
+fn write_table(out: &mut dyn Write, header: &[&str], rows: &[Vec<String>]) -> std::io::Result<()> {
+    let mut t = comfy_table::Table::new();
+    t.load_preset(comfy_table::presets::NOTHING)
+        .set_content_arrangement(comfy_table::ContentArrangement::Disabled)
+        .set_header(header.iter().map(|h| comfy_table::Cell::new(escape(h))));
     for row in rows {
-        for (i, cell) in row.iter().enumerate() {
-            widths[i] = widths[i].max(cell.chars().count());
-        }
+        t.add_row(row.iter().map(|c| comfy_table::Cell::new(escape(c))));
     }
-    let line = |cells: Vec<String>| {
-        let mut out = String::new();
-        for (i, c) in cells.iter().enumerate() {
-            if i + 1 == cells.len() {
-                out.push_str(c);
-            } else {
-                out.push_str(&format!("{c:<w$}  ", w = widths[i]));
-            }
-        }
-        println!("{}", out.trim_end());
-    };
-    line(header.iter().map(|h| h.to_string()).collect());
-    for row in rows {
-        line(row.clone());
+    for column in t.column_iter_mut() {
+        column.set_padding((0, 2));
     }
+    for line in t.lines() {
+        writeln!(out, "{}", line.trim_end())?;
+    }
+    Ok(())
 }
 
 pub fn when(t: Option<time::OffsetDateTime>) -> String {
@@ -120,5 +165,63 @@ mod tests {
         assert_eq!(super::bytes(512), "512 B");
         assert_eq!(super::bytes(1536), "1.5 KiB");
         assert_eq!(super::bytes(3 * 1024 * 1024 * 1024), "3.0 GiB");
+    }
+
+    fn table_text(header: &[&str], rows: &[Vec<String>]) -> String {
+        let mut out = Vec::new();
+        super::write_table(&mut out, header, rows).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn a_table_is_columns_padded_to_the_widest_cell_two_spaces_apart() {
+        let rows = vec![
+            vec!["edge-1".into(), "online".into(), "0.1.0".into()],
+            vec!["db".into(), "offline".into(), "-".into()],
+        ];
+        assert_eq!(
+            table_text(&["HOST", "STATE", "AGENT"], &rows),
+            "HOST    STATE    AGENT\n\
+             edge-1  online   0.1.0\n\
+             db      offline  -\n"
+        );
+        // Width is what a terminal shows, not bytes.
+        let rows = vec![vec!["é".into(), "x".into()], vec!["ab".into(), "y".into()]];
+        assert_eq!(table_text(&["A", "B"], &rows), "A   B\né   x\nab  y\n");
+        // No rows: the header alone.
+        assert_eq!(table_text(&["A", "B"], &[]), "A  B\n");
+    }
+
+    #[test]
+    fn a_table_prints_a_cell_of_any_width_escaped() {
+        let long = "v".repeat(70_000);
+        let rows = vec![
+            vec!["h1".into(), long.clone(), "last".into()],
+            vec!["h2\u{1b}[2J".into(), "1.0".into(), "x".into()],
+        ];
+        let text = table_text(&["HOST", "AGENT", "SEEN"], &rows);
+        assert!(!text.contains('\u{1b}'), "raw escape printed");
+        assert!(text.contains("h2\\u{1b}[2J"), "{}", &text[..200]);
+        // Every character of the long cell is printed.
+        assert_eq!(text.matches('v').count(), 70_000);
+        assert!(text.contains("last"));
+    }
+
+    #[test]
+    fn control_and_invisible_characters_are_escaped_and_everything_else_is_kept() {
+        use super::escape;
+        assert!(matches!(escape("edge-1 ok"), std::borrow::Cow::Borrowed(_)));
+        assert!(matches!(escape("café ✓"), std::borrow::Cow::Borrowed(_)));
+        assert_eq!(escape("café ✓"), "café ✓");
+        assert_eq!(escape("a\u{1b}]0;pwned\u{7}b"), "a\\u{1b}]0;pwned\\u{7}b");
+        assert_eq!(escape("line\nnext\r\tx"), "line\\nnext\\r\\tx");
+        assert_eq!(escape("\u{9b}31m"), "\\u{9b}31m"); // C1 CSI
+        assert_eq!(escape("\u{7f}"), "\\u{7f}");
+        assert_eq!(escape("abc\u{202e}fed"), "abc\\u{202e}fed"); // bidi override
+        assert_eq!(escape("a\u{200b}b\u{feff}"), "a\\u{200b}b\\u{feff}");
+        assert_eq!(
+            super::escape_lines("one\u{1b}\ntwo", "\n  "),
+            "one\\u{1b}\n  two"
+        );
     }
 }

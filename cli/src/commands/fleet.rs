@@ -128,7 +128,11 @@ pub async fn status(c: &ConnectArgs, out: Format) -> Result<()> {
     }
     for ch in &status.channels {
         let default = if ch.is_default { " (default)" } else { "" };
-        println!("channel:  {} -> {}{default}", ch.name, ch.version);
+        println!(
+            "channel:  {} -> {}{default}",
+            output::escape(&ch.name),
+            output::escape(&ch.version)
+        );
     }
     if status.releases.is_empty() {
         println!("releases: none imported (`cutover release import MANIFEST`)");
@@ -136,7 +140,7 @@ pub async fn status(c: &ConnectArgs, out: Format) -> Result<()> {
     for r in &status.releases {
         println!(
             "release:  {} ({} service(s), expires {})",
-            r.version,
+            output::escape(&r.version),
             r.services.len(),
             output::when(r.expires)
         );
@@ -220,24 +224,25 @@ pub async fn diag(c: &ConnectArgs, host: &str, out: Format) -> Result<()> {
         ("services", services_line(&d.services)),
     ];
     for (k, v) in rows {
-        println!("{k:<13} {v}");
+        println!("{k:<13} {}", output::escape(&v));
     }
     for log in &d.logs {
         let pid = log.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
         let exit = log
             .last_exit
             .as_deref()
-            .map(|e| format!(", last {e}"))
+            .map(|e| format!(", last {}", output::escape(e)))
             .unwrap_or_default();
         println!(
             "\n{} (pid {pid}, {} restart(s){exit}), last log lines:",
-            log.service, log.restarts
+            output::escape(&log.service),
+            log.restarts
         );
         if let Some(detail) = &log.detail {
-            println!("  {detail}");
+            println!("  {}", output::escape(detail));
         }
         for line in &log.lines {
-            println!("  {line}");
+            println!("  {}", output::escape(line));
         }
     }
     Ok(())

@@ -97,7 +97,11 @@ pub async fn plan(c: &ConnectArgs, args: &PlanArgs, out: Format) -> Result<()> {
 
 fn ident(c: Option<&ContentIdentity>) -> String {
     match c {
-        Some(c) => format!("{} ({})", c.service_version, c.release),
+        Some(c) => format!(
+            "{} ({})",
+            output::escape(&c.service_version),
+            output::escape(&c.release)
+        ),
         None => "nothing".into(),
     }
 }
@@ -109,7 +113,7 @@ fn print_plan(plan: &Plan) {
 /// Each run of hosts that move from the same identity names it once: a
 /// plan at fleet size is half a million moves.
 fn write_plan(out: &mut dyn Write, plan: &Plan) -> std::io::Result<()> {
-    writeln!(out, "release {}", plan.release)?;
+    writeln!(out, "release {}", output::escape(&plan.release))?;
     if plan.services.is_empty() {
         writeln!(
             out,
@@ -121,9 +125,9 @@ fn write_plan(out: &mut dyn Write, plan: &Plan) -> std::io::Result<()> {
             out,
             "\nlevel {}  {}  -> {} ({}, artifact {} {})",
             s.level,
-            s.service,
-            s.target.service_version,
-            s.target.release,
+            output::escape(&s.service),
+            output::escape(&s.target.service_version),
+            output::escape(&s.target.release),
             output::short(&s.sha256),
             output::bytes(s.size)
         )?;
@@ -135,7 +139,7 @@ fn write_plan(out: &mut dyn Write, plan: &Plan) -> std::io::Result<()> {
             };
             write!(out, "  {label:<9} ")?;
             for (j, m) in batch.iter().enumerate() {
-                out.write_all(m.host.as_bytes())?;
+                out.write_all(output::escape(&m.host).as_bytes())?;
                 let from = m.from.as_deref();
                 match batch.get(j + 1) {
                     Some(next) if next.from.as_deref() == from => out.write_all(b", ")?,
@@ -150,21 +154,27 @@ fn write_plan(out: &mut dyn Write, plan: &Plan) -> std::io::Result<()> {
                 out,
                 "  {:<9} {} (already at the target)",
                 "unchanged",
-                s.unchanged.join(", ")
+                output::escape(&s.unchanged.join(", "))
             )?;
         }
     }
     if !plan.carried.is_empty() {
         writeln!(out, "\ncarried (will not move):")?;
         for c in &plan.carried {
-            writeln!(out, "  {} {}: {}", c.service, c.service_version, c.reason)?;
+            writeln!(
+                out,
+                "  {} {}: {}",
+                output::escape(&c.service),
+                output::escape(&c.service_version),
+                output::escape(&c.reason)
+            )?;
         }
     }
     if !plan.offline.is_empty() {
         writeln!(
             out,
             "\noffline hosts allowed: {} (their steps wait until the step deadline)",
-            plan.offline.join(", ")
+            output::escape(&plan.offline.join(", "))
         )?;
     }
     Ok(())
@@ -234,7 +244,7 @@ async fn started_output(c: &ConnectArgs, started: Started, wait: bool, out: Form
         } else {
             println!(
                 "nothing to do: every host already runs release {}",
-                started.plan.release
+                output::escape(&started.plan.release)
             );
         }
         return Ok(());
@@ -247,7 +257,7 @@ async fn started_output(c: &ConnectArgs, started: Started, wait: bool, out: Form
                 "rollout {} started: {} step(s) to release {}; follow it with `cutover rollout watch {}`",
                 r.id,
                 r.steps.len(),
-                r.release,
+                output::escape(&r.release),
                 r.id
             );
         }
@@ -258,7 +268,7 @@ async fn started_output(c: &ConnectArgs, started: Started, wait: bool, out: Form
             "rollout {} started: {} step(s) to release {}",
             r.id,
             r.steps.len(),
-            r.release
+            output::escape(&r.release)
         );
     }
     watch(c, r.id, out).await
@@ -362,7 +372,7 @@ fn print_detail(d: &RolloutDetail) {
         "rollout {}  {:?} to release {}  {}{}",
         r.id,
         r.kind,
-        r.release,
+        output::escape(&r.release),
         r.status,
         if r.no_rollback {
             "  (--no-rollback)"
@@ -393,13 +403,15 @@ fn print_detail(d: &RolloutDetail) {
         let e = &f.evidence;
         println!(
             "\nSTOPPED at the {}: service {} on host {}",
-            f.boundary, f.service, f.host
+            output::escape(&f.boundary),
+            output::escape(&f.service),
+            output::escape(&f.host)
         );
-        println!("  {:<9} {}", "gate", e.gate);
+        println!("  {:<9} {}", "gate", output::escape(&e.gate));
         if let Some(check) = &e.check {
-            println!("  {:<9} {check}", "check");
+            println!("  {:<9} {}", "check", output::escape(check));
         }
-        println!("  {:<9} {}", "evidence", e.detail);
+        println!("  {:<9} {}", "evidence", output::escape(&e.detail));
         if let Some(code) = e.status_code {
             println!("  {:<9} {code}", "status");
         }
@@ -410,7 +422,7 @@ fn print_detail(d: &RolloutDetail) {
             println!(
                 "  {:<9} {}",
                 "output",
-                e.output.replace('\n', "\n            ")
+                output::escape_lines(&e.output, "\n            ")
             );
         }
         println!(
@@ -419,10 +431,10 @@ fn print_detail(d: &RolloutDetail) {
             secs(e.elapsed_ms as i64),
             e.probes
         );
-        println!("  {:<9} {}", "action", f.action);
+        println!("  {:<9} {}", "action", output::escape(&f.action));
     } else if !r.status.is_final() {
         if let Some(gate) = waiting_on(r) {
-            println!("\nwaiting on: {gate}");
+            println!("\nwaiting on: {}", output::escape(&gate));
         }
     }
     println!();
@@ -485,12 +497,12 @@ fn print_event(e: &EventView) {
     println!(
         "  {}  {:<20} {}{}",
         output::when(from_ms(e.at_ms)),
-        e.kind,
+        output::escape(&e.kind),
         e.host
             .as_deref()
-            .map(|h| format!("[{h}] "))
+            .map(|h| format!("[{}] ", output::escape(h)))
             .unwrap_or_default(),
-        e.detail
+        output::escape(&e.detail)
     );
 }
 
@@ -520,7 +532,7 @@ pub async fn watch(c: &ConnectArgs, id: u64, out: Format) -> Result<()> {
             b.set_message(format!(
                 "{} {}",
                 r.status,
-                waiting_on(r).unwrap_or_default()
+                output::escape(&waiting_on(r).unwrap_or_default())
             ));
             b.tick();
         } else if out == Format::Text {
