@@ -389,7 +389,7 @@ async fn session_once(agent: &Arc<Agent>) -> Result<Ended> {
                 let _ = tx.send(send(Out::Renew(v1::RenewRequest { csr_pem: csr }))).await;
             }
             Some(report) = outbox.recv(), if welcomed => {
-                let msg = send(Out::Report((&report).into()));
+                let msg = send(Out::Report(report_to_wire(&report)));
                 if tx.send(msg).await.is_err() {
                     return Ok(Ended { welcomed, reason: "session stream closed".into() });
                 }
@@ -408,7 +408,7 @@ async fn session_once(agent: &Arc<Agent>) -> Result<Ended> {
                         tracing::info!(host = %w.host, controller = %w.controller_version, "session open");
                         // Reports the controller may have missed.
                         for report in agent.runtime.last_reports() {
-                            let _ = tx.send(send(Out::Report((&report).into()))).await;
+                            let _ = tx.send(send(Out::Report(report_to_wire(&report)))).await;
                         }
                     }
                     Some(In::Command(c)) => match cutover_core::rollout::Command::try_from(c) {
@@ -456,13 +456,23 @@ async fn session_once(agent: &Arc<Agent>) -> Result<Ended> {
     }
 }
 
+/// A report as it goes on the wire: bounded, so that neither a report
+/// just made nor one replayed from the journal after a restart can exceed
+/// what the controller accepts (it would cut the session on every replay).
+fn report_to_wire(report: &cutover_core::rollout::Report) -> v1::Report {
+    cutover_proto::commands::report_to_wire(report, cutover_proto::MAX_MESSAGE_BYTES)
+}
+
 async fn answer(agent: &Arc<Agent>, body: Option<v1::request::Body>) -> v1::reply::Body {
     match body {
         Some(v1::request::Body::Diag(_)) => {
             let uptime = agent.started.elapsed().as_secs();
             match agent.runtime.diag(uptime, agent.figures()).await {
                 Ok(r) => v1::reply::Body::Diag((&r).into()),
-                Err(e) => v1::reply::Body::Error(e),
+                Err(e) => v1::reply::Body::Error(
+                    cutover_core::views::bounded(&e, cutover_core::views::limits::DETAIL)
+                        .into_owned(),
+                ),
             }
         }
         None => v1::reply::Body::Error(
