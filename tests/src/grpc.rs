@@ -73,3 +73,65 @@ pub fn operator(ch: Channel) -> OperatorClient<Channel> {
 pub fn agent(ch: Channel) -> AgentClient<Channel> {
     AgentClient::new(ch)
 }
+
+/// Trades a join token for a certificate of `host`, with a fresh key: what
+/// an agent's enrollment does, for tests that then speak as that host.
+pub async fn enroll(url: &str, ca: &Path, token: &str, host: &str) -> Result<Presented, String> {
+    let (key_pem, csr_pem) = cutover_core::pki::new_csr(host).map_err(|e| e.to_string())?;
+    let ch = channel(url, ca, None).await?;
+    let issued = agent(ch)
+        .enroll(cutover_proto::v1::EnrollRequest {
+            token: token.into(),
+            csr_pem,
+        })
+        .await
+        .map_err(|s| status_text(&s))?
+        .into_inner();
+    Ok(Presented {
+        cert_pem: issued.cert_pem,
+        key_pem,
+    })
+}
+
+/// An agent session a test holds open: what it sends, what it receives.
+pub struct Session {
+    pub tx: tokio::sync::mpsc::Sender<cutover_proto::v1::AgentMessage>,
+    pub inbound: tonic::Streaming<cutover_proto::v1::ControllerMessage>,
+}
+
+/// Opens a session as `presented` with a hello asking for heartbeats every
+/// `heartbeat_ms`, and waits for the welcome. Refusals are returned as
+/// [`status_text`]. No heartbeat is sent unless the test sends it.
+pub async fn open_session(
+    url: &str,
+    ca: &Path,
+    presented: &Presented,
+    heartbeat_ms: u64,
+) -> Result<Session, String> {
+    use cutover_proto::v1;
+    let ch = channel(url, ca, Some(presented)).await?;
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tx.send(v1::AgentMessage {
+        msg: Some(v1::agent_message::Msg::Hello(v1::Hello {
+            agent_version: "test".into(),
+            heartbeat_interval_ms: heartbeat_ms,
+            ..Default::default()
+        })),
+    })
+    .await
+    .map_err(|_| "session queue closed".to_string())?;
+    let mut inbound = agent(ch)
+        .session(tonic::codegen::tokio_stream::wrappers::ReceiverStream::new(
+            rx,
+        ))
+        .await
+        .map_err(|s| status_text(&s))?
+        .into_inner();
+    match inbound.message().await {
+        Ok(Some(v1::ControllerMessage {
+            msg: Some(v1::controller_message::Msg::Welcome(_)),
+        })) => Ok(Session { tx, inbound }),
+        Ok(other) => Err(format!("expected a welcome, got {other:?}")),
+        Err(s) => Err(status_text(&s)),
+    }
+}
