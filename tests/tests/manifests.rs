@@ -69,8 +69,61 @@ fn stored_artifacts(f: &Fleet) -> Vec<String> {
     std::fs::read_dir(f.path("controller/artifacts"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n != ".staging")
+        .filter(|n| n != ".staging" && n != ".damaged")
         .collect()
+}
+
+fn sign(f: &Fleet, r: &Release) {
+    sign_with(&r.manifest, &f.path("release.key"));
+}
+
+fn staging_is_empty(f: &Fleet) -> bool {
+    std::fs::read_dir(f.path("controller/artifacts/.staging"))
+        .unwrap()
+        .next()
+        .is_none()
+}
+
+/// Speaks `ImportRelease` directly, so the controller's own checks are
+/// seen without the CLI's in front of them.
+fn import_raw(
+    f: &Fleet,
+    chunks: Vec<v1::ImportChunk>,
+) -> Result<v1::ImportReleaseResponse, String> {
+    let op =
+        grpc::Presented::from_files(&f.pki.join("operator.pem"), &f.pki.join("operator-key.pem"));
+    grpc::runtime().block_on(async {
+        let ch = grpc::channel(&f.url(), &f.pki.join("ca.pem"), Some(&op)).await?;
+        grpc::operator(ch)
+            .import_release(tonic::codegen::tokio_stream::iter(chunks))
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|s| format!("{:?}: {}", s.code(), s.message()))
+    })
+}
+
+fn header(r: &Release) -> v1::ImportChunk {
+    v1::ImportChunk {
+        part: Some(v1::import_chunk::Part::Header(v1::ImportHeader {
+            manifest: std::fs::read(&r.manifest).unwrap(),
+            signatures: std::fs::read_to_string(cutover_core::signing::signature_path(&r.manifest))
+                .unwrap(),
+        })),
+    }
+}
+
+fn upload(bytes: &[u8]) -> Vec<v1::ImportChunk> {
+    vec![
+        v1::ImportChunk {
+            part: Some(v1::import_chunk::Part::Artifact(v1::ArtifactStart {
+                sha256: Sha256Digest::of(bytes).to_hex(),
+                size: bytes.len() as u64,
+            })),
+        },
+        v1::ImportChunk {
+            part: Some(v1::import_chunk::Part::Data(bytes.to_vec())),
+        },
+    ]
 }
 
 #[test]
@@ -291,5 +344,244 @@ fn controller_checks_manifests_itself_not_only_the_cli() {
     assert!(
         e.contains("InvalidArgument") && e.contains("dependency cycle: a -> b -> a"),
         "{e}"
+    );
+}
+
+#[test]
+fn size_zero_pins_and_empty_artifact_files_are_refused() {
+    let mut f = Fleet::new();
+    f.start_controller();
+    let zero = |t: String| {
+        let at = t.find("size = ").unwrap() + "size = ".len();
+        let end = at + t[at..].find(',').unwrap();
+        format!("{}0{}", &t[..at], &t[end..])
+    };
+    let r = release(&f, "zero", &[("db", "")], zero);
+    sign(&f, &r);
+    let expected =
+        "service \"db\": tarball db.tar.gz is pinned with size 0; an artifact must have bytes";
+    import(&f, &r).fails_with(expected);
+    // The controller refuses it itself, not only the CLI.
+    let e = import_raw(&f, vec![header(&r)]).unwrap_err();
+    assert!(e.contains("InvalidArgument") && e.contains(expected), "{e}");
+
+    // A pin with a size, but the file in the release directory is empty.
+    let r = release(&f, "empty", &[("db", "")], |t| t);
+    sign(&f, &r);
+    std::fs::write(r.dir.join("db.tar.gz"), b"").unwrap();
+    import(&f, &r).fails_with("db.tar.gz: the tarball of service \"db\" is empty (0 bytes) but the manifest pins 14 bytes");
+
+    assert_eq!(f.cli_json(&["release", "list"]), serde_json::json!([]));
+    assert!(stored_artifacts(&f).is_empty());
+}
+
+#[test]
+fn a_stored_digest_pinned_with_another_size_is_refused_naming_both() {
+    let mut f = Fleet::new();
+    f.start_controller();
+    let first = release(&f, "first", &[("db", "")], |t| t);
+    sign(&f, &first);
+    import(&f, &first).ok();
+    // Release 1.1.0 pins the same bytes (same digest) with a size one more.
+    let second = release(&f, "second", &[("db", "")], |t| {
+        t.replace("1.0.0", "1.1.0")
+            .replace("size = 14", "size = 15")
+    });
+    sign(&f, &second);
+    let digest = Sha256Digest::of(b"artifact of db");
+    let expected = format!(
+        "release 1.1.0: service \"db\": tarball db.tar.gz: pins sha256 {digest} with size 15 bytes, but the controller stores that digest with size 14 bytes"
+    );
+    import(&f, &second).fails_with(&expected);
+    // Also when the bytes are uploaded with the wrong pin.
+    let mut chunks = vec![header(&second)];
+    chunks.extend(upload(b"artifact of db"));
+    let e = import_raw(&f, chunks).unwrap_err();
+    assert!(e.contains(&expected), "{e}");
+    let list = f.cli_json(&["release", "list"]);
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+}
+
+#[test]
+fn symlinked_or_special_release_files_are_refused_naming_the_file() {
+    let mut f = Fleet::new();
+    f.start_controller();
+    let two = [("db", ""), ("api", "\"db\"")];
+    let secret = f.path("secret");
+    std::fs::write(&secret, b"not for the controller").unwrap();
+
+    // An artifact file that is a link, even to the right bytes.
+    let r = release(&f, "linkedartifact", &two, |t| t);
+    sign(&f, &r);
+    let real = f.path("api-elsewhere.tar.gz");
+    std::fs::rename(r.dir.join("api.tar.gz"), &real).unwrap();
+    std::os::unix::fs::symlink(&real, r.dir.join("api.tar.gz")).unwrap();
+    import(&f, &r)
+        .fails_with("api.tar.gz: the tarball of service \"api\" is a symbolic link, refused");
+
+    // A directory on the way to an artifact file that is a link.
+    let r = release(&f, "linkeddir", &[("db", "")], |t| {
+        t.replace("file = \"db.tar.gz\"", "file = \"sub/db.tar.gz\"")
+    });
+    sign(&f, &r);
+    let elsewhere = f.path("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    std::fs::rename(r.dir.join("db.tar.gz"), elsewhere.join("db.tar.gz")).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, r.dir.join("sub")).unwrap();
+    import(&f, &r).fails_with("linkeddir/sub: the directory holding the tarball of service \"db\" is a symbolic link, refused");
+
+    // The manifest and the signature file.
+    let r = release(&f, "linkedmanifest", &two, |t| t);
+    sign(&f, &r);
+    let link = r.dir.join("link.toml");
+    std::os::unix::fs::symlink(&r.manifest, &link).unwrap();
+    std::fs::copy(
+        cutover_core::signing::signature_path(&r.manifest),
+        cutover_core::signing::signature_path(&link),
+    )
+    .unwrap();
+    f.cli(&["release", "import", link.to_str().unwrap()])
+        .fails_with("link.toml: the manifest is a symbolic link, refused");
+    let sig = cutover_core::signing::signature_path(&r.manifest);
+    let sig_elsewhere = f.path("elsewhere.sig");
+    std::fs::rename(&sig, &sig_elsewhere).unwrap();
+    std::os::unix::fs::symlink(&sig_elsewhere, &sig).unwrap();
+    import(&f, &r).fails_with("release.toml.sig: the signature file is a symbolic link, refused");
+
+    // A FIFO in place of an artifact neither blocks the CLI nor is read.
+    let r = release(&f, "fifo", &[("db", "")], |t| t);
+    sign(&f, &r);
+    std::fs::remove_file(r.dir.join("db.tar.gz")).unwrap();
+    nix::unistd::mkfifo(&r.dir.join("db.tar.gz"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+    import(&f, &r).fails_with("db.tar.gz: the tarball of service \"db\" is not a regular file");
+
+    assert_eq!(f.cli_json(&["release", "list"]), serde_json::json!([]));
+    assert!(stored_artifacts(&f).is_empty());
+    assert!(staging_is_empty(&f));
+}
+
+#[test]
+fn oversized_manifest_and_signature_files_are_refused_before_reading() {
+    let mut f = Fleet::new();
+    f.start_controller();
+    let r = release(&f, "bigmanifest", &[("db", "")], |t| {
+        format!("{t}# {}\n", "x".repeat(2 << 20))
+    });
+    sign(&f, &r);
+    let size = std::fs::metadata(&r.manifest).unwrap().len();
+    import(&f, &r).fails_with(&format!(
+        "release.toml: the manifest is {size} bytes, more than the 1048576 it may have"
+    ));
+
+    let r = release(&f, "bigsig", &[("db", "")], |t| t);
+    sign(&f, &r);
+    let sig = cutover_core::signing::signature_path(&r.manifest);
+    let mut text = std::fs::read_to_string(&sig).unwrap();
+    text.push_str(&format!("# {}\n", "x".repeat(100_000)));
+    std::fs::write(&sig, text).unwrap();
+    import(&f, &r).fails_with("release.toml.sig: the signature file is 100");
+    assert_eq!(f.cli_json(&["release", "list"]), serde_json::json!([]));
+}
+
+#[test]
+fn build_metadata_versions_are_refused_beside_the_release_they_shadow() {
+    let mut f = Fleet::new();
+    f.start_controller();
+    let r = release(&f, "plain", &[("db", "")], |t| t);
+    sign(&f, &r);
+    import(&f, &r).ok();
+    let evil = release(&f, "evil", &[("db", "")], |t| {
+        t.replace("\"1.0.0\"", "\"1.0.0+evil\"")
+    });
+    sign(&f, &evil);
+    let expected = "version \"1.0.0+evil\" carries build metadata \"+evil\": semver ignores it when ordering versions, so it has the same precedence as 1.0.0; refused";
+    import(&f, &evil).fails_with(expected);
+    let e = import_raw(&f, vec![header(&evil)]).unwrap_err();
+    assert!(e.contains("InvalidArgument") && e.contains(expected), "{e}");
+    let list = f.cli_json(&["release", "list"]);
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(list[0]["version"], "1.0.0");
+}
+
+#[test]
+fn reimport_verifies_stored_artifacts_and_repairs_damaged_ones() {
+    let mut f = Fleet::new();
+    f.start_controller();
+    let r = release(&f, "good", &[("db", ""), ("api", "\"db\"")], |t| t);
+    sign(&f, &r);
+    import(&f, &r).ok();
+    let db = Sha256Digest::of(b"artifact of db");
+    let api = Sha256Digest::of(b"artifact of api");
+    let stored = |d: &Sha256Digest| f.path("controller/artifacts").join(d.to_hex());
+
+    // Nothing damaged: verified, nothing re-sent or replaced.
+    let out = import(&f, &r).ok();
+    assert!(
+        out.stdout.contains(
+            "release 1.0.0 already imported (same manifest); artifacts verified (0 repaired)"
+        ),
+        "{}",
+        out.stdout
+    );
+
+    // One byte flipped in one copy, the other copy truncated.
+    std::fs::write(stored(&db), b"artifact of dB").unwrap();
+    std::fs::write(stored(&api), b"artifact").unwrap();
+    let out = import(&f, &r).ok();
+    assert!(
+        out.stdout.contains(
+            "release 1.0.0 already imported (same manifest); artifacts verified (2 repaired)"
+        ),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(std::fs::read(stored(&db)).unwrap(), b"artifact of db");
+    assert_eq!(std::fs::read(stored(&api)).unwrap(), b"artifact of api");
+    // The damaged copies are kept, not deleted.
+    let mut kept: Vec<Vec<u8>> = std::fs::read_dir(f.path("controller/artifacts/.damaged"))
+        .unwrap()
+        .map(|e| std::fs::read(e.unwrap().path()).unwrap())
+        .collect();
+    kept.sort();
+    assert_eq!(kept, vec![b"artifact".to_vec(), b"artifact of dB".to_vec()]);
+    let json = f.cli_json(&["release", "import", r.manifest.to_str().unwrap()]);
+    assert_eq!(json["artifacts_repaired"], 0, "{json}");
+    assert_eq!(json["already_imported"], true, "{json}");
+
+    // A new release pinning the same bytes repairs a missing copy too.
+    std::fs::remove_file(stored(&db)).unwrap();
+    let next = release(&f, "next", &[("db", "")], |t| t.replace("1.0.0", "1.1.0"));
+    sign(&f, &next);
+    let out = import(&f, &next).ok();
+    assert!(
+        out.stdout.contains("imported release 1.1.0: 1 service(s), 0 artifact(s) stored, 1 already present (1 damaged stored copy(ies) repaired)"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(std::fs::read(stored(&db)).unwrap(), b"artifact of db");
+
+    // Without the bytes, a damaged copy is refused with the way to repair it.
+    std::fs::write(stored(&db), b"rotten").unwrap();
+    let e = import_raw(&f, vec![header(&r)]).unwrap_err();
+    assert!(
+        e.contains(&format!("release 1.0.0: service \"db\": tarball db.tar.gz: the controller's copy of sha256 {db} is damaged (it is 6 bytes, the pin says 14); import the release again")),
+        "{e}"
+    );
+    assert_eq!(std::fs::read(stored(&db)).unwrap(), b"rotten");
+    // One upload of a digest per import.
+    let mut chunks = vec![header(&r)];
+    chunks.extend(upload(b"artifact of db"));
+    chunks.extend(upload(b"artifact of db"));
+    let e = import_raw(&f, chunks).unwrap_err();
+    assert!(
+        e.contains(&format!("sha256 {db} was uploaded twice in one import")),
+        "{e}"
+    );
+    assert!(staging_is_empty(&f));
+    // The repair is on record.
+    let log = f.controller_log();
+    assert!(
+        log.contains("damaged stored artifact replaced by verified bytes"),
+        "{log}"
     );
 }

@@ -25,16 +25,26 @@ pub fn keygen(out: &Path) -> Result<()> {
 }
 
 pub fn sign(manifest_path: &Path, key_path: &Path) -> Result<()> {
-    let bytes = std::fs::read(manifest_path).map_err(|e| Error::io(manifest_path, e))?;
+    let bytes = read_release_file(
+        manifest_path,
+        "manifest",
+        cutover_core::manifest::MAX_MANIFEST_BYTES,
+    )?;
     let text = std::str::from_utf8(&bytes)
         .map_err(|_| Error::Failed(format!("{}: not UTF-8 text", manifest_path.display())))?;
     // Refuse to sign what the controller would refuse to import.
     let manifest = Manifest::parse(text).map_err(|e| prefixed(manifest_path, e))?;
     let key = signing::read_signing_key(key_path)?;
     let sig_path = signing::signature_path(manifest_path);
-    let mut sigs = if sig_path.exists() {
-        SignatureFile::parse(&cutover_core::fsutil::read_to_string(&sig_path)?)
-            .map_err(|e| prefixed(&sig_path, e))?
+    let mut sigs = if std::fs::symlink_metadata(&sig_path).is_ok() {
+        let text = read_release_file(
+            &sig_path,
+            "signature file",
+            signing::MAX_SIGNATURE_FILE_BYTES,
+        )?;
+        let text = String::from_utf8(text)
+            .map_err(|_| Error::Failed(format!("{}: not UTF-8 text", sig_path.display())))?;
+        SignatureFile::parse(&text).map_err(|e| prefixed(&sig_path, e))?
     } else {
         SignatureFile::default()
     };
@@ -54,55 +64,183 @@ fn prefixed(path: &Path, e: impl std::fmt::Display) -> Error {
     Error::Failed(format!("{}: {e}", path.display()))
 }
 
+/// Opens a release file for reading without following a symbolic link
+/// at its end, and checks that it is a regular file. `O_NONBLOCK` keeps a
+/// FIFO in its place from blocking the open; it means nothing for a
+/// regular file.
+fn open_release_file(path: &Path, what: &str) -> Result<std::fs::File> {
+    use nix::fcntl::OFlag;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags((OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK).bits())
+        .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(nix::errno::Errno::ELOOP as i32) {
+                symlink_refused(path, what)
+            } else {
+                Error::io(path, e)
+            }
+        })?;
+    let meta = file.metadata().map_err(|e| Error::io(path, e))?;
+    if !meta.is_file() {
+        return Err(Error::Failed(format!(
+            "{}: the {what} is not a regular file; release files must be plain files",
+            path.display()
+        )));
+    }
+    Ok(file)
+}
+
+fn symlink_refused(path: &Path, what: &str) -> Error {
+    Error::Failed(format!(
+        "{}: the {what} is a symbolic link, refused: release files are read only as regular files (copy the file into place instead of linking it)",
+        path.display()
+    ))
+}
+
+/// Reads a manifest or signature file: a regular file, not a link, of at
+/// most `max` bytes, checked before it is read.
+fn read_release_file(path: &Path, what: &str, max: usize) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let file = open_release_file(path, what)?;
+    let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    let too_big = |len: u64| {
+        Error::Failed(format!(
+            "{}: the {what} is {len} bytes, more than the {max} it may have",
+            path.display()
+        ))
+    };
+    let limit = u64::try_from(max).unwrap_or(u64::MAX);
+    if len > limit {
+        return Err(too_big(len));
+    }
+    let mut bytes = Vec::new();
+    file.take(limit.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::io(path, e))?;
+    if bytes.len() > max {
+        return Err(too_big(bytes.len() as u64));
+    }
+    Ok(bytes)
+}
+
+/// An artifact file the manifest names, owned so it can be sent from a
+/// task of its own.
+struct ArtifactFile {
+    service: String,
+    kind: &'static str,
+    file: String,
+    sha256: cutover_core::Sha256Digest,
+    size: u64,
+}
+
+/// Opens an artifact file named by the manifest, relative to `dir`: no
+/// component below `dir` may be a symbolic link, and the file must be a
+/// regular, non-empty file.
+fn open_artifact(dir: &Path, a: &ArtifactFile) -> Result<std::fs::File> {
+    let what = format!("{} of service {:?}", a.kind, a.service);
+    let relative = Path::new(&a.file);
+    let mut below = dir.to_path_buf();
+    let components: Vec<_> = relative.components().collect();
+    for c in components.iter().take(components.len().saturating_sub(1)) {
+        below.push(c);
+        match std::fs::symlink_metadata(&below) {
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(symlink_refused(
+                    &below,
+                    &format!("directory holding the {what}"),
+                ))
+            }
+            Ok(_) => {}
+            Err(e) => return Err(Error::io(&below, e)),
+        }
+    }
+    let path = dir.join(relative);
+    let file = match open_release_file(&path, &what) {
+        Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Error::Failed(format!(
+                "service {:?}: {} file {} is missing",
+                a.service,
+                a.kind,
+                path.display()
+            )))
+        }
+        other => other?,
+    };
+    let len = file.metadata().map_err(|e| Error::io(&path, e))?.len();
+    if len == 0 {
+        return Err(Error::Failed(format!(
+            "{}: the {what} is empty (0 bytes) but the manifest pins {} bytes; the file is truncated or was never written",
+            path.display(),
+            a.size
+        )));
+    }
+    Ok(file)
+}
+
 pub async fn import(
     c: &ConnectArgs,
     manifest_path: &Path,
     artifacts_dir: Option<&Path>,
     out: Format,
 ) -> Result<()> {
-    let bytes = std::fs::read(manifest_path).map_err(|e| Error::io(manifest_path, e))?;
+    let bytes = read_release_file(
+        manifest_path,
+        "manifest",
+        cutover_core::manifest::MAX_MANIFEST_BYTES,
+    )?;
     let text = std::str::from_utf8(&bytes)
         .map_err(|_| Error::Failed(format!("{}: not UTF-8 text", manifest_path.display())))?;
     let manifest = Manifest::parse(text).map_err(|e| prefixed(manifest_path, e))?;
     let sig_path = signing::signature_path(manifest_path);
-    if !sig_path.exists() {
+    if std::fs::symlink_metadata(&sig_path).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+    {
         return Err(Error::Failed(format!(
             "{} not found: sign the manifest first with `cutover release sign {} --key KEY`",
             sig_path.display(),
             manifest_path.display()
         )));
     }
-    let signatures = cutover_core::fsutil::read_to_string(&sig_path)?;
+    let signatures = read_release_file(
+        &sig_path,
+        "signature file",
+        signing::MAX_SIGNATURE_FILE_BYTES,
+    )?;
+    let signatures = String::from_utf8(signatures)
+        .map_err(|_| Error::Failed(format!("{}: not UTF-8 text", sig_path.display())))?;
     let dir = artifacts_dir
         .map(Path::to_path_buf)
         .or_else(|| manifest_path.parent().map(Path::to_path_buf))
         .unwrap_or_default();
-    let mut files = Vec::new();
+    let version = manifest.version.to_string();
+    let mut files: Vec<ArtifactFile> = Vec::new();
     for a in manifest.artifacts() {
-        let path = dir.join(a.file);
-        if !path.is_file() {
-            return Err(Error::Failed(format!(
-                "release {}: service {:?}: {} file {} is missing",
-                manifest.version,
-                a.service,
-                a.kind,
-                path.display()
-            )));
+        let a = ArtifactFile {
+            service: a.service.to_string(),
+            kind: a.kind,
+            file: a.file.to_string(),
+            sha256: a.sha256,
+            size: a.size,
+        };
+        open_artifact(&dir, &a).map_err(|e| Error::Failed(format!("release {version}: {e}")))?;
+        // Two services may pin the same bytes: they are sent once.
+        if !files.iter().any(|f| f.sha256 == a.sha256) {
+            files.push(a);
         }
-        files.push((a.sha256, a.size, path));
     }
 
     let mut client = c.operator().await?;
     let missing = client
         .missing_artifacts(v1::ArtifactDigests {
-            sha256: files.iter().map(|f| f.0.to_hex()).collect(),
+            sha256: files.iter().map(|f| f.sha256.to_hex()).collect(),
         })
         .await?
         .into_inner()
         .sha256;
     let to_send: Vec<_> = files
         .into_iter()
-        .filter(|f| missing.contains(&f.0.to_hex()))
+        .filter(|f| missing.contains(&f.sha256.to_hex()))
         .collect();
 
     let (tx, rx) = mpsc::channel::<v1::ImportChunk>(8);
@@ -116,19 +254,22 @@ pub async fn import(
         if tx.send(header).await.is_err() {
             return Ok(());
         }
-        for (sha, size, path) in to_send {
+        for a in to_send {
+            let path = dir.join(&a.file);
+            // Opened again with the same checks: the file may have been
+            // swapped for a link since it was looked at.
+            let file = open_artifact(&dir, &a)
+                .map_err(|e| Error::Failed(format!("release {version}: {e}")))?;
             let start = v1::ImportChunk {
                 part: Some(Part::Artifact(v1::ArtifactStart {
-                    sha256: sha.to_hex(),
-                    size,
+                    sha256: a.sha256.to_hex(),
+                    size: a.size,
                 })),
             };
             if tx.send(start).await.is_err() {
                 return Ok(());
             }
-            let mut file = tokio::fs::File::open(&path)
-                .await
-                .map_err(|e| Error::io(&path, e))?;
+            let mut file = tokio::fs::File::from_std(file);
             loop {
                 let mut buf = vec![0u8; cutover_proto::CHUNK_BYTES];
                 let n = file.read(&mut buf).await.map_err(|e| Error::io(&path, e))?;
@@ -162,12 +303,24 @@ pub async fn import(
             "artifacts_present": r.artifacts_present,
             "signed_by": r.signed_by,
             "already_imported": r.already_imported,
+            "artifacts_repaired": r.artifacts_repaired,
         }));
     } else if r.already_imported {
-        println!("release {} was already imported (same manifest)", r.version);
-    } else {
         println!(
-            "imported release {}: {} service(s), {} artifact(s) stored, {} already present, signed by {}",
+            "release {} already imported (same manifest); artifacts verified ({} repaired)",
+            r.version, r.artifacts_repaired
+        );
+    } else {
+        let repaired = if r.artifacts_repaired > 0 {
+            format!(
+                " ({} damaged stored copy(ies) repaired)",
+                r.artifacts_repaired
+            )
+        } else {
+            String::new()
+        };
+        println!(
+            "imported release {}: {} service(s), {} artifact(s) stored, {} already present{repaired}, signed by {}",
             r.version,
             r.services,
             r.artifacts_stored,

@@ -12,7 +12,7 @@ use cutover_core::Sha256Digest;
 use cutover_proto::v1::{self, import_chunk::Part};
 use tonic::Streaming;
 
-use crate::artifacts::Staged;
+use crate::artifacts::{check_copy, Publish, Staged, StoredCopy, Verified};
 use crate::error::{Error, Result};
 use crate::store::StoredRelease;
 use crate::Controller;
@@ -48,6 +48,7 @@ pub async fn import(
         }
     }
 
+    // `Manifest::parse` refuses one digest pinned with two sizes.
     let mut expected: BTreeMap<Sha256Digest, Expected> = BTreeMap::new();
     for a in manifest.artifacts() {
         expected.insert(
@@ -61,40 +62,88 @@ pub async fn import(
             },
         );
     }
+    // Refused before any byte is received; checked again at commit.
+    stored_sizes(c, &expected).await?;
 
     let mut staged_paths: Vec<PathBuf> = Vec::new();
     let received = receive(c, &mut stream, &expected, &mut staged_paths).await;
     let result = async {
         let received = received?;
-        check_images(c, &manifest, &received, &staged_paths).await?;
-        if existing.is_some() {
-            return Ok(v1::ImportReleaseResponse {
-                version: version.clone(),
-                services: manifest.services.len() as u32,
-                artifacts_stored: 0,
-                artifacts_present: expected.len() as u32,
-                signed_by: signed_by.clone(),
-                already_imported: true,
-            });
-        }
-        let all: Vec<String> = expected.keys().map(|d| d.to_hex()).collect();
-        let missing = c.store.run(move |s| s.missing_artifacts(&all)).await?;
-        for hex in &missing {
-            let digest: Sha256Digest =
-                hex.parse()
-                    .map_err(|e: cutover_core::digest::DigestParseError| {
-                        Error::Internal(e.to_string())
-                    })?;
-            if !received.contains(&digest) {
-                let e = &expected[&digest];
-                return Err(Error::Invalid(format!(
-                    "{}: sha256 {digest} was not uploaded and is not in the controller's store",
-                    e.what
-                )));
+        check_images(c, &manifest, &received).await?;
+        // From here to the commit, no other import publishes, repairs or
+        // takes back a digest.
+        let _commit = c.artifacts.commit.lock().await;
+        let sizes = stored_sizes(c, &expected).await?;
+        let mut plan: Vec<(Verified, Publish)> = Vec::new();
+        let mut damage: BTreeMap<Sha256Digest, String> = BTreeMap::new();
+        for (digest, e) in &expected {
+            let uploaded = received.iter().find(|v| v.digest == *digest);
+            if !sizes.contains_key(&digest.to_hex()) {
+                match uploaded {
+                    Some(v) => plan.push((v.clone(), Publish::New)),
+                    None => {
+                        return Err(Error::Invalid(format!(
+                            "{}: sha256 {digest} was not uploaded and is not in the controller's store",
+                            e.what
+                        )))
+                    }
+                }
+                continue;
+            }
+            // Stored already: hash the copy again, so importing the same
+            // bytes again repairs a damaged one.
+            match check_stored(c, *digest, e.size).await? {
+                StoredCopy::Intact => {}
+                StoredCopy::Damaged(why) => match uploaded {
+                    Some(v) => {
+                        damage.insert(*digest, why);
+                        plan.push((v.clone(), Publish::Repair));
+                    }
+                    None => {
+                        return Err(Error::Invalid(format!(
+                            "{}: the controller's copy of sha256 {digest} is damaged ({why}); import the release again from a directory holding that file to repair it",
+                            e.what
+                        )))
+                    }
+                },
             }
         }
-        let present = expected.len() - missing.len();
-        let published = c.artifacts.publish(std::mem::take(&mut staged_paths))?;
+        let present = sizes.len();
+        let published = c.artifacts.publish(plan)?;
+        for r in &published.repaired {
+            let kept = r
+                .kept
+                .as_ref()
+                .map(|p| format!("; the damaged copy is kept as {}", p.display()))
+                .unwrap_or_default();
+            let detail = format!(
+                "{}: the stored copy of sha256 {} was damaged ({}) and was replaced by the verified bytes of this import{kept}",
+                expected[&r.digest].what,
+                r.digest,
+                damage.get(&r.digest).map(String::as_str).unwrap_or("unknown"),
+            );
+            tracing::warn!("{detail}");
+            let event = c
+                .store
+                .run(move |s| s.event("artifact.repaired", None, &detail))
+                .await;
+            if let Err(e) = event {
+                tracing::warn!(error = %e, "could not record the repair as an event");
+            }
+        }
+        let repaired = count(published.repaired.len());
+        if existing.is_some() {
+            tracing::info!(%version, repaired, "release imported again; artifacts verified");
+            return Ok(v1::ImportReleaseResponse {
+                version: version.clone(),
+                services: count(manifest.services.len()),
+                artifacts_stored: 0,
+                artifacts_present: count(present),
+                signed_by: signed_by.clone(),
+                already_imported: true,
+                artifacts_repaired: repaired,
+            });
+        }
         let release = StoredRelease {
             version: version.clone(),
             manifest: header.manifest.clone(),
@@ -104,12 +153,15 @@ pub async fn import(
         };
         let artifacts: Vec<(String, u64)> =
             expected.iter().map(|(d, e)| (d.to_hex(), e.size)).collect();
+        let stored = count(published.added.len());
         let inserted = c
             .store
             .run(move |s| s.insert_release(&release, &artifacts))
             .await;
         if let Err(e) = inserted {
-            for p in published {
+            // Repaired copies stay: they are the verified bytes of digests
+            // the store already records.
+            for p in published.added {
                 let _ = std::fs::remove_file(p);
             }
             return Err(e);
@@ -117,11 +169,12 @@ pub async fn import(
         tracing::info!(%version, "release imported");
         Ok(v1::ImportReleaseResponse {
             version: version.clone(),
-            services: manifest.services.len() as u32,
-            artifacts_stored: missing.len() as u32,
-            artifacts_present: present as u32,
+            services: count(manifest.services.len()),
+            artifacts_stored: stored,
+            artifacts_present: count(present),
             signed_by: signed_by.clone(),
             already_imported: false,
+            artifacts_repaired: repaired,
         })
     }
     .await;
@@ -129,6 +182,77 @@ pub async fn import(
         let _ = std::fs::remove_file(p);
     }
     result
+}
+
+/// Counts bounded by the manifest's limits fit a `u32`; saturates anyway.
+fn count(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// The sizes the store records for those of `expected` it holds. A digest
+/// names one byte string, so one it holds under another size means the
+/// pin is wrong: refused, naming both sizes.
+async fn stored_sizes(
+    c: &Controller,
+    expected: &BTreeMap<Sha256Digest, Expected>,
+) -> Result<BTreeMap<String, u64>> {
+    let all: Vec<String> = expected.keys().map(|d| d.to_hex()).collect();
+    let sizes = c.store.run(move |s| s.artifact_sizes(&all)).await?;
+    for (digest, e) in expected {
+        if let Some(stored) = sizes.get(&digest.to_hex()) {
+            if *stored != e.size {
+                return Err(Error::Invalid(format!(
+                    "{}: pins sha256 {digest} with size {} bytes, but the controller stores that digest with size {stored} bytes; one digest has one size, so the pin is wrong: fix the size in the manifest and sign it again",
+                    e.what, e.size
+                )));
+            }
+        }
+    }
+    Ok(sizes)
+}
+
+/// Hashes the stored copy of `digest` again, off the async runtime.
+async fn check_stored(c: &Controller, digest: Sha256Digest, size: u64) -> Result<StoredCopy> {
+    let path = c.artifacts.path(&digest);
+    tokio::task::spawn_blocking(move || check_copy(&path, &digest, size))
+        .await
+        .map_err(|e| Error::Internal(format!("checking stored artifact {digest}: {e}")))
+}
+
+/// The most digests one `MissingArtifacts` call may ask about: every
+/// service of the largest release with a tarball and an image tarball.
+pub const MAX_DIGESTS_PER_QUERY: usize = 2 * cutover_core::manifest::MAX_SERVICES;
+
+/// Which of `digests` the controller cannot serve: not recorded, or
+/// recorded but with a stored copy that no longer hashes to its digest
+/// (hashed again here). The CLI uploads these, so importing the same
+/// release again repairs a damaged copy.
+pub(crate) async fn missing_artifacts(
+    c: &Controller,
+    digests: Vec<Sha256Digest>,
+) -> Result<Vec<String>> {
+    if digests.len() > MAX_DIGESTS_PER_QUERY {
+        return Err(Error::Invalid(format!(
+            "{} digests asked about in one call, at most {MAX_DIGESTS_PER_QUERY} are allowed",
+            digests.len()
+        )));
+    }
+    let all: Vec<String> = digests.iter().map(Sha256Digest::to_hex).collect();
+    let sizes = c.store.run(move |s| s.artifact_sizes(&all)).await?;
+    let mut missing = Vec::new();
+    for digest in digests {
+        let hex = digest.to_hex();
+        let Some(size) = sizes.get(&hex) else {
+            missing.push(hex);
+            continue;
+        };
+        if let StoredCopy::Damaged(why) = check_stored(c, digest, *size).await? {
+            tracing::warn!(artifact = %digest, problem = %why, "stored artifact is damaged; asking for it again");
+            missing.push(hex);
+        }
+    }
+    missing.dedup();
+    Ok(missing)
 }
 
 /// Signature first, then the manifest's own rules, then its expiry. Plans
@@ -154,19 +278,14 @@ pub(crate) fn verify(
 
 /// An image tarball must carry the image ID the manifest pins: the digest
 /// of the config its own `manifest.json` names.
-async fn check_images(
-    c: &Controller,
-    manifest: &Manifest,
-    received: &[Sha256Digest],
-    staged: &[PathBuf],
-) -> Result<()> {
+async fn check_images(c: &Controller, manifest: &Manifest, received: &[Verified]) -> Result<()> {
     for s in &manifest.services {
         let Some(image) = &s.image else { continue };
         let Some(tarball) = &image.tarball else {
             continue;
         };
-        let path = match received.iter().position(|d| *d == tarball.sha256) {
-            Some(i) => staged[i].clone(),
+        let path = match received.iter().find(|v| v.digest == tarball.sha256) {
+            Some(v) => v.path.clone(),
             None => c.artifacts.path(&tarball.sha256),
         };
         let found = tokio::task::spawn_blocking(move || {
@@ -201,7 +320,7 @@ async fn receive(
     stream: &mut Streaming<v1::ImportChunk>,
     expected: &BTreeMap<Sha256Digest, Expected>,
     staged_paths: &mut Vec<PathBuf>,
-) -> Result<Vec<Sha256Digest>> {
+) -> Result<Vec<Verified>> {
     let mut current: Option<(Staged, String)> = None;
     let mut done = Vec::new();
     loop {
@@ -217,9 +336,9 @@ async fn receive(
         match part {
             Part::Artifact(start) => {
                 if let Some((staged, what)) = current.take() {
-                    let digest = staged.expected;
-                    staged_paths.push(staged.finish(&what).await?);
-                    done.push(digest);
+                    let verified = staged.finish(&what).await?;
+                    staged_paths.push(verified.path.clone());
+                    done.push(verified);
                 }
                 let digest = Sha256Digest::parse_prefixed(&start.sha256)
                     .map_err(|e| Error::Invalid(format!("uploaded artifact: {e}")))?;
@@ -228,6 +347,12 @@ async fn receive(
                         "uploaded artifact sha256 {digest} is not named by the manifest"
                     ))
                 })?;
+                if done.iter().any(|v: &Verified| v.digest == digest) {
+                    return Err(Error::Invalid(format!(
+                        "{}: sha256 {digest} was uploaded twice in one import",
+                        e.what
+                    )));
+                }
                 current = Some((c.artifacts.stage(digest, e.size).await?, e.what.clone()));
             }
             Part::Data(bytes) => {
@@ -242,9 +367,9 @@ async fn receive(
         }
     }
     if let Some((staged, what)) = current.take() {
-        let digest = staged.expected;
-        staged_paths.push(staged.finish(&what).await?);
-        done.push(digest);
+        let verified = staged.finish(&what).await?;
+        staged_paths.push(verified.path.clone());
+        done.push(verified);
     }
     Ok(done)
 }

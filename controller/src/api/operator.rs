@@ -176,13 +176,9 @@ impl Operator for OperatorApi {
         for d in req.into_inner().sha256 {
             let d = cutover_core::Sha256Digest::parse_prefixed(&d)
                 .map_err(|e| Status::invalid_argument(e.to_string()))?;
-            digests.push(d.to_hex());
+            digests.push(d);
         }
-        let missing = self
-            .c
-            .store
-            .run(move |s| s.missing_artifacts(&digests))
-            .await?;
+        let missing = super::import::missing_artifacts(&self.c, digests).await?;
         Ok(Response::new(v1::ArtifactDigests { sha256: missing }))
     }
 

@@ -404,6 +404,27 @@ impl Store {
         })
     }
 
+    /// The recorded size of each of `digests` that is in the store.
+    pub fn artifact_sizes(
+        &self,
+        digests: &[String],
+    ) -> Result<std::collections::BTreeMap<String, u64>> {
+        self.with(|c| {
+            let mut stmt = c.prepare("SELECT size FROM artifacts WHERE sha256 = ?1")?;
+            let mut sizes = std::collections::BTreeMap::new();
+            for d in digests {
+                let size: Option<i64> = stmt.query_row([d], |r| r.get(0)).optional()?;
+                if let Some(size) = size {
+                    let size = u64::try_from(size).map_err(|_| {
+                        Error::Internal(format!("store: artifact {d} is recorded with size {size}"))
+                    })?;
+                    sizes.insert(d.clone(), size);
+                }
+            }
+            Ok(sizes)
+        })
+    }
+
     /// Records a verified release and its artifacts in one transaction.
     pub fn insert_release(
         &self,
