@@ -521,3 +521,54 @@ fn a_deleted_journal_leaves_the_service_known_and_its_next_install_replaces_the_
         "no new journal"
     );
 }
+
+#[test]
+fn two_services_pinning_one_tarball_on_one_host_install_at_once_into_one_whole_release() {
+    let mut f = Fleet::new();
+    f.assign_ports(&["h1"], &["api", "web"]);
+    f.start_controller();
+    f.start_agent("h1", "500ms");
+    f.wait_online("h1");
+    f.apply_sample_fleet(&["h1"], &["api", "web"], "");
+    // The same files, so the same tarball: one digest pinned twice, large
+    // enough that the two installs overlap.
+    let svc = |name| Svc::new(name, "1.0").ballast(8 << 20);
+    f.sample_release("1.0.0", &[svc("api"), svc("web")], Floor::default());
+    let list = f.cli_json(&["release", "list"]);
+    let shas: Vec<&str> = list[0]["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["tarball_sha256"].as_str().unwrap())
+        .collect();
+    assert!(shas.len() == 2 && shas[0] == shas[1], "{list}");
+
+    f.upgrade(&["api", "web"], "1.0.0", &[]).ok();
+    // Both commands were under way at once: the race this pins.
+    let log = f.agent_log("h1");
+    let received: Vec<usize> = log
+        .match_indices("command received")
+        .map(|(i, _)| i)
+        .collect();
+    let done = log.find("command succeeded").expect("a command succeeded");
+    assert!(received.len() == 2 && received[1] < done, "{log}");
+    assert_eq!(f.served_version("h1", "api").as_deref(), Some("1.0"));
+    assert_eq!(f.served_version("h1", "web").as_deref(), Some("1.0"));
+    let all: Vec<String> = std::fs::read_dir(f.agent_dir("h1").join("releases"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(all.len(), 1, "staging left behind: {all:?}");
+    assert_eq!(
+        std::fs::metadata(
+            f.agent_dir("h1")
+                .join("releases")
+                .join(&all[0])
+                .join("ballast.bin")
+        )
+        .unwrap()
+        .len(),
+        8 << 20
+    );
+}
