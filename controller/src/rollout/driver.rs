@@ -2,8 +2,16 @@
 //! feeds it reports, operator actions and a clock tick, persists each new
 //! state with its events *before* sending the commands it asks for, and
 //! resumes whatever the store holds after a restart.
+//!
+//! One rollout fails alone: one whose stored config is out of bounds, or
+//! whose step panics, ends Failed with the reason in its event log while
+//! the others go on. A report is kept until a save has stored it: a failed
+//! save goes back to the stored state, keeps the rollout's reports and
+//! applies them again on the next try (with backoff), and the rollout is
+//! not stepped (so no deadline fires) until then.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeSet, HashMap};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +26,12 @@ use crate::Controller;
 
 const TICK: Duration = Duration::from_millis(250);
 const SEND_TIMEOUT: Duration = Duration::from_secs(2);
+/// The first wait after a failed save or load, doubled after each further
+/// failure up to [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_millis(250);
+const RETRY_MAX: Duration = Duration::from_secs(8);
+/// How much of a report's command id a log line shows.
+const LOGGED_ID: usize = 80;
 
 #[derive(Debug, Clone, Copy)]
 pub enum Action {
@@ -78,18 +92,96 @@ impl Rollouts {
 
 pub struct Inbox(mpsc::Receiver<Msg>);
 
+/// One unfinished rollout as the driver holds it.
+struct Driven {
+    live: Live,
+    /// Reports for this rollout not yet stored: applied (again, after a
+    /// failed save) before its next step, cleared once a save stored them.
+    /// At most one per command id the rollout sent (see [`Live::expects`]).
+    held: Vec<Held>,
+    /// Set after a failed save or read-back: the rollout is not stepped
+    /// before `at`, unless the operator acts on it.
+    retry: Option<Retry>,
+    /// The in-memory rollout may be ahead of the store (a save failed and
+    /// so did reading it back): read it back before it is stepped again.
+    stale: bool,
+    /// The rollout cannot be driven: it is to end Failed with this reason
+    /// (kept until that is stored).
+    fault: Option<String>,
+}
+
+struct Held {
+    host: String,
+    report: Report,
+    at: i64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Retry {
+    at: tokio::time::Instant,
+    delay: Duration,
+    failures: u32,
+}
+
+impl Retry {
+    /// The wait after one more failure than `prev`.
+    fn after(prev: Option<Retry>) -> Retry {
+        let (delay, failures) = match prev {
+            None => (RETRY_FIRST, 1),
+            Some(r) => (
+                r.delay.saturating_mul(2).min(RETRY_MAX),
+                r.failures.saturating_add(1),
+            ),
+        };
+        let now = tokio::time::Instant::now();
+        Retry {
+            at: now.checked_add(delay).unwrap_or(now),
+            delay,
+            failures,
+        }
+    }
+
+    fn due(&self) -> bool {
+        tokio::time::Instant::now() >= self.at
+    }
+}
+
+impl Driven {
+    fn new(rollout: Rollout) -> Driven {
+        let fault = engine::check_plan(&rollout).err();
+        Driven {
+            live: Live::new(rollout),
+            held: Vec::new(),
+            retry: None,
+            stale: false,
+            fault,
+        }
+    }
+
+    /// Keeps `report` until a save stores it; a later report answering
+    /// the same command replaces an earlier one.
+    fn hold(&mut self, host: String, report: Report, at: i64) {
+        self.held
+            .retain(|h| !(h.host == host && h.report.command_id == report.command_id));
+        self.held.push(Held { host, report, at });
+    }
+}
+
+type Active = HashMap<u64, Driven>;
+
 /// Drives every unfinished rollout until the process ends.
 pub async fn run(c: Arc<Controller>, Inbox(mut inbox): Inbox) {
-    let mut active: HashMap<u64, Live> = match c.store.run(|s| s.unfinished_rollouts()).await {
-        Ok(rs) => rs.into_iter().map(|r| (r.id, Live::new(r))).collect(),
+    let mut active: Active = HashMap::new();
+    // Until the unfinished rollouts are loaded, loading is tried again
+    // with backoff; rollouts started meanwhile are driven already.
+    let mut load_retry = match load(&c, &mut active).await {
+        Ok(()) => None,
         Err(e) => {
-            tracing::error!(error = %e, "cannot load unfinished rollouts; none will progress");
-            HashMap::new()
+            let retry = Retry::after(None);
+            tracing::error!(error = %e, retry_in = ?retry.delay, "cannot load the unfinished rollouts; trying again");
+            Some(retry)
         }
     };
-    for id in active.keys() {
-        tracing::info!(rollout = id, "resuming rollout");
-    }
     let (inventories, pending) = mpsc::channel(64);
     tokio::spawn(record_inventories(c.clone(), pending));
     let mut tick = tokio::time::interval(TICK);
@@ -97,13 +189,23 @@ pub async fn run(c: Arc<Controller>, Inbox(mut inbox): Inbox) {
     loop {
         tokio::select! {
             _ = tick.tick() => {
+                if let Some(r) = load_retry.filter(Retry::due) {
+                    load_retry = match load(&c, &mut active).await {
+                        Ok(()) => None,
+                        Err(e) => {
+                            let retry = Retry::after(Some(r));
+                            tracing::error!(error = %e, retry_in = ?retry.delay, "cannot load the unfinished rollouts; trying again");
+                            Some(retry)
+                        }
+                    };
+                }
                 if active.is_empty() {
                     continue;
                 }
                 let online = Sessions(&c);
                 let ids: Vec<u64> = active.keys().copied().collect();
                 for id in ids {
-                    advance(&c, &mut active, id, |r| engine::step(r, Event::Tick { now: now_ms(), online: &online })).await;
+                    let _ = drive(&c, &mut active, id, false, |r| engine::step(r, Event::Tick { now: now_ms(), online: &online })).await;
                 }
             }
             msg = inbox.recv() => {
@@ -141,28 +243,48 @@ pub async fn run(c: Arc<Controller>, Inbox(mut inbox): Inbox) {
 const BATCH: usize = 4096;
 const BATCH_WINDOW: Duration = Duration::from_millis(2);
 
-async fn on_other(
-    c: &Arc<Controller>,
-    active: &mut HashMap<u64, Live>,
-    inventories: &Inventories,
-    msg: Msg,
-) {
-    match msg {
-        Msg::Started(r) => {
-            let id = r.id;
-            active.insert(id, Live::new(*r));
-            let online = Sessions(c);
-            advance(c, active, id, |r| {
-                engine::step(
-                    r,
-                    Event::Tick {
-                        now: now_ms(),
-                        online: &online,
-                    },
-                )
-            })
-            .await;
+/// Takes on the unfinished rollouts the store holds that are not driven
+/// yet. One that cannot be read is left in the store as it is and named;
+/// the others are driven.
+async fn load(c: &Arc<Controller>, active: &mut Active) -> Result<()> {
+    let stored = c.store.run(|s| s.unfinished_rollouts()).await?;
+    for r in stored {
+        match r {
+            Ok(r) if !active.contains_key(&r.id) => {
+                let id = r.id;
+                tracing::info!(rollout = id, "resuming rollout");
+                admit(c, active, r).await;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!(
+                error = %e,
+                "an unfinished rollout cannot be read from the store; it is left there as it is and not driven"
+            ),
         }
+    }
+    Ok(())
+}
+
+/// Starts driving `r`; one the controller cannot drive ends Failed.
+async fn admit(c: &Arc<Controller>, active: &mut Active, r: Rollout) {
+    let id = r.id;
+    active.insert(id, Driven::new(r));
+    let online = Sessions(c);
+    let _ = drive(c, active, id, true, |r| {
+        engine::step(
+            r,
+            Event::Tick {
+                now: now_ms(),
+                online: &online,
+            },
+        )
+    })
+    .await;
+}
+
+async fn on_other(c: &Arc<Controller>, active: &mut Active, inventories: &Inventories, msg: Msg) {
+    match msg {
+        Msg::Started(r) => admit(c, active, *r).await,
         Msg::Report { host, report } => {
             on_reports(c, active, inventories, vec![(host, *report)]).await
         }
@@ -173,15 +295,32 @@ async fn on_other(
     }
 }
 
-/// What reporting hosts now run, on its way to the store.
-type Inventories = mpsc::Sender<Vec<(String, InstalledService)>>;
+/// What one reporting host now runs, on its way to the store. `late_of`
+/// names the finished rollout a late report answered; it is recorded only
+/// if the store knows that rollout moved the service.
+struct Inventory {
+    host: String,
+    installed: InstalledService,
+    late_of: Option<u64>,
+}
 
-/// Feeds each report to its rollout, ticks and saves each rollout touched
-/// once, sends what they ask for, then hands what the reporting hosts now
-/// run to the inventory writer.
+type Inventories = mpsc::Sender<Vec<Inventory>>;
+
+/// `id` cut to [`LOGGED_ID`] characters for a log line.
+fn shown(id: &str) -> String {
+    match id.char_indices().nth(LOGGED_ID) {
+        Some((i, _)) => format!("{}... ({} bytes)", &id[..i], id.len()),
+        None => id.to_string(),
+    }
+}
+
+/// Holds each report for its rollout, steps (ticks) and saves each
+/// rollout touched once, sends what they ask for, then hands what the
+/// reporting hosts now run to the inventory writer. A report no rollout
+/// sent the command of changes nothing and is logged once, shortened.
 async fn on_reports(
     c: &Arc<Controller>,
-    active: &mut HashMap<u64, Live>,
+    active: &mut Active,
     inventories: &Inventories,
     reports: Vec<(String, Report)>,
 ) {
@@ -189,50 +328,98 @@ async fn on_reports(
         return;
     }
     let now = now_ms();
-    let mut changes: BTreeMap<u64, Vec<Effect>> = BTreeMap::new();
-    for (host, report) in &reports {
-        let Some(id) = rollout_of(&report.command_id) else {
-            continue;
-        };
-        let Some(r) = active.get_mut(&id) else {
-            tracing::debug!(%host, command = %report.command_id, "report for a finished rollout");
-            continue;
-        };
-        changes
-            .entry(id)
-            .or_default()
-            .extend(engine::step(r, Event::Report { now, host, report }));
+    let mut touched = BTreeSet::new();
+    let mut installed = Vec::new();
+    let mut unknown: Option<(String, String)> = None;
+    let mut unknowns = 0usize;
+    for (host, report) in reports {
+        let id = rollout_of(&report.command_id);
+        match id.and_then(|id| active.get_mut(&id).map(|d| (id, d))) {
+            Some((id, d)) if d.live.expects(&host, &report) => {
+                installed.push(Inventory {
+                    host: host.clone(),
+                    installed: report.installed.clone(),
+                    late_of: None,
+                });
+                d.hold(host, report, now);
+                touched.insert(id);
+            }
+            // A late answer to a rollout that has ended: what the host
+            // runs is still news, if the command id is the one this
+            // controller gave that host for that service.
+            None if id.is_some_and(|id| late_id_fits(id, &host, &report)) => {
+                tracing::debug!(%host, command = %shown(&report.command_id), "report for a finished rollout");
+                installed.push(Inventory {
+                    host,
+                    installed: report.installed,
+                    late_of: id,
+                });
+            }
+            _ => {
+                unknowns += 1;
+                unknown.get_or_insert((host, report.command_id));
+            }
+        }
+    }
+    if let Some((host, command)) = unknown {
+        tracing::warn!(
+            %host,
+            command = %shown(&command),
+            others = unknowns - 1,
+            "ignored report(s) answering no command of an unfinished rollout"
+        );
     }
     let online = Sessions(c);
-    for (id, mut effects) in changes {
-        if let Some(r) = active.get_mut(&id) {
-            effects.extend(engine::step(
+    for id in touched {
+        let _ = drive(c, active, id, false, |r| {
+            engine::step(
                 r,
                 Event::Tick {
                     now,
                     online: &online,
                 },
-            ));
-        }
-        commit(c, active, id, effects).await;
+            )
+        })
+        .await;
     }
     // Off the driver's path: the inventory feeds the next plan, not this
     // rollout's decisions.
-    let installed = reports.into_iter().map(|(h, r)| (h, r.installed)).collect();
-    let _ = inventories.send(installed).await;
+    if !installed.is_empty() {
+        let _ = inventories.send(installed).await;
+    }
+}
+
+/// Whether `report` from `host` carries the command id rollout `id` gave
+/// that host for the report's service.
+fn late_id_fits(id: u64, host: &str, report: &Report) -> bool {
+    let install = format!("r{id}-{}-{host}", report.service);
+    report.command_id == install || report.command_id == engine::rollback_id(&install)
 }
 
 /// Records reported inventories in arrival order, as many batches per
 /// transaction as are waiting.
-async fn record_inventories(
-    c: Arc<Controller>,
-    mut pending: mpsc::Receiver<Vec<(String, InstalledService)>>,
-) {
-    while let Some(mut installed) = pending.recv().await {
+async fn record_inventories(c: Arc<Controller>, mut pending: mpsc::Receiver<Vec<Inventory>>) {
+    while let Some(mut batch) = pending.recv().await {
         while let Ok(more) = pending.try_recv() {
-            installed.extend(more);
+            batch.extend(more);
         }
-        if let Err(e) = c.store.run(move |s| s.record_installed(&installed)).await {
+        let recorded = c
+            .store
+            .run(move |s| {
+                let mut installed = Vec::with_capacity(batch.len());
+                for i in batch {
+                    if let Some(id) = i.late_of {
+                        if !s.rollout_moves(id, &i.installed.name)? {
+                            tracing::warn!(host = %i.host, rollout = id, "ignored a report for a rollout the store does not know");
+                            continue;
+                        }
+                    }
+                    installed.push((i.host, i.installed));
+                }
+                s.record_installed(&installed)
+            })
+            .await;
+        if let Err(e) = recorded {
             tracing::warn!(error = %e, "could not record the reported inventories");
         }
     }
@@ -240,7 +427,7 @@ async fn record_inventories(
 
 async fn control(
     c: &Arc<Controller>,
-    active: &mut HashMap<u64, Live>,
+    active: &mut Active,
     id: u64,
     action: Action,
 ) -> Result<Rollout> {
@@ -256,7 +443,7 @@ async fn control(
         };
     }
     let online = Sessions(c);
-    advance(c, active, id, |r| {
+    drive(c, active, id, true, |r| {
         let now = now_ms();
         let mut fx = engine::step(
             r,
@@ -275,9 +462,15 @@ async fn control(
         ));
         fx
     })
-    .await;
+    .await
+    .map_err(|e| {
+        Error::Unavailable(format!(
+            "rollout {id}: the {} was not applied, the store could not record it ({e}); try again",
+            format!("{action:?}").to_lowercase()
+        ))
+    })?;
     match active.get(&id) {
-        Some(r) => Ok(r.rollout().clone()),
+        Some(d) => Ok(d.live.rollout().clone()),
         None => c
             .store
             .run(move |s| s.rollout(id))
@@ -286,76 +479,198 @@ async fn control(
     }
 }
 
-/// Applies `step` to one rollout; persists, then carries out its effects.
-async fn advance(
+/// The text a panic carried.
+fn panic_text(p: &(dyn std::any::Any + Send)) -> &str {
+    p.downcast_ref::<&str>()
+        .copied()
+        .or_else(|| p.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("no message")
+}
+
+/// Steps one rollout: its held reports, then `step` (or, for a rollout
+/// that cannot be driven, [`Event::Fault`]); saves; sends. Waits out the
+/// backoff of an earlier failed save unless `now` is set (an operator's
+/// action). A panic while stepping fails this rollout alone: it is read
+/// back from the store and ended Failed with the panic's text. An error
+/// means nothing was stored or sent.
+async fn drive(
     c: &Arc<Controller>,
-    active: &mut HashMap<u64, Live>,
+    active: &mut Active,
     id: u64,
+    now: bool,
     step: impl FnOnce(&mut Live) -> Vec<Effect>,
-) {
-    let Some(r) = active.get_mut(&id) else { return };
-    let effects = step(r);
-    commit(c, active, id, effects).await;
+) -> Result<()> {
+    let mut step = Some(step);
+    loop {
+        let Some(d) = active.get_mut(&id) else {
+            return Ok(());
+        };
+        if !now && d.retry.is_some_and(|r| !r.due()) {
+            return Ok(());
+        }
+        if d.stale {
+            match c.store.run(move |s| s.rollout(id)).await {
+                Ok(Some(stored)) if stored.status.is_final() => {
+                    active.remove(&id);
+                    return Ok(());
+                }
+                Ok(Some(stored)) => {
+                    d.live = Live::new(stored);
+                    d.stale = false;
+                }
+                Ok(None) => {
+                    tracing::error!(
+                        rollout = id,
+                        "the rollout is no longer in the store; it is not driven"
+                    );
+                    active.remove(&id);
+                    return Err(Error::NotFound(format!("no rollout {id}")));
+                }
+                Err(e) => {
+                    d.retry = Some(Retry::after(d.retry));
+                    return Err(e);
+                }
+            }
+        }
+        let fault = d.fault.clone();
+        let held = std::mem::take(&mut d.held);
+        let live = &mut d.live;
+        let stepped = catch_unwind(AssertUnwindSafe(|| {
+            if let Some(reason) = fault.clone() {
+                return engine::step(
+                    live,
+                    Event::Fault {
+                        now: now_ms(),
+                        reason,
+                    },
+                );
+            }
+            let mut fx = Vec::new();
+            for h in &held {
+                fx.extend(engine::step(
+                    live,
+                    Event::Report {
+                        now: h.at,
+                        host: &h.host,
+                        report: &h.report,
+                    },
+                ));
+            }
+            if let Some(step) = step.take() {
+                fx.extend(step(live));
+            }
+            fx
+        }));
+        match stepped {
+            Ok(effects) => return commit(c, active, id, effects, held).await,
+            Err(panic) if fault.is_none() => {
+                let reason = format!("stepping it panicked ({})", panic_text(&*panic));
+                tracing::error!(
+                    rollout = id,
+                    "{reason}; it ends Failed, the other rollouts go on"
+                );
+                // It may be half changed: start again from the store.
+                d.fault = Some(reason);
+                d.stale = true;
+                d.retry = None;
+            }
+            Err(panic) => {
+                tracing::error!(
+                    rollout = id,
+                    "ending the rollout panicked too ({}); it is no longer driven",
+                    panic_text(&*panic)
+                );
+                active.remove(&id);
+                return Err(Error::Internal(format!("rollout {id} cannot be driven")));
+            }
+        }
+    }
 }
 
 /// Saves a changed rollout (its fields and the steps that changed) with
-/// its events, then sends its commands. On a failed save the rollout is
-/// read back from the store: nothing is sent that the store does not know.
+/// its events, then sends its commands. On a failed save nothing is sent:
+/// the rollout goes back to what the store holds, `held` (the reports just
+/// applied) is kept for the next try, which waits a backoff.
 async fn commit(
     c: &Arc<Controller>,
-    active: &mut HashMap<u64, Live>,
+    active: &mut Active,
     id: u64,
     effects: Vec<Effect>,
-) {
-    let Some(r) = active.get_mut(&id) else { return };
-    let changed = r.take_changed();
-    if changed.is_empty() && effects.is_empty() {
-        return;
-    }
+    held: Vec<Held>,
+) -> Result<()> {
+    let Some(d) = active.get_mut(&id) else {
+        return Ok(());
+    };
+    let changed = d.live.take_changed();
     let mut lines = Vec::new();
     let mut sends = Vec::new();
     for e in effects {
         match e {
-            Effect::Log { kind, host, detail } => {
-                tracing::info!(
-                    rollout = id,
-                    kind,
-                    host = host.as_deref().unwrap_or(""),
-                    "{detail}"
-                );
-                lines.push(LogLine {
-                    kind: kind.into(),
-                    host,
-                    detail,
-                });
-            }
+            Effect::Log { kind, host, detail } => lines.push(LogLine {
+                kind: kind.into(),
+                host,
+                detail,
+            }),
             Effect::Send { host, command } => sends.push((host, command)),
         }
     }
-    let saved = match RolloutSave::new(r.rollout(), &changed, lines) {
-        Ok(save) => c.store.run(move |s| s.save_rollout(&save)).await,
-        Err(e) => Err(e),
+    let saved = if changed.is_empty() && lines.is_empty() && sends.is_empty() {
+        Ok(())
+    } else {
+        match RolloutSave::new(d.live.rollout(), &changed, lines.clone()) {
+            Ok(save) => c.store.run(move |s| s.save_rollout(&save)).await,
+            Err(e) => Err(e),
+        }
     };
     if let Err(e) = saved {
-        tracing::error!(rollout = id, error = %e, "could not save rollout state; going back to the stored state and retrying");
+        d.held = held;
+        let retry = Retry::after(d.retry);
+        d.retry = Some(retry);
+        tracing::error!(
+            rollout = id,
+            error = %e,
+            held_reports = d.held.len(),
+            failures = retry.failures,
+            retry_in = ?retry.delay,
+            "could not save the rollout; nothing was sent, its reports are kept and applied again when the store can be written"
+        );
+        // Nothing may stay in memory that the store does not know.
         match c.store.run(move |s| s.rollout(id)).await {
-            Ok(Some(stored)) => *r = Live::new(stored),
-            Ok(None) | Err(_) => {
+            Ok(Some(stored)) => d.live = Live::new(stored),
+            Ok(None) => {
                 tracing::error!(
                     rollout = id,
-                    "cannot read the rollout back; it is driven again after a controller restart"
+                    "the rollout is no longer in the store; it is not driven"
                 );
                 active.remove(&id);
             }
+            Err(_) => d.stale = true,
         }
-        return;
+        return Err(e);
     }
-    if r.status.is_final() {
+    for LogLine { kind, host, detail } in &lines {
+        tracing::info!(
+            rollout = id,
+            kind = kind.as_str(),
+            host = host.as_deref().unwrap_or(""),
+            "{detail}"
+        );
+    }
+    if let Some(r) = d.retry.take() {
+        tracing::info!(
+            rollout = id,
+            failures = r.failures,
+            "the rollout is saved again"
+        );
+    }
+    d.fault = None;
+    if d.live.status.is_final() {
         active.remove(&id);
     }
     for (host, command) in sends {
         send(c, &host, command).await;
     }
+    Ok(())
 }
 
 async fn send(c: &Controller, host: &str, command: Command) {

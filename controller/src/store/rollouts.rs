@@ -18,6 +18,7 @@ use crate::error::{Error, Result};
 use crate::rollout::new_rollout;
 
 /// One event line a rollout step produced.
+#[derive(Debug, Clone)]
 pub struct LogLine {
     pub kind: String,
     pub host: Option<String>,
@@ -313,12 +314,31 @@ impl Store {
         })
     }
 
-    pub fn unfinished_rollouts(&self) -> Result<Vec<Rollout>> {
-        self.load(&format!("WHERE {UNFINISHED} ORDER BY id"))
+    /// Every unfinished rollout, each read on its own: one that cannot be
+    /// read is an error of its own (naming it), not the end of the others.
+    pub fn unfinished_rollouts(&self) -> Result<Vec<Result<Rollout>>> {
+        self.load_each(&format!("WHERE {UNFINISHED} ORDER BY id"))
+    }
+
+    /// Whether rollout `id` is stored and moves `service`.
+    pub fn rollout_moves(&self, id: u64, service: &str) -> Result<bool> {
+        self.with(|c| {
+            let services: Option<String> = c
+                .query_row("SELECT services FROM rollouts WHERE id = ?1", [id], |r| {
+                    r.get(0)
+                })
+                .optional()?;
+            Ok(services.is_some_and(|s| s.split(',').any(|s| s == service)))
+        })
     }
 
     /// The rollouts `filter` (a WHERE/ORDER BY/LIMIT clause) selects, whole.
     fn load(&self, filter: &str) -> Result<Vec<Rollout>> {
+        self.load_each(filter)?.into_iter().collect()
+    }
+
+    /// [`Store::load`], with a result per rollout.
+    fn load_each(&self, filter: &str) -> Result<Vec<Result<Rollout>>> {
         self.with(|c| {
             let mut stmt = c.prepare(&format!("SELECT id, state, plan FROM rollouts {filter}"))?;
             let rows = stmt
@@ -332,7 +352,8 @@ impl Store {
                 .collect::<Result<Vec<_>, _>>()?;
             let mut states =
                 c.prepare_cached("SELECT idx, step FROM rollout_steps WHERE rollout = ?1")?;
-            rows.into_iter()
+            Ok(rows
+                .into_iter()
                 .map(|(id, head, plan)| {
                     let head: Head = decode(id, "its fields", &head)?;
                     let plan: Plan = decode(id, "its plan", &plan)?;
@@ -354,7 +375,7 @@ impl Store {
                     }
                     Ok(head.with(plan, steps))
                 })
-                .collect()
+                .collect())
         })
     }
 
@@ -526,9 +547,62 @@ mod tests {
         }
         let s = Store::open(&path).unwrap();
         assert_eq!(s.rollout(4).unwrap(), Some(r.clone()));
-        assert_eq!(s.unfinished_rollouts().unwrap(), vec![r]);
+        let unfinished: Vec<Rollout> = s
+            .unfinished_rollouts()
+            .unwrap()
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(unfinished, vec![r]);
         let list = s.rollout_summaries(10).unwrap();
         assert_eq!((list[0].id, list[0].steps_done, list[0].steps), (4, 0, 2));
+    }
+
+    #[test]
+    fn an_unreadable_unfinished_rollout_is_named_and_kept_and_the_others_still_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("state.db")).unwrap();
+        let bad = s.create_rollout(|id| with_steps(id, &["a"])).unwrap();
+        let good = s
+            .create_rollout(|id| {
+                let mut r = with_steps(id, &["b"]);
+                r.plan.services[0].service = "web".into();
+                crate::rollout::new_rollout(id, r.kind, r.plan, false, 1)
+            })
+            .unwrap();
+        s.with(|c| {
+            c.execute(
+                "UPDATE rollouts SET plan = '{not json' WHERE id = ?1",
+                [bad.id],
+            )?;
+            Ok(())
+        })
+        .unwrap();
+        let loaded = s.unfinished_rollouts().unwrap();
+        assert_eq!(loaded.len(), 2);
+        let e = loaded[0].as_ref().unwrap_err().to_string();
+        assert!(
+            e.contains(&format!(
+                "rollout {} in the store cannot be read (its plan)",
+                bad.id
+            )),
+            "{e}"
+        );
+        assert_eq!(loaded[1].as_ref().unwrap(), &good);
+        // Kept as it was: still there, still unfinished.
+        let plan: String = s
+            .with(|c| {
+                Ok(
+                    c.query_row("SELECT plan FROM rollouts WHERE id = ?1", [bad.id], |r| {
+                        r.get(0)
+                    })?,
+                )
+            })
+            .unwrap();
+        assert_eq!(plan, "{not json");
+        assert!(s.rollout_moves(good.id, "web").unwrap());
+        assert!(!s.rollout_moves(good.id, "api").unwrap());
+        assert!(!s.rollout_moves(99, "web").unwrap());
     }
 
     #[test]
