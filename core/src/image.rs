@@ -14,6 +14,13 @@ use crate::Sha256Digest;
 
 /// Config files larger than this are not hashed (real ones are a few KiB).
 const MAX_CONFIG_BYTES: u64 = 4 << 20;
+/// The most members an image tarball may have: `docker save` writes a few
+/// per layer, and an image has at most 127 layers.
+pub const MAX_ENTRIES: usize = 10_000;
+/// A GNU long name or long link record: a path (PATH_MAX) and its NUL.
+const MAX_GNU_EXTENSION: u64 = 4096;
+/// A PAX record set, local or global.
+const MAX_PAX_EXTENSION: u64 = 64 * 1024;
 
 #[derive(Deserialize)]
 struct ManifestEntry {
@@ -36,19 +43,92 @@ pub fn image_id(reader: impl Read) -> Result<Sha256Digest, String> {
     let mut archive = tar::Archive::new(reader);
     let mut manifest: Option<Vec<u8>> = None;
     let mut hashes: HashMap<String, Sha256Digest> = HashMap::new();
+    // Raw: the `tar` crate would read long names and PAX records whole,
+    // whatever size their header claims; here each is bounded first.
     let entries = archive
         .entries()
-        .map_err(|e| format!("not a tar archive: {e}"))?;
-    for entry in entries {
+        .map_err(|e| format!("not a tar archive: {e}"))?
+        .raw(true);
+    let mut long_name: Option<Vec<u8>> = None;
+    let mut pax_path: Option<Vec<u8>> = None;
+    for (n, entry) in entries.enumerate() {
+        if n >= MAX_ENTRIES {
+            return Err(format!(
+                "more than {MAX_ENTRIES} members; not a `docker save` tarball"
+            ));
+        }
         let mut entry = entry.map_err(|e| format!("corrupt image tarball: {e}"))?;
-        if entry.header().entry_type() != tar::EntryType::Regular {
+        let at = entry.raw_header_position();
+        let kind = entry.header().entry_type();
+        if kind == tar::EntryType::GNUSparse {
+            return Err(format!(
+                "sparse member at byte {at}: `docker save` writes none; refused"
+            ));
+        }
+        let size = entry
+            .header()
+            .size()
+            .map_err(|e| format!("member at byte {at}: unreadable size: {e}"))?;
+        match kind {
+            tar::EntryType::GNULongName | tar::EntryType::GNULongLink => {
+                let what = if kind == tar::EntryType::GNULongName {
+                    "GNU long name"
+                } else {
+                    "GNU long link"
+                };
+                let mut name = read_extension(&mut entry, what, size, MAX_GNU_EXTENSION, at)?;
+                while name.last() == Some(&0) {
+                    name.pop();
+                }
+                if kind == tar::EntryType::GNULongName {
+                    long_name = Some(name);
+                }
+                continue;
+            }
+            tar::EntryType::XHeader => {
+                let records =
+                    read_extension(&mut entry, "PAX header", size, MAX_PAX_EXTENSION, at)?;
+                for record in tar::PaxExtensions::new(&records) {
+                    let record = record.map_err(|e| format!("PAX header at byte {at}: {e}"))?;
+                    match record.key_bytes() {
+                        b"path" => pax_path = Some(record.value_bytes().to_vec()),
+                        // Read raw, the member's size comes from its own
+                        // header; one that a PAX record overrides would be
+                        // misread, so it is refused.
+                        b"size" => {
+                            return Err(format!(
+                                "PAX header at byte {at} overrides a member's size, which an image tarball read here may not do"
+                            ))
+                        }
+                        _ => {}
+                    }
+                }
+                continue;
+            }
+            tar::EntryType::XGlobalHeader => {
+                read_extension(&mut entry, "PAX global header", size, MAX_PAX_EXTENSION, at)?;
+                continue;
+            }
+            _ => {}
+        }
+        let name = long_name.take();
+        let pax = pax_path.take();
+        if kind != tar::EntryType::Regular {
             continue;
         }
-        let path = String::from_utf8_lossy(&entry.path_bytes())
+        let raw_path = match pax.or(name) {
+            Some(p) => p,
+            None => entry.header().path_bytes().into_owned(),
+        };
+        let path = String::from_utf8_lossy(&raw_path)
             .trim_start_matches("./")
             .to_string();
-        let size = entry.header().size().unwrap_or(u64::MAX);
         if path == "manifest.json" {
+            if size > MAX_CONFIG_BYTES {
+                return Err(format!(
+                    "manifest.json is {size} bytes, more than the {MAX_CONFIG_BYTES} a `docker save` manifest may have"
+                ));
+            }
             let mut bytes = Vec::new();
             (&mut entry)
                 .take(MAX_CONFIG_BYTES)
@@ -81,6 +161,27 @@ pub fn image_id(reader: impl Read) -> Result<Sha256Digest, String> {
     hashes.get(config).copied().ok_or_else(|| {
         format!("manifest.json names config {config:?}, which is not in the tarball")
     })
+}
+
+/// Reads one header extension after checking the size its header claims.
+fn read_extension(
+    entry: &mut impl Read,
+    what: &str,
+    size: u64,
+    bound: u64,
+    at: u64,
+) -> Result<Vec<u8>, String> {
+    if size > bound {
+        return Err(format!(
+            "{what} at byte {at} claims {size} bytes, more than the {bound} allowed; refused before reading it"
+        ));
+    }
+    let mut bytes = Vec::new();
+    entry
+        .take(bound)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("{what} at byte {at}: {e}"))?;
+    Ok(bytes)
 }
 
 #[cfg(test)]
@@ -138,6 +239,122 @@ mod tests {
             image_id(t.as_slice()).unwrap(),
             Sha256Digest::of(b"tampered")
         );
+    }
+
+    /// One raw header: an extension claiming `size` bytes, none of which
+    /// follow.
+    fn claiming(kind: tar::EntryType, size: u64) -> Vec<u8> {
+        let mut h = tar::Header::new_gnu();
+        h.set_path("././@LongLink").unwrap();
+        h.set_entry_type(kind);
+        h.set_size(size);
+        h.set_mode(0o644);
+        h.set_cksum();
+        h.as_bytes().to_vec()
+    }
+
+    fn legacy(config: &[u8], config_path: &str) -> (Sha256Digest, Vec<u8>) {
+        let id = Sha256Digest::of(config);
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(config.len() as u64);
+        h.set_mode(0o644);
+        // A path over 100 bytes: the builder writes a GNU long name.
+        b.append_data(&mut h, config_path, config).unwrap();
+        let m = format!(r#"[{{"Config":"{config_path}"}}]"#);
+        let mut h = tar::Header::new_gnu();
+        h.set_size(m.len() as u64);
+        h.set_mode(0o644);
+        b.append_data(&mut h, "manifest.json", m.as_bytes())
+            .unwrap();
+        (id, b.into_inner().unwrap())
+    }
+
+    #[test]
+    fn header_extensions_are_bounded_before_they_are_read() {
+        for (kind, what) in [
+            (tar::EntryType::GNULongName, "GNU long name"),
+            (tar::EntryType::GNULongLink, "GNU long link"),
+            (tar::EntryType::XHeader, "PAX header"),
+            (tar::EntryType::XGlobalHeader, "PAX global header"),
+        ] {
+            // 2 GiB claimed by a 512-byte file: read, it would fail on the
+            // missing bytes (or take the memory) instead of this.
+            let e = image_id(claiming(kind, 2 << 30).as_slice()).unwrap_err();
+            assert!(
+                e.starts_with(&format!(
+                    "{what} at byte 0 claims 2147483648 bytes, more than the"
+                )),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn long_names_pax_paths_and_global_headers_are_honoured() {
+        let config = br#"{"architecture":"arm64"}"#;
+        let long = format!("{}/config.json", "d".repeat(150));
+        let (id, t) = legacy(config, &long);
+        assert_eq!(image_id(t.as_slice()).unwrap(), id);
+
+        // A PAX path record names the member; a global header (as `git
+        // archive` writes) is read, bounded, and ignored.
+        let mut b = tar::Builder::new(Vec::new());
+        b.append_pax_extensions([("comment", b"global".as_slice())])
+            .unwrap();
+        let mut raw = b.into_inner().unwrap();
+        // Without the end-of-archive blocks, so that more members follow.
+        raw.truncate(raw.len() - 1024);
+        // `append_pax_extensions` writes a local header: make it global.
+        raw[156] = b'g';
+        let mut h = tar::Header::from_byte_slice(&raw[..512]).clone();
+        h.set_cksum();
+        raw[..512].copy_from_slice(h.as_bytes());
+        let mut b = tar::Builder::new(raw);
+        b.append_pax_extensions([("path", b"blobs/cfg".as_slice())])
+            .unwrap();
+        let mut h = tar::Header::new_ustar();
+        h.set_size(config.len() as u64);
+        h.set_mode(0o644);
+        b.append_data(&mut h, "ignored-name", config.as_slice())
+            .unwrap();
+        let m = br#"[{"Config":"blobs/cfg"}]"#;
+        let mut h = tar::Header::new_ustar();
+        h.set_size(m.len() as u64);
+        h.set_mode(0o644);
+        b.append_data(&mut h, "manifest.json", m.as_slice())
+            .unwrap();
+        let t = b.into_inner().unwrap();
+        assert_eq!(image_id(t.as_slice()).unwrap(), Sha256Digest::of(config));
+    }
+
+    #[test]
+    fn member_count_sizes_and_sparse_members_are_bounded() {
+        let files: Vec<(String, Vec<u8>)> = (0..=MAX_ENTRIES)
+            .map(|i| (format!("f{i}"), Vec::new()))
+            .collect();
+        let refs: Vec<(&str, &[u8])> = files
+            .iter()
+            .map(|(p, d)| (p.as_str(), d.as_slice()))
+            .collect();
+        let e = image_id(tarball(&refs).as_slice()).unwrap_err();
+        assert_eq!(e, "more than 10000 members; not a `docker save` tarball");
+
+        let big = vec![b' '; (MAX_CONFIG_BYTES + 1) as usize];
+        let e = image_id(tarball(&[("manifest.json", &big)]).as_slice()).unwrap_err();
+        assert!(
+            e.starts_with("manifest.json is 4194305 bytes, more than"),
+            "{e}"
+        );
+
+        let e = image_id(claiming(tar::EntryType::GNUSparse, 0).as_slice()).unwrap_err();
+        assert!(e.starts_with("sparse member at byte 0"), "{e}");
+
+        let mut b = tar::Builder::new(Vec::new());
+        b.append_pax_extensions([("size", b"5".as_slice())])
+            .unwrap();
+        let e = image_id(b.into_inner().unwrap().as_slice()).unwrap_err();
+        assert!(e.contains("overrides a member's size"), "{e}");
     }
 
     #[test]
