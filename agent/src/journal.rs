@@ -11,8 +11,8 @@
 use std::path::{Path, PathBuf};
 
 use cutover_core::fleet::ServiceConfig;
-use cutover_core::rollout::{InstallCommand, Report};
-use cutover_core::views::{ContentIdentity, InstalledService};
+use cutover_core::rollout::{Evidence, InstallCommand, Report};
+use cutover_core::views::{ContentIdentity, InstalledService, ServiceLog};
 use cutover_core::Sha256Digest;
 use serde::{Deserialize, Serialize};
 
@@ -193,7 +193,48 @@ pub struct Unreadable {
     pub linked: Option<Sha256Digest>,
 }
 
+/// The state a service with an unreadable journal is reported in.
+pub const UNREADABLE: &str = "journal unreadable";
+/// The state of a service whose journal is gone but whose `current` link
+/// remains.
+pub const MISSING: &str = "journal missing";
+
 impl Unreadable {
+    /// The service in the inventory: its state says the journal is broken.
+    pub fn installed(&self) -> InstalledService {
+        InstalledService {
+            name: self.service.clone(),
+            current: linked_identity(self.linked),
+            previous: None,
+            state: UNREADABLE.into(),
+        }
+    }
+
+    /// The service's entry in `cutover diag`: what is wrong and the fix.
+    pub fn log(&self) -> ServiceLog {
+        ServiceLog {
+            service: self.service.clone(),
+            detail: Some(self.message()),
+            ..ServiceLog::default()
+        }
+    }
+
+    /// The failed report a command for this service gets instead of being
+    /// carried out.
+    pub fn refusal(&self, command_id: &str) -> Report {
+        Report {
+            command_id: command_id.to_string(),
+            service: self.service.clone(),
+            ok: false,
+            evidence: Some(Evidence::new("journal", self.message())),
+            installed: self.installed(),
+            auto_rolled_back: false,
+            fetched_bytes: 0,
+            restarted: false,
+            duration_ms: 0,
+        }
+    }
+
     /// One line for the operator: the file, what is wrong, the fix.
     pub fn message(&self) -> String {
         format!(
@@ -217,6 +258,23 @@ pub struct Orphan {
 }
 
 impl Orphan {
+    pub fn installed(&self) -> InstalledService {
+        InstalledService {
+            name: self.service.clone(),
+            current: linked_identity(Some(self.linked)),
+            previous: None,
+            state: MISSING.into(),
+        }
+    }
+
+    pub fn log(&self) -> ServiceLog {
+        ServiceLog {
+            service: self.service.clone(),
+            detail: Some(self.message()),
+            ..ServiceLog::default()
+        }
+    }
+
     pub fn message(&self) -> String {
         format!(
             "journal {} is missing; current points at release {}{}: the next install of {} stops it first and writes a new journal",

@@ -21,9 +21,11 @@ use crate::health::{HealthWindow, Prober, Verdict};
 use crate::journal::{self, Journal, Op, Slot, Stage};
 use crate::pipeline;
 use crate::runner::{RunStatus, Runners};
+use staging::Staging;
 
 mod containers;
 mod recovery;
+mod staging;
 #[cfg(test)]
 mod tests;
 
@@ -68,60 +70,6 @@ impl Link {
     }
 }
 
-/// The state a service with an unreadable journal is reported in.
-pub const UNREADABLE: &str = "journal unreadable";
-/// The state of a service whose journal is gone but whose `current` link
-/// remains.
-pub const MISSING: &str = "journal missing";
-
-/// The staging directory of one install: a name no other install uses
-/// (`releases/.tmp-<sha256>-<pid>-<n>`), registered as live for as long as
-/// the install runs and removed when it ends, whatever the outcome.
-struct Staging {
-    path: PathBuf,
-    live: Arc<Mutex<std::collections::HashSet<PathBuf>>>,
-}
-
-impl Staging {
-    fn new(
-        live: &Arc<Mutex<std::collections::HashSet<PathBuf>>>,
-        releases: &Path,
-        sha256: &cutover_core::Sha256Digest,
-    ) -> Staging {
-        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let path = releases.join(format!(
-            ".tmp-{}-{}-{n}",
-            sha256.to_hex(),
-            std::process::id()
-        ));
-        // Registered before the directory can exist, so garbage collection
-        // never sees it unregistered.
-        live.lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(path.clone());
-        Staging {
-            path,
-            live: live.clone(),
-        }
-    }
-
-    fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
-impl Drop for Staging {
-    fn drop(&mut self) {
-        // After a rename it is gone; otherwise it is unverified scratch.
-        let _ = std::fs::remove_dir_all(&self.path);
-        self.live
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.path);
-    }
-}
-
 pub struct Installer {
     pub data_dir: PathBuf,
     pub limits: Limits,
@@ -144,7 +92,7 @@ pub struct Installer {
     digests: Mutex<HashMap<cutover_core::Sha256Digest, Arc<tokio::sync::Mutex<()>>>>,
     /// Staging directories of installs running in this process: garbage
     /// collection removes every other one.
-    staging: Arc<Mutex<std::collections::HashSet<PathBuf>>>,
+    staging: staging::Live,
     outbox: mpsc::UnboundedSender<Report>,
 }
 
@@ -179,7 +127,7 @@ impl Installer {
             docker: tokio::sync::Mutex::new(None),
             rollback_waiting: Mutex::new(Default::default()),
             digests: Mutex::new(HashMap::new()),
-            staging: Arc::new(Mutex::new(Default::default())),
+            staging: staging::Live::default(),
             outbox,
         };
         (Arc::new(i), rx)
@@ -271,22 +219,8 @@ impl Installer {
             };
             out.push(j.installed(&state));
         }
-        for u in &scan.unreadable {
-            out.push(InstalledService {
-                name: u.service.clone(),
-                current: journal::linked_identity(u.linked),
-                previous: None,
-                state: UNREADABLE.into(),
-            });
-        }
-        for o in &scan.orphans {
-            out.push(InstalledService {
-                name: o.service.clone(),
-                current: journal::linked_identity(Some(o.linked)),
-                previous: None,
-                state: MISSING.into(),
-            });
-        }
+        out.extend(scan.unreadable.iter().map(journal::Unreadable::installed));
+        out.extend(scan.orphans.iter().map(journal::Orphan::installed));
         out.sort_by(|a, b| a.name.cmp(&b.name));
         out
     }
@@ -306,20 +240,8 @@ impl Installer {
         let scan = self.scan();
         let mut out = Vec::new();
         // What cannot be read is said first, in the words of the fix.
-        for u in &scan.unreadable {
-            out.push(cutover_core::views::ServiceLog {
-                service: u.service.clone(),
-                detail: Some(u.message()),
-                ..Default::default()
-            });
-        }
-        for o in &scan.orphans {
-            out.push(cutover_core::views::ServiceLog {
-                service: o.service.clone(),
-                detail: Some(o.message()),
-                ..Default::default()
-            });
-        }
+        out.extend(scan.unreadable.iter().map(journal::Unreadable::log));
+        out.extend(scan.orphans.iter().map(journal::Orphan::log));
         for j in scan.journals {
             let Some(slot) = j.current else { continue };
             if containers::is_container(&slot) {
@@ -388,24 +310,8 @@ impl Installer {
             Err(u) => {
                 // Nothing is touched, nothing written: the report says
                 // which file is broken and what to do.
-                let detail = u.message();
-                tracing::error!(%service, command = %cmd.id(), error = %detail, "command refused");
-                let _ = self.outbox.send(Report {
-                    command_id: cmd.id().to_string(),
-                    service: service.clone(),
-                    ok: false,
-                    evidence: Some(Evidence::new("journal", detail)),
-                    installed: InstalledService {
-                        name: service.clone(),
-                        current: journal::linked_identity(u.linked),
-                        previous: None,
-                        state: UNREADABLE.into(),
-                    },
-                    auto_rolled_back: false,
-                    fetched_bytes: 0,
-                    restarted: false,
-                    duration_ms: 0,
-                });
+                tracing::error!(%service, command = %cmd.id(), error = %u.message(), "command refused");
+                let _ = self.outbox.send(u.refusal(cmd.id()));
                 return;
             }
         };

@@ -199,27 +199,6 @@ impl Installer {
         }
     }
 
-    /// Removes every staging directory that no install of this process
-    /// is using: what a killed agent was unpacking (whatever its pid, which
-    /// a restarted agent in a container may share).
-    pub(super) fn remove_dead_staging(&self) {
-        let Ok(entries) = std::fs::read_dir(journal::releases_dir(&self.data_dir)) else {
-            return;
-        };
-        let live = self
-            .staging
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if name.starts_with(".tmp-") && !live.contains(&e.path()) {
-                tracing::info!(staging = %name, "removing what an earlier install left unpacking");
-                let _ = std::fs::remove_dir_all(e.path());
-            }
-        }
-    }
-
     /// Keeps each service's current and previous release, the release of
     /// an install in progress and whatever any `current` link points at;
     /// removes the rest. While any journal cannot be read (or `services/`

@@ -683,7 +683,7 @@ async fn an_unreadable_journal_keeps_every_release_and_its_service_is_refused_un
     // The operator sees it: in the inventory and in diag.
     let inv = h.installer.inventory().await;
     let web = inv.iter().find(|s| s.name == "web").expect("web listed");
-    assert_eq!(web.state, UNREADABLE);
+    assert_eq!(web.state, journal::UNREADABLE);
     assert_eq!(web.current.as_ref().unwrap().tarball_sha256, Some(v3.0));
     let logs = h.installer.logs(5).await;
     let detail = logs
@@ -714,7 +714,7 @@ async fn a_deleted_journal_does_not_forget_a_service_whose_current_link_remains(
 
     let inv = h.installer.inventory().await;
     let api = inv.iter().find(|s| s.name == "api").expect("api forgotten");
-    assert_eq!(api.state, MISSING);
+    assert_eq!(api.state, journal::MISSING);
     assert_eq!(api.current.as_ref().unwrap().tarball_sha256, Some(v1.0));
     let logs = h.installer.logs(5).await;
     let detail = logs.iter().find_map(|l| l.detail.clone()).unwrap();

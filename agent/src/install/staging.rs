@@ -1,0 +1,89 @@
+//! Staging directories: where an install unpacks bytes not yet verified.
+//! Each install gets a name no other uses, registered as live while it
+//! runs; anything else under `releases/.tmp-*` is what a dead install
+//! left, and is removed.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use super::Installer;
+use crate::journal;
+
+/// The staging directories of the installs running in this process.
+#[derive(Default, Clone)]
+pub(super) struct Live(Arc<Mutex<HashSet<PathBuf>>>);
+
+/// The staging directory of one install: a name no other install uses
+/// (`releases/.tmp-<sha256>-<pid>-<n>`), registered as live for as long as
+/// the install runs and removed when it ends, whatever the outcome.
+pub(super) struct Staging {
+    path: PathBuf,
+    live: Live,
+}
+
+impl Staging {
+    pub(super) fn new(
+        live: &Live,
+        releases: &Path,
+        sha256: &cutover_core::Sha256Digest,
+    ) -> Staging {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = releases.join(format!(
+            ".tmp-{}-{}-{n}",
+            sha256.to_hex(),
+            std::process::id()
+        ));
+        // Registered before the directory can exist, so garbage collection
+        // never sees it unregistered.
+        live.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(path.clone());
+        Staging {
+            path,
+            live: live.clone(),
+        }
+    }
+
+    pub(super) fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        // After a rename it is gone; otherwise it is unverified scratch.
+        let _ = std::fs::remove_dir_all(&self.path);
+        self.live
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.path);
+    }
+}
+
+impl Installer {
+    /// Removes every staging directory that no install of this process
+    /// is using: what a killed agent was unpacking (whatever its pid, which
+    /// a restarted agent in a container may share).
+    pub(super) fn remove_dead_staging(&self) {
+        let Ok(entries) = std::fs::read_dir(journal::releases_dir(&self.data_dir)) else {
+            return;
+        };
+        let live = self
+            .staging
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with(".tmp-") && !live.contains(&e.path()) {
+                tracing::info!(staging = %name, "removing what an earlier install left unpacking");
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+}
