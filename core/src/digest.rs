@@ -41,18 +41,39 @@ impl Sha256Digest {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("malformed sha256 digest {value:?}: expected 64 lowercase hex characters")]
+#[error("malformed sha256 digest {}: expected 64 lowercase hex characters", self.shown())]
 pub struct DigestParseError {
+    /// The start of what was given (at most [`DigestParseError::SHOWN`]
+    /// characters: the value may come from a peer and be of any length).
     pub value: String,
+    /// How many bytes were given.
+    pub len: usize,
+}
+
+impl DigestParseError {
+    pub const SHOWN: usize = 80;
+
+    fn new(s: &str) -> Self {
+        DigestParseError {
+            value: s.chars().take(Self::SHOWN).collect(),
+            len: s.len(),
+        }
+    }
+
+    fn shown(&self) -> String {
+        if self.value.len() < self.len {
+            format!("{:?}... ({} bytes)", self.value, self.len)
+        } else {
+            format!("{:?}", self.value)
+        }
+    }
 }
 
 impl FromStr for Sha256Digest {
     type Err = DigestParseError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = || DigestParseError {
-            value: s.to_string(),
-        };
+        let err = || DigestParseError::new(s);
         if s.len() != 64
             || !s
                 .bytes()
@@ -170,6 +191,19 @@ mod tests {
             let err = bad.parse::<Sha256Digest>().unwrap_err();
             assert!(err.to_string().contains("malformed sha256 digest"));
         }
+    }
+
+    #[test]
+    fn a_long_malformed_digest_is_echoed_cut_short() {
+        let long = "z".repeat(1_000_000);
+        let e = long.parse::<Sha256Digest>().unwrap_err().to_string();
+        assert!(e.len() < 200, "{} bytes of error", e.len());
+        assert!(e.contains("... (1000000 bytes): expected 64"), "{e}");
+        let short = "abc".parse::<Sha256Digest>().unwrap_err().to_string();
+        assert_eq!(
+            short,
+            "malformed sha256 digest \"abc\": expected 64 lowercase hex characters"
+        );
     }
 
     #[test]
