@@ -99,20 +99,26 @@ fn inspect(path: &Path) -> Result<Found> {
         return Ok(Found::Empty);
     }
     // Read-write (a WAL store needs its -shm), but nothing below writes.
+    let cannot_read = |e: rusqlite::Error| unreadable(path, &format!("cannot read it: {e}"));
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
-    .map_err(|e| unreadable(path, &e.to_string()))?;
+    .map_err(cannot_read)?;
     let tables: i64 = conn
         .query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))
-        .map_err(|e| unreadable(path, &e.to_string()))?;
+        .map_err(cannot_read)?;
     if tables == 0 {
         return Ok(Found::Empty);
     }
-    let problems = quick_check(&conn).map_err(|e| unreadable(path, &e.to_string()))?;
+    // The check reports what it finds as rows, or stops with an error
+    // (SQLITE_CORRUPT) on some damage: either way the store is refused.
+    let problems = quick_check(&conn).unwrap_or_else(|e| vec![e.to_string()]);
     if !problems.is_empty() {
-        return Err(unreadable(path, &problems.join("; ")));
+        return Err(unreadable(
+            path,
+            &format!("PRAGMA quick_check: {}", problems.join("; ")),
+        ));
     }
     Ok(Found::Present)
 }
@@ -126,9 +132,16 @@ fn quick_check(conn: &Connection) -> rusqlite::Result<Vec<String>> {
     let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
     let mut problems = Vec::new();
     for row in rows {
-        let line = row?;
-        if line != "ok" {
-            problems.push(line);
+        let text = row?;
+        if text == "ok" {
+            continue;
+        }
+        // One row may hold several lines ("*** in database main ***" and
+        // the finding): the error stays one line.
+        for line in text.lines().map(str::trim) {
+            if !line.is_empty() && !line.starts_with("***") {
+                problems.push(line.to_string());
+            }
         }
     }
     Ok(problems)
@@ -195,10 +208,16 @@ mod tests {
     fn held() -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
         let s = open_checked(dir.path(), OpenOptions::default()).unwrap();
-        for i in 0..50 {
-            s.event("test", Some(&format!("h{i}")), &"x".repeat(200))
-                .unwrap();
-        }
+        // Enough events that the middle of the file is their pages.
+        s.with(|c| {
+            let tx = c.transaction()?;
+            for i in 0..2000 {
+                super::super::insert_event(&tx, "test", Some(&format!("h{i}")), &"x".repeat(200))?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .unwrap();
         drop(s);
         std::fs::create_dir_all(dir.path().join("artifacts/.staging")).unwrap();
         std::fs::write(dir.path().join("artifacts").join("ab".repeat(32)), b"a").unwrap();
@@ -296,12 +315,13 @@ mod tests {
         let path = dir.path().join(STORE_FILE);
         let mut bytes = std::fs::read(&path).unwrap();
         let pages = bytes.len() / 4096;
-        assert!(pages >= 4, "the test store is too small: {pages} pages");
+        assert!(pages >= 100, "the test store is too small: {pages} pages");
         let middle = pages / 2 * 4096;
         bytes[middle..middle + 4096].fill(0xa5);
         std::fs::write(&path, &bytes).unwrap();
         let e = open_checked(dir.path(), allow()).err().unwrap().to_string();
         assert!(e.contains("failed its integrity check"), "{e}");
+        assert!(e.contains("PRAGMA quick_check: "), "{e}");
         assert!(e.contains("restore state.db from a backup"), "{e}");
         assert!(!e.contains('\n'), "{e}");
         assert_eq!(
