@@ -1,0 +1,375 @@
+//! The controller under hostile conditions at its own door and on its own
+//! disk: floods of connections without a client certificate, signals while
+//! agents are connected, and a store that is missing, empty or damaged.
+//! Real controller and agent binaries on loopback; the controller is
+//! started here (not by the fixture) so that its exit can be awaited and
+//! its start-up refusals read.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cutover_tests::{bin, eventually, Fleet, Run};
+use nix::sys::signal::Signal;
+
+/// A controller process of this test, killed when dropped.
+struct Controller {
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Controller {
+    fn pid(&self) -> i32 {
+        self.child.as_ref().expect("running").id() as i32
+    }
+
+    fn signal(&self, signal: Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), signal)
+            .expect("signal controller");
+    }
+
+    /// Waits for the process to exit on its own (the bound only keeps a
+    /// controller that never exits from hanging the test).
+    fn wait_exit(&mut self, bound: Duration, what: &str) -> ExitStatus {
+        let child = self.child.as_mut().expect("running");
+        let status = eventually(bound, what, || child.try_wait().expect("try_wait"));
+        self.child = None;
+        status
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("--- controller log ---\n{}", self.log());
+        }
+    }
+}
+
+/// Writes the fleet's controller config (as the fixture does) and returns
+/// the command that runs the controller, under `prlimit` when asked.
+fn controller_command(f: &Fleet, args: &[&str], nofile: Option<(u64, u64)>) -> Command {
+    let config = f.path("controller.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:{}\"\ndata_dir = \"controller\"\n[tls]\nca_cert = \"pki/ca.pem\"\nca_key = \"pki/ca-key.pem\"\ncert = \"pki/controller.pem\"\nkey = \"pki/controller-key.pem\"\n[releases]\ntrusted_keys = [\"release.pub\"]\n",
+            f.port
+        ),
+    )
+    .expect("write controller config");
+    let mut cmd = match nofile {
+        Some((soft, hard)) => {
+            let mut c = Command::new("prlimit");
+            c.arg(format!("--nofile={soft}:{hard}"))
+                .arg("--")
+                .arg(bin("cutover-controller"));
+            c
+        }
+        None => Command::new(bin("cutover-controller")),
+    };
+    cmd.arg("--config")
+        .arg(&config)
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+    cmd
+}
+
+/// Starts the controller and waits until it answers operators.
+fn start(f: &Fleet, args: &[&str], nofile: Option<(u64, u64)>) -> Controller {
+    let log = f.path("controller.log");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .expect("controller log");
+    let child = controller_command(f, args, nofile)
+        .stderr(file)
+        .spawn()
+        .expect("start controller");
+    let c = Controller {
+        child: Some(child),
+        log,
+    };
+    eventually(Duration::from_secs(20), "the controller to answer", || {
+        (f.cli(&["hosts"]).code == 0).then_some(())
+    });
+    c
+}
+
+/// Runs the controller expecting it to refuse to start.
+fn refused_start(f: &Fleet, args: &[&str]) -> Run {
+    let out = controller_command(f, args, None)
+        .env("RUST_LOG", "off")
+        .output()
+        .expect("run controller");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Stops the controller with SIGTERM and checks it exits cleanly.
+fn stop(mut c: Controller) {
+    c.signal(Signal::SIGTERM);
+    let status = c.wait_exit(Duration::from_secs(30), "the controller to exit on SIGTERM");
+    assert!(status.success(), "controller exited with {status}");
+}
+
+fn limits_of(pid: i32) -> (u64, u64) {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("limits");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("open files line");
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    (
+        fields[3].parse().expect("soft"),
+        fields[4].parse().expect("hard"),
+    )
+}
+
+#[test]
+fn the_soft_descriptor_limit_is_raised_to_the_hard_limit_at_start() {
+    let f = Fleet::new();
+    let c = start(&f, &[], Some((128, 4096)));
+    assert_eq!(limits_of(c.pid()), (4096, 4096));
+}
+
+/// TLS connections without a client certificate that never speak HTTP/2.
+/// Returns how many the client could open and a counter of those the
+/// server has closed since; each is watched by a task of `rt`.
+fn silent_unauthenticated_connections(
+    rt: &tokio::runtime::Runtime,
+    f: &Fleet,
+    count: usize,
+) -> (Arc<AtomicUsize>, Vec<tokio::task::JoinHandle<()>>) {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let ca = cutover_core::tls::read_certs(&f.pki.join("ca.pem")).expect("CA");
+    let config = Arc::new(cutover_core::tls::client_config(&ca, None).expect("client config"));
+    let closed = Arc::new(AtomicUsize::new(0));
+    let port = f.port;
+    let watchers = rt.block_on(async {
+        let mut watchers = Vec::new();
+        for _ in 0..count {
+            let connector = tokio_rustls::TlsConnector::from(config.clone());
+            // A controller out of descriptors never answers the hello: give
+            // up on that connection (it counts as never closed) and go on.
+            let opened = tokio::time::timeout(Duration::from_secs(1), async {
+                let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+                connector
+                    .connect("127.0.0.1".try_into().expect("server name"), tcp)
+                    .await
+            })
+            .await;
+            let closed = closed.clone();
+            watchers.push(tokio::spawn(async move {
+                let Ok(opened) = opened else {
+                    return;
+                };
+                let Ok(mut stream) = opened else {
+                    // Refused during the handshake: closed by the server.
+                    closed.fetch_add(1, Ordering::Relaxed);
+                    return;
+                };
+                let mut buf = [0u8; 1024];
+                loop {
+                    match tokio::io::AsyncReadExt::read(&mut stream, &mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => continue,
+                    }
+                }
+                closed.fetch_add(1, Ordering::Relaxed);
+            }));
+        }
+        watchers
+    });
+    (closed, watchers)
+}
+
+#[test]
+fn silent_unauthenticated_connections_are_capped_and_closed_and_the_cli_still_works() {
+    let mut f = Fleet::new();
+    // A hard limit of 256 descriptors: 300 connections held for good would
+    // exhaust it (as 241 did in the field); the controller must stay under.
+    let _c = start(&f, &[], Some((256, 256)));
+    let rt = cutover_tests::grpc::runtime();
+    let (closed, watchers) = silent_unauthenticated_connections(&rt, &f, 300);
+    // The flood is in place (the first 64 are still open); operators work.
+    f.cli(&["hosts"]).ok();
+    // Every one of them is closed by the controller: those over the cap at
+    // once, the rest when their lifetime ends.
+    rt.block_on(async {
+        let all = async {
+            for w in watchers {
+                w.await.expect("watcher");
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(90), all)
+            .await
+            .expect("connections without a client certificate were held open")
+    });
+    assert_eq!(closed.load(Ordering::Relaxed), 300);
+    // Enrollment, which is what such connections are for, works again.
+    f.start_agent("edge-1", "1s");
+    f.wait_online("edge-1");
+    f.cli(&["hosts"]).ok();
+}
+
+#[test]
+fn sigterm_with_agents_connected_exits_promptly_and_frees_the_port() {
+    let mut f = Fleet::new();
+    let mut c = start(&f, &[], None);
+    f.start_agent("edge-1", "1s");
+    f.start_agent("edge-2", "1s");
+    f.wait_online("edge-1");
+    f.wait_online("edge-2");
+    // An unauthenticated connection that never speaks, too.
+    let rt = cutover_tests::grpc::runtime();
+    let _idle = silent_unauthenticated_connections(&rt, &f, 1);
+    c.signal(Signal::SIGTERM);
+    let status = c.wait_exit(
+        Duration::from_secs(20),
+        "the controller to exit on SIGTERM with agents connected",
+    );
+    assert_eq!(status.code(), Some(0), "{status}");
+    // The port is free at once: another listener binds it.
+    drop(std::net::TcpListener::bind(("127.0.0.1", f.port)).expect("bind the controller's port"));
+    // A new controller on the same port gets the agents back.
+    let _c2 = start(&f, &[], None);
+    f.wait_online("edge-1");
+    f.wait_online("edge-2");
+}
+
+#[test]
+fn a_second_signal_exits_at_once() {
+    let mut f = Fleet::new();
+    let mut c = start(&f, &[], None);
+    f.start_agent("edge-1", "1s");
+    f.wait_online("edge-1");
+    c.signal(Signal::SIGTERM);
+    c.signal(Signal::SIGINT);
+    let status = c.wait_exit(Duration::from_secs(20), "the controller to exit");
+    assert_eq!(status.code(), Some(1), "{status}");
+    let log = c.log();
+    assert!(
+        log.contains("second signal (SIG"),
+        "the second signal was not the reason: {log}"
+    );
+}
+
+fn data(f: &Fleet) -> PathBuf {
+    f.path("controller")
+}
+
+fn remove_store(dir: &Path) {
+    for name in ["state.db", "state.db-wal", "state.db-shm"] {
+        match std::fs::remove_file(dir.join(name)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => panic!("remove {name}: {e}"),
+        }
+    }
+}
+
+fn artifacts(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir.join("artifacts"))
+        .expect("artifacts dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|n| n != ".staging")
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn a_lost_store_beside_held_state_is_refused_until_allowed() {
+    let f = Fleet::new();
+    let c = start(&f, &[], None);
+    f.raw_release("1.0.0", "api", b"the artifact that outlives its store");
+    stop(c);
+    let dir = data(&f);
+    let held = artifacts(&dir);
+    assert_eq!(held.len(), 1, "{held:?}");
+
+    // Truncated to nothing: refused, and left at 0 bytes.
+    remove_store(&dir);
+    std::fs::write(dir.join("state.db"), b"").unwrap();
+    let run = refused_start(&f, &[]);
+    run.fails_with("state.db: is empty");
+    run.fails_with("--allow-empty-store");
+    assert_eq!(std::fs::metadata(dir.join("state.db")).unwrap().len(), 0);
+
+    // Deleted, and the marker too: the artifacts alone are evidence; the
+    // refusal creates no store.
+    remove_store(&dir);
+    std::fs::remove_file(dir.join("state.created")).unwrap();
+    let run = refused_start(&f, &[]);
+    run.fails_with("state.db: is missing");
+    run.fails_with("artifacts/ holds 1 entries");
+    assert!(!dir.join("state.db").exists());
+    assert_eq!(artifacts(&dir), held);
+
+    // With the flag the operator chose an empty store: it starts, knows no
+    // release, and the artifacts are still on disk.
+    let c = start(&f, &["--allow-empty-store"], None);
+    let releases = f.cli_json(&["release", "list"]);
+    assert_eq!(releases, serde_json::json!([]), "{releases}");
+    assert_eq!(artifacts(&dir), held);
+    stop(c);
+    // From then on it is an ordinary store: no flag needed.
+    let c = start(&f, &[], None);
+    stop(c);
+}
+
+#[test]
+fn a_damaged_store_is_refused_at_start_naming_the_integrity_check() {
+    let f = Fleet::new();
+    let c = start(&f, &[], None);
+    // Enough rows for the store to span many pages.
+    for i in 0..60 {
+        f.cli(&["token", "create", &format!("edge-{i}"), "--ttl", "1h"])
+            .ok();
+    }
+    stop(c);
+    let dir = data(&f);
+    let path = dir.join("state.db");
+    // A clean exit checkpoints the write-ahead log into state.db.
+    let wal = std::fs::metadata(dir.join("state.db-wal")).map_or(0, |m| m.len());
+    assert_eq!(wal, 0, "the WAL still holds pages after a clean exit");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let pages = bytes.len() / 4096;
+    assert!(
+        pages >= 8,
+        "store too small to damage its middle: {pages} pages"
+    );
+    let middle = pages / 2 * 4096;
+    bytes[middle..middle + 4096].fill(0xa5);
+    std::fs::write(&path, &bytes).unwrap();
+
+    for args in [&[][..], &["--allow-empty-store"][..]] {
+        let run = refused_start(&f, args);
+        run.fails_with("failed its integrity check");
+        run.fails_with("PRAGMA quick_check: ");
+        run.fails_with(&path.display().to_string());
+        run.fails_with("restore state.db from a backup");
+    }
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        bytes,
+        "the damaged store was changed"
+    );
+}
