@@ -51,6 +51,31 @@ pub struct Config {
     pub systemctl: PathBuf,
 }
 
+/// The range one duration of the agent's config must fall in.
+type Bound<T> = (T, T);
+
+/// `heartbeat_interval`: 100 ms to 5 minutes (three missed ones end a
+/// session).
+pub const HEARTBEAT_INTERVAL: Bound<Duration> =
+    (Duration::from_millis(100), Duration::from_secs(300));
+/// `reconnect_max_backoff`: 100 ms to an hour.
+pub const RECONNECT_MAX_BACKOFF: Bound<Duration> =
+    (Duration::from_millis(100), Duration::from_secs(3600));
+/// `autonomous_rollback_after`: 1 s to a week.
+pub const AUTONOMOUS_ROLLBACK_AFTER: Bound<Duration> =
+    (Duration::from_secs(1), Duration::from_secs(7 * 24 * 3600));
+/// `max_unpacked_bytes`: 1 MiB to 16 TiB.
+pub const MAX_UNPACKED_BYTES: Bound<u64> = (1 << 20, 16 << 40);
+/// `max_entries`: 1 to 100 million.
+pub const MAX_ENTRIES: Bound<u64> = (1, 100_000_000);
+/// `log_max_bytes`: 64 KiB to 64 GiB.
+pub const LOG_MAX_BYTES: Bound<u64> = (64 << 10, 64 << 30);
+/// `log_files`: 1 to 100.
+pub const LOG_FILES: Bound<u32> = (1, 100);
+/// `[vars]`: how many, and the longest value.
+pub const MAX_VARS: usize = 1024;
+pub const MAX_VAR_BYTES: usize = 4096;
+
 fn default_max_unpacked() -> u64 {
     8 << 30
 }
@@ -102,10 +127,71 @@ impl Config {
             }
         }
         cutover_proto::transport::ControllerAddr::parse(&c.controller)?;
-        if c.heartbeat_interval < Duration::from_millis(100) {
-            return Err("heartbeat_interval must be at least 100ms".into());
-        }
+        c.check_bounds()?;
         Ok(c)
+    }
+
+    /// Every duration and count against its bound, as one line naming the
+    /// key, the value and the bound.
+    fn check_bounds(&self) -> std::result::Result<(), String> {
+        use cutover_core::fleet::show_duration as show;
+        for (key, value, (lo, hi)) in [
+            (
+                "heartbeat_interval",
+                self.heartbeat_interval,
+                HEARTBEAT_INTERVAL,
+            ),
+            (
+                "reconnect_max_backoff",
+                self.reconnect_max_backoff,
+                RECONNECT_MAX_BACKOFF,
+            ),
+            (
+                "autonomous_rollback_after",
+                self.autonomous_rollback_after,
+                AUTONOMOUS_ROLLBACK_AFTER,
+            ),
+        ] {
+            if value < lo || value > hi {
+                return Err(format!(
+                    "{key} = \"{}\": must be between {} and {}",
+                    show(value),
+                    show(lo),
+                    show(hi)
+                ));
+            }
+        }
+        for (key, value, (lo, hi)) in [
+            (
+                "max_unpacked_bytes",
+                self.max_unpacked_bytes,
+                MAX_UNPACKED_BYTES,
+            ),
+            ("max_entries", self.max_entries, MAX_ENTRIES),
+            ("log_max_bytes", self.log_max_bytes, LOG_MAX_BYTES),
+            (
+                "log_files",
+                u64::from(self.log_files),
+                (u64::from(LOG_FILES.0), u64::from(LOG_FILES.1)),
+            ),
+        ] {
+            if !(lo..=hi).contains(&value) {
+                return Err(format!("{key} = {value}: must be between {lo} and {hi}"));
+            }
+        }
+        if self.vars.len() > MAX_VARS {
+            return Err(format!(
+                "vars: {} entries; at most {MAX_VARS} are allowed",
+                self.vars.len()
+            ));
+        }
+        if let Some((k, v)) = self.vars.iter().find(|(_, v)| v.len() > MAX_VAR_BYTES) {
+            return Err(format!(
+                "vars.{k}: {} bytes; at most {MAX_VAR_BYTES} are allowed",
+                v.len()
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -131,6 +217,54 @@ mod tests {
             e.contains("agent.toml") && e.contains("unknown field `controler`"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn durations_and_counts_outside_their_bounds_are_refused_naming_key_and_bound() {
+        let base =
+            "controller = \"https://127.0.0.1:7443\"\nca_cert = \"ca.pem\"\ndata_dir = \"data\"\n";
+        let max = u64::MAX;
+        for (extra, want) in [
+            (
+                format!("heartbeat_interval = \"{max}s\""),
+                format!("heartbeat_interval = \"{max}s\": must be between 100ms and 5m"),
+            ),
+            (
+                "heartbeat_interval = \"0s\"".to_string(),
+                "heartbeat_interval = \"0s\": must be between 100ms".to_string(),
+            ),
+            (
+                format!("reconnect_max_backoff = \"{max}s\""),
+                "reconnect_max_backoff".to_string(),
+            ),
+            (
+                "autonomous_rollback_after = \"0s\"".to_string(),
+                "autonomous_rollback_after = \"0s\": must be between 1s and 168h".to_string(),
+            ),
+            (
+                "max_entries = 0".to_string(),
+                "max_entries = 0: must be between 1 and 100000000".to_string(),
+            ),
+            (
+                "max_unpacked_bytes = 9223372036854775807".to_string(),
+                "max_unpacked_bytes = 9223372036854775807: must be between".to_string(),
+            ),
+            (
+                "log_files = 0".to_string(),
+                "log_files = 0: must be between 1 and 100".to_string(),
+            ),
+            (
+                "log_max_bytes = 1".to_string(),
+                "log_max_bytes = 1: must be between 65536".to_string(),
+            ),
+            (
+                format!("[vars]\nbig = \"{}\"", "x".repeat(5000)),
+                "vars.big: 5000 bytes".to_string(),
+            ),
+        ] {
+            let e = Config::parse(&format!("{base}{extra}\n"), Path::new("/")).unwrap_err();
+            assert!(e.contains(&want), "{want}: {e}");
+        }
     }
 
     #[test]

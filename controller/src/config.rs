@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use cutover_core::fleet::show_duration;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
@@ -46,6 +47,15 @@ pub struct ReleasesConfig {
     pub signature_threshold: usize,
 }
 
+/// `agent_cert_ttl`: at least 3 s (renewal runs two thirds in), at most
+/// 366 days.
+pub const AGENT_CERT_TTL: (Duration, Duration) =
+    (Duration::from_secs(3), Duration::from_secs(366 * 24 * 3600));
+/// `fetch_rate_limit` in bytes per second: 1 KiB/s to 100 GiB/s.
+pub const FETCH_RATE_LIMIT: (u64, u64) = (1024, 100 << 30);
+/// `releases.trusted_keys`: how many keys may be listed.
+pub const MAX_TRUSTED_KEYS: usize = 64;
+
 fn default_cert_ttl() -> Duration {
     Duration::from_secs(7 * 24 * 3600)
 }
@@ -67,13 +77,46 @@ impl Config {
             })?;
         let base = path.parent().unwrap_or_else(|| Path::new("."));
         config.resolve(base);
-        if config.agent_cert_ttl < Duration::from_secs(3) {
-            return Err(Error::Config {
-                path: path.to_path_buf(),
-                problem: "agent_cert_ttl must be at least 3s".into(),
-            });
-        }
+        config.check_bounds().map_err(|problem| Error::Config {
+            path: path.to_path_buf(),
+            problem,
+        })?;
         Ok(config)
+    }
+
+    /// Every duration and count against its bound, as one line naming the
+    /// key, the value and the bound.
+    fn check_bounds(&self) -> std::result::Result<(), String> {
+        let (lo, hi) = AGENT_CERT_TTL;
+        if self.agent_cert_ttl < lo || self.agent_cert_ttl > hi {
+            return Err(format!(
+                "agent_cert_ttl = \"{}\": must be between {} and {}",
+                show_duration(self.agent_cert_ttl),
+                show_duration(lo),
+                show_duration(hi)
+            ));
+        }
+        if let Some(rate) = self.fetch_rate_limit {
+            let (lo, hi) = FETCH_RATE_LIMIT;
+            if !(lo..=hi).contains(&rate) {
+                return Err(format!(
+                    "fetch_rate_limit = {rate}: must be between {lo} and {hi} bytes per second (leave it out for no limit)"
+                ));
+            }
+        }
+        let keys = self.releases.trusted_keys.len();
+        if keys > MAX_TRUSTED_KEYS {
+            return Err(format!(
+                "releases.trusted_keys: {keys} keys; at most {MAX_TRUSTED_KEYS} are allowed"
+            ));
+        }
+        let t = self.releases.signature_threshold;
+        if t == 0 || t > MAX_TRUSTED_KEYS {
+            return Err(format!(
+                "releases.signature_threshold = {t}: must be between 1 and {MAX_TRUSTED_KEYS}"
+            ));
+        }
+        Ok(())
     }
 
     fn resolve(&mut self, base: &Path) {
@@ -123,6 +166,46 @@ mod tests {
         assert_eq!(c.tls.key, PathBuf::from("/k"));
         assert_eq!(c.releases.trusted_keys, vec![dir.path().join("r.pub")]);
         assert_eq!(c.agent_cert_ttl, Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn durations_and_counts_outside_their_bounds_are_refused_naming_key_and_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("controller.toml");
+        for (extra, releases, want) in [
+            (
+                "agent_cert_ttl = \"18446744073709551615s\"",
+                "",
+                "agent_cert_ttl = \"18446744073709551615s\": must be between 3s and 8784h",
+            ),
+            (
+                "agent_cert_ttl = \"1s\"",
+                "",
+                "agent_cert_ttl = \"1s\": must be between 3s",
+            ),
+            (
+                "fetch_rate_limit = 0",
+                "",
+                "fetch_rate_limit = 0: must be between 1024 and",
+            ),
+            (
+                "",
+                "signature_threshold = 0",
+                "releases.signature_threshold = 0: must be between 1 and 64",
+            ),
+            ("", "signature_threshold = 18446744073709551615", "line"),
+        ] {
+            std::fs::write(
+                &path,
+                format!("listen = \"127.0.0.1:1\"\ndata_dir = \"d\"\n{extra}\n[tls]\nca_cert=\"a\"\nca_key=\"b\"\ncert=\"c\"\nkey=\"d\"\n[releases]\ntrusted_keys=[]\n{releases}\n"),
+            )
+            .unwrap();
+            let e = Config::load(&path).unwrap_err().to_string();
+            assert!(
+                e.contains("controller.toml") && e.contains(want),
+                "{want}: {e}"
+            );
+        }
     }
 
     #[test]

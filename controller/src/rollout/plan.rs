@@ -165,6 +165,17 @@ pub fn plan(req: &PlanRequest<'_>) -> Result<Plan, PlanError> {
                         "the fleet config runs {name:?} on host {host:?}, which is not enrolled; enroll it or remove it from the fleet config"
                     ))
                 })?;
+            // A canary larger than the service's hosts would put every
+            // host in the first batch: no canary at all. Refused, not
+            // clamped: the safe default is that the operator decides.
+            let canary = config.policy.canary;
+            if !req.instant && canary > selected.len() {
+                return Err(err(format!(
+                    "service {name:?} has policy.canary = {canary} but the fleet config runs it on {} host(s); set canary to at most {} in the fleet config",
+                    selected.len(),
+                    selected.len().max(1)
+                )));
+            }
             let mut moves = Vec::with_capacity(selected.len());
             let mut unchanged = Vec::new();
             let mut shared: Option<Arc<ContentIdentity>> = None;
@@ -500,6 +511,36 @@ max_unavailable = 2
         assert_eq!(p.services[0].service, "db");
         assert_eq!(moved(0), ["h1", "h2", "h3", "h5"]);
         assert_eq!(moved(1), ["h1", "h2", "h3"]);
+    }
+
+    #[test]
+    fn a_canary_larger_than_the_services_hosts_is_refused_naming_both() {
+        let m = manifest("");
+        let mut f = fleet();
+        f.services.get_mut("api").unwrap().policy.canary = 5;
+        let hosts: Vec<_> = ["h1", "h2", "h3", "h4"]
+            .iter()
+            .map(|h| host(h, true, &[]))
+            .collect();
+        let e = plan(&req(&m, &f, &hosts)).unwrap_err().to_string();
+        assert!(
+            e.contains("service \"api\" has policy.canary = 5 but the fleet config runs it on 4 host(s); set canary to at most 4"),
+            "{e}"
+        );
+        // Equal is a canary of every host, which the operator asked for;
+        // hosts already at the target still count as the service's hosts.
+        f.services.get_mut("api").unwrap().policy.canary = 4;
+        let mut at_target = hosts.clone();
+        at_target[3] = host("h4", true, &[("api", "2.0.0", 'b')]);
+        let p = plan(&req(&m, &f, &at_target)).unwrap();
+        let api = p.services.iter().find(|s| s.service == "api").unwrap();
+        assert_eq!(api.batches.len(), 1);
+        assert_eq!(api.batches[0].len(), 3);
+        // The instant path of a rollback has no canary to check.
+        f.services.get_mut("api").unwrap().policy.canary = 9;
+        let mut r = req(&m, &f, &hosts);
+        r.instant = true;
+        assert!(plan(&r).is_ok());
     }
 
     #[test]
