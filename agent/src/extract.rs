@@ -3,12 +3,36 @@
 //! that stay inside the destination, within size and entry limits. It never
 //! changes ownership and drops setuid, setgid and sticky bits. Gzip is
 //! detected by its magic bytes; plain tar is accepted too.
+//!
+//! Headers are read raw: GNU long names and links and PAX records are
+//! bounded before they are read (`headers`). Symlinks are created last,
+//! after every file and directory, and only once each one, resolved through
+//! all the others, is known to stay inside (`links`): nothing is ever
+//! written through a symlink, and no link on disk ever points outside.
+
+mod headers;
+mod links;
+#[cfg(test)]
+mod proptests;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashSet;
 use std::fs;
 use std::io::{self, BufReader, Read};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
+
+use headers::{Extension, Member, Pending, MAX_NAME_BYTES};
+use links::Links;
+
+/// The most bytes one path component may have (NAME_MAX).
+const MAX_COMPONENT_BYTES: usize = 255;
+/// The most components a path may have.
+const MAX_DEPTH: usize = 256;
+/// The most characters of an archive's name an error message repeats.
+const SHOWN_CHARS: usize = 100;
 
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -22,24 +46,33 @@ pub struct Unpacked {
     pub bytes: u64,
 }
 
-/// Why an archive was refused; `entry` is the path as the archive gives it.
+/// Why an archive was refused. Every message is one line: names from the
+/// archive are escaped and cut to [`SHOWN_CHARS`] characters.
 #[derive(Debug, thiserror::Error)]
 pub enum ExtractError {
-    #[error("entry {entry:?}: {problem}")]
+    /// `entry` is the entry's name as the archive gives it, already escaped.
+    #[error("entry {entry}: {problem}")]
     Refused { entry: String, problem: String },
+    /// A GNU long name or link or a PAX header, at its byte offset.
+    #[error("archive header at byte {offset} ({kind}): {problem}")]
+    Header {
+        offset: u64,
+        kind: &'static str,
+        problem: String,
+    },
     #[error("archive holds more than {0} entries (max_entries)")]
     TooManyEntries(u64),
     #[error("archive unpacks to more than {0} bytes (max_unpacked_bytes)")]
     TooLarge(u64),
-    #[error("archive is corrupt: {0}")]
+    #[error("archive is corrupt: {}", one_line(.0))]
     Corrupt(io::Error),
-    #[error("{path}: {source}")]
+    #[error("{}: {source}", shown_path(path))]
     Io { path: PathBuf, source: io::Error },
 }
 
-fn refused(entry: &str, problem: impl Into<String>) -> ExtractError {
+fn refused(entry: &[u8], problem: impl Into<String>) -> ExtractError {
     ExtractError::Refused {
-        entry: entry.to_string(),
+        entry: shown(entry),
         problem: problem.into(),
     }
 }
@@ -51,6 +84,43 @@ fn io_at(path: &Path) -> impl FnOnce(io::Error) -> ExtractError + '_ {
     }
 }
 
+/// `text` with control and other unprintable characters escaped, cut to
+/// `max` characters.
+fn escaped(text: &str, max: usize) -> (String, bool) {
+    let mut out = String::new();
+    let mut chars = text.chars();
+    for c in chars.by_ref().take(max) {
+        out.extend(c.escape_debug());
+    }
+    (out, chars.next().is_some())
+}
+
+/// Bytes from the archive as an error message may show them: quoted,
+/// escaped, and cut short (saying how long they were).
+fn shown(bytes: &[u8]) -> String {
+    let (text, cut) = escaped(&String::from_utf8_lossy(bytes), SHOWN_CHARS);
+    if cut {
+        format!("\"{text}\"… ({} bytes)", bytes.len())
+    } else {
+        format!("\"{text}\"")
+    }
+}
+
+fn shown_path(path: &Path) -> String {
+    shown(path.as_os_str().as_bytes())
+}
+
+/// An error from the `tar` crate (which may quote header bytes) in one
+/// bounded line.
+fn one_line(e: &io::Error) -> String {
+    let (text, cut) = escaped(&e.to_string(), 300);
+    if cut {
+        format!("{text}…")
+    } else {
+        text
+    }
+}
+
 /// Unpacks `archive` into `dest`, which must not exist yet. On error the
 /// caller removes `dest`; nothing outside it is ever written.
 pub fn unpack(archive: &Path, dest: &Path, limits: Limits) -> Result<Unpacked, ExtractError> {
@@ -58,7 +128,12 @@ pub fn unpack(archive: &Path, dest: &Path, limits: Limits) -> Result<Unpacked, E
     unpack_reader(file, dest, limits)
 }
 
-/// Unpacks the archive `bytes` yields, as [`unpack`] does a file.
+/// Unpacks the archive `bytes` yields (gzip or plain tar) into `dest`,
+/// which must not exist yet, as [`unpack`] does a file. This is the
+/// extractor's whole surface: any bytes at all may be handed to it (the
+/// fuzz targets do), and whatever it returns, nothing outside `dest` was
+/// written and, when it returns `Ok`, no symlink in `dest` resolves
+/// outside it. On error the caller removes `dest`.
 pub fn unpack_reader(
     bytes: impl Read,
     dest: &Path,
@@ -81,39 +156,114 @@ pub fn unpack_reader(
 
 fn unpack_from(reader: impl Read, dest: &Path, limits: Limits) -> Result<Unpacked, ExtractError> {
     let mut archive = tar::Archive::new(reader);
-    let mut seen: HashSet<PathBuf> = HashSet::new();
-    let mut symlinks: HashSet<PathBuf> = HashSet::new();
-    let mut entries = 0u64;
-    let mut out = Unpacked::default();
-    for entry in archive.entries().map_err(ExtractError::Corrupt)? {
+    let mut tree = Tree {
+        dest,
+        limits,
+        seen: HashSet::new(),
+        links: Links::default(),
+        entries: 0,
+        out: Unpacked::default(),
+    };
+    let mut pending = Pending::default();
+    // Raw: the `tar` crate would read extensions whole, whatever they claim.
+    for entry in archive.entries().map_err(ExtractError::Corrupt)?.raw(true) {
         let mut entry = entry.map_err(ExtractError::Corrupt)?;
-        entries += 1;
-        if entries > limits.max_entries {
-            return Err(ExtractError::TooManyEntries(limits.max_entries));
-        }
-        let raw = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
-        let Some(rel) = safe_relative(&raw)? else {
-            continue;
-        };
-        if !seen.insert(rel.clone()) {
-            return Err(refused(&raw, "appears twice in the archive"));
-        }
-        if rel.ancestors().skip(1).any(|a| symlinks.contains(a)) {
-            return Err(refused(&raw, "is inside a symlink the archive created"));
-        }
-        let target = dest.join(&rel);
         let kind = entry.header().entry_type();
+        if let Some(ext) = Extension::of(kind) {
+            if matches!(ext, Extension::PaxGlobal) {
+                tree.count()?;
+            }
+            pending.read(ext, &mut entry)?;
+            continue;
+        }
+        tree.count()?;
+        let member = pending
+            .member(entry.header())
+            .map_err(|p| refused(&entry.header().path_bytes(), p))?;
+        tree.add(member, &mut entry)?;
+    }
+    if !pending.is_empty() {
+        return Err(ExtractError::Corrupt(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "it ends with a GNU long name or PAX header that no entry follows",
+        )));
+    }
+    tree.finish()
+}
+
+/// What the archive has made so far.
+struct Tree<'a> {
+    dest: &'a Path,
+    limits: Limits,
+    /// Every entry's path, relative to `dest`.
+    seen: HashSet<PathBuf>,
+    /// Symlinks, created only by [`Tree::finish`].
+    links: Links,
+    entries: u64,
+    out: Unpacked,
+}
+
+impl Tree<'_> {
+    fn count(&mut self) -> Result<(), ExtractError> {
+        self.entries += 1;
+        if self.entries > self.limits.max_entries {
+            return Err(ExtractError::TooManyEntries(self.limits.max_entries));
+        }
+        Ok(())
+    }
+
+    fn add(
+        &mut self,
+        member: Member,
+        entry: &mut tar::Entry<'_, impl Read>,
+    ) -> Result<(), ExtractError> {
+        let raw = &member.path[..];
+        let kind = entry.header().entry_type();
+        // Setuid, setgid and sticky bits are dropped here.
         let mode = entry.header().mode().unwrap_or(0o644) & 0o777;
+        let name = checked_name(raw).map_err(|p| refused(raw, format!("name {p}")))?;
+        let Some(rel) = safe_relative(name).map_err(|p| refused(raw, p))? else {
+            return match kind {
+                tar::EntryType::Directory => Ok(()),
+                _ => Err(refused(raw, "names the release root itself")),
+            };
+        };
+        if !self.seen.insert(rel.clone()) {
+            return Err(refused(raw, "appears twice in the archive"));
+        }
+        if !self.links.is_empty() {
+            if let Some(link) = rel.ancestors().skip(1).find(|a| self.links.contains(a)) {
+                return Err(refused(
+                    raw,
+                    format!(
+                        "is inside the symlink {} the archive created",
+                        shown_path(link)
+                    ),
+                ));
+            }
+        }
+        let target = self.dest.join(&rel);
+        let no_data = |what: &str| {
+            if member.size == 0 {
+                Ok(())
+            } else {
+                Err(refused(
+                    raw,
+                    format!("is a {what} carrying {} bytes of data", member.size),
+                ))
+            }
+        };
         match kind {
             tar::EntryType::Directory => {
+                no_data("directory")?;
                 fs::create_dir_all(&target).map_err(io_at(&target))?;
                 fs::set_permissions(&target, fs::Permissions::from_mode(mode | 0o700))
                     .map_err(io_at(&target))?;
             }
             tar::EntryType::Regular | tar::EntryType::Continuous => {
-                let size = entry.header().size().map_err(ExtractError::Corrupt)?;
-                if out.bytes.saturating_add(size) > limits.max_bytes {
-                    return Err(ExtractError::TooLarge(limits.max_bytes));
+                let size = member.size;
+                if self.out.bytes.saturating_add(size) > self.limits.max_bytes {
+                    return Err(ExtractError::TooLarge(self.limits.max_bytes));
                 }
                 if let Some(parent) = target.parent() {
                     fs::create_dir_all(parent).map_err(io_at(parent))?;
@@ -123,201 +273,123 @@ fn unpack_from(reader: impl Read, dest: &Path, limits: Limits) -> Result<Unpacke
                     .create_new(true)
                     .mode(mode)
                     .open(&target)
-                    .map_err(io_at(&target))?;
-                let copied = io::copy(&mut (&mut entry).take(size), &mut f)
+                    .map_err(|e| match e.kind() {
+                        io::ErrorKind::AlreadyExists => {
+                            refused(raw, "is a file where the archive already made a directory")
+                        }
+                        _ => io_at(&target)(e),
+                    })?;
+                let copied = io::copy(&mut entry.by_ref().take(size), &mut f)
                     .map_err(ExtractError::Corrupt)?;
                 if copied != size {
-                    return Err(refused(&raw, "is shorter than its header says"));
+                    return Err(refused(raw, "is shorter than its header says"));
                 }
                 // The umask may have narrowed the mode; setuid bits never survive.
                 f.set_permissions(fs::Permissions::from_mode(mode))
                     .map_err(io_at(&target))?;
-                out.bytes += size;
-                out.files += 1;
+                self.out.bytes += size;
+                self.out.files += 1;
             }
             tar::EntryType::Symlink => {
-                let link = entry
-                    .link_name()
-                    .map_err(ExtractError::Corrupt)?
-                    .ok_or_else(|| refused(&raw, "symlink without a target"))?;
-                if !stays_inside(&rel, &link) {
+                no_data("symlink")?;
+                let link = match member.link.as_deref() {
+                    None | Some([]) => return Err(refused(raw, "symlink without a target")),
+                    Some(link) => link,
+                };
+                let link = checked_name(link)
+                    .map_err(|p| refused(raw, format!("symlink target {} {p}", shown(link))))?;
+                let link = Path::new(link);
+                if link.has_root() {
                     return Err(refused(
-                        &raw,
+                        raw,
                         format!(
-                            "symlink to {:?} resolves outside the release",
-                            link.display()
+                            "symlink to {} is absolute, so it resolves outside the release",
+                            shown_path(link)
                         ),
+                    ));
+                }
+                if fs::symlink_metadata(&target).is_ok() {
+                    return Err(refused(
+                        raw,
+                        "is a symlink where the archive already made a directory",
                     ));
                 }
                 if let Some(parent) = target.parent() {
                     fs::create_dir_all(parent).map_err(io_at(parent))?;
                 }
-                std::os::unix::fs::symlink(&link, &target).map_err(io_at(&target))?;
-                symlinks.insert(rel);
+                self.links.insert(rel, link.to_path_buf());
             }
-            tar::EntryType::Link => return Err(refused(&raw, "hard links are not allowed")),
+            tar::EntryType::Link => return Err(refused(raw, "hard links are not allowed")),
             tar::EntryType::Char | tar::EntryType::Block => {
-                return Err(refused(&raw, "device files are not allowed"))
+                return Err(refused(raw, "device files are not allowed"))
             }
-            tar::EntryType::Fifo => return Err(refused(&raw, "FIFOs are not allowed")),
-            other => {
-                return Err(refused(
-                    &raw,
-                    format!("entry type {other:?} is not allowed"),
-                ))
-            }
+            tar::EntryType::Fifo => return Err(refused(raw, "FIFOs are not allowed")),
+            other => return Err(refused(raw, format!("entry type {other:?} is not allowed"))),
         }
+        Ok(())
     }
-    Ok(out)
+
+    /// Judges every symlink against the finished tree, then creates them
+    /// all: no link is on disk before all of them are known to stay inside.
+    fn finish(self) -> Result<Unpacked, ExtractError> {
+        for (rel, target) in self.links.iter() {
+            self.links.check(rel).map_err(|why| {
+                refused(
+                    rel.as_os_str().as_bytes(),
+                    format!("symlink to {} {why}", shown_path(target)),
+                )
+            })?;
+        }
+        for (rel, target) in self.links.iter() {
+            let at = self.dest.join(rel);
+            std::os::unix::fs::symlink(target, &at).map_err(io_at(&at))?;
+        }
+        Ok(self.out)
+    }
+}
+
+/// `raw` as a name the extractor may create: UTF-8, without control
+/// characters, within PATH_MAX, NAME_MAX and [`MAX_DEPTH`].
+fn checked_name(raw: &[u8]) -> Result<&str, String> {
+    if raw.len() > MAX_NAME_BYTES {
+        return Err(format!(
+            "is {} bytes long, more than the {MAX_NAME_BYTES} allowed",
+            raw.len()
+        ));
+    }
+    let name = std::str::from_utf8(raw).map_err(|_| "is not UTF-8".to_string())?;
+    if let Some(c) = name.chars().find(|c| c.is_ascii_control()) {
+        return Err(format!(
+            "holds the control character U+{:04X}; names may not contain control characters",
+            c as u32
+        ));
+    }
+    if let Some(long) = name.split('/').find(|c| c.len() > MAX_COMPONENT_BYTES) {
+        return Err(format!(
+            "has a component of {} bytes, more than the {MAX_COMPONENT_BYTES} allowed",
+            long.len()
+        ));
+    }
+    if name.split('/').filter(|c| !c.is_empty()).count() > MAX_DEPTH {
+        return Err(format!("is more than {MAX_DEPTH} components deep"));
+    }
+    Ok(name)
 }
 
 /// The entry's path relative to the destination; `None` for the root
 /// itself (`./`). Absolute paths and `..` are refused.
-fn safe_relative(raw: &str) -> Result<Option<PathBuf>, ExtractError> {
+fn safe_relative(raw: &str) -> Result<Option<PathBuf>, String> {
     let path = Path::new(raw);
     let mut out = PathBuf::new();
     for c in path.components() {
         match c {
             Component::Normal(n) => out.push(n),
             Component::CurDir => {}
-            Component::ParentDir => return Err(refused(raw, "path contains `..`")),
+            Component::ParentDir => return Err("path contains `..`".into()),
             Component::RootDir | Component::Prefix(_) => {
-                return Err(refused(raw, "absolute paths are not allowed"))
+                return Err("absolute paths are not allowed".into())
             }
         }
     }
     Ok((!out.as_os_str().is_empty()).then_some(out))
-}
-
-/// Whether a symlink at `rel` pointing to `link` resolves inside the root,
-/// given that no parent of `rel` is a symlink.
-fn stays_inside(rel: &Path, link: &Path) -> bool {
-    if link.is_absolute() {
-        return false;
-    }
-    let mut depth: i64 = rel.components().count() as i64 - 1;
-    for c in link.components() {
-        match c {
-            Component::Normal(_) => depth += 1,
-            Component::CurDir => {}
-            Component::ParentDir => {
-                depth -= 1;
-                if depth < 0 {
-                    return false;
-                }
-            }
-            Component::RootDir | Component::Prefix(_) => return false,
-        }
-    }
-    true
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const LIMITS: Limits = Limits {
-        max_bytes: 1 << 20,
-        max_entries: 100,
-    };
-
-    /// A tar with one entry written header by hand, so names the `tar`
-    /// builder would refuse (like `../x`) can be made.
-    fn raw_tar(entries: &[(&str, tar::EntryType, &[u8], &str)]) -> Vec<u8> {
-        let mut b = tar::Builder::new(Vec::new());
-        for (name, kind, data, link) in entries {
-            let mut h = tar::Header::new_gnu();
-            h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
-            h.set_entry_type(*kind);
-            h.set_size(data.len() as u64);
-            h.set_mode(0o4755);
-            if !link.is_empty() {
-                h.as_old_mut().linkname[..link.len()].copy_from_slice(link.as_bytes());
-            }
-            h.set_cksum();
-            b.append(&h, *data).unwrap();
-        }
-        b.into_inner().unwrap()
-    }
-
-    fn try_unpack(tar: &[u8]) -> (tempfile::TempDir, Result<Unpacked, ExtractError>) {
-        let dir = tempfile::tempdir().unwrap();
-        let dest = dir.path().join("release");
-        fs::create_dir(&dest).unwrap();
-        let r = unpack_from(tar, &dest, LIMITS);
-        (dir, r)
-    }
-
-    use tar::EntryType as T;
-
-    #[test]
-    fn unpacks_files_dirs_and_inside_symlinks_without_setuid() {
-        let tar = raw_tar(&[
-            ("./", T::Directory, b"", ""),
-            ("bin/", T::Directory, b"", ""),
-            ("bin/app", T::Regular, b"#!/bin/sh\n", ""),
-            ("current-app", T::Symlink, b"", "bin/app"),
-        ]);
-        let (dir, r) = try_unpack(&tar);
-        assert_eq!(
-            r.unwrap(),
-            Unpacked {
-                files: 1,
-                bytes: 10
-            }
-        );
-        let app = dir.path().join("release/bin/app");
-        assert_eq!(
-            fs::metadata(&app).unwrap().permissions().mode() & 0o7777,
-            0o755
-        );
-        assert_eq!(
-            fs::read(dir.path().join("release/current-app")).unwrap(),
-            b"#!/bin/sh\n"
-        );
-    }
-
-    #[test]
-    fn refuses_every_malicious_class() {
-        let cases: Vec<(Vec<u8>, &str)> = vec![
-            (raw_tar(&[("../evil", T::Regular, b"x", "")]), "`..`"),
-            (raw_tar(&[("a/../../evil", T::Regular, b"x", "")]), "`..`"),
-            (raw_tar(&[("/tmp/evil", T::Regular, b"x", "")]), "absolute"),
-            (raw_tar(&[("l", T::Symlink, b"", "/etc/passwd")]), "outside"),
-            (raw_tar(&[("d/l", T::Symlink, b"", "../../x")]), "outside"),
-            (
-                raw_tar(&[("l", T::Symlink, b"", "."), ("l/x", T::Regular, b"x", "")]),
-                "inside a symlink",
-            ),
-            (raw_tar(&[("h", T::Link, b"", "/etc/passwd")]), "hard links"),
-            (raw_tar(&[("dev", T::Char, b"", "")]), "device"),
-            (raw_tar(&[("blk", T::Block, b"", "")]), "device"),
-            (raw_tar(&[("p", T::Fifo, b"", "")]), "FIFO"),
-            (
-                raw_tar(&[("f", T::Regular, b"1", ""), ("./f", T::Regular, b"2", "")]),
-                "twice",
-            ),
-        ];
-        for (tar, want) in cases {
-            let (dir, r) = try_unpack(&tar);
-            let e = r.unwrap_err().to_string();
-            assert!(e.contains(want), "{want}: {e}");
-            assert!(!dir.path().join("evil").exists());
-        }
-    }
-
-    #[test]
-    fn enforces_size_and_entry_limits() {
-        let big = vec![0u8; 600 * 1024];
-        let tar = raw_tar(&[("a", T::Regular, &big, ""), ("b", T::Regular, &big, "")]);
-        let (_d, r) = try_unpack(&tar);
-        assert!(matches!(r, Err(ExtractError::TooLarge(_))));
-        let many: Vec<String> = (0..101).map(|i| format!("f{i}")).collect();
-        let entries: Vec<_> = many
-            .iter()
-            .map(|n| (n.as_str(), T::Regular, &b""[..], ""))
-            .collect();
-        let (_d, r) = try_unpack(&raw_tar(&entries));
-        assert!(matches!(r, Err(ExtractError::TooManyEntries(100))));
-    }
 }
