@@ -65,9 +65,13 @@ impl Identity {
         Ok(())
     }
 
-    /// When to renew: two thirds into the certificate's life.
+    /// When to renew: two thirds into the certificate's life as issued,
+    /// not counting the slack the CA backdates `not_before` by. Counted from
+    /// `not_before`, a certificate of under three minutes would be due the
+    /// moment it arrived, and each renewal would ask for the next.
     pub fn renew_at(&self) -> OffsetDateTime {
-        self.not_before + (self.not_after - self.not_before) * 2 / 3
+        let issued = (self.not_before + cutover_core::pki::NOT_BEFORE_SLACK).min(self.not_after);
+        issued + (self.not_after - issued) * 2 / 3
     }
 
     pub fn rustls(&self) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
@@ -112,7 +116,17 @@ mod tests {
         let back = Identity::load(data.path()).unwrap().unwrap();
         assert_eq!(back.cert_pem, id.cert_pem);
         assert!(back.rustls().is_ok());
-        let life = back.not_after - back.not_before;
-        assert_eq!(back.renew_at(), back.not_before + life * 2 / 3);
+        let issued = back.not_before + cutover_core::pki::NOT_BEFORE_SLACK;
+        let life = back.not_after - issued;
+        assert_eq!(back.renew_at(), issued + life * 2 / 3);
+        // A short-lived certificate is not due the moment it is issued
+        // (counting the backdated minute, one of 6 s was due 16 s ago).
+        let (key, csr) = cutover_core::pki::new_csr("edge-1").unwrap();
+        let short = ca
+            .issue_host_cert(&csr, "edge-1", time::Duration::seconds(6))
+            .unwrap();
+        let short = Identity::from_pem(short.pem, key).unwrap();
+        assert!(short.renew_at() > time::OffsetDateTime::now_utc());
+        assert!(short.renew_at() < short.not_after);
     }
 }

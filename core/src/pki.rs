@@ -171,6 +171,13 @@ pub struct CertificateAuthority {
     issuer: Issuer<'static, KeyPair>,
 }
 
+/// Every certificate is valid from this long before the time it is made for.
+const LEAF_SLACK: Duration = Duration::minutes(5);
+/// A host certificate is valid from this long before it is issued, for
+/// hosts whose clocks lag the controller's; its life as issued starts this
+/// much after its `not_before`.
+pub const NOT_BEFORE_SLACK: Duration = Duration::minutes(6);
+
 /// A certificate issued to a host.
 #[derive(Debug, Clone)]
 pub struct IssuedCert {
@@ -194,7 +201,12 @@ impl CertificateAuthority {
     /// role come from `host`, never from the CSR.
     pub fn issue_host_cert(&self, csr_pem: &str, host: &str, ttl: Duration) -> Result<IssuedCert> {
         let now = OffsetDateTime::now_utc();
-        self.issue_host_cert_valid(csr_pem, host, now - Duration::minutes(1), now + ttl)
+        self.issue_host_cert_valid(
+            csr_pem,
+            host,
+            now - (NOT_BEFORE_SLACK - LEAF_SLACK),
+            now + ttl,
+        )
     }
 
     /// As [`Self::issue_host_cert`] with an explicit validity window.
@@ -252,7 +264,7 @@ fn leaf(cn: &str, now: OffsetDateTime, life: Duration) -> CertificateParams {
     p.distinguished_name = dn(cn);
     p.is_ca = IsCa::ExplicitNoCa;
     p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    p.not_before = now - Duration::minutes(5);
+    p.not_before = now - LEAF_SLACK;
     p.not_after = now + life;
     p.serial_number = Some(random_serial());
     p.use_authority_key_identifier_extension = true;

@@ -235,9 +235,10 @@ fn the_old_certificate_of_a_re_enrolled_host_opens_no_session() {
 
 #[test]
 fn a_second_renewal_right_after_the_first_is_refused() {
-    // Certificates of 30 s (backdated a minute): old enough to renew at once.
+    // Certificates of 9 s: renewal opens 3 s into their life, and a host
+    // renews at most once every 3 s (a third of the life, under a minute).
     let mut f = Fleet::with(ControllerOptions {
-        agent_cert_ttl: "30s".into(),
+        agent_cert_ttl: "9s".into(),
     });
     f.start_controller();
     let rt = grpc::runtime();
@@ -259,14 +260,23 @@ fn a_second_renewal_right_after_the_first_is_refused() {
             }
         })
     };
-    let first = renew();
+    let young = renew();
+    assert!(
+        young.cert_pem.is_empty() && young.error.contains("too young to renew"),
+        "{}",
+        young.error
+    );
+    let first = eventually(Duration::from_secs(20), "renewal to open", || {
+        let r = renew();
+        (!r.error.contains("too young to renew")).then_some(r)
+    });
     assert!(first.error.is_empty(), "{}", first.error);
     let renewed = cutover_core::pki::PeerIdentity::from_pem(&first.cert_pem).unwrap();
     let second = renew();
     assert!(second.cert_pem.is_empty());
     assert!(
         second.error.contains("renewed its certificate 0s ago")
-            && second.error.contains("at most once every 10s"),
+            && second.error.contains("at most once every 3s"),
         "{}",
         second.error
     );

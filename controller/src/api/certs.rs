@@ -140,13 +140,15 @@ pub fn renewal_gap(ttl: Duration) -> Duration {
     RENEWAL_GAP.min(ttl / 3)
 }
 
-/// A certificate is renewed from a third into its life on (the agent asks
-/// at two thirds), never in its first third.
+/// A certificate is renewed from a third into its life as issued on (the
+/// agent asks at two thirds), never in its first third. Its life is counted
+/// as the agent counts it, without the slack its `not_before` is backdated by.
 fn early_refusal(cert: &PeerIdentity, now: time::OffsetDateTime) -> Result<(), String> {
-    let life = cert.not_after - cert.not_before;
-    let age = now - cert.not_before;
+    let issued = (cert.not_before + cutover_core::pki::NOT_BEFORE_SLACK).min(cert.not_after);
+    let life = cert.not_after - issued;
+    let age = now - issued;
     if age * 3 < life {
-        let from = cert.not_before + life / 3;
+        let from = issued + life / 3;
         return Err(format!(
             "certificate {} is too young to renew: renewal opens a third into its life, at {}",
             cert.serial,
@@ -255,14 +257,19 @@ mod tests {
         assert_eq!(verdict(&c, &s, "ee").await, Ok(()));
     }
 
+    /// A certificate issued `age` ago for `life`, backdated as the CA does.
     fn cert(age: time::Duration, life: time::Duration) -> PeerIdentity {
-        let now = time::OffsetDateTime::now_utc();
+        let issued = time::OffsetDateTime::now_utc() - age;
         PeerIdentity {
             role: Role::Host("edge-1".into()),
             serial: "aa".into(),
-            not_before: now - age,
-            not_after: now - age + life,
+            not_before: issued - cutover_core::pki::NOT_BEFORE_SLACK,
+            not_after: issued + life,
         }
+    }
+
+    fn now() -> time::OffsetDateTime {
+        time::OffsetDateTime::now_utc()
     }
 
     #[test]
@@ -273,6 +280,11 @@ mod tests {
             .begin_renewal("edge-1", &cert(day, 7 * day), Instant::now(), RENEWAL_GAP)
             .unwrap_err();
         assert!(young.contains("too young to renew"), "{young}");
+        // The backdated slack does not count: a certificate of 6s is too
+        // young for its first 2s, though its not_before is minutes old.
+        let short = time::Duration::seconds(6);
+        assert!(early_refusal(&cert(time::Duration::seconds(1), short), now()).is_err());
+        assert!(early_refusal(&cert(time::Duration::seconds(3), short), now()).is_ok());
         let old = cert(5 * day, 7 * day);
         let t0 = Instant::now();
         assert_eq!(c.begin_renewal("edge-1", &old, t0, RENEWAL_GAP), Ok(None));
