@@ -317,7 +317,11 @@ impl Tree<'_> {
                 if let Some(parent) = target.parent() {
                     fs::create_dir_all(parent).map_err(io_at(parent))?;
                 }
-                self.links.insert(rel, link.to_path_buf());
+                self.links.insert(rel.clone(), link.to_path_buf());
+                // Judged now against the links so far (so an entry inside
+                // it is refused for where it leads), and again in `finish`
+                // against all of them.
+                self.judge(&rel)?;
             }
             tar::EntryType::Link => return Err(refused(raw, "hard links are not allowed")),
             tar::EntryType::Char | tar::EntryType::Block => {
@@ -329,16 +333,22 @@ impl Tree<'_> {
         Ok(())
     }
 
+    /// Whether the symlink at `rel`, resolved through the links known so
+    /// far, stays inside.
+    fn judge(&self, rel: &Path) -> Result<(), ExtractError> {
+        self.links.check(rel).map_err(|why| {
+            refused(
+                rel.as_os_str().as_bytes(),
+                format!("symlink to {} {why}", shown_path(self.links.target(rel))),
+            )
+        })
+    }
+
     /// Judges every symlink against the finished tree, then creates them
     /// all: no link is on disk before all of them are known to stay inside.
     fn finish(self) -> Result<Unpacked, ExtractError> {
-        for (rel, target) in self.links.iter() {
-            self.links.check(rel).map_err(|why| {
-                refused(
-                    rel.as_os_str().as_bytes(),
-                    format!("symlink to {} {why}", shown_path(target)),
-                )
-            })?;
+        for (rel, _) in self.links.iter() {
+            self.judge(rel)?;
         }
         for (rel, target) in self.links.iter() {
             let at = self.dest.join(rel);

@@ -72,6 +72,11 @@ impl Links {
         self.targets.insert(rel, target);
     }
 
+    /// The target of the link at `rel`, which must be one.
+    pub(super) fn target(&self, rel: &Path) -> &Path {
+        &self.targets[rel]
+    }
+
     /// The links in archive order, with their targets.
     pub(super) fn iter(&self) -> impl Iterator<Item = (&Path, &Path)> {
         self.order

@@ -157,6 +157,13 @@ fn refuses_every_malicious_class() {
             raw_tar(&[("l", T::Symlink, b"", "."), ("l/x", T::Regular, b"x", "")]),
             "inside the symlink \"l\"",
         ),
+        (
+            raw_tar(&[
+                ("link", T::Symlink, b"", "../../../.."),
+                ("link/evil", T::Regular, b"x", ""),
+            ]),
+            "entry \"link\": symlink to \"../../../..\" resolves outside the release",
+        ),
         (raw_tar(&[("h", T::Link, b"", "/etc/passwd")]), "hard links"),
         (raw_tar(&[("dev", T::Char, b"", "")]), "device"),
         (raw_tar(&[("blk", T::Block, b"", "")]), "device"),
