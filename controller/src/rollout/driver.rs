@@ -717,11 +717,4 @@ fn rollout_of(command_id: &str) -> Option<u64> {
 }
 
 #[cfg(test)]
-mod tests {
-    #[test]
-    fn command_ids_name_their_rollout() {
-        assert_eq!(super::rollout_of("r12-api-h1"), Some(12));
-        assert_eq!(super::rollout_of("r12-api-h1-rollback"), Some(12));
-        assert_eq!(super::rollout_of("x"), None);
-    }
-}
+mod tests;

@@ -1,0 +1,198 @@
+//! The driver against a real controller (real SQLite store, real PKI
+//! files) with no agents: what one rollout's fault does to the others.
+
+use super::*;
+use cutover_core::fleet::FleetConfig;
+use cutover_core::rollout::{HostMove, Plan, RolloutKind, RolloutStatus, ServicePlan};
+
+#[test]
+fn command_ids_name_their_rollout() {
+    assert_eq!(rollout_of("r12-api-h1"), Some(12));
+    assert_eq!(rollout_of("r12-api-h1-rollback"), Some(12));
+    assert_eq!(rollout_of("x"), None);
+}
+
+#[test]
+fn long_command_ids_are_shortened_in_logs_on_a_character_boundary() {
+    let id = "é".repeat(200);
+    let s = shown(&id);
+    assert!(s.starts_with(&"é".repeat(LOGGED_ID)), "{s}");
+    assert!(s.ends_with("... (400 bytes)"), "{s}");
+    assert_eq!(shown("r1-api-h1"), "r1-api-h1");
+}
+
+#[test]
+fn a_late_report_fits_only_the_id_its_rollout_gave_that_host_and_service() {
+    let report = |id: &str| Report {
+        command_id: id.into(),
+        service: "api".into(),
+        ok: true,
+        evidence: None,
+        installed: InstalledService {
+            name: "api".into(),
+            current: None,
+            previous: None,
+            state: "running".into(),
+        },
+        auto_rolled_back: false,
+        fetched_bytes: 0,
+        restarted: true,
+        duration_ms: 1,
+    };
+    assert!(late_id_fits(3, "h1", &report("r3-api-h1")));
+    assert!(late_id_fits(3, "h1", &report("r3-api-h1-rollback")));
+    assert!(
+        !late_id_fits(3, "h1", &report("r3-api-h2")),
+        "another host's"
+    );
+    assert!(!late_id_fits(3, "h1", &report("r3-api-h1-x")));
+    assert!(!late_id_fits(4, "h1", &report("r3-api-h1")));
+}
+
+#[test]
+fn backoff_doubles_to_its_cap_and_counts_failures() {
+    let mut r = Retry::after(None);
+    assert_eq!((r.delay, r.failures), (RETRY_FIRST, 1));
+    for _ in 0..20 {
+        r = Retry::after(Some(r));
+    }
+    assert_eq!((r.delay, r.failures), (RETRY_MAX, 21));
+}
+
+/// A controller on a fresh data directory, with its own PKI and key.
+fn controller(dir: &std::path::Path) -> Arc<Controller> {
+    let pki = dir.join("pki");
+    std::fs::create_dir_all(&pki).unwrap();
+    cutover_core::pki::init(&cutover_core::pki::InitOptions {
+        dir: &pki,
+        controller_hosts: &["127.0.0.1".to_string()],
+        operator_name: "op",
+    })
+    .unwrap();
+    cutover_core::signing::keygen(&dir.join("release")).unwrap();
+    let config = dir.join("controller.toml");
+    std::fs::write(
+        &config,
+        "listen = \"127.0.0.1:1\"\ndata_dir = \"data\"\n[tls]\nca_cert = \"pki/ca.pem\"\nca_key = \"pki/ca-key.pem\"\ncert = \"pki/controller.pem\"\nkey = \"pki/controller-key.pem\"\n[releases]\ntrusted_keys = [\"release.pub\"]\n",
+    )
+    .unwrap();
+    Controller::open(crate::Config::load(&config).unwrap()).unwrap()
+}
+
+/// A stored rollout of `service` on host `h1`.
+fn stored(c: &Controller, service: &str) -> Rollout {
+    let fleet = FleetConfig::parse(
+        "f",
+        "[services.x]\nhosts=[\"h1\"]\nrunner=\"systemd\"\nunit=\"x\"\n",
+    )
+    .unwrap();
+    let plan = Plan {
+        release: "1.0.0".into(),
+        services: vec![ServicePlan {
+            service: service.into(),
+            level: 0,
+            target: Default::default(),
+            sha256: cutover_core::Sha256Digest::of(service.as_bytes()),
+            size: 1,
+            batches: vec![vec![HostMove {
+                host: "h1".into(),
+                from: None,
+            }]],
+            unchanged: vec![],
+            config: fleet.services["x"].clone(),
+            image: None,
+            swap_back: false,
+        }],
+        carried: vec![],
+        offline: vec![],
+    };
+    c.store
+        .create_rollout(|id| crate::rollout::new_rollout(id, RolloutKind::Upgrade, plan, false, 1))
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_while_stepping_one_rollout_fails_it_alone_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = controller(dir.path());
+    let first = stored(&c, "api");
+    let second = stored(&c, "web");
+    let mut active: Active = HashMap::new();
+    admit(&c, &mut active, first.clone()).await;
+    admit(&c, &mut active, second.clone()).await;
+    assert_eq!(active.len(), 2);
+    // The step of the first rollout panics half-way through changing it.
+    let result = drive(&c, &mut active, first.id, false, |live| {
+        let _ = engine::step(live, Event::Abort { now: 9 });
+        panic!("boom in the engine")
+    })
+    .await;
+    assert!(result.is_ok(), "{result:?}");
+    assert!(!active.contains_key(&first.id), "a failed rollout is done");
+    let r = c.store.rollout(first.id).unwrap().unwrap();
+    assert_eq!(r.status, RolloutStatus::Failed, "not the half-made Aborted");
+    let events = c.store.events(Some(first.id), 10).unwrap();
+    assert!(
+        events.iter().any(|e| e.kind == "rollout.finished"
+            && e.detail
+                .contains("stepping it panicked (boom in the engine)")),
+        "{events:?}"
+    );
+    // The other rollout is still driven and its actions stored.
+    let paused = control(&c, &mut active, second.id, Action::Pause)
+        .await
+        .unwrap();
+    assert_eq!(paused.status, RolloutStatus::Paused);
+    assert_eq!(
+        c.store.rollout(second.id).unwrap().unwrap().status,
+        RolloutStatus::Paused
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_action_that_cannot_be_stored_is_refused_and_nothing_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = controller(dir.path());
+    let r = stored(&c, "api");
+    let mut active: Active = HashMap::new();
+    admit(&c, &mut active, r.clone()).await;
+    c.store
+        .with(|conn| {
+            conn.execute_batch(
+                "CREATE TRIGGER full BEFORE UPDATE ON rollouts BEGIN SELECT RAISE(FAIL, 'database or disk is full'); END;",
+            )?;
+            Ok(())
+        })
+        .unwrap();
+    let e = control(&c, &mut active, r.id, Action::Abort)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(&format!("rollout {}: the abort was not applied", r.id))
+            && e.contains("database or disk is full")
+            && e.contains("try again"),
+        "{e}"
+    );
+    assert_eq!(
+        active[&r.id].live.status,
+        RolloutStatus::Running,
+        "back to the stored state"
+    );
+    assert_eq!(
+        c.store.rollout(r.id).unwrap().unwrap().status,
+        RolloutStatus::Running
+    );
+    c.store
+        .with(|conn| {
+            conn.execute_batch("DROP TRIGGER full;")?;
+            Ok(())
+        })
+        .unwrap();
+    let aborted = control(&c, &mut active, r.id, Action::Abort).await.unwrap();
+    assert_eq!(aborted.status, RolloutStatus::Aborted);
+    assert_eq!(
+        c.store.rollout(r.id).unwrap().unwrap().status,
+        RolloutStatus::Aborted
+    );
+}
