@@ -109,16 +109,34 @@ fn start(f: &Fleet, args: &[&str], nofile: Option<(u64, u64)>) -> Controller {
     c
 }
 
-/// Runs the controller expecting it to refuse to start.
+/// Runs the controller expecting it to refuse to start. One that starts
+/// serving instead is killed and the test fails.
 fn refused_start(f: &Fleet, args: &[&str]) -> Run {
-    let out = controller_command(f, args, None)
+    let err = f.path("refused.err");
+    let file = std::fs::File::create(&err).expect("stderr file");
+    let mut child = controller_command(f, args, None)
         .env("RUST_LOG", "off")
-        .output()
+        .stderr(file)
+        .spawn()
         .expect("run controller");
+    let exited = eventually(
+        Duration::from_secs(60),
+        "the controller to exit",
+        || match child.try_wait().expect("try_wait") {
+            Some(status) => Some(Some(status)),
+            None if f.cli(&["hosts"]).code == 0 => Some(None),
+            None => None,
+        },
+    );
+    let Some(status) = exited else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("the controller started serving instead of refusing its store");
+    };
     Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        code: status.code().unwrap_or(-1),
+        stdout: String::new(),
+        stderr: std::fs::read_to_string(&err).expect("stderr"),
     }
 }
 
