@@ -257,7 +257,7 @@ pub fn check_copy(path: &Path, digest: &Sha256Digest, size: u64) -> StoredCopy {
 
 /// Opens `path` for reading without following a symbolic link at its end
 /// (and without blocking on a FIFO in its place).
-fn open_no_follow(path: &Path) -> std::io::Result<std::fs::File> {
+pub(crate) fn open_no_follow(path: &Path) -> std::io::Result<std::fs::File> {
     use nix::fcntl::OFlag;
     std::fs::OpenOptions::new()
         .read(true)

@@ -69,7 +69,6 @@ pub async fn import(
     let received = receive(c, &mut stream, &expected, &mut staged_paths).await;
     let result = async {
         let received = received?;
-        check_images(c, &manifest, &received).await?;
         // From here to the commit, no other import publishes, repairs or
         // takes back a digest.
         let _commit = c.artifacts.commit.lock().await;
@@ -108,6 +107,8 @@ pub async fn import(
                 },
             }
         }
+        // Every copy read here is verified now: uploaded, or stored intact.
+        check_images(c, &manifest, &received).await?;
         let present = sizes.len();
         let published = c.artifacts.publish(plan)?;
         for r in &published.repaired {
@@ -289,7 +290,7 @@ async fn check_images(c: &Controller, manifest: &Manifest, received: &[Verified]
             None => c.artifacts.path(&tarball.sha256),
         };
         let found = tokio::task::spawn_blocking(move || {
-            std::fs::File::open(&path)
+            crate::artifacts::open_no_follow(&path)
                 .map_err(|e| format!("{}: {e}", path.display()))
                 .and_then(cutover_core::image::image_id)
         })

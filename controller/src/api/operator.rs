@@ -65,6 +65,24 @@ fn name(kind: &str, n: &str) -> Result<(), Status> {
     cutover_core::names::validate(kind, n).map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
+/// A stored release as `release list` shows it. One whose manifest today's
+/// rules refuse (imported under older, looser ones) is listed without its
+/// details rather than failing the whole list; planning to it is refused
+/// by `import::verify`.
+fn listed_view(r: &crate::store::StoredRelease) -> ReleaseView {
+    release_view(r).unwrap_or_else(|e| {
+        tracing::warn!(version = %r.version, error = %e, "stored release no longer passes the manifest checks; listed without its details");
+        ReleaseView {
+            version: r.version.clone(),
+            created: None,
+            expires: None,
+            imported_at: from_ms(r.imported_at),
+            signed_by: r.signed_by.clone(),
+            services: Vec::new(),
+        }
+    })
+}
+
 fn release_view(r: &crate::store::StoredRelease) -> Result<ReleaseView, Error> {
     let text = String::from_utf8_lossy(&r.manifest);
     let m = Manifest::parse(&text).map_err(|e| Error::Internal(format!("stored {e}")))?;
@@ -208,8 +226,8 @@ impl Operator for OperatorApi {
         let stored = self.c.store.run(|s| s.releases()).await?;
         let releases = stored
             .iter()
-            .map(|r| release_view(r).map(|v| v1::Release::from(&v)))
-            .collect::<Result<Vec<_>, _>>()?;
+            .map(|r| v1::Release::from(&listed_view(r)))
+            .collect::<Vec<_>>();
         Ok(Response::new(v1::ReleaseList { releases }))
     }
 
@@ -372,4 +390,37 @@ fn ask(r: v1::PlanRequest) -> Result<Ask, Status> {
         version: r.version,
         allow_offline: r.allow_offline,
     })
+}
+
+#[cfg(test)]
+mod listing_tests {
+    use super::*;
+
+    fn stored(version: &str, manifest: &str) -> crate::store::StoredRelease {
+        crate::store::StoredRelease {
+            version: version.into(),
+            manifest: manifest.as_bytes().to_vec(),
+            signatures: String::new(),
+            signed_by: vec!["k".into()],
+            imported_at: 1_700_000_000_000,
+        }
+    }
+
+    #[test]
+    fn a_stored_release_todays_rules_refuse_is_listed_not_fatal() {
+        let sha = cutover_core::Sha256Digest::of(b"x");
+        let body = |version: &str| {
+            format!(
+                "version = \"{version}\"\ncreated = 2026-01-01T00:00:00Z\nexpires = 2036-01-01T00:00:00Z\n[[services]]\nname = \"db\"\nservice_version = \"1\"\ntarball = {{ sha256 = \"{sha}\", size = 1, file = \"db.tar.gz\" }}\n"
+            )
+        };
+        let good = listed_view(&stored("1.0.0", &body("1.0.0")));
+        assert_eq!(good.services.len(), 1);
+        assert!(good.expires.is_some());
+        // Build metadata passed the checks of older controllers.
+        let old = listed_view(&stored("1.0.0+b", &body("1.0.0+b")));
+        assert_eq!(old.version, "1.0.0+b");
+        assert_eq!(old.signed_by, vec!["k".to_string()]);
+        assert!(old.services.is_empty() && old.expires.is_none());
+    }
 }
