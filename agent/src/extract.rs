@@ -359,7 +359,7 @@ impl Tree<'_> {
 }
 
 /// `raw` as a name the extractor may create: UTF-8, without control
-/// characters, within PATH_MAX, NAME_MAX and [`MAX_DEPTH`].
+/// characters (U+0000-U+001F, U+007F-U+009F), within PATH_MAX, NAME_MAX and [`MAX_DEPTH`].
 fn checked_name(raw: &[u8]) -> Result<&str, String> {
     if raw.len() > MAX_NAME_BYTES {
         return Err(format!(
@@ -368,7 +368,8 @@ fn checked_name(raw: &[u8]) -> Result<&str, String> {
         ));
     }
     let name = std::str::from_utf8(raw).map_err(|_| "is not UTF-8".to_string())?;
-    if let Some(c) = name.chars().find(|c| c.is_ascii_control()) {
+    // C0, DEL and C1: a terminal may act on any of them (U+009B is CSI).
+    if let Some(c) = name.chars().find(|c| c.is_control()) {
         return Err(format!(
             "holds the control character U+{:04X}; names may not contain control characters",
             c as u32

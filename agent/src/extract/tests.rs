@@ -313,7 +313,14 @@ fn names_past_path_max_are_refused_in_one_short_line() {
 
 #[test]
 fn names_and_link_targets_with_control_characters_are_refused() {
-    for bad in ["evil\nname", "tab\there", "esc\x1b[31m", "del\x7f", "cr\r"] {
+    for bad in [
+        "evil\nname",
+        "tab\there",
+        "esc\x1b[31m",
+        "del\x7f",
+        "cr\r",
+        "csi\u{9b}31m",
+    ] {
         let tar = raw_tar(&[(bad, T::Regular, b"x", "")]);
         let e = refusal(&tar);
         assert!(
