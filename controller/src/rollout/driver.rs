@@ -10,19 +10,20 @@
 //! applies them again on the next try (with backoff), and the rollout is
 //! not stepped (so no deadline fires) until then.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::Duration;
 
 use cutover_core::rollout::{Command, Report, Rollout};
-use cutover_core::views::{now_ms, InstalledService};
+use cutover_core::views::now_ms;
 use tokio::sync::{mpsc, oneshot};
 
 use super::engine::{self, Effect, Event, Live, Online};
 use crate::error::{Error, Result};
 use crate::store::{LogLine, RolloutSave};
 use crate::Controller;
+use reports::{on_reports, record_inventories, Inventories};
 
 const TICK: Duration = Duration::from_millis(250);
 const SEND_TIMEOUT: Duration = Duration::from_secs(2);
@@ -30,8 +31,6 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(2);
 /// failure up to [`RETRY_MAX`].
 const RETRY_FIRST: Duration = Duration::from_millis(250);
 const RETRY_MAX: Duration = Duration::from_secs(8);
-/// How much of a report's command id a log line shows.
-const LOGGED_ID: usize = 80;
 
 #[derive(Debug, Clone, Copy)]
 pub enum Action {
@@ -291,136 +290,6 @@ async fn on_other(c: &Arc<Controller>, active: &mut Active, inventories: &Invent
         Msg::Control { id, action, reply } => {
             let result = control(c, active, id, action).await;
             let _ = reply.send(result);
-        }
-    }
-}
-
-/// What one reporting host now runs, on its way to the store. `late_of`
-/// names the finished rollout a late report answered; it is recorded only
-/// if the store knows that rollout moved the service.
-struct Inventory {
-    host: String,
-    installed: InstalledService,
-    late_of: Option<u64>,
-}
-
-type Inventories = mpsc::Sender<Vec<Inventory>>;
-
-/// `id` cut to [`LOGGED_ID`] characters for a log line.
-fn shown(id: &str) -> String {
-    match id.char_indices().nth(LOGGED_ID) {
-        Some((i, _)) => format!("{}... ({} bytes)", &id[..i], id.len()),
-        None => id.to_string(),
-    }
-}
-
-/// Holds each report for its rollout, steps (ticks) and saves each
-/// rollout touched once, sends what they ask for, then hands what the
-/// reporting hosts now run to the inventory writer. A report no rollout
-/// sent the command of changes nothing and is logged once, shortened.
-async fn on_reports(
-    c: &Arc<Controller>,
-    active: &mut Active,
-    inventories: &Inventories,
-    reports: Vec<(String, Report)>,
-) {
-    if reports.is_empty() {
-        return;
-    }
-    let now = now_ms();
-    let mut touched = BTreeSet::new();
-    let mut installed = Vec::new();
-    let mut unknown: Option<(String, String)> = None;
-    let mut unknowns = 0usize;
-    for (host, report) in reports {
-        let id = rollout_of(&report.command_id);
-        match id.and_then(|id| active.get_mut(&id).map(|d| (id, d))) {
-            Some((id, d)) if d.live.expects(&host, &report) => {
-                installed.push(Inventory {
-                    host: host.clone(),
-                    installed: report.installed.clone(),
-                    late_of: None,
-                });
-                d.hold(host, report, now);
-                touched.insert(id);
-            }
-            // A late answer to a rollout that has ended: what the host
-            // runs is still news, if the command id is the one this
-            // controller gave that host for that service.
-            None if id.is_some_and(|id| late_id_fits(id, &host, &report)) => {
-                tracing::debug!(%host, command = %shown(&report.command_id), "report for a finished rollout");
-                installed.push(Inventory {
-                    host,
-                    installed: report.installed,
-                    late_of: id,
-                });
-            }
-            _ => {
-                unknowns += 1;
-                unknown.get_or_insert((host, report.command_id));
-            }
-        }
-    }
-    if let Some((host, command)) = unknown {
-        tracing::warn!(
-            %host,
-            command = %shown(&command),
-            others = unknowns - 1,
-            "ignored report(s) answering no command of an unfinished rollout"
-        );
-    }
-    let online = Sessions(c);
-    for id in touched {
-        let _ = drive(c, active, id, false, |r| {
-            engine::step(
-                r,
-                Event::Tick {
-                    now,
-                    online: &online,
-                },
-            )
-        })
-        .await;
-    }
-    // Off the driver's path: the inventory feeds the next plan, not this
-    // rollout's decisions.
-    if !installed.is_empty() {
-        let _ = inventories.send(installed).await;
-    }
-}
-
-/// Whether `report` from `host` carries the command id rollout `id` gave
-/// that host for the report's service.
-fn late_id_fits(id: u64, host: &str, report: &Report) -> bool {
-    let install = format!("r{id}-{}-{host}", report.service);
-    report.command_id == install || report.command_id == engine::rollback_id(&install)
-}
-
-/// Records reported inventories in arrival order, as many batches per
-/// transaction as are waiting.
-async fn record_inventories(c: Arc<Controller>, mut pending: mpsc::Receiver<Vec<Inventory>>) {
-    while let Some(mut batch) = pending.recv().await {
-        while let Ok(more) = pending.try_recv() {
-            batch.extend(more);
-        }
-        let recorded = c
-            .store
-            .run(move |s| {
-                let mut installed = Vec::with_capacity(batch.len());
-                for i in batch {
-                    if let Some(id) = i.late_of {
-                        if !s.rollout_moves(id, &i.installed.name)? {
-                            tracing::warn!(host = %i.host, rollout = id, "ignored a report for a rollout the store does not know");
-                            continue;
-                        }
-                    }
-                    installed.push((i.host, i.installed));
-                }
-                s.record_installed(&installed)
-            })
-            .await;
-        if let Err(e) = recorded {
-            tracing::warn!(error = %e, "could not record the reported inventories");
         }
     }
 }
@@ -716,5 +585,6 @@ fn rollout_of(command_id: &str) -> Option<u64> {
         .ok()
 }
 
+mod reports;
 #[cfg(test)]
 mod tests;

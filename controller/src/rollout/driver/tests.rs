@@ -1,9 +1,11 @@
 //! The driver against a real controller (real SQLite store, real PKI
 //! files) with no agents: what one rollout's fault does to the others.
 
+use super::reports::{known_inventories, late_id_fits, on_reports, shown, LOGGED_ID};
 use super::*;
 use cutover_core::fleet::FleetConfig;
 use cutover_core::rollout::{HostMove, Plan, RolloutKind, RolloutStatus, ServicePlan};
+use cutover_core::views::InstalledService;
 
 #[test]
 fn command_ids_name_their_rollout() {
@@ -21,9 +23,8 @@ fn long_command_ids_are_shortened_in_logs_on_a_character_boundary() {
     assert_eq!(shown("r1-api-h1"), "r1-api-h1");
 }
 
-#[test]
-fn a_late_report_fits_only_the_id_its_rollout_gave_that_host_and_service() {
-    let report = |id: &str| Report {
+fn report(id: &str) -> Report {
+    Report {
         command_id: id.into(),
         service: "api".into(),
         ok: true,
@@ -38,7 +39,11 @@ fn a_late_report_fits_only_the_id_its_rollout_gave_that_host_and_service() {
         fetched_bytes: 0,
         restarted: true,
         duration_ms: 1,
-    };
+    }
+}
+
+#[test]
+fn a_late_report_fits_only_the_id_its_rollout_gave_that_host_and_service() {
     assert!(late_id_fits(3, "h1", &report("r3-api-h1")));
     assert!(late_id_fits(3, "h1", &report("r3-api-h1-rollback")));
     assert!(
@@ -195,4 +200,59 @@ async fn an_action_that_cannot_be_stored_is_refused_and_nothing_changes() {
         c.store.rollout(r.id).unwrap().unwrap().status,
         RolloutStatus::Aborted
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_answering_no_known_command_change_nothing_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = controller(dir.path());
+    let r = stored(&c, "api");
+    let mut active: Active = HashMap::new();
+    admit(&c, &mut active, r.clone()).await;
+    let (tx, mut rx) = mpsc::channel(8);
+    let id = r.id;
+    on_reports(
+        &c,
+        &mut active,
+        &tx,
+        vec![
+            // h2's command id, sent by h1: not h1's to answer.
+            ("h1".into(), report(&format!("r{id}-api-h2"))),
+            ("h1".into(), report("garbage")),
+            ("h1".into(), report(&format!("r{id}-api-h1-x"))),
+            // A rollout that does not exist, in the shape a real id has.
+            ("h2".into(), report("r999-api-h2")),
+        ],
+    )
+    .await;
+    let batch = rx.try_recv().unwrap();
+    assert_eq!(
+        batch
+            .iter()
+            .map(|i| (i.host.as_str(), i.late_of))
+            .collect::<Vec<_>>(),
+        [("h2", Some(999))],
+        "only the one shaped like a late answer goes on, to be checked"
+    );
+    assert!(known_inventories(&c.store, batch).unwrap().is_empty());
+    let d = &active[&id];
+    assert!(d.held.is_empty());
+    let stored_now = c.store.rollout(id).unwrap().unwrap();
+    assert_eq!(stored_now.status, RolloutStatus::Running);
+    assert_eq!(stored_now.steps, active[&id].live.steps);
+    // The report h1's command asked for does count, and is stored.
+    on_reports(
+        &c,
+        &mut active,
+        &tx,
+        vec![("h1".into(), report(&format!("r{id}-api-h1")))],
+    )
+    .await;
+    let batch = rx.try_recv().unwrap();
+    assert_eq!(known_inventories(&c.store, batch).unwrap().len(), 1);
+    assert_eq!(
+        c.store.rollout(id).unwrap().unwrap().status,
+        RolloutStatus::Succeeded
+    );
+    assert!(!active.contains_key(&id));
 }
