@@ -11,6 +11,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use cutover_cli::bundle::Floor;
+use cutover_proto::v1;
+use cutover_tests::grpc::{self, Presented};
+use cutover_tests::sample::Svc;
 use cutover_tests::{bin, eventually, Fleet, Run};
 use nix::sys::signal::Signal;
 
@@ -247,45 +251,102 @@ fn silent_unauthenticated_connections_are_capped_and_closed_and_the_cli_still_wo
     f.cli(&["hosts"]).ok();
 }
 
+/// Two agents online, a release installed on them, and one artifact fetch
+/// opened by `h1`'s certificate that nobody reads: a request that will not
+/// finish on its own for as long as the controller lets it stall.
+fn fleet_with_a_stalled_fetch(
+    f: &mut Fleet,
+    rt: &tokio::runtime::Runtime,
+) -> (Controller, tonic::Streaming<v1::FetchChunk>) {
+    f.assign_ports(&["h1", "h2"], &["api"]);
+    let c = start(f, &[], None);
+    f.start_agent("h1", "500ms");
+    f.start_agent("h2", "500ms");
+    f.wait_online("h1");
+    f.wait_online("h2");
+    f.apply_sample_fleet(
+        &["h1", "h2"],
+        &["api"],
+        "max_parallel = 2\nmax_unavailable = 2",
+    );
+    // Larger than any transport buffer, so an unread stream stalls.
+    f.sample_release(
+        "1.0.0",
+        &[Svc::new("api", "1.0").ballast(8 << 20)],
+        Floor::default(),
+    );
+    f.upgrade(&["--all"], "1.0.0", &[]).ok();
+    let list = f.cli_json(&["release", "list"]);
+    let sha = list[0]["services"][0]["tarball_sha256"]
+        .as_str()
+        .expect("tarball digest")
+        .to_string();
+    let h1 = Presented::from_identity(&f.agent_dir("h1").join("identity.pem"));
+    let mut client = rt
+        .block_on(grpc::channel(&f.url(), &f.pki.join("ca.pem"), Some(&h1)))
+        .map(grpc::agent)
+        .expect("channel as h1");
+    let stream = rt
+        .block_on(client.fetch(v1::FetchRequest {
+            sha256: sha,
+            offset: 0,
+        }))
+        .expect("fetch as h1")
+        .into_inner();
+    (c, stream)
+}
+
 #[test]
 fn sigterm_with_agents_connected_exits_promptly_and_frees_the_port() {
     let mut f = Fleet::new();
-    let mut c = start(&f, &[], None);
-    f.start_agent("edge-1", "1s");
-    f.start_agent("edge-2", "1s");
-    f.wait_online("edge-1");
-    f.wait_online("edge-2");
-    // An unauthenticated connection that never speaks, too.
     let rt = cutover_tests::grpc::runtime();
+    let (mut c, _stalled) = fleet_with_a_stalled_fetch(&mut f, &rt);
+    // An unauthenticated connection that never speaks, too.
     let _idle = silent_unauthenticated_connections(&rt, &f, 1);
     c.signal(Signal::SIGTERM);
     let status = c.wait_exit(
-        Duration::from_secs(20),
+        Duration::from_secs(30),
         "the controller to exit on SIGTERM with agents connected",
     );
     assert_eq!(status.code(), Some(0), "{status}");
+    // The unread fetch was abandoned after the grace, not waited for.
+    assert!(
+        c.log().contains("abandoning them"),
+        "the stalled fetch was not abandoned: {}",
+        c.log()
+    );
     // The port is free at once: another listener binds it.
     drop(std::net::TcpListener::bind(("127.0.0.1", f.port)).expect("bind the controller's port"));
     // A new controller on the same port gets the agents back.
     let _c2 = start(&f, &[], None);
-    f.wait_online("edge-1");
-    f.wait_online("edge-2");
+    f.wait_online("h1");
+    f.wait_online("h2");
 }
 
 #[test]
 fn a_second_signal_exits_at_once() {
     let mut f = Fleet::new();
-    let mut c = start(&f, &[], None);
-    f.start_agent("edge-1", "1s");
-    f.wait_online("edge-1");
+    let rt = cutover_tests::grpc::runtime();
+    // The stalled fetch holds the first shutdown in its grace, so only the
+    // second signal can end the process before it.
+    let (mut c, _stalled) = fleet_with_a_stalled_fetch(&mut f, &rt);
     c.signal(Signal::SIGTERM);
+    eventually(Duration::from_secs(10), "the shutdown to begin", || {
+        c.log()
+            .contains("shutting down: listener closed")
+            .then_some(())
+    });
     c.signal(Signal::SIGINT);
-    let status = c.wait_exit(Duration::from_secs(20), "the controller to exit");
+    let status = c.wait_exit(Duration::from_secs(30), "the controller to exit");
     assert_eq!(status.code(), Some(1), "{status}");
     let log = c.log();
     assert!(
-        log.contains("second signal (SIG"),
+        log.contains("second signal (SIGINT)"),
         "the second signal was not the reason: {log}"
+    );
+    assert!(
+        !log.contains("abandoning them"),
+        "the grace ran out first: {log}"
     );
 }
 
