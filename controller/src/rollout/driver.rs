@@ -157,12 +157,22 @@ impl Driven {
         }
     }
 
-    /// Keeps `report` until a save stores it; a later report answering
-    /// the same command replaces an earlier one.
+    /// Keeps `report` until a save stores it. Only reports the rollout
+    /// expects are held, so past two per step some answer the same command
+    /// twice: then only the latest of each is kept (a wave of reports costs
+    /// no search per report).
     fn hold(&mut self, host: String, report: Report, at: i64) {
-        self.held
-            .retain(|h| !(h.host == host && h.report.command_id == report.command_id));
         self.held.push(Held { host, report, at });
+        if self.held.len() > self.live.steps.len().saturating_mul(2) {
+            let mut seen = std::collections::HashSet::new();
+            let mut kept: Vec<Held> = std::mem::take(&mut self.held)
+                .into_iter()
+                .rev()
+                .filter(|h| seen.insert((h.host.clone(), h.report.command_id.clone())))
+                .collect();
+            kept.reverse();
+            self.held = kept;
+        }
     }
 }
 
