@@ -2,7 +2,8 @@
 //! they really carry. The ID is the SHA-256 of the image config; the config
 //! is the file `manifest.json` names, and its bytes are hashed here rather
 //! than trusting its file name. Both the legacy layout (`<hex>.json`) and
-//! the OCI layout (`blobs/sha256/<hex>`) work; gzip is detected.
+//! the OCI layout (`blobs/sha256/<hex>`) work; gzip is detected. Also
+//! [`check_holds_files`], which refuses an empty service tarball.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read};
@@ -161,6 +162,41 @@ pub fn image_id(reader: impl Read) -> Result<Sha256Digest, String> {
     hashes.get(config).copied().ok_or_else(|| {
         format!("manifest.json names config {config:?}, which is not in the tarball")
     })
+}
+
+/// Refuses a service tarball (gzip or plain tar) that holds nothing: no
+/// bytes at all once decompressed, or an end-of-archive block where its
+/// first header should be. Only that first block is read; anything else
+/// is judged by the agent's extractor, which treats every archive as
+/// hostile.
+pub fn check_holds_files(reader: impl Read) -> Result<(), String> {
+    let mut reader = BufReader::new(reader);
+    let gz = reader
+        .fill_buf()
+        .map(|b| b.starts_with(&[0x1f, 0x8b]))
+        .map_err(|e| format!("cannot read the tarball: {e}"))?;
+    let mut reader: Box<dyn Read> = if gz {
+        Box::new(flate2::bufread::MultiGzDecoder::new(reader))
+    } else {
+        Box::new(reader)
+    };
+    let mut block = [0u8; 512];
+    let mut got = 0;
+    while got < block.len() {
+        match reader.read(&mut block[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("cannot read the tarball: {e}")),
+        }
+    }
+    if got == 0 {
+        return Err("holds no bytes once decompressed: an empty archive".into());
+    }
+    if got == block.len() && block.iter().all(|b| *b == 0) {
+        return Err("is an empty tar archive: it holds no files".into());
+    }
+    Ok(())
 }
 
 /// Reads one header extension after checking the size its header claims.
@@ -355,6 +391,32 @@ mod tests {
             .unwrap();
         let e = image_id(b.into_inner().unwrap().as_slice()).unwrap_err();
         assert!(e.contains("overrides a member's size"), "{e}");
+    }
+
+    #[test]
+    fn an_empty_tarball_is_refused_plain_or_gzipped() {
+        use std::io::Write;
+        let empty = tar::Builder::new(Vec::new()).into_inner().unwrap();
+        let gz = |bytes: &[u8]| {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            e.write_all(bytes).unwrap();
+            e.finish().unwrap()
+        };
+        for bytes in [empty.clone(), gz(&empty)] {
+            assert_eq!(
+                check_holds_files(bytes.as_slice()).unwrap_err(),
+                "is an empty tar archive: it holds no files"
+            );
+        }
+        assert_eq!(
+            check_holds_files(gz(b"").as_slice()).unwrap_err(),
+            "holds no bytes once decompressed: an empty archive"
+        );
+        // Anything else is left to the agent's extractor to judge.
+        check_holds_files(b"short".as_slice()).unwrap();
+        let one = tarball(&[("bin/svc", b"#!/bin/sh\n")]);
+        check_holds_files(one.as_slice()).unwrap();
+        check_holds_files(gz(&one).as_slice()).unwrap();
     }
 
     #[test]

@@ -371,8 +371,23 @@ fn size_zero_pins_and_empty_artifact_files_are_refused() {
     std::fs::write(r.dir.join("db.tar.gz"), b"").unwrap();
     import(&f, &r).fails_with("db.tar.gz: the tarball of service \"db\" is empty (0 bytes) but the manifest pins 14 bytes");
 
+    // An archive with no files in it: 1024 zero bytes, as `tar cf x.tar
+    // -T /dev/null` writes.
+    let empty_tar = vec![0u8; 1024];
+    let r = release(&f, "emptytar", &[("db", "")], |t| {
+        t.replace(
+            &Sha256Digest::of(b"artifact of db").to_string(),
+            &Sha256Digest::of(&empty_tar).to_string(),
+        )
+        .replace("size = 14", "size = 1024")
+    });
+    std::fs::write(r.dir.join("db.tar.gz"), &empty_tar).unwrap();
+    sign(&f, &r);
+    import(&f, &r).fails_with("release 1.0.0: service \"db\": tarball db.tar.gz is an empty tar archive: it holds no files; refused");
+
     assert_eq!(f.cli_json(&["release", "list"]), serde_json::json!([]));
     assert!(stored_artifacts(&f).is_empty());
+    assert!(staging_is_empty(&f));
 }
 
 #[test]

@@ -109,6 +109,7 @@ pub async fn import(
         }
         // Every copy read here is verified now: uploaded, or stored intact.
         check_images(c, &manifest, &received).await?;
+        check_tarballs(c, &manifest, &received).await?;
         let present = sizes.len();
         let published = c.artifacts.publish(plan)?;
         for r in &published.repaired {
@@ -275,6 +276,32 @@ pub(crate) fn verify(
         .check_current(time::OffsetDateTime::now_utc())
         .map_err(cutover_core::Error::from)?;
     Ok((manifest, signed_by))
+}
+
+/// A service tarball must hold something: an empty archive would install
+/// as a release with no files.
+async fn check_tarballs(c: &Controller, manifest: &Manifest, received: &[Verified]) -> Result<()> {
+    for s in &manifest.services {
+        let Some(tarball) = &s.tarball else { continue };
+        let path = match received.iter().find(|v| v.digest == tarball.sha256) {
+            Some(v) => v.path.clone(),
+            None => c.artifacts.path(&tarball.sha256),
+        };
+        let checked = tokio::task::spawn_blocking(move || {
+            crate::artifacts::open_no_follow(&path)
+                .map_err(|e| format!("{}: {e}", path.display()))
+                .and_then(cutover_core::image::check_holds_files)
+        })
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))?;
+        if let Err(e) = checked {
+            return Err(Error::Invalid(format!(
+                "release {}: service {:?}: tarball {} {e}; refused",
+                manifest.version, s.name, tarball.file
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// An image tarball must carry the image ID the manifest pins: the digest
