@@ -41,6 +41,25 @@ pub fn open_checked(data_dir: &Path, options: OpenOptions) -> Result<Store> {
     let found = inspect(&path)?;
     let mut started_empty_over = None;
     if found != Found::Present {
+        // SQLite would read a write-ahead log left by the lost store into
+        // the new one: neither a fresh store nor the old one.
+        let wal = data_dir.join(format!("{STORE_FILE}-wal"));
+        match std::fs::metadata(&wal) {
+            Ok(m) if m.len() > 0 => {
+                return Err(unusable(
+                    &path,
+                    format!(
+                        "{}, but its write-ahead log {} ({} bytes) is still there; move {STORE_FILE}-wal and {STORE_FILE}-shm aside (or restore {STORE_FILE} beside them) before starting",
+                        if found == Found::Missing { "is missing" } else { "is empty" },
+                        wal.display(),
+                        m.len()
+                    ),
+                ));
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(&wal, e)),
+        }
         let evidence = held_state(data_dir)?;
         if !evidence.is_empty() {
             let what = if found == Found::Missing {
@@ -288,6 +307,33 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(e.contains("is empty"), "{e}");
+    }
+
+    #[test]
+    fn a_write_ahead_log_left_by_a_lost_store_is_refused_even_with_the_flag() {
+        let dir = held();
+        let path = dir.path().join(STORE_FILE);
+        let wal = dir.path().join(format!("{STORE_FILE}-wal"));
+        // A store that crashed with pages still in its log, then lost its
+        // main file.
+        let c = Connection::open(&path).unwrap();
+        c.pragma_update(None, "journal_mode", "WAL").unwrap();
+        c.pragma_update(None, "wal_autocheckpoint", 0).unwrap();
+        c.execute("INSERT INTO settings (key, value) VALUES ('k', 'v')", [])
+            .unwrap();
+        let log = std::fs::read(&wal).unwrap();
+        drop(c);
+        assert!(!log.is_empty());
+        std::fs::write(&wal, &log).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let e = open_checked(dir.path(), allow()).err().unwrap().to_string();
+        assert!(e.contains("is missing, but its write-ahead log"), "{e}");
+        assert!(
+            e.contains("move state.db-wal and state.db-shm aside"),
+            "{e}"
+        );
+        assert_eq!(std::fs::read(&wal).unwrap(), log, "the log was touched");
+        assert!(!path.exists());
     }
 
     #[test]
