@@ -159,7 +159,10 @@ impl Throttled {
 
     /// `Some(n)`: log now, `n` refusals went unlogged since the last line.
     fn due(&self) -> Option<i64> {
-        let now = cutover_core::views::now_ms();
+        self.due_at(cutover_core::views::now_ms())
+    }
+
+    fn due_at(&self, now: i64) -> Option<i64> {
         let last = self.last_ms.load(Ordering::Relaxed);
         if now.saturating_sub(last) >= Self::INTERVAL_MS
             && self
@@ -522,6 +525,18 @@ mod tests {
         })
         .await
         .expect("the port stayed bound after stop");
+    }
+
+    #[test]
+    fn refusals_are_logged_once_per_interval_with_the_count_left_unlogged() {
+        let t = Throttled::new();
+        assert_eq!(t.due_at(1_000), Some(0));
+        assert_eq!(t.due_at(1_001), None);
+        assert_eq!(t.due_at(1_000 + Throttled::INTERVAL_MS - 1), None);
+        assert_eq!(t.due_at(1_000 + Throttled::INTERVAL_MS), Some(2));
+        assert_eq!(t.due_at(1_000 + Throttled::INTERVAL_MS), None);
+        // A clock that steps back never panics or logs in a loop.
+        assert_eq!(t.due_at(0), None);
     }
 
     #[test]
