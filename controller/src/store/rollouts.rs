@@ -174,9 +174,17 @@ fn insert_steps(c: &Connection, id: u64, steps: &[EncodedStep]) -> Result<()> {
          ON CONFLICT(rollout, idx) DO UPDATE SET phase = ?3, step = ?4",
     )?;
     for EncodedStep(i, phase, json) in steps {
-        stmt.execute(params![id, *i as i64, phase, json])?;
+        let i = i64::try_from(*i)
+            .map_err(|_| Error::Internal(format!("rollout {id}: step index {i} out of range")))?;
+        stmt.execute(params![id, i, phase, json])?;
     }
     Ok(())
+}
+
+/// `limit` for SQL's `LIMIT`: a cast would wrap a huge one to -1, which
+/// SQLite reads as no limit at all.
+fn sql_limit(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX)
 }
 
 impl Store {
@@ -283,7 +291,7 @@ impl Store {
                  FROM rollouts r ORDER BY r.id DESC LIMIT ?1",
             )?;
             let rows = stmt
-                .query_map([limit as i64], |r| {
+                .query_map([sql_limit(limit)], |r| {
                     Ok((
                         r.get::<_, u64>(0)?,
                         r.get::<_, String>(1)?,
@@ -389,7 +397,7 @@ impl Store {
                  ORDER BY id",
             )?;
             let rows = stmt
-                .query_map(params![rollout, limit as i64], |r| {
+                .query_map(params![rollout, sql_limit(limit)], |r| {
                     Ok(EventView {
                         at_ms: r.get(0)?,
                         kind: r.get(1)?,
@@ -603,6 +611,20 @@ mod tests {
         assert!(s.rollout_moves(good.id, "web").unwrap());
         assert!(!s.rollout_moves(good.id, "api").unwrap());
         assert!(!s.rollout_moves(99, "web").unwrap());
+    }
+
+    #[test]
+    fn a_limit_too_large_for_sql_stays_a_limit() {
+        assert_eq!(sql_limit(usize::MAX), i64::MAX);
+        assert_eq!(sql_limit(3), 3);
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("state.db")).unwrap();
+        for name in ["a", "b"] {
+            s.create_rollout(|id| rollout(id, &[name])).unwrap();
+        }
+        assert_eq!(s.rollout_summaries(usize::MAX).unwrap().len(), 2);
+        assert_eq!(s.rollout_summaries(1).unwrap().len(), 1);
+        assert_eq!(s.events(None, 1).unwrap().len(), 1);
     }
 
     #[test]
