@@ -36,6 +36,9 @@ pub struct TlsConn {
     info: PeerInfo,
     /// Set on a connection without a client certificate.
     expiry: Option<Expiry>,
+    /// Until the peer's first bytes arrive: a connection that never speaks
+    /// (HTTP/2 or anything) is closed, certified or not.
+    silent_until: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 /// The end of life of an unauthenticated connection, and the slot it holds
@@ -81,7 +84,24 @@ impl AsyncRead for TlsConn {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         self.check_expiry(cx)?;
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let read = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Some(deadline) = &mut self.silent_until {
+            match &read {
+                Poll::Ready(Ok(())) if buf.filled().len() > before => self.silent_until = None,
+                Poll::Pending if deadline.as_mut().poll(cx).is_ready() => {
+                    return Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!(
+                            "{} sent nothing after its TLS handshake; closed",
+                            self.info.addr
+                        ),
+                    )));
+                }
+                _ => {}
+            }
+        }
+        read
     }
 }
 
@@ -127,6 +147,9 @@ pub struct Limits {
     /// How long a connection without a client certificate may stay open:
     /// enough for an enrollment.
     pub unauthenticated_lifetime: Duration,
+    /// How long any connection may stay silent after its handshake before
+    /// its first bytes (a real client sends the HTTP/2 preface at once).
+    pub first_bytes_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -136,6 +159,7 @@ impl Default for Limits {
             handshake_timeout: Duration::from_secs(10),
             unauthenticated: 64,
             unauthenticated_lifetime: Duration::from_secs(10),
+            first_bytes_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -253,6 +277,9 @@ pub fn incoming(
                             inner: tls,
                             info: PeerInfo { addr, identity },
                             expiry,
+                            silent_until: Some(Box::pin(tokio::time::sleep(
+                                limits.first_bytes_timeout,
+                            ))),
                         };
                         let _ = tx.send(Ok(conn)).await;
                     }
@@ -508,6 +535,38 @@ mod tests {
             conn.expiry.is_none(),
             "a certified connection got a lifetime"
         );
+    }
+
+    #[tokio::test]
+    async fn a_certified_connection_that_never_speaks_is_closed_and_one_that_speaks_is_not() {
+        let mut w = world(Limits {
+            first_bytes_timeout: Duration::from_millis(300),
+            ..Limits::default()
+        })
+        .await;
+        // Says something at once, then nothing for longer than the bound.
+        let mut speaker = w.tls(true).await;
+        let (_, speaker_task) = w.serve_next().await;
+        echo(&mut speaker).await;
+        // Says nothing at all.
+        let mut silent = w.tls(true).await;
+        let (info, silent_task) = w.serve_next().await;
+        assert!(info.identity.is_some());
+        let ended = tokio::time::timeout(Duration::from_secs(60), silent_task)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(ended.kind(), std::io::ErrorKind::TimedOut, "{ended}");
+        assert!(
+            ended
+                .to_string()
+                .contains("sent nothing after its TLS handshake"),
+            "{ended}"
+        );
+        closed_by_server(&mut silent).await;
+        // The speaker, silent since well past the bound, is still served.
+        echo(&mut speaker).await;
+        assert!(!speaker_task.is_finished());
     }
 
     #[tokio::test]
