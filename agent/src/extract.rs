@@ -33,6 +33,10 @@ const MAX_COMPONENT_BYTES: usize = 255;
 const MAX_DEPTH: usize = 256;
 /// The most characters of an archive's name an error message repeats.
 const SHOWN_CHARS: usize = 100;
+/// The most bytes all names and link targets of one archive may add up
+/// to: the extractor keeps every name until the end, so this bounds its
+/// memory whatever `max_entries` allows.
+const MAX_NAMES_TOTAL: u64 = 64 << 20;
 
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -162,6 +166,7 @@ fn unpack_from(reader: impl Read, dest: &Path, limits: Limits) -> Result<Unpacke
         seen: HashSet::new(),
         links: Links::default(),
         entries: 0,
+        names: 0,
         out: Unpacked::default(),
     };
     let mut pending = Pending::default();
@@ -200,6 +205,8 @@ struct Tree<'a> {
     /// Symlinks, created only by [`Tree::finish`].
     links: Links,
     entries: u64,
+    /// Bytes of every name and link target so far.
+    names: u64,
     out: Unpacked,
 }
 
@@ -232,7 +239,7 @@ impl Tree<'_> {
             return Err(refused(raw, "appears twice in the archive"));
         }
         if !self.links.is_empty() {
-            if let Some(link) = rel.ancestors().skip(1).find(|a| self.links.contains(a)) {
+            if let Some(link) = self.links.link_above(&rel) {
                 return Err(refused(
                     raw,
                     format!(
@@ -241,6 +248,17 @@ impl Tree<'_> {
                     ),
                 ));
             }
+        }
+        let link_len = member.link.as_ref().map_or(0, Vec::len);
+        self.names = self
+            .names
+            .saturating_add(rel.as_os_str().len() as u64)
+            .saturating_add(link_len as u64);
+        if self.names > MAX_NAMES_TOTAL {
+            return Err(refused(
+                raw,
+                format!("brings the archive's names to more than {MAX_NAMES_TOTAL} bytes"),
+            ));
         }
         let target = self.dest.join(&rel);
         let no_data = |what: &str| {
@@ -317,11 +335,11 @@ impl Tree<'_> {
                 if let Some(parent) = target.parent() {
                     fs::create_dir_all(parent).map_err(io_at(parent))?;
                 }
-                self.links.insert(rel.clone(), link.to_path_buf());
+                let index = self.links.insert(rel, link.to_path_buf());
                 // Judged now against the links so far (so an entry inside
                 // it is refused for where it leads), and again in `finish`
                 // against all of them.
-                self.judge(&rel)?;
+                self.judge(index)?;
             }
             tar::EntryType::Link => return Err(refused(raw, "hard links are not allowed")),
             tar::EntryType::Char | tar::EntryType::Block => {
@@ -333,13 +351,14 @@ impl Tree<'_> {
         Ok(())
     }
 
-    /// Whether the symlink at `rel`, resolved through the links known so
+    /// Whether link number `index`, resolved through the links known so
     /// far, stays inside.
-    fn judge(&self, rel: &Path) -> Result<(), ExtractError> {
-        self.links.check(rel).map_err(|why| {
+    fn judge(&self, index: usize) -> Result<(), ExtractError> {
+        self.links.check(index).map_err(|why| {
+            let (rel, target) = self.links.get(index);
             refused(
                 rel.as_os_str().as_bytes(),
-                format!("symlink to {} {why}", shown_path(self.links.target(rel))),
+                format!("symlink to {} {why}", shown_path(target)),
             )
         })
     }
@@ -347,10 +366,10 @@ impl Tree<'_> {
     /// Judges every symlink against the finished tree, then creates them
     /// all: no link is on disk before all of them are known to stay inside.
     fn finish(self) -> Result<Unpacked, ExtractError> {
-        for (rel, _) in self.links.iter() {
-            self.judge(rel)?;
+        for (index, _, _) in self.links.iter() {
+            self.judge(index)?;
         }
-        for (rel, target) in self.links.iter() {
+        for (_, rel, target) in self.links.iter() {
             let at = self.dest.join(rel);
             std::os::unix::fs::symlink(target, &at).map_err(io_at(&at))?;
         }

@@ -6,7 +6,7 @@
 //! each target counted alone stays inside.
 
 use std::collections::HashMap;
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::path::{Component, Path, PathBuf};
 
 /// Links followed while resolving one link (the kernel's own limit).
@@ -51,52 +51,106 @@ impl std::fmt::Display for Escape {
 
 /// Every symlink of the archive, by its path relative to the root (its
 /// parents are real directories: the extractor refuses entries inside a
-/// symlink), with its target.
+/// symlink), with its target. The places links sit are kept as a tree of
+/// components, so each step of a resolution is one lookup of one name, not
+/// a hash of the whole path walked so far.
 #[derive(Default)]
 pub(super) struct Links {
-    targets: HashMap<PathBuf, PathBuf>,
-    order: Vec<PathBuf>,
+    /// Node 0 is the root; every other node is a directory or a link.
+    nodes: Vec<Node>,
+    /// Links in archive order: where (as given and as a node) and target.
+    order: Vec<(PathBuf, usize, PathBuf)>,
+}
+
+#[derive(Default)]
+struct Node {
+    parent: usize,
+    children: HashMap<OsString, usize>,
+    /// The index in `order` of the link this node is.
+    link: Option<usize>,
 }
 
 impl Links {
+    fn root(&mut self) {
+        if self.nodes.is_empty() {
+            self.nodes.push(Node::default());
+        }
+    }
+
+    fn child(&self, node: usize, name: &OsStr) -> Option<usize> {
+        self.nodes.get(node)?.children.get(name).copied()
+    }
+
     pub(super) fn is_empty(&self) -> bool {
         self.order.is_empty()
     }
 
-    pub(super) fn contains(&self, rel: &Path) -> bool {
-        self.targets.contains_key(rel)
+    /// The nearest strict ancestor of `rel` that is a link, if any.
+    pub(super) fn link_above(&self, rel: &Path) -> Option<&Path> {
+        let parent = rel.parent()?;
+        let mut node = 0;
+        for name in parent.iter() {
+            node = self.child(node, name)?;
+            if let Some(i) = self.nodes[node].link {
+                return Some(&self.order[i].0);
+            }
+        }
+        None
     }
 
-    pub(super) fn insert(&mut self, rel: PathBuf, target: PathBuf) {
-        self.order.push(rel.clone());
-        self.targets.insert(rel, target);
+    /// Records the link at `rel` (not yet on disk); returns its index.
+    pub(super) fn insert(&mut self, rel: PathBuf, target: PathBuf) -> usize {
+        self.root();
+        let mut node = 0;
+        for name in rel.iter() {
+            node = match self.child(node, name) {
+                Some(n) => n,
+                None => {
+                    self.nodes.push(Node {
+                        parent: node,
+                        ..Node::default()
+                    });
+                    let n = self.nodes.len() - 1;
+                    self.nodes[node].children.insert(name.to_os_string(), n);
+                    n
+                }
+            };
+        }
+        let index = self.order.len();
+        self.nodes[node].link = Some(index);
+        self.order.push((rel, node, target));
+        index
     }
 
-    /// The target of the link at `rel`, which must be one.
-    pub(super) fn target(&self, rel: &Path) -> &Path {
-        &self.targets[rel]
+    /// Where link number `index` sits, and its target.
+    pub(super) fn get(&self, index: usize) -> (&Path, &Path) {
+        let (rel, _, target) = &self.order[index];
+        (rel, target)
     }
 
     /// The links in archive order, with their targets.
-    pub(super) fn iter(&self) -> impl Iterator<Item = (&Path, &Path)> {
+    pub(super) fn iter(&self) -> impl Iterator<Item = (usize, &Path, &Path)> {
         self.order
             .iter()
-            .map(|rel| (rel.as_path(), self.targets[rel].as_path()))
+            .enumerate()
+            .map(|(i, (rel, _, target))| (i, rel.as_path(), target.as_path()))
     }
 
-    /// Resolves the link at `rel`. Components that name nothing in the
+    /// Resolves link number `index`. Components that name nothing in the
     /// archive are walked lexically, so a dangling link is judged by where
     /// it would point; a regular file followed by `..` is walked the same
     /// way (the kernel refuses it, which is no escape either).
-    pub(super) fn check(&self, rel: &Path) -> Result<(), Escape> {
-        let mut here: Vec<&OsStr> = match rel.parent() {
-            Some(p) => p.iter().collect(),
-            None => Vec::new(),
-        };
+    pub(super) fn check(&self, index: usize) -> Result<(), Escape> {
+        let (_, node, target) = &self.order[index];
+        // Where the walk is: a node of the tree, then names below it that
+        // are no place of a link (so nothing to follow there).
+        let mut at = self.nodes[*node].parent;
+        let mut beyond: Vec<&OsStr> = Vec::new();
         // Components still to walk, the next one last.
-        let mut pending: Vec<Component<'_>> = self.targets[rel].components().rev().collect();
-        let mut through: Option<&Path> = None;
+        let mut pending: Vec<Component<'_>> = target.components().rev().collect();
+        let mut through: Option<usize> = None;
         let (mut hops, mut steps) = (0u32, 0u32);
+        let via = |through: Option<usize>| through.map(|i| self.order[i].0.clone());
         while let Some(c) = pending.pop() {
             steps += 1;
             if steps > MAX_STEPS {
@@ -105,28 +159,40 @@ impl Links {
             match c {
                 Component::RootDir | Component::Prefix(_) => {
                     return Err(Escape::Absolute {
-                        through: through.map(Path::to_path_buf),
+                        through: via(through),
                     })
                 }
                 Component::CurDir => {}
                 Component::ParentDir => {
-                    if here.pop().is_none() {
-                        return Err(Escape::Outside {
-                            through: through.map(Path::to_path_buf),
-                        });
+                    if beyond.pop().is_none() {
+                        if at == 0 {
+                            return Err(Escape::Outside {
+                                through: via(through),
+                            });
+                        }
+                        at = self.nodes[at].parent;
                     }
                 }
                 Component::Normal(name) => {
-                    here.push(name);
-                    let at: PathBuf = here.iter().collect();
-                    if let Some((link, target)) = self.targets.get_key_value(&at) {
-                        hops += 1;
-                        if hops > MAX_HOPS {
-                            return Err(Escape::Loop);
-                        }
-                        here.pop();
-                        pending.extend(target.components().rev());
-                        through = Some(link.as_path());
+                    let next = if beyond.is_empty() {
+                        self.child(at, name)
+                    } else {
+                        None
+                    };
+                    match next {
+                        None => beyond.push(name),
+                        Some(n) => match self.nodes[n].link {
+                            None => at = n,
+                            Some(link) => {
+                                hops += 1;
+                                if hops > MAX_HOPS {
+                                    return Err(Escape::Loop);
+                                }
+                                // A relative target starts where the link sits.
+                                pending.extend(self.order[link].2.components().rev());
+                                through = Some(link);
+                            }
+                        },
                     }
                 }
             }
@@ -147,12 +213,20 @@ mod tests {
         l
     }
 
+    /// Resolves the link at `rel`.
+    impl Links {
+        fn check_at(&self, rel: &str) -> Result<(), Escape> {
+            let i = self.order.iter().position(|(p, _, _)| p == Path::new(rel));
+            self.check(i.expect("a link"))
+        }
+    }
+
     #[test]
     fn a_link_through_an_earlier_link_is_judged_by_where_it_lands() {
         let l = links(&[("d/s", ".."), ("d/t", "s/../..")]);
-        assert_eq!(l.check(Path::new("d/s")), Ok(()));
+        assert_eq!(l.check_at("d/s"), Ok(()));
         assert_eq!(
-            l.check(Path::new("d/t")),
+            l.check_at("d/t"),
             Err(Escape::Outside {
                 through: Some(PathBuf::from("d/s"))
             })
@@ -163,10 +237,7 @@ mod tests {
     fn a_link_through_a_later_link_is_judged_the_same() {
         // Order does not matter: all links are on disk in the end.
         let l = links(&[("d/t", "s/../.."), ("d/s", "..")]);
-        assert!(matches!(
-            l.check(Path::new("d/t")),
-            Err(Escape::Outside { .. })
-        ));
+        assert!(matches!(l.check_at("d/t"), Err(Escape::Outside { .. })));
     }
 
     #[test]
@@ -178,8 +249,8 @@ mod tests {
             ("bin/app", "../current/bin/app"),
             ("later", "not/yet/there/../x"),
         ]);
-        for (at, _) in l.iter() {
-            assert_eq!(l.check(at), Ok(()), "{}", at.display());
+        for (i, at, _) in l.iter() {
+            assert_eq!(l.check(i), Ok(()), "{}", at.display());
         }
     }
 
@@ -187,7 +258,7 @@ mod tests {
     fn a_chain_to_an_absolute_target_is_refused() {
         let l = links(&[("a", "b"), ("b", "/etc")]);
         assert_eq!(
-            l.check(Path::new("a")),
+            l.check_at("a"),
             Err(Escape::Absolute {
                 through: Some(PathBuf::from("b"))
             })
@@ -197,9 +268,9 @@ mod tests {
     #[test]
     fn loops_are_refused() {
         let l = links(&[("a", "b"), ("b", "a")]);
-        assert_eq!(l.check(Path::new("a")), Err(Escape::Loop));
+        assert_eq!(l.check_at("a"), Err(Escape::Loop));
         let l = links(&[("a", "a/x")]);
-        assert_eq!(l.check(Path::new("a")), Err(Escape::Loop));
+        assert_eq!(l.check_at("a"), Err(Escape::Loop));
     }
 
     #[test]
@@ -207,6 +278,6 @@ mod tests {
         // Each hop walks 201 steps; the step bound ends it before the hops do.
         let wide = "x/../".repeat(100);
         let l = links(&[("a", &format!("{wide}b")), ("b", &format!("{wide}a"))]);
-        assert_eq!(l.check(Path::new("a")), Err(Escape::TooLong));
+        assert_eq!(l.check_at("a"), Err(Escape::TooLong));
     }
 }

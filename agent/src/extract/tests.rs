@@ -569,3 +569,35 @@ fn error_messages_escape_and_cut_what_the_archive_says() {
     let e = e.to_string();
     assert!(!e.contains('\n') && e.len() < 340, "{e}");
 }
+
+#[test]
+fn the_names_of_one_archive_are_bounded_in_total() {
+    // Symlinks, so nothing but their names and targets is kept until the
+    // end: 9,000 of 3,770 + 3,764 bytes pass 64 MiB, within max_entries.
+    let long = |c: &str| vec![c.repeat(250); 15].join("/");
+    let (parent, target) = (long("p"), long("q"));
+    let n: usize = std::env::var("N")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(9000);
+    let mut raw = Raw::default();
+    for i in 0..n {
+        raw = raw
+            .gnu(T::GNULongName, format!("{parent}/l{i}").as_bytes())
+            .gnu(T::GNULongLink, target.as_bytes())
+            .entry(T::Symlink, b"x", b"", b"");
+    }
+    let tar = raw.end();
+    let dir = tempfile::tempdir().unwrap();
+    let limits = Limits {
+        max_bytes: 1 << 20,
+        max_entries: 1_000_000,
+    };
+    let e = unpack_reader(&tar[..], &dir.path().join("release"), limits)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("brings the archive's names to more than 67108864 bytes"),
+        "{e}"
+    );
+}
