@@ -424,16 +424,11 @@ impl ServiceConfig {
         ] {
             check_entries(key, n)?;
         }
-        check_text(
-            "command",
-            self.command
-                .iter()
-                .chain(&self.working_dir)
-                .chain(&self.unit)
-                .chain(&self.args)
-                .chain(self.env.keys())
-                .chain(self.env.values()),
-        )?;
+        check_text("command", &self.command)?;
+        check_text("working_dir", &self.working_dir)?;
+        check_text("unit", &self.unit)?;
+        check_text("args", &self.args)?;
+        check_text("env", self.env.keys().chain(self.env.values()))?;
         match self.runner {
             RunnerKind::Process => {
                 if self.command.as_deref().unwrap_or("").is_empty() {
@@ -541,19 +536,13 @@ impl ContainerConfig {
         ] {
             check_entries(key, n)?;
         }
-        check_text(
-            "command",
-            self.name
-                .iter()
-                .chain(&self.command)
-                .chain(self.env.keys())
-                .chain(self.env.values())
-                .chain(&self.ports)
-                .chain(&self.mounts)
-                .chain(&self.network)
-                .chain(self.labels.keys())
-                .chain(self.labels.values()),
-        )?;
+        check_text("name", &self.name)?;
+        check_text("command", &self.command)?;
+        check_text("env", self.env.keys().chain(self.env.values()))?;
+        check_text("ports", &self.ports)?;
+        check_text("mounts", &self.mounts)?;
+        check_text("network", &self.network)?;
+        check_text("labels", self.labels.keys().chain(self.labels.values()))?;
         if let Some(m) = self.memory_bytes {
             let (lo, hi) = CONTAINER_MEMORY;
             if !(lo..=hi).contains(&m) {
@@ -592,16 +581,16 @@ impl Check {
         CHECK_INTERVAL.check("interval", self.interval)?;
         CHECK_TIMEOUT.check("timeout", self.timeout)?;
         check_entries("args", self.args.len())?;
-        check_text(
-            "args",
-            self.name
-                .iter()
-                .chain(&self.url)
-                .chain(&self.body_contains)
-                .chain(&self.address)
-                .chain(&self.command)
-                .chain(&self.args),
-        )?;
+        for (key, value) in [
+            ("name", &self.name),
+            ("url", &self.url),
+            ("body_contains", &self.body_contains),
+            ("address", &self.address),
+            ("command", &self.command),
+        ] {
+            check_text(key, value)?;
+        }
+        check_text("args", &self.args)?;
         if let Some(s) = self.expect_status {
             if !(100..=599).contains(&s) {
                 return Err(format!(

@@ -346,3 +346,30 @@ fn the_packaged_example_is_valid() {
     let f = FleetConfig::parse(path, &std::fs::read_to_string(path).unwrap()).unwrap();
     assert_eq!(f.hosts_of("api"), ["edge-1", "edge-2"]);
 }
+
+#[test]
+fn an_oversized_value_is_refused_naming_its_key() {
+    let long = "x".repeat(MAX_TEXT + 1);
+    for (from, to, want) in [
+        (
+            "command = \"bin/api\"",
+            format!("command = \"bin/api\"\nargs = [\"{long}\"]"),
+            "services.api.args: a value of 16385 bytes",
+        ),
+        (
+            "body_contains = \"ok\"",
+            format!("body_contains = \"{long}\""),
+            "services.api.checks[0].body_contains: a value of 16385 bytes",
+        ),
+        (
+            "command = \"bin/api\"",
+            format!("command = \"bin/api\"\nenv = {{ K = \"{long}\" }}"),
+            "services.api.env: a value",
+        ),
+    ] {
+        let e = FleetConfig::parse("f.toml", &GOOD.replace(from, &to))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(want), "{want}: {e}");
+    }
+}
