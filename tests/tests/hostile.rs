@@ -116,16 +116,26 @@ fn a_report_that_arrives_while_the_store_cannot_be_written_is_kept_and_the_rollo
     // the saves are retried for longer than the step deadline (250 ms
     // doubling: the sixth failure comes 7.75 s after the first, and the
     // canary's command went out before the first).
-    eventually(WAIT, "saves to fail with the report held", || {
+    let held = std::time::Instant::now() + WAIT;
+    loop {
         let log = f.controller_log();
-        log.lines()
-            .any(|l| {
-                l.contains("could not save the rollout")
-                    && l.contains("held_reports=1")
-                    && l.contains("failures=6")
-            })
-            .then_some(())
-    });
+        let seen = log.lines().any(|l| {
+            l.contains("could not save the rollout")
+                && l.contains("held_reports=1")
+                && l.contains("failures=6")
+        });
+        if seen {
+            break;
+        }
+        if std::time::Instant::now() > held {
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            panic!(
+                "no failed saves holding the report; the controller's log ends:\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert_eq!(rollout_status(&f, 1), "Running");
     // The disk has room again.
     sql(&f, "DROP TRIGGER full_disk;");

@@ -98,6 +98,9 @@ struct Driven {
     /// failed save) before its next step, cleared once a save stored them.
     /// At most one per command id the rollout sent (see [`Live::expects`]).
     held: Vec<Held>,
+    /// (host, command id) of each held report: a duplicate is found
+    /// without a search of every held report.
+    held_keys: std::collections::HashSet<(String, String)>,
     /// Set after a failed save or read-back: the rollout is not stepped
     /// before `at`, unless the operator acts on it.
     retry: Option<Retry>,
@@ -151,28 +154,35 @@ impl Driven {
         Driven {
             live: Live::new(rollout),
             held: Vec::new(),
+            held_keys: Default::default(),
             retry: None,
             stale: false,
             fault,
         }
     }
 
-    /// Keeps `report` until a save stores it. Only reports the rollout
-    /// expects are held, so past two per step some answer the same command
-    /// twice: then only the latest of each is kept (a wave of reports costs
-    /// no search per report).
+    /// Keeps `report` until a save stores it; a later report answering
+    /// the same command replaces the earlier one (an agent sends its last
+    /// report again on a new session). Only reports the rollout expects
+    /// are held, so there are at most two per step.
     fn hold(&mut self, host: String, report: Report, at: i64) {
-        self.held.push(Held { host, report, at });
-        if self.held.len() > self.live.steps.len().saturating_mul(2) {
-            let mut seen = std::collections::HashSet::new();
-            let mut kept: Vec<Held> = std::mem::take(&mut self.held)
-                .into_iter()
-                .rev()
-                .filter(|h| seen.insert((h.host.clone(), h.report.command_id.clone())))
-                .collect();
-            kept.reverse();
-            self.held = kept;
+        let key = (host, report.command_id.clone());
+        if !self.held_keys.insert(key.clone()) {
+            let same = |h: &&mut Held| h.host == key.0 && h.report.command_id == key.1;
+            if let Some(h) = self.held.iter_mut().find(same) {
+                *h = Held {
+                    host: key.0,
+                    report,
+                    at,
+                };
+                return;
+            }
         }
+        self.held.push(Held {
+            host: key.0,
+            report,
+            at,
+        });
     }
 }
 
@@ -449,6 +459,7 @@ async fn drive(
                     "{reason}; it ends Failed, the other rollouts go on"
                 );
                 // It may be half changed: start again from the store.
+                d.held_keys.clear();
                 d.fault = Some(reason);
                 d.stale = true;
                 d.retry = None;
@@ -543,6 +554,9 @@ async fn commit(
         );
     }
     d.fault = None;
+    // Whatever was held is stored now (reports held since are none: this
+    // task holds them).
+    d.held_keys.clear();
     if d.live.status.is_final() {
         active.remove(&id);
     }
