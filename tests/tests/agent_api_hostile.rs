@@ -138,8 +138,9 @@ fn fetch_streams_nobody_reads_are_capped_per_host_and_ended_and_the_controller_k
         status.message().contains("took no data for 30s"),
         "{status:?}"
     );
-    // Its place under the cap is free again once it was read out: a new
-    // fetch by the same host gets the whole artifact.
+    // Its place under the cap was given back when the controller ended it
+    // (read out or not): a new fetch by the same host gets the whole
+    // artifact.
     let whole = eventually(Duration::from_secs(20), "a fetch admitted again", || {
         let mut c = client.clone();
         rt.block_on(async {

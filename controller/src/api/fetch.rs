@@ -3,6 +3,13 @@
 //! and in all, a stream whose consumer makes no progress is ended, and file
 //! reads run one chunk at a time on a bounded share of tokio's blocking pool
 //! (which the store needs too), never a thread pinned for a stream's life.
+//!
+//! A stream's place under the caps belongs to its producer task, not to the
+//! response stream: it is given back the moment the producer ends (sent it
+//! all, gave up on a stalled consumer, or saw it go away), so a client that
+//! never reads, or a connection that died unnoticed, cannot keep it for the
+//! life of the connection. What such a stream still holds afterwards is at
+//! most [`READ_AHEAD`] chunks and the status that ends it.
 
 use std::collections::HashMap;
 use std::os::unix::fs::FileExt;
@@ -32,6 +39,11 @@ pub const FETCH_STALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// tokio's blocking pool: the store's calls run there too and must always
 /// find a thread.
 pub const ARTIFACT_IO: usize = 8;
+/// Chunks a stream reads ahead of its consumer, so the next read overlaps
+/// the transport's sending of the last one. The stall timeout still counts
+/// from the consumer's last take: once these are queued, nothing more is
+/// read until it takes one.
+pub const READ_AHEAD: usize = 4;
 
 /// The counters behind the caps, shared by every fetch.
 pub struct FetchLimits {
@@ -122,8 +134,7 @@ impl FetchLimits {
     }
 }
 
-/// What one fetch streams: an artifact file from `offset`, holding its slot
-/// until the transport drops the stream.
+/// The artifact file one fetch streams, opened, with its size then.
 pub struct Opened {
     pub file: Arc<std::fs::File>,
     pub size: u64,
@@ -161,7 +172,6 @@ pub struct FetchStream {
     chunks: ReceiverStream<Result<v1::FetchChunk, Status>>,
     ended: Arc<Mutex<Option<Status>>>,
     done: bool,
-    _slot: Slot,
 }
 
 impl Stream for FetchStream {
@@ -183,22 +193,27 @@ impl Stream for FetchStream {
 }
 
 /// Starts the producer task of one stream and returns the stream. The task
-/// reads one chunk at a time and hands it on with a timeout: a consumer that
-/// takes nothing for `stall_timeout` ends the stream, closing the file.
+/// reads one chunk at a time, up to [`READ_AHEAD`] ahead, and hands each on
+/// with a timeout: a consumer that takes nothing for `stall_timeout` ends
+/// the stream, closing the file. The task owns `slot` and gives it back when
+/// it ends, whether or not the transport has dropped the stream yet.
 pub fn serve(limits: Arc<FetchLimits>, slot: Slot, s: Serve) -> FetchStream {
-    let (tx, rx) = mpsc::channel(1);
+    let (tx, rx) = mpsc::channel(READ_AHEAD);
     let ended = Arc::new(Mutex::new(None));
     let end = ended.clone();
     tokio::spawn(async move {
+        let _slot = slot;
         if let Some(status) = produce(&limits, &tx, s).await {
+            // Set before `tx` drops, so a consumer that sees the chunks end
+            // finds the status.
             *end.lock().unwrap_or_else(|p| p.into_inner()) = Some(status);
         }
+        drop(tx);
     });
     FetchStream {
         chunks: ReceiverStream::new(rx),
         ended,
         done: false,
-        _slot: slot,
     }
 }
 
@@ -247,6 +262,7 @@ async fn produce(
             }
         };
         let n = data.len() as u64;
+        let last = at + n >= opened.size;
         match tokio::time::timeout(stall_timeout, tx.send(Ok(v1::FetchChunk { data }))).await {
             Ok(Ok(())) => {}
             // The consumer went away.
@@ -260,10 +276,15 @@ async fn produce(
         }
         at += n;
         sent += n;
-        if let Some(rate) = rate.filter(|r| *r > 0) {
+        if let Some(rate) = rate.filter(|r| *r > 0 && !last) {
             let due = Duration::from_secs_f64(sent as f64 / rate as f64);
             if let Some(wait) = due.checked_sub(started.elapsed()) {
-                tokio::time::sleep(wait).await;
+                // A consumer that goes away while the stream is paced is
+                // noticed now, not at the next send.
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = tx.closed() => return None,
+                }
             }
         }
     }
@@ -369,10 +390,73 @@ mod tests {
             "{status:?}"
         );
         assert!(got < 64, "the stream ended early, {got} bytes");
-        // While the transport holds the ended stream, its place stays taken.
+        assert!(got <= READ_AHEAD * 4, "at most the read-ahead was queued");
+    }
+
+    /// Polls until `admit` succeeds: the producer task ends on its own.
+    async fn admitted(limits: &Arc<FetchLimits>) -> Slot {
+        loop {
+            if let Ok(slot) = limits.admit("h") {
+                return slot;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stalled_streams_place_is_free_after_the_stall_timeout_though_the_stream_is_kept() {
+        let limits = Arc::new(FetchLimits::new(1, 1, 1));
+        let (_d, path) = artifact(&[7u8; 64]);
+        let s = start(&limits, path, 0, Duration::from_millis(50)).await;
+        // Taken while the producer waits on its consumer...
         assert!(limits.admit("h").is_err());
+        // ...and given back once it gave up, the stream unread and alive.
+        let _again = admitted(&limits).await;
+        assert!(
+            s.ended.lock().unwrap().is_some(),
+            "the producer ended with a status before the place came back"
+        );
+        assert!(limits.by_host.lock().unwrap().get("h") == Some(&1));
         drop(s);
-        assert!(limits.admit("h").is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_stream_sent_whole_gives_its_place_back_before_it_is_read() {
+        use tokio_stream::StreamExt;
+        let limits = Arc::new(FetchLimits::new(1, 1, 1));
+        // Fits the read-ahead: the producer queues it all and ends.
+        let (_d, path) = artifact(b"0123456789");
+        let mut s = start(&limits, path, 0, Duration::from_secs(3600)).await;
+        let _again = admitted(&limits).await;
+        let mut got = Vec::new();
+        while let Some(c) = s.next().await {
+            got.extend(c.unwrap().data);
+        }
+        assert_eq!(got, b"0123456789");
+    }
+
+    #[tokio::test]
+    async fn a_paced_stream_whose_consumer_goes_away_gives_its_place_back() {
+        let limits = Arc::new(FetchLimits::new(1, 1, 1));
+        let (_d, path) = artifact(&[1u8; 64]);
+        let opened = open(&limits, path).await.unwrap();
+        let slot = limits.admit("h").unwrap();
+        let s = serve(
+            limits.clone(),
+            slot,
+            Serve {
+                host: "h".into(),
+                digest: Sha256Digest::of(b"x"),
+                opened,
+                offset: 0,
+                // 1 byte/s: the producer sleeps 4 s after each chunk.
+                rate: Some(1),
+                chunk: 4,
+                stall_timeout: Duration::from_secs(3600),
+            },
+        );
+        drop(s);
+        let _again = admitted(&limits).await;
     }
 
     #[tokio::test]
