@@ -23,6 +23,7 @@ use super::engine::{self, Effect, Event, Live, Online};
 use crate::error::{Error, Result};
 use crate::store::{LogLine, RolloutSave};
 use crate::Controller;
+use held::{Held, HeldReports};
 use reports::{on_reports, record_inventories, Inventories};
 
 const TICK: Duration = Duration::from_millis(250);
@@ -97,10 +98,7 @@ struct Driven {
     /// Reports for this rollout not yet stored: applied (again, after a
     /// failed save) before its next step, cleared once a save stored them.
     /// At most one per command id the rollout sent (see [`Live::expects`]).
-    held: Vec<Held>,
-    /// (host, command id) of each held report: a duplicate is found
-    /// without a search of every held report.
-    held_keys: std::collections::HashSet<(String, String)>,
+    held: HeldReports,
     /// Set after a failed save or read-back: the rollout is not stepped
     /// before `at`, unless the operator acts on it.
     retry: Option<Retry>,
@@ -110,12 +108,6 @@ struct Driven {
     /// The rollout cannot be driven: it is to end Failed with this reason
     /// (kept until that is stored).
     fault: Option<String>,
-}
-
-struct Held {
-    host: String,
-    report: Report,
-    at: i64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -153,8 +145,7 @@ impl Driven {
         let fault = engine::check_plan(&rollout).err();
         Driven {
             live: Live::new(rollout),
-            held: Vec::new(),
-            held_keys: Default::default(),
+            held: HeldReports::default(),
             retry: None,
             stale: false,
             fault,
@@ -166,23 +157,7 @@ impl Driven {
     /// report again on a new session). Only reports the rollout expects
     /// are held, so there are at most two per step.
     fn hold(&mut self, host: String, report: Report, at: i64) {
-        let key = (host, report.command_id.clone());
-        if !self.held_keys.insert(key.clone()) {
-            let same = |h: &&mut Held| h.host == key.0 && h.report.command_id == key.1;
-            if let Some(h) = self.held.iter_mut().find(same) {
-                *h = Held {
-                    host: key.0,
-                    report,
-                    at,
-                };
-                return;
-            }
-        }
-        self.held.push(Held {
-            host: key.0,
-            report,
-            at,
-        });
+        self.held.hold(host, report, at);
     }
 }
 
@@ -422,7 +397,7 @@ async fn drive(
             }
         }
         let fault = d.fault.clone();
-        let held = std::mem::take(&mut d.held);
+        let held = d.held.take();
         let live = &mut d.live;
         let stepped = catch_unwind(AssertUnwindSafe(|| {
             if let Some(reason) = fault.clone() {
@@ -459,7 +434,6 @@ async fn drive(
                     "{reason}; it ends Failed, the other rollouts go on"
                 );
                 // It may be half changed: start again from the store.
-                d.held_keys.clear();
                 d.fault = Some(reason);
                 d.stale = true;
                 d.retry = None;
@@ -513,7 +487,7 @@ async fn commit(
         }
     };
     if let Err(e) = saved {
-        d.held = held;
+        d.held.restore(held);
         let retry = Retry::after(d.retry);
         d.retry = Some(retry);
         tracing::error!(
@@ -554,9 +528,6 @@ async fn commit(
         );
     }
     d.fault = None;
-    // Whatever was held is stored now (reports held since are none: this
-    // task holds them).
-    d.held_keys.clear();
     if d.live.status.is_final() {
         active.remove(&id);
     }
@@ -609,6 +580,7 @@ fn rollout_of(command_id: &str) -> Option<u64> {
         .ok()
 }
 
+mod held;
 mod reports;
 #[cfg(test)]
 mod tests;
