@@ -182,16 +182,6 @@ pub struct ServicePlan {
     pub swap_back: bool,
 }
 
-impl ServicePlan {
-    /// How long a host may take to report on its step.
-    pub fn step_deadline(&self) -> std::time::Duration {
-        self.config
-            .policy
-            .step_deadline
-            .unwrap_or(self.config.healthy_deadline + std::time::Duration::from_secs(120))
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HostMove {
     pub host: String,
