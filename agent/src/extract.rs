@@ -31,8 +31,8 @@ use links::Links;
 const MAX_COMPONENT_BYTES: usize = 255;
 /// The most components a path may have.
 const MAX_DEPTH: usize = 256;
-/// The most characters of an archive's name an error message repeats.
-const SHOWN_CHARS: usize = 100;
+/// The most bytes of an archive's name an error message repeats.
+const SHOWN_BYTES: usize = 100;
 /// The most bytes all names and link targets of one archive may add up
 /// to: the extractor keeps every name until the end, so this bounds its
 /// memory whatever `max_entries` allows.
@@ -51,7 +51,7 @@ pub struct Unpacked {
 }
 
 /// Why an archive was refused. Every message is one line: names from the
-/// archive are escaped and cut to [`SHOWN_CHARS`] characters.
+/// archive are escaped and cut to [`SHOWN_BYTES`] bytes.
 #[derive(Debug, thiserror::Error)]
 pub enum ExtractError {
     /// `entry` is the entry's name as the archive gives it, already escaped.
@@ -88,26 +88,11 @@ fn io_at(path: &Path) -> impl FnOnce(io::Error) -> ExtractError + '_ {
     }
 }
 
-/// `text` with control and other unprintable characters escaped, cut to
-/// `max` characters.
-fn escaped(text: &str, max: usize) -> (String, bool) {
-    let mut out = String::new();
-    let mut chars = text.chars();
-    for c in chars.by_ref().take(max) {
-        out.extend(c.escape_debug());
-    }
-    (out, chars.next().is_some())
-}
-
-/// Bytes from the archive as an error message may show them: quoted,
-/// escaped, and cut short (saying how long they were).
+/// Bytes from the archive as an error message may show them
+/// ([`cutover_core::text::shown`]): quoted, escaped, and cut short (saying
+/// how long they were).
 fn shown(bytes: &[u8]) -> String {
-    let (text, cut) = escaped(&String::from_utf8_lossy(bytes), SHOWN_CHARS);
-    if cut {
-        format!("\"{text}\"… ({} bytes)", bytes.len())
-    } else {
-        format!("\"{text}\"")
-    }
+    cutover_core::text::shown(&String::from_utf8_lossy(bytes), SHOWN_BYTES)
 }
 
 fn shown_path(path: &Path) -> String {
@@ -117,12 +102,7 @@ fn shown_path(path: &Path) -> String {
 /// An error from the `tar` crate (which may quote header bytes) in one
 /// bounded line.
 fn one_line(e: &io::Error) -> String {
-    let (text, cut) = escaped(&e.to_string(), 300);
-    if cut {
-        format!("{text}…")
-    } else {
-        text
-    }
+    cutover_core::text::shown(&e.to_string(), 300)
 }
 
 /// Unpacks `archive` into `dest`, which must not exist yet. On error the

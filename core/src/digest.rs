@@ -41,11 +41,12 @@ impl Sha256Digest {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("malformed sha256 digest {}: expected 64 lowercase hex characters", self.shown())]
+#[error("malformed sha256 digest {shown}: expected 64 lowercase hex characters")]
 pub struct DigestParseError {
-    /// The start of what was given (at most [`DigestParseError::SHOWN`]
-    /// characters: the value may come from a peer and be of any length).
-    pub value: String,
+    /// What was given as a message shows it ([`crate::text::shown`]: the
+    /// value may come from a peer and be of any length), cut to
+    /// [`DigestParseError::SHOWN`] bytes.
+    pub shown: String,
     /// How many bytes were given.
     pub len: usize,
 }
@@ -55,16 +56,8 @@ impl DigestParseError {
 
     fn new(s: &str) -> Self {
         DigestParseError {
-            value: s.chars().take(Self::SHOWN).collect(),
+            shown: crate::text::shown(s, Self::SHOWN),
             len: s.len(),
-        }
-    }
-
-    fn shown(&self) -> String {
-        if self.value.len() < self.len {
-            format!("{:?}... ({} bytes)", self.value, self.len)
-        } else {
-            format!("{:?}", self.value)
         }
     }
 }
@@ -198,7 +191,7 @@ mod tests {
         let long = "z".repeat(1_000_000);
         let e = long.parse::<Sha256Digest>().unwrap_err().to_string();
         assert!(e.len() < 200, "{} bytes of error", e.len());
-        assert!(e.contains("... (1000000 bytes): expected 64"), "{e}");
+        assert!(e.contains("\"… (1000000 bytes): expected 64"), "{e}");
         let short = "abc".parse::<Sha256Digest>().unwrap_err().to_string();
         assert_eq!(
             short,

@@ -335,16 +335,9 @@ fn release_version(field: &str, v: &str) -> Result<semver::Version, String> {
     Ok(version)
 }
 
-/// A string from the manifest for an error message: quoted, control
-/// characters escaped, and cut short if long.
+/// A string from the manifest for an error message (see [`crate::text::shown`]).
 fn shown(s: &str) -> String {
-    const SHOWN: usize = 64;
-    if s.chars().count() <= SHOWN {
-        format!("{s:?}")
-    } else {
-        let head: String = s.chars().take(SHOWN).collect();
-        format!("{head:?}... ({} bytes)", s.len())
-    }
+    crate::text::shown(s, 64)
 }
 
 /// A free-text field: bounded, one line, no terminal control characters.

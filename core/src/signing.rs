@@ -122,16 +122,10 @@ impl SignatureFile {
     }
 }
 
-/// A value from a `.sig` file for an error message: quoted, escaped, cut
-/// short.
+/// A value from a `.sig` file for an error message (see
+/// [`crate::text::shown`]).
 fn shown(s: &str) -> String {
-    const SHOWN: usize = 32;
-    if s.chars().count() <= SHOWN {
-        format!("{s:?}")
-    } else {
-        let head: String = s.chars().take(SHOWN).collect();
-        format!("{head:?}... ({} bytes)", s.len())
-    }
+    crate::text::shown(s, 32)
 }
 
 /// The release keys a controller trusts and how many must sign.
