@@ -3,10 +3,12 @@
 //! engine must then report exactly the pinned image ID; swaps and rollbacks
 //! go through [`crate::docker::Engine`], which keeps the previous container.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use cutover_core::fleet::RunnerKind;
 use cutover_core::rollout::{Evidence, InstallCommand};
+use cutover_core::Sha256Digest;
 
 use super::Installer;
 use crate::docker::Engine;
@@ -16,6 +18,43 @@ use crate::runner::RunStatus;
 
 pub fn is_container(slot: &Slot) -> bool {
     slot.config.runner == RunnerKind::Docker
+}
+
+type Boxed<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// The engine's image store, as the installer uses it: the real
+/// [`Engine`], or a fake in the tests.
+pub(super) trait Images: Send + Sync {
+    fn has_image<'a>(&'a self, id: &'a Sha256Digest) -> Boxed<'a, bool>;
+    fn load<'a>(&'a self, tarball: &'a Path, id: &'a Sha256Digest)
+        -> Boxed<'a, Result<(), String>>;
+    fn pull<'a>(
+        &'a self,
+        reference: &'a str,
+        id: &'a Sha256Digest,
+    ) -> Boxed<'a, Result<(), String>>;
+}
+
+impl Images for Engine {
+    fn has_image<'a>(&'a self, id: &'a Sha256Digest) -> Boxed<'a, bool> {
+        Box::pin(Engine::has_image(self, id))
+    }
+
+    fn load<'a>(
+        &'a self,
+        tarball: &'a Path,
+        id: &'a Sha256Digest,
+    ) -> Boxed<'a, Result<(), String>> {
+        Box::pin(Engine::load(self, tarball, id))
+    }
+
+    fn pull<'a>(
+        &'a self,
+        reference: &'a str,
+        id: &'a Sha256Digest,
+    ) -> Boxed<'a, Result<(), String>> {
+        Box::pin(Engine::pull(self, reference, id))
+    }
 }
 
 impl Installer {
@@ -37,14 +76,33 @@ impl Installer {
 
     /// Makes the engine hold the pinned image; returns the bytes fetched.
     pub(super) async fn prepare_image(&self, c: &InstallCommand) -> Result<u64, Evidence> {
+        let engine = self.engine().await?;
+        self.ensure_image(engine.as_ref(), c).await
+    }
+
+    /// Makes `images` hold the pinned image. One install per tarball digest
+    /// fetches it (and owns its `downloads/<sha256>.part`); another service
+    /// pinning the same tarball waits for that lock and then finds the image
+    /// loaded, so two transfers never append to one file and neither
+    /// removes the file the other is about to load.
+    pub(super) async fn ensure_image(
+        &self,
+        images: &dyn Images,
+        c: &InstallCommand,
+    ) -> Result<u64, Evidence> {
         let image = c.image.as_ref().ok_or_else(|| {
             Evidence::new(
                 "config",
                 format!("service {}: a docker service needs an image", c.service),
             )
         })?;
-        let engine = self.engine().await?;
-        if engine.has_image(&image.id).await {
+        if images.has_image(&image.id).await {
+            return Ok(0);
+        }
+        let lock = self.digest_lock(&c.sha256);
+        let _fetching = lock.lock().await;
+        // Whoever held the lock before may have loaded it meanwhile.
+        if images.has_image(&image.id).await {
             return Ok(0);
         }
         if c.size == 0 {
@@ -57,7 +115,7 @@ impl Installer {
                     ),
                 )
             })?;
-            engine
+            images
                 .pull(reference, &image.id)
                 .await
                 .map_err(|e| Evidence::new("verify", e))?;
@@ -100,7 +158,7 @@ impl Installer {
                 ));
             }
         }
-        let loaded = engine.load(&part, &image.id).await;
+        let loaded = images.load(&part, &image.id).await;
         let _ = std::fs::remove_file(&part);
         loaded.map_err(|e| Evidence::new("verify", e))?;
         Ok(fetched.transferred)

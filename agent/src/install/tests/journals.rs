@@ -1,0 +1,116 @@
+//! Journals that cannot be read or are gone, and what the agent then
+//! keeps, reports and refuses.
+
+use super::*;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreadable_journal_keeps_every_release_and_its_service_is_refused_untouched() {
+    let mut h = harness();
+    let dir = h.installer.data_dir.clone();
+    let [v1, v2, v3, v4] = ["1", "2", "3", "4"].map(|v| artifact(&h.world, v));
+    h.run(install("c1", "1", v1)).await;
+    h.run(install("c2", "2", v2)).await;
+    h.run(install_of("web", "w3", "3", v3)).await;
+    let broken = Journal::path(&dir, "web");
+    std::fs::write(&broken, b"{\"service\": \"web\", trunc").unwrap();
+    // api moves on; v1 is no longer needed by any journal that can be read.
+    let r = h.run(install("c4", "4", v4)).await;
+    assert!(r.ok, "{r:?}");
+    let all: Vec<String> = {
+        let mut v = [v1, v2, v3, v4].map(|a| a.0.to_hex()).to_vec();
+        v.sort();
+        v
+    };
+    assert_eq!(h.releases(), all, "a release was deleted");
+
+    // A command for the broken service: refused, naming the file and fix.
+    h.calls();
+    let r = h.run(install_of("web", "w1", "1", v1)).await;
+    let e = r.evidence.as_ref().expect("evidence");
+    assert!(!r.ok && e.gate == "journal", "{r:?}");
+    assert!(
+        e.detail.contains(&broken.display().to_string())
+            && e.detail.contains("repair or remove it")
+            && e.detail.contains("nothing was deleted"),
+        "{}",
+        e.detail
+    );
+    assert!(h.calls().is_empty(), "the service was touched");
+    assert_eq!(
+        std::fs::read(&broken).unwrap(),
+        b"{\"service\": \"web\", trunc"
+    );
+    assert_eq!(journal::read_current(&dir, "web"), Some(v3.0));
+    let rb = h
+        .run(Command::Rollback(RollbackCommand {
+            command_id: "w-back".into(),
+            service: "web".into(),
+            from: v3.0,
+        }))
+        .await;
+    assert!(!rb.ok && rb.evidence.unwrap().gate == "journal");
+    assert_eq!(h.releases(), all);
+
+    // The operator sees it: in the inventory and in diag.
+    let inv = h.installer.inventory().await;
+    let web = inv.iter().find(|s| s.name == "web").expect("web listed");
+    assert_eq!(web.state, journal::UNREADABLE);
+    assert_eq!(web.current.as_ref().unwrap().tarball_sha256, Some(v3.0));
+    let logs = h.installer.logs(5).await;
+    let detail = logs
+        .iter()
+        .find(|l| l.service == "web")
+        .and_then(|l| l.detail.clone())
+        .expect("web in diag");
+    assert!(detail.contains(&broken.display().to_string()), "{detail}");
+
+    // Removed by the operator: collection resumes and keeps web's release.
+    std::fs::remove_file(&broken).unwrap();
+    h.run(install("c5", "2", v2)).await;
+    let mut left = [v2, v3, v4].map(|a| a.0.to_hex()).to_vec();
+    left.sort();
+    assert_eq!(h.releases(), left);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deleted_journal_does_not_forget_a_service_whose_current_link_remains() {
+    let mut h = harness();
+    let dir = h.installer.data_dir.clone();
+    let [v1, v2, v3] = ["1", "2", "3"].map(|v| artifact(&h.world, v));
+    h.run(install("c1", "1", v1)).await;
+    std::fs::remove_file(Journal::path(&dir, "api")).unwrap();
+    std::fs::write(journal::service_dir(&dir, "api").join("pid"), "4242 1\n").unwrap();
+    h.restart();
+    h.installer.recover().await;
+
+    let inv = h.installer.inventory().await;
+    let api = inv.iter().find(|s| s.name == "api").expect("api forgotten");
+    assert_eq!(api.state, journal::MISSING);
+    assert_eq!(api.current.as_ref().unwrap().tarball_sha256, Some(v1.0));
+    let logs = h.installer.logs(5).await;
+    let detail = logs.iter().find_map(|l| l.detail.clone()).unwrap();
+    assert!(
+        detail.contains("missing") && detail.contains("pid file"),
+        "{detail}"
+    );
+
+    // Another service's install collects garbage: the orphan's release stays.
+    h.run(install_of("web", "w2", "2", v2)).await;
+    assert!(
+        journal::release_dir(&dir, &v1.0).is_dir(),
+        "orphan's release deleted"
+    );
+
+    // The next install of api stops what still runs before starting.
+    h.calls();
+    let r = h.run(install("c3", "3", v3)).await;
+    assert!(r.ok, "{r:?}");
+    assert_eq!(
+        h.calls(),
+        [
+            "stop".to_string(),
+            format!("start {}", &v3.0.to_hex()[..12])
+        ]
+    );
+    assert_eq!(h.journal().current.unwrap().sha256, v3.0);
+}
