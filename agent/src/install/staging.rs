@@ -72,18 +72,33 @@ impl Installer {
         let Ok(entries) = std::fs::read_dir(journal::releases_dir(&self.data_dir)) else {
             return;
         };
-        let live = self
-            .staging
-            .0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if name.starts_with(".tmp-") && !live.contains(&e.path()) {
-                tracing::info!(staging = %name, "removing what an earlier install left unpacking");
-                let _ = std::fs::remove_dir_all(e.path());
+        self.staging
+            .remove_dead(entries.flatten().map(|e| e.path()));
+    }
+}
+
+impl Live {
+    /// Removes every `.tmp-*` directory among `paths` that is not
+    /// registered. Each is judged under the live set's mutex at the moment
+    /// it is removed (and the mutex is held while it goes), never against a
+    /// copy taken earlier: an install registers its staging before creating
+    /// it, so one seen on disk but not registered now is really dead, and
+    /// one registered after the listing began is never taken for dead.
+    pub(super) fn remove_dead(&self, paths: impl IntoIterator<Item = PathBuf>) {
+        for path in paths {
+            let Some(name) = path.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+                continue;
+            };
+            if !name.starts_with(".tmp-") {
+                continue;
             }
+            let live = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            if live.contains(&path) {
+                continue;
+            }
+            tracing::info!(staging = %name, "removing what an earlier install left unpacking");
+            let _ = std::fs::remove_dir_all(&path);
+            drop(live);
         }
     }
 }

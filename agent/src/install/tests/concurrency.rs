@@ -208,3 +208,36 @@ async fn two_container_services_pinning_one_image_tarball_fetch_it_once_and_both
     let part = crate::fetch::part_path(&h.installer.data_dir, &art.0);
     assert!(!part.exists(), "{} left behind", part.display());
 }
+
+#[test]
+fn a_staging_registered_while_garbage_collection_lists_the_directory_is_not_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let releases = dir.path().join("releases");
+    let sha = Sha256Digest::of(b"x");
+    let dead = releases.join(format!(".tmp-{}-1", sha.to_hex()));
+    std::fs::create_dir_all(&dead).unwrap();
+    let live = staging::Live::default();
+    let mut started: Option<Staging> = None;
+    // The listing is read lazily: between its first and second entry
+    // another install registers its staging and creates it, as one can
+    // while garbage collection runs after some other service's command.
+    let mut listing = vec![dead.clone()].into_iter();
+    let paths = std::iter::from_fn(|| match (listing.next(), started.is_none()) {
+        (Some(p), _) => Some(p),
+        (None, true) => {
+            let s = Staging::new(&live, &releases, &sha);
+            std::fs::create_dir_all(s.path().join("data")).unwrap();
+            let p = s.path().to_path_buf();
+            started = Some(s);
+            Some(p)
+        }
+        (None, false) => None,
+    });
+    live.remove_dead(paths);
+    let s = started.expect("the second install never started");
+    assert!(
+        s.path().join("data").is_dir(),
+        "a live install's staging was removed mid-extraction"
+    );
+    assert!(!dead.exists(), "a dead install's staging was kept");
+}
