@@ -11,6 +11,7 @@ use std::io::{BufRead, BufReader, Read};
 use serde::Deserialize;
 
 use crate::digest::Hasher;
+use crate::tar_headers::{Extension, Pending};
 use crate::Sha256Digest;
 
 /// Config files larger than this are not hashed (real ones are a few KiB).
@@ -18,10 +19,6 @@ const MAX_CONFIG_BYTES: u64 = 4 << 20;
 /// The most members an image tarball may have: `docker save` writes a few
 /// per layer, and an image has at most 127 layers.
 pub const MAX_ENTRIES: usize = 10_000;
-/// A GNU long name or long link record: a path (PATH_MAX) and its NUL.
-const MAX_GNU_EXTENSION: u64 = 4096;
-/// A PAX record set, local or global.
-const MAX_PAX_EXTENSION: u64 = 64 * 1024;
 
 #[derive(Deserialize)]
 struct ManifestEntry {
@@ -45,13 +42,12 @@ pub fn image_id(reader: impl Read) -> Result<Sha256Digest, String> {
     let mut manifest: Option<Vec<u8>> = None;
     let mut hashes: HashMap<String, Sha256Digest> = HashMap::new();
     // Raw: the `tar` crate would read long names and PAX records whole,
-    // whatever size their header claims; here each is bounded first.
+    // whatever size their header claims; `tar_headers` bounds each first.
     let entries = archive
         .entries()
         .map_err(|e| format!("not a tar archive: {e}"))?
         .raw(true);
-    let mut long_name: Option<Vec<u8>> = None;
-    let mut pax_path: Option<Vec<u8>> = None;
+    let mut pending = Pending::default();
     for (n, entry) in entries.enumerate() {
         if n >= MAX_ENTRIES {
             return Err(format!(
@@ -66,61 +62,24 @@ pub fn image_id(reader: impl Read) -> Result<Sha256Digest, String> {
                 "sparse member at byte {at}: `docker save` writes none; refused"
             ));
         }
-        let size = entry
-            .header()
-            .size()
-            .map_err(|e| format!("member at byte {at}: unreadable size: {e}"))?;
-        match kind {
-            tar::EntryType::GNULongName | tar::EntryType::GNULongLink => {
-                let what = if kind == tar::EntryType::GNULongName {
-                    "GNU long name"
-                } else {
-                    "GNU long link"
-                };
-                let mut name = read_extension(&mut entry, what, size, MAX_GNU_EXTENSION, at)?;
-                while name.last() == Some(&0) {
-                    name.pop();
-                }
-                if kind == tar::EntryType::GNULongName {
-                    long_name = Some(name);
-                }
-                continue;
+        if let Some(ext) = Extension::of(kind) {
+            pending.read(ext, &mut entry).map_err(|e| e.to_string())?;
+            // Read raw, a member's data is as long as its own header says;
+            // a PAX size is refused rather than compared.
+            if pending.gives_size() {
+                return Err(format!(
+                    "PAX header at byte {at} overrides a member's size, which an image tarball read here may not do"
+                ));
             }
-            tar::EntryType::XHeader => {
-                let records =
-                    read_extension(&mut entry, "PAX header", size, MAX_PAX_EXTENSION, at)?;
-                for record in tar::PaxExtensions::new(&records) {
-                    let record = record.map_err(|e| format!("PAX header at byte {at}: {e}"))?;
-                    match record.key_bytes() {
-                        b"path" => pax_path = Some(record.value_bytes().to_vec()),
-                        // Read raw, the member's size comes from its own
-                        // header; one that a PAX record overrides would be
-                        // misread, so it is refused.
-                        b"size" => {
-                            return Err(format!(
-                                "PAX header at byte {at} overrides a member's size, which an image tarball read here may not do"
-                            ))
-                        }
-                        _ => {}
-                    }
-                }
-                continue;
-            }
-            tar::EntryType::XGlobalHeader => {
-                read_extension(&mut entry, "PAX global header", size, MAX_PAX_EXTENSION, at)?;
-                continue;
-            }
-            _ => {}
+            continue;
         }
-        let name = long_name.take();
-        let pax = pax_path.take();
+        let member = pending
+            .member(entry.header())
+            .map_err(|p| format!("member at byte {at}: {p}"))?;
         if kind != tar::EntryType::Regular {
             continue;
         }
-        let raw_path = match pax.or(name) {
-            Some(p) => p,
-            None => entry.header().path_bytes().into_owned(),
-        };
+        let (raw_path, size) = (member.path, member.size);
         let path = String::from_utf8_lossy(&raw_path)
             .trim_start_matches("./")
             .to_string();
@@ -197,27 +156,6 @@ pub fn check_holds_files(reader: impl Read) -> Result<(), String> {
         return Err("is an empty tar archive: it holds no files".into());
     }
     Ok(())
-}
-
-/// Reads one header extension after checking the size its header claims.
-fn read_extension(
-    entry: &mut impl Read,
-    what: &str,
-    size: u64,
-    bound: u64,
-    at: u64,
-) -> Result<Vec<u8>, String> {
-    if size > bound {
-        return Err(format!(
-            "{what} at byte {at} claims {size} bytes, more than the {bound} allowed; refused before reading it"
-        ));
-    }
-    let mut bytes = Vec::new();
-    entry
-        .take(bound)
-        .read_to_end(&mut bytes)
-        .map_err(|e| format!("{what} at byte {at}: {e}"))?;
-    Ok(bytes)
 }
 
 #[cfg(test)]
@@ -319,7 +257,7 @@ mod tests {
             let e = image_id(claiming(kind, 2 << 30).as_slice()).unwrap_err();
             assert!(
                 e.starts_with(&format!(
-                    "{what} at byte 0 claims 2147483648 bytes, more than the"
+                    "{what} at byte 0: claims 2147483648 bytes, more than the"
                 )),
                 "{e}"
             );
