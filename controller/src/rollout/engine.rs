@@ -5,11 +5,11 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use cutover_core::fleet::RollbackScope;
 use cutover_core::rollout::{
-    Command, Evidence, Failure, InstallCommand, Report, RollbackCommand, Rollout, RolloutStatus,
+    Command, Evidence, InstallCommand, Report, RollbackCommand, Rollout, RolloutStatus,
     ServicePlan, Step, StepPhase,
 };
+use report::{fail, on_report};
 
 /// Which hosts have a live session, and that session's id. A step whose
 /// command went out on another session (or none) is sent again: commands
@@ -434,194 +434,6 @@ pub fn rollback_id(install_id: &str) -> String {
     format!("{install_id}-rollback")
 }
 
-fn on_report(live: &mut Live, now: i64, host: &str, report: &Report, fx: &mut Vec<Effect>) {
-    let Some(i) = live.find(host, &report.service) else {
-        return;
-    };
-    let s = &live.steps[i];
-    let install = s.phase == StepPhase::Installing && report.command_id == s.command_id;
-    let rollback =
-        s.phase == StepPhase::RollingBack && report.command_id == rollback_id(&s.command_id);
-    if install && report.ok {
-        let s = live.step_mut(i);
-        s.phase = StepPhase::Healthy;
-        s.finished_ms = Some(now);
-        s.sent_ms = None;
-        let what = if report.restarted {
-            "healthy"
-        } else {
-            "already at target, untouched"
-        };
-        fx.push(log(
-            "step.healthy",
-            Some(host),
-            format!(
-                "{}: {what} ({} ms, {} bytes fetched)",
-                s.service, report.duration_ms, report.fetched_bytes
-            ),
-        ));
-    } else if install {
-        let evidence = report.evidence.clone().unwrap_or_else(|| Evidence {
-            gate: "unknown".into(),
-            detail: "the agent reported a failure without evidence".into(),
-            ..Evidence::default()
-        });
-        fail(live, i, evidence, report.auto_rolled_back, now, fx);
-    } else if rollback {
-        let s = live.step_mut(i);
-        s.finished_ms = Some(now);
-        s.sent_ms = None;
-        if report.ok {
-            s.phase = StepPhase::RolledBack;
-            fx.push(log(
-                "step.rolled_back",
-                Some(host),
-                format!("{}: back on the previous release", s.service),
-            ));
-        } else {
-            s.phase = StepPhase::RollbackFailed;
-            let detail = report
-                .evidence
-                .as_ref()
-                .map(|e| e.detail.clone())
-                .unwrap_or_default();
-            fx.push(log(
-                "step.rollback_failed",
-                Some(host),
-                format!("{}: rollback failed: {detail}", s.service),
-            ));
-            s.evidence = report.evidence.clone();
-        }
-    }
-}
-
-/// A step failed: stop at this boundary and take back the rollback scope.
-fn fail(
-    live: &mut Live,
-    i: usize,
-    evidence: Evidence,
-    auto_rolled_back: bool,
-    now: i64,
-    fx: &mut Vec<Effect>,
-) {
-    let (service, host, batch) = {
-        let s = live.step_mut(i);
-        s.phase = if auto_rolled_back {
-            StepPhase::RolledBack
-        } else {
-            StepPhase::Failed
-        };
-        s.finished_ms = Some(now);
-        s.sent_ms = None;
-        s.evidence = Some(evidence.clone());
-        (s.service.clone(), s.host.clone(), s.batch)
-    };
-    fx.push(log(
-        "step.failed",
-        Some(&host),
-        format!("{service}: {} failed: {}", evidence.gate, evidence.detail),
-    ));
-    if matches!(live.status, RolloutStatus::RollingBack) || live.status.is_final() {
-        return;
-    }
-    let boundary = if batch == 0 {
-        "canary".to_string()
-    } else {
-        format!("batch {batch}")
-    };
-    let swap_back = live
-        .plan
-        .services
-        .iter()
-        .any(|p| p.service == service && p.swap_back);
-    let action = if live.no_rollback || swap_back {
-        live.rollout.status = RolloutStatus::Failed;
-        live.rollout.finished_ms = Some(now);
-        if auto_rolled_back {
-            format!("stopped; {host} had already rolled itself back")
-        } else if swap_back {
-            format!("stopped; {host} left as it is")
-        } else {
-            format!("stopped; {host} left in place for inspection (--no-rollback)")
-        }
-    } else {
-        let scope = live
-            .plan
-            .services
-            .iter()
-            .find(|p| p.service == service)
-            .map(|p| p.config.policy.rollback_scope)
-            .unwrap_or(RollbackScope::Service);
-        // The first few by name; `rollout show` lists every step.
-        const LISTED: usize = 20;
-        let mut back = Vec::new();
-        let mut moving: usize = 0;
-        for i in 0..live.steps.len() {
-            let s = &live.steps[i];
-            let in_scope = match scope {
-                RollbackScope::Host => s.host == host && s.service == service,
-                RollbackScope::Service => s.service == service,
-                RollbackScope::Release => true,
-            };
-            let moved = matches!(
-                s.phase,
-                StepPhase::Installing | StepPhase::Healthy | StepPhase::Failed
-            );
-            if in_scope && moved && s.sends == 0 {
-                // Its command never reached the host (offline since its
-                // batch started): nothing moved, nothing to take back.
-                if s.phase == StepPhase::Installing {
-                    let s = live.step_mut(i);
-                    s.phase = StepPhase::Pending;
-                    s.sent_ms = None;
-                }
-                continue;
-            }
-            if in_scope && moved {
-                let s = live.step_mut(i);
-                s.phase = StepPhase::RollingBack;
-                s.sent_ms = Some(now);
-                s.session = None;
-                s.sends = 0;
-                s.finished_ms = None;
-                if back.len() < LISTED {
-                    back.push(format!("{} ({})", s.host, s.service));
-                }
-                moving += 1;
-            }
-        }
-        live.rollout.status = RolloutStatus::RollingBack;
-        let scope_name = format!("{scope:?}").to_lowercase();
-        if back.is_empty() {
-            format!("stopped; nothing else in rollback scope {scope_name} had moved")
-        } else {
-            let more = match moving.saturating_sub(back.len()) {
-                0 => String::new(),
-                n => format!(" and {n} more"),
-            };
-            format!(
-                "stopped; rolling back (scope {scope_name}): {}{more}",
-                back.join(", ")
-            )
-        }
-    };
-    fx.push(log(
-        "rollout.stopped",
-        Some(&host),
-        format!(
-            "{service} failed at the {boundary} on {host}: {}; {action}",
-            evidence.detail
-        ),
-    ));
-    live.rollout.failure = Some(Failure {
-        service,
-        host,
-        boundary,
-        evidence,
-        action,
-    });
-}
-
 /// Ends the rollout once nothing is left to do.
 fn conclude(r: &mut Rollout, now: i64, fx: &mut Vec<Effect>) {
     let status = match r.status {
@@ -655,5 +467,6 @@ fn conclude(r: &mut Rollout, now: i64, fx: &mut Vec<Effect>) {
     ));
 }
 
+mod report;
 #[cfg(test)]
 mod tests;
