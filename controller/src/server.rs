@@ -1,9 +1,11 @@
 //! The listener: TCP accept, the TLS handshake with our verifier (revoked
 //! and foreign certificates are refused here), and the peer's identity
 //! handed to tonic as connection info. Connections that have not proven who
-//! they are are bounded: handshakes in progress and connections without a
-//! client certificate (enrollment) are capped, over the cap closed at once,
-//! and each lives a bounded time.
+//! they are are bounded: a connection that sends no byte of its TLS hello
+//! within seconds is closed before it takes a handshake slot; handshakes in
+//! progress are capped (one over the cap waits a moment for a slot, then is
+//! closed); connections without a client certificate (enrollment) are
+//! capped, and each lives a bounded time.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -136,9 +138,15 @@ impl AsyncWrite for TlsConn {
 /// Bounds on connections that have not proven who they are.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
-    /// TLS handshakes in progress at once; a connection accepted over it is
-    /// closed at once.
+    /// How long a new connection may stay silent before the first byte of
+    /// its TLS hello (a client sends it at once). Until then it holds no
+    /// handshake slot, only its descriptor.
+    pub hello_timeout: Duration,
+    /// TLS handshakes in progress at once (counted from the hello's first
+    /// byte); a connection over it waits up to `handshake_wait` for a slot,
+    /// then is closed.
     pub handshakes: usize,
+    pub handshake_wait: Duration,
     pub handshake_timeout: Duration,
     /// Connections without a client certificate (enrollment) open at once;
     /// one over it is closed right after its handshake. Connections with a
@@ -155,7 +163,9 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            handshakes: 256,
+            hello_timeout: Duration::from_secs(2),
+            handshakes: 1024,
+            handshake_wait: Duration::from_secs(1),
             handshake_timeout: Duration::from_secs(10),
             unauthenticated: 64,
             unauthenticated_lifetime: Duration::from_secs(10),
@@ -232,19 +242,33 @@ pub fn incoming(
                     continue;
                 }
             };
-            let Ok(handshake_slot) = handshakes.clone().try_acquire_owned() else {
-                if let Some(skipped) = busy_log.due() {
-                    tracing::warn!(peer = %addr, limit = limits.handshakes, skipped, "too many TLS handshakes in progress; closing new connections at once");
-                }
-                drop(tcp);
-                continue;
-            };
             let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
             let tx = tx.clone();
+            let handshakes = handshakes.clone();
+            let busy_log = busy_log.clone();
             let unauthenticated = unauthenticated.clone();
             let unauth_log = unauth_log.clone();
             tokio::spawn(async move {
+                // Silent connections cost a descriptor for `hello_timeout`,
+                // never a handshake slot that agents need.
+                let mut first = [0u8; 1];
+                match tokio::time::timeout(limits.hello_timeout, tcp.peek(&mut first)).await {
+                    Ok(Ok(n)) if n > 0 => {}
+                    Ok(_) => return,
+                    Err(_) => {
+                        tracing::debug!(peer = %addr, "no TLS hello in time; closed");
+                        return;
+                    }
+                }
+                let slot =
+                    tokio::time::timeout(limits.handshake_wait, handshakes.acquire_owned()).await;
+                let Ok(Ok(handshake_slot)) = slot else {
+                    if let Some(skipped) = busy_log.due() {
+                        tracing::warn!(peer = %addr, limit = limits.handshakes, skipped, "too many TLS handshakes in progress; closing connections that found no slot within {:?}", limits.handshake_wait);
+                    }
+                    return;
+                };
                 let handshake =
                     tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await;
                 drop(handshake_slot);
@@ -308,307 +332,4 @@ pub fn raise_descriptor_limit() -> std::io::Result<u64> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use cutover_core::pki;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    /// Real certificates from our PKI and a listener on loopback.
-    struct World {
-        _dir: tempfile::TempDir,
-        pki: std::path::PathBuf,
-        addr: SocketAddr,
-        rx: mpsc::Receiver<std::io::Result<TlsConn>>,
-        stop: CancellationToken,
-    }
-
-    async fn world(limits: Limits) -> World {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let dir = tempfile::tempdir().unwrap();
-        let pki = dir.path().join("pki");
-        pki::init(&pki::InitOptions {
-            dir: &pki,
-            controller_hosts: &["127.0.0.1".to_string()],
-            operator_name: "op",
-        })
-        .unwrap();
-        let config = cutover_core::tls::server_config(
-            &cutover_core::tls::read_certs(&pki.join(pki::CA_CERT)).unwrap(),
-            cutover_core::tls::read_certs(&pki.join(pki::CONTROLLER_CERT)).unwrap(),
-            cutover_core::tls::read_key(&pki.join(pki::CONTROLLER_KEY)).unwrap(),
-            cutover_core::tls::RevokedHosts::default(),
-        )
-        .unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let stop = CancellationToken::new();
-        let rx = incoming(listener, Arc::new(config), limits, stop.clone());
-        World {
-            _dir: dir,
-            pki,
-            addr,
-            rx,
-            stop,
-        }
-    }
-
-    impl World {
-        /// A TLS client, with the operator certificate or none.
-        async fn tls(&self, operator: bool) -> tokio_rustls::client::TlsStream<TcpStream> {
-            let ca = cutover_core::tls::read_certs(&self.pki.join(pki::CA_CERT)).unwrap();
-            let identity = operator.then(|| {
-                (
-                    cutover_core::tls::read_certs(&self.pki.join(pki::OPERATOR_CERT)).unwrap(),
-                    cutover_core::tls::read_key(&self.pki.join(pki::OPERATOR_KEY)).unwrap(),
-                )
-            });
-            let config = cutover_core::tls::client_config(&ca, identity).unwrap();
-            let tcp = TcpStream::connect(self.addr).await.unwrap();
-            tokio_rustls::TlsConnector::from(Arc::new(config))
-                .connect("127.0.0.1".try_into().unwrap(), tcp)
-                .await
-                .unwrap()
-        }
-
-        /// The next connection that passed, echoed by a task as a server
-        /// would serve it; the task returns how the connection ended.
-        async fn serve_next(&mut self) -> (PeerInfo, tokio::task::JoinHandle<std::io::Error>) {
-            let mut conn = self.rx.recv().await.unwrap().unwrap();
-            let info = conn.info.clone();
-            let task = tokio::spawn(async move {
-                let mut buf = [0u8; 64];
-                loop {
-                    match conn.read(&mut buf).await {
-                        Ok(0) => return std::io::Error::other("peer closed"),
-                        Ok(n) => {
-                            if let Err(e) = conn.write_all(&buf[..n]).await {
-                                return e;
-                            }
-                            if let Err(e) = conn.flush().await {
-                                return e;
-                            }
-                        }
-                        Err(e) => return e,
-                    }
-                }
-            });
-            (info, task)
-        }
-    }
-
-    /// Waits for the server to close `stream`: a read ends (EOF or error)
-    /// instead of hanging. The outer bound only keeps a broken build from
-    /// hanging the suite.
-    async fn closed_by_server(stream: &mut (impl tokio::io::AsyncRead + Unpin)) {
-        let mut buf = [0u8; 16];
-        let read = tokio::time::timeout(Duration::from_secs(60), async {
-            loop {
-                match stream.read(&mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(_) => continue,
-                }
-            }
-        });
-        read.await
-            .expect("the server never closed a connection over its limit");
-    }
-
-    async fn echo(stream: &mut tokio_rustls::client::TlsStream<TcpStream>) {
-        stream.write_all(b"ping").await.unwrap();
-        stream.flush().await.unwrap();
-        let mut buf = [0u8; 4];
-        stream.read_exact(&mut buf).await.unwrap();
-        assert_eq!(&buf, b"ping");
-    }
-
-    #[tokio::test]
-    async fn handshakes_over_the_cap_are_closed_at_once_and_a_freed_slot_serves_again() {
-        let mut w = world(Limits {
-            handshakes: 2,
-            handshake_timeout: Duration::from_secs(3600),
-            ..Limits::default()
-        })
-        .await;
-        // Two connections that never say hello hold both handshake slots
-        // (for an hour, as far as the timeout goes).
-        let silent_1 = TcpStream::connect(w.addr).await.unwrap();
-        let silent_2 = TcpStream::connect(w.addr).await.unwrap();
-        // The third is closed at once rather than queued.
-        let mut third = TcpStream::connect(w.addr).await.unwrap();
-        closed_by_server(&mut third).await;
-        let mut buf = [0u8; 1];
-        for s in [&silent_1, &silent_2] {
-            assert_eq!(
-                s.try_read(&mut buf).unwrap_err().kind(),
-                std::io::ErrorKind::WouldBlock,
-                "a connection within the cap was closed"
-            );
-        }
-        // One silent client goes away: its slot frees and a real client
-        // completes its handshake and is served.
-        drop(silent_1);
-        let mut client = tokio::time::timeout(Duration::from_secs(60), async {
-            loop {
-                // Until the server noticed the EOF, the slot may still be taken.
-                let ca = cutover_core::tls::read_certs(&w.pki.join(pki::CA_CERT)).unwrap();
-                let config = cutover_core::tls::client_config(&ca, None).unwrap();
-                let tcp = TcpStream::connect(w.addr).await.unwrap();
-                if let Ok(s) = tokio_rustls::TlsConnector::from(Arc::new(config))
-                    .connect("127.0.0.1".try_into().unwrap(), tcp)
-                    .await
-                {
-                    return s;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-        .await
-        .unwrap();
-        let (info, _task) = w.serve_next().await;
-        assert!(info.identity.is_none());
-        echo(&mut client).await;
-        drop(silent_2);
-    }
-
-    #[tokio::test]
-    async fn unauthenticated_connections_over_the_cap_are_closed_and_certified_ones_are_not_counted(
-    ) {
-        let mut w = world(Limits {
-            unauthenticated: 2,
-            unauthenticated_lifetime: Duration::from_secs(3600),
-            ..Limits::default()
-        })
-        .await;
-        let mut first = w.tls(false).await;
-        let (_, t1) = w.serve_next().await;
-        let mut second = w.tls(false).await;
-        let (_, _t2) = w.serve_next().await;
-        // The handshake succeeds, then the connection is closed: no slot.
-        let mut third = w.tls(false).await;
-        closed_by_server(&mut third).await;
-        echo(&mut first).await;
-        echo(&mut second).await;
-        // An operator is not held up by the enrollment cap.
-        let mut operator = w.tls(true).await;
-        let (info, _t3) = w.serve_next().await;
-        assert_eq!(
-            info.identity.map(|i| i.role),
-            Some(cutover_core::pki::Role::Operator("op".into()))
-        );
-        echo(&mut operator).await;
-        // A slot frees when its connection ends: once the server has seen
-        // the first client go, a new one is served.
-        drop(first);
-        let ended = t1.await.unwrap();
-        assert_eq!(ended.kind(), std::io::ErrorKind::UnexpectedEof, "{ended}");
-        let mut fourth = w.tls(false).await;
-        let (_, _t4) = w.serve_next().await;
-        echo(&mut fourth).await;
-        echo(&mut second).await;
-    }
-
-    #[tokio::test]
-    async fn an_unauthenticated_connection_fails_past_its_lifetime_and_a_certified_one_has_none() {
-        let mut w = world(Limits {
-            unauthenticated_lifetime: Duration::from_millis(300),
-            ..Limits::default()
-        })
-        .await;
-        let mut client = w.tls(false).await;
-        let (_, task) = w.serve_next().await;
-        // The server side's pending read fails with the lifetime error even
-        // though the client says nothing; the client sees the close.
-        let ended = tokio::time::timeout(Duration::from_secs(60), task)
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(ended.kind(), std::io::ErrorKind::TimedOut, "{ended}");
-        assert!(
-            ended.to_string().contains("without a client certificate"),
-            "{ended}"
-        );
-        closed_by_server(&mut client).await;
-        let _operator = w.tls(true).await;
-        let conn = w.rx.recv().await.unwrap().unwrap();
-        assert!(conn.info.identity.is_some());
-        assert!(
-            conn.expiry.is_none(),
-            "a certified connection got a lifetime"
-        );
-    }
-
-    #[tokio::test]
-    async fn a_certified_connection_that_never_speaks_is_closed_and_one_that_speaks_is_not() {
-        let mut w = world(Limits {
-            first_bytes_timeout: Duration::from_millis(300),
-            ..Limits::default()
-        })
-        .await;
-        // Says something at once, then nothing for longer than the bound.
-        let mut speaker = w.tls(true).await;
-        let (_, speaker_task) = w.serve_next().await;
-        echo(&mut speaker).await;
-        // Says nothing at all.
-        let mut silent = w.tls(true).await;
-        let (info, silent_task) = w.serve_next().await;
-        assert!(info.identity.is_some());
-        let ended = tokio::time::timeout(Duration::from_secs(60), silent_task)
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(ended.kind(), std::io::ErrorKind::TimedOut, "{ended}");
-        assert!(
-            ended
-                .to_string()
-                .contains("sent nothing after its TLS handshake"),
-            "{ended}"
-        );
-        closed_by_server(&mut silent).await;
-        // The speaker, silent since well past the bound, is still served.
-        echo(&mut speaker).await;
-        assert!(!speaker_task.is_finished());
-    }
-
-    #[tokio::test]
-    async fn stopping_closes_the_listener_so_the_port_can_be_bound_again() {
-        let w = world(Limits::default()).await;
-        w.stop.cancel();
-        let addr = w.addr;
-        tokio::time::timeout(Duration::from_secs(60), async move {
-            loop {
-                if std::net::TcpListener::bind(addr).is_ok() {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-        .await
-        .expect("the port stayed bound after stop");
-    }
-
-    #[test]
-    fn refusals_are_logged_once_per_interval_with_the_count_left_unlogged() {
-        let t = Throttled::new();
-        assert_eq!(t.due_at(1_000), Some(0));
-        assert_eq!(t.due_at(1_001), None);
-        assert_eq!(t.due_at(1_000 + Throttled::INTERVAL_MS - 1), None);
-        assert_eq!(t.due_at(1_000 + Throttled::INTERVAL_MS), Some(2));
-        assert_eq!(t.due_at(1_000 + Throttled::INTERVAL_MS), None);
-        // A clock that steps back never panics or logs in a loop.
-        assert_eq!(t.due_at(0), None);
-    }
-
-    #[test]
-    fn the_soft_descriptor_limit_is_raised_to_the_hard_one() {
-        use nix::sys::resource::{getrlimit, setrlimit, Resource};
-        let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
-        // Lower the soft limit (which any process may raise back), then
-        // check the controller's start-up call undoes it.
-        let lowered = soft.min(hard).min(512);
-        setrlimit(Resource::RLIMIT_NOFILE, lowered, hard).unwrap();
-        let now = raise_descriptor_limit().unwrap();
-        let (soft_after, hard_after) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
-        assert_eq!((soft_after, hard_after), (hard, hard));
-        assert_eq!(now, hard);
-    }
-}
+mod tests;

@@ -251,6 +251,58 @@ fn silent_unauthenticated_connections_are_capped_and_closed_and_the_cli_still_wo
     f.cli(&["hosts"]).ok();
 }
 
+#[test]
+fn silent_tcp_connections_that_send_no_tls_byte_do_not_lock_out_agents_or_operators() {
+    let mut f = Fleet::new();
+    let _c = start(&f, &[], None);
+    // Its own thread, so the flood goes on while this one drives the fleet.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let port = f.port;
+    // More connections than the old handshake cap (256), none of which
+    // sends a byte; each is reopened when the controller closes it, as an
+    // attacker keeping the slots full would.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reopened = Arc::new(AtomicUsize::new(0));
+    let flood: Vec<_> = (0..300)
+        .map(|_| {
+            let (stop, reopened) = (stop.clone(), reopened.clone());
+            rt.spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok(mut tcp) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await
+                    else {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    };
+                    let mut buf = [0u8; 16];
+                    let _ = tokio::io::AsyncReadExt::read(&mut tcp, &mut buf).await;
+                    reopened.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    // The controller closes silent connections (so the flood goes round)...
+    eventually(
+        Duration::from_secs(30),
+        "silent connections to be closed",
+        || (reopened.load(Ordering::Relaxed) >= 300).then_some(()),
+    );
+    // ...and, with the flood still in place, a new agent enrolls and comes
+    // online and the CLI answers.
+    f.start_agent("edge-1", "1s");
+    f.wait_online("edge-1");
+    f.cli(&["hosts"]).ok();
+    stop.store(true, Ordering::Relaxed);
+    rt.block_on(async {
+        for t in flood {
+            let _ = tokio::time::timeout(Duration::from_secs(30), t).await;
+        }
+    });
+}
+
 /// Two agents online, a release installed on them, and one artifact fetch
 /// opened by `h1`'s certificate that nobody reads: a request that will not
 /// finish on its own for as long as the controller lets it stall.
