@@ -43,9 +43,13 @@ struct AgentState {
 
 impl AgentApi {
     pub fn new(c: Arc<Controller>) -> Self {
+        let certs = Certs::preloaded(&c.store);
         AgentApi {
             c,
-            state: Arc::default(),
+            state: Arc::new(AgentState {
+                certs,
+                fetches: Arc::default(),
+            }),
         }
     }
 }
@@ -330,13 +334,13 @@ async fn run_session(
             _ = session.cut.cancelled() => {
                 let status = session.cut_status();
                 let reason = status.message().to_string();
-                let _ = session.tx.send(Err(status)).await;
+                last_word(&session.tx, status).await;
                 return reason;
             }
             _ = &mut expiry => {
-                let _ = session.tx.send(Err(Status::unauthenticated(
+                last_word(&session.tx, Status::unauthenticated(
                     "session certificate expired; reconnect with the renewed certificate",
-                ))).await;
+                )).await;
                 return "certificate expired".into();
             }
             msg = tokio::time::timeout(silence_limit, inbound.message()) => match msg {
@@ -345,10 +349,10 @@ async fn run_session(
                 Ok(Err(status)) => {
                     // A message refused (too large, undecodable) ends the
                     // stream: say so once, plainly, instead of just closing.
-                    let _ = session.tx.send(Err(Status::new(status.code(), format!(
+                    last_word(&session.tx, Status::new(status.code(), format!(
                         "the controller refused a message on this session: {}; the agent must send it bounded (upgrade the agent)",
                         status.message()
-                    )))).await;
+                    ))).await;
                     return format!("stream error: {}", status.message());
                 }
                 Ok(Ok(Some(m))) => {
@@ -358,6 +362,21 @@ async fn run_session(
             }
         }
     }
+}
+
+/// How long a session's last message (the status that ends it) may wait
+/// for room in the outbound queue. A peer that stopped reading leaves the
+/// queue full: the session ends without the message rather than waiting on
+/// it, so its task still goes and shutdown is not held up.
+const LAST_WORD_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Queues the status that ends a session, if the peer makes room for it
+/// within [`LAST_WORD_TIMEOUT`]; says whether it was queued.
+async fn last_word(tx: &mpsc::Sender<Outbound>, status: Status) -> bool {
+    matches!(
+        tokio::time::timeout(LAST_WORD_TIMEOUT, tx.send(Err(status))).await,
+        Ok(Ok(()))
+    )
 }
 
 async fn handle(
@@ -419,7 +438,7 @@ fn ack(hb: &v1::Heartbeat) -> Option<v1::HeartbeatAck> {
 
 /// Issues a host a new certificate over its session: at most once per
 /// [`super::certs::renewal_gap`], and not in the first third of the
-/// session certificate's life.
+/// life of the newest certificate the host holds.
 async fn renew(
     c: &Controller,
     state: &AgentState,
@@ -430,12 +449,8 @@ async fn renew(
     let ttl = c.config.agent_cert_ttl;
     let last = state
         .certs
-        .begin_renewal(
-            host,
-            cert,
-            std::time::Instant::now(),
-            super::certs::renewal_gap(ttl),
-        )
+        .begin_renewal(&c.store, host, cert, ttl, std::time::Instant::now())
+        .await
         .map_err(|why| {
             tracing::warn!(%host, reason = %why, "renewal refused");
             crate::Error::PermissionDenied(why)
@@ -488,6 +503,26 @@ mod tests {
             assert_eq!(e.code(), tonic::Code::InvalidArgument);
             assert!(e.message().contains("100ms to 60s"), "{e:?}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_sessions_last_word_does_not_wait_on_a_peer_that_stopped_reading() {
+        let (tx, mut rx) = mpsc::channel(2);
+        for _ in 0..2 {
+            tx.try_send(out(Out::Welcome(v1::Welcome::default())))
+                .unwrap();
+        }
+        // The queue is full and nobody reads it: the session still ends.
+        assert!(!last_word(&tx, Status::unauthenticated("expired")).await);
+        // With room, the status is queued for the peer.
+        rx.recv().await.unwrap().unwrap();
+        assert!(last_word(&tx, Status::unauthenticated("expired")).await);
+        rx.recv().await.unwrap().unwrap();
+        let last = rx.recv().await.unwrap().unwrap_err();
+        assert_eq!(last.message(), "expired");
+        // A peer gone altogether does not hold it either.
+        drop(rx);
+        assert!(!last_word(&tx, Status::unauthenticated("expired")).await);
     }
 
     #[test]

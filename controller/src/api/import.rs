@@ -2,7 +2,7 @@
 //! artifact into staging while hashing it, and only when every artifact is
 //! verified publish them and record the release in one transaction.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use cutover_core::manifest::Manifest;
@@ -10,6 +10,7 @@ use cutover_core::signing::SignatureFile;
 use cutover_core::views::now_ms;
 use cutover_core::Sha256Digest;
 use cutover_proto::v1::{self, import_chunk::Part};
+use tokio::sync::Semaphore;
 use tonic::Streaming;
 
 use crate::artifacts::{check_copy, Publish, Staged, StoredCopy, Verified};
@@ -213,12 +214,41 @@ async fn stored_sizes(
     Ok(sizes)
 }
 
+/// Artifact file checks (hashing a stored copy again, reading a tarball's
+/// first entries or an image tarball's manifest) running at once on tokio's
+/// blocking pool. The store's calls run there too: a big import, or many
+/// imports at once, wait for one of these places rather than take the pool.
+pub const ARTIFACT_CHECKS: usize = 2;
+static CHECKS: Semaphore = Semaphore::const_new(ARTIFACT_CHECKS);
+
+/// Runs one blocking artifact check `f` under [`ARTIFACT_CHECKS`].
+async fn check_bounded<T: Send + 'static>(
+    what: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T> {
+    let _place = CHECKS
+        .acquire()
+        .await
+        .map_err(|_| Error::Internal(format!("{what}: the artifact check limiter is closed")))?;
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Internal(format!("{what}: {e}")))
+}
+
 /// Hashes the stored copy of `digest` again, off the async runtime.
 async fn check_stored(c: &Controller, digest: Sha256Digest, size: u64) -> Result<StoredCopy> {
     let path = c.artifacts.path(&digest);
-    tokio::task::spawn_blocking(move || check_copy(&path, &digest, size))
-        .await
-        .map_err(|e| Error::Internal(format!("checking stored artifact {digest}: {e}")))
+    check_bounded(&format!("checking stored artifact {digest}"), move || {
+        check_copy(&path, &digest, size)
+    })
+    .await
+}
+
+/// `digests` without repeats, in their first order: each is looked up and
+/// hashed once, and named once in the answer.
+fn distinct(digests: Vec<Sha256Digest>) -> Vec<Sha256Digest> {
+    let mut seen = BTreeSet::new();
+    digests.into_iter().filter(|d| seen.insert(*d)).collect()
 }
 
 /// The most digests one `MissingArtifacts` call may ask about: every
@@ -239,6 +269,7 @@ pub(crate) async fn missing_artifacts(
             digests.len()
         )));
     }
+    let digests = distinct(digests);
     let all: Vec<String> = digests.iter().map(Sha256Digest::to_hex).collect();
     let sizes = c.store.run(move |s| s.artifact_sizes(&all)).await?;
     let mut missing = Vec::new();
@@ -253,7 +284,6 @@ pub(crate) async fn missing_artifacts(
             missing.push(hex);
         }
     }
-    missing.dedup();
     Ok(missing)
 }
 
@@ -287,13 +317,12 @@ async fn check_tarballs(c: &Controller, manifest: &Manifest, received: &[Verifie
             Some(v) => v.path.clone(),
             None => c.artifacts.path(&tarball.sha256),
         };
-        let checked = tokio::task::spawn_blocking(move || {
+        let checked = check_bounded(&format!("checking tarball {}", tarball.file), move || {
             crate::artifacts::open_no_follow(&path)
                 .map_err(|e| format!("{}: {e}", path.display()))
                 .and_then(cutover_core::image::check_holds_files)
         })
-        .await
-        .map_err(|e| Error::Internal(e.to_string()))?;
+        .await?;
         if let Err(e) = checked {
             return Err(Error::Invalid(format!(
                 "release {}: service {:?}: tarball {} {e}; refused",
@@ -316,13 +345,15 @@ async fn check_images(c: &Controller, manifest: &Manifest, received: &[Verified]
             Some(v) => v.path.clone(),
             None => c.artifacts.path(&tarball.sha256),
         };
-        let found = tokio::task::spawn_blocking(move || {
-            crate::artifacts::open_no_follow(&path)
-                .map_err(|e| format!("{}: {e}", path.display()))
-                .and_then(cutover_core::image::image_id)
-        })
-        .await
-        .map_err(|e| Error::Internal(e.to_string()))?;
+        let found = check_bounded(
+            &format!("checking image tarball {}", tarball.file),
+            move || {
+                crate::artifacts::open_no_follow(&path)
+                    .map_err(|e| format!("{}: {e}", path.display()))
+                    .and_then(cutover_core::image::image_id)
+            },
+        )
+        .await?;
         let what = format!(
             "release {}: service {:?}: image tarball {}",
             manifest.version, s.name, tarball.file
@@ -400,4 +431,46 @@ async fn receive(
         done.push(verified);
     }
     Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_digest_asked_about_twice_is_looked_up_and_answered_once() {
+        let (a, b, c) = (
+            Sha256Digest::of(b"a"),
+            Sha256Digest::of(b"b"),
+            Sha256Digest::of(b"c"),
+        );
+        // Repeats that are not next to each other, as a release naming one
+        // tarball for two services and an image beside them asks.
+        let asked = vec![a, b, a, c, b, a];
+        assert_eq!(distinct(asked), vec![a, b, c]);
+    }
+
+    #[tokio::test]
+    async fn artifact_checks_run_at_most_their_bound_at_once() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Arc;
+        let (running, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let checks: Vec<_> = (0..4 * ARTIFACT_CHECKS)
+            .map(|_| {
+                let (running, most) = (running.clone(), most.clone());
+                tokio::spawn(check_bounded("test", move || {
+                    let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(now, Ordering::SeqCst);
+                    // Long enough for the others to pile up behind it.
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                    running.fetch_sub(1, Ordering::SeqCst);
+                }))
+            })
+            .collect();
+        for check in checks {
+            check.await.unwrap().unwrap();
+        }
+        let most = most.load(Ordering::SeqCst);
+        assert!((1..=ARTIFACT_CHECKS).contains(&most), "{most} at once");
+    }
 }
