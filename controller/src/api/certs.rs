@@ -1,21 +1,23 @@
 //! Which certificate of a host may speak for it, and when it may get a new
-//! one. The store records the serial of the certificate the controller last
-//! issued to each host; a certificate our CA signed but that is no longer
-//! the recorded one (the host enrolled again, or renewed) is refused, except
-//! the one a renewal just replaced: an agent whose answer to its renewal was
-//! lost (cut session, crash, controller restart) still holds only that one.
-//! Renewals are rate-limited per host and refused early in a certificate's
-//! life.
+//! one. The store records, per host, the serial of the certificate the
+//! controller last issued and of the one its last renewal replaced; a
+//! certificate our CA signed that is neither (the host enrolled again, or
+//! renewed twice) is refused. The replaced one stays accepted for the
+//! handover: an agent whose answer to its renewal was lost (cut session,
+//! crash, controller restart) still holds only that one. The serials are
+//! read once at start and cached; a host's entry is read again (one
+//! primary-key read) after it enrolls or renews, and when it presents a
+//! serial its entry does not accept. Renewals are rate-limited per host and
+//! refused early in the life of the newest certificate issued to the host.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use cutover_core::pki::PeerIdentity;
-use rusqlite::OptionalExtension;
 use tonic::Status;
 
-use crate::store::Store;
+use crate::store::{CertSerials, Store};
 
 /// Renewals of one host are at least this far apart (or a third of the
 /// certificate lifetime, when that is shorter: test fleets use seconds).
@@ -25,14 +27,25 @@ pub const RENEWAL_GAP: Duration = Duration::from_secs(60);
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Serials {
     current: String,
-    /// The serial a renewal replaced, still accepted for the handover
-    /// (looked up only when a host presents a serial that is not current).
+    /// The current certificate's end of life, in ms since the epoch.
+    not_after: i64,
+    /// The serial a renewal replaced, still accepted for the handover.
     previous: Option<String>,
 }
 
 impl Serials {
     fn accepts(&self, serial: &str) -> bool {
         self.current == serial || self.previous.as_deref() == Some(serial)
+    }
+}
+
+impl From<CertSerials> for Serials {
+    fn from(c: CertSerials) -> Serials {
+        Serials {
+            current: normal(&c.current),
+            not_after: c.not_after,
+            previous: c.previous.as_deref().map(normal),
+        }
     }
 }
 
@@ -57,30 +70,59 @@ fn normal(serial: &str) -> String {
 }
 
 impl Certs {
-    /// Refuses a certificate of `host` that is not the one the controller
-    /// issued last (or the one its last renewal replaced).
-    pub async fn check(&self, store: &Store, host: &str, serial: &str) -> Result<(), Status> {
-        let presented = normal(serial);
+    /// Every host's serials read in one go, so that a reconnect storm after
+    /// a restart costs no store read per session. A store that cannot be
+    /// read leaves the cache empty: each host is then read on first use.
+    pub fn preloaded(store: &Store) -> Certs {
+        let certs = Certs::default();
+        match store.all_cert_serials() {
+            Ok(all) => {
+                let mut known = certs.known.lock().unwrap_or_else(|p| p.into_inner());
+                for c in all {
+                    known.by_host.insert(c.host.clone(), c.into());
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not preload host certificate serials; each host's is read on its first call")
+            }
+        }
+        certs
+    }
+
+    /// `host`'s serials, from the cache when they accept `presented`, from
+    /// the store otherwise (a refusal is never judged on the cache alone).
+    async fn serials(
+        &self,
+        store: &Store,
+        host: &str,
+        presented: &str,
+    ) -> Result<Option<Serials>, Status> {
         let (generation, cached) = {
             let known = self.known.lock().unwrap_or_else(|p| p.into_inner());
             (known.generation, known.by_host.get(host).cloned())
         };
-        let serials = match cached {
-            Some(s) if s.accepts(&presented) => Some(s),
-            // A refusal is always judged on the store, never on the cache.
-            _ => {
-                let (h, p) = (host.to_string(), presented.clone());
-                let loaded = store.run(move |s| lookup(s, &h, &p)).await?;
-                if let Some(s) = &loaded {
-                    let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
-                    if known.generation == generation {
-                        known.by_host.insert(host.to_string(), s.clone());
-                    }
-                }
-                loaded
+        if let Some(s) = cached.filter(|s| s.accepts(presented)) {
+            return Ok(Some(s));
+        }
+        let h = host.to_string();
+        let loaded = store
+            .run(move |s| s.cert_serials(&h))
+            .await?
+            .map(Serials::from);
+        if let Some(s) = &loaded {
+            let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+            if known.generation == generation {
+                known.by_host.insert(host.to_string(), s.clone());
             }
-        };
-        match serials {
+        }
+        Ok(loaded)
+    }
+
+    /// Refuses a certificate of `host` that is not the one the controller
+    /// issued last (or the one its last renewal replaced).
+    pub async fn check(&self, store: &Store, host: &str, serial: &str) -> Result<(), Status> {
+        let presented = normal(serial);
+        match self.serials(store, host, &presented).await? {
             None => Err(Status::permission_denied(format!(
                 "host {host:?} is not enrolled with this controller; enroll it with a join token"
             ))),
@@ -100,15 +142,33 @@ impl Certs {
 
     /// Takes `host`'s renewal turn, or says why it must wait. The caller
     /// gives the turn back with [`Certs::renewal_failed`] if no certificate
-    /// was issued.
-    pub fn begin_renewal(
+    /// was issued. The first-third rule is judged on the newest certificate
+    /// the host holds: the session's own when it is the current one or the
+    /// one the last renewal replaced (its answer may have been lost), else
+    /// the current one (issued `ttl` before its recorded end), so that one
+    /// long session cannot renew again and again.
+    pub async fn begin_renewal(
         &self,
+        store: &Store,
         host: &str,
         session_cert: &PeerIdentity,
+        ttl: Duration,
         now: Instant,
-        gap: Duration,
     ) -> Result<Option<Instant>, String> {
-        early_refusal(session_cert, time::OffsetDateTime::now_utc())?;
+        let presented = normal(&session_cert.serial);
+        let serials = self
+            .serials(store, host, &presented)
+            .await
+            .map_err(|e| e.message().to_string())?
+            .ok_or_else(|| format!("host {host:?} is not enrolled with this controller"))?;
+        let wall = time::OffsetDateTime::now_utc();
+        let judged = if serials.accepts(&presented) {
+            Judged::of(session_cert)
+        } else {
+            Judged::newest(&serials, ttl)?
+        };
+        judged.early_refusal(wall)?;
+        let gap = renewal_gap(ttl);
         let mut renewed = self.renewed.lock().unwrap_or_else(|p| p.into_inner());
         let last = renewed.get(host).copied();
         if let Some(at) = last {
@@ -140,66 +200,59 @@ pub fn renewal_gap(ttl: Duration) -> Duration {
     RENEWAL_GAP.min(ttl / 3)
 }
 
-/// A certificate is renewed from a third into its life as issued on (the
-/// agent asks at two thirds), never in its first third. Its life is counted
-/// as the agent counts it, without the slack its `not_before` is backdated by.
-fn early_refusal(cert: &PeerIdentity, now: time::OffsetDateTime) -> Result<(), String> {
-    let issued = (cert.not_before + cutover_core::pki::NOT_BEFORE_SLACK).min(cert.not_after);
-    let life = cert.not_after - issued;
-    let age = now - issued;
-    if age * 3 < life {
-        let from = issued + life / 3;
-        return Err(format!(
-            "certificate {} is too young to renew: renewal opens a third into its life, at {}",
-            cert.serial,
-            cutover_core::manifest::rfc3339(from)
-        ));
-    }
-    Ok(())
+/// The certificate a renewal is judged on: its serial and life as issued.
+struct Judged {
+    serial: String,
+    issued: time::OffsetDateTime,
+    not_after: time::OffsetDateTime,
 }
 
-/// The host's recorded serial, and the one its last renewal replaced when
-/// `presented` is not the current one. `None`: no such host.
-fn lookup(s: &Store, host: &str, presented: &str) -> crate::Result<Option<Serials>> {
-    s.with(|c| {
-        let current: Option<String> = c
-            .query_row(
-                "SELECT cert_serial FROM hosts WHERE name = ?1",
-                [host],
-                |r| r.get(0),
-            )
-            .optional()?;
-        let Some(current) = current.map(|s| normal(&s)) else {
-            return Ok(None);
-        };
-        if current == presented {
-            return Ok(Some(Serials {
-                current,
-                previous: None,
-            }));
+impl Judged {
+    /// A presented certificate. Its life is counted as the agent counts it,
+    /// without the slack its `not_before` is backdated by.
+    fn of(cert: &PeerIdentity) -> Judged {
+        Judged {
+            serial: cert.serial.clone(),
+            issued: (cert.not_before + cutover_core::pki::NOT_BEFORE_SLACK).min(cert.not_after),
+            not_after: cert.not_after,
         }
-        // Only a host whose certificate was not the current one gets here.
-        let mut stmt = c.prepare(
-            "SELECT kind, detail FROM events WHERE host = ?1 AND kind IN ('host.enrolled', 'host.renewed')
-             ORDER BY id DESC LIMIT 2",
-        )?;
-        let last_two = stmt
-            .query_map([host], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
-            .collect::<Result<Vec<_>, _>>()?;
-        let serial_of = |detail: &str| detail.strip_prefix("certificate ").map(normal);
-        let previous = match last_two.as_slice() {
-            [(kind, latest), (_, before)]
-                if kind == "host.renewed" && serial_of(latest).as_deref() == Some(&current) =>
-            {
-                serial_of(before)
-            }
-            _ => None,
-        };
-        Ok(Some(Serials {
-            current,
-            previous,
-        }))
-    })
+    }
+
+    /// The host's current certificate, as recorded: issued `ttl` before
+    /// its end of life.
+    fn newest(s: &Serials, ttl: Duration) -> Result<Judged, String> {
+        let not_after = time::OffsetDateTime::from_unix_timestamp_nanos(
+            i128::from(s.not_after).saturating_mul(1_000_000),
+        )
+        .map_err(|_| {
+            format!(
+                "certificate {} is recorded with an end of life out of range",
+                s.current
+            )
+        })?;
+        let ttl = time::Duration::try_from(ttl).unwrap_or(time::Duration::MAX);
+        Ok(Judged {
+            serial: s.current.clone(),
+            issued: not_after.checked_sub(ttl).unwrap_or(not_after),
+            not_after,
+        })
+    }
+
+    /// A certificate is renewed from a third into its life as issued on (the
+    /// agent asks at two thirds), never in its first third.
+    fn early_refusal(&self, now: time::OffsetDateTime) -> Result<(), String> {
+        let life = self.not_after - self.issued;
+        let age = now - self.issued;
+        if age * 3 < life {
+            let from = self.issued + life / 3;
+            return Err(format!(
+                "certificate {} is too young to renew: renewal opens a third into its life, at {}",
+                self.serial,
+                cutover_core::manifest::rfc3339(from)
+            ));
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -272,37 +325,103 @@ mod tests {
         time::OffsetDateTime::now_utc()
     }
 
-    #[test]
-    fn a_renewal_waits_a_third_of_the_certificate_life_and_the_gap_since_the_last() {
+    const WEEK: Duration = Duration::from_secs(7 * 86_400);
+
+    fn week_ms() -> i64 {
+        i64::try_from(WEEK.as_millis()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_renewal_waits_a_third_of_the_certificate_life_and_the_gap_since_the_last() {
+        let (_d, s) = store();
+        enroll(&s, "t1", "aa");
+        s.create_token("t2", "edge-2", now_ms() + 60_000).unwrap();
+        s.enroll("t2", |_| Ok(((), "aa".to_string(), now_ms())))
+            .unwrap()
+            .unwrap();
         let c = Certs::default();
         let day = time::Duration::days(1);
         let young = c
-            .begin_renewal("edge-1", &cert(day, 7 * day), Instant::now(), RENEWAL_GAP)
+            .begin_renewal(&s, "edge-1", &cert(day, 7 * day), WEEK, Instant::now())
+            .await
             .unwrap_err();
         assert!(young.contains("too young to renew"), "{young}");
         // The backdated slack does not count: a certificate of 6s is too
         // young for its first 2s, though its not_before is minutes old.
         let short = time::Duration::seconds(6);
-        assert!(early_refusal(&cert(time::Duration::seconds(1), short), now()).is_err());
-        assert!(early_refusal(&cert(time::Duration::seconds(3), short), now()).is_ok());
+        let judged = |age| Judged::of(&cert(time::Duration::seconds(age), short));
+        assert!(judged(1).early_refusal(now()).is_err());
+        assert!(judged(3).early_refusal(now()).is_ok());
         let old = cert(5 * day, 7 * day);
         let t0 = Instant::now();
-        assert_eq!(c.begin_renewal("edge-1", &old, t0, RENEWAL_GAP), Ok(None));
-        let again = c
-            .begin_renewal("edge-1", &old, t0 + Duration::from_secs(5), RENEWAL_GAP)
-            .unwrap_err();
+        let begin = |at| c.begin_renewal(&s, "edge-1", &old, WEEK, at);
+        assert_eq!(begin(t0).await, Ok(None));
+        let again = begin(t0 + Duration::from_secs(5)).await.unwrap_err();
         assert!(again.contains("at most once every 60s"), "{again}");
         // Another host is not held up.
-        assert!(c.begin_renewal("edge-2", &old, t0, RENEWAL_GAP).is_ok());
+        assert!(c.begin_renewal(&s, "edge-2", &old, WEEK, t0).await.is_ok());
         // After the gap it may renew again; a failed renewal gives the turn back.
         let later = t0 + RENEWAL_GAP;
-        assert_eq!(
-            c.begin_renewal("edge-1", &old, later, RENEWAL_GAP),
-            Ok(Some(t0))
-        );
+        assert_eq!(begin(later).await, Ok(Some(t0)));
         c.renewal_failed("edge-1", Some(t0));
-        assert!(c.begin_renewal("edge-1", &old, later, RENEWAL_GAP).is_ok());
+        assert!(begin(later).await.is_ok());
         assert_eq!(renewal_gap(Duration::from_secs(6)), Duration::from_secs(2));
         assert_eq!(renewal_gap(Duration::from_secs(86_400)), RENEWAL_GAP);
+    }
+
+    #[tokio::test]
+    async fn one_session_cannot_renew_again_and_again_on_the_certificate_it_opened_with() {
+        let (_d, s) = store();
+        enroll(&s, "t1", "aa");
+        let day = time::Duration::days(1);
+        // The session opened with `aa`, five days into its week.
+        let session = cert(5 * day, 7 * day);
+        let c = Certs::default();
+        let t0 = Instant::now();
+        let renewed = |serial: &str| {
+            s.record_renewal("edge-1", serial, now_ms() + week_ms())
+                .unwrap();
+            c.changed("edge-1");
+        };
+        assert!(c
+            .begin_renewal(&s, "edge-1", &session, WEEK, t0)
+            .await
+            .is_ok());
+        renewed("bb");
+        // `aa` is the replaced one: an agent whose answer was lost may ask
+        // again with it once the gap has passed.
+        let t1 = t0 + RENEWAL_GAP;
+        assert!(c
+            .begin_renewal(&s, "edge-1", &session, WEEK, t1)
+            .await
+            .is_ok());
+        renewed("cc");
+        // Now the host holds `cc`, issued a moment ago: the same session
+        // is judged on it and refused, however long it waits for the gap.
+        for c in [c, Certs::preloaded(&s)] {
+            let refused = c
+                .begin_renewal(&s, "edge-1", &session, WEEK, t1 + 10 * RENEWAL_GAP)
+                .await
+                .unwrap_err();
+            assert!(refused.contains("certificate cc is too young"), "{refused}");
+        }
+    }
+
+    #[tokio::test]
+    async fn preloaded_serials_answer_a_session_without_reading_the_store() {
+        let (_d, s) = store();
+        enroll(&s, "t1", "aa");
+        s.record_renewal("edge-1", "bb", now_ms() + 60_000).unwrap();
+        let c = Certs::preloaded(&s);
+        // The store forgets the host; the preloaded cache still answers.
+        s.with(|conn| Ok(conn.execute("DELETE FROM hosts", [])?))
+            .unwrap();
+        assert_eq!(verdict(&c, &s, "bb").await, Ok(()));
+        assert_eq!(verdict(&c, &s, "aa").await, Ok(()));
+        // A serial the cache refuses is read again, and the store decides.
+        assert_eq!(
+            verdict(&c, &s, "cc").await,
+            Err(tonic::Code::PermissionDenied)
+        );
     }
 }

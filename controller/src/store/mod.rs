@@ -101,7 +101,41 @@ INSERT INTO rollout_steps (rollout, idx, phase, step)
 UPDATE rollouts SET plan = json_extract(state, '$.plan'),
                     state = json_remove(state, '$.plan', '$.steps');
 "#,
+    // The certificate a host's last renewal replaced, still accepted for
+    // the handover (NULL after an enrollment). Filled from the event log
+    // once, for hosts whose last certificate event was a renewal.
+    r#"
+ALTER TABLE hosts ADD COLUMN previous_serial TEXT;
+UPDATE hosts SET previous_serial = (
+    SELECT substr(detail, 13) FROM events
+    WHERE events.host = hosts.name AND kind IN ('host.enrolled', 'host.renewed')
+      AND detail LIKE 'certificate %'
+    ORDER BY id DESC LIMIT 1 OFFSET 1)
+WHERE (SELECT kind FROM events
+       WHERE events.host = hosts.name AND kind IN ('host.enrolled', 'host.renewed')
+       ORDER BY id DESC LIMIT 1) = 'host.renewed';
+"#,
 ];
+
+/// A host's certificates as recorded: the one issued last and the one its
+/// last renewal replaced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertSerials {
+    pub host: String,
+    pub current: String,
+    /// Of the current certificate, in ms since the epoch.
+    pub not_after: i64,
+    pub previous: Option<String>,
+}
+
+fn cert_serials_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<CertSerials> {
+    Ok(CertSerials {
+        host: r.get(0)?,
+        current: r.get(1)?,
+        not_after: r.get(2)?,
+        previous: r.get(3)?,
+    })
+}
 
 /// A cheaply cloneable handle on the store. Calls block; async code runs
 /// them through [`Store::run`].
@@ -237,7 +271,8 @@ impl Store {
             )?;
             tx.execute(
                 "INSERT INTO hosts (name, enrolled_at, cert_serial, cert_not_after) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT(name) DO UPDATE SET enrolled_at = ?2, cert_serial = ?3, cert_not_after = ?4",
+                 ON CONFLICT(name) DO UPDATE SET enrolled_at = ?2, cert_serial = ?3, cert_not_after = ?4,
+                                                 previous_serial = NULL",
                 params![host, now, serial, not_after],
             )?;
             insert_event(&tx, "host.enrolled", Some(&host), &format!("certificate {serial}"))?;
@@ -250,7 +285,8 @@ impl Store {
         self.with(|c| {
             let tx = c.transaction()?;
             tx.execute(
-                "UPDATE hosts SET cert_serial = ?2, cert_not_after = ?3 WHERE name = ?1",
+                "UPDATE hosts SET previous_serial = cert_serial, cert_serial = ?2, cert_not_after = ?3
+                 WHERE name = ?1",
                 params![host, serial, not_after],
             )?;
             insert_event(
@@ -261,6 +297,30 @@ impl Store {
             )?;
             tx.commit()?;
             Ok(())
+        })
+    }
+
+    /// One host's recorded certificates (a primary-key read).
+    pub fn cert_serials(&self, host: &str) -> Result<Option<CertSerials>> {
+        self.with(|c| {
+            Ok(c.query_row(
+                "SELECT name, cert_serial, cert_not_after, previous_serial FROM hosts WHERE name = ?1",
+                [host],
+                cert_serials_row,
+            )
+            .optional()?)
+        })
+    }
+
+    /// Every host's recorded certificates, in one read (at start).
+    pub fn all_cert_serials(&self) -> Result<Vec<CertSerials>> {
+        self.with(|c| {
+            let mut stmt =
+                c.prepare("SELECT name, cert_serial, cert_not_after, previous_serial FROM hosts")?;
+            let rows = stmt
+                .query_map([], cert_serials_row)?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
         })
     }
 
@@ -388,19 +448,6 @@ impl Store {
                 .query_map([], release_row)?
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(rows)
-        })
-    }
-
-    pub fn missing_artifacts(&self, digests: &[String]) -> Result<Vec<String>> {
-        self.with(|c| {
-            let mut stmt = c.prepare("SELECT 1 FROM artifacts WHERE sha256 = ?1")?;
-            let mut missing = Vec::new();
-            for d in digests {
-                if !stmt.exists([d])? {
-                    missing.push(d.clone());
-                }
-            }
-            Ok(missing)
         })
     }
 
@@ -592,85 +639,4 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn store() -> (tempfile::TempDir, Store) {
-        let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(&dir.path().join("state.db")).unwrap();
-        (dir, s)
-    }
-
-    fn issue(host: &str) -> Result<((), String, i64)> {
-        Ok(((), format!("serial-{host}"), now_ms() + 1000))
-    }
-
-    #[test]
-    fn token_is_used_once() {
-        let (_d, s) = store();
-        s.create_token("h1", "edge-1", now_ms() + 60_000).unwrap();
-        let (host, ()) = s.enroll("h1", issue).unwrap().unwrap();
-        assert_eq!(host, "edge-1");
-        match s.enroll("h1", issue).unwrap() {
-            Err(TokenProblem::Used { host, .. }) => assert_eq!(host, "edge-1"),
-            other => panic!("{other:?}"),
-        }
-        assert_eq!(
-            s.enroll("nope", issue).unwrap().unwrap_err(),
-            TokenProblem::Unknown
-        );
-        assert_eq!(s.hosts().unwrap()[0].cert_serial, "serial-edge-1");
-    }
-
-    #[test]
-    fn expired_token_and_revoked_host_are_refused() {
-        let (_d, s) = store();
-        s.create_token("old", "edge-1", now_ms() - 1).unwrap();
-        assert!(matches!(
-            s.enroll("old", issue).unwrap(),
-            Err(TokenProblem::Expired { .. })
-        ));
-        s.create_token("t", "edge-2", now_ms() + 60_000).unwrap();
-        s.create_token("t2", "edge-2", now_ms() + 60_000).unwrap();
-        s.enroll("t", issue).unwrap().unwrap();
-        assert!(s.revoke_host("edge-2").unwrap());
-        assert!(!s.revoke_host("edge-2").unwrap());
-        // The outstanding token died with the revocation; new ones are refused.
-        assert_eq!(
-            s.enroll("t2", issue).unwrap().unwrap_err(),
-            TokenProblem::Unknown
-        );
-        assert!(s.create_token("t3", "edge-2", now_ms() + 60_000).is_err());
-        assert_eq!(s.revoked_hosts().unwrap(), vec!["edge-2"]);
-    }
-
-    #[test]
-    fn state_survives_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("state.db");
-        {
-            let s = Store::open(&path).unwrap();
-            s.create_token("h", "edge-1", now_ms() + 60_000).unwrap();
-            s.enroll("h", issue).unwrap().unwrap();
-            s.insert_release(
-                &StoredRelease {
-                    version: "1.0.0".into(),
-                    manifest: b"m".to_vec(),
-                    signatures: String::new(),
-                    signed_by: vec!["k".into()],
-                    imported_at: now_ms(),
-                },
-                &[("ab".into(), 3)],
-            )
-            .unwrap();
-            s.set_channel("stable", "1.0.0").unwrap();
-            s.set_default_channel("stable").unwrap();
-        }
-        let s = Store::open(&path).unwrap();
-        assert_eq!(s.hosts().unwrap().len(), 1);
-        assert_eq!(s.releases().unwrap()[0].signed_by, vec!["k"]);
-        assert!(s.channels().unwrap()[0].is_default);
-        assert!(s.missing_artifacts(&["ab".into()]).unwrap().is_empty());
-        assert!(s.set_channel("rc", "9.9.9").is_err());
-    }
-}
+mod tests;

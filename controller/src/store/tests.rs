@@ -1,0 +1,149 @@
+//! The store against a real SQLite file.
+
+use super::*;
+
+fn store() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(&dir.path().join("state.db")).unwrap();
+    (dir, s)
+}
+
+fn issue(host: &str) -> Result<((), String, i64)> {
+    Ok(((), format!("serial-{host}"), now_ms() + 1000))
+}
+
+#[test]
+fn token_is_used_once() {
+    let (_d, s) = store();
+    s.create_token("h1", "edge-1", now_ms() + 60_000).unwrap();
+    let (host, ()) = s.enroll("h1", issue).unwrap().unwrap();
+    assert_eq!(host, "edge-1");
+    match s.enroll("h1", issue).unwrap() {
+        Err(TokenProblem::Used { host, .. }) => assert_eq!(host, "edge-1"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        s.enroll("nope", issue).unwrap().unwrap_err(),
+        TokenProblem::Unknown
+    );
+    assert_eq!(s.hosts().unwrap()[0].cert_serial, "serial-edge-1");
+}
+
+#[test]
+fn expired_token_and_revoked_host_are_refused() {
+    let (_d, s) = store();
+    s.create_token("old", "edge-1", now_ms() - 1).unwrap();
+    assert!(matches!(
+        s.enroll("old", issue).unwrap(),
+        Err(TokenProblem::Expired { .. })
+    ));
+    s.create_token("t", "edge-2", now_ms() + 60_000).unwrap();
+    s.create_token("t2", "edge-2", now_ms() + 60_000).unwrap();
+    s.enroll("t", issue).unwrap().unwrap();
+    assert!(s.revoke_host("edge-2").unwrap());
+    assert!(!s.revoke_host("edge-2").unwrap());
+    // The outstanding token died with the revocation; new ones are refused.
+    assert_eq!(
+        s.enroll("t2", issue).unwrap().unwrap_err(),
+        TokenProblem::Unknown
+    );
+    assert!(s.create_token("t3", "edge-2", now_ms() + 60_000).is_err());
+    assert_eq!(s.revoked_hosts().unwrap(), vec!["edge-2"]);
+}
+
+#[test]
+fn state_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    {
+        let s = Store::open(&path).unwrap();
+        s.create_token("h", "edge-1", now_ms() + 60_000).unwrap();
+        s.enroll("h", issue).unwrap().unwrap();
+        s.insert_release(
+            &StoredRelease {
+                version: "1.0.0".into(),
+                manifest: b"m".to_vec(),
+                signatures: String::new(),
+                signed_by: vec!["k".into()],
+                imported_at: now_ms(),
+            },
+            &[("ab".into(), 3)],
+        )
+        .unwrap();
+        s.set_channel("stable", "1.0.0").unwrap();
+        s.set_default_channel("stable").unwrap();
+    }
+    let s = Store::open(&path).unwrap();
+    assert_eq!(s.hosts().unwrap().len(), 1);
+    assert_eq!(s.releases().unwrap()[0].signed_by, vec!["k"]);
+    assert!(s.channels().unwrap()[0].is_default);
+    assert_eq!(s.artifact_sizes(&["ab".into()]).unwrap()["ab"], 3);
+    assert!(s.set_channel("rc", "9.9.9").is_err());
+}
+
+#[test]
+fn a_renewal_records_the_serial_it_replaced_and_an_enrollment_clears_it() {
+    let (_d, s) = store();
+    assert_eq!(s.cert_serials("edge-1").unwrap(), None);
+    s.create_token("t1", "edge-1", now_ms() + 60_000).unwrap();
+    s.enroll("t1", issue).unwrap().unwrap();
+    let first = s.cert_serials("edge-1").unwrap().unwrap();
+    assert_eq!(
+        (first.current.as_str(), first.previous),
+        ("serial-edge-1", None)
+    );
+    s.record_renewal("edge-1", "bb", 42).unwrap();
+    let renewed = s.cert_serials("edge-1").unwrap().unwrap();
+    assert_eq!((renewed.current.as_str(), renewed.not_after), ("bb", 42));
+    assert_eq!(renewed.previous.as_deref(), Some("serial-edge-1"));
+    s.record_renewal("edge-1", "cc", 43).unwrap();
+    assert_eq!(
+        s.cert_serials("edge-1")
+            .unwrap()
+            .unwrap()
+            .previous
+            .as_deref(),
+        Some("bb")
+    );
+    s.create_token("t2", "edge-1", now_ms() + 60_000).unwrap();
+    s.enroll("t2", issue).unwrap().unwrap();
+    assert_eq!(s.cert_serials("edge-1").unwrap().unwrap().previous, None);
+    assert_eq!(s.all_cert_serials().unwrap().len(), 1);
+}
+
+#[test]
+fn the_schema_upgrade_takes_the_replaced_serial_from_the_event_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    {
+        // A store as the previous schema left it: edge-1 renewed once,
+        // edge-2 renewed and then enrolled again.
+        let mut c = Connection::open(&path).unwrap();
+        for (i, sql) in MIGRATIONS.iter().take(3).enumerate() {
+            c.execute_batch(sql).unwrap();
+            c.pragma_update(None, "user_version", i + 1).unwrap();
+        }
+        let tx = c.transaction().unwrap();
+        for (host, serial) in [("edge-1", "b1"), ("edge-2", "c2")] {
+            tx.execute(
+                "INSERT INTO hosts (name, enrolled_at, cert_serial, cert_not_after) VALUES (?1, 0, ?2, 0)",
+                params![host, serial],
+            )
+            .unwrap();
+        }
+        for (kind, host, serial) in [
+            ("host.enrolled", "edge-1", "a1"),
+            ("host.enrolled", "edge-2", "a2"),
+            ("host.renewed", "edge-2", "b2"),
+            ("host.renewed", "edge-1", "b1"),
+            ("host.enrolled", "edge-2", "c2"),
+        ] {
+            insert_event(&tx, kind, Some(host), &format!("certificate {serial}")).unwrap();
+        }
+        tx.commit().unwrap();
+    }
+    let s = Store::open(&path).unwrap();
+    let previous = |h: &str| s.cert_serials(h).unwrap().unwrap().previous;
+    assert_eq!(previous("edge-1").as_deref(), Some("a1"));
+    assert_eq!(previous("edge-2"), None);
+}
