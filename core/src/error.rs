@@ -20,6 +20,10 @@ pub enum Error {
     Pki { what: String, reason: String },
     #[error("{0}")]
     Invalid(String),
+    /// A file of more than `max` bytes (`len` is its size, or as many
+    /// bytes as were read before giving up).
+    #[error("{path}: {len} bytes, more than the {max} it may have")]
+    TooLarge { path: PathBuf, len: u64, max: u64 },
 }
 
 impl Error {

@@ -1,8 +1,9 @@
 //! Durable file writes: write a temporary file, fsync it, rename it over the
 //! target, fsync the directory. A crash leaves either the old or the new file.
+//! And bounded reads of files that may be of any size.
 
 use std::fs;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::Path;
 
 use crate::error::{Error, Result};
@@ -52,6 +53,31 @@ pub fn read_to_string(path: &Path) -> Result<String> {
     fs::read_to_string(path).map_err(|e| Error::io(path, e))
 }
 
+/// Reads the whole of `file` (opened from `path`, however the caller
+/// chose to open it) if it holds at most `max` bytes: its size is checked
+/// before it is read, and no more than `max + 1` bytes are ever read, so a
+/// file that grows meanwhile (or a FIFO, whose size says nothing) is
+/// refused too, with [`Error::TooLarge`].
+pub fn read_bounded(file: fs::File, path: &Path, max: u64) -> Result<Vec<u8>> {
+    let too_large = |len: u64| Error::TooLarge {
+        path: path.to_path_buf(),
+        len,
+        max,
+    };
+    let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    if len > max {
+        return Err(too_large(len));
+    }
+    let mut bytes = Vec::new();
+    file.take(max.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::io(path, e))?;
+    if bytes.len() as u64 > max {
+        return Err(too_large(bytes.len() as u64));
+    }
+    Ok(bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -69,5 +95,57 @@ mod tests {
             0o600
         );
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_bounded_read_takes_a_file_up_to_its_bound_and_refuses_a_larger_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        fs::write(&path, b"12345").unwrap();
+        let open = || fs::File::open(&path).unwrap();
+        assert_eq!(read_bounded(open(), &path, 5).unwrap(), b"12345");
+        match read_bounded(open(), &path, 4) {
+            Err(Error::TooLarge { len: 5, max: 4, .. }) => {}
+            other => panic!("{other:?}"),
+        }
+        let e = read_bounded(open(), &path, 4).unwrap_err().to_string();
+        assert!(
+            e.ends_with("f: 5 bytes, more than the 4 it may have"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_bounded_read_of_a_fifo_stops_after_its_bound() {
+        // A FIFO's size says 0: only the bytes read can show it is too
+        // long, and no more than the bound and one are read.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fifo");
+        nix_mkfifo(&path);
+        let writer = {
+            let path = path.clone();
+            std::thread::spawn(move || {
+                let mut w = fs::OpenOptions::new().write(true).open(&path).unwrap();
+                // More than the pipe holds: the writer only finishes if
+                // the reader keeps reading, so it may fail once it stops.
+                let _ = w.write_all(&[b'x'; 4096]);
+            })
+        };
+        let file = fs::File::open(&path).unwrap();
+        match read_bounded(file, &path, 100) {
+            Err(Error::TooLarge {
+                len: 101, max: 100, ..
+            }) => {}
+            other => panic!("{other:?}"),
+        }
+        writer.join().unwrap();
+    }
+
+    fn nix_mkfifo(path: &Path) {
+        let status = std::process::Command::new("mkfifo")
+            .arg(path)
+            .status()
+            .unwrap();
+        assert!(status.success());
     }
 }

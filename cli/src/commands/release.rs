@@ -25,30 +25,22 @@ pub fn keygen(out: &Path) -> Result<()> {
 }
 
 pub fn sign(manifest_path: &Path, key_path: &Path) -> Result<()> {
-    let bytes = read_release_file(
+    let text = read_release_text(
         manifest_path,
         "manifest",
         cutover_core::manifest::MAX_MANIFEST_BYTES,
     )?;
-    let text = std::str::from_utf8(&bytes)
-        .map_err(|_| Error::Failed(format!("{}: not UTF-8 text", manifest_path.display())))?;
     // Refuse to sign what the controller would refuse to import.
-    let manifest = Manifest::parse(text).map_err(|e| prefixed(manifest_path, e))?;
+    let manifest = Manifest::parse(&text).map_err(|e| prefixed(manifest_path, e))?;
     let key = signing::read_signing_key(key_path)?;
     let sig_path = signing::signature_path(manifest_path);
     let mut sigs = if std::fs::symlink_metadata(&sig_path).is_ok() {
-        let text = read_release_file(
-            &sig_path,
-            "signature file",
-            signing::MAX_SIGNATURE_FILE_BYTES,
-        )?;
-        let text = String::from_utf8(text)
-            .map_err(|_| Error::Failed(format!("{}: not UTF-8 text", sig_path.display())))?;
-        SignatureFile::parse(&text).map_err(|e| prefixed(&sig_path, e))?
+        let signatures = read_signature_file(&sig_path)?;
+        SignatureFile::parse(&signatures).map_err(|e| prefixed(&sig_path, e))?
     } else {
         SignatureFile::default()
     };
-    sigs.sign(&bytes, &key);
+    sigs.sign(text.as_bytes(), &key);
     cutover_core::fsutil::write_atomic(&sig_path, sigs.to_toml().as_bytes(), 0o644)?;
     println!(
         "signed release {} with key {} ({} signature(s) in {})",
@@ -99,30 +91,30 @@ fn symlink_refused(path: &Path, what: &str) -> Error {
     ))
 }
 
-/// Reads a manifest or signature file: a regular file, not a link, of at
-/// most `max` bytes, checked before it is read.
-fn read_release_file(path: &Path, what: &str, max: usize) -> Result<Vec<u8>> {
-    use std::io::Read;
+/// Reads a manifest or signature file as text: a regular file, not a
+/// link, of at most `max` bytes, checked before it is read
+/// ([`cutover_core::fsutil::read_bounded`]), and UTF-8.
+fn read_release_text(path: &Path, what: &str, max: usize) -> Result<String> {
     let file = open_release_file(path, what)?;
-    let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
-    let too_big = |len: u64| {
-        Error::Failed(format!(
+    let max = u64::try_from(max).unwrap_or(u64::MAX);
+    let bytes = cutover_core::fsutil::read_bounded(file, path, max).map_err(|e| match e {
+        cutover_core::Error::TooLarge { len, max, .. } => Error::Failed(format!(
             "{}: the {what} is {len} bytes, more than the {max} it may have",
             path.display()
-        ))
-    };
-    let limit = u64::try_from(max).unwrap_or(u64::MAX);
-    if len > limit {
-        return Err(too_big(len));
-    }
-    let mut bytes = Vec::new();
-    file.take(limit.saturating_add(1))
-        .read_to_end(&mut bytes)
-        .map_err(|e| Error::io(path, e))?;
-    if bytes.len() > max {
-        return Err(too_big(bytes.len() as u64));
-    }
-    Ok(bytes)
+        )),
+        e => e.into(),
+    })?;
+    String::from_utf8(bytes)
+        .map_err(|_| Error::Failed(format!("{}: not UTF-8 text", path.display())))
+}
+
+/// The signature file beside a manifest, as text.
+fn read_signature_file(sig_path: &Path) -> Result<String> {
+    read_release_text(
+        sig_path,
+        "signature file",
+        signing::MAX_SIGNATURE_FILE_BYTES,
+    )
 }
 
 /// An artifact file the manifest names, owned so it can be sent from a
@@ -185,14 +177,12 @@ pub async fn import(
     artifacts_dir: Option<&Path>,
     out: Format,
 ) -> Result<()> {
-    let bytes = read_release_file(
+    let text = read_release_text(
         manifest_path,
         "manifest",
         cutover_core::manifest::MAX_MANIFEST_BYTES,
     )?;
-    let text = std::str::from_utf8(&bytes)
-        .map_err(|_| Error::Failed(format!("{}: not UTF-8 text", manifest_path.display())))?;
-    let manifest = Manifest::parse(text).map_err(|e| prefixed(manifest_path, e))?;
+    let manifest = Manifest::parse(&text).map_err(|e| prefixed(manifest_path, e))?;
     let sig_path = signing::signature_path(manifest_path);
     if std::fs::symlink_metadata(&sig_path).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
     {
@@ -202,13 +192,7 @@ pub async fn import(
             manifest_path.display()
         )));
     }
-    let signatures = read_release_file(
-        &sig_path,
-        "signature file",
-        signing::MAX_SIGNATURE_FILE_BYTES,
-    )?;
-    let signatures = String::from_utf8(signatures)
-        .map_err(|_| Error::Failed(format!("{}: not UTF-8 text", sig_path.display())))?;
+    let signatures = read_signature_file(&sig_path)?;
     let dir = artifacts_dir
         .map(Path::to_path_buf)
         .or_else(|| manifest_path.parent().map(Path::to_path_buf))
@@ -246,7 +230,7 @@ pub async fn import(
     let (tx, rx) = mpsc::channel::<v1::ImportChunk>(8);
     let header = v1::ImportChunk {
         part: Some(Part::Header(v1::ImportHeader {
-            manifest: bytes.clone(),
+            manifest: text.into_bytes(),
             signatures,
         })),
     };
@@ -423,4 +407,46 @@ pub async fn channel_list(c: &ConnectArgs, out: Format) -> Result<()> {
         .collect();
     output::table(&["CHANNEL", "VERSION", "DEFAULT", "UPDATED"], &rows);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fresh directory of this test's own under the system's temp dir.
+    fn scratch(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("cutover-cli-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn release_files_are_read_as_bounded_utf8_text_from_regular_files_only() {
+        let dir = scratch("release-text");
+        let path = dir.join("release.toml.sig");
+        std::fs::write(&path, "[[signature]]\n").unwrap();
+        assert_eq!(read_signature_file(&path).unwrap(), "[[signature]]\n");
+
+        let e = read_release_text(&path, "manifest", 5)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.ends_with("release.toml.sig: the manifest is 14 bytes, more than the 5 it may have"),
+            "{e}"
+        );
+
+        std::fs::write(&path, b"\xff\xfe").unwrap();
+        let e = read_signature_file(&path).unwrap_err().to_string();
+        assert!(e.ends_with("release.toml.sig: not UTF-8 text"), "{e}");
+
+        let link = dir.join("link.sig");
+        std::os::unix::fs::symlink(&path, &link).unwrap();
+        let e = read_signature_file(&link).unwrap_err().to_string();
+        assert!(
+            e.contains("link.sig: the signature file is a symbolic link, refused"),
+            "{e}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
