@@ -103,6 +103,14 @@ impl Journal {
     /// Every service under the data directory, each as a readable journal,
     /// an unreadable one, or a `current` link without a journal. `Err` only
     /// when `services/` itself cannot be listed.
+    ///
+    /// An entry whose name is not a valid service name was not made by the
+    /// agent: it is logged and left out (and left alone), so one stray
+    /// directory cannot make the controller refuse the whole inventory. An
+    /// entry that cannot be stat'ed, or whose `current` link cannot be read,
+    /// is never taken for an absent one: a valid service is reported
+    /// unreadable, any other entry is listed in [`Scan::damaged`]; either
+    /// way nothing is deleted while it lasts.
     pub fn scan(data_dir: &Path) -> Result<Scan> {
         let dir = data_dir.join("services");
         let entries = match std::fs::read_dir(&dir) {
@@ -113,17 +121,52 @@ impl Journal {
         let mut out = Scan::default();
         for entry in entries {
             let entry = entry.map_err(|e| Error::io(&dir, e))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if !entry.path().is_dir() {
+            let path = entry.path();
+            let name = entry
+                .file_name()
+                .to_str()
+                .filter(|n| cutover_core::names::validate("service", n).is_ok())
+                .map(str::to_string);
+            let looked = match std::fs::metadata(&path) {
+                // Followed like the agent follows it; a dangling link is
+                // nothing there.
+                Ok(m) if !m.is_dir() => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Ok(_) => {
+                    try_read_current(data_dir, &entry.file_name().to_string_lossy()).map_err(|e| {
+                        (
+                            current_link(data_dir, &entry.file_name().to_string_lossy()),
+                            e,
+                        )
+                    })
+                }
+                Err(e) => Err((path.clone(), e)),
+            };
+            let Some(name) = name else {
+                tracing::warn!(entry = %path.display(), "not a valid service name; left alone and out of the inventory");
+                match looked {
+                    Ok(linked) => out.linked.extend(linked),
+                    Err((p, e)) => out.damaged.push(format!("{}: {e}", p.display())),
+                }
                 continue;
-            }
-            if let Some(sha) = read_current(data_dir, &name) {
-                out.linked.push(sha);
-            }
+            };
+            let linked = match looked {
+                Ok(linked) => linked,
+                Err((p, e)) => {
+                    out.unreadable.push(Unreadable {
+                        path: p.clone(),
+                        problem: format!("cannot be examined: {e}"),
+                        service: name,
+                        linked: None,
+                    });
+                    continue;
+                }
+            };
+            out.linked.extend(linked);
             match Journal::load(data_dir, &name) {
                 Ok(Some(j)) => out.journals.push(j),
                 Ok(None) => {
-                    if let Some(linked) = read_current(data_dir, &name) {
+                    if let Some(linked) = linked {
                         out.orphans.push(Orphan {
                             pid_file: service_dir(data_dir, &name).join("pid").exists(),
                             path: Journal::path(data_dir, &name),
@@ -181,6 +224,9 @@ pub struct Scan {
     pub orphans: Vec<Orphan>,
     /// Where every `services/*/current` link points, journal or not.
     pub linked: Vec<Sha256Digest>,
+    /// Entries that are not services but could not be examined (a failed
+    /// stat or readlink): while any is listed, nothing may be deleted.
+    pub damaged: Vec<String>,
 }
 
 /// A `journal.json` that exists but cannot be read or parsed.
@@ -332,10 +378,34 @@ pub fn current_link(data_dir: &Path, service: &str) -> PathBuf {
     service_dir(data_dir, service).join("current")
 }
 
-/// The digest `current` points at, if any.
+/// The digest `current` points at, if any (for callers that delete
+/// nothing on its account; [`try_read_current`] tells failures apart).
 pub fn read_current(data_dir: &Path, service: &str) -> Option<Sha256Digest> {
-    let target = std::fs::read_link(current_link(data_dir, service)).ok()?;
-    target.file_name()?.to_str()?.parse().ok()
+    try_read_current(data_dir, service).ok().flatten()
+}
+
+/// The digest `current` points at: `Ok(None)` when there is no link (or
+/// `current` is not a link, or points at no release); any other failure to
+/// read it is an error, never "nothing linked".
+pub fn try_read_current(data_dir: &Path, service: &str) -> std::io::Result<Option<Sha256Digest>> {
+    match std::fs::read_link(current_link(data_dir, service)) {
+        Ok(target) => Ok(target
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.parse().ok())),
+        Err(e) if no_link(&e) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether a `read_link` error means there is no link to read: absent
+/// (`ENOENT`) or not a symlink (`EINVAL`). Every other error means it could
+/// not be read.
+fn no_link(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::InvalidInput
+    )
 }
 
 /// Points `current` at a release with one atomic rename.
@@ -412,5 +482,27 @@ mod tests {
         f.set_len(MAX_JOURNAL_BYTES + 1).unwrap();
         let e = Journal::load(dir.path(), "api").unwrap_err();
         assert!(e.problem.contains("larger than"), "{}", e.problem);
+    }
+
+    #[test]
+    fn only_an_absent_link_or_a_non_link_reads_as_no_current() {
+        use std::io::{Error, ErrorKind};
+        assert!(no_link(&Error::from(ErrorKind::NotFound)));
+        assert!(no_link(&Error::from_raw_os_error(nix::libc::EINVAL)));
+        for errno in [
+            nix::libc::EIO,
+            nix::libc::EACCES,
+            nix::libc::ELOOP,
+            nix::libc::ENAMETOOLONG,
+        ] {
+            assert!(!no_link(&Error::from_raw_os_error(errno)), "errno {errno}");
+        }
+        // `current` a directory (EINVAL) or a link to no release: none.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(current_link(dir.path(), "api")).unwrap();
+        assert_eq!(try_read_current(dir.path(), "api").unwrap(), None);
+        std::fs::create_dir_all(service_dir(dir.path(), "web")).unwrap();
+        std::os::unix::fs::symlink("/etc", current_link(dir.path(), "web")).unwrap();
+        assert_eq!(try_read_current(dir.path(), "web").unwrap(), None);
     }
 }

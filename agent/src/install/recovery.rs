@@ -67,6 +67,9 @@ impl Installer {
         for u in &scan.unreadable {
             tracing::error!(service = %u.service, error = %u.message(), "service left alone");
         }
+        for d in &scan.damaged {
+            tracing::error!(entry = %d, "a services/ entry cannot be examined; no release is deleted until it is repaired or removed");
+        }
         for o in &scan.orphans {
             tracing::warn!(service = %o.service, detail = %o.message(), "service without a journal");
         }
@@ -251,6 +254,10 @@ impl Installer {
         };
         if let Some(u) = scan.unreadable.first() {
             tracing::warn!(service = %u.service, error = %u.message(), "keeping every release");
+            return None;
+        }
+        if let Some(d) = scan.damaged.first() {
+            tracing::warn!(entry = %d, "a services/ entry cannot be examined; keeping every release");
             return None;
         }
         let mut keep: HashSet<Sha256Digest> = scan.linked.iter().copied().collect();

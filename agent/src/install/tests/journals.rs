@@ -114,3 +114,84 @@ async fn a_deleted_journal_does_not_forget_a_service_whose_current_link_remains(
     );
     assert_eq!(h.journal().current.unwrap().sha256, v3.0);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stray_directory_with_an_invalid_name_stays_out_of_the_inventory_and_is_left_alone() {
+    use std::os::unix::ffi::OsStrExt;
+    let mut h = harness();
+    let dir = h.installer.data_dir.clone();
+    let [v1, v2, v3] = ["1", "2", "3"].map(|v| artifact(&h.world, v));
+    h.run(install("c1", "1", v1)).await;
+    h.run(install("c2", "2", v2)).await;
+    // Strays: one with a name no service may have, its `current` pointing
+    // at v1 (which api will no longer need), and one whose name is not UTF-8.
+    let bad = journal::service_dir(&dir, "bad name!");
+    std::fs::create_dir_all(&bad).unwrap();
+    journal::switch_current(&dir, "bad name!", &v1.0).unwrap();
+    std::fs::write(bad.join("journal.json"), b"not json").unwrap();
+    let raw = dir
+        .join("services")
+        .join(std::ffi::OsStr::from_bytes(b"\xff\xfeweb"));
+    std::fs::create_dir_all(&raw).unwrap();
+    let r = h.run(install("c3", "3", v3)).await;
+    assert!(r.ok, "{r:?}");
+
+    let inventory = h.installer.inventory().await;
+    let wire: Vec<cutover_proto::v1::InstalledService> = inventory.iter().map(Into::into).collect();
+    let checked = cutover_proto::convert::services_from_wire(wire)
+        .expect("the controller would refuse this inventory");
+    let names: Vec<&str> = checked.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["api"]);
+    assert!(h.installer.logs(5).await.iter().all(|l| l.service == "api"));
+
+    h.installer.collect_garbage();
+    assert!(
+        bad.join("journal.json").is_file() && raw.is_dir(),
+        "a stray was touched"
+    );
+    // What the stray's link points at is kept; what nothing needs goes.
+    let mut want = vec![v1.0.to_hex(), v2.0.to_hex(), v3.0.to_hex()];
+    want.sort();
+    assert_eq!(h.releases(), want);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_services_entry_that_cannot_be_examined_keeps_every_release() {
+    let mut h = harness();
+    let dir = h.installer.data_dir.clone();
+    let [v1, v2, v3] = ["1", "2", "3"].map(|v| artifact(&h.world, v));
+    h.run(install("c1", "1", v1)).await;
+    h.run(install("c2", "2", v2)).await;
+    // A symlink to itself: stat fails with ELOOP (root is not spared).
+    let services = dir.join("services");
+    std::os::unix::fs::symlink("web", services.join("web")).unwrap();
+    // api moves on, so v1 is needed by nothing that can be read.
+    let r = h.run(install("c3", "3", v3)).await;
+    assert!(r.ok, "{r:?}");
+    let all = {
+        let mut v = [v1, v2, v3].map(|a| a.0.to_hex()).to_vec();
+        v.sort();
+        v
+    };
+    assert_eq!(h.releases(), all, "a release was deleted");
+    let inventory = h.installer.inventory().await;
+    let web = inventory.iter().find(|s| s.name == "web").expect("web");
+    assert_eq!(web.state, journal::UNREADABLE);
+    assert!(inventory.iter().any(|s| s.name == "api"));
+
+    // The same under a name that is no service's: kept out of the
+    // inventory, but still nothing is deleted.
+    std::fs::remove_file(services.join("web")).unwrap();
+    std::os::unix::fs::symlink("bad loop", services.join("bad loop")).unwrap();
+    h.installer.collect_garbage();
+    assert_eq!(h.releases(), all, "a release was deleted");
+    let scan = Journal::scan(&dir).unwrap();
+    assert_eq!(scan.damaged.len(), 1, "{:?}", scan.damaged);
+
+    // Gone, GC goes on as before.
+    std::fs::remove_file(services.join("bad loop")).unwrap();
+    h.installer.collect_garbage();
+    let mut left = vec![v2.0.to_hex(), v3.0.to_hex()];
+    left.sort();
+    assert_eq!(h.releases(), left);
+}
