@@ -15,7 +15,7 @@ use crate::error::Result;
 use crate::store::Store;
 use crate::Controller;
 
-/// How much of a report's command id a log line shows.
+/// How many bytes of a report's command id a log line shows.
 pub(super) const LOGGED_ID: usize = 80;
 
 /// What one reporting host now runs, on its way to the store. `late_of`
@@ -29,12 +29,11 @@ pub(super) struct Inventory {
 
 pub(super) type Inventories = mpsc::Sender<Vec<Inventory>>;
 
-/// `id` cut to [`LOGGED_ID`] characters for a log line.
+/// `id`, a peer's value, as a log line shows it: quoted, its control
+/// characters escaped, cut to [`LOGGED_ID`] bytes (see
+/// [`cutover_core::text::shown`]).
 pub(super) fn shown(id: &str) -> String {
-    match id.char_indices().nth(LOGGED_ID) {
-        Some((i, _)) => format!("{}... ({} bytes)", &id[..i], id.len()),
-        None => id.to_string(),
-    }
+    cutover_core::text::shown(id, LOGGED_ID)
 }
 
 /// Holds each report for its rollout, steps (ticks) and saves each

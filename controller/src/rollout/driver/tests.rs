@@ -18,9 +18,28 @@ fn command_ids_name_their_rollout() {
 fn long_command_ids_are_shortened_in_logs_on_a_character_boundary() {
     let id = "é".repeat(200);
     let s = shown(&id);
-    assert!(s.starts_with(&"é".repeat(LOGGED_ID)), "{s}");
-    assert!(s.ends_with("... (400 bytes)"), "{s}");
-    assert_eq!(shown("r1-api-h1"), "r1-api-h1");
+    assert!(
+        s.starts_with(&format!("\"{}\"", "é".repeat(LOGGED_ID / 2))),
+        "{s}"
+    );
+    assert!(s.ends_with("… (400 bytes)"), "{s}");
+    assert_eq!(shown("r1-api-h1"), "\"r1-api-h1\"");
+}
+
+#[test]
+fn a_command_id_with_terminal_control_characters_is_logged_escaped_on_one_line() {
+    // A clear-screen, a CSI (C1) and a bidi override, cut short too.
+    let id = format!("r1-api\x1b[2J\u{9b}31m\u{202e}\n{}", "x".repeat(1000));
+    let s = shown(&id);
+    assert!(
+        s.starts_with(r#""r1-api\u{1b}[2J\u{9b}31m\u{202e}\nxxx"#),
+        "{s}"
+    );
+    assert!(s.ends_with(&format!("… ({} bytes)", id.len())), "{s}");
+    assert!(
+        !s.chars().any(|c| c.is_control() || c == '\u{202e}'),
+        "{s:?}"
+    );
 }
 
 fn report(id: &str) -> Report {
