@@ -315,3 +315,68 @@ fn a_hello_asking_for_a_huge_heartbeat_interval_is_refused_and_a_silent_host_goe
             .then_some(())
     });
 }
+
+/// Sends a renewal on `s` with a new key; returns the answer and the key.
+fn renew_on(rt: &tokio::runtime::Runtime, s: &mut grpc::Session) -> (v1::Renewed, String) {
+    rt.block_on(async {
+        let (key_pem, csr_pem) = cutover_core::pki::new_csr("h1").unwrap();
+        s.tx.send(v1::AgentMessage {
+            msg: Some(v1::agent_message::Msg::Renew(v1::RenewRequest { csr_pem })),
+        })
+        .await
+        .unwrap();
+        loop {
+            let m = s.inbound.message().await.expect("session").expect("open");
+            if let Some(v1::controller_message::Msg::Renewed(r)) = m.msg {
+                return (r, key_pem);
+            }
+        }
+    })
+}
+
+/// Renews on `s` as soon as the controller lets it.
+fn renewed_on(rt: &tokio::runtime::Runtime, s: &mut grpc::Session) -> Presented {
+    let (r, key_pem) = eventually(Duration::from_secs(40), "a renewal to be granted", || {
+        let (r, key) = renew_on(rt, s);
+        r.error.is_empty().then_some((r, key))
+    });
+    Presented {
+        cert_pem: r.cert_pem,
+        key_pem,
+    }
+}
+
+#[test]
+fn the_certificate_a_renewal_replaced_still_opens_a_session_after_a_controller_restart_and_the_one_before_does_not(
+) {
+    // Certificates of 30 s: renewal opens 10 s into their life, at most
+    // once every 10 s.
+    let mut f = Fleet::with(ControllerOptions {
+        agent_cert_ttl: "30s".into(),
+    });
+    f.start_controller();
+    let rt = grpc::runtime();
+    let first = enroll(&f, &rt, "h1");
+    let mut s = session(&f, &rt, &first, 10_000).expect("session");
+    let second = renewed_on(&rt, &mut s);
+    drop(s);
+    // A restart: the handover is known from the store, not from memory.
+    f.kill_controller();
+    f.start_controller();
+    // `second` speaks for the host, and so (its answer may have been lost)
+    // does `first`. A host's newer session replaces its older one, so the
+    // one kept for renewing is opened last.
+    session(&f, &rt, &second, 10_000).expect("the current certificate after restart");
+    let mut s = session(&f, &rt, &first, 10_000).expect("the replaced certificate after restart");
+    // Renewing again replaces `second`: `first` is now refused.
+    let third = renewed_on(&rt, &mut s);
+    drop(s);
+    let refused = session(&f, &rt, &first, 10_000)
+        .err()
+        .expect("a certificate two renewals old refused");
+    assert!(
+        refused.contains("PermissionDenied") && refused.contains("was replaced"),
+        "{refused}"
+    );
+    session(&f, &rt, &third, 10_000).expect("the newest certificate");
+}
