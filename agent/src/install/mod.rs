@@ -6,23 +6,21 @@
 //! [`Source`], so the sequencing is tested against fakes.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cutover_core::fsutil;
 use cutover_core::rollout::{Command, Evidence, InstallCommand, Report, RollbackCommand};
 use cutover_core::views::{now_ms, InstalledService};
 use tokio::sync::mpsc;
 
 use crate::extract::Limits;
 use crate::fetch::Source;
-use crate::health::{HealthWindow, Prober, Verdict};
+use crate::health::Prober;
 use crate::journal::{self, Journal, Op, Slot, Stage};
-use crate::pipeline;
 use crate::runner::{RunStatus, Runners};
-use staging::Staging;
 
+mod checks;
 mod containers;
 mod recovery;
 mod staging;
@@ -148,15 +146,6 @@ impl Installer {
             Some(w) => busy.insert(service.to_string(), w),
             None => busy.remove(service),
         };
-    }
-
-    fn digest_lock(&self, sha256: &cutover_core::Sha256Digest) -> Arc<tokio::sync::Mutex<()>> {
-        self.digests
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(*sha256)
-            .or_default()
-            .clone()
     }
 
     /// The service's journal, or a fresh one if it has none. One that
@@ -463,46 +452,6 @@ impl Installer {
         }
     }
 
-    /// Makes `releases/<sha256>/` exist: from the cache, or fetched,
-    /// verified and unpacked in one pass. Returns the bytes fetched.
-    async fn prepare(&self, c: &InstallCommand) -> Result<u64, Evidence> {
-        let dest = journal::release_dir(&self.data_dir, &c.sha256);
-        // One installer per digest makes the release (and owns its
-        // `.part` file); another service pinning the same bytes waits and
-        // then finds it whole.
-        let lock = self.digest_lock(&c.sha256);
-        let _making = lock.lock().await;
-        if dest.is_dir() {
-            return Ok(0);
-        }
-        let releases = journal::releases_dir(&self.data_dir);
-        std::fs::create_dir_all(&releases)
-            .map_err(|e| Evidence::new("unpack", format!("{}: {e}", releases.display())))?;
-        let staging = Staging::new(&self.staging, &releases, &c.sha256);
-        let (fetched, unpacked) = pipeline::fetch_and_unpack(
-            self.source.as_ref(),
-            &self.data_dir,
-            &c.sha256,
-            c.size,
-            staging.path(),
-            self.limits,
-        )
-        .await?;
-        tracing::info!(service = %c.service, files = unpacked.files, bytes = unpacked.bytes, "unpacked");
-        // Verified and on disk: only now does the release appear under its
-        // digest, and the rename is made durable before anything points at it.
-        match pipeline::publish(staging.path(), &dest) {
-            Ok(pipeline::Published::Renamed) => {}
-            Ok(pipeline::Published::AlreadyThere) => {
-                tracing::info!(service = %c.service, release = %dest.display(), "another installer made this release first; using it");
-            }
-            Err(e) => return Err(Evidence::new("unpack", format!("{}: {e}", dest.display()))),
-        }
-        fsutil::sync_dir(&releases)
-            .map_err(|e| Evidence::new("unpack", format!("{}: {e}", releases.display())))?;
-        Ok(fetched.transferred)
-    }
-
     /// Stops what runs, flips `current` to `new` and starts it. The journal
     /// says `Swapping` before anything stops.
     async fn swap_to(
@@ -557,67 +506,6 @@ impl Installer {
             .map_err(|e| Evidence::new("start", e.to_string()))
     }
 
-    /// Probes until healthy or the deadline. With `instant`, one passing
-    /// round is enough (the rollback path).
-    async fn check_health(
-        &self,
-        j: &Journal,
-        started: Instant,
-        instant: bool,
-    ) -> Result<(), Evidence> {
-        let Some(slot) = j.current.clone() else {
-            return Err(Evidence::new("health", "nothing installed"));
-        };
-        let min = if instant {
-            Duration::ZERO
-        } else {
-            slot.config.min_healthy_time
-        };
-        let mut window = HealthWindow::new(Instant::now(), min, slot.config.healthy_deadline);
-        let interval = slot
-            .config
-            .checks
-            .iter()
-            .map(|c| c.interval)
-            .min()
-            .unwrap_or(Duration::from_millis(500));
-        let dir = self.release_dir(&slot);
-        loop {
-            let round = self.round(&j.service, &slot, &dir).await;
-            match window.observe(Instant::now(), round) {
-                Verdict::Healthy => return Ok(()),
-                Verdict::Failed(mut e) => {
-                    e.elapsed_ms = started.elapsed().as_millis() as u64;
-                    return Err(e);
-                }
-                Verdict::Pending => {}
-            }
-            if !instant && self.rollback_waiting(&j.service) {
-                let mut e = window
-                    .last_failure(Instant::now())
-                    .unwrap_or_else(|| Evidence::new("health", "not yet healthy"));
-                e.detail = format!(
-                    "{} (checks stopped: the controller asked for a rollback)",
-                    e.detail
-                );
-                return Err(e);
-            }
-            if !instant && window.failing() && self.link.lost_for() > self.autonomous_rollback_after
-            {
-                let mut e = window
-                    .last_failure(Instant::now())
-                    .unwrap_or_else(|| Evidence::new("health", "failing"));
-                e.detail = format!(
-                    "{} (controller unreachable for {}s)",
-                    e.detail,
-                    self.link.lost_for().as_secs()
-                );
-                return Err(e);
-            }
-            tokio::time::sleep(interval).await;
-        }
-    }
-
     /// Starts the current release if it does not run (or, for a container,
     /// brings the engine to exactly one running container of it).
     async fn ensure_running(&self, service: &str, slot: &Slot) -> Result<(), Evidence> {
@@ -638,34 +526,6 @@ impl Installer {
         runner
             .start(service, &dir, &slot.config)
             .map_err(|e| Evidence::new("start", e.to_string()))
-    }
-
-    /// One round: the service must run, then every check must pass.
-    async fn round(&self, service: &str, slot: &Slot, dir: &Path) -> Result<(), Evidence> {
-        let st = self.status(slot, service).await;
-        if !st.running {
-            let how = st.last_exit.unwrap_or_else(|| "not running".into());
-            let mut e = Evidence::new(
-                "start",
-                format!("service is not running: {how} (restarts: {})", st.restarts),
-            );
-            let log = if containers::is_container(slot) {
-                self.container_log(slot, service, 5).await.lines
-            } else {
-                self.runners
-                    .for_config(&slot.config)
-                    .log_tail(service, &slot.config, 5)
-            };
-            e.output = log.join("\n");
-            return Err(e);
-        }
-        for check in &slot.config.checks {
-            self.prober.probe(check, dir).await?;
-        }
-        if containers::is_container(slot) {
-            self.container_health(slot, service).await?;
-        }
-        Ok(())
     }
 
     async fn rollback(

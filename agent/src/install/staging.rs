@@ -1,14 +1,18 @@
 //! Staging directories: where an install unpacks bytes not yet verified.
 //! Each install gets a name no other uses, registered as live while it
 //! runs; anything else under `releases/.tmp-*` is what a dead install
-//! left, and is removed.
+//! left, and is removed. Also where a release directory is made: one
+//! installer per digest, under that digest's lock, published whole.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use cutover_core::fsutil;
+use cutover_core::rollout::{Evidence, InstallCommand};
+
 use super::Installer;
-use crate::journal;
+use crate::{journal, pipeline};
 
 /// The staging directories of the installs running in this process.
 #[derive(Default, Clone)]
@@ -65,6 +69,58 @@ impl Drop for Staging {
 }
 
 impl Installer {
+    pub(super) fn digest_lock(
+        &self,
+        sha256: &cutover_core::Sha256Digest,
+    ) -> Arc<tokio::sync::Mutex<()>> {
+        self.digests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(*sha256)
+            .or_default()
+            .clone()
+    }
+
+    /// Makes `releases/<sha256>/` exist: from the cache, or fetched,
+    /// verified and unpacked in one pass. Returns the bytes fetched.
+    pub(super) async fn prepare(&self, c: &InstallCommand) -> Result<u64, Evidence> {
+        let dest = journal::release_dir(&self.data_dir, &c.sha256);
+        // One installer per digest makes the release (and owns its
+        // `.part` file); another service pinning the same bytes waits and
+        // then finds it whole.
+        let lock = self.digest_lock(&c.sha256);
+        let _making = lock.lock().await;
+        if dest.is_dir() {
+            return Ok(0);
+        }
+        let releases = journal::releases_dir(&self.data_dir);
+        std::fs::create_dir_all(&releases)
+            .map_err(|e| Evidence::new("unpack", format!("{}: {e}", releases.display())))?;
+        let staging = Staging::new(&self.staging, &releases, &c.sha256);
+        let (fetched, unpacked) = pipeline::fetch_and_unpack(
+            self.source.as_ref(),
+            &self.data_dir,
+            &c.sha256,
+            c.size,
+            staging.path(),
+            self.limits,
+        )
+        .await?;
+        tracing::info!(service = %c.service, files = unpacked.files, bytes = unpacked.bytes, "unpacked");
+        // Verified and on disk: only now does the release appear under its
+        // digest, and the rename is made durable before anything points at it.
+        match pipeline::publish(staging.path(), &dest) {
+            Ok(pipeline::Published::Renamed) => {}
+            Ok(pipeline::Published::AlreadyThere) => {
+                tracing::info!(service = %c.service, release = %dest.display(), "another installer made this release first; using it");
+            }
+            Err(e) => return Err(Evidence::new("unpack", format!("{}: {e}", dest.display()))),
+        }
+        fsutil::sync_dir(&releases)
+            .map_err(|e| Evidence::new("unpack", format!("{}: {e}", releases.display())))?;
+        Ok(fetched.transferred)
+    }
+
     /// Removes every staging directory that no install of this process
     /// is using: what a killed agent was unpacking (whatever its pid, which
     /// a restarted agent in a container may share).

@@ -217,7 +217,7 @@ fn a_staging_registered_while_garbage_collection_lists_the_directory_is_not_remo
     let dead = releases.join(format!(".tmp-{}-1", sha.to_hex()));
     std::fs::create_dir_all(&dead).unwrap();
     let live = staging::Live::default();
-    let mut started: Option<Staging> = None;
+    let mut started: Option<staging::Staging> = None;
     // The listing is read lazily: between its first and second entry
     // another install registers its staging and creates it, as one can
     // while garbage collection runs after some other service's command.
@@ -225,7 +225,7 @@ fn a_staging_registered_while_garbage_collection_lists_the_directory_is_not_remo
     let paths = std::iter::from_fn(|| match (listing.next(), started.is_none()) {
         (Some(p), _) => Some(p),
         (None, true) => {
-            let s = Staging::new(&live, &releases, &sha);
+            let s = staging::Staging::new(&live, &releases, &sha);
             std::fs::create_dir_all(s.path().join("data")).unwrap();
             let p = s.path().to_path_buf();
             started = Some(s);

@@ -1,0 +1,103 @@
+//! Health checking of the release an install or rollback just started:
+//! rounds of "is it running, does every check pass" until the health
+//! window gives a verdict, cut short by a rollback or a lost controller.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use cutover_core::rollout::Evidence;
+
+use super::{containers, Installer};
+use crate::health::{HealthWindow, Verdict};
+use crate::journal::{Journal, Slot};
+
+impl Installer {
+    /// Probes until healthy or the deadline. With `instant`, one passing
+    /// round is enough (the rollback path).
+    pub(super) async fn check_health(
+        &self,
+        j: &Journal,
+        started: Instant,
+        instant: bool,
+    ) -> Result<(), Evidence> {
+        let Some(slot) = j.current.clone() else {
+            return Err(Evidence::new("health", "nothing installed"));
+        };
+        let min = if instant {
+            Duration::ZERO
+        } else {
+            slot.config.min_healthy_time
+        };
+        let mut window = HealthWindow::new(Instant::now(), min, slot.config.healthy_deadline);
+        let interval = slot
+            .config
+            .checks
+            .iter()
+            .map(|c| c.interval)
+            .min()
+            .unwrap_or(Duration::from_millis(500));
+        let dir = self.release_dir(&slot);
+        loop {
+            let round = self.round(&j.service, &slot, &dir).await;
+            match window.observe(Instant::now(), round) {
+                Verdict::Healthy => return Ok(()),
+                Verdict::Failed(mut e) => {
+                    e.elapsed_ms = started.elapsed().as_millis() as u64;
+                    return Err(e);
+                }
+                Verdict::Pending => {}
+            }
+            if !instant && self.rollback_waiting(&j.service) {
+                let mut e = window
+                    .last_failure(Instant::now())
+                    .unwrap_or_else(|| Evidence::new("health", "not yet healthy"));
+                e.detail = format!(
+                    "{} (checks stopped: the controller asked for a rollback)",
+                    e.detail
+                );
+                return Err(e);
+            }
+            if !instant && window.failing() && self.link.lost_for() > self.autonomous_rollback_after
+            {
+                let mut e = window
+                    .last_failure(Instant::now())
+                    .unwrap_or_else(|| Evidence::new("health", "failing"));
+                e.detail = format!(
+                    "{} (controller unreachable for {}s)",
+                    e.detail,
+                    self.link.lost_for().as_secs()
+                );
+                return Err(e);
+            }
+            tokio::time::sleep(interval).await;
+        }
+    }
+
+    /// One round: the service must run, then every check must pass.
+    async fn round(&self, service: &str, slot: &Slot, dir: &Path) -> Result<(), Evidence> {
+        let st = self.status(slot, service).await;
+        if !st.running {
+            let how = st.last_exit.unwrap_or_else(|| "not running".into());
+            let mut e = Evidence::new(
+                "start",
+                format!("service is not running: {how} (restarts: {})", st.restarts),
+            );
+            let log = if containers::is_container(slot) {
+                self.container_log(slot, service, 5).await.lines
+            } else {
+                self.runners
+                    .for_config(&slot.config)
+                    .log_tail(service, &slot.config, 5)
+            };
+            e.output = log.join("\n");
+            return Err(e);
+        }
+        for check in &slot.config.checks {
+            self.prober.probe(check, dir).await?;
+        }
+        if containers::is_container(slot) {
+            self.container_health(slot, service).await?;
+        }
+        Ok(())
+    }
+}
