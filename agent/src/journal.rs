@@ -95,9 +95,17 @@ impl Journal {
             Ok(None) => return Ok(None),
             Err(problem) => return Err(unreadable(problem)),
         };
-        serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| unreadable(e.to_string()))
+        let j: Journal = serde_json::from_slice(&bytes).map_err(|e| unreadable(e.to_string()))?;
+        // A journal names its own directory's service: one that names
+        // another would be saved over that service's journal, and an
+        // invalid name would make the controller refuse the inventory.
+        if j.service != service {
+            return Err(unreadable(format!(
+                "it names service {:?}, not {service:?} whose directory holds it",
+                cutover_core::views::bounded(&j.service, 256)
+            )));
+        }
+        Ok(Some(j))
     }
 
     /// Every service under the data directory, each as a readable journal,
@@ -504,5 +512,18 @@ mod tests {
         std::fs::create_dir_all(service_dir(dir.path(), "web")).unwrap();
         std::os::unix::fs::symlink("/etc", current_link(dir.path(), "web")).unwrap();
         assert_eq!(try_read_current(dir.path(), "web").unwrap(), None);
+    }
+
+    #[test]
+    fn a_journal_naming_another_service_is_unreadable() {
+        let dir = tempfile::tempdir().unwrap();
+        Journal::new("bad name!").save(dir.path()).unwrap();
+        let moved = service_dir(dir.path(), "api");
+        std::fs::rename(service_dir(dir.path(), "bad name!"), &moved).unwrap();
+        let e = Journal::load(dir.path(), "api").unwrap_err();
+        assert!(e.problem.contains("bad name!"), "{}", e.problem);
+        let scan = Journal::scan(dir.path()).unwrap();
+        assert!(scan.journals.is_empty());
+        assert_eq!(scan.unreadable[0].installed().name, "api");
     }
 }
