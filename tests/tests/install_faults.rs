@@ -572,3 +572,43 @@ fn two_services_pinning_one_tarball_on_one_host_install_at_once_into_one_whole_r
         8 << 20
     );
 }
+
+#[test]
+fn a_stray_directory_with_an_invalid_name_under_services_keeps_no_host_offline() {
+    use std::os::unix::ffi::OsStrExt;
+    let mut f = Fleet::new();
+    f.assign_ports(&["h1"], &["api"]);
+    f.start_controller();
+    f.start_agent("h1", "500ms");
+    f.wait_online("h1");
+    f.apply_sample_fleet(&["h1"], &["api"], "");
+    f.sample_release("1.0.0", &[Svc::new("api", "1.0")], Floor::default());
+    f.upgrade(&["api"], "1.0.0", &[]).ok();
+
+    // Once the agent listed these under their directory names, and the
+    // controller refused every hello for the invalid name.
+    f.kill_agent("h1");
+    let services = f.agent_dir("h1").join("services");
+    let bad = services.join("bad name!");
+    std::fs::create_dir_all(&bad).unwrap();
+    std::fs::write(bad.join("journal.json"), b"not json").unwrap();
+    let raw = services.join(std::ffi::OsStr::from_bytes(b"\xff\xfeweb"));
+    std::fs::create_dir_all(&raw).unwrap();
+    f.spawn_agent("h1", "500ms", None);
+    f.wait_online("h1");
+    let names: Vec<String> = f.hosts()["h1"]["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(names, ["api"]);
+
+    f.sample_release("1.1.0", &[Svc::new("api", "1.1")], Floor::default());
+    f.upgrade(&["api"], "1.1.0", &[]).ok();
+    assert_eq!(f.served_version("h1", "api").as_deref(), Some("1.1"));
+    assert!(
+        bad.join("journal.json").is_file() && raw.is_dir(),
+        "a stray directory was touched"
+    );
+}
