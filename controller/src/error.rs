@@ -49,10 +49,16 @@ impl Error {
     }
 }
 
+/// The longest status message the controller sends. Messages travel in
+/// HTTP/2 trailers (percent-encoded, so up to three times longer), and a
+/// peer refuses a header block past 16 KiB as a protocol error: whatever
+/// an error quotes, the operator gets the error, not "http2 error".
+const MAX_STATUS_MESSAGE: usize = 2048;
+
 impl From<Error> for tonic::Status {
     fn from(e: Error) -> Self {
         use tonic::Status;
-        let msg = e.to_string();
+        let msg = cutover_core::views::bounded(&e.to_string(), MAX_STATUS_MESSAGE).into_owned();
         match e {
             Error::NotFound(_) => Status::not_found(msg),
             Error::Conflict(_) => Status::already_exists(msg),
@@ -68,5 +74,18 @@ impl From<Error> for tonic::Status {
                 Status::internal(msg)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_status_message_is_bounded_whatever_the_error_quotes() {
+        let status = tonic::Status::from(Error::Invalid("x".repeat(1 << 20)));
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(status.message().len() <= MAX_STATUS_MESSAGE);
+        assert!(status.message().ends_with(cutover_core::views::TRUNCATED));
     }
 }

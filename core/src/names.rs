@@ -15,7 +15,8 @@ pub fn validate(kind: &str, name: &str) -> Result<()> {
         Ok(())
     } else {
         Err(Error::Invalid(format!(
-            "invalid {kind} name {name:?}: use 1-253 letters, digits, '-', '_' or '.', starting with a letter or digit"
+            "invalid {kind} name {}: use 1-253 letters, digits, '-', '_' or '.', starting with a letter or digit",
+            crate::text::shown(name, 64)
         )))
     }
 }
@@ -30,5 +31,17 @@ mod tests {
         for bad in ["", "-x", "a b", "a/b", "ä", ".."] {
             assert!(super::validate("host", bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_long_or_hostile_name_is_quoted_cut_short_and_escaped() {
+        let long = "h".repeat(70_000);
+        let err = super::validate("host", &long).unwrap_err().to_string();
+        assert!(err.len() < 300, "{err}");
+        assert!(err.contains("(70000 bytes)"), "{err}");
+        let err = super::validate("host", "a\u{1b}[31mb")
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains('\u{1b}'), "{err}");
     }
 }
