@@ -167,14 +167,26 @@ async fn exec(
     } else {
         release.join(command)
     };
-    let out = tokio::process::Command::new(&program)
-        .args(args)
+    let mut cmd = tokio::process::Command::new(&program);
+    cmd.args(args)
         .current_dir(release)
         .stdin(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .output()
-        .await
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        // Its own process group, so everything the check starts (a shell's
+        // `sleep`, a forked helper) can be killed with it.
+        .process_group(0)
+        .kill_on_drop(true);
+    let child = cmd
+        .spawn()
         .map_err(|e| evidence(check, format!("cannot run {}: {e}", program.display())))?;
+    // Kills the whole group when the check ends in any way: done, timed
+    // out (the future is dropped) or cancelled with its install.
+    let _group = child.id().map(ProcessGroup);
+    let out = child
+        .wait_with_output()
+        .await
+        .map_err(|e| evidence(check, format!("run {}: {e}", program.display())))?;
     if out.status.success() {
         return Ok(());
     }
@@ -192,6 +204,24 @@ async fn exec(
     output.extend_from_slice(&out.stderr);
     e.output = excerpt(&output);
     Err(e)
+}
+
+/// The process group of one exec check (its leader's pid). Dropping it
+/// sends SIGKILL to every process still in the group; the leader itself is
+/// reaped by tokio (`kill_on_drop`), the rest by whoever inherits them.
+struct ProcessGroup(u32);
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        let Ok(pgid) = i32::try_from(self.0) else {
+            return;
+        };
+        // ESRCH (the group is already empty) is the common case.
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(pgid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -360,5 +390,105 @@ mod tests {
         .unwrap();
         let e = probe(&check, Path::new("/")).await.unwrap_err();
         assert_eq!((e.exit_code, e.output.as_str()), (Some(4), "broken"));
+    }
+
+    /// The pid a check script wrote, once it is there.
+    async fn pid_in(file: &Path) -> i32 {
+        for _ in 0..500 {
+            if let Some(pid) = std::fs::read_to_string(file)
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+            {
+                return pid;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("{} never written", file.display());
+    }
+
+    /// Alive means it exists and is not a zombie waiting for pid 1.
+    fn alive(pid: i32) -> bool {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Ok(stat) => stat
+                .rsplit_once(") ")
+                .is_some_and(|(_, rest)| !rest.starts_with('Z')),
+            Err(_) => false,
+        }
+    }
+
+    async fn gone(pid: i32) -> bool {
+        for _ in 0..500 {
+            if !alive(pid) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        false
+    }
+
+    fn script_check(dir: &Path, body: &str, timeout: &str) -> Check {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::create_dir_all(dir.join("bin")).unwrap();
+        let path = dir.join("bin/check");
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        toml::from_str(&format!(
+            "kind = \"exec\"\ncommand = \"bin/check\"\ntimeout = \"{timeout}\""
+        ))
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn exec_probe_that_times_out_kills_what_its_script_started() {
+        let dir = tempfile::tempdir().unwrap();
+        let check = script_check(
+            dir.path(),
+            "sleep 4242 &\necho $! > grandchild.pid\nwait",
+            "300ms",
+        );
+        let e = probe(&check, dir.path()).await.unwrap_err();
+        assert!(e.detail.starts_with("timed out"), "{}", e.detail);
+        let pid = pid_in(&dir.path().join("grandchild.pid")).await;
+        assert!(
+            gone(pid).await,
+            "the check's `sleep` (pid {pid}) outlived it"
+        );
+    }
+
+    #[tokio::test]
+    async fn exec_probe_that_passes_leaves_nothing_running() {
+        let dir = tempfile::tempdir().unwrap();
+        let check = script_check(
+            dir.path(),
+            "sleep 4243 >/dev/null 2>&1 &\necho $! > grandchild.pid\nexit 0",
+            "10s",
+        );
+        probe(&check, dir.path()).await.unwrap();
+        let pid = pid_in(&dir.path().join("grandchild.pid")).await;
+        assert!(
+            gone(pid).await,
+            "the check's `sleep` (pid {pid}) outlived it"
+        );
+    }
+
+    #[tokio::test]
+    async fn exec_probe_cancelled_with_its_install_kills_its_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let check = script_check(
+            dir.path(),
+            "sleep 4244 &\necho $! > grandchild.pid\nwait",
+            "1h",
+        );
+        let pidfile = dir.path().join("grandchild.pid");
+        let release = dir.path().to_path_buf();
+        let task = tokio::spawn(async move { probe(&check, &release).await });
+        let pid = pid_in(&pidfile).await;
+        assert!(alive(pid));
+        task.abort();
+        let _ = task.await;
+        assert!(
+            gone(pid).await,
+            "the check's `sleep` (pid {pid}) outlived it"
+        );
     }
 }
