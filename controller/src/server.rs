@@ -3,24 +3,27 @@
 //! handed to tonic as connection info. Connections that have not proven who
 //! they are are bounded: a connection that sends no byte of its TLS hello
 //! within seconds is closed before it takes a handshake slot; handshakes in
-//! progress are capped (one over the cap waits a moment for a slot, then is
-//! closed); connections without a client certificate (enrollment) are
+//! progress are capped, in all and per source address (one over a cap waits
+//! a moment for a slot, then is closed), so one address can never take every
+//! slot; a hello must be complete within seconds, the handshake a little
+//! later, so a stalled partial hello frees its slot fast; connections without a client certificate (enrollment) are
 //! capped, and each lives a bounded time.
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use cutover_core::pki::PeerIdentity;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::server::TlsStream;
-use tokio_rustls::TlsAcceptor;
+use tokio_rustls::LazyConfigAcceptor;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::Connected;
 
@@ -146,7 +149,15 @@ pub struct Limits {
     /// byte); a connection over it waits up to `handshake_wait` for a slot,
     /// then is closed.
     pub handshakes: usize,
+    /// Handshakes in progress at once from one source address (a part of
+    /// `handshakes`, so one address never takes them all); one over it
+    /// waits up to `handshake_wait` too.
+    pub handshakes_per_source: usize,
     pub handshake_wait: Duration,
+    /// How long a connection with a handshake slot may take to send its
+    /// whole ClientHello (a client sends it at once).
+    pub client_hello_timeout: Duration,
+    /// How long the whole handshake may take, from the slot.
     pub handshake_timeout: Duration,
     /// Connections without a client certificate (enrollment) open at once;
     /// one over it is closed right after its handshake. Connections with a
@@ -165,7 +176,11 @@ impl Default for Limits {
         Limits {
             hello_timeout: Duration::from_secs(2),
             handshakes: 1024,
+            // Generous: the simulator's thousands of agents share an address
+            // or a few; a handshake takes milliseconds.
+            handshakes_per_source: 512,
             handshake_wait: Duration::from_secs(1),
+            client_hello_timeout: Duration::from_secs(3),
             handshake_timeout: Duration::from_secs(10),
             unauthenticated: 64,
             unauthenticated_lifetime: Duration::from_secs(10),
@@ -212,6 +227,91 @@ impl Throttled {
     }
 }
 
+/// Handshakes in progress per source address.
+#[derive(Default)]
+struct PerSource {
+    counts: Mutex<HashMap<IpAddr, usize>>,
+    freed: Notify,
+}
+
+/// A handshake slot (its address's and the global one), given back when
+/// dropped.
+struct SourceSlot {
+    of: Arc<PerSource>,
+    ip: IpAddr,
+    global: Option<OwnedSemaphorePermit>,
+}
+
+impl PerSource {
+    /// A slot for `ip` once it holds fewer than its share and a global one
+    /// is free, waiting up to `handshake_wait` in all.
+    async fn acquire(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        global: &Arc<Semaphore>,
+        limits: Limits,
+    ) -> Option<SourceSlot> {
+        let deadline = tokio::time::Instant::now() + limits.handshake_wait;
+        loop {
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            {
+                let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+                let n = counts.entry(ip).or_insert(0);
+                if *n < limits.handshakes_per_source {
+                    *n += 1;
+                    break;
+                }
+            }
+            tokio::time::timeout_at(deadline, freed).await.ok()?;
+        }
+        // Counted from here: a slot dropped on the way out gives it back.
+        let mut slot = SourceSlot {
+            of: self.clone(),
+            ip,
+            global: None,
+        };
+        let permit = tokio::time::timeout_at(deadline, global.clone().acquire_owned());
+        slot.global = Some(permit.await.ok()?.ok()?);
+        Some(slot)
+    }
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut counts = self.of.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = counts.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                counts.remove(&self.ip);
+            }
+        }
+        drop(counts);
+        self.of.freed.notify_waiters();
+    }
+}
+
+/// The TLS handshake of a connection holding a slot: its ClientHello within
+/// `client_hello_timeout`, the whole within `handshake_timeout`.
+async fn handshake(
+    tcp: TcpStream,
+    config: Arc<rustls::ServerConfig>,
+    limits: Limits,
+) -> Result<std::io::Result<TlsStream<TcpStream>>, &'static str> {
+    let whole = tokio::time::Instant::now() + limits.handshake_timeout;
+    let hello_by = whole.min(tokio::time::Instant::now() + limits.client_hello_timeout);
+    let lazy = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp);
+    let start = match tokio::time::timeout_at(hello_by, lazy).await {
+        Ok(Ok(start)) => start,
+        Ok(Err(e)) => return Ok(Err(e)),
+        Err(_) => return Err("no complete TLS ClientHello in time"),
+    };
+    tokio::time::timeout_at(whole, start.into_stream(config))
+        .await
+        .map_err(|_| "TLS handshake timed out")
+}
+
 /// Accepts connections until `stop` is cancelled (then the listener is
 /// closed and the port free), handshaking each on its own task within
 /// `limits`, and yields the ones that passed.
@@ -222,8 +322,8 @@ pub fn incoming(
     stop: CancellationToken,
 ) -> mpsc::Receiver<std::io::Result<TlsConn>> {
     let (tx, rx) = mpsc::channel(1024);
-    let acceptor = TlsAcceptor::from(config);
     let handshakes = Arc::new(Semaphore::new(limits.handshakes));
+    let per_source = Arc::new(PerSource::default());
     let unauthenticated = Arc::new(Semaphore::new(limits.unauthenticated));
     let busy_log = Arc::new(Throttled::new());
     let unauth_log = Arc::new(Throttled::new());
@@ -243,7 +343,8 @@ pub fn incoming(
                 }
             };
             let _ = tcp.set_nodelay(true);
-            let acceptor = acceptor.clone();
+            let config = config.clone();
+            let per_source = per_source.clone();
             let tx = tx.clone();
             let handshakes = handshakes.clone();
             let busy_log = busy_log.clone();
@@ -261,17 +362,14 @@ pub fn incoming(
                         return;
                     }
                 }
-                let slot =
-                    tokio::time::timeout(limits.handshake_wait, handshakes.acquire_owned()).await;
-                let Ok(Ok(handshake_slot)) = slot else {
+                let Some(slot) = per_source.acquire(addr.ip(), &handshakes, limits).await else {
                     if let Some(skipped) = busy_log.due() {
-                        tracing::warn!(peer = %addr, limit = limits.handshakes, skipped, "too many TLS handshakes in progress; closing connections that found no slot within {:?}", limits.handshake_wait);
+                        tracing::warn!(peer = %addr, limit = limits.handshakes, per_address = limits.handshakes_per_source, skipped, "too many TLS handshakes in progress; closing connections that found no slot within {:?}", limits.handshake_wait);
                     }
                     return;
                 };
-                let handshake =
-                    tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await;
-                drop(handshake_slot);
+                let handshake = handshake(tcp, config, limits).await;
+                drop(slot);
                 match handshake {
                     Ok(Ok(tls)) => {
                         let identity = tls
@@ -310,7 +408,7 @@ pub fn incoming(
                     Ok(Err(e)) => {
                         tracing::info!(peer = %addr, error = %e, "TLS handshake refused")
                     }
-                    Err(_) => tracing::info!(peer = %addr, "TLS handshake timed out"),
+                    Err(why) => tracing::info!(peer = %addr, "{why}; closed"),
                 }
             });
         }

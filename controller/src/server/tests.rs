@@ -351,3 +351,78 @@ fn the_soft_descriptor_limit_is_raised_to_the_hard_one() {
     assert_eq!((soft_after, hard_after), (hard, hard));
     assert_eq!(now, hard);
 }
+
+/// A TCP connection from `source` (another loopback address) that sends
+/// 11 bytes of a TLS ClientHello and then nothing.
+async fn stalled_hello_from(source: &str, addr: SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+    let mut s = socket.connect(addr).await.unwrap();
+    // Record header (handshake, TLS 1.0, 512 bytes), then the start of a
+    // ClientHello that never arrives whole.
+    s.write_all(&[
+        0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
+    ])
+    .await
+    .unwrap();
+    s
+}
+
+#[tokio::test]
+async fn one_address_holding_its_most_stalled_hellos_leaves_handshakes_for_another() {
+    let mut w = world(Limits {
+        handshakes: 3,
+        handshakes_per_source: 2,
+        handshake_wait: Duration::from_millis(200),
+        client_hello_timeout: Duration::from_secs(3600),
+        handshake_timeout: Duration::from_secs(3600),
+        ..Limits::default()
+    })
+    .await;
+    let held_1 = stalled_hello_from("127.0.0.1", w.addr).await;
+    let held_2 = stalled_hello_from("127.0.0.1", w.addr).await;
+    // Over its address's share, though the global cap has room: closed.
+    let mut over = stalled_hello_from("127.0.0.1", w.addr).await;
+    closed_by_server(&mut over).await;
+    // Another address still completes a handshake and is served.
+    let ca = cutover_core::tls::read_certs(&w.pki.join(pki::CA_CERT)).unwrap();
+    let config = cutover_core::tls::client_config(&ca, None).unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let tcp = socket.connect(w.addr).await.unwrap();
+    let mut client = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect("127.0.0.1".try_into().unwrap(), tcp)
+        .await
+        .expect("a handshake from another address was refused");
+    let (info, _task) = w.serve_next().await;
+    assert_eq!(info.addr.ip().to_string(), "127.0.0.2");
+    echo(&mut client).await;
+    // The first address's stalled hellos were held all along.
+    let mut buf = [0u8; 1];
+    for s in [&held_1, &held_2] {
+        assert_eq!(
+            s.try_read(&mut buf).unwrap_err().kind(),
+            std::io::ErrorKind::WouldBlock,
+            "a connection within its address's share was closed"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_stalled_partial_hello_is_closed_after_the_hello_deadline_and_frees_its_slot() {
+    let mut w = world(Limits {
+        handshakes: 1,
+        handshake_wait: Duration::from_secs(3600),
+        client_hello_timeout: Duration::from_millis(300),
+        handshake_timeout: Duration::from_secs(3600),
+        ..Limits::default()
+    })
+    .await;
+    let mut stalled = stalled_hello_from("127.0.0.1", w.addr).await;
+    // Closed long before the handshake deadline.
+    closed_by_server(&mut stalled).await;
+    // Its one slot is free again: a real client is served.
+    let mut client = w.tls(false).await;
+    let (_, _task) = w.serve_next().await;
+    echo(&mut client).await;
+}
