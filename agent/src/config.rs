@@ -126,7 +126,8 @@ impl Config {
                 *p = base.join(&*p);
             }
         }
-        cutover_proto::transport::ControllerAddr::parse(&c.controller)?;
+        cutover_proto::transport::ControllerAddr::check(&c.controller)
+            .map_err(|why| format!("controller = {:?}: {why}", c.controller))?;
         c.check_bounds()?;
         Ok(c)
     }
@@ -264,6 +265,35 @@ mod tests {
         ] {
             let e = Config::parse(&format!("{base}{extra}\n"), Path::new("/")).unwrap_err();
             assert!(e.contains(&want), "{want}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_controller_url_that_would_dial_another_port_or_carries_more_is_refused_at_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        for (url, why) in [
+            (
+                "https://127.0.0.1:99999",
+                "must be a number from 1 to 65535",
+            ),
+            ("https://127.0.0.1:0", "must be a number from 1 to 65535"),
+            ("https://127.0.0.1:35001/x?y", "no path, query or fragment"),
+            ("https://u:p@127.0.0.1:35001", "no user name or password"),
+        ] {
+            std::fs::write(
+                &path,
+                format!("controller = \"{url}\"\nca_cert = \"ca.pem\"\ndata_dir = \"data\"\n"),
+            )
+            .unwrap();
+            let e = Config::load(&path).unwrap_err().to_string();
+            assert!(
+                e.contains("agent.toml")
+                    && e.contains(&format!("controller = \"{url}\": "))
+                    && e.contains(why),
+                "{url}: {e}"
+            );
+            assert!(!e.contains('\n'), "one line: {e}");
         }
     }
 

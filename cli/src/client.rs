@@ -14,12 +14,14 @@ use crate::error::{Error, Result};
 /// Where the controller is and which certificate to present.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ConnectArgs {
-    /// The controller's address.
+    /// The controller's address, `https://HOST[:PORT]` (port 7443 when left
+    /// out).
     #[arg(
         long,
         global = true,
         env = "CUTOVER_CONTROLLER",
-        default_value = "https://127.0.0.1:7443"
+        default_value = "https://127.0.0.1:7443",
+        value_parser = controller_url
     )]
     pub controller: String,
     /// Directory made by `cutover pki init`: ca.pem, operator.pem, operator-key.pem.
@@ -34,6 +36,13 @@ pub struct ConnectArgs {
     /// Operator private key (overrides PKI_DIR/operator-key.pem).
     #[arg(long, global = true, env = "CUTOVER_KEY")]
     pub key: Option<PathBuf>,
+}
+
+/// `--controller` and `CUTOVER_CONTROLLER` go through the one parser of a
+/// controller URL when the command line is read, so a bad one is a usage
+/// error (exit 2) before anything is dialed.
+fn controller_url(url: &str) -> std::result::Result<String, String> {
+    ControllerAddr::check(url).map(|_| url.to_string())
 }
 
 impl ConnectArgs {
@@ -56,5 +65,37 @@ impl ConnectArgs {
             })?;
         Ok(OperatorClient::new(channel)
             .max_decoding_message_size(cutover_proto::MAX_OPERATOR_MESSAGE_BYTES))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    #[test]
+    fn a_controller_flag_that_would_dial_another_port_or_carries_more_is_a_usage_error() {
+        for (url, why) in [
+            (
+                "https://127.0.0.1:99999",
+                "must be a number from 1 to 65535",
+            ),
+            ("https://127.0.0.1:0", "must be a number from 1 to 65535"),
+            ("https://127.0.0.1:35001/x?y", "no path, query or fragment"),
+            ("https://u:p@127.0.0.1:35001", "no user name or password"),
+            ("http://127.0.0.1:1", "https://"),
+        ] {
+            let e = crate::Cli::try_parse_from(["cutover", "--controller", url, "hosts"])
+                .err()
+                .unwrap_or_else(|| panic!("{url} was accepted"));
+            assert_eq!(e.exit_code(), 2, "{url}");
+            let text = e.to_string();
+            assert!(
+                text.contains("--controller") && text.contains(url) && text.contains(why),
+                "{url}: {text}"
+            );
+        }
+        let ok = crate::Cli::try_parse_from(["cutover", "--controller", "https://ctl/", "hosts"])
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(ok.connect.controller, "https://ctl/");
     }
 }

@@ -10,32 +10,97 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tonic::transport::{Channel, Endpoint, Uri};
 
-/// Where the controller is: `https://HOST:PORT`.
+/// Where the controller is: `https://HOST[:PORT]`, the port 7443 when it is
+/// left out.
 #[derive(Debug, Clone)]
 pub struct ControllerAddr {
     pub host: String,
     pub port: u16,
 }
 
+/// The controller's port when a URL names none.
+pub const DEFAULT_CONTROLLER_PORT: u16 = 7443;
+
+/// The longest controller URL accepted.
+pub const MAX_CONTROLLER_URL_BYTES: usize = 1024;
+
 impl ControllerAddr {
+    /// Parses a controller URL; the error quotes it: `controller address
+    /// "URL": why`.
     pub fn parse(url: &str) -> Result<Self, String> {
-        let uri: Uri = url
-            .parse()
-            .map_err(|e| format!("controller address {url:?}: {e}"))?;
-        if uri.scheme_str() != Some("https") {
+        Self::check(url).map_err(|why| format!("controller address {url:?}: {why}"))
+    }
+
+    /// The one parser of a controller URL, with the reason alone as its error
+    /// (for callers that name the key or flag themselves): `https` only, a
+    /// host (a DNS name, an IPv4 address or a bracketed IPv6 one), a port of
+    /// 1-65535 or none (7443), no user name or password, no path but "/",
+    /// no query and no fragment.
+    pub fn check(url: &str) -> Result<Self, String> {
+        if url.len() > MAX_CONTROLLER_URL_BYTES {
             return Err(format!(
-                "controller address {url:?} must start with https://"
+                "{} bytes; at most {MAX_CONTROLLER_URL_BYTES} are allowed",
+                url.len()
             ));
         }
-        let host = uri
-            .host()
-            .ok_or_else(|| format!("controller address {url:?} has no host"))?
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_string();
+        let rest = match url.split_once("://") {
+            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("https") => rest,
+            _ => return Err("must start with https://".into()),
+        };
+        let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        let (authority, tail) = rest.split_at(end);
+        if !tail.is_empty() && tail != "/" {
+            return Err(format!(
+                "{tail:?}: a controller URL has no path, query or fragment (write https://HOST:PORT)"
+            ));
+        }
+        if authority.contains('@') {
+            return Err(
+                "a controller URL carries no user name or password (the operator and hosts authenticate by certificate)"
+                    .into(),
+            );
+        }
+        let (host, port) = if let Some(bracketed) = authority.strip_prefix('[') {
+            let (host, after) = bracketed
+                .split_once(']')
+                .ok_or("an IPv6 address opened with [ is not closed with ]")?;
+            if host.parse::<std::net::Ipv6Addr>().is_err() {
+                return Err(format!("[{host}] is not an IPv6 address"));
+            }
+            match after {
+                "" => (host, None),
+                _ => match after.strip_prefix(':') {
+                    Some(port) => (host, Some(port)),
+                    None => return Err(format!("{after:?} after the IPv6 address")),
+                },
+            }
+        } else {
+            match authority.split_once(':') {
+                Some((_, p)) if p.contains(':') => {
+                    return Err(
+                        "an IPv6 address must be written in brackets: https://[::1]:7443".into(),
+                    )
+                }
+                Some((h, p)) => (h, Some(p)),
+                None => (authority, None),
+            }
+        };
+        if host.is_empty() {
+            return Err("no host".into());
+        }
+        if ServerName::try_from(host.to_string()).is_err() {
+            return Err(format!("{host:?} is not a host name or an IP address"));
+        }
+        let port = match port {
+            None => DEFAULT_CONTROLLER_PORT,
+            Some(p) => match p.parse::<u16>() {
+                Ok(n) if n > 0 && p.bytes().all(|b| b.is_ascii_digit()) => n,
+                _ => return Err(format!("port {p:?} must be a number from 1 to 65535")),
+            },
+        };
         Ok(ControllerAddr {
-            host,
-            port: uri.port_u16().unwrap_or(7443),
+            host: host.to_string(),
+            port,
         })
     }
 }
@@ -169,9 +234,49 @@ mod tests {
     fn parses_controller_urls() {
         let a = ControllerAddr::parse("https://ctl.example:9000").unwrap();
         assert_eq!((a.host.as_str(), a.port), ("ctl.example", 9000));
-        assert_eq!(ControllerAddr::parse("https://[::1]").unwrap().host, "::1");
+        let a = ControllerAddr::parse("https://[::1]").unwrap();
+        assert_eq!((a.host.as_str(), a.port), ("::1", 7443));
+        let a = ControllerAddr::parse("https://[::1]:9/").unwrap();
+        assert_eq!((a.host.as_str(), a.port), ("::1", 9));
+        let a = ControllerAddr::parse("HTTPS://127.0.0.1:65535").unwrap();
+        assert_eq!((a.host.as_str(), a.port), ("127.0.0.1", 65535));
+        assert_eq!(ControllerAddr::parse("https://ctl").unwrap().port, 7443);
         assert!(ControllerAddr::parse("http://x:1")
             .unwrap_err()
             .contains("https://"));
+    }
+
+    #[test]
+    fn controller_urls_that_would_dial_elsewhere_are_refused() {
+        for (url, why) in [
+            (
+                "https://127.0.0.1:99999",
+                "port \"99999\" must be a number from 1 to 65535",
+            ),
+            ("https://127.0.0.1:0", "port \"0\""),
+            ("https://127.0.0.1:", "port \"\""),
+            ("https://127.0.0.1:+80", "port \"+80\""),
+            ("https://127.0.0.1:35001/x?y", "no path, query or fragment"),
+            ("https://127.0.0.1:35001?y", "no path, query or fragment"),
+            ("https://127.0.0.1#f", "no path, query or fragment"),
+            ("https://u:p@127.0.0.1:35001", "no user name or password"),
+            ("https://u@127.0.0.1", "no user name or password"),
+            ("https://:7443", "no host"),
+            ("https://", "no host"),
+            ("https://::1:7443", "in brackets"),
+            ("https://[::1", "not closed"),
+            ("https://[nope]:1", "not an IPv6 address"),
+            ("https://[::1]x", "after the IPv6 address"),
+            ("https://bad host:1", "not a host name"),
+            ("127.0.0.1:7443", "https://"),
+        ] {
+            let e = ControllerAddr::parse(url).unwrap_err();
+            assert!(e.contains(why), "{url}: {e}");
+            assert!(e.starts_with(&format!("controller address {url:?}")), "{e}");
+        }
+        let long = format!("https://{}.example", "a".repeat(2000));
+        assert!(ControllerAddr::check(&long)
+            .unwrap_err()
+            .contains("at most"));
     }
 }
