@@ -26,6 +26,13 @@ pub enum Error {
     Journal { path: PathBuf, problem: String },
     #[error("service {service}: {problem}")]
     Runner { service: String, problem: String },
+    /// An identity file that is there but cannot be used: it is kept as it is.
+    #[error("{path}: {problem}: {fix}")]
+    Identity {
+        path: PathBuf,
+        problem: String,
+        fix: String,
+    },
     #[error("no identity in {data_dir}: start the agent once with --join-token (from `cutover token create HOST`)")]
     NoIdentity { data_dir: PathBuf },
     #[error("the certificate of host {host} expired at {not_after}{why}; the controller will refuse it: create a join token with `cutover token create {host}` and restart the agent with --join-token")]

@@ -12,6 +12,16 @@ use crate::error::{Error, Result};
 
 pub const FILE: &str = "identity.pem";
 
+/// What to do about an identity file that cannot be used.
+fn enroll_again(path: &Path) -> String {
+    let p = path.display();
+    format!(
+        "enroll again: keep the file aside (`mv {p} {p}.damaged`), create a join token with \
+         `cutover token create HOST` and restart the agent with --join-token TOKEN; \
+         the services keep running"
+    )
+}
+
 #[derive(Clone)]
 pub struct Identity {
     pub host: String,
@@ -43,20 +53,77 @@ impl Identity {
         data_dir.join(FILE)
     }
 
+    /// The identity in `data_dir`, `None` when there is none. A file that
+    /// is there but cannot be used is an error naming it, what is wrong
+    /// and how to enroll again; it is never deleted or rewritten here.
     pub fn load(data_dir: &Path) -> Result<Option<Identity>> {
         let path = Self::path(data_dir);
-        if !path.exists() {
-            return Ok(None);
+        let bytes =
+            match std::fs::read(&path) {
+                Ok(b) => b,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(Error::Identity {
+                    path,
+                    problem: format!("cannot be read ({e})"),
+                    fix: "make it readable by the agent and restart it; the services keep running"
+                        .into(),
+                }),
+            };
+        Self::parse_file(&bytes)
+            .map(Some)
+            .map_err(|problem| Error::Identity {
+                fix: enroll_again(&path),
+                path,
+                problem: format!("cannot be used ({problem})"),
+            })
+    }
+
+    /// Reads an identity file's bytes; the error says what is wrong.
+    fn parse_file(bytes: &[u8]) -> std::result::Result<Identity, String> {
+        use rustls::pki_types::pem::{self, PemObject, SectionKind};
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Err("empty".into());
         }
-        let text = cutover_core::fsutil::read_to_string(&path)?;
-        let key_start = text.find("-----BEGIN PRIVATE KEY-----").ok_or_else(|| {
-            Error::Core(cutover_core::Error::pki(
-                path.display().to_string(),
-                "no private key",
-            ))
-        })?;
+        let (mut certs, mut keys) = (0usize, 0usize);
+        for section in <(SectionKind, Vec<u8>)>::pem_slice_iter(bytes) {
+            match section {
+                Ok((SectionKind::Certificate, _)) => certs += 1,
+                Ok((
+                    SectionKind::PrivateKey
+                    | SectionKind::EcPrivateKey
+                    | SectionKind::RsaPrivateKey,
+                    _,
+                )) => keys += 1,
+                Ok(_) => {}
+                Err(pem::Error::MissingSectionEnd { end_marker }) => {
+                    let kind = String::from_utf8_lossy(&end_marker);
+                    let kind = kind.trim_matches(|c: char| c == '-' || c.is_whitespace());
+                    let kind = kind.strip_prefix("END ").unwrap_or(kind);
+                    return Err(format!("cut short: its {kind} block has no END line"));
+                }
+                Err(e) => return Err(format!("damaged PEM: {e}")),
+            }
+        }
+        match (certs, keys) {
+            (0, 0) => return Err("no certificate block and no private key block".into()),
+            (0, _) => return Err("no certificate block".into()),
+            (_, 0) => return Err("no private key block".into()),
+            _ => {}
+        }
+        let text = String::from_utf8_lossy(bytes);
+        let key_start = ["PRIVATE KEY", "EC PRIVATE KEY", "RSA PRIVATE KEY"]
+            .iter()
+            .filter_map(|k| text.find(&format!("-----BEGIN {k}-----")))
+            .min()
+            .ok_or("no private key block")?;
         let (cert, key) = text.split_at(key_start);
-        Self::from_pem(cert.to_string(), key.to_string()).map(Some)
+        if cutover_core::pki::first_cert_der(cert).is_err() {
+            return Err("the certificate block does not come before the private key".into());
+        }
+        Self::from_pem(cert.to_string(), key.to_string()).map_err(|e| match e {
+            Error::Core(e) => format!("{e}"),
+            e => e.to_string(),
+        })
     }
 
     pub fn save(&self, data_dir: &Path) -> Result<()> {
@@ -128,5 +195,105 @@ mod tests {
         let short = Identity::from_pem(short.pem, key).unwrap();
         assert!(short.renew_at() > time::OffsetDateTime::now_utc());
         assert!(short.renew_at() < short.not_after);
+    }
+
+    /// A real identity file's text, made with the project's own PKI.
+    fn identity_text() -> String {
+        let pki = tempfile::tempdir().unwrap();
+        cutover_core::pki::init(&cutover_core::pki::InitOptions {
+            dir: pki.path(),
+            controller_hosts: &["localhost".into()],
+            operator_name: "admin",
+        })
+        .unwrap();
+        let ca = cutover_core::pki::CertificateAuthority::load(
+            &pki.path().join("ca.pem"),
+            &pki.path().join("ca-key.pem"),
+        )
+        .unwrap();
+        let (key, csr) = cutover_core::pki::new_csr("edge-1").unwrap();
+        let cert = ca
+            .issue_host_cert(&csr, "edge-1", time::Duration::hours(3))
+            .unwrap();
+        format!("{}{}", cert.pem, key)
+    }
+
+    /// Loads `bytes` as identity.pem: the error's text, and that the file
+    /// is left exactly as it was.
+    fn load_error(bytes: &[u8]) -> String {
+        let data = tempfile::tempdir().unwrap();
+        let path = Identity::path(data.path());
+        std::fs::write(&path, bytes).unwrap();
+        let e = match Identity::load(data.path()) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("a damaged identity loaded"),
+        };
+        assert_eq!(std::fs::read(&path).unwrap(), bytes, "the file was changed");
+        assert!(
+            e.starts_with(&format!("{}: cannot be used (", path.display())),
+            "{e}"
+        );
+        assert!(
+            e.contains("`cutover token create HOST`")
+                && e.contains("--join-token TOKEN")
+                && e.contains("the services keep running"),
+            "{e}"
+        );
+        e
+    }
+
+    #[test]
+    fn truncated_identity_names_the_file_what_is_cut_and_how_to_enroll_again() {
+        let text = identity_text();
+        let e = load_error(&text.as_bytes()[..500]);
+        assert!(
+            e.contains("(cut short: its CERTIFICATE block has no END line)"),
+            "{e}"
+        );
+        assert!(!e.contains("no private key"), "misleading: {e}");
+    }
+
+    #[test]
+    fn key_only_identity_says_the_certificate_is_missing() {
+        let text = identity_text();
+        let key = &text[text.find("-----BEGIN PRIVATE KEY-----").unwrap()..];
+        let e = load_error(key.as_bytes());
+        assert!(e.contains("(no certificate block)"), "{e}");
+    }
+
+    #[test]
+    fn cert_only_identity_says_the_key_is_missing() {
+        let text = identity_text();
+        let cert = &text[..text.find("-----BEGIN PRIVATE KEY-----").unwrap()];
+        let e = load_error(cert.as_bytes());
+        assert!(e.contains("(no private key block)"), "{e}");
+    }
+
+    #[test]
+    fn garbage_identity_says_it_holds_neither() {
+        let e = load_error(b"\x00\xff not a pem file \xfe\n");
+        assert!(
+            e.contains("no certificate block and no private key block"),
+            "{e}"
+        );
+        let e = load_error(b"");
+        assert!(e.contains("(empty)"), "{e}");
+    }
+
+    #[test]
+    fn identity_with_a_damaged_block_says_so() {
+        let text = identity_text();
+        // A character base64 does not have, in the middle of the certificate.
+        let at = text.find("-----BEGIN CERTIFICATE-----").unwrap() + 100;
+        let mut bytes = text.into_bytes();
+        bytes[at] = b'*';
+        let e = load_error(&bytes);
+        assert!(e.contains("damaged"), "{e}");
+    }
+
+    #[test]
+    fn missing_identity_is_none() {
+        let data = tempfile::tempdir().unwrap();
+        assert!(Identity::load(data.path()).unwrap().is_none());
     }
 }
