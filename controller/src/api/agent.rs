@@ -364,19 +364,25 @@ async fn run_session(
     }
 }
 
-/// How long a session's last message (the status that ends it) may wait
-/// for room in the outbound queue. A peer that stopped reading leaves the
-/// queue full: the session ends without the message rather than waiting on
-/// it, so its task still goes and shutdown is not held up.
+/// How long the session task waits for room in the outbound queue for a
+/// message it must not drop silently (the status that ends a session, a
+/// renewal's answer). A peer that stopped reading leaves the queue full:
+/// the message is given up rather than waited on, so the task still sees
+/// its cut, silence and expiry, ends, and does not hold up shutdown.
 const LAST_WORD_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Queues the status that ends a session, if the peer makes room for it
-/// within [`LAST_WORD_TIMEOUT`]; says whether it was queued.
-async fn last_word(tx: &mpsc::Sender<Outbound>, status: Status) -> bool {
+/// Queues `msg` if the peer makes room for it within
+/// [`LAST_WORD_TIMEOUT`]; says whether it was queued.
+async fn queue_within(tx: &mpsc::Sender<Outbound>, msg: Outbound) -> bool {
     matches!(
-        tokio::time::timeout(LAST_WORD_TIMEOUT, tx.send(Err(status))).await,
+        tokio::time::timeout(LAST_WORD_TIMEOUT, tx.send(msg)).await,
         Ok(Ok(()))
     )
+}
+
+/// Queues the status that ends a session, as [`queue_within`].
+async fn last_word(tx: &mpsc::Sender<Outbound>, status: Status) -> bool {
+    queue_within(tx, Err(status)).await
 }
 
 async fn handle(
@@ -411,7 +417,13 @@ async fn handle(
                     error: e.to_string(),
                 },
             };
-            let _ = session.tx.send(out(Out::Renewed(msg))).await;
+            // Bounded like a last word: the session must go on seeing its
+            // cut, silence and expiry. An answer lost here is lost as one on
+            // a session that drops would be: the agent keeps the certificate
+            // the renewal replaced, which still opens sessions.
+            if !queue_within(&session.tx, out(Out::Renewed(msg))).await {
+                tracing::warn!(host = %session.host, "renewal answer not queued: the agent is not reading its session");
+            }
         }
         Some(In::Report(r)) => match cutover_core::rollout::Report::try_from(r) {
             Ok(report) => {
