@@ -2,7 +2,7 @@
 //! on loopback, started as child processes in a temporary directory. It
 //! builds two releases of a sample service, rolls the good one out, then
 //! the one whose health check fails, shows the canary stopping it and the
-//! rollback, and stops everything cleanly (also on Ctrl-C).
+//! rollback, and stops everything cleanly (also on Ctrl-C, SIGTERM or SIGHUP).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -17,7 +17,8 @@ pub struct DemoArgs {
     /// How many agents to start.
     #[arg(long, default_value_t = 3)]
     pub agents: usize,
-    /// Keep the demo fleet running until Ctrl-C (prints how to point the CLI at it).
+    /// Keep the demo fleet running until Ctrl-C, SIGTERM or SIGHUP (prints how
+    /// to point the CLI at it).
     #[arg(long)]
     pub keep_running: bool,
     /// Work in this directory instead of a temporary one (kept afterwards).
@@ -110,12 +111,44 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             temp.path().to_path_buf()
         }
     };
+    // Listening before any child starts: a signal that arrives while the
+    // fleet comes up stops it too, never orphans it.
+    let stop = StopSignals::listen()?;
     let mut children = Children(Vec::new());
     tokio::select! {
         r = demo(&args, &dir, &mut children) => r,
-        _ = tokio::signal::ctrl_c() => {
-            eprintln!("\ndemo: interrupted, stopping the fleet");
+        name = stop.recv() => {
+            eprintln!("\ndemo: {name}, stopping the fleet");
             Ok(())
+        }
+    }
+}
+
+/// The signals that end the demo the way Ctrl-C does: every child it started
+/// is stopped (by `Children`'s drop) before it exits.
+struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn listen() -> Result<StopSignals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let listen = |kind: SignalKind, name: &str| {
+            signal(kind).map_err(|e| Error::Failed(format!("cannot listen for {name}: {e}")))
+        };
+        Ok(StopSignals {
+            term: listen(SignalKind::terminate(), "SIGTERM")?,
+            hup: listen(SignalKind::hangup(), "SIGHUP")?,
+        })
+    }
+
+    /// Waits for Ctrl-C, SIGTERM or SIGHUP and says which came.
+    async fn recv(mut self) -> &'static str {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => "interrupted",
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.hup.recv() => "SIGHUP",
         }
     }
 }
@@ -217,7 +250,7 @@ async fn demo(args: &DemoArgs, dir: &Path, children: &mut Children) -> Result<()
 
     if args.keep_running {
         println!(
-            "\ndemo: fleet running. In another shell:\n  export CUTOVER_CONTROLLER=https://127.0.0.1:{port} CUTOVER_PKI_DIR={}\n  cutover hosts\nPress Ctrl-C to stop.",
+            "\ndemo: fleet running. In another shell:\n  export CUTOVER_CONTROLLER=https://127.0.0.1:{port} CUTOVER_PKI_DIR={}\n  cutover hosts\nPress Ctrl-C to stop (or send SIGTERM or SIGHUP).",
             pki.display()
         );
         std::future::pending::<()>().await;

@@ -104,3 +104,78 @@ fn demo_stops_cleanly_on_ctrl_c() {
         processes_under(&work)
     );
 }
+
+/// Live processes (not zombies) whose command line mentions `dir`, by pid.
+fn pids_under(dir: &Path) -> Vec<(u32, String)> {
+    let needle = dir.to_str().unwrap();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            text.contains(needle).then_some((pid, text))
+        })
+        .collect()
+}
+
+/// `pid` still runs `cmdline` (an empty command line is a zombie; another
+/// one is a reused pid).
+fn still_running(pid: u32, cmdline: &str) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " ") == cmdline)
+        .unwrap_or(false)
+}
+
+#[test]
+fn demo_keep_running_stops_every_child_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("demo");
+    let mut child = Command::new(bin("cutover"))
+        .args(["demo", "--keep-running", "--dir", work.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut seen = String::new();
+    for line in BufReader::new(stdout).lines() {
+        let line = line.unwrap();
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.contains("Press Ctrl-C") {
+            break;
+        }
+    }
+    assert!(seen.contains("3 online"), "{seen}");
+    let started: Vec<(u32, String)> = pids_under(&work)
+        .into_iter()
+        .filter(|(pid, _)| *pid != child.id())
+        .collect();
+    if started.len() != 7 {
+        let _ = child.kill();
+        panic!("want the controller, three agents and three services: {started:?}");
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = eventually(
+        Duration::from_secs(20),
+        "the demo to exit on SIGTERM",
+        || child.try_wait().unwrap(),
+    );
+    assert!(status.success(), "{status:?}");
+    eventually(
+        Duration::from_secs(10),
+        "every process the demo started to be gone",
+        || {
+            started
+                .iter()
+                .all(|(pid, cmdline)| !still_running(*pid, cmdline))
+                .then_some(())
+        },
+    );
+    assert!(pids_under(&work).is_empty(), "{:?}", pids_under(&work));
+}
