@@ -504,3 +504,26 @@ fn a_damaged_store_is_refused_at_start_naming_the_integrity_check() {
         "the damaged store was changed"
     );
 }
+
+#[test]
+fn rollout_ids_past_what_the_store_holds_are_simply_not_found() {
+    let f = Fleet::new();
+    let c = start(&f, &[], None);
+    for id in ["9223372036854775808", "18446744073709551615"] {
+        let events = f.cli(&["events", "--rollout", id]);
+        assert_eq!(events.code, 0, "events --rollout {id}: {}", events.stderr);
+        assert!(
+            !events.stderr.contains("out of range") && !events.stdout.contains("out of range"),
+            "{}{}",
+            events.stdout,
+            events.stderr
+        );
+        let json = f.cli_json(&["events", "--rollout", id]);
+        assert_eq!(json.as_array().map(Vec::len), Some(0), "{json}");
+        let show = f.cli(&["rollout", "show", id]);
+        assert_eq!(show.code, 1, "rollout show {id}: {}", show.stdout);
+        assert!(show.stderr.contains("no rollout"), "{}", show.stderr);
+    }
+    assert!(!c.log().contains("internal error"), "{}", c.log());
+    stop(c);
+}

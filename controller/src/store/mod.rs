@@ -491,9 +491,12 @@ impl Store {
                 ],
             )?;
             for (sha, size) in artifacts {
+                let size = i64::try_from(*size).map_err(|_| {
+                    Error::Internal(format!("artifact {sha}: size {size} is past what the store holds"))
+                })?;
                 tx.execute(
                     "INSERT OR IGNORE INTO artifacts (sha256, size, stored_at) VALUES (?1, ?2, ?3)",
-                    params![sha, *size as i64, now_ms()],
+                    params![sha, size, now_ms()],
                 )?;
             }
             insert_event(

@@ -187,6 +187,13 @@ fn sql_limit(limit: usize) -> i64 {
     i64::try_from(limit).unwrap_or(i64::MAX)
 }
 
+/// A rollout id from a request as SQLite's integer: `None` past
+/// `i64::MAX`, where no rollout can be (ids count up from 1), so the caller
+/// answers "not found" rather than failing the conversion.
+pub(crate) fn sql_id(id: u64) -> Option<i64> {
+    i64::try_from(id).ok()
+}
+
 impl Store {
     pub fn apply_fleet(&self, toml: &str, summary: &str) -> Result<()> {
         self.with(|c| {
@@ -277,6 +284,9 @@ impl Store {
     }
 
     pub fn rollout(&self, id: u64) -> Result<Option<Rollout>> {
+        let Some(id) = sql_id(id) else {
+            return Ok(None);
+        };
         Ok(self.load(&format!("WHERE id = {id}"))?.into_iter().next())
     }
 
@@ -330,6 +340,9 @@ impl Store {
 
     /// Whether rollout `id` is stored and moves `service`.
     pub fn rollout_moves(&self, id: u64, service: &str) -> Result<bool> {
+        let Some(id) = sql_id(id) else {
+            return Ok(false);
+        };
         self.with(|c| {
             let services: Option<String> = c
                 .query_row("SELECT services FROM rollouts WHERE id = ?1", [id], |r| {
@@ -389,6 +402,12 @@ impl Store {
 
     /// The event log, oldest first; one rollout's events when `rollout` is set.
     pub fn events(&self, rollout: Option<u64>, limit: usize) -> Result<Vec<EventView>> {
+        let rollout = match rollout.map(sql_id) {
+            // A rollout that cannot exist has no events.
+            Some(None) => return Ok(Vec::new()),
+            Some(Some(id)) => Some(id),
+            None => None,
+        };
         self.with(|c| {
             let mut stmt = c.prepare(
                 "SELECT at, kind, host, rollout, detail FROM
@@ -661,5 +680,21 @@ mod tests {
             ev.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>(),
             ["rollout.created", "k"]
         );
+    }
+
+    #[test]
+    fn rollout_ids_past_what_sqlite_holds_are_not_found_rather_than_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("state.db")).unwrap();
+        s.create_rollout(|id| rollout(id, &["api"])).unwrap();
+        for id in [i64::MAX as u64 + 1, u64::MAX] {
+            assert!(s.events(Some(id), 10).unwrap().is_empty());
+            assert!(s.rollout(id).unwrap().is_none());
+            assert!(!s.rollout_moves(id, "api").unwrap());
+        }
+        assert!(s.events(Some(i64::MAX as u64), 10).unwrap().is_empty());
+        assert!(s.rollout(i64::MAX as u64).unwrap().is_none());
+        assert!(s.rollout_moves(1, "api").unwrap());
+        assert_eq!(s.events(Some(1), 10).unwrap().len(), 1);
     }
 }
