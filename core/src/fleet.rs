@@ -28,7 +28,9 @@ use crate::error::{Error, Result};
 
 mod bounds;
 pub use bounds::*;
-use bounds::{check_count, check_entries, check_target, check_text, check_url};
+use bounds::{
+    check_command, check_count, check_entries, check_env_keys, check_target, check_text, check_url,
+};
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -378,6 +380,21 @@ impl FleetConfig {
                 crate::names::validate("host", h).map_err(|e| format!("{at}.hosts: {e}"))?;
             }
             svc.validate().map_err(|e| format!("{at}.{e}"))?;
+            if svc.labels.is_empty() {
+                // Hosts named only: the canary can be judged now. Labels
+                // resolve at plan time, which checks those.
+                let mut named: Vec<&String> = svc.hosts.iter().collect();
+                named.sort_unstable();
+                named.dedup();
+                if svc.policy.canary > named.len() {
+                    return Err(format!(
+                        "{at}.policy.canary = {}: the service runs on {} named host(s), so at most {} can be the canary",
+                        svc.policy.canary,
+                        named.len(),
+                        named.len()
+                    ));
+                }
+            }
         }
         Ok(())
     }
@@ -429,6 +446,7 @@ impl ServiceConfig {
         check_text("unit", &self.unit)?;
         check_text("args", &self.args)?;
         check_text("env", self.env.keys().chain(self.env.values()))?;
+        check_env_keys("env", self.env.keys())?;
         match self.runner {
             RunnerKind::Process => {
                 if self.command.as_deref().unwrap_or("").is_empty() {
@@ -437,13 +455,7 @@ impl ServiceConfig {
                 if self.unit.is_some() {
                     return Err("unit: only for runner = \"systemd\"".into());
                 }
-                if let Some(dir) = &self.working_dir {
-                    if dir.starts_with('/') || dir.split('/').any(|c| c == "..") {
-                        return Err(format!(
-                            "working_dir: {dir:?} must be a path inside the release"
-                        ));
-                    }
-                }
+                self.check_process_paths()?;
                 signal_number(&self.stop_signal).map_err(|e| format!("stop_signal: {e}"))?;
             }
             RunnerKind::Systemd => {
@@ -500,6 +512,25 @@ impl ServiceConfig {
     }
 }
 
+impl ServiceConfig {
+    /// A `process` service's command and working directory stay inside the
+    /// release (the command may be absolute); checked again after the
+    /// host's `${var}`s are filled in.
+    fn check_process_paths(&self) -> std::result::Result<(), String> {
+        if let Some(command) = &self.command {
+            check_command(command)?;
+        }
+        if let Some(dir) = &self.working_dir {
+            if dir.starts_with('/') || dir.split('/').any(|c| c == "..") {
+                return Err(format!(
+                    "working_dir: {dir:?} must be a path inside the release"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Policy {
     fn validate(&self) -> std::result::Result<(), String> {
         if self.canary == 0 {
@@ -539,6 +570,7 @@ impl ContainerConfig {
         check_text("name", &self.name)?;
         check_text("command", &self.command)?;
         check_text("env", self.env.keys().chain(self.env.values()))?;
+        check_env_keys("env", self.env.keys())?;
         check_text("ports", &self.ports)?;
         check_text("mounts", &self.mounts)?;
         check_text("network", &self.network)?;
@@ -650,6 +682,19 @@ impl ServiceConfig {
             {
                 sub(s)?;
             }
+        }
+        // A host's variable may bring what the file could not: a NUL, a `..`.
+        let after = |e: String| format!("{e} (after the host's [vars])");
+        check_text("command", &c.command).map_err(after)?;
+        check_text("working_dir", &c.working_dir).map_err(after)?;
+        check_text("args", &c.args).map_err(after)?;
+        check_text("env", c.env.values()).map_err(after)?;
+        if let Some(ct) = &c.container {
+            check_text("container.command", &ct.command).map_err(after)?;
+            check_text("container.env", ct.env.values()).map_err(after)?;
+        }
+        if c.runner == RunnerKind::Process {
+            c.check_process_paths().map_err(after)?;
         }
         for (i, check) in c.checks.iter().enumerate() {
             check

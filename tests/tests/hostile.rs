@@ -245,7 +245,7 @@ fn hostile_fleet_values_are_refused_at_apply_with_the_key_and_bound() {
 }
 
 #[test]
-fn a_canary_larger_than_the_services_hosts_is_refused_at_plan() {
+fn a_canary_larger_than_the_services_hosts_is_refused_at_apply_or_at_plan() {
     let mut f = Fleet::new();
     f.assign_ports(&HOSTS, &["api"]);
     f.start_controller();
@@ -255,7 +255,19 @@ fn a_canary_larger_than_the_services_hosts_is_refused_at_plan() {
     for h in HOSTS {
         f.wait_online(h);
     }
-    f.apply_sample_fleet(&HOSTS, &["api"], "canary = 3");
+    // Hosts named only: known at apply, refused there.
+    let named = sample_fleet(&HOSTS, &["api"], "canary = 3");
+    let path = f.path("fleet.toml");
+    std::fs::write(&path, &named).unwrap();
+    f.cli(&["fleet", "apply", path.to_str().unwrap()]).fails_with(
+        "services.api.policy.canary = 3: the service runs on 2 named host(s), so at most 2 can be the canary",
+    );
+    // Hosts by label: resolved at plan time, refused there.
+    let labelled = format!(
+        "[hosts.h1]\nlabels = [\"edge\"]\n[hosts.h2]\nlabels = [\"edge\"]\n{}",
+        named.replace("hosts = [\"h1\", \"h2\"]", "labels = [\"edge\"]")
+    );
+    f.apply_fleet_text(&labelled);
     f.sample_release("1.0.0", &[Svc::new("api", "1.0")], Floor::default());
     f.cli(&["plan", "api", "--version", "1.0.0"]).fails_with(
         "service \"api\" has policy.canary = 3 but the fleet config runs it on 2 host(s); set canary to at most 2",

@@ -128,6 +128,42 @@ pub(super) fn check_text<'a>(
                 v.len()
             ));
         }
+        if v.contains('\0') {
+            return Err(format!(
+                "{key}: {v:?} contains a NUL byte, which no program argument, environment entry, name or path can carry"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Environment keys: not empty and without `=` (the process would see
+/// another key, or none). Values are checked by [`check_text`].
+pub(super) fn check_env_keys<'a>(
+    key: &str,
+    keys: impl IntoIterator<Item = &'a String>,
+) -> std::result::Result<(), String> {
+    for k in keys {
+        if k.is_empty() {
+            return Err(format!("{key}: an empty variable name"));
+        }
+        if k.contains('=') {
+            return Err(format!(
+                "{key}: variable name {k:?} contains `=`, which ends a name in the environment"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A `process` service's program: relative to the release directory, so no
+/// `..` may lead out of it; an absolute path stays allowed (an operator may
+/// run `/usr/bin/java`).
+pub(super) fn check_command(command: &str) -> std::result::Result<(), String> {
+    if command.split('/').any(|c| c == "..") {
+        return Err(format!(
+            "command: {command:?} has a `..` component; a relative command is inside the release directory (write an absolute path, such as /usr/bin/java, for a program outside it)"
+        ));
     }
     Ok(())
 }

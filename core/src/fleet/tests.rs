@@ -373,3 +373,133 @@ fn an_oversized_value_is_refused_naming_its_key() {
         assert!(e.contains(want), "{want}: {e}");
     }
 }
+
+#[test]
+fn values_no_process_can_be_given_are_refused_at_parse() {
+    for (from, to, want) in [
+        (
+            "command = \"bin/api\"",
+            "command = \"bin/api\"\nargs = [\"a\\u0000b\"]",
+            "services.api.args: \"a\\0b\" contains a NUL byte",
+        ),
+        (
+            "command = \"bin/api\"",
+            "command = \"bin/api\"\nenv = { \"C\" = \"nul\\u0000byte\" }",
+            "services.api.env: \"nul\\0byte\" contains a NUL byte",
+        ),
+        (
+            "command = \"bin/api\"",
+            "command = \"bin/api\"\nenv = { \"A\\u0000\" = \"x\" }",
+            "services.api.env: \"A\\0\" contains a NUL byte",
+        ),
+        (
+            "command = \"bin/api\"",
+            "command = \"bin/api\"\nenv = { \"A=B\" = \"x\" }",
+            "services.api.env: variable name \"A=B\" contains `=`",
+        ),
+        (
+            "command = \"bin/api\"",
+            "command = \"bin/api\"\nenv = { \"\" = \"x\" }",
+            "services.api.env: an empty variable name",
+        ),
+        (
+            "command = \"bin/api\"",
+            "command = \"bin/a\\u0000pi\"",
+            "services.api.command: \"bin/a\\0pi\" contains a NUL byte",
+        ),
+        (
+            "command = \"bin/api\"",
+            "command = \"bin/api\"\nworking_dir = \"d\\u0000\"",
+            "services.api.working_dir: \"d\\0\" contains a NUL byte",
+        ),
+        (
+            "body_contains = \"ok\"",
+            "body_contains = \"o\\u0000k\"",
+            "services.api.checks[0].body_contains: \"o\\0k\" contains a NUL byte",
+        ),
+        (
+            "command = \"bin/api\"",
+            "command = \"../../../../bin/sh\"",
+            "services.api.command: \"../../../../bin/sh\" has a `..` component; a relative command is inside the release directory (write an absolute path, such as /usr/bin/java",
+        ),
+        (
+            "command = \"bin/api\"",
+            "command = \"bin/../../sh\"",
+            "has a `..` component",
+        ),
+    ] {
+        let e = FleetConfig::parse("f.toml", &GOOD.replace(from, to))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(want), "{want}: {e}");
+    }
+    // A systemd unit and a container's settings too.
+    let systemd = GOOD.replace(
+        "runner = \"process\"\ncommand = \"bin/api\"",
+        "runner = \"systemd\"\nunit = \"api\\u0000.service\"",
+    );
+    let e = FleetConfig::parse("f.toml", &systemd)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("services.api.unit: \"api\\0.service\" contains a NUL byte"),
+        "{e}"
+    );
+    let docker = GOOD.replace(
+        "runner = \"process\"\ncommand = \"bin/api\"",
+        "runner = \"docker\"\ncontainer = { env = { \"X=Y\" = \"1\" } }",
+    );
+    let e = FleetConfig::parse("f.toml", &docker)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("container.env: variable name \"X=Y\""), "{e}");
+    // An absolute command is the operator's to choose.
+    let java = GOOD.replace("command = \"bin/api\"", "command = \"/usr/bin/java\"");
+    FleetConfig::parse("f.toml", &java).unwrap();
+}
+
+#[test]
+fn a_hosts_var_cannot_bring_a_nul_or_a_way_out_of_the_release() {
+    let f = FleetConfig::parse(
+        "f.toml",
+        &GOOD.replace(
+            "command = \"bin/api\"",
+            "command = \"${prog}\"\nargs = [\"${arg}\"]",
+        ),
+    )
+    .unwrap();
+    let svc = &f.services["api"];
+    let vars = |prog: &str, arg: &str| {
+        BTreeMap::from([
+            ("prog".to_string(), prog.to_string()),
+            ("arg".to_string(), arg.to_string()),
+        ])
+    };
+    svc.with_vars(&vars("bin/api", "x")).unwrap();
+    let e = svc.with_vars(&vars("../../bin/sh", "x")).unwrap_err();
+    assert!(
+        e.contains("has a `..` component") && e.contains("after the host's [vars]"),
+        "{e}"
+    );
+    let e = svc.with_vars(&vars("bin/api", "a\0b")).unwrap_err();
+    assert!(e.contains("args: \"a\\0b\" contains a NUL byte"), "{e}");
+}
+
+#[test]
+fn a_canary_larger_than_the_named_hosts_is_refused_at_parse() {
+    let named = GOOD
+        .replace("labels = [\"edge\"]\nrunner", "runner")
+        .replace("hosts = [\"c\"]", "hosts = [\"edge-3\", \"edge-3\"]")
+        .replace("max_parallel = 2", "canary = 5\nmax_parallel = 2");
+    let e = FleetConfig::parse("f.toml", &named)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("f.toml: services.api.policy.canary = 5: the service runs on 1 named host(s), so at most 1 can be the canary"),
+        "{e}"
+    );
+    FleetConfig::parse("f.toml", &named.replace("canary = 5", "canary = 1")).unwrap();
+    // Labels resolve only at plan time, which judges those.
+    let labelled = GOOD.replace("max_parallel = 2", "canary = 5\nmax_parallel = 2");
+    FleetConfig::parse("f.toml", &labelled).unwrap();
+}
