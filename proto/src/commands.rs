@@ -114,7 +114,19 @@ impl From<&Evidence> for v1::Evidence {
     }
 }
 
-/// Evidence from a peer, cut to its bounds ([`Evidence::bound`]).
+/// The longest time a report may say a step or its verdict took: 366 days,
+/// far past any deadline a fleet config allows. A peer's larger figure is
+/// clamped to it (see [`Evidence`]'s conversion for why not refused).
+pub const MAX_ELAPSED_MS: u64 = 366 * 24 * 3600 * 1000;
+/// The most health probes a report may say ran before its verdict: more
+/// than 32 checks probing every 50 ms for the longest deadline (48 h) make.
+pub const MAX_PROBES: u32 = 200_000_000;
+
+/// Evidence from a peer, cut to its bounds ([`Evidence::bound`]), its
+/// figures clamped to [`MAX_ELAPSED_MS`] and [`MAX_PROBES`]. Clamped, not
+/// refused: the verdict the evidence explains is what the rollout needs,
+/// and refusing the whole report for an implausible figure would turn a
+/// healthy host's answer into "no report" and a rollback.
 impl From<v1::Evidence> for Evidence {
     fn from(e: v1::Evidence) -> Self {
         let mut e = Evidence {
@@ -124,8 +136,8 @@ impl From<v1::Evidence> for Evidence {
             status_code: e.status_code.and_then(|s| u16::try_from(s).ok()),
             exit_code: e.exit_code,
             output: e.output,
-            elapsed_ms: e.elapsed_ms,
-            probes: e.probes,
+            elapsed_ms: e.elapsed_ms.min(MAX_ELAPSED_MS),
+            probes: e.probes.min(MAX_PROBES),
         };
         e.bound();
         e
@@ -208,7 +220,7 @@ impl TryFrom<v1::Report> for Report {
             auto_rolled_back: r.auto_rolled_back,
             fetched_bytes: r.fetched_bytes,
             restarted: r.restarted,
-            duration_ms: r.duration_ms,
+            duration_ms: r.duration_ms.min(MAX_ELAPSED_MS),
         })
     }
 }
@@ -437,5 +449,34 @@ mod tests {
             let e = Report::try_from(bad).unwrap_err().to_string();
             assert!(e.contains(needle), "{e}");
         }
+    }
+
+    #[test]
+    fn a_reports_timings_and_probe_count_from_a_peer_are_clamped_to_their_bounds() {
+        let report = |elapsed_ms: u64, probes: u32, duration_ms: u64| v1::Report {
+            command_id: "r1-api-h1".into(),
+            service: "api".into(),
+            ok: true,
+            evidence: Some(v1::Evidence {
+                gate: "health".into(),
+                elapsed_ms,
+                probes,
+                ..Default::default()
+            }),
+            installed: Some((&max_service()).into()),
+            duration_ms,
+            ..Default::default()
+        };
+        let back = Report::try_from(report(1 << 63, 1 << 31, u64::MAX)).unwrap();
+        let e = back.evidence.unwrap();
+        assert_eq!(e.elapsed_ms, MAX_ELAPSED_MS);
+        assert_eq!(e.probes, MAX_PROBES);
+        assert_eq!(back.duration_ms, MAX_ELAPSED_MS);
+        // Within the bounds (and their edge) a report says what it says.
+        let back = Report::try_from(report(12_345, 7, MAX_ELAPSED_MS)).unwrap();
+        let e = back.evidence.unwrap();
+        assert_eq!((e.elapsed_ms, e.probes), (12_345, 7));
+        assert_eq!(back.duration_ms, MAX_ELAPSED_MS);
+        assert!(i64::try_from(MAX_ELAPSED_MS).is_ok());
     }
 }

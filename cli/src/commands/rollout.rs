@@ -365,6 +365,17 @@ fn secs(ms: i64) -> String {
     format!("{:.1} s", ms as f64 / 1000.0)
 }
 
+/// A peer's figures as the evidence's timings line shows them: a duration
+/// past `i64::MAX` ms (from a controller that did not bound it) saturates,
+/// never wraps to a negative time.
+fn timings(e: &cutover_core::rollout::Evidence) -> String {
+    format!(
+        "verdict after {}, {} probe(s)",
+        secs(i64::try_from(e.elapsed_ms).unwrap_or(i64::MAX)),
+        e.probes
+    )
+}
+
 fn print_detail(d: &RolloutDetail) {
     let r = &d.rollout;
     let end = r.finished_ms.unwrap_or(r.updated_ms);
@@ -388,7 +399,7 @@ fn print_detail(d: &RolloutDetail) {
         } else {
             "running for"
         },
-        secs(end - r.created_ms)
+        secs(end.saturating_sub(r.created_ms))
     );
     let count = |p| r.count(p);
     println!(
@@ -425,12 +436,7 @@ fn print_detail(d: &RolloutDetail) {
                 output::escape_lines(&e.output, "\n            ")
             );
         }
-        println!(
-            "  {:<9} verdict after {}, {} probe(s)",
-            "timings",
-            secs(e.elapsed_ms as i64),
-            e.probes
-        );
+        println!("  {:<9} {}", "timings", timings(e));
         println!("  {:<9} {}", "action", output::escape(&f.action));
     } else if !r.status.is_final() {
         if let Some(gate) = waiting_on(r) {
@@ -610,4 +616,25 @@ pub async fn events(c: &ConnectArgs, rollout: Option<u64>, limit: u32, out: Form
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timings_past_what_a_signed_millisecond_count_holds_saturate_instead_of_going_negative() {
+        let mut e = cutover_core::rollout::Evidence::new("health", "ok");
+        e.elapsed_ms = 1 << 63;
+        e.probes = 1 << 31;
+        let shown = timings(&e);
+        assert!(!shown.contains('-'), "{shown}");
+        assert_eq!(
+            shown,
+            format!("verdict after {}, 2147483648 probe(s)", secs(i64::MAX))
+        );
+        e.elapsed_ms = 1_500;
+        e.probes = 3;
+        assert_eq!(timings(&e), "verdict after 1.5 s, 3 probe(s)");
+    }
 }
