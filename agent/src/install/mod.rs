@@ -91,6 +91,9 @@ pub struct Installer {
     /// Staging directories of installs running in this process: garbage
     /// collection removes every other one.
     staging: staging::Live,
+    /// `releases/` entries named like a release that are not a directory:
+    /// each is warned about once per run and never removed.
+    not_releases: Mutex<std::collections::HashSet<PathBuf>>,
     outbox: mpsc::UnboundedSender<Report>,
 }
 
@@ -126,6 +129,7 @@ impl Installer {
             rollback_waiting: Mutex::new(Default::default()),
             digests: Mutex::new(HashMap::new()),
             staging: staging::Live::default(),
+            not_releases: Mutex::default(),
             outbox,
         };
         (Arc::new(i), rx)
@@ -398,6 +402,7 @@ impl Installer {
                 )
             }
         };
+        self.adopt_unjournalled(j, &config);
         self.set_busy(service, Some("installing"));
         j.failed_since_ms = None;
         j.op = Some(Op::Install {

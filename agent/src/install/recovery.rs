@@ -9,6 +9,8 @@ use cutover_core::rollout::RollbackCommand;
 use cutover_core::views::now_ms;
 use cutover_core::Sha256Digest;
 
+use cutover_core::fleet::{RunnerKind, ServiceConfig};
+
 use super::Installer;
 use crate::journal::{self, Journal, Op, Slot, Stage};
 
@@ -182,6 +184,42 @@ impl Installer {
             .and_then(|i| cutover_core::Sha256Digest::parse_prefixed(&i).ok())
     }
 
+    /// A service whose journal is gone while its `current` link still
+    /// points at a release on disk: that release is taken as the one
+    /// running (known by its digest only; release and version unknown, its
+    /// config the install's), so the install records it as `previous`, GC
+    /// keeps it and a failed install rolls back to it.
+    pub(super) fn adopt_unjournalled(&self, j: &mut Journal, config: &ServiceConfig) {
+        if j.current.is_some() || config.runner == RunnerKind::Docker {
+            return;
+        }
+        let Some(sha) = journal::read_current(&self.data_dir, &j.service) else {
+            return;
+        };
+        let is_release = std::fs::symlink_metadata(journal::release_dir(&self.data_dir, &sha))
+            .is_ok_and(|m| m.is_dir());
+        let Some(identity) = journal::linked_identity(Some(sha)).filter(|_| is_release) else {
+            return;
+        };
+        tracing::warn!(service = %j.service, release = %sha, "no journal: the release `current` points at is taken as the running one, kept and gone back to if this install fails");
+        j.current = Some(Slot {
+            identity,
+            sha256: sha,
+            config: config.clone(),
+        });
+    }
+
+    /// Whether `path` (named like a release, not a directory) is new to
+    /// this run; the first time, it is logged.
+    pub(super) fn note_not_a_release(&self, path: &std::path::Path) -> bool {
+        let mut seen = self.not_releases.lock().unwrap_or_else(|p| p.into_inner());
+        let new = seen.insert(path.to_path_buf());
+        if new {
+            tracing::warn!(path = %path.display(), "named like a release but not a release directory; left alone: remove it by hand if it is not needed");
+        }
+        new
+    }
+
     /// Stops every service (the agent's `stop_services_on_exit`).
     pub async fn stop_all(&self) {
         for j in self.scan().journals {
@@ -237,14 +275,16 @@ impl Installer {
         for (sha, _guard) in &held {
             if unneeded.contains(sha) {
                 tracing::info!(release = %sha, "removing release no service needs");
-                let _ = std::fs::remove_dir_all(journal::release_dir(&self.data_dir, sha));
+                if let Err(e) = std::fs::remove_dir_all(journal::release_dir(&self.data_dir, sha)) {
+                    tracing::warn!(release = %sha, error = %e, "could not remove release");
+                }
             }
         }
     }
 
     /// The releases on disk that nothing needs, or `None` when that cannot
     /// be known.
-    fn unneeded_releases(&self) -> Option<HashSet<Sha256Digest>> {
+    pub(super) fn unneeded_releases(&self) -> Option<HashSet<Sha256Digest>> {
         let scan = match Journal::scan(&self.data_dir) {
             Ok(s) => s,
             Err(e) => {
@@ -268,12 +308,32 @@ impl Installer {
             }
         }
         let entries = std::fs::read_dir(journal::releases_dir(&self.data_dir)).ok()?;
-        Some(
-            entries
-                .flatten()
-                .filter_map(|e| e.file_name().to_str()?.parse::<Sha256Digest>().ok())
-                .filter(|sha| !keep.contains(sha))
-                .collect(),
-        )
+        let mut unneeded = HashSet::new();
+        for e in entries.flatten() {
+            let Some(sha) = e
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<Sha256Digest>().ok())
+            else {
+                continue;
+            };
+            if keep.contains(&sha) {
+                continue;
+            }
+            // Only a real directory is a release (a file or a link under
+            // a release's name is not, and is never removed).
+            match e.file_type() {
+                Ok(t) if t.is_dir() => {
+                    unneeded.insert(sha);
+                }
+                Ok(_) => {
+                    self.note_not_a_release(&e.path());
+                }
+                Err(err) => {
+                    tracing::warn!(path = %e.path().display(), error = %err, "cannot examine; left alone");
+                }
+            }
+        }
+        Some(unneeded)
     }
 }

@@ -195,3 +195,73 @@ async fn a_services_entry_that_cannot_be_examined_keeps_every_release() {
     left.sort();
     assert_eq!(h.releases(), left);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_install_after_a_deleted_journal_rolls_back_to_the_release_current_pointed_at() {
+    let mut h = harness();
+    let dir = h.installer.data_dir.clone();
+    let [v1, v2] = ["1", "2"].map(|v| artifact(&h.world, v));
+    h.run(install("c1", "1", v1)).await;
+    std::fs::remove_file(Journal::path(&dir, "api")).unwrap();
+    h.restart();
+    h.installer.recover().await;
+
+    // The new release fails its checks: what ran before is not deleted
+    // and is recorded as the release to go back to.
+    h.make_sick(&v2.0);
+    h.calls();
+    let r = h.run(install("c2", "2", v2)).await;
+    assert!(!r.ok, "{r:?}");
+    assert!(
+        journal::release_dir(&dir, &v1.0).is_dir(),
+        "the release that ran was deleted"
+    );
+    let previous = r.installed.previous.as_ref().expect("no previous reported");
+    assert_eq!(
+        (previous.tarball_sha256, previous.release.as_str()),
+        (Some(v1.0), "unknown")
+    );
+    assert_eq!(h.journal().previous.map(|s| s.sha256), Some(v1.0));
+
+    h.calls();
+    let back = h
+        .run(Command::Rollback(RollbackCommand {
+            command_id: "c2-rollback".into(),
+            service: "api".into(),
+            from: v2.0,
+        }))
+        .await;
+    assert!(back.ok, "{back:?}");
+    assert_eq!(journal::read_current(&dir, "api"), Some(v1.0));
+    assert_eq!(
+        h.calls(),
+        [
+            "stop".to_string(),
+            format!("start {}", &v1.0.to_hex()[..12])
+        ]
+    );
+    assert_eq!(h.journal().current.map(|s| s.sha256), Some(v1.0));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_file_named_like_a_release_is_never_removed_and_is_warned_about_once() {
+    let mut h = harness();
+    let dir = h.installer.data_dir.clone();
+    let v1 = artifact(&h.world, "1");
+    h.run(install("c1", "1", v1)).await;
+    let stray = journal::releases_dir(&dir).join("ab".repeat(32));
+    std::fs::write(&stray, b"not a release").unwrap();
+    let linked = journal::releases_dir(&dir).join("cd".repeat(32));
+    std::os::unix::fs::symlink("/tmp", &linked).unwrap();
+
+    let unneeded = h.installer.unneeded_releases().expect("GC runs");
+    assert!(unneeded.is_empty(), "{unneeded:?}");
+    h.installer.collect_garbage();
+    h.installer.collect_garbage();
+    assert_eq!(std::fs::read(&stray).unwrap(), b"not a release");
+    assert!(linked.symlink_metadata().unwrap().file_type().is_symlink());
+    // Both were noted (and logged) by the first GC, so never again this run.
+    assert!(!h.installer.note_not_a_release(&stray));
+    assert!(!h.installer.note_not_a_release(&linked));
+    assert!(journal::release_dir(&dir, &v1.0).is_dir());
+}
