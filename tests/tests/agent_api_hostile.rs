@@ -92,15 +92,19 @@ fn fetch_streams_nobody_reads_are_capped_per_host_and_ended_and_the_controller_k
     let h1 = Presented::from_identity(&f.agent_dir("h1").join("identity.pem"));
     let rt = grpc::runtime();
     let ca = f.pki.join("ca.pem");
-    let client = rt
-        .block_on(grpc::channel(&f.url(), &ca, Some(&h1)))
-        .map(grpc::agent)
-        .expect("channel as h1");
+    // Every stream on a connection of its own: unread streams sharing one
+    // HTTP/2 connection would hold its flow-control window, and the one
+    // the test reads later could never receive its bytes.
+    let connect = || {
+        rt.block_on(grpc::channel(&f.url(), &ca, Some(&h1)))
+            .map(grpc::agent)
+            .expect("channel as h1")
+    };
     // 50 streams opened and never read.
     let mut open = Vec::new();
     let mut refused = Vec::new();
     for _ in 0..50 {
-        let mut c = client.clone();
+        let mut c = connect();
         match rt.block_on(c.fetch(fetch_request(&sha))) {
             Ok(r) => open.push(r.into_inner()),
             Err(s) => refused.push(s),
@@ -142,7 +146,7 @@ fn fetch_streams_nobody_reads_are_capped_per_host_and_ended_and_the_controller_k
     // (read out or not): a new fetch by the same host gets the whole
     // artifact.
     let whole = eventually(Duration::from_secs(20), "a fetch admitted again", || {
-        let mut c = client.clone();
+        let mut c = connect();
         rt.block_on(async {
             let mut s = c.fetch(fetch_request(&sha)).await.ok()?.into_inner();
             Some(drain(&mut s).await)
