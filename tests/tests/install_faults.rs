@@ -612,3 +612,45 @@ fn a_stray_directory_with_an_invalid_name_under_services_keeps_no_host_offline()
         "a stray directory was touched"
     );
 }
+
+#[test]
+fn a_failed_install_after_a_deleted_journal_rolls_back_to_the_release_that_ran() {
+    let mut f = Fleet::new();
+    f.assign_ports(&["h1"], &["api"]);
+    f.start_controller();
+    f.start_agent("h1", "500ms");
+    f.wait_online("h1");
+    f.apply_sample_fleet(&["h1"], &["api"], "");
+    f.sample_release("1.0.0", &[Svc::new("api", "1.0")], Floor::default());
+    f.upgrade(&["api"], "1.0.0", &[]).ok();
+    let ran = releases_on(&f, "h1");
+    assert_eq!(ran.len(), 1, "{ran:?}");
+
+    f.kill_agent("h1");
+    std::fs::remove_file(f.agent_dir("h1").join("services/api/journal.json")).unwrap();
+    f.spawn_agent("h1", "500ms", None);
+    f.wait_online("h1");
+
+    // The new release fails its checks: once the release that ran had
+    // been collected and there was nothing to go back to.
+    f.sample_release("1.1.0", &[Svc::new("api", "1.1").sick()], Floor::default());
+    f.upgrade(&["api"], "1.1.0", &[])
+        .fails_with("ended RolledBack");
+    eventually(Duration::from_secs(30), "api back on 1.0", || {
+        (f.served_version("h1", "api").as_deref() == Some("1.0")).then_some(())
+    });
+    assert!(
+        releases_on(&f, "h1").contains(&ran[0]),
+        "the release that ran was deleted"
+    );
+    let log = f.agent_log("h1");
+    assert!(!log.contains("no previous release"), "{log}");
+    let api = f.hosts()["h1"]["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "api")
+        .cloned()
+        .expect("api listed");
+    assert_eq!(api["state"], "running", "{api}");
+}
