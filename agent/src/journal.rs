@@ -248,10 +248,10 @@ pub struct Unreadable {
 }
 
 /// The state a service with an unreadable journal is reported in.
-pub const UNREADABLE: &str = "journal unreadable";
+pub const UNREADABLE: &str = cutover_core::views::STATE_JOURNAL_UNREADABLE;
 /// The state of a service whose journal is gone but whose `current` link
 /// remains.
-pub const MISSING: &str = "journal missing";
+pub const MISSING: &str = cutover_core::views::STATE_JOURNAL_MISSING;
 
 impl Unreadable {
     /// The service in the inventory: its state says the journal is broken.

@@ -16,6 +16,13 @@ pub struct ContentIdentity {
     pub image_id: Option<crate::Sha256Digest>,
 }
 
+/// The state of a service whose `journal.json` its agent cannot read: the
+/// agent keeps every release and refuses commands for it until repaired.
+pub const STATE_JOURNAL_UNREADABLE: &str = "journal unreadable";
+/// The state of a service whose journal is gone but whose `current` link
+/// remains.
+pub const STATE_JOURNAL_MISSING: &str = "journal missing";
+
 /// One service installed on a host, as its agent reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstalledService {

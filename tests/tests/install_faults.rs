@@ -445,6 +445,20 @@ fn an_unreadable_journal_deletes_no_release_refuses_its_service_and_is_named_in_
             .map(|s| s["state"].as_str().unwrap_or_default().to_string())
     };
     assert_eq!(web_state(&f).as_deref(), Some("journal unreadable"));
+    // ...and the event log says so, naming the service.
+    let events = f.cli_json(&["events"]);
+    assert!(
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "host.journal_broken"
+                && e["host"] == "h1"
+                && e["detail"]
+                    .as_str()
+                    .is_some_and(|d| d.contains("web (journal unreadable)"))),
+        "{events}"
+    );
     let d = f.cli_json(&["diag", "h1"]);
     let detail = d["logs"]
         .as_array()

@@ -372,13 +372,30 @@ impl Store {
         agent_version: &str,
         inventory: &[InstalledService],
     ) -> Result<bool> {
+        use cutover_core::views::{STATE_JOURNAL_MISSING, STATE_JOURNAL_UNREADABLE};
+        // A broken journal is an event as well as a state: the operator
+        // learns of it from `cutover events`, not only by looking.
+        let broken: Vec<String> = inventory
+            .iter()
+            .filter(|s| s.state == STATE_JOURNAL_UNREADABLE || s.state == STATE_JOURNAL_MISSING)
+            .map(|s| format!("{} ({})", s.name, s.state))
+            .collect();
         let inventory = serde_json::to_string(inventory)
             .map_err(|e| Error::Internal(format!("inventory of {host}: {e}")))?;
         self.with(|c| {
-            let n = c.execute(
+            let tx = c.transaction()?;
+            let n = tx.execute(
                 "UPDATE hosts SET agent_version = ?2, inventory = ?3, last_seen = ?4 WHERE name = ?1 AND revoked_at IS NULL",
                 params![host, agent_version, inventory, now_ms()],
             )?;
+            if n == 1 && !broken.is_empty() {
+                let detail = format!(
+                    "journal of {}: the agent keeps every release and refuses commands for these services until journal.json is repaired or removed (cutover diag {host} names the file)",
+                    broken.join(", ")
+                );
+                insert_event(&tx, "host.journal_broken", Some(host), &detail)?;
+            }
+            tx.commit()?;
             Ok(n == 1)
         })
     }

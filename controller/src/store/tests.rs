@@ -147,3 +147,46 @@ fn the_schema_upgrade_takes_the_replaced_serial_from_the_event_log() {
     assert_eq!(previous("edge-1").as_deref(), Some("a1"));
     assert_eq!(previous("edge-2"), None);
 }
+
+#[test]
+fn a_hello_reporting_a_broken_journal_records_an_event_naming_the_service() {
+    use cutover_core::views::{InstalledService, STATE_JOURNAL_UNREADABLE};
+    let (_d, s) = store();
+    s.create_token("t", "edge-1", now_ms() + 60_000).unwrap();
+    s.enroll("t", issue).unwrap().unwrap();
+    let service = |name: &str, state: &str| InstalledService {
+        name: name.into(),
+        current: None,
+        previous: None,
+        state: state.into(),
+    };
+    assert!(s
+        .record_hello("edge-1", "1.0", &[service("api", "running")])
+        .unwrap());
+    let broken = |s: &Store| {
+        s.events(None, 100)
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.kind == "host.journal_broken")
+            .collect::<Vec<_>>()
+    };
+    assert!(broken(&s).is_empty(), "a healthy inventory records nothing");
+    s.record_hello(
+        "edge-1",
+        "1.0",
+        &[
+            service("api", "running"),
+            service("web", STATE_JOURNAL_UNREADABLE),
+        ],
+    )
+    .unwrap();
+    let events = broken(&s);
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].host.as_deref(), Some("edge-1"));
+    assert!(
+        events[0].detail.contains("web (journal unreadable)"),
+        "{:?}",
+        events[0]
+    );
+    assert!(!events[0].detail.contains("api"), "{:?}", events[0]);
+}
