@@ -174,12 +174,20 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            hello_timeout: Duration::from_secs(2),
-            handshakes: 1024,
-            // Generous: the simulator's thousands of agents share an address
-            // or a few; a handshake takes milliseconds.
-            handshakes_per_source: 512,
-            handshake_wait: Duration::from_secs(1),
+            hello_timeout: Duration::from_secs(5),
+            // Generous: a handshake costs the controller milliseconds, but
+            // in a reconnect storm the clients are as starved of CPU as the
+            // controller and hold their slot for seconds (1,024 made 10,000
+            // simulated agents, which share one address, take twice as long
+            // to return). Stalled hellos give theirs back within
+            // `client_hello_timeout`.
+            handshakes: 4096,
+            handshakes_per_source: 2048,
+            // As long as a handshake may take: in a reconnect storm of
+            // thousands of agents on a busy controller, a connection waits
+            // its turn instead of being closed into the agent's backoff
+            // (1 s made 10,000 agents take 42 s instead of 16 s to return).
+            handshake_wait: Duration::from_secs(10),
             client_hello_timeout: Duration::from_secs(3),
             handshake_timeout: Duration::from_secs(10),
             unauthenticated: 64,
