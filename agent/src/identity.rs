@@ -158,8 +158,8 @@ fn rustls_certs(pem: &str) -> Result<Vec<CertificateDer<'static>>> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn saves_and_loads_cert_and_key_together() {
+    /// A CA made with the project's own PKI, and the directory holding it.
+    fn test_ca() -> (tempfile::TempDir, cutover_core::pki::CertificateAuthority) {
         let pki = tempfile::tempdir().unwrap();
         cutover_core::pki::init(&cutover_core::pki::InitOptions {
             dir: pki.path(),
@@ -172,6 +172,12 @@ mod tests {
             &pki.path().join("ca-key.pem"),
         )
         .unwrap();
+        (pki, ca)
+    }
+
+    #[test]
+    fn saves_and_loads_cert_and_key_together() {
+        let (_pki, ca) = test_ca();
         let (key, csr) = cutover_core::pki::new_csr("edge-1").unwrap();
         let cert = ca
             .issue_host_cert(&csr, "edge-1", time::Duration::hours(3))
@@ -187,7 +193,8 @@ mod tests {
         let life = back.not_after - issued;
         assert_eq!(back.renew_at(), issued + life * 2 / 3);
         // A short-lived certificate is not due the moment it is issued
-        // (counting the backdated minute, one of 6 s was due 16 s ago).
+        // (counting from the backdated not_before, one of 6 s was due
+        // long before it was issued).
         let (key, csr) = cutover_core::pki::new_csr("edge-1").unwrap();
         let short = ca
             .issue_host_cert(&csr, "edge-1", time::Duration::seconds(6))
@@ -199,18 +206,7 @@ mod tests {
 
     /// A real identity file's text, made with the project's own PKI.
     fn identity_text() -> String {
-        let pki = tempfile::tempdir().unwrap();
-        cutover_core::pki::init(&cutover_core::pki::InitOptions {
-            dir: pki.path(),
-            controller_hosts: &["localhost".into()],
-            operator_name: "admin",
-        })
-        .unwrap();
-        let ca = cutover_core::pki::CertificateAuthority::load(
-            &pki.path().join("ca.pem"),
-            &pki.path().join("ca-key.pem"),
-        )
-        .unwrap();
+        let (_pki, ca) = test_ca();
         let (key, csr) = cutover_core::pki::new_csr("edge-1").unwrap();
         let cert = ca
             .issue_host_cert(&csr, "edge-1", time::Duration::hours(3))

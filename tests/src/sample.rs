@@ -74,6 +74,24 @@ impl Fleet {
         http_get(self.port_of(host, service), "/").map(|b| b.trim().to_string())
     }
 
+    /// The tarball digest `release list` shows for `service` in `release`.
+    pub fn tarball_sha(&self, release: &str, service: &str) -> String {
+        let list = self.cli_json(&["release", "list"]);
+        let r = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["version"] == release)
+            .unwrap();
+        let s = r["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == service)
+            .unwrap();
+        s["tarball_sha256"].as_str().unwrap().to_string()
+    }
+
     /// Builds, signs and imports a release of sample services.
     pub fn sample_release(&self, version: &str, services: &[Svc<'_>], floor: Floor) -> PathBuf {
         let binary = std::fs::read(bin("cutover-sample")).expect("sample binary");

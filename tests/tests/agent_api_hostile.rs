@@ -52,23 +52,6 @@ async fn drain(s: &mut tonic::Streaming<v1::FetchChunk>) -> (Vec<u8>, Option<ton
     }
 }
 
-fn tarball_sha(f: &Fleet, release: &str, service: &str) -> String {
-    let list = f.cli_json(&["release", "list"]);
-    let r = list
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["version"] == release)
-        .unwrap();
-    let s = r["services"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == service)
-        .unwrap();
-    s["tarball_sha256"].as_str().unwrap().to_string()
-}
-
 #[test]
 fn fetch_streams_nobody_reads_are_capped_per_host_and_ended_and_the_controller_keeps_answering() {
     let mut f = Fleet::new();
@@ -86,7 +69,7 @@ fn fetch_streams_nobody_reads_are_capped_per_host_and_ended_and_the_controller_k
     // The real agent installs it: its session was sent the install command,
     // so h1 may fetch the tarball.
     f.upgrade(&["--all"], "1.0.0", &[]).ok();
-    let sha = tarball_sha(&f, "1.0.0", "api");
+    let sha = f.tarball_sha("1.0.0", "api");
     let digest = cutover_core::Sha256Digest::parse_prefixed(&sha).unwrap();
 
     let h1 = Presented::from_identity(&f.agent_dir("h1").join("identity.pem"));
@@ -168,7 +151,7 @@ fn a_host_may_fetch_only_artifacts_that_a_command_sent_to_it_names() {
     let mut f = Fleet::new();
     f.start_controller();
     f.raw_release("1.0.0", "api", b"bytes no command ever named");
-    let sha = tarball_sha(&f, "1.0.0", "api");
+    let sha = f.tarball_sha("1.0.0", "api");
     let rt = grpc::runtime();
     let ca = f.pki.join("ca.pem");
     let h1 = enroll(&f, &rt, "h1");

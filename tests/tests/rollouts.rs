@@ -86,23 +86,6 @@ fn controller_fetches_of(f: &Fleet, sha: &str) -> usize {
         .count()
 }
 
-fn sha_of(f: &Fleet, release: &str, service: &str) -> String {
-    let list = f.cli_json(&["release", "list"]);
-    let r = list
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["version"] == release)
-        .unwrap();
-    let s = r["services"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == service)
-        .unwrap();
-    s["tarball_sha256"].as_str().unwrap().to_string()
-}
-
 #[test]
 fn an_unchanged_component_is_neither_fetched_nor_restarted() {
     let f = world(&["db", "api"], "max_parallel = 3\nmax_unavailable = 3");
@@ -119,7 +102,7 @@ fn an_unchanged_component_is_neither_fetched_nor_restarted() {
         .iter()
         .map(|h| f.service_pid(h, "db").expect("db pid"))
         .collect();
-    let db_sha = sha_of(&f, "1.0.0", "db");
+    let db_sha = f.tarball_sha("1.0.0", "db");
     assert_eq!(controller_fetches_of(&f, &db_sha), 3);
 
     // Same db bytes, new api.
@@ -131,7 +114,7 @@ fn an_unchanged_component_is_neither_fetched_nor_restarted() {
         ],
         Floor::default(),
     );
-    assert_eq!(sha_of(&f, "1.1.0", "db"), db_sha);
+    assert_eq!(f.tarball_sha("1.1.0", "db"), db_sha);
     let plan = f.cli_json(&["plan", "--all", "--version", "1.1.0"]);
     assert_eq!(plan["carried"][0]["service"], "db", "{plan}");
     assert_eq!(plan["services"].as_array().unwrap().len(), 1);
