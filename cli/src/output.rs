@@ -59,12 +59,12 @@ pub fn escape(text: &str) -> std::borrow::Cow<'_, str> {
     if text.bytes().all(|b| (0x20..0x7f).contains(&b)) {
         return std::borrow::Cow::Borrowed(text);
     }
-    if !text.chars().any(unsafe_char) {
+    if !text.chars().any(cutover_core::text::hidden_on_terminal) {
         return std::borrow::Cow::Borrowed(text);
     }
     let mut out = String::with_capacity(text.len() + 16);
     for c in text.chars() {
-        if unsafe_char(c) {
+        if cutover_core::text::hidden_on_terminal(c) {
             out.extend(c.escape_debug());
         } else {
             out.push(c);
@@ -80,16 +80,6 @@ pub fn escape_lines(text: &str, separator: &str) -> String {
         .map(escape)
         .collect::<Vec<_>>()
         .join(separator)
-}
-
-fn unsafe_char(c: char) -> bool {
-    c.is_control()
-        || matches!(c,
-            '\u{200b}'..='\u{200f}' // zero-width space, joiners, LRM/RLM
-            | '\u{2028}'..='\u{202e}' // line/paragraph separators, bidi embeddings and overrides
-            | '\u{2060}'..='\u{2069}' // word joiner, invisible operators, bidi isolates
-            | '\u{feff}' // zero-width no-break space
-        )
 }
 
 /// Prints rows as columns padded to the widest cell, two spaces apart, with

@@ -36,20 +36,26 @@ fn prefix(s: &str, max: usize) -> &str {
     &s[..cut]
 }
 
-/// Characters that reorder the text around them on a terminal (bidi
-/// embeddings, overrides, isolates and marks).
-fn is_bidi(c: char) -> bool {
-    matches!(
-        c,
-        '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
-    )
+/// Characters a terminal must not be given raw from a peer: controls (C0,
+/// DEL, C1: cursor moves, screen clears, OSC links) and the invisible
+/// format characters that reorder or hide text (bidi marks, embeddings,
+/// overrides and isolates, zero-width spaces and joiners, line and
+/// paragraph separators). The one list for `shown` and the CLI's printer.
+pub fn hidden_on_terminal(c: char) -> bool {
+    c.is_control()
+        || matches!(c,
+            '\u{061c}'
+            | '\u{200b}'..='\u{200f}'
+            | '\u{2028}'..='\u{202e}'
+            | '\u{2060}'..='\u{2069}'
+            | '\u{feff}')
 }
 
 fn escape_into(out: &mut String, c: char) {
     match c {
         // Inside double quotes a single quote needs no escape.
         '\'' => out.push('\''),
-        c if is_bidi(c) => {
+        c if hidden_on_terminal(c) && !c.is_control() => {
             let _ = write!(out, "\\u{{{:x}}}", c as u32);
         }
         // Escapes C0, DEL, C1, line separators and other unprintables,
@@ -93,6 +99,12 @@ mod tests {
             r#""x\u{202e}y\u{2066}\u{200f}\u{61c}""#
         );
         assert_eq!(shown("a\u{2028}b", 64), r#""a\u{2028}b""#);
+        // Zero-width characters hide text: the same list as the CLI's.
+        assert_eq!(shown("a\u{200b}b\u{feff}", 64), r#""a\u{200b}b\u{feff}""#);
+        assert!("\u{61c}\u{200b}\u{2066}\u{feff}\u{9b}"
+            .chars()
+            .all(hidden_on_terminal));
+        assert!(!"aé漢 ".chars().any(hidden_on_terminal));
         assert_eq!(shown(r#"q"\"#, 64), r#""q\"\\""#);
         let escaped = shown(&"\x1b".repeat(1000), 100);
         assert!(!escaped.contains('\x1b') && !escaped.contains('\n'));
