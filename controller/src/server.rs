@@ -21,7 +21,7 @@ use std::time::Duration;
 use cutover_core::pki::PeerIdentity;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::LazyConfigAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -235,11 +235,13 @@ impl Throttled {
     }
 }
 
-/// Handshakes in progress per source address.
-#[derive(Default)]
+/// Handshakes in progress per source address: one fair (FIFO) semaphore per
+/// address with a handshake in progress or waiting, so a freed slot wakes
+/// the one connection next in line, not every waiter (in a reconnect storm
+/// from one address thousands wait at once).
 struct PerSource {
-    counts: Mutex<HashMap<IpAddr, usize>>,
-    freed: Notify,
+    each: usize,
+    sources: Mutex<HashMap<IpAddr, Arc<Semaphore>>>,
 }
 
 /// A handshake slot (its address's and the global one), given back when
@@ -247,10 +249,18 @@ struct PerSource {
 struct SourceSlot {
     of: Arc<PerSource>,
     ip: IpAddr,
+    source: Option<OwnedSemaphorePermit>,
     global: Option<OwnedSemaphorePermit>,
 }
 
 impl PerSource {
+    fn new(each: usize) -> PerSource {
+        PerSource {
+            each,
+            sources: Mutex::new(HashMap::new()),
+        }
+    }
+
     /// A slot for `ip` once it holds fewer than its share and a global one
     /// is free, waiting up to `handshake_wait` in all.
     async fn acquire(
@@ -260,43 +270,47 @@ impl PerSource {
         limits: Limits,
     ) -> Option<SourceSlot> {
         let deadline = tokio::time::Instant::now() + limits.handshake_wait;
-        loop {
-            let freed = self.freed.notified();
-            tokio::pin!(freed);
-            freed.as_mut().enable();
-            {
-                let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-                let n = counts.entry(ip).or_insert(0);
-                if *n < limits.handshakes_per_source {
-                    *n += 1;
-                    break;
-                }
-            }
-            tokio::time::timeout_at(deadline, freed).await.ok()?;
-        }
-        // Counted from here: a slot dropped on the way out gives it back.
+        let source = {
+            let mut sources = self.sources.lock().unwrap_or_else(|p| p.into_inner());
+            sources
+                .entry(ip)
+                .or_insert_with(|| Arc::new(Semaphore::new(self.each)))
+                .clone()
+        };
+        // From here a slot dropped on the way out forgets an idle address.
         let mut slot = SourceSlot {
             of: self.clone(),
             ip,
+            source: None,
             global: None,
         };
+        let permit = tokio::time::timeout_at(deadline, source.acquire_owned());
+        slot.source = Some(permit.await.ok()?.ok()?);
         let permit = tokio::time::timeout_at(deadline, global.clone().acquire_owned());
         slot.global = Some(permit.await.ok()?.ok()?);
         Some(slot)
+    }
+
+    /// Addresses with a handshake in progress or waiting.
+    #[cfg(test)]
+    fn tracked(&self) -> usize {
+        self.sources.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 }
 
 impl Drop for SourceSlot {
     fn drop(&mut self) {
-        let mut counts = self.of.counts.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = counts.get_mut(&self.ip) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                counts.remove(&self.ip);
-            }
+        self.global = None;
+        self.source = None;
+        let mut sources = self.of.sources.lock().unwrap_or_else(|p| p.into_inner());
+        // Only the map holds it (clones are made under this lock, and every
+        // waiter and permit holds one): nobody is using or waiting for it.
+        if sources
+            .get(&self.ip)
+            .is_some_and(|s| Arc::strong_count(s) == 1)
+        {
+            sources.remove(&self.ip);
         }
-        drop(counts);
-        self.of.freed.notify_waiters();
     }
 }
 
@@ -331,7 +345,7 @@ pub fn incoming(
 ) -> mpsc::Receiver<std::io::Result<TlsConn>> {
     let (tx, rx) = mpsc::channel(1024);
     let handshakes = Arc::new(Semaphore::new(limits.handshakes));
-    let per_source = Arc::new(PerSource::default());
+    let per_source = Arc::new(PerSource::new(limits.handshakes_per_source));
     let unauthenticated = Arc::new(Semaphore::new(limits.unauthenticated));
     let busy_log = Arc::new(Throttled::new());
     let unauth_log = Arc::new(Throttled::new());

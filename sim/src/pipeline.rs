@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 use cutover_agent::identity::Identity;
 use cutover_cli::bundle;
 
+use crate::host::Behaviour;
 use crate::lab::Lab;
-use crate::swarm::{self, Result};
+use crate::swarm::{self, Result, Swarm};
 
 const MIB: f64 = 1024.0 * 1024.0;
 
@@ -42,6 +43,10 @@ pub async fn pipeline(lab: &Lab, mb: usize) -> Result<()> {
     let (sha, size) = cutover_core::digest::hash_file(&tarball).map_err(|e| e.to_string())?;
 
     let host = &swarm::names(1)[0];
+    // The controller serves a host only what an install command sent on its
+    // session names: roll the release out to one simulated host (which
+    // reports success without fetching), then fetch as its agent would.
+    let swarm = grant(lab, host, &version).await?;
     let data = lab.dir.join("pipeline-agent");
     let _ = std::fs::remove_dir_all(&data);
     std::fs::create_dir_all(&data).map_err(|e| e.to_string())?;
@@ -69,6 +74,7 @@ pub async fn pipeline(lab: &Lab, mb: usize) -> Result<()> {
     .await
     .map_err(|e| format!("{}: {}", e.gate, e.detail))?;
     let agent = t.elapsed();
+    swarm.stop().await;
 
     let tools = data.join("tools");
     std::fs::create_dir_all(&tools).map_err(|e| e.to_string())?;
@@ -90,6 +96,31 @@ pub async fn pipeline(lab: &Lab, mb: usize) -> Result<()> {
     );
     let _ = std::fs::remove_dir_all(&data);
     Ok(())
+}
+
+/// Rolls `version` of the payload out to `host`, simulated, and returns
+/// its swarm with the session (and so the grant to fetch) still open.
+async fn grant(lab: &Lab, host: &str, version: &str) -> Result<Swarm> {
+    crate::bench::abort_unfinished(lab)?;
+    let fleet = lab.dir.join("fleet-pipeline.toml");
+    std::fs::write(
+        &fleet,
+        format!(
+            "[services.payload]\nhosts = [\"{host}\"]\nrunner = \"process\"\ncommand = \"data/0000.bin\"\n"
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    lab.cli(&["fleet", "apply", &fleet.display().to_string()])?;
+    let swarm = Swarm::start(&lab.setup, &[host.to_string()], &[], Behaviour::default())?;
+    if !swarm.wait_online(Duration::from_secs(60)).await {
+        return Err(format!("{host} not online after 60 s"));
+    }
+    lab.cli(&["upgrade", "payload", "--version", version, "--yes"])?;
+    let (id, status) = crate::bench::newest_rollout_end(lab, Duration::from_secs(120)).await?;
+    if status != "Succeeded" {
+        return Err(format!("rollout {id} of payload {version} ended {status}"));
+    }
+    Ok(swarm)
 }
 
 fn run(cmd: &mut Command) -> Result<()> {

@@ -426,3 +426,67 @@ async fn a_stalled_partial_hello_is_closed_after_the_hello_deadline_and_frees_it
     let (_, _task) = w.serve_next().await;
     echo(&mut client).await;
 }
+
+#[tokio::test]
+async fn waiters_for_one_address_are_served_in_turn_and_an_idle_address_is_forgotten() {
+    let limits = Limits {
+        handshakes_per_source: 2,
+        handshake_wait: Duration::from_secs(3600),
+        ..Limits::default()
+    };
+    let per_source = Arc::new(PerSource::new(limits.handshakes_per_source));
+    let global = Arc::new(Semaphore::new(1000));
+    let ip: IpAddr = "127.0.0.1".parse().unwrap();
+    let first = per_source.acquire(ip, &global, limits).await.unwrap();
+    let second = per_source.acquire(ip, &global, limits).await.unwrap();
+    // Fifty more wait their turn; each freed slot serves exactly one.
+    let (done_tx, mut done) = mpsc::unbounded_channel();
+    let (release_tx, release) = tokio::sync::watch::channel(0usize);
+    for i in 0..50usize {
+        let (per_source, global, done_tx) = (per_source.clone(), global.clone(), done_tx.clone());
+        let mut release = release.clone();
+        tokio::spawn(async move {
+            let slot = per_source.acquire(ip, &global, limits).await.unwrap();
+            done_tx.send(i).unwrap();
+            release.wait_for(|&n| n > i).await.unwrap();
+            drop(slot);
+        });
+        tokio::task::yield_now().await;
+    }
+    drop(done_tx);
+    assert!(done.try_recv().is_err(), "a waiter got a slot over the cap");
+    drop(first);
+    drop(second);
+    let mut served = vec![done.recv().await.unwrap(), done.recv().await.unwrap()];
+    for released in 1..=50 {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert!(
+            done.try_recv().is_err(),
+            "more waiters served than slots freed"
+        );
+        release_tx.send(released).unwrap();
+        if served.len() < 50 {
+            served.push(done.recv().await.unwrap());
+        }
+    }
+    assert_eq!(served, (0..50).collect::<Vec<_>>(), "not served in turn");
+    assert!(done.recv().await.is_none());
+    assert_eq!(global.available_permits(), 1000);
+    assert_eq!(per_source.tracked(), 0, "an idle address is still tracked");
+
+    // One that gives up waiting leaves nothing behind either.
+    let limits = Limits {
+        handshake_wait: Duration::from_millis(50),
+        ..limits
+    };
+    let held = [
+        per_source.acquire(ip, &global, limits).await.unwrap(),
+        per_source.acquire(ip, &global, limits).await.unwrap(),
+    ];
+    assert!(per_source.acquire(ip, &global, limits).await.is_none());
+    drop(held);
+    assert_eq!(per_source.tracked(), 0);
+    assert_eq!(global.available_permits(), 1000);
+}
