@@ -92,14 +92,19 @@ pub enum Command {
         #[arg(long)]
         wait: bool,
     },
-    /// Take SERVICE back on every host at once: to each host's previous
-    /// release, or to release VERSION.
+    /// Take SERVICE back on every host at once: each host to the newest
+    /// release that was healthy on it and that no failed or rolled-back
+    /// step tried since (hosts with none are listed and left alone), or
+    /// every host to release VERSION.
     Rollback {
         service: String,
         #[arg(long)]
         to: Option<String>,
         #[arg(long)]
         allow_offline: bool,
+        /// Show every host's `from -> to` and start nothing.
+        #[arg(long)]
+        dry_run: bool,
         #[arg(long, short)]
         yes: bool,
         #[arg(long)]
@@ -179,9 +184,17 @@ pub enum RolloutCommand {
     Resume {
         id: u64,
     },
-    /// Stop for good; hosts stay as they are.
+    /// Stop for good; hosts stay as they are unless --rollback.
     Abort {
         id: u64,
+        /// Then take every host the rollout moved back to what it ran
+        /// before it (a rollback rollout, started at once).
+        #[arg(long)]
+        rollback: bool,
+        /// With --rollback: hosts that are offline get their step when
+        /// they return.
+        #[arg(long, requires = "rollback")]
+        allow_offline: bool,
     },
 }
 
@@ -313,16 +326,36 @@ pub async fn run(cli: Cli) -> Result<()> {
             service,
             to,
             allow_offline,
+            dry_run,
             yes,
             wait,
-        } => rollout::rollback(c, &service, to, allow_offline, yes, wait, out).await,
+        } => {
+            let args = commands::rollback::RollbackArgs {
+                service,
+                to,
+                allow_offline,
+                dry_run,
+                yes,
+                wait,
+            };
+            commands::rollback::rollback(c, args, out).await
+        }
         Command::Rollout { command } => match command {
             RolloutCommand::List { limit } => rollout::list(c, limit, out).await,
             RolloutCommand::Show { id } => rollout::show(c, id, out).await,
             RolloutCommand::Watch { id } => rollout::watch(c, id, out).await,
             RolloutCommand::Pause { id } => rollout::control(c, id, "pause", out).await,
             RolloutCommand::Resume { id } => rollout::control(c, id, "resume", out).await,
-            RolloutCommand::Abort { id } => rollout::control(c, id, "abort", out).await,
+            RolloutCommand::Abort {
+                id,
+                rollback: false,
+                ..
+            } => rollout::control(c, id, "abort", out).await,
+            RolloutCommand::Abort {
+                id,
+                rollback: true,
+                allow_offline,
+            } => commands::rollback::abort_and_roll_back(c, id, allow_offline, out).await,
         },
         Command::Events { rollout: id, limit } => rollout::events(c, id, limit, out).await,
         Command::Demo(args) => demo::run(args).await,

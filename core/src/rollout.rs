@@ -117,6 +117,9 @@ pub struct Plan {
     pub carried: Vec<Carried>,
     /// Offline hosts the operator allowed; their steps wait for them.
     pub offline: Vec<String>,
+    /// Hosts a manual rollback does not move (no release to go back to).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<SkippedHost>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -128,8 +131,8 @@ pub struct ServicePlan {
     pub sha256: Sha256Digest,
     pub size: u64,
     /// Batch 0 is the canary. In JSON a batch is a list of runs of hosts
-    /// that move from the same identity (see [`batches_json`]).
-    #[serde(with = "batches_json")]
+    /// that move from the same identity (see [`batches`]).
+    #[serde(with = "batches")]
     pub batches: Vec<Vec<HostMove>>,
     /// Hosts that already run the target identity: not touched.
     pub unchanged: Vec<String>,
@@ -137,7 +140,10 @@ pub struct ServicePlan {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<ImageTarget>,
     /// Steps swap each host back to its previous release instead of
-    /// installing `target` (`cutover rollback SERVICE`).
+    /// installing `target`: how earlier controllers planned `cutover
+    /// rollback SERVICE` (now each host gets an install of its own
+    /// last known-good release, [`HostMove::to`]). Still driven when read
+    /// back from the store.
     #[serde(default)]
     pub swap_back: bool,
 }
@@ -149,201 +155,31 @@ pub struct HostMove {
     /// the same identity.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from: Option<Arc<ContentIdentity>>,
+    /// Where this host goes, when not to the service plan's target: a
+    /// manual rollback takes each host to its own last known-good release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<Arc<HostTarget>>,
 }
 
-/// A batch in JSON: `[{"from": {…}, "hosts": ["h1", "h2"]}, …]`, each run
-/// naming its `from` once (absent: the host runs nothing of the service
-/// yet). At 10,000 hosts × 50 services this is half the bytes of an object
-/// per host, and every parse is on the path of `cutover plan`. Plans stored
-/// by earlier controllers, one `{"host", "from"}` object per host, read back
-/// the same.
-mod batches_json {
-    use std::sync::Arc;
-
-    use serde::de::{Deserializer, SeqAccess, Visitor};
-    use serde::ser::{SerializeMap, SerializeSeq, Serializer};
-    use serde::{Deserialize, Serialize};
-
-    use super::HostMove;
-    use crate::views::ContentIdentity;
-
-    pub fn serialize<S: Serializer>(batches: &[Vec<HostMove>], s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(batches.iter().map(|b| Runs(b)))
-    }
-
-    struct Runs<'a>(&'a [HostMove]);
-
-    impl Serialize for Runs<'_> {
-        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-            let mut seq = s.serialize_seq(None)?;
-            for run in self.0.chunk_by(|a, b| a.from == b.from) {
-                seq.serialize_element(&Run(run))?;
-            }
-            seq.end()
-        }
-    }
-
-    /// Moves that share one `from`.
-    struct Run<'a>(&'a [HostMove]);
-
-    impl Serialize for Run<'_> {
-        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-            let mut map = s.serialize_map(None)?;
-            if let Some(from) = &self.0[0].from {
-                map.serialize_entry("from", from)?;
-            }
-            map.serialize_entry("hosts", &Hosts(self.0))?;
-            map.end()
-        }
-    }
-
-    struct Hosts<'a>(&'a [HostMove]);
-
-    impl Serialize for Hosts<'_> {
-        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-            s.collect_seq(self.0.iter().map(|m| &m.host))
-        }
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Vec<HostMove>>, D::Error> {
-        Vec::<Batch>::deserialize(d).map(|b| b.into_iter().map(|b| b.0).collect())
-    }
-
-    struct Batch(Vec<HostMove>);
-
-    /// A run, or one host as earlier controllers wrote it.
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct Entry {
-        #[serde(default)]
-        from: Option<ContentIdentity>,
-        #[serde(default)]
-        hosts: Option<Vec<String>>,
-        #[serde(default)]
-        host: Option<String>,
-    }
-
-    impl<'de> Deserialize<'de> for Batch {
-        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            d.deserialize_seq(BatchVisitor)
-        }
-    }
-
-    struct BatchVisitor;
-
-    impl<'de> Visitor<'de> for BatchVisitor {
-        type Value = Batch;
-
-        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            f.write_str("a batch: a list of {\"from\", \"hosts\"} runs")
-        }
-
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Batch, A::Error> {
-            use serde::de::Error;
-            let mut moves = Vec::new();
-            while let Some(e) = seq.next_element::<Entry>()? {
-                let from = e.from.map(Arc::new);
-                match (e.hosts, e.host) {
-                    (Some(hosts), None) => moves.extend(hosts.into_iter().map(|host| HostMove {
-                        host,
-                        from: from.clone(),
-                    })),
-                    (None, Some(host)) => moves.push(HostMove { host, from }),
-                    _ => {
-                        return Err(A::Error::custom(
-                            "a batch entry needs either \"hosts\" (a list) or \"host\", not both",
-                        ))
-                    }
-                }
-            }
-            Ok(Batch(moves))
-        }
-    }
-
-    #[cfg(test)]
-    mod tests {
-        use super::*;
-
-        #[derive(Debug, PartialEq, Serialize, Deserialize)]
-        struct Doc {
-            #[serde(with = "super")]
-            batches: Vec<Vec<HostMove>>,
-        }
-
-        fn id(release: &str) -> Option<Arc<ContentIdentity>> {
-            Some(Arc::new(ContentIdentity {
-                release: release.into(),
-                service_version: "1".into(),
-                ..ContentIdentity::default()
-            }))
-        }
-
-        fn mv(host: &str, from: &Option<Arc<ContentIdentity>>) -> HostMove {
-            HostMove {
-                host: host.into(),
-                from: from.clone(),
-            }
-        }
-
-        #[test]
-        fn a_batch_is_written_as_runs_of_hosts_that_share_their_from_and_read_back_the_same() {
-            let (old, older) = (id("1.0.0"), id("0.9.0"));
-            let doc = Doc {
-                batches: vec![
-                    vec![mv("a", &old)],
-                    vec![
-                        mv("b", &old),
-                        mv("c", &old),
-                        mv("d", &None),
-                        mv("e", &older),
-                        mv("f", &old),
-                    ],
-                ],
-            };
-            let json = serde_json::to_value(&doc).unwrap();
-            let from = |r: &str| serde_json::json!({"release": r, "service_version": "1"});
-            assert_eq!(
-                json,
-                serde_json::json!({"batches": [
-                    [{"from": from("1.0.0"), "hosts": ["a"]}],
-                    [
-                        {"from": from("1.0.0"), "hosts": ["b", "c"]},
-                        {"hosts": ["d"]},
-                        {"from": from("0.9.0"), "hosts": ["e"]},
-                        {"from": from("1.0.0"), "hosts": ["f"]},
-                    ],
-                ]})
-            );
-            assert_eq!(serde_json::from_value::<Doc>(json).unwrap(), doc);
-        }
-
-        #[test]
-        fn a_plan_stored_with_one_object_per_host_reads_back_the_same() {
-            let old = id("1.0.0");
-            let stored = r#"{"batches": [[{"host": "a", "from": {"release": "1.0.0", "service_version": "1"}}, {"host": "b"}], []]}"#;
-            assert_eq!(
-                serde_json::from_str::<Doc>(stored).unwrap(),
-                Doc {
-                    batches: vec![vec![mv("a", &old), mv("b", &None)], vec![]]
-                }
-            );
-        }
-
-        #[test]
-        fn a_batch_entry_must_name_its_hosts_one_way() {
-            for bad in [r#"[{"from": null}]"#, r#"[{"host": "a", "hosts": ["b"]}]"#] {
-                let e = serde_json::from_str::<Doc>(&format!(r#"{{"batches": [{bad}]}}"#))
-                    .unwrap_err()
-                    .to_string();
-                assert!(e.contains("either \"hosts\""), "{bad}: {e}");
-            }
-            let e = serde_json::from_str::<Doc>(r#"{"batches": [[{"hots": ["a"]}]]}"#)
-                .unwrap_err()
-                .to_string();
-            assert!(e.contains("unknown field `hots`"), "{e}");
-        }
-    }
+/// One host's own target: what an install command names.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HostTarget {
+    pub identity: ContentIdentity,
+    pub sha256: Sha256Digest,
+    pub size: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<ImageTarget>,
 }
+
+/// A host a manual rollback leaves as it is, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SkippedHost {
+    pub host: String,
+    pub service: String,
+    pub reason: String,
+}
+
+mod batches;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Carried {
@@ -449,6 +285,9 @@ pub struct Step {
     pub evidence: Option<Evidence>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from: Option<Arc<ContentIdentity>>,
+    /// The host's own target (see [`HostMove::to`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<Arc<HostTarget>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,7 +1,9 @@
 //! The CLI's commands, grouped by what they act on.
 
 pub mod fleet;
+mod plan_text;
 pub mod release;
+pub mod rollback;
 pub mod rollout;
 
 use std::path::Path;

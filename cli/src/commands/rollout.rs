@@ -1,7 +1,7 @@
 //! `cutover fleet apply|show`, `plan`, `upgrade`, `rollback`,
 //! `rollout list|show|watch|pause|resume|abort` and `events`.
 
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::path::Path;
 use std::time::Duration;
 
@@ -9,15 +9,19 @@ use cutover_core::rollout::{
     EventView, Plan, Rollout, RolloutDetail, RolloutStatus, RolloutSummary, Started, Step,
     StepPhase,
 };
-use cutover_core::views::{from_ms, ContentIdentity};
+use cutover_core::views::from_ms;
 use cutover_proto::commands::from_json;
 use cutover_proto::v1;
 
+use super::plan_text::print_plan;
 use crate::client::ConnectArgs;
 use crate::error::{Error, Result};
 use crate::output::{self, Format};
 
-fn decode<T: serde::de::DeserializeOwned>(what: &'static str, doc: v1::JsonDocument) -> Result<T> {
+pub(super) fn decode<T: serde::de::DeserializeOwned>(
+    what: &'static str,
+    doc: v1::JsonDocument,
+) -> Result<T> {
     from_json(what, doc).map_err(|e| Error::Rpc(e.to_string()))
 }
 
@@ -95,91 +99,6 @@ pub async fn plan(c: &ConnectArgs, args: &PlanArgs, out: Format) -> Result<()> {
     Ok(())
 }
 
-fn ident(c: Option<&ContentIdentity>) -> String {
-    match c {
-        Some(c) => format!(
-            "{} ({})",
-            output::escape(&c.service_version),
-            output::escape(&c.release)
-        ),
-        None => "nothing".into(),
-    }
-}
-
-fn print_plan(plan: &Plan) {
-    output::to_stdout(|out| write_plan(out, plan));
-}
-
-/// Each run of hosts that move from the same identity names it once: a
-/// plan at fleet size is half a million moves.
-fn write_plan(out: &mut dyn Write, plan: &Plan) -> std::io::Result<()> {
-    writeln!(out, "release {}", output::escape(&plan.release))?;
-    if plan.services.is_empty() {
-        writeln!(
-            out,
-            "nothing to do: every host already runs this release's services"
-        )?;
-    }
-    for s in &plan.services {
-        writeln!(
-            out,
-            "\nlevel {}  {}  -> {} ({}, artifact {} {})",
-            s.level,
-            output::escape(&s.service),
-            output::escape(&s.target.service_version),
-            output::escape(&s.target.release),
-            output::short(&s.sha256),
-            output::bytes(s.size)
-        )?;
-        for (i, batch) in s.batches.iter().enumerate() {
-            let label = if i == 0 && !s.swap_back {
-                "canary".to_string()
-            } else {
-                format!("batch {i}")
-            };
-            write!(out, "  {label:<9} ")?;
-            for (j, m) in batch.iter().enumerate() {
-                out.write_all(output::escape(&m.host).as_bytes())?;
-                let from = m.from.as_deref();
-                match batch.get(j + 1) {
-                    Some(next) if next.from.as_deref() == from => out.write_all(b", ")?,
-                    Some(_) => write!(out, " (from {}); ", ident(from))?,
-                    None => write!(out, " (from {})", ident(from))?,
-                }
-            }
-            writeln!(out)?;
-        }
-        if !s.unchanged.is_empty() {
-            writeln!(
-                out,
-                "  {:<9} {} (already at the target)",
-                "unchanged",
-                output::escape(&s.unchanged.join(", "))
-            )?;
-        }
-    }
-    if !plan.carried.is_empty() {
-        writeln!(out, "\ncarried (will not move):")?;
-        for c in &plan.carried {
-            writeln!(
-                out,
-                "  {} {}: {}",
-                output::escape(&c.service),
-                output::escape(&c.service_version),
-                output::escape(&c.reason)
-            )?;
-        }
-    }
-    if !plan.offline.is_empty() {
-        writeln!(
-            out,
-            "\noffline hosts allowed: {} (their steps wait until the step deadline)",
-            output::escape(&plan.offline.join(", "))
-        )?;
-    }
-    Ok(())
-}
-
 pub struct UpgradeArgs {
     pub plan: PlanArgs,
     pub dry_run: bool,
@@ -219,7 +138,7 @@ pub async fn upgrade(c: &ConnectArgs, args: UpgradeArgs, out: Format) -> Result<
     started_output(c, started, args.wait, out).await
 }
 
-fn confirm(question: &str) -> Result<()> {
+pub(super) fn confirm(question: &str) -> Result<()> {
     if !std::io::stdin().is_terminal() {
         return Err(Error::Usage(format!(
             "{question} pass --yes to confirm when not on a terminal"
@@ -237,7 +156,12 @@ fn confirm(question: &str) -> Result<()> {
     }
 }
 
-async fn started_output(c: &ConnectArgs, started: Started, wait: bool, out: Format) -> Result<()> {
+pub(super) async fn started_output(
+    c: &ConnectArgs,
+    started: Started,
+    wait: bool,
+    out: Format,
+) -> Result<()> {
     let Some(r) = &started.rollout else {
         if out == Format::Json {
             output::json(&started);
@@ -272,38 +196,6 @@ async fn started_output(c: &ConnectArgs, started: Started, wait: bool, out: Form
         );
     }
     watch(c, r.id, out).await
-}
-
-pub async fn rollback(
-    c: &ConnectArgs,
-    service: &str,
-    to: Option<String>,
-    allow_offline: bool,
-    yes: bool,
-    wait: bool,
-    out: Format,
-) -> Result<()> {
-    if !yes {
-        let target = to
-            .as_deref()
-            .map(|v| format!("release {v}"))
-            .unwrap_or_else(|| "its previous release".into());
-        confirm(&format!(
-            "roll {service} back to {target} on every host at once?"
-        ))?;
-    }
-    let doc = c
-        .operator()
-        .await?
-        .rollback(v1::RollbackRequest {
-            service: service.into(),
-            to_version: to.unwrap_or_default(),
-            allow_offline,
-        })
-        .await?
-        .into_inner();
-    let started: Started = decode("rollout", doc)?;
-    started_output(c, started, wait, out).await
 }
 
 pub async fn list(c: &ConnectArgs, limit: u32, out: Format) -> Result<()> {
@@ -585,6 +477,8 @@ pub async fn control(c: &ConnectArgs, id: u64, action: &str, out: Format) -> Res
         .control_rollout(v1::ControlRolloutRequest {
             id,
             action: action.into(),
+            rollback: false,
+            allow_offline: false,
         })
         .await?
         .into_inner();

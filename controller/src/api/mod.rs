@@ -6,6 +6,7 @@ pub mod certs;
 pub mod fetch;
 pub mod import;
 pub mod operator;
+pub mod rollback;
 pub mod rollouts;
 
 use cutover_core::pki::{PeerIdentity, Role};

@@ -328,7 +328,9 @@ impl Operator for OperatorApi {
     ) -> Result<Response<v1::JsonDocument>, Status> {
         let r = req.into_inner();
         name("service", &r.service)?;
-        let started = rollouts::rollback(&self.c, r.service, r.to_version, r.allow_offline).await?;
+        let started =
+            super::rollback::rollback(&self.c, r.service, r.to_version, r.allow_offline, r.dry_run)
+                .await?;
         Ok(Response::new(to_json(&started)))
     }
 
@@ -361,6 +363,16 @@ impl Operator for OperatorApi {
         req: Request<v1::ControlRolloutRequest>,
     ) -> Result<Response<v1::JsonDocument>, Status> {
         let r = req.into_inner();
+        if r.rollback {
+            if r.action != "abort" {
+                return Err(Status::invalid_argument(format!(
+                    "--rollback goes with abort only, not {:?}",
+                    r.action
+                )));
+            }
+            let done = super::rollback::abort_and_roll_back(&self.c, r.id, r.allow_offline).await?;
+            return Ok(Response::new(to_json(&done)));
+        }
         let rollout = rollouts::control(&self.c, r.id, &r.action).await?;
         Ok(Response::new(to_json(&rollout)))
     }

@@ -4,9 +4,7 @@
 use std::sync::Arc;
 
 use cutover_core::fleet::FleetConfig;
-use cutover_core::rollout::{
-    HostMove, Plan, Rollout, RolloutDetail, RolloutKind, ServicePlan, Started,
-};
+use cutover_core::rollout::{Plan, Rollout, RolloutDetail, RolloutKind, Started};
 use cutover_core::views::now_ms;
 
 use crate::error::{Error, Result};
@@ -54,7 +52,7 @@ impl ParsedFleet {
     }
 }
 
-async fn fleet(c: &Controller) -> Result<Arc<FleetConfig>> {
+pub(super) async fn fleet(c: &Controller) -> Result<Arc<FleetConfig>> {
     let stored = c.store.run(|s| s.fleet()).await?;
     let (toml, _) = stored.ok_or_else(|| {
         Error::Invalid(
@@ -90,7 +88,7 @@ async fn resolve(c: &Controller, version: &str) -> Result<String> {
     Ok(version.to_string())
 }
 
-async fn hosts(c: &Arc<Controller>) -> Result<Vec<HostState>> {
+pub(super) async fn hosts(c: &Arc<Controller>) -> Result<Vec<HostState>> {
     let views = super::operator::OperatorApi::new(c.clone()).hosts().await?;
     Ok(views
         .into_iter()
@@ -126,7 +124,7 @@ pub async fn make_plan(c: &Arc<Controller>, ask: &Ask, instant: bool) -> Result<
 }
 
 /// Persists a rollout for `plan` and hands it to the driver.
-async fn start(
+pub(super) async fn start(
     c: &Arc<Controller>,
     plan: Plan,
     kind: RolloutKind,
@@ -154,97 +152,6 @@ async fn start(
 pub async fn upgrade(c: &Arc<Controller>, ask: &Ask, no_rollback: bool) -> Result<Started> {
     let plan = make_plan(c, ask, false).await?;
     start(c, plan, RolloutKind::Upgrade, no_rollback).await
-}
-
-/// `cutover rollback SERVICE [--to VERSION]`: the instant path, all hosts
-/// at once, never rolled back itself.
-pub async fn rollback(
-    c: &Arc<Controller>,
-    service: String,
-    to: String,
-    allow_offline: bool,
-) -> Result<Started> {
-    if !to.is_empty() {
-        let ask = Ask {
-            services: vec![service],
-            version: to,
-            allow_offline,
-        };
-        let plan = make_plan(c, &ask, true).await?;
-        return start(c, plan, RolloutKind::Rollback, true).await;
-    }
-    let fleet = fleet(c).await?;
-    let config =
-        fleet.services.get(&service).cloned().ok_or_else(|| {
-            Error::Invalid(format!("service {service:?} is not in the fleet config"))
-        })?;
-    let hosts = hosts(c).await?;
-    let mut moves = Vec::new();
-    let mut offline = Vec::new();
-    let mut target = None;
-    let by_name: std::collections::HashMap<&str, &HostState> =
-        hosts.iter().map(|h| (h.name.as_str(), h)).collect();
-    for name in fleet.hosts_of(&service) {
-        let Some(h) = by_name.get(name.as_str()) else {
-            continue;
-        };
-        let Some(s) = h.installed.iter().find(|s| s.name == service) else {
-            continue;
-        };
-        let (Some(current), Some(previous)) = (&s.current, &s.previous) else {
-            continue;
-        };
-        if current.tarball_sha256.is_none() && current.image_id.is_none() {
-            continue;
-        }
-        if !h.online {
-            offline.push(name.clone());
-        }
-        target.get_or_insert_with(|| previous.clone());
-        moves.push(HostMove {
-            host: name,
-            from: Some(Arc::new(current.clone())),
-        });
-    }
-    if !offline.is_empty() && !allow_offline {
-        return Err(Error::Invalid(format!(
-            "host(s) offline: {}; bring them back or pass --allow-offline",
-            offline.join(", ")
-        )));
-    }
-    let Some(target) = target else {
-        return Err(Error::Invalid(format!(
-            "no host of service {service:?} has a previous release to go back to; use --to VERSION"
-        )));
-    };
-    let sha256 = target
-        .tarball_sha256
-        .or(target.image_id)
-        .unwrap_or_else(|| cutover_core::Sha256Digest::of(b""));
-    let image = target
-        .image_id
-        .map(|id| cutover_core::rollout::ImageTarget {
-            id,
-            reference: None,
-        });
-    let plan = Plan {
-        release: format!("previous of {service}"),
-        services: vec![ServicePlan {
-            service: service.clone(),
-            level: 0,
-            target,
-            sha256,
-            size: 0,
-            batches: vec![moves],
-            unchanged: vec![],
-            config,
-            image,
-            swap_back: true,
-        }],
-        carried: vec![],
-        offline,
-    };
-    start(c, plan, RolloutKind::Rollback, true).await
 }
 
 pub async fn detail(c: &Controller, id: u64) -> Result<RolloutDetail> {

@@ -389,12 +389,27 @@ fn command_for(r: &Rollout, s: &Step) -> Option<Command> {
         id.as_ref().and_then(|c| c.tarball_sha256.or(c.image_id))
     };
     if s.phase == StepPhase::RollingBack {
+        // What the agent installed: the image for containers.
+        let installed = match &s.to {
+            Some(to) => to.image.as_ref().map(|i| i.id).unwrap_or(to.sha256),
+            None => plan.image.as_ref().map(|i| i.id).unwrap_or(plan.sha256),
+        };
         return Some(Command::Rollback(RollbackCommand {
             command_id: rollback_id(&s.command_id),
             service: s.service.clone(),
-            // What the agent installed: the image for containers.
-            from: plan.image.as_ref().map(|i| i.id).unwrap_or(plan.sha256),
+            from: installed,
         }));
+    }
+    if let Some(to) = &s.to {
+        return Some(Command::Install(Box::new(InstallCommand {
+            command_id: s.command_id.clone(),
+            service: s.service.clone(),
+            target: to.identity.clone(),
+            sha256: to.sha256,
+            size: to.size,
+            config: plan.config.clone(),
+            image: to.image.clone(),
+        })));
     }
     if plan.swap_back {
         return Some(Command::Rollback(RollbackCommand {

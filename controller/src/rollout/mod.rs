@@ -3,6 +3,7 @@
 
 pub mod driver;
 pub mod engine;
+pub mod known_good;
 pub mod plan;
 
 use cutover_core::rollout::{Plan, Rollout, RolloutKind, RolloutStatus, Step, StepPhase};
@@ -26,6 +27,7 @@ pub fn new_rollout(id: u64, kind: RolloutKind, plan: Plan, no_rollback: bool, no
                     finished_ms: None,
                     evidence: None,
                     from: m.from.clone(),
+                    to: m.to.clone(),
                 });
             }
         }

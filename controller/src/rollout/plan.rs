@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use cutover_core::fleet::{FleetConfig, ServiceConfig};
 use cutover_core::manifest::Manifest;
-use cutover_core::rollout::{Carried, HostMove, ImageTarget, Plan, ServicePlan};
+use cutover_core::rollout::{Carried, HostMove, HostTarget, ImageTarget, Plan, ServicePlan};
 use cutover_core::views::{ContentIdentity, InstalledService};
 
 /// One host as the planner sees it.
@@ -38,7 +38,7 @@ pub struct PlanError(pub String);
 /// The service's settings as every install command carries them: which
 /// hosts and labels select it is the controller's business, and at fleet
 /// size that list would otherwise be copied into every command.
-fn for_agents(config: &ServiceConfig) -> ServiceConfig {
+pub fn for_agents(config: &ServiceConfig) -> ServiceConfig {
     ServiceConfig {
         hosts: Vec::new(),
         labels: Vec::new(),
@@ -85,6 +85,7 @@ pub fn plan(req: &PlanRequest<'_>) -> Result<Plan, PlanError> {
         services: Vec::new(),
         carried: Vec::new(),
         offline: Vec::new(),
+        skipped: Vec::new(),
     };
     // Offline hosts that must move, marked by index: at fleet size a set
     // of names searched per (host, service) dominates.
@@ -110,43 +111,12 @@ pub fn plan(req: &PlanRequest<'_>) -> Result<Plan, PlanError> {
                 continue;
             };
             let docker = config.runner == cutover_core::fleet::RunnerKind::Docker;
-            let (target, sha256, size, image) = if docker {
-                let Some(img) = &svc.image else {
-                    return Err(err(format!(
-                        "service {name:?} runs with runner \"docker\" but the release pins no image for it"
-                    )));
-                };
-                let (sha, size) = img
-                    .tarball
-                    .as_ref()
-                    .map(|t| (t.sha256, t.size))
-                    .unwrap_or((img.id, 0));
-                let target = ContentIdentity {
-                    release: release.clone(),
-                    service_version: svc.service_version.clone(),
-                    tarball_sha256: None,
-                    image_id: Some(img.id),
-                };
-                let image = ImageTarget {
-                    id: img.id,
-                    reference: img.reference.clone(),
-                };
-                (target, sha, size, Some(image))
-            } else {
-                let Some(tarball) = &svc.tarball else {
-                    return Err(err(format!(
-                        "service {name:?} ships only a container image, which the {:?} runner cannot install; use runner = \"docker\"",
-                        config.runner
-                    )));
-                };
-                let target = ContentIdentity {
-                    release: release.clone(),
-                    service_version: svc.service_version.clone(),
-                    tarball_sha256: Some(tarball.sha256),
-                    image_id: None,
-                };
-                (target, tarball.sha256, tarball.size, None)
-            };
+            let HostTarget {
+                identity: target,
+                sha256,
+                size,
+                image,
+            } = service_target(&release, svc, config).map_err(err)?;
             // Services selected the same way run on the same hosts: at
             // fleet size, resolving each selection once saves a name
             // lookup per (host, service).
@@ -212,6 +182,7 @@ pub fn plan(req: &PlanRequest<'_>) -> Result<Plan, PlanError> {
                 moves.push(HostMove {
                     host: host.clone(),
                     from,
+                    to: None,
                 });
             }
             if moves.is_empty() {
@@ -319,6 +290,59 @@ fn check_floor(m: &Manifest, h: &HostState) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// What hosts of `svc` install for release `release` under `config`: the
+/// image for the docker runner, the tarball otherwise.
+pub fn service_target(
+    release: &str,
+    svc: &cutover_core::manifest::Service,
+    config: &ServiceConfig,
+) -> Result<HostTarget, String> {
+    let name = &svc.name;
+    if config.runner == cutover_core::fleet::RunnerKind::Docker {
+        let Some(img) = &svc.image else {
+            return Err(format!(
+                "service {name:?} runs with runner \"docker\" but the release pins no image for it"
+            ));
+        };
+        let (sha256, size) = img
+            .tarball
+            .as_ref()
+            .map(|t| (t.sha256, t.size))
+            .unwrap_or((img.id, 0));
+        return Ok(HostTarget {
+            identity: ContentIdentity {
+                release: release.to_string(),
+                service_version: svc.service_version.clone(),
+                tarball_sha256: None,
+                image_id: Some(img.id),
+            },
+            sha256,
+            size,
+            image: Some(ImageTarget {
+                id: img.id,
+                reference: img.reference.clone(),
+            }),
+        });
+    }
+    let Some(tarball) = &svc.tarball else {
+        return Err(format!(
+            "service {name:?} ships only a container image, which the {:?} runner cannot install; use runner = \"docker\"",
+            config.runner
+        ));
+    };
+    Ok(HostTarget {
+        identity: ContentIdentity {
+            release: release.to_string(),
+            service_version: svc.service_version.clone(),
+            tarball_sha256: Some(tarball.sha256),
+            image_id: None,
+        },
+        sha256: tarball.sha256,
+        size: tarball.size,
+        image: None,
+    })
 }
 
 #[cfg(test)]

@@ -12,8 +12,10 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use crate::error::{Error, Result};
 
+mod host_releases;
 mod rollouts;
 mod startup;
+pub use host_releases::key as release_key;
 pub use rollouts::{LogLine, RolloutSave};
 pub use startup::{open_checked, OpenOptions, MARKER_FILE, STORE_FILE};
 
@@ -114,6 +116,20 @@ UPDATE hosts SET previous_serial = (
 WHERE (SELECT kind FROM events
        WHERE events.host = hosts.name AND kind IN ('host.enrolled', 'host.renewed')
        ORDER BY id DESC LIMIT 1) = 'host.renewed';
+"#,
+    // What each host has run of each service, as its steps ended: the
+    // last known-good release a manual rollback goes back to.
+    r#"
+CREATE TABLE host_releases (
+    host       TEXT NOT NULL,
+    service    TEXT NOT NULL,
+    digest     TEXT NOT NULL,
+    identity   TEXT NOT NULL,
+    healthy_ms INTEGER,
+    bad_ms     INTEGER,
+    PRIMARY KEY (host, service, digest)
+);
+CREATE INDEX host_releases_by_service ON host_releases (service);
 "#,
 ];
 

@@ -13,7 +13,7 @@ use cutover_core::views::{now_ms, InstalledService};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde::{Deserialize, Serialize};
 
-use super::{insert_event, Store};
+use super::{host_releases, insert_event, Store};
 use crate::error::{Error, Result};
 use crate::rollout::new_rollout;
 
@@ -95,6 +95,8 @@ pub struct RolloutSave {
     head: String,
     steps: Vec<EncodedStep>,
     events: Vec<LogLine>,
+    /// What the steps that ended teach of each host's releases.
+    outcomes: Vec<host_releases::Outcome>,
 }
 
 /// A step as its row holds it: index, phase (for counts) and its
@@ -164,6 +166,7 @@ impl RolloutSave {
             head: encode(r.id, &Head::of(r))?,
             steps,
             events,
+            outcomes: host_releases::outcomes(r, changed)?,
         })
     }
 }
@@ -270,6 +273,7 @@ impl Store {
                 params![save.id, save.status, save.updated_ms, save.head],
             )?;
             insert_steps(&tx, save.id, &save.steps)?;
+            host_releases::record(&tx, &save.outcomes)?;
             {
                 let mut stmt = tx.prepare_cached(
                     "INSERT INTO events (at, kind, host, detail, rollout) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -469,6 +473,7 @@ mod tests {
                 services: vec![],
                 carried: vec![],
                 offline: vec![],
+                skipped: vec![],
             },
             false,
             1,
@@ -505,6 +510,7 @@ mod tests {
                 vec![cutover_core::rollout::HostMove {
                     host: h.to_string(),
                     from: None,
+                    to: None,
                 }]
             })
             .collect();

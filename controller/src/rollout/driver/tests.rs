@@ -121,6 +121,7 @@ fn stored(c: &Controller, service: &str) -> Rollout {
             batches: vec![vec![HostMove {
                 host: "h1".into(),
                 from: None,
+                to: None,
             }]],
             unchanged: vec![],
             config: fleet.services["x"].clone(),
@@ -129,6 +130,7 @@ fn stored(c: &Controller, service: &str) -> Rollout {
         }],
         carried: vec![],
         offline: vec![],
+        skipped: vec![],
     };
     c.store
         .create_rollout(|id| crate::rollout::new_rollout(id, RolloutKind::Upgrade, plan, false, 1))

@@ -40,6 +40,7 @@ fn service(name: &str, level: usize, hosts: &[&[&str]], scope: RollbackScope) ->
                     .map(|h| HostMove {
                         host: h.to_string(),
                         from: None,
+                        to: None,
                     })
                     .collect()
             })
@@ -57,6 +58,7 @@ fn rollout(services: Vec<ServicePlan>, no_rollback: bool) -> Live {
         services,
         carried: vec![],
         offline: vec![],
+        skipped: vec![],
     };
     Live::new(new_rollout(7, RolloutKind::Upgrade, plan, no_rollback, 0))
 }

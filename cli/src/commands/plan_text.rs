@@ -1,0 +1,121 @@
+//! A plan as text: services by level, each batch's hosts in runs that share
+//! where they move from (and, for a manual rollback, where each goes), the
+//! services carried, the hosts left as they are and the offline ones.
+
+use std::io::Write;
+
+use cutover_core::rollout::{HostMove, Plan};
+use cutover_core::views::ContentIdentity;
+
+use crate::output;
+
+fn ident(c: Option<&ContentIdentity>) -> String {
+    match c {
+        Some(c) => format!(
+            "{} ({})",
+            output::escape(&c.service_version),
+            output::escape(&c.release)
+        ),
+        None => "nothing".into(),
+    }
+}
+
+/// `from X`, or `X -> Y` for a host with its own target.
+fn movement(m: &HostMove) -> String {
+    match &m.to {
+        Some(to) => format!(
+            "{} -> {}",
+            ident(m.from.as_deref()),
+            ident(Some(&to.identity))
+        ),
+        None => format!("from {}", ident(m.from.as_deref())),
+    }
+}
+
+pub(super) fn print_plan(plan: &Plan) {
+    output::to_stdout(|out| write_plan(out, plan));
+}
+
+/// Each run of hosts that move from the same identity names it once: a
+/// plan at fleet size is half a million moves.
+fn write_plan(out: &mut dyn Write, plan: &Plan) -> std::io::Result<()> {
+    writeln!(out, "release {}", output::escape(&plan.release))?;
+    if plan.services.is_empty() {
+        writeln!(
+            out,
+            "nothing to do: every host already runs this release's services"
+        )?;
+    }
+    for s in &plan.services {
+        writeln!(
+            out,
+            "\nlevel {}  {}  -> {} ({}, artifact {} {})",
+            s.level,
+            output::escape(&s.service),
+            output::escape(&s.target.service_version),
+            output::escape(&s.target.release),
+            output::short(&s.sha256),
+            output::bytes(s.size)
+        )?;
+        for (i, batch) in s.batches.iter().enumerate() {
+            // A manual rollback moves every host at once, each to its own.
+            let label = if batch.iter().any(|m| m.to.is_some()) {
+                "all".to_string()
+            } else if i == 0 && !s.swap_back {
+                "canary".to_string()
+            } else {
+                format!("batch {i}")
+            };
+            write!(out, "  {label:<9} ")?;
+            for (j, m) in batch.iter().enumerate() {
+                out.write_all(output::escape(&m.host).as_bytes())?;
+                match batch.get(j + 1) {
+                    Some(next) if next.from == m.from && next.to == m.to => out.write_all(b", ")?,
+                    Some(_) => write!(out, " ({}); ", movement(m))?,
+                    None => write!(out, " ({})", movement(m))?,
+                }
+            }
+            writeln!(out)?;
+        }
+        if !s.unchanged.is_empty() {
+            writeln!(
+                out,
+                "  {:<9} {} (already at the target)",
+                "unchanged",
+                output::escape(&s.unchanged.join(", "))
+            )?;
+        }
+    }
+    if !plan.carried.is_empty() {
+        writeln!(out, "\ncarried (will not move):")?;
+        for c in &plan.carried {
+            writeln!(
+                out,
+                "  {} {}: {}",
+                output::escape(&c.service),
+                output::escape(&c.service_version),
+                output::escape(&c.reason)
+            )?;
+        }
+    }
+    if !plan.skipped.is_empty() {
+        writeln!(out, "\nleft as they are:")?;
+        for h in &plan.skipped {
+            writeln!(
+                out,
+                "  {} {}: {}",
+                output::escape(&h.host),
+                output::escape(&h.service),
+                output::escape(&h.reason)
+            )?;
+        }
+    }
+    if !plan.offline.is_empty() {
+        writeln!(
+            out,
+            "\noffline hosts allowed: {} (their steps wait until the step deadline)",
+            output::escape(&plan.offline.join(", "))
+        )?;
+    }
+    Ok(())
+}

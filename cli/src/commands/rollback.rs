@@ -1,0 +1,107 @@
+//! `cutover rollback SERVICE` (each host to its own last known-good
+//! release, previewed as every host's `from -> to` before it starts) and
+//! `cutover rollout abort ID --rollback`.
+
+use cutover_core::rollout::{Rollout, Started};
+use cutover_proto::v1;
+
+use super::plan_text::print_plan;
+use super::rollout::{confirm, decode, started_output};
+use crate::client::ConnectArgs;
+use crate::error::Result;
+use crate::output::{self, Format};
+
+pub struct RollbackArgs {
+    pub service: String,
+    pub to: Option<String>,
+    pub allow_offline: bool,
+    pub dry_run: bool,
+    pub yes: bool,
+    pub wait: bool,
+}
+
+pub async fn rollback(c: &ConnectArgs, args: RollbackArgs, out: Format) -> Result<()> {
+    let request = |dry_run| v1::RollbackRequest {
+        service: args.service.clone(),
+        to_version: args.to.clone().unwrap_or_default(),
+        allow_offline: args.allow_offline,
+        dry_run,
+    };
+    if args.dry_run || !args.yes {
+        let doc = c
+            .operator()
+            .await?
+            .rollback(request(true))
+            .await?
+            .into_inner();
+        let preview: Started = decode("plan", doc)?;
+        if args.dry_run {
+            if out == Format::Json {
+                output::json(&preview.plan);
+            } else {
+                print_plan(&preview.plan);
+            }
+            return Ok(());
+        }
+        print_plan(&preview.plan);
+        if preview.plan.services.is_empty() {
+            return Ok(());
+        }
+        confirm(&format!(
+            "roll {} back on these hosts at once?",
+            output::escape(&args.service)
+        ))?;
+    }
+    let doc = c
+        .operator()
+        .await?
+        .rollback(request(false))
+        .await?
+        .into_inner();
+    let started: Started = decode("rollout", doc)?;
+    started_output(c, started, args.wait, out).await
+}
+
+/// `cutover rollout abort ID --rollback`.
+pub async fn abort_and_roll_back(
+    c: &ConnectArgs,
+    id: u64,
+    allow_offline: bool,
+    out: Format,
+) -> Result<()> {
+    let doc = c
+        .operator()
+        .await?
+        .control_rollout(v1::ControlRolloutRequest {
+            id,
+            action: "abort".into(),
+            rollback: true,
+            allow_offline,
+        })
+        .await?
+        .into_inner();
+    #[derive(serde::Deserialize, serde::Serialize)]
+    struct Answer {
+        aborted: Rollout,
+        rollback: Started,
+    }
+    let answer: Answer = decode("rollout", doc)?;
+    if out == Format::Json {
+        output::json(&answer);
+        return Ok(());
+    }
+    println!("rollout {id} is now {}", answer.aborted.status);
+    match &answer.rollback.rollout {
+        Some(r) => {
+            print_plan(&answer.rollback.plan);
+            println!(
+                "rollback {} started: {} host(s) going back; follow it with `cutover rollout watch {}`",
+                r.id,
+                r.steps.len(),
+                r.id
+            );
+        }
+        None => println!("no host had moved; nothing to roll back"),
+    }
+    Ok(())
+}

@@ -1,0 +1,193 @@
+//! The emergency path on real agents: `cutover rollback SERVICE` takes each
+//! host to its own last known-good release (never to one a failed or
+//! rolled-back step tried), previews every host's `from -> to`, and gives
+//! every host the health window of any install; `cutover rollout abort ID
+//! --rollback` stops a rollout and takes the hosts it moved back.
+
+use std::time::Duration;
+
+use cutover_cli::bundle::Floor;
+use cutover_tests::sample::{steps, Svc};
+use cutover_tests::{eventually, Fleet, Value};
+
+const HOSTS: [&str; 3] = ["h1", "h2", "h3"];
+
+fn world(policy: &str) -> Fleet {
+    let mut f = Fleet::new();
+    f.assign_ports(&HOSTS, &["api"]);
+    f.start_controller();
+    for h in HOSTS {
+        f.start_agent(h, "500ms");
+    }
+    for h in HOSTS {
+        f.wait_online(h);
+    }
+    f.apply_sample_fleet(&HOSTS, &["api"], policy);
+    f
+}
+
+/// Every host's `to` release in a rollback plan, by host.
+fn targets(plan: &Value) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for s in plan["services"].as_array().unwrap() {
+        for batch in s["batches"].as_array().unwrap() {
+            for run in batch.as_array().unwrap() {
+                let to = run["to"]["identity"]["release"]
+                    .as_str()
+                    .unwrap_or("(none)")
+                    .to_string();
+                for h in run["hosts"].as_array().unwrap() {
+                    out.push((h.as_str().unwrap().to_string(), to.clone()));
+                }
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+    list.iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
+}
+
+#[test]
+fn a_manual_rollback_after_a_rolled_back_canary_never_targets_the_failed_release() {
+    let f = world("max_parallel = 2\nmax_unavailable = 2");
+    f.sample_release("1.0.0", &[Svc::new("api", "1.0")], Floor::default());
+    f.upgrade(&["api"], "1.0.0", &[]).ok();
+    // Nothing to go back to yet: refused, naming the hosts and the way out.
+    f.cli(&["rollback", "api", "--dry-run"])
+        .fails_with("no host can be rolled back: h1 runs release 1.0.0");
+    f.sample_release("1.1.0", &[Svc::new("api", "1.1")], Floor::default());
+    f.upgrade(&["api"], "1.1.0", &[]).ok();
+    f.sample_release("1.2.0", &[Svc::new("api", "1.2").sick()], Floor::default());
+    f.upgrade(&["api"], "1.2.0", &[])
+        .fails_with("ended RolledBack");
+    // The canary's agent now calls 1.2.0 its "previous"; the rollback must
+    // not take it there.
+    let preview = f.cli(&["rollback", "api", "--dry-run"]).ok().stdout;
+    assert!(
+        preview.contains("h1, h2, h3 (1.1 (1.1.0) -> 1.0 (1.0.0))"),
+        "{preview}"
+    );
+    assert!(!preview.contains("1.2.0"), "{preview}");
+    let plan = f.cli_json(&["rollback", "api", "--dry-run"]);
+    assert_eq!(
+        targets(&plan),
+        pairs(&[("h1", "1.0.0"), ("h2", "1.0.0"), ("h3", "1.0.0")])
+    );
+    let before = f.cli_json(&["rollout", "list"]).as_array().unwrap().len();
+    assert_eq!(before, 3, "a dry run started a rollout");
+
+    f.cli(&["rollback", "api", "--yes", "--wait"]).ok();
+    for h in HOSTS {
+        assert_eq!(f.served_version(h, "api").as_deref(), Some("1.0"), "{h}");
+    }
+    // Each host's step is an install with its health window
+    // (min_healthy_time = 1s in the sample fleet), not an instant swap: the
+    // agents' reports say how long each took.
+    let r = f.last_rollout();
+    assert_eq!(r["rollout"]["kind"], "Rollback");
+    let healthy: Vec<u64> = r["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "step.healthy")
+        .map(|e| {
+            let detail = e["detail"].as_str().unwrap();
+            let ms = detail
+                .split("healthy (")
+                .nth(1)
+                .and_then(|rest| rest.split(" ms").next())
+                .and_then(|n| n.parse().ok());
+            ms.unwrap_or_else(|| panic!("no duration in {detail:?}"))
+        })
+        .collect();
+    assert_eq!(healthy.len(), 3, "{r}");
+    assert!(
+        healthy.iter().all(|&ms| ms >= 1000),
+        "a rollback step was healthy before its 1 s window: {healthy:?}"
+    );
+}
+
+#[test]
+fn a_manual_rollback_takes_each_host_to_its_own_release() {
+    let f = world("max_parallel = 2\nmax_unavailable = 2");
+    f.sample_release("1.0.0", &[Svc::new("api", "1.0")], Floor::default());
+    f.upgrade(&["api"], "1.0.0", &[]).ok();
+    f.sample_release("1.1.0", &[Svc::new("api", "1.1")], Floor::default());
+    f.upgrade(&["api"], "1.1.0", &[]).ok();
+    f.sample_release("1.2.0", &[Svc::new("api", "1.2").sick()], Floor::default());
+    f.upgrade(&["api"], "1.2.0", &["--no-rollback"])
+        .fails_with("ended Failed");
+    // h1 was left on the failed 1.2.0: it goes to 1.1.0, the newest
+    // release healthy on it; h2 and h3 run 1.1.0 and go to 1.0.0.
+    let plan = f.cli_json(&["rollback", "api", "--dry-run"]);
+    assert_eq!(
+        targets(&plan),
+        pairs(&[("h1", "1.1.0"), ("h2", "1.0.0"), ("h3", "1.0.0")])
+    );
+    let preview = f.cli(&["rollback", "api", "--dry-run"]).ok().stdout;
+    assert!(
+        preview.contains("h1 (1.2 (1.2.0) -> 1.1 (1.1.0))"),
+        "{preview}"
+    );
+    assert!(
+        preview.contains("h2, h3 (1.1 (1.1.0) -> 1.0 (1.0.0))"),
+        "{preview}"
+    );
+    // Without --yes and not on a terminal, the preview is printed and
+    // nothing starts.
+    let run = f.cli(&["rollback", "api"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains("pass --yes to confirm"), "{run:?}");
+    assert!(run.stdout.contains("-> 1.1 (1.1.0)"), "{}", run.stdout);
+    f.cli(&["rollback", "api", "--yes", "--wait"]).ok();
+    assert_eq!(f.served_version("h1", "api").as_deref(), Some("1.1"));
+    assert_eq!(f.served_version("h2", "api").as_deref(), Some("1.0"));
+    assert_eq!(f.served_version("h3", "api").as_deref(), Some("1.0"));
+}
+
+#[test]
+fn abort_with_rollback_stops_the_rollout_and_takes_its_moved_hosts_back() {
+    let f = world("");
+    f.sample_release("1.0.0", &[Svc::new("api", "1.0")], Floor::default());
+    f.upgrade(&["api"], "1.0.0", &[]).ok();
+    let untouched: Vec<_> = ["h2", "h3"]
+        .iter()
+        .map(|h| f.service_pid(h, "api"))
+        .collect();
+    f.sample_release("1.1.0", &[Svc::new("api", "1.1")], Floor::default());
+    f.cli(&["upgrade", "api", "--version", "1.1.0", "--yes"])
+        .ok();
+    f.cli(&["rollout", "pause", "2"]).ok();
+    eventually(Duration::from_secs(30), "the canary to be healthy", || {
+        let r = f.rollout(2);
+        (steps(&r, "Healthy").len() == 1).then_some(())
+    });
+    assert_eq!(f.served_version("h1", "api").as_deref(), Some("1.1"));
+    let out = f.cli(&["rollout", "abort", "2", "--rollback"]).ok().stdout;
+    assert!(out.contains("rollout 2 is now Aborted"), "{out}");
+    assert!(out.contains("h1 (1.1 (1.1.0) -> 1.0 (1.0.0))"), "{out}");
+    assert!(out.contains("rollback 3 started: 1 host(s)"), "{out}");
+    f.cli(&["rollout", "watch", "3"]).ok();
+    assert_eq!(f.served_version("h1", "api").as_deref(), Some("1.0"));
+    assert_eq!(f.rollout(2)["rollout"]["status"], "Aborted");
+    assert_eq!(
+        ["h2", "h3"]
+            .iter()
+            .map(|h| f.service_pid(h, "api"))
+            .collect::<Vec<_>>(),
+        untouched,
+        "hosts the aborted rollout never moved were restarted"
+    );
+    // --rollback belongs to abort alone.
+    let run = f.cli(&["rollout", "pause", "3", "--rollback"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(
+        run.stderr.contains("unexpected argument '--rollback'"),
+        "{run:?}"
+    );
+}
