@@ -1,4 +1,5 @@
-//! The CLI's error type and exit codes: 1 for a failure, 2 for a usage error.
+//! The CLI's error type and exit codes: 1 for a failure, 2 for a usage
+//! error, 130 when Ctrl-C stopped a command that follows a rollout.
 
 use std::path::PathBuf;
 
@@ -22,6 +23,8 @@ pub enum Error {
     Core(#[from] cutover_core::Error),
     #[error("{0}")]
     Failed(String),
+    #[error("interrupted: rollout {id} goes on running on the controller; follow it again with `cutover rollout watch {id}` or stop it with `cutover rollout abort {id}`")]
+    Interrupted { id: u64 },
 }
 
 impl Error {
@@ -35,6 +38,8 @@ impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Usage(_) => 2,
+            // 128 + SIGINT, as a shell reports a command Ctrl-C ended.
+            Error::Interrupted { .. } => 130,
             _ => 1,
         }
     }

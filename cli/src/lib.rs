@@ -1,6 +1,10 @@
 //! `cutover`, the operator CLI: `cutover VERB [NOUN]`, `--output json` on
 //! every read command, exit code 0 (success), 1 (failure), 2 (usage).
 
+// First, so that its `println!`, `print!`, `eprintln!` and `eprint!`
+// shadow std's in every module below: a closed pipe ends a command quietly.
+#[macro_use]
+pub mod print;
 pub mod bundle;
 pub mod client;
 pub mod commands;
