@@ -255,8 +255,18 @@ pub enum HostCommand {
     Revoke { host: String },
 }
 
-/// Runs one command.
+/// Runs one command; a lost connection names the controller it was to.
 pub async fn run(cli: Cli) -> Result<()> {
+    let controller = cli.connect.controller.clone();
+    dispatch(cli)
+        .await
+        .map_err(|e| e.at_controller(&controller))
+}
+
+/// The shortest join token accepted: the controller counts whole seconds.
+const MIN_TOKEN_TTL: Duration = Duration::from_secs(1);
+
+async fn dispatch(cli: Cli) -> Result<()> {
     use commands::{fleet, release, rollout};
     let out = cli.output;
     let c = &cli.connect;
@@ -285,7 +295,15 @@ pub async fn run(cli: Cli) -> Result<()> {
         },
         Command::Token {
             command: TokenCommand::Create { host, ttl },
-        } => fleet::token_create(c, &host, ttl, out).await,
+        } => {
+            if ttl < MIN_TOKEN_TTL {
+                return Err(Error::Usage(format!(
+                    "--ttl {}: a join token must live at least 1s (and at most 7d); give e.g. --ttl 15m",
+                    humantime::format_duration(ttl)
+                )));
+            }
+            fleet::token_create(c, &host, ttl, out).await
+        }
         Command::Host {
             command: HostCommand::Revoke { host },
         } => fleet::revoke(c, &host).await,

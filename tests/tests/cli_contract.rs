@@ -170,3 +170,120 @@ fn ctrl_c_while_following_a_rollout_says_it_goes_on_and_how_to_watch_or_abort_it
     assert_eq!(rollout_status(&f, second), "Running");
     assert_eq!(rollout_status(&f, id), "Running");
 }
+
+#[test]
+fn a_controller_that_goes_away_during_a_watch_is_one_line_naming_it_without_transport_debug_text() {
+    let (mut f, id) = running_rollout();
+    let mut child = f.spawn_cli(&["rollout", "watch", &id.to_string()]);
+    let (_, reader) = read_until(&mut child, following(id));
+    f.kill_controller();
+    let (code, stderr) = finish(child);
+    drop(reader);
+    let line = stderr.trim_end();
+    assert_eq!(code, 1, "{stderr}");
+    assert!(!line.contains('\n'), "not one line: {stderr}");
+    assert!(
+        line.contains(&f.url()),
+        "does not name the controller: {line}"
+    );
+    for debug in ["transport error", "source:", "Error(", "tonic", "hyper"] {
+        assert!(
+            !line.contains(debug),
+            "{debug:?} reached the operator: {line}"
+        );
+    }
+    assert!(
+        line.contains("check that cutover-controller"),
+        "says nothing to check: {line}"
+    );
+}
+
+#[test]
+fn no_controller_at_the_address_is_one_line_naming_it_and_what_to_check() {
+    let f = Fleet::new();
+    let r = f.cli(&["hosts"]);
+    r.fails_with(&format!(
+        "cannot reach the controller at {}: connection refused; check that cutover-controller runs there and that --controller (or CUTOVER_CONTROLLER) names it",
+        f.url()
+    ));
+}
+
+#[test]
+fn a_missing_credential_file_names_the_flag_or_variable_that_pointed_at_it() {
+    let f = Fleet::new();
+    let url = f.url();
+    let nowhere = f.path("nowhere");
+    let nowhere = nowhere.to_str().unwrap();
+    cutover_tests::run_cli(&url, std::path::Path::new(nowhere), &["hosts"]).fails_with(&format!(
+        "{nowhere}/ca.pem: No such file or directory (os error 2); it is ca.pem in the --pki-dir directory (CUTOVER_PKI_DIR, default `pki`)"
+    ));
+    let missing = f.path("missing.pem");
+    let missing = missing.to_str().unwrap();
+    f.cli(&["hosts", "--cert", missing])
+        .fails_with(&format!("{missing}: No such file or directory (os error 2); it was named by --cert (or CUTOVER_CERT)"));
+    f.cli(&["hosts", "--key", missing])
+        .fails_with("it was named by --key (or CUTOVER_KEY)");
+    let manifest = f.path("release.toml");
+    std::fs::write(
+        &manifest,
+        "version = \"1.0.0\"\ncreated = 2026-01-01T00:00:00Z\nexpires = 2099-01-01T00:00:00Z\n[[services]]\nname = \"db\"\nservice_version = \"1\"\ntarball = { sha256 = \"0000000000000000000000000000000000000000000000000000000000000000\", size = 1, file = \"db.tar.gz\" }\n",
+    )
+    .unwrap();
+    f.cli(&[
+        "release",
+        "sign",
+        manifest.to_str().unwrap(),
+        "--key",
+        missing,
+    ])
+    .fails_with("it was named by --key (a key made by `cutover release keygen`)");
+}
+
+#[test]
+fn a_join_token_shorter_than_a_second_or_for_a_name_that_is_no_host_name_is_refused_in_one_line() {
+    let mut f = Fleet::new();
+    f.start_controller();
+    for ttl in ["0s", "500ms"] {
+        let r = f.cli(&["token", "create", "edge-1", "--ttl", ttl]);
+        assert_eq!(r.code, 2, "{r:?}");
+        assert_eq!(
+            r.stderr,
+            format!("cutover: --ttl {ttl}: a join token must live at least 1s (and at most 7d); give e.g. --ttl 15m\n")
+        );
+    }
+    for bad in ["edge 1", "edge!1", "edge/1", ""] {
+        f.cli(&["token", "create", bad])
+            .fails_with("invalid host name");
+    }
+    assert!(f.hosts().is_empty());
+}
+
+#[test]
+fn keygen_into_a_directory_that_does_not_exist_makes_it_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let f = Fleet::new();
+    let dir = f.path("keys/release");
+    let out = dir.join("r1");
+    let r = f
+        .cli(&["release", "keygen", "--out", out.to_str().unwrap()])
+        .ok();
+    assert!(r.stdout.contains("(mode 0700)"), "{r:?}");
+    for d in [f.path("keys"), dir.clone()] {
+        let mode = std::fs::metadata(&d).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{}", d.display());
+    }
+    assert!(dir.join("r1.key").is_file() && dir.join("r1.pub").is_file());
+    // An existing directory keeps its mode.
+    let shared = f.path("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o755)).unwrap();
+    f.cli(&[
+        "release",
+        "keygen",
+        "--out",
+        shared.join("r2").to_str().unwrap(),
+    ])
+    .ok();
+    let mode = std::fs::metadata(&shared).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o755);
+}
