@@ -240,6 +240,30 @@ fn a_missing_credential_file_names_the_flag_or_variable_that_pointed_at_it() {
 }
 
 #[test]
+fn diag_of_a_host_that_is_not_enrolled_says_there_is_no_such_host() {
+    let mut f = Fleet::new();
+    f.start_controller();
+    f.cli(&["diag", "ghost"]).fails_with(
+        "no such host: \"ghost\" is not enrolled; `cutover hosts` lists the enrolled hosts",
+    );
+}
+
+#[test]
+fn a_version_that_is_neither_a_channel_nor_an_imported_release_is_refused_saying_so() {
+    let mut f = Fleet::new();
+    f.assign_ports(&["h1"], &["api"]);
+    f.start_controller();
+    f.apply_sample_fleet(&["h1"], &["api"], "");
+    let said = "\"nightly\" is neither a channel nor an imported release; see `cutover channel list` and `cutover release list`";
+    f.cli(&["plan", "--all", "--version", "nightly"])
+        .fails_with(said);
+    f.cli(&["upgrade", "--all", "--version", "nightly", "--yes"])
+        .fails_with(said);
+    f.cli(&["plan", "--all", "--version", "9.9.9"])
+        .fails_with("\"9.9.9\" is neither a channel nor an imported release");
+}
+
+#[test]
 fn a_join_token_shorter_than_a_second_or_for_a_name_that_is_no_host_name_is_refused_in_one_line() {
     let mut f = Fleet::new();
     f.start_controller();
