@@ -122,6 +122,14 @@ pub enum Command {
         #[arg(long, default_value_t = 100)]
         limit: u32,
     },
+    /// Print the CLI's version and the controller's (exit 0 even when the
+    /// controller cannot be asked; its line says why).
+    Version,
+    /// Print a shell completion script: `cutover completions bash|zsh|fish`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Run a throwaway controller and three agents on loopback, roll a good
     /// and a failing release of a sample service out, and show the rollback.
     Demo(demo::DemoArgs),
@@ -347,6 +355,11 @@ async fn dispatch(cli: Cli) -> Result<()> {
             RolloutCommand::Abort { id } => rollout::control(c, id, "abort", out).await,
         },
         Command::Events { rollout: id, limit } => rollout::events(c, id, limit, out).await,
+        Command::Version => commands::about::version(c, out).await,
+        Command::Completions { shell } => {
+            commands::about::completions(shell);
+            Ok(())
+        }
         Command::Demo(args) => demo::run(args).await,
     }
 }

@@ -311,3 +311,45 @@ fn keygen_into_a_directory_that_does_not_exist_makes_it_private() {
     let mode = std::fs::metadata(&shared).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o755);
 }
+
+#[test]
+fn version_prints_the_cli_and_the_controller_version_or_why_the_controller_is_missing() {
+    let v = cutover_core::VERSION;
+    let mut f = Fleet::new();
+    // No controller yet: the CLI's version all the same, and exit 0.
+    let r = f.cli(&["version"]).ok();
+    let (cli, controller) = r.stdout.split_once('\n').expect("two lines");
+    assert_eq!(cli, format!("cutover {v}"));
+    assert!(
+        controller.starts_with(&format!(
+            "controller: unreachable (cannot reach the controller at {}: connection refused;",
+            f.url()
+        )),
+        "{r:?}"
+    );
+    assert_eq!(r.stderr, "");
+    f.start_controller();
+    let r = f.cli(&["version"]).ok();
+    assert_eq!(r.stdout, format!("cutover {v}\ncontroller {v}\n"));
+    assert_eq!(
+        f.cli_json(&["version"]),
+        serde_json::json!({ "cli": v, "controller": v })
+    );
+}
+
+#[test]
+fn completions_for_bash_zsh_and_fish_cover_the_commands() {
+    let f = Fleet::new();
+    for (shell, marker) in [
+        ("bash", "complete -F _cutover"),
+        ("zsh", "#compdef cutover"),
+        ("fish", "complete -c cutover"),
+    ] {
+        let r = f.cli(&["completions", shell]).ok();
+        assert!(r.stdout.contains(marker), "{shell}: {}", &r.stdout[..200]);
+        for command in ["rollout", "upgrade", "completions", "version"] {
+            assert!(r.stdout.contains(command), "{shell} lacks {command}");
+        }
+    }
+    assert_eq!(f.cli(&["completions", "tcsh"]).code, 2);
+}

@@ -389,6 +389,12 @@ impl Operator for OperatorApi {
         Ok(Response::new(to_json(&rollout)))
     }
 
+    async fn version(&self, _req: Request<v1::Empty>) -> Result<Response<v1::VersionInfo>, Status> {
+        Ok(Response::new(v1::VersionInfo {
+            version: cutover_core::VERSION.into(),
+        }))
+    }
+
     async fn events(
         &self,
         req: Request<v1::EventsRequest>,
