@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use cutover_core::pki;
-use cutover_proto::transport::{connect, error_chain, ControllerAddr};
+use cutover_proto::transport::{connect, ControllerAddr};
 use cutover_proto::OperatorClient;
 use tonic::transport::Channel;
 
@@ -46,25 +46,61 @@ fn controller_url(url: &str) -> std::result::Result<String, String> {
 }
 
 impl ConnectArgs {
-    fn file(&self, explicit: &Option<PathBuf>, name: &str) -> PathBuf {
-        explicit.clone().unwrap_or_else(|| self.pki_dir.join(name))
+    /// One of the operator's files, and what to say when it cannot be
+    /// read: which flag, environment variable or default pointed at it.
+    fn file(&self, explicit: &Option<PathBuf>, name: &str, flag: &str, env: &str) -> Credential {
+        match explicit {
+            Some(path) => Credential {
+                path: path.clone(),
+                hint: format!("it was named by {flag} (or {env})"),
+            },
+            None => Credential {
+                path: self.pki_dir.join(name),
+                hint: format!(
+                    "it is {name} in the --pki-dir directory (CUTOVER_PKI_DIR, default `pki`); point --pki-dir at the directory `cutover pki init --dir` made, or name the file with {flag} (or {env})"
+                ),
+            },
+        }
     }
 
     /// Connects, or explains which file or which part of the handshake failed.
     pub async fn operator(&self) -> Result<OperatorClient<Channel>> {
         let addr = ControllerAddr::parse(&self.controller).map_err(Error::Usage)?;
-        let ca = cutover_core::tls::read_certs(&self.file(&self.ca, pki::CA_CERT))?;
-        let certs = cutover_core::tls::read_certs(&self.file(&self.cert, pki::OPERATOR_CERT))?;
-        let key = cutover_core::tls::read_key(&self.file(&self.key, pki::OPERATOR_KEY))?;
+        let ca = self.file(&self.ca, pki::CA_CERT, "--ca", "CUTOVER_CA");
+        let ca = ca.read(cutover_core::tls::read_certs)?;
+        let cert = self.file(&self.cert, pki::OPERATOR_CERT, "--cert", "CUTOVER_CERT");
+        let certs = cert.read(cutover_core::tls::read_certs)?;
+        let key = self.file(&self.key, pki::OPERATOR_KEY, "--key", "CUTOVER_KEY");
+        let key = key.read(cutover_core::tls::read_key)?;
         let tls = cutover_core::tls::client_config(&ca, Some((certs, key)))?;
         let channel = connect(&addr, tls, Duration::from_secs(10))
             .await
             .map_err(|e| Error::Connect {
                 addr: addr.to_string(),
-                detail: error_chain(&e),
+                detail: connect_failure(&e),
             })?;
         Ok(OperatorClient::new(channel)
             .max_decoding_message_size(cutover_proto::MAX_OPERATOR_MESSAGE_BYTES))
+    }
+}
+
+/// A file of the operator's credentials and where its name came from.
+struct Credential {
+    path: PathBuf,
+    hint: String,
+}
+
+impl Credential {
+    fn read<T>(&self, read: impl FnOnce(&std::path::Path) -> cutover_core::Result<T>) -> Result<T> {
+        read(&self.path).map_err(|e| Error::Failed(format!("{e}; {}", self.hint)))
+    }
+}
+
+/// Why dialing failed, in words, and what to check when it is not TLS.
+fn connect_failure(e: &tonic::transport::Error) -> String {
+    match crate::error::reason_parts(e) {
+        (Some(why), root) => format!("{why} ({root})"),
+        (None, root) => format!("{root}; check that cutover-controller runs there and that --controller (or CUTOVER_CONTROLLER) names it"),
     }
 }
 

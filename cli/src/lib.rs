@@ -1,6 +1,10 @@
 //! `cutover`, the operator CLI: `cutover VERB [NOUN]`, `--output json` on
 //! every read command, exit code 0 (success), 1 (failure), 2 (usage).
 
+// First, so that its `println!`, `print!`, `eprintln!` and `eprint!`
+// shadow std's in every module below: a closed pipe ends a command quietly.
+#[macro_use]
+pub mod print;
 pub mod bundle;
 pub mod client;
 pub mod commands;
@@ -122,6 +126,14 @@ pub enum Command {
         rollout: Option<u64>,
         #[arg(long, default_value_t = 100)]
         limit: u32,
+    },
+    /// Print the CLI's version and the controller's (exit 0 even when the
+    /// controller cannot be asked; its line says why).
+    Version,
+    /// Print a shell completion script: `cutover completions bash|zsh|fish`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
     },
     /// Run a throwaway controller and three agents on loopback, roll a good
     /// and a failing release of a sample service out, and show the rollback.
@@ -264,8 +276,18 @@ pub enum HostCommand {
     Revoke { host: String },
 }
 
-/// Runs one command.
+/// Runs one command; a lost connection names the controller it was to.
 pub async fn run(cli: Cli) -> Result<()> {
+    let controller = cli.connect.controller.clone();
+    dispatch(cli)
+        .await
+        .map_err(|e| e.at_controller(&controller))
+}
+
+/// The shortest join token accepted: the controller counts whole seconds.
+const MIN_TOKEN_TTL: Duration = Duration::from_secs(1);
+
+async fn dispatch(cli: Cli) -> Result<()> {
     use commands::{fleet, release, rollout};
     let out = cli.output;
     let c = &cli.connect;
@@ -294,7 +316,15 @@ pub async fn run(cli: Cli) -> Result<()> {
         },
         Command::Token {
             command: TokenCommand::Create { host, ttl },
-        } => fleet::token_create(c, &host, ttl, out).await,
+        } => {
+            if ttl < MIN_TOKEN_TTL {
+                return Err(Error::Usage(format!(
+                    "--ttl {}: a join token must live at least 1s (and at most 7d); give e.g. --ttl 15m",
+                    humantime::format_duration(ttl)
+                )));
+            }
+            fleet::token_create(c, &host, ttl, out).await
+        }
         Command::Host {
             command: HostCommand::Revoke { host },
         } => fleet::revoke(c, &host).await,
@@ -358,6 +388,11 @@ pub async fn run(cli: Cli) -> Result<()> {
             } => commands::rollback::abort_and_roll_back(c, id, allow_offline, out).await,
         },
         Command::Events { rollout: id, limit } => rollout::events(c, id, limit, out).await,
+        Command::Version => commands::about::version(c, out).await,
+        Command::Completions { shell } => {
+            commands::about::completions(shell);
+            Ok(())
+        }
         Command::Demo(args) => demo::run(args).await,
     }
 }

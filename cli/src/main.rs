@@ -21,16 +21,26 @@ fn main() -> ExitCode {
     {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("cutover: cannot start runtime: {e}");
+            cutover_cli::print::err(format_args!("cutover: cannot start runtime: {e}\n"));
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(cutover_cli::run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
+    // A closed stdout unwinds out of the command (cutover_cli::print): the
+    // reader chose to stop, so that is a quiet success.
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        runtime.block_on(cutover_cli::run(cli))
+    }));
+    match outcome {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(e)) => {
             // An error may quote the controller or a peer: escaped.
-            eprintln!("cutover: {}", cutover_cli::output::escape(&e.to_string()));
+            cutover_cli::print::err(format_args!(
+                "cutover: {}\n",
+                cutover_cli::output::escape(&e.to_string())
+            ));
             ExitCode::from(e.exit_code())
         }
+        Err(payload) if cutover_cli::print::is_output_closed(&*payload) => ExitCode::SUCCESS,
+        Err(payload) => std::panic::resume_unwind(payload),
     }
 }

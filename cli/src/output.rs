@@ -11,13 +11,13 @@ pub enum Format {
 }
 
 /// Writes to stdout through one buffer: a plan at fleet size is tens of
-/// MiB. A closed pipe (`| head`) is the reader's choice, not an error.
+/// MiB. A closed pipe (`| head`) is the reader's choice, not an error: the
+/// command ends quietly ([`crate::print`]).
 pub fn to_stdout(write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>) {
     let mut out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
-    match write(&mut out).and_then(|()| out.flush()) {
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
-        Err(e) => eprintln!("cutover: cannot write the output: {e}"),
-        Ok(()) => {}
+    if let Err(e) = write(&mut out).and_then(|()| out.flush()) {
+        drop(out);
+        crate::print::stdout_failed(&e);
     }
 }
 

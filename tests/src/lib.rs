@@ -91,6 +91,22 @@ pub fn run_cli(controller: &str, pki: &Path, args: &[&str]) -> Run {
     Run::from(out)
 }
 
+/// Starts the real `cutover` CLI against `controller` without waiting for
+/// it, stdout and stderr piped: for tests that read part of its output,
+/// close it or signal it.
+pub fn spawn_cli(controller: &str, pki: &Path, args: &[&str]) -> Child {
+    Command::new(bin("cutover"))
+        .args(args)
+        .env("CUTOVER_CONTROLLER", controller)
+        .env("CUTOVER_PKI_DIR", pki)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start cutover")
+}
+
 /// Signs `manifest` with `key` and imports it, both with the real CLI.
 pub fn sign_and_import(cli: impl Fn(&[&str]) -> Run, manifest: &Path, key: &Path) -> Run {
     let m = manifest.to_str().expect("utf-8 path");
@@ -267,6 +283,11 @@ impl Fleet {
     /// Runs the real `cutover` CLI against this fleet's controller.
     pub fn cli(&self, args: &[&str]) -> Run {
         run_cli(&self.url(), &self.pki, args)
+    }
+
+    /// [`spawn_cli`] against this fleet's controller.
+    pub fn spawn_cli(&self, args: &[&str]) -> Child {
+        spawn_cli(&self.url(), &self.pki, args)
     }
 
     pub fn cli_json(&self, args: &[&str]) -> Value {

@@ -1,5 +1,6 @@
 //! The CLI's commands, grouped by what they act on.
 
+pub mod about;
 pub mod fleet;
 mod plan_text;
 pub mod release;

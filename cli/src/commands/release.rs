@@ -14,6 +14,20 @@ use crate::error::{Error, Result};
 use crate::output::{self, Format};
 
 pub fn keygen(out: &Path) -> Result<()> {
+    // `--out DIR/NAME` with DIR missing: made, readable by its owner only
+    // (it is about to hold a secret key). A directory that exists keeps
+    // its mode.
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if std::fs::symlink_metadata(dir).is_err() {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| Error::io(dir, e))?;
+            println!("made directory {} (mode 0700)", dir.display());
+        }
+    }
     let (key, public, id) = signing::keygen(out)?;
     println!("release key {id}");
     println!("  secret: {} (keep it offline)", key.display());
@@ -32,7 +46,11 @@ pub fn sign(manifest_path: &Path, key_path: &Path) -> Result<()> {
     )?;
     // Refuse to sign what the controller would refuse to import.
     let manifest = Manifest::parse(&text).map_err(|e| prefixed(manifest_path, e))?;
-    let key = signing::read_signing_key(key_path)?;
+    let key = signing::read_signing_key(key_path).map_err(|e| {
+        Error::Failed(format!(
+            "{e}; it was named by --key (a key made by `cutover release keygen`)"
+        ))
+    })?;
     let sig_path = signing::signature_path(manifest_path);
     let mut sigs = if std::fs::symlink_metadata(&sig_path).is_ok() {
         let signatures = read_signature_file(&sig_path)?;

@@ -405,53 +405,66 @@ fn print_event(e: &EventView) {
 }
 
 /// Follows a rollout until it ends: a progress bar on a terminal, a line
-/// per change otherwise. Fails (exit 1) unless it succeeded.
+/// per change otherwise. Fails (exit 1) unless it succeeded. Ctrl-C stops
+/// the following, not the rollout: it says so and how to follow or abort
+/// it, and exits 130.
 pub async fn watch(c: &ConnectArgs, id: u64, out: Format) -> Result<()> {
+    // Listening before the first poll, so that Ctrl-C is never the
+    // default action (a silent death) once the rollout is being followed.
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(|e| Error::Failed(format!("cannot listen for Ctrl-C: {e}")))?;
     let tty = std::io::stdout().is_terminal() && out == Format::Text;
     let mut bar: Option<indicatif::ProgressBar> = None;
-    let mut last = String::new();
-    let mut seen_events = 0usize;
-    let final_detail = loop {
-        let d = detail(c, id).await?;
-        let r = &d.rollout;
-        let (done, total) = r.progress();
-        if tty {
-            let b = bar.get_or_insert_with(|| {
-                let b = indicatif::ProgressBar::new(total as u64);
-                if let Ok(style) = indicatif::ProgressStyle::with_template(
-                    "{spinner} rollout {prefix} [{bar:30}] {pos}/{len} {msg}",
-                ) {
-                    b.set_style(style.progress_chars("=> "));
+    let follow = async {
+        let mut last = String::new();
+        let mut seen_events = 0usize;
+        loop {
+            let d = detail(c, id).await?;
+            let r = &d.rollout;
+            let (done, total) = r.progress();
+            if tty {
+                let b = bar.get_or_insert_with(|| {
+                    let b = indicatif::ProgressBar::new(total as u64);
+                    if let Ok(style) = indicatif::ProgressStyle::with_template(
+                        "{spinner} rollout {prefix} [{bar:30}] {pos}/{len} {msg}",
+                    ) {
+                        b.set_style(style.progress_chars("=> "));
+                    }
+                    b.set_prefix(id.to_string());
+                    b
+                });
+                b.set_position(done as u64);
+                b.set_message(format!(
+                    "{} {}",
+                    r.status,
+                    output::escape(&waiting_on(r).unwrap_or_default())
+                ));
+                b.tick();
+            } else if out == Format::Text {
+                for e in d.events.iter().skip(seen_events) {
+                    print_event(e);
                 }
-                b.set_prefix(id.to_string());
-                b
-            });
-            b.set_position(done as u64);
-            b.set_message(format!(
-                "{} {}",
-                r.status,
-                output::escape(&waiting_on(r).unwrap_or_default())
-            ));
-            b.tick();
-        } else if out == Format::Text {
-            for e in d.events.iter().skip(seen_events) {
-                print_event(e);
+                seen_events = d.events.len();
+                let line = format!("rollout {id}: {} {done}/{total} steps done", r.status);
+                if line != last {
+                    println!("{line}");
+                    last = line;
+                }
             }
-            seen_events = d.events.len();
-            let line = format!("rollout {id}: {} {done}/{total} steps done", r.status);
-            if line != last {
-                println!("{line}");
-                last = line;
+            if r.status.is_final() {
+                return Ok::<_, Error>(d);
             }
+            tokio::time::sleep(Duration::from_millis(300)).await;
         }
-        if r.status.is_final() {
-            if let Some(b) = bar.take() {
-                b.finish_and_clear();
-            }
-            break d;
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
     };
+    let followed = tokio::select! {
+        d = follow => Some(d),
+        _ = interrupt.recv() => None,
+    };
+    if let Some(b) = bar.take() {
+        b.finish_and_clear();
+    }
+    let final_detail = followed.ok_or(Error::Interrupted { id })??;
     let r = &final_detail.rollout;
     if out == Format::Json {
         output::json(&final_detail);

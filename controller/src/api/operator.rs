@@ -59,6 +59,25 @@ impl OperatorApi {
         }
         Ok(hosts)
     }
+
+    /// Why a request to `host`'s agent got no answer, for the operator: no
+    /// such host, a revoked one, or the session's own reason (offline, did
+    /// not answer in time).
+    async fn unanswered(&self, host: &str, e: Error) -> Status {
+        let hosts = match self.c.store.run(|s| s.hosts()).await {
+            Ok(hosts) => hosts,
+            Err(_) => return e.into(),
+        };
+        match hosts.iter().find(|h| h.name == host) {
+            None => Status::not_found(format!(
+                "no such host: {host:?} is not enrolled; `cutover hosts` lists the enrolled hosts"
+            )),
+            Some(h) if h.revoked => Status::failed_precondition(format!(
+                "host {host:?} is revoked; it has no session to ask"
+            )),
+            Some(_) => e.into(),
+        }
+    }
 }
 
 fn name(kind: &str, n: &str) -> Result<(), Status> {
@@ -171,7 +190,7 @@ impl Operator for OperatorApi {
     ) -> Result<Response<v1::DiagReport>, Status> {
         let host = req.into_inner().host;
         name("host", &host)?;
-        let body = self
+        let asked = self
             .c
             .sessions
             .request(
@@ -179,7 +198,12 @@ impl Operator for OperatorApi {
                 v1::request::Body::Diag(v1::DiagRequest {}),
                 DIAG_TIMEOUT,
             )
-            .await?;
+            .await;
+        let body = match asked {
+            Ok(body) => body,
+            // Not answered: say whether there is such a host at all.
+            Err(e) => return Err(self.unanswered(&host, e).await),
+        };
         match body {
             v1::reply::Body::Diag(d) => Ok(Response::new(d)),
             v1::reply::Body::Error(e) => Err(Status::internal(format!("agent on {host}: {e}"))),
@@ -375,6 +399,12 @@ impl Operator for OperatorApi {
         }
         let rollout = rollouts::control(&self.c, r.id, &r.action).await?;
         Ok(Response::new(to_json(&rollout)))
+    }
+
+    async fn version(&self, _req: Request<v1::Empty>) -> Result<Response<v1::VersionInfo>, Status> {
+        Ok(Response::new(v1::VersionInfo {
+            version: cutover_core::VERSION.into(),
+        }))
     }
 
     async fn events(

@@ -107,7 +107,7 @@ pub async fn make_plan(c: &Arc<Controller>, ask: &Ask, instant: bool) -> Result<
     let v = version.clone();
     let stored = c.store.run(move |s| s.release(&v)).await?.ok_or_else(|| {
         Error::NotFound(format!(
-            "release {version} is not imported; see `cutover release list`"
+            "{version:?} is neither a channel nor an imported release; see `cutover channel list` and `cutover release list`"
         ))
     })?;
     let (manifest, _) = super::import::verify(c, &stored.manifest, &stored.signatures)?;
