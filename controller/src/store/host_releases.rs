@@ -3,7 +3,10 @@
 //! there. A manual rollback takes each host to the newest release that was
 //! healthy on it and was not tried by a failed step since
 //! ([`crate::rollout::known_good`]). Written in the transaction that saves
-//! the step; the newest [`KEPT`] releases per host and service are kept.
+//! the step that ended (a step rolling back is not an end: at a failure
+//! thousands of steps start rolling back in the save that must go out
+//! before their rollback commands); the newest [`KEPT`] releases per host
+//! and service are kept, pruned in the save that finishes a rollout.
 
 use std::collections::HashMap;
 
@@ -58,11 +61,8 @@ pub fn outcomes(r: &Rollout, changed: &[usize]) -> Result<Vec<Outcome>> {
         let s = &r.steps[i];
         let kind = match s.phase {
             StepPhase::Healthy => Kind::Healthy,
-            StepPhase::Failed
-            | StepPhase::RollingBack
-            | StepPhase::RolledBack
-            | StepPhase::RollbackFailed => Kind::Bad,
-            StepPhase::Pending | StepPhase::Installing => continue,
+            StepPhase::Failed | StepPhase::RolledBack | StepPhase::RollbackFailed => Kind::Bad,
+            StepPhase::Pending | StepPhase::Installing | StepPhase::RollingBack => continue,
         };
         let at_ms = s.finished_ms.unwrap_or(r.updated_ms);
         if let Some(target) = target_of(r, s) {
@@ -126,24 +126,31 @@ pub(super) fn record(c: &Connection, outcomes: &[Outcome]) -> Result<()> {
         "INSERT INTO host_releases (host, service, digest, identity, healthy_ms) VALUES (?1, ?2, ?3, ?4, ?5)
          ON CONFLICT(host, service, digest) DO NOTHING",
     )?;
-    let mut prune = c.prepare_cached(
-        "DELETE FROM host_releases WHERE host = ?1 AND service = ?2 AND digest NOT IN (
-           SELECT digest FROM host_releases WHERE host = ?1 AND service = ?2
-           ORDER BY max(coalesce(healthy_ms, 0), coalesce(bad_ms, 0)) DESC LIMIT ?3)",
-    )?;
-    let kept = i64::try_from(KEPT).unwrap_or(i64::MAX);
     for o in outcomes {
         let args = params![o.host, o.service, o.digest, o.identity, o.at_ms];
-        let stmt = match o.kind {
-            Kind::Healthy => &mut healthy,
-            Kind::Bad => &mut bad,
-            Kind::Ran => &mut ran,
+        match o.kind {
+            Kind::Healthy => healthy.execute(args)?,
+            Kind::Bad => bad.execute(args)?,
+            Kind::Ran => ran.execute(args)?,
         };
-        // Only a written row can push the count past what is kept.
-        if stmt.execute(args)? > 0 {
-            prune.execute(params![o.host, o.service, kept])?;
-        }
     }
+    Ok(())
+}
+
+/// Forgets all but the newest [`KEPT`] releases of each host of `service`
+/// (inside the caller's transaction).
+pub(super) fn prune(c: &Connection, service: &str) -> Result<()> {
+    let kept = i64::try_from(KEPT).unwrap_or(i64::MAX);
+    c.prepare_cached(
+        "DELETE FROM host_releases WHERE service = ?1 AND rowid IN (
+           SELECT rowid FROM (
+             SELECT rowid, row_number() OVER (
+               PARTITION BY host
+               ORDER BY max(coalesce(healthy_ms, 0), coalesce(bad_ms, 0)) DESC) AS n
+             FROM host_releases WHERE service = ?1)
+           WHERE n > ?2)",
+    )?
+    .execute(params![service, kept])?;
     Ok(())
 }
 

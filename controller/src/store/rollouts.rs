@@ -97,6 +97,9 @@ pub struct RolloutSave {
     events: Vec<LogLine>,
     /// What the steps that ended teach of each host's releases.
     outcomes: Vec<host_releases::Outcome>,
+    /// The rollout's services, when this save finishes it: their release
+    /// records are pruned.
+    finished: Vec<String>,
 }
 
 /// A step as its row holds it: index, phase (for counts) and its
@@ -167,6 +170,11 @@ impl RolloutSave {
             steps,
             events,
             outcomes: host_releases::outcomes(r, changed)?,
+            finished: if r.status.is_final() {
+                r.plan.services.iter().map(|p| p.service.clone()).collect()
+            } else {
+                Vec::new()
+            },
         })
     }
 }
@@ -274,6 +282,9 @@ impl Store {
             )?;
             insert_steps(&tx, save.id, &save.steps)?;
             host_releases::record(&tx, &save.outcomes)?;
+            for service in &save.finished {
+                host_releases::prune(&tx, service)?;
+            }
             {
                 let mut stmt = tx.prepare_cached(
                     "INSERT INTO events (at, kind, host, detail, rollout) VALUES (?1, ?2, ?3, ?4, ?5)",
