@@ -24,6 +24,11 @@ pub struct Config {
     /// (unset: as fast as the network goes).
     #[serde(default)]
     pub fetch_rate_limit: Option<u64>,
+    /// How long a shutdown (SIGTERM, SIGINT) may take in all: agents told
+    /// the controller is going away, requests in flight finished, the
+    /// store's last writes done; then the controller exits.
+    #[serde(with = "humantime_serde", default = "default_shutdown_grace")]
+    pub shutdown_grace: Duration,
     pub tls: TlsConfig,
     pub releases: ReleasesConfig,
 }
@@ -53,11 +58,17 @@ pub const AGENT_CERT_TTL: (Duration, Duration) =
     (Duration::from_secs(3), Duration::from_secs(366 * 24 * 3600));
 /// `fetch_rate_limit` in bytes per second: 1 KiB/s to 100 GiB/s.
 pub const FETCH_RATE_LIMIT: (u64, u64) = (1024, 100 << 30);
+/// `shutdown_grace`: 1 s to 10 min.
+pub const SHUTDOWN_GRACE: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(600));
 /// `releases.trusted_keys`: how many keys may be listed.
 pub const MAX_TRUSTED_KEYS: usize = 64;
 
 fn default_cert_ttl() -> Duration {
     Duration::from_secs(7 * 24 * 3600)
+}
+
+fn default_shutdown_grace() -> Duration {
+    Duration::from_secs(10)
 }
 
 fn one() -> usize {
@@ -92,6 +103,15 @@ impl Config {
             return Err(format!(
                 "agent_cert_ttl = \"{}\": must be between {} and {}",
                 show_duration(self.agent_cert_ttl),
+                show_duration(lo),
+                show_duration(hi)
+            ));
+        }
+        let (lo, hi) = SHUTDOWN_GRACE;
+        if self.shutdown_grace < lo || self.shutdown_grace > hi {
+            return Err(format!(
+                "shutdown_grace = \"{}\": must be between {} and {}",
+                show_duration(self.shutdown_grace),
                 show_duration(lo),
                 show_duration(hi)
             ));
@@ -194,6 +214,16 @@ mod tests {
                 "releases.signature_threshold = 0: must be between 1 and 64",
             ),
             ("", "signature_threshold = 18446744073709551615", "line"),
+            (
+                "shutdown_grace = \"0s\"",
+                "",
+                "shutdown_grace = \"0s\": must be between 1s and 10m",
+            ),
+            (
+                "shutdown_grace = \"1h\"",
+                "",
+                "shutdown_grace = \"1h\": must be between 1s and 10m",
+            ),
         ] {
             std::fs::write(
                 &path,

@@ -74,13 +74,12 @@ impl Controller {
     }
 }
 
-/// How long a shutdown waits for in-flight requests before abandoning them.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-
 /// Serves both APIs until `shutdown` resolves. Then the listener is closed
 /// at once (the port is free for the next controller), every agent session
-/// is cut (agents reconnect to whoever listens later), and in-flight
-/// requests get [`SHUTDOWN_GRACE`] to finish before they are abandoned.
+/// is ended with the going-away notice (agents reconnect, spread out, to
+/// whoever listens later), in-flight requests finish, and the store takes
+/// its last writes, all within the config's `shutdown_grace`; what is left
+/// then is abandoned.
 pub async fn serve(
     controller: Arc<Controller>,
     shutdown: impl std::future::Future<Output = ()> + Send,
@@ -131,15 +130,22 @@ pub async fn serve(
             stop.clone().cancelled_owned(),
         );
     tokio::pin!(server);
+    let grace = controller.config.shutdown_grace;
+    // Set when the shutdown begins; a server that ends on its own has the
+    // whole grace for the store's last writes.
+    let mut deadline = tokio::time::Instant::now() + grace;
     let served = tokio::select! {
         r = &mut server => r,
         () = shutdown => {
+            deadline = tokio::time::Instant::now() + grace;
             // Stops the accept loop (closing the listener) and has tonic
             // send GOAWAY on every connection.
             stop.cancel();
             let sessions = controller.sessions.snapshot().len();
-            tracing::info!(sessions, "shutting down: listener closed, cutting agent sessions");
-            let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+            tracing::info!(sessions, ?grace, "shutting down: listener closed, telling agents the controller is going away");
+            // The store's last writes (below) get a share of the grace.
+            let drain_by = deadline - grace / 4;
+            let drained = tokio::time::timeout_at(drain_by, async {
                 loop {
                     // Sessions that registered after the last pass are cut
                     // on the next one.
@@ -154,7 +160,7 @@ pub async fn serve(
             match drained {
                 Ok(r) => r,
                 Err(_) => {
-                    tracing::warn!(grace = ?SHUTDOWN_GRACE, "requests still in flight after the shutdown grace; abandoning them");
+                    tracing::warn!(?grace, "requests still in flight after three quarters of the shutdown grace; abandoning them");
                     Ok(())
                 }
             }
@@ -184,8 +190,10 @@ pub async fn serve(
         }
         Ok(())
     });
-    if tokio::time::timeout(SHUTDOWN_GRACE, record).await.is_err() {
-        tracing::warn!("the store did not take the disconnects within the shutdown grace; exiting without them");
+    // Queued behind any store call in flight, so it also waits for the
+    // transaction that call is in.
+    if tokio::time::timeout_at(deadline, record).await.is_err() {
+        tracing::warn!(?grace, "the store did not take the disconnects within the shutdown grace; exiting without them");
     }
     served
 }
@@ -193,9 +201,7 @@ pub async fn serve(
 fn cut_sessions(controller: &Controller) {
     for session in controller.sessions.snapshot() {
         if !session.cut.is_cancelled() {
-            session.cut(tonic::Status::unavailable(
-                "the controller is shutting down; reconnect later",
-            ));
+            session.cut(cutover_proto::going_away());
         }
     }
 }

@@ -26,3 +26,24 @@ pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 pub const MAX_OPERATOR_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 /// Size of artifact chunks on the wire.
 pub const CHUNK_BYTES: usize = 256 * 1024;
+
+/// Metadata key on the status that ends an agent session when the
+/// controller is shutting down: the agent reconnects with a spread-out
+/// backoff and logs it as news, not as an error.
+pub const GOING_AWAY: &str = "cutover-going-away";
+
+/// Whether `status` is the controller's going-away notice.
+pub fn is_going_away(status: &tonic::Status) -> bool {
+    status.metadata().contains_key(GOING_AWAY)
+}
+
+/// The status that tells an agent the controller is going away.
+pub fn going_away() -> tonic::Status {
+    let mut status = tonic::Status::unavailable(
+        "the controller is shutting down; reconnecting to whichever controller listens next",
+    );
+    status
+        .metadata_mut()
+        .insert(GOING_AWAY, tonic::metadata::MetadataValue::from_static("1"));
+    status
+}

@@ -20,6 +20,9 @@ pub enum Name {
     Connect,
     /// Controller SIGKILLed and restarted with N agents attached.
     Storm,
+    /// Controller SIGTERMed with N agents attached: time to exit, then
+    /// restarted: time until all are back.
+    Shutdown,
     /// Controller CPU share at N agents with 10 s heartbeats.
     Heartbeat,
     /// One service across N hosts, max_parallel 1,000, instant installs;
@@ -64,6 +67,7 @@ pub async fn run(name: Name, agents: &[usize], dir: &Path) -> Result<()> {
             Ok(())
         }
         Name::Storm => storm(&mut lab(ten)?, first(10000)).await,
+        Name::Shutdown => shutdown(&mut lab(ten)?, first(10000)).await,
         Name::Heartbeat => heartbeat_share(&mut lab(ten)?, first(10000)).await,
         Name::Rollout => {
             let (lab, n) = (lab(ten)?, first(10000));
@@ -168,6 +172,29 @@ async fn storm(lab: &mut Lab, n: usize) -> Result<()> {
     println!(
         "reconnect storm {n} agents: controller answering {:.2} s after restart, all back in {:.2} s",
         up.as_secs_f64(),
+        t.elapsed().as_secs_f64()
+    );
+    swarm.stop().await;
+    Ok(())
+}
+
+async fn shutdown(lab: &mut Lab, n: usize) -> Result<()> {
+    enroll(lab, n).await?;
+    let (swarm, _) = online(lab, n, Behaviour::default()).await?;
+    let (took, clean) = lab.terminate_controller(Duration::from_secs(120))?;
+    let t = Instant::now();
+    while swarm.online() > 0 && t.elapsed() < Duration::from_secs(60) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let t = Instant::now();
+    lab.start_controller()?;
+    if !swarm.wait_online(Duration::from_secs(300)).await {
+        return Err(format!("only {} of {n} back after 300 s", swarm.online()));
+    }
+    println!(
+        "shutdown with {n} agents: controller exited {} {:.2} s after SIGTERM; after a restart all back in {:.2} s",
+        if clean { "0" } else { "non-zero" },
+        took.as_secs_f64(),
         t.elapsed().as_secs_f64()
     );
     swarm.stop().await;

@@ -140,6 +140,31 @@ impl Lab {
         }
     }
 
+    /// SIGTERMs the controller and waits for it to exit: how long it took
+    /// and whether it exited 0. Killed after `limit`.
+    pub fn terminate_controller(&mut self, limit: Duration) -> Result<(Duration, bool)> {
+        use nix::sys::signal::{kill, Signal};
+        use nix::unistd::Pid;
+        let mut child = self.controller.take().ok_or("no controller running")?;
+        let pid = i32::try_from(child.id()).map_err(|e| e.to_string())?;
+        let t = Instant::now();
+        kill(Pid::from_raw(pid), Signal::SIGTERM).map_err(|e| format!("SIGTERM: {e}"))?;
+        loop {
+            if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
+                return Ok((t.elapsed(), status.success()));
+            }
+            if t.elapsed() > limit {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "the controller was still running {} after SIGTERM; killed",
+                    humantime::format_duration(limit)
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     fn pid(&self) -> Result<u32> {
         self.controller
             .as_ref()
