@@ -33,6 +33,12 @@ pub enum Error {
         problem: String,
         fix: String,
     },
+    /// Another agent holds the data directory's lock.
+    #[error("data directory {data_dir} is in use by another cutover-agent ({}); stop that agent first, or give this one a data_dir of its own", holder.map(|p| format!("pid {p}")).unwrap_or_else(|| "unknown pid: it has not written it yet".into()))]
+    DataDirInUse {
+        data_dir: PathBuf,
+        holder: Option<u32>,
+    },
     #[error("no identity in {data_dir}: start the agent once with --join-token (from `cutover token create HOST`)")]
     NoIdentity { data_dir: PathBuf },
     #[error("the certificate of host {host} expired at {not_after}{why}; the controller will refuse it: create a join token with `cutover token create {host}` and restart the agent with --join-token")]

@@ -13,6 +13,7 @@ pub mod health;
 pub mod identity;
 pub mod install;
 pub mod journal;
+pub mod lock;
 pub mod pipeline;
 pub mod runner;
 pub mod runtime;
