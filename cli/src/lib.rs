@@ -242,13 +242,25 @@ pub enum TokenCommand {
         /// How long the token stays valid.
         #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
         ttl: Duration,
+        /// HOST is enrolled: the token enrolls a new identity under its name
+        /// and the current certificate is refused once that one is issued.
+        #[arg(long)]
+        replace: bool,
     },
 }
 
 #[derive(Subcommand)]
 pub enum HostCommand {
-    /// Refuse HOST from now on and cut its live session.
-    Revoke { host: String },
+    /// Refuse HOST from now on and cut its live session (asks first).
+    Revoke {
+        host: String,
+        /// Revoke without asking.
+        #[arg(long, short)]
+        yes: bool,
+    },
+    /// Remove a revoked HOST's record so its name can enroll again with a
+    /// fresh identity; its events and rollout history are kept.
+    Forget { host: String },
 }
 
 /// Runs one command.
@@ -280,11 +292,12 @@ pub async fn run(cli: Cli) -> Result<()> {
             ChannelCommand::Default { name } => release::channel_default(c, &name).await,
         },
         Command::Token {
-            command: TokenCommand::Create { host, ttl },
-        } => fleet::token_create(c, &host, ttl, out).await,
-        Command::Host {
-            command: HostCommand::Revoke { host },
-        } => fleet::revoke(c, &host).await,
+            command: TokenCommand::Create { host, ttl, replace },
+        } => fleet::token_create(c, &host, ttl, replace, out).await,
+        Command::Host { command } => match command {
+            HostCommand::Revoke { host, yes } => fleet::revoke(c, &host, yes).await,
+            HostCommand::Forget { host } => fleet::forget(c, &host).await,
+        },
         Command::Hosts => fleet::hosts(c, out).await,
         Command::Status => fleet::status(c, out).await,
         Command::Diag { host } => fleet::diag(c, &host, out).await,

@@ -291,7 +291,7 @@ fn revoked_host_is_cut_within_a_second_and_refused_after() {
     f.start_agent("edge-1", "1s");
     f.wait_online("edge-1");
     let identity = Presented::from_identity(&f.agent_dir("edge-1").join("identity.pem"));
-    f.cli(&["host", "revoke", "edge-1"]).ok();
+    f.cli(&["host", "revoke", "edge-1", "--yes"]).ok();
     let cut = std::time::Instant::now();
     eventually(
         Duration::from_secs(1),

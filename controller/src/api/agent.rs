@@ -130,6 +130,10 @@ impl Agent for AgentApi {
                     TokenProblem::HostRevoked { host } => {
                         format!("host {host:?} is revoked and cannot enroll")
                     }
+                    TokenProblem::HostEnrolled { host, until } => format!(
+                        "join token for host {host:?} was made without --replace and the host has enrolled since (its certificate is valid until {}); create one with `cutover token create {host} --replace` to replace its identity",
+                        when(until)
+                    ),
                 };
                 tracing::warn!(%peer, reason = %msg, "enrollment refused");
                 Err(Status::unauthenticated(msg))

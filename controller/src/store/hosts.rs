@@ -31,32 +31,102 @@ fn cert_serials_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<CertSerials> {
 #[derive(Debug, PartialEq, Eq)]
 pub enum TokenProblem {
     Unknown,
-    Used { host: String, at: i64 },
-    Expired { host: String, at: i64 },
-    HostRevoked { host: String },
+    Used {
+        host: String,
+        at: i64,
+    },
+    Expired {
+        host: String,
+        at: i64,
+    },
+    HostRevoked {
+        host: String,
+    },
+    /// The host holds a certificate still valid until `until` and the
+    /// token was not made with `--replace`.
+    HostEnrolled {
+        host: String,
+        until: i64,
+    },
+}
+
+/// What the store holds of a host a token names.
+struct Standing {
+    revoked: bool,
+    serial: String,
+    not_after: i64,
+}
+
+impl Standing {
+    fn of(c: &rusqlite::Connection, host: &str) -> Result<Option<Standing>> {
+        Ok(c.query_row(
+            "SELECT revoked_at, cert_serial, cert_not_after FROM hosts WHERE name = ?1",
+            [host],
+            |r| {
+                Ok(Standing {
+                    revoked: r.get::<_, Option<i64>>(0)?.is_some(),
+                    serial: r.get(1)?,
+                    not_after: r.get(2)?,
+                })
+            },
+        )
+        .optional()?)
+    }
+
+    /// Enrolled with a certificate that still opens sessions: a new
+    /// identity under this name takes the host over, so it needs
+    /// `--replace`. A host whose certificate expired enrolls again freely.
+    fn holds_valid_cert(&self, now: i64) -> bool {
+        !self.revoked && self.not_after > now
+    }
 }
 
 impl Store {
     // ------------------------------------------------------------- tokens
 
+    /// A join token for `host` that may not take over an enrolled host.
     pub fn create_token(&self, token_hash: &str, host: &str, expires_at: i64) -> Result<()> {
+        self.create_token_with(token_hash, host, expires_at, false)
+    }
+
+    /// A join token for `host`. A host that holds a valid certificate gets
+    /// one only with `replace`; its certificate is refused once the token
+    /// has enrolled a new one. A revoked host gets none.
+    pub fn create_token_with(
+        &self,
+        token_hash: &str,
+        host: &str,
+        expires_at: i64,
+        replace: bool,
+    ) -> Result<()> {
         self.with(|c| {
-            let revoked: Option<Option<i64>> = c
-                .query_row("SELECT revoked_at FROM hosts WHERE name = ?1", [host], |r| {
-                    r.get(0)
-                })
-                .optional()?;
-            if let Some(Some(_)) = revoked {
-                return Err(Error::Conflict(format!(
-                    "host {host:?} is revoked; a revoked host cannot enroll again"
-                )));
-            }
-            let tx = c.transaction()?;
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let standing = Standing::of(&tx, host)?;
+            let detail = match &standing {
+                Some(s) if s.revoked => {
+                    return Err(Error::Conflict(format!(
+                        "host {host:?} is revoked and cannot enroll again; `cutover host forget {host}` removes its record so the name can enroll afresh"
+                    )))
+                }
+                Some(s) if s.holds_valid_cert(now_ms()) => {
+                    if !replace {
+                        return Err(Error::Conflict(format!(
+                            "host {host:?} is already enrolled (its certificate is valid until {}); a new token would hand its name to whoever uses it: pass --replace to replace the host's identity (its current certificate is refused once the new one is issued)",
+                            when(s.not_after)
+                        )));
+                    }
+                    format!(
+                        "join token created to replace certificate {}",
+                        s.serial
+                    )
+                }
+                _ => "join token created".to_string(),
+            };
             tx.execute(
-                "INSERT INTO join_tokens (token_hash, host, created_at, expires_at) VALUES (?1, ?2, ?3, ?4)",
-                params![token_hash, host, now_ms(), expires_at],
+                "INSERT INTO join_tokens (token_hash, host, created_at, expires_at, replaces) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![token_hash, host, now_ms(), expires_at, replace],
             )?;
-            insert_event(&tx, "token.created", Some(host), "join token created")?;
+            insert_event(&tx, "token.created", Some(host), &detail)?;
             tx.commit()?;
             Ok(())
         })
@@ -64,7 +134,9 @@ impl Store {
 
     /// Consumes a join token and records the host's certificate, in one
     /// transaction: a token is used at most once even under races.
-    /// `issue` makes the certificate once the token checked out.
+    /// `issue` makes the certificate once the token checked out. A token
+    /// made without `--replace` does not enroll a host that holds a valid
+    /// certificate (another token enrolled it since this one was made).
     pub fn enroll<T>(
         &self,
         token_hash: &str,
@@ -72,36 +144,41 @@ impl Store {
     ) -> Result<std::result::Result<(String, T), TokenProblem>> {
         self.with(|c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let row: Option<(String, i64, Option<i64>)> = tx
+            let row: Option<(String, i64, Option<i64>, bool)> = tx
                 .query_row(
-                    "SELECT host, expires_at, used_at FROM join_tokens WHERE token_hash = ?1",
+                    "SELECT host, expires_at, used_at, replaces FROM join_tokens WHERE token_hash = ?1",
                     [token_hash],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
                 )
                 .optional()?;
-            let Some((host, expires_at, used_at)) = row else {
+            let Some((host, expires_at, used_at, replaces)) = row else {
                 return Ok(Err(TokenProblem::Unknown));
             };
             if let Some(at) = used_at {
                 return Ok(Err(TokenProblem::Used { host, at }));
             }
-            if expires_at <= now_ms() {
+            let now = now_ms();
+            if expires_at <= now {
                 return Ok(Err(TokenProblem::Expired {
                     host,
                     at: expires_at,
                 }));
             }
-            let revoked: Option<i64> = tx
-                .query_row("SELECT revoked_at FROM hosts WHERE name = ?1", [&host], |r| {
-                    r.get(0)
-                })
-                .optional()?
-                .flatten();
-            if revoked.is_some() {
-                return Ok(Err(TokenProblem::HostRevoked { host }));
-            }
+            let standing = Standing::of(&tx, &host)?;
+            let replaced = match standing {
+                Some(s) if s.revoked => return Ok(Err(TokenProblem::HostRevoked { host })),
+                Some(s) if s.holds_valid_cert(now) => {
+                    if !replaces {
+                        return Ok(Err(TokenProblem::HostEnrolled {
+                            host,
+                            until: s.not_after,
+                        }));
+                    }
+                    Some(s.serial)
+                }
+                _ => None,
+            };
             let (out, serial, not_after) = issue(&host)?;
-            let now = now_ms();
             tx.execute(
                 "UPDATE join_tokens SET used_at = ?1 WHERE token_hash = ?2",
                 params![now, token_hash],
@@ -112,6 +189,14 @@ impl Store {
                                                  previous_serial = NULL",
                 params![host, now, serial, not_after],
             )?;
+            if let Some(old) = replaced {
+                insert_event(
+                    &tx,
+                    "host.replaced",
+                    Some(&host),
+                    &format!("certificate {old} revoked: replaced by {serial}, enrolled with a --replace token"),
+                )?;
+            }
             insert_event(&tx, "host.enrolled", Some(&host), &format!("certificate {serial}"))?;
             tx.commit()?;
             Ok(Ok((host, out)))
@@ -203,6 +288,37 @@ impl Store {
         })
     }
 
+    /// Removes a revoked host's record and its unused join tokens, so its
+    /// name can enroll again with a fresh identity. Its events and the
+    /// rollouts that name it are kept. Refused for a host not revoked.
+    pub fn forget_host(&self, host: &str) -> Result<()> {
+        self.with(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            match Standing::of(&tx, host)? {
+                None => return Err(Error::NotFound(format!("no host named {host:?}"))),
+                Some(s) if !s.revoked => {
+                    return Err(Error::Conflict(format!(
+                        "host {host:?} is not revoked; only a revoked host can be forgotten: `cutover host revoke {host}` first"
+                    )))
+                }
+                Some(_) => {}
+            }
+            tx.execute("DELETE FROM hosts WHERE name = ?1", [host])?;
+            tx.execute(
+                "DELETE FROM join_tokens WHERE host = ?1 AND used_at IS NULL",
+                [host],
+            )?;
+            insert_event(
+                &tx,
+                "host.forgotten",
+                Some(host),
+                "record removed by operator; the name may enroll again with a new join token",
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
     pub fn record_hello(
         &self,
         host: &str,
@@ -279,4 +395,10 @@ impl Store {
             Ok(rows)
         })
     }
+}
+
+fn when(ms: i64) -> String {
+    cutover_core::views::from_ms(ms)
+        .map(cutover_core::manifest::rfc3339)
+        .unwrap_or_else(|| format!("{ms} ms after the epoch"))
 }

@@ -117,6 +117,11 @@ WHERE (SELECT kind FROM events
        WHERE events.host = hosts.name AND kind IN ('host.enrolled', 'host.renewed')
        ORDER BY id DESC LIMIT 1) = 'host.renewed';
 "#,
+    // A join token made with `--replace` may enroll a host that still
+    // holds a valid certificate; tokens made before could not.
+    r#"
+ALTER TABLE join_tokens ADD COLUMN replaces INTEGER NOT NULL DEFAULT 0;
+"#,
 ];
 
 /// A cheaply cloneable handle on the store. Calls block; async code runs
