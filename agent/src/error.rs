@@ -16,6 +16,9 @@ pub enum Error {
     EnrollRefused(String),
     #[error("{0}")]
     Session(String),
+    /// The controller answered the session's opening with a refusal.
+    #[error("controller refused the session: {code:?}: {message}")]
+    SessionRefused { code: tonic::Code, message: String },
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,

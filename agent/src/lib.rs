@@ -15,6 +15,7 @@ pub mod install;
 pub mod journal;
 pub mod lock;
 pub mod pipeline;
+pub mod retry;
 pub mod runner;
 pub mod runtime;
 pub mod session;

@@ -17,6 +17,7 @@ use crate::diag::SessionFigures;
 use crate::error::{Error, Result};
 use crate::identity::Identity;
 use crate::install::{Installer, Link, Outbox};
+use crate::retry::Refusal;
 use crate::runtime::{Native, Runtime};
 use crate::Config;
 
@@ -272,12 +273,17 @@ pub async fn run(agent: Arc<Agent>, shutdown: impl std::future::Future<Output = 
         .map(|every| tokio::spawn(upkeep(agent.clone(), every)));
     tokio::pin!(shutdown);
     let mut attempt: u32 = 0;
+    // The refusal said last: the same one again is said at DEBUG.
+    let mut refused: Option<Refusal> = None;
     loop {
         let outcome = tokio::select! {
             _ = &mut shutdown => break,
             o = session_once(&agent) => o,
         };
         agent.link.lost();
+        let refusal = outcome.as_ref().err().and_then(Refusal::of);
+        let loud = crate::retry::loud(refused, refusal);
+        refused = refusal;
         match &outcome {
             Ok(Ended { welcomed, reason }) => {
                 tracing::warn!(%reason, "session ended");
@@ -285,11 +291,25 @@ pub async fn run(agent: Arc<Agent>, shutdown: impl std::future::Future<Output = 
                     attempt = 0;
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "session failed"),
+            Err(e) => match refusal {
+                Some(r) if loud => {
+                    let why = r.explain(&agent.identity().host);
+                    tracing::warn!(error = %e, "{why}");
+                }
+                Some(_) => tracing::debug!(error = %e, "session refused again"),
+                None => tracing::warn!(error = %e, "session failed"),
+            },
         }
-        let delay = backoff(attempt, agent.config.reconnect_max_backoff);
+        let mut delay = backoff(attempt, agent.config.reconnect_max_backoff);
+        if let Some(r) = refusal {
+            delay = r.delay(delay, agent.config.heartbeat_interval);
+        }
         attempt = attempt.saturating_add(1);
-        tracing::info!(retry_in = ?delay, "reconnecting");
+        if loud {
+            tracing::info!(retry_in = ?delay, "reconnecting");
+        } else {
+            tracing::debug!(retry_in = ?delay, "reconnecting");
+        }
         tokio::select! {
             _ = &mut shutdown => break,
             _ = tokio::time::sleep(delay) => {}
@@ -347,11 +367,15 @@ async fn session_once(agent: &Arc<Agent>) -> Result<Ended> {
     let mut inbound = client
         .session(ReceiverStream::new(rx))
         .await
-        .map_err(|s| {
-            Error::Session(format!(
+        .map_err(|s| match s.message() {
+            "" => Error::Session(format!(
                 "controller refused the session: {}",
                 status_text(&s)
-            ))
+            )),
+            message => Error::SessionRefused {
+                code: s.code(),
+                message: message.to_string(),
+            },
         })?
         .into_inner();
 
