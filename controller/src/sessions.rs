@@ -131,13 +131,12 @@ impl Duplicate {
 }
 
 /// The refusal `old` imposes on a new session of its host at `now`: none
-/// once it is cut or has missed three heartbeats. `mark` counts this
-/// refusal as `old`'s first, or not.
-fn live_duplicate(old: &Session, now: i64, mark: bool) -> Option<Duplicate> {
+/// once it is cut or has missed three heartbeats.
+fn live_duplicate(old: &Session, now: i64) -> Option<Duplicate> {
     if old.cut.is_cancelled() || !old.is_live(now) {
         return None;
     }
-    let first = mark && !old.refused_one.swap(true, Ordering::Relaxed);
+    let first = !old.refused_one.swap(true, Ordering::Relaxed);
     Some(Duplicate {
         host: old.host.clone(),
         since_ms: old.connected_since_ms,
@@ -174,10 +173,10 @@ impl Default for Sessions {
 }
 
 impl Sessions {
-    /// The refusal a new session of `host` would get now, if any.
+    /// The refusal a new session of `host` gets now, if any.
     pub fn refusal(&self, host: &str) -> Option<Duplicate> {
         let map = self.by_host.lock().unwrap_or_else(|p| p.into_inner());
-        live_duplicate(map.get(host)?, cutover_core::views::now_ms(), false)
+        live_duplicate(map.get(host)?, cutover_core::views::now_ms())
     }
 
     /// Registers a session, cutting an older one of the same host that is
@@ -200,10 +199,7 @@ impl Sessions {
         });
         let old = {
             let mut map = self.by_host.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(refused) = map
-                .get(&new.host)
-                .and_then(|o| live_duplicate(o, now, true))
-            {
+            if let Some(refused) = map.get(&new.host).and_then(|o| live_duplicate(o, now)) {
                 return Err(refused);
             }
             map.insert(new.host, session.clone())
