@@ -1,5 +1,6 @@
 //! The agent's configuration file (TOML). Unknown keys are errors that name
-//! the key and the file; relative paths are relative to the file.
+//! the key and the file; relative paths are taken from the file's directory,
+//! made absolute when the file is loaded.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -115,7 +116,12 @@ impl Config {
             problem,
         };
         let text = std::fs::read_to_string(path).map_err(|e| config_err(e.to_string()))?;
-        Config::parse(&text, path.parent().unwrap_or_else(|| Path::new("."))).map_err(config_err)
+        let base = cutover_core::fsutil::config_dir(path).map_err(|e| {
+            config_err(format!(
+                "cannot make its directory absolute ({e}); give --config as an absolute path"
+            ))
+        })?;
+        Config::parse(&text, &base).map_err(config_err)
     }
 
     /// A config from TOML text; relative paths are taken from `base`.
@@ -218,6 +224,38 @@ mod tests {
             e.contains("agent.toml") && e.contains("unknown field `controler`"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_config_named_without_a_directory_resolves_paths_to_absolute_ones_beside_it() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("agent.toml"),
+            "controller = \"https://127.0.0.1:7443\"\nca_cert = \"pki/ca.pem\"\ndata_dir = \"data\"\n",
+        )
+        .unwrap();
+        // Relative paths, as `--config agent.toml` from the config's own
+        // directory and `--config ./x/../agent.toml` give them.
+        let here = std::env::current_dir().unwrap();
+        let rel = |p: &Path| {
+            let mut r = PathBuf::new();
+            for _ in here.components().skip(1) {
+                r.push("..");
+            }
+            r.join(p.strip_prefix("/").unwrap())
+        };
+        let c = Config::load(&rel(&dir.path().join("agent.toml"))).unwrap();
+        assert!(c.data_dir.is_absolute(), "{:?}", c.data_dir);
+        assert_eq!(
+            std::fs::canonicalize(c.data_dir.parent().unwrap()).unwrap(),
+            std::fs::canonicalize(dir.path()).unwrap()
+        );
+        assert!(c.ca_cert.is_absolute() && c.ca_cert.ends_with("pki/ca.pem"));
+        // No directory part at all: the working directory, made absolute.
+        let bare = Path::new("agent-config-that-does-not-exist.toml");
+        assert!(cutover_core::fsutil::config_dir(bare)
+            .unwrap()
+            .is_absolute());
     }
 
     #[test]

@@ -16,6 +16,9 @@ pub enum Error {
     EnrollRefused(String),
     #[error("{0}")]
     Session(String),
+    /// The controller answered the session's opening with a refusal.
+    #[error("controller refused the session: {code:?}: {message}")]
+    SessionRefused { code: tonic::Code, message: String },
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -32,6 +35,12 @@ pub enum Error {
         path: PathBuf,
         problem: String,
         fix: String,
+    },
+    /// Another agent holds the data directory's lock.
+    #[error("data directory {data_dir} is in use by another cutover-agent ({}); stop that agent first, or give this one a data_dir of its own", holder.map(|p| format!("pid {p}")).unwrap_or_else(|| "unknown pid: it has not written it yet".into()))]
+    DataDirInUse {
+        data_dir: PathBuf,
+        holder: Option<u32>,
     },
     #[error("no identity in {data_dir}: start the agent once with --join-token (from `cutover token create HOST`)")]
     NoIdentity { data_dir: PathBuf },

@@ -1,5 +1,6 @@
-//! `cutover-agent`: load config and identity (enrolling with a join token
-//! the first time), then hold the session until SIGINT/SIGTERM.
+//! `cutover-agent`: load config, lock the data directory, load the identity
+//! (enrolling with a join token the first time), then hold the session
+//! until SIGINT/SIGTERM.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -53,8 +54,9 @@ fn main() -> ExitCode {
     };
     let result: Result<(), cutover_agent::Error> = runtime.block_on(async {
         let config = cutover_agent::Config::load(&args.config)?;
-        std::fs::create_dir_all(&config.data_dir)
-            .map_err(|e| cutover_core::Error::io(&config.data_dir, e))?;
+        // Before anything reads or writes the data directory; held until
+        // the agent has stopped (and, if configured, stopped its services).
+        let _lock = cutover_agent::lock::acquire(&config.data_dir)?;
         let identity = match cutover_agent::identity::Identity::load(&config.data_dir)? {
             Some(id) => id,
             None => match &args.join_token {

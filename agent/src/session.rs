@@ -17,6 +17,7 @@ use crate::diag::SessionFigures;
 use crate::error::{Error, Result};
 use crate::identity::Identity;
 use crate::install::{Installer, Link, Outbox};
+use crate::retry::Refusal;
 use crate::runtime::{Native, Runtime};
 use crate::Config;
 
@@ -272,24 +273,56 @@ pub async fn run(agent: Arc<Agent>, shutdown: impl std::future::Future<Output = 
         .map(|every| tokio::spawn(upkeep(agent.clone(), every)));
     tokio::pin!(shutdown);
     let mut attempt: u32 = 0;
+    // The refusal said last: the same one again is said at DEBUG.
+    let mut refused: Option<Refusal> = None;
     loop {
         let outcome = tokio::select! {
             _ = &mut shutdown => break,
             o = session_once(&agent) => o,
         };
         agent.link.lost();
+        let refusal = outcome.as_ref().err().and_then(Refusal::of);
+        let loud = crate::retry::loud(refused, refusal);
+        refused = refusal;
         match &outcome {
-            Ok(Ended { welcomed, reason }) => {
+            Ok(Ended {
+                going_away: true,
+                reason,
+                ..
+            }) => {
+                tracing::info!(%reason, "the controller is going away");
+                // Not an outage: start the backoff a few steps up, so the
+                // fleet's agents spread their return over seconds instead
+                // of all dialling the next controller at once.
+                attempt = GOING_AWAY_ATTEMPT;
+            }
+            Ok(Ended {
+                welcomed, reason, ..
+            }) => {
                 tracing::warn!(%reason, "session ended");
                 if *welcomed {
                     attempt = 0;
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "session failed"),
+            Err(e) => match refusal {
+                Some(r) if loud => {
+                    let why = r.explain(&agent.identity().host);
+                    tracing::warn!(error = %e, "{why}");
+                }
+                Some(_) => tracing::debug!(error = %e, "session refused again"),
+                None => tracing::warn!(error = %e, "session failed"),
+            },
         }
-        let delay = backoff(attempt, agent.config.reconnect_max_backoff);
+        let mut delay = backoff(attempt, agent.config.reconnect_max_backoff);
+        if let Some(r) = refusal {
+            delay = r.delay(delay, agent.config.heartbeat_interval);
+        }
         attempt = attempt.saturating_add(1);
-        tracing::info!(retry_in = ?delay, "reconnecting");
+        if loud {
+            tracing::info!(retry_in = ?delay, "reconnecting");
+        } else {
+            tracing::debug!(retry_in = ?delay, "reconnecting");
+        }
         tokio::select! {
             _ = &mut shutdown => break,
             _ = tokio::time::sleep(delay) => {}
@@ -324,7 +357,13 @@ pub fn backoff(attempt: u32, max: Duration) -> Duration {
 struct Ended {
     welcomed: bool,
     reason: String,
+    /// The controller said it is shutting down.
+    going_away: bool,
 }
+
+/// Where the backoff starts after the controller's going-away notice:
+/// up to 250 ms × 2^4 = 4 s (or `reconnect_max_backoff`, if lower).
+const GOING_AWAY_ATTEMPT: u32 = 4;
 
 async fn session_once(agent: &Arc<Agent>) -> Result<Ended> {
     agent.renew_expired().await?;
@@ -347,11 +386,15 @@ async fn session_once(agent: &Arc<Agent>) -> Result<Ended> {
     let mut inbound = client
         .session(ReceiverStream::new(rx))
         .await
-        .map_err(|s| {
-            Error::Session(format!(
+        .map_err(|s| match s.message() {
+            "" => Error::Session(format!(
                 "controller refused the session: {}",
                 status_text(&s)
-            ))
+            )),
+            message => Error::SessionRefused {
+                code: s.code(),
+                message: message.to_string(),
+            },
         })?
         .into_inner();
 
@@ -370,7 +413,7 @@ async fn session_once(agent: &Arc<Agent>) -> Result<Ended> {
         tokio::select! {
             _ = heartbeat.tick() => {
                 if last_heard.elapsed() > silence_limit(interval) {
-                    return Ok(Ended { welcomed, reason: format!("controller silent: {MISSED_ACKS} acks unanswered") });
+                    return Ok(Ended { welcomed, reason: format!("controller silent: {MISSED_ACKS} acks unanswered"), going_away: false });
                 }
                 seq += 1;
                 let sent_ms = now_ms();
@@ -379,7 +422,7 @@ async fn session_once(agent: &Arc<Agent>) -> Result<Ended> {
                     last_sent = Some((seq, Instant::now(), sent_ms));
                 }
                 if tx.send(send(Out::Heartbeat(v1::Heartbeat { seq, sent_at_ms: sent_ms, skip_ack }))).await.is_err() {
-                    return Ok(Ended { welcomed, reason: "session stream closed".into() });
+                    return Ok(Ended { welcomed, reason: "session stream closed".into(), going_away: false });
                 }
             }
             _ = &mut renew, if pending_key.is_none() => {
@@ -391,14 +434,14 @@ async fn session_once(agent: &Arc<Agent>) -> Result<Ended> {
             Some(report) = outbox.recv(), if welcomed => {
                 let msg = send(Out::Report(report_to_wire(&report)));
                 if tx.send(msg).await.is_err() {
-                    return Ok(Ended { welcomed, reason: "session stream closed".into() });
+                    return Ok(Ended { welcomed, reason: "session stream closed".into(), going_away: false });
                 }
             }
             msg = inbound.message() => {
                 let msg = match msg {
                     Ok(Some(m)) => m,
-                    Ok(None) => return Ok(Ended { welcomed, reason: "controller closed the session".into() }),
-                    Err(s) => return Ok(Ended { welcomed, reason: status_text(&s) }),
+                    Ok(None) => return Ok(Ended { welcomed, reason: "controller closed the session".into(), going_away: false }),
+                    Err(s) => return Ok(Ended { welcomed, reason: status_text(&s), going_away: cutover_proto::is_going_away(&s) }),
                 };
                 last_heard = Instant::now();
                 match msg.msg {

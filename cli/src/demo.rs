@@ -206,6 +206,7 @@ async fn demo(args: &DemoArgs, dir: &Path, children: &mut Children) -> Result<()
             .create_token(cutover_proto::v1::CreateTokenRequest {
                 host: host.clone(),
                 ttl_s: 300,
+                replace: false,
             })
             .await?
             .into_inner()

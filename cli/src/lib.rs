@@ -267,13 +267,25 @@ pub enum TokenCommand {
         /// How long the token stays valid.
         #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
         ttl: Duration,
+        /// HOST is enrolled: the token enrolls a new identity under its name
+        /// and the current certificate is refused once that one is issued.
+        #[arg(long)]
+        replace: bool,
     },
 }
 
 #[derive(Subcommand)]
 pub enum HostCommand {
-    /// Refuse HOST from now on and cut its live session.
-    Revoke { host: String },
+    /// Refuse HOST from now on and cut its live session (asks first).
+    Revoke {
+        host: String,
+        /// Revoke without asking.
+        #[arg(long, short)]
+        yes: bool,
+    },
+    /// Remove a revoked HOST's record so its name can enroll again with a
+    /// fresh identity; its events and rollout history are kept.
+    Forget { host: String },
 }
 
 /// Runs one command; a lost connection names the controller it was to.
@@ -315,7 +327,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
             ChannelCommand::Default { name } => release::channel_default(c, &name).await,
         },
         Command::Token {
-            command: TokenCommand::Create { host, ttl },
+            command: TokenCommand::Create { host, ttl, replace },
         } => {
             if ttl < MIN_TOKEN_TTL {
                 return Err(Error::Usage(format!(
@@ -323,11 +335,12 @@ async fn dispatch(cli: Cli) -> Result<()> {
                     humantime::format_duration(ttl)
                 )));
             }
-            fleet::token_create(c, &host, ttl, out).await
+            fleet::token_create(c, &host, ttl, replace, out).await
         }
-        Command::Host {
-            command: HostCommand::Revoke { host },
-        } => fleet::revoke(c, &host).await,
+        Command::Host { command } => match command {
+            HostCommand::Revoke { host, yes } => fleet::revoke(c, &host, yes).await,
+            HostCommand::Forget { host } => fleet::forget(c, &host).await,
+        },
         Command::Hosts => fleet::hosts(c, out).await,
         Command::Status => fleet::status(c, out).await,
         Command::Diag { host } => fleet::diag(c, &host, out).await,

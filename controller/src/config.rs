@@ -1,5 +1,6 @@
 //! The controller's configuration file (TOML). Unknown keys are errors that
-//! name the key and the file; relative paths are relative to the file.
+//! name the key and the file; relative paths are taken from the file's
+//! directory, made absolute when the file is loaded.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -86,8 +87,13 @@ impl Config {
                 path: path.to_path_buf(),
                 problem,
             })?;
-        let base = path.parent().unwrap_or_else(|| Path::new("."));
-        config.resolve(base);
+        let base = cutover_core::fsutil::config_dir(path).map_err(|e| Error::Config {
+            path: path.to_path_buf(),
+            problem: format!(
+                "cannot make its directory absolute ({e}); give --config as an absolute path"
+            ),
+        })?;
+        config.resolve(&base);
         config.check_bounds().map_err(|problem| Error::Config {
             path: path.to_path_buf(),
             problem,
@@ -186,6 +192,44 @@ mod tests {
         assert_eq!(c.tls.key, PathBuf::from("/k"));
         assert_eq!(c.releases.trusted_keys, vec![dir.path().join("r.pub")]);
         assert_eq!(c.agent_cert_ttl, Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn a_relative_config_path_gives_absolute_paths_beside_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("controller.toml"),
+            "listen = \"127.0.0.1:1\"\ndata_dir = \"d\"\n[tls]\nca_cert=\"a\"\nca_key=\"b\"\ncert=\"c\"\nkey=\"k\"\n[releases]\ntrusted_keys=[\"r.pub\"]\n",
+        )
+        .unwrap();
+        // The file named relative to the working directory (`..` up to the
+        // root and down again), as `--config controller.toml` from a
+        // service's directory names it.
+        let up: PathBuf = std::env::current_dir()
+            .unwrap()
+            .components()
+            .skip(1)
+            .map(|_| "..")
+            .collect();
+        let rel = up.join(
+            dir.path()
+                .strip_prefix("/")
+                .unwrap()
+                .join("controller.toml"),
+        );
+        assert!(rel.is_relative());
+        let c = Config::load(&rel).unwrap();
+        let beside = |p: &Path| {
+            assert!(p.is_absolute(), "{p:?}");
+            std::fs::canonicalize(p.parent().unwrap()).unwrap()
+                == std::fs::canonicalize(dir.path()).unwrap()
+        };
+        assert!(beside(&c.data_dir) && c.data_dir.ends_with("d"));
+        assert!(beside(&c.tls.key) && beside(&c.tls.ca_cert));
+        assert!(beside(&c.releases.trusted_keys[0]));
+        // With no directory part at all, the working directory made absolute.
+        let bare = cutover_core::fsutil::config_dir(Path::new("controller.toml")).unwrap();
+        assert_eq!(bare, std::env::current_dir().unwrap());
     }
 
     #[test]

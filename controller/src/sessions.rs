@@ -1,6 +1,12 @@
 //! Live agent sessions, in memory only: who is connected, when we last heard
 //! from them, and the channel to send them requests. A heartbeat touches an
 //! atomic here and nothing else.
+//!
+//! One session per host: while a host's session is live (heard from within
+//! three of its heartbeat intervals, and not cut) a new session with the
+//! same certificate is refused, so two agents holding one identity never
+//! take turns. A session that has gone silent (an agent that restarted
+//! while its old connection is half-dead) is replaced by the new one.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -37,6 +43,9 @@ pub struct Session {
     /// Artifacts an install command sent on this session named: the only
     /// ones the host may fetch while this session is its current one.
     granted: Mutex<VecDeque<Sha256Digest>>,
+    /// Set once a newer session of the host was refused for this one, so
+    /// the refusal is recorded once per live session, not per retry.
+    refused_one: std::sync::atomic::AtomicBool,
 }
 
 impl Session {
@@ -94,6 +103,49 @@ impl Session {
     }
 }
 
+/// A new session refused because the host's session is live.
+#[derive(Debug, Clone)]
+pub struct Duplicate {
+    pub host: String,
+    pub since_ms: i64,
+    pub heard_ms_ago: i64,
+    /// How long the live session may go unheard before it is replaced.
+    pub window: Duration,
+    /// The first refusal against this live session (record it).
+    pub first: bool,
+}
+
+impl Duplicate {
+    /// The one line the refused agent and the event log get.
+    pub fn reason(&self) -> String {
+        let since = cutover_core::views::from_ms(self.since_ms)
+            .map(cutover_core::manifest::rfc3339)
+            .unwrap_or_default();
+        format!(
+            "host {:?} already has a live session (open since {since}, heard from {} ms ago); this one is refused so that two agents with one identity do not take turns: stop the other agent holding this host's certificate (an agent that just restarted gets in once the old session has been silent for {} ms)",
+            self.host,
+            self.heard_ms_ago,
+            self.window.as_millis()
+        )
+    }
+}
+
+/// The refusal `old` imposes on a new session of its host at `now`: none
+/// once it is cut or has missed three heartbeats.
+fn live_duplicate(old: &Session, now: i64) -> Option<Duplicate> {
+    if old.cut.is_cancelled() || !old.is_live(now) {
+        return None;
+    }
+    let first = !old.refused_one.swap(true, Ordering::Relaxed);
+    Some(Duplicate {
+        host: old.host.clone(),
+        since_ms: old.connected_since_ms,
+        heard_ms_ago: now - old.last_seen_ms.load(Ordering::Relaxed),
+        window: old.heartbeat_interval * 3,
+        first,
+    })
+}
+
 /// Parameters of a new session, from the agent's hello.
 pub struct NewSession {
     pub host: String,
@@ -121,8 +173,15 @@ impl Default for Sessions {
 }
 
 impl Sessions {
-    /// Registers a session, cutting any older one of the same host.
-    pub fn register(&self, new: NewSession) -> Arc<Session> {
+    /// The refusal a new session of `host` gets now, if any.
+    pub fn refusal(&self, host: &str) -> Option<Duplicate> {
+        let map = self.by_host.lock().unwrap_or_else(|p| p.into_inner());
+        live_duplicate(map.get(host)?, cutover_core::views::now_ms())
+    }
+
+    /// Registers a session, cutting an older one of the same host that is
+    /// no longer live; refused while that one is live.
+    pub fn register(&self, new: NewSession) -> std::result::Result<Arc<Session>, Duplicate> {
         let now = cutover_core::views::now_ms();
         let session = Arc::new(Session {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
@@ -136,18 +195,21 @@ impl Sessions {
             cut_status: Mutex::new(None),
             pending: Mutex::new(HashMap::new()),
             granted: Mutex::new(VecDeque::new()),
+            refused_one: Default::default(),
         });
-        let old = self
-            .by_host
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(new.host, session.clone());
+        let old = {
+            let mut map = self.by_host.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(refused) = map.get(&new.host).and_then(|o| live_duplicate(o, now)) {
+                return Err(refused);
+            }
+            map.insert(new.host, session.clone())
+        };
         if let Some(old) = old {
             old.cut(tonic::Status::aborted(
-                "replaced by a newer session of the same host",
+                "replaced by a newer session of the same host: this one had gone silent",
             ));
         }
-        session
+        Ok(session)
     }
 
     /// Removes the session if it is still the registered one.
@@ -253,23 +315,42 @@ mod tests {
     }
 
     #[test]
-    fn newer_session_replaces_and_cuts_older() {
+    fn a_second_session_is_refused_while_the_first_is_live_and_replaces_it_once_silent() {
         let sessions = Sessions::default();
         let (a, _ra) = new("h");
-        let first = sessions.register(a);
+        let first = sessions.register(a).unwrap();
         let (b, _rb) = new("h");
-        let second = sessions.register(b);
+        let refused = sessions.register(b).err().expect("refused");
+        assert!(refused.first && !first.cut.is_cancelled());
+        let why = refused.reason();
+        assert!(
+            why.contains("already has a live session") && !why.contains('\n'),
+            "{why}"
+        );
+        // Recorded once per live session, however often the other retries.
+        let (b, _rb) = new("h");
+        assert!(!sessions.register(b).err().expect("refused").first);
+        assert!(sessions.refusal("h").is_some());
+        // Silent past three heartbeats (100 ms each): the new one gets in.
+        first.last_seen_ms.fetch_sub(301, Ordering::Relaxed);
+        assert!(sessions.refusal("h").is_none());
+        let (c, _rc) = new("h");
+        let second = sessions.register(c).unwrap();
         assert!(first.cut.is_cancelled());
         // The old session ending must not remove the new one.
         sessions.remove(&first);
         assert_eq!(sessions.get("h").unwrap().id, second.id);
+        // A cut session does not hold the host either.
+        second.cut(tonic::Status::aborted("test"));
+        let (d, _rd) = new("h");
+        assert!(sessions.register(d).is_ok());
     }
 
     #[test]
     fn a_session_grants_only_the_digests_sent_on_it_and_forgets_the_oldest_past_the_bound() {
         let sessions = Sessions::default();
         let (a, _ra) = new("h");
-        let s = sessions.register(a);
+        let s = sessions.register(a).unwrap();
         let d = |i: u32| Sha256Digest::of(&i.to_le_bytes());
         assert!(!s.is_granted(&d(0)));
         s.grant(d(0));
@@ -281,15 +362,16 @@ mod tests {
         assert!(!s.is_granted(&d(0)), "the oldest grant is dropped");
         assert!(s.is_granted(&d(1)) && s.is_granted(&d(MAX_GRANTS as u32)));
         // A newer session of the host starts with nothing granted.
+        s.cut(tonic::Status::aborted("test"));
         let (b, _rb) = new("h");
-        assert!(!sessions.register(b).is_granted(&d(1)));
+        assert!(!sessions.register(b).unwrap().is_granted(&d(1)));
     }
 
     #[test]
     fn three_missed_heartbeats_make_a_host_not_live() {
         let sessions = Sessions::default();
         let (a, _ra) = new("h");
-        let s = sessions.register(a);
+        let s = sessions.register(a).unwrap();
         let now = s.last_seen_ms.load(Ordering::Relaxed);
         assert!(s.is_live(now + 300));
         assert!(!s.is_live(now + 301));

@@ -78,6 +78,19 @@ pub fn read_bounded(file: fs::File, path: &Path, max: u64) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// The absolute directory a config file's relative paths are taken from:
+/// the file's own directory, made absolute against the working directory
+/// now, so that a relative `--config agent.toml` (whose parent is empty)
+/// does not leave paths relative to whatever directory a service manager
+/// later runs from.
+pub fn config_dir(config: &Path) -> std::io::Result<std::path::PathBuf> {
+    let dir = config
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or_else(|| Path::new("."));
+    std::path::absolute(dir)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

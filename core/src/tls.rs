@@ -36,6 +36,16 @@ impl RevokedHosts {
             .insert(host.to_string());
     }
 
+    /// Lets `host`'s name through again: its record was forgotten, and a
+    /// certificate issued under the name from now on is a new identity
+    /// (an old one is refused by serial, as a replaced certificate is).
+    pub fn remove(&self, host: &str) {
+        self.0
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(host);
+    }
+
     pub fn contains(&self, host: &str) -> bool {
         self.0
             .read()

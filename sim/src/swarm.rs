@@ -82,6 +82,7 @@ pub async fn enroll(setup: &Setup, hosts: &[String], parallel: usize) -> Result<
                 .create_token(v1::CreateTokenRequest {
                     host: host.to_string(),
                     ttl_s: 3600,
+                    replace: false,
                 })
                 .await
                 .map_err(|s| format!("token for {host}: {}", s.message()))?

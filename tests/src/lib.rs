@@ -329,6 +329,18 @@ impl Fleet {
 
     /// Starts an agent that already has its identity (or fails without one).
     pub fn spawn_agent(&mut self, host: &str, heartbeat: &str, token: Option<&str>) {
+        self.spawn_agent_as(host, heartbeat, token, false);
+    }
+
+    /// As [`Fleet::spawn_agent`], or, with `relative`, started from the
+    /// config's directory as `--config HOST.toml` (no directory part).
+    pub fn spawn_agent_as(
+        &mut self,
+        host: &str,
+        heartbeat: &str,
+        token: Option<&str>,
+        relative: bool,
+    ) {
         let config = self.agent_config(host, heartbeat);
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -336,7 +348,13 @@ impl Fleet {
             .open(self.path(&format!("{host}.log")))
             .expect("agent log");
         let mut cmd = Command::new(bin("cutover-agent"));
-        cmd.arg("--config").arg(&config);
+        if relative {
+            cmd.current_dir(self.dir.path())
+                .arg("--config")
+                .arg(config.file_name().expect("config file name"));
+        } else {
+            cmd.arg("--config").arg(&config);
+        }
         if let Some(t) = token {
             cmd.arg("--join-token").arg(t);
         }

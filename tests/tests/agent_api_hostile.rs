@@ -12,11 +12,36 @@ use cutover_tests::grpc::{self, Presented};
 use cutover_tests::sample::Svc;
 use cutover_tests::{eventually, ControllerOptions, Fleet};
 
-/// Enrolls `host` through the API with a fresh token and key.
+/// Enrolls `host` through the API with a fresh token and key, replacing
+/// the identity it holds, if any (`token create --replace`).
 fn enroll(f: &Fleet, rt: &tokio::runtime::Runtime, host: &str) -> Presented {
-    let token = f.token(host, "5m");
+    let token = f
+        .cli(&["token", "create", host, "--replace"])
+        .ok()
+        .stdout
+        .trim()
+        .to_string();
     rt.block_on(grpc::enroll(&f.url(), &f.pki.join("ca.pem"), &token, host))
         .expect("enroll")
+}
+
+/// A session as `who` once the host's previous session has ended (a live
+/// one refuses a second): the controller learns of a dropped stream a
+/// moment after the test drops it.
+fn next_session(
+    f: &Fleet,
+    rt: &tokio::runtime::Runtime,
+    who: &Presented,
+    what: &str,
+) -> grpc::Session {
+    eventually(Duration::from_secs(10), what, || {
+        match session(f, rt, who, 10_000) {
+            Ok(s) => Some(Ok(s)),
+            Err(e) if e.contains("AlreadyExists") => None,
+            Err(e) => Some(Err(e)),
+        }
+    })
+    .unwrap_or_else(|e| panic!("{what}: {e}"))
 }
 
 fn session(
@@ -351,10 +376,15 @@ fn the_certificate_a_renewal_replaced_still_opens_a_session_after_a_controller_r
     f.kill_controller();
     f.start_controller();
     // `second` speaks for the host, and so (its answer may have been lost)
-    // does `first`. A host's newer session replaces its older one, so the
-    // one kept for renewing is opened last.
-    session(&f, &rt, &second, 10_000).expect("the current certificate after restart");
-    let mut s = session(&f, &rt, &first, 10_000).expect("the replaced certificate after restart");
+    // does `first`. A host has one live session, so each is opened once
+    // the one before has ended; the one kept for renewing is opened last.
+    drop(next_session(
+        &f,
+        &rt,
+        &second,
+        "the current certificate after restart",
+    ));
+    let mut s = next_session(&f, &rt, &first, "the replaced certificate after restart");
     // Renewing again replaces `second`: `first` is now refused.
     let third = renewed_on(&rt, &mut s);
     drop(s);
@@ -365,5 +395,5 @@ fn the_certificate_a_renewal_replaced_still_opens_a_session_after_a_controller_r
         refused.contains("PermissionDenied") && refused.contains("was replaced"),
         "{refused}"
     );
-    session(&f, &rt, &third, 10_000).expect("the newest certificate");
+    drop(next_session(&f, &rt, &third, "the newest certificate"));
 }

@@ -61,6 +61,7 @@ fn controller_with_many_events(n: usize) -> Fleet {
             op.create_token(cutover_proto::v1::CreateTokenRequest {
                 host: format!("h{i:05}.{}", "x".repeat(240)),
                 ttl_s: 60,
+                replace: false,
             })
             .await
             .expect("create token");

@@ -63,11 +63,21 @@ impl Drop for Controller {
 /// Writes the fleet's controller config (as the fixture does) and returns
 /// the command that runs the controller, under `prlimit` when asked.
 fn controller_command(f: &Fleet, args: &[&str], nofile: Option<(u64, u64)>) -> Command {
+    controller_command_with(f, args, nofile, "")
+}
+
+/// [`controller_command`] with `extra` top-level config lines.
+fn controller_command_with(
+    f: &Fleet,
+    args: &[&str],
+    nofile: Option<(u64, u64)>,
+    extra: &str,
+) -> Command {
     let config = f.path("controller.toml");
     std::fs::write(
         &config,
         format!(
-            "listen = \"127.0.0.1:{}\"\ndata_dir = \"controller\"\n[tls]\nca_cert = \"pki/ca.pem\"\nca_key = \"pki/ca-key.pem\"\ncert = \"pki/controller.pem\"\nkey = \"pki/controller-key.pem\"\n[releases]\ntrusted_keys = [\"release.pub\"]\n",
+            "listen = \"127.0.0.1:{}\"\ndata_dir = \"controller\"\n{extra}\n[tls]\nca_cert = \"pki/ca.pem\"\nca_key = \"pki/ca-key.pem\"\ncert = \"pki/controller.pem\"\nkey = \"pki/controller-key.pem\"\n[releases]\ntrusted_keys = [\"release.pub\"]\n",
             f.port
         ),
     )
@@ -93,13 +103,18 @@ fn controller_command(f: &Fleet, args: &[&str], nofile: Option<(u64, u64)>) -> C
 
 /// Starts the controller and waits until it answers operators.
 fn start(f: &Fleet, args: &[&str], nofile: Option<(u64, u64)>) -> Controller {
+    start_with(f, args, nofile, "")
+}
+
+/// [`start`] with `extra` top-level config lines.
+fn start_with(f: &Fleet, args: &[&str], nofile: Option<(u64, u64)>, extra: &str) -> Controller {
     let log = f.path("controller.log");
     let file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(&log)
         .expect("controller log");
-    let child = controller_command(f, args, nofile)
+    let child = controller_command_with(f, args, nofile, extra)
         .stderr(file)
         .spawn()
         .expect("start controller");
@@ -309,9 +324,10 @@ fn silent_tcp_connections_that_send_no_tls_byte_do_not_lock_out_agents_or_operat
 fn fleet_with_a_stalled_fetch(
     f: &mut Fleet,
     rt: &tokio::runtime::Runtime,
+    config: &str,
 ) -> (Controller, tonic::Streaming<v1::FetchChunk>) {
     f.assign_ports(&["h1", "h2"], &["api"]);
-    let c = start(f, &[], None);
+    let c = start_with(f, &[], None, config);
     f.start_agent("h1", "500ms");
     f.start_agent("h2", "500ms");
     f.wait_online("h1");
@@ -349,10 +365,11 @@ fn fleet_with_a_stalled_fetch(
 }
 
 #[test]
-fn sigterm_with_agents_connected_exits_promptly_and_frees_the_port() {
+fn sigterm_with_agents_connected_tells_them_it_is_going_away_exits_within_its_grace_and_frees_the_port(
+) {
     let mut f = Fleet::new();
     let rt = cutover_tests::grpc::runtime();
-    let (mut c, _stalled) = fleet_with_a_stalled_fetch(&mut f, &rt);
+    let (mut c, _stalled) = fleet_with_a_stalled_fetch(&mut f, &rt, "shutdown_grace = \"2s\"");
     // An unauthenticated connection that never speaks, too.
     let _idle = silent_unauthenticated_connections(&rt, &f, 1);
     c.signal(Signal::SIGTERM);
@@ -361,12 +378,22 @@ fn sigterm_with_agents_connected_exits_promptly_and_frees_the_port() {
         "the controller to exit on SIGTERM with agents connected",
     );
     assert_eq!(status.code(), Some(0), "{status}");
-    // The unread fetch was abandoned after the grace, not waited for.
+    // The unread fetch was abandoned within the configured grace, not
+    // waited for.
+    let log = c.log();
     assert!(
-        c.log().contains("abandoning them"),
-        "the stalled fetch was not abandoned: {}",
-        c.log()
+        log.contains("abandoning them") && log.contains("grace=2s"),
+        "the stalled fetch was not abandoned within the configured grace: {log}"
     );
+    // Each agent was told the controller is going away: news, not an
+    // error.
+    for h in ["h1", "h2"] {
+        eventually(Duration::from_secs(10), "the going-away notice", || {
+            f.agent_log(h)
+                .contains("the controller is going away")
+                .then_some(())
+        });
+    }
     // The port is free at once: another listener binds it.
     drop(std::net::TcpListener::bind(("127.0.0.1", f.port)).expect("bind the controller's port"));
     // A new controller on the same port gets the agents back.
@@ -381,7 +408,7 @@ fn a_second_signal_exits_at_once() {
     let rt = cutover_tests::grpc::runtime();
     // The stalled fetch holds the first shutdown in its grace, so only the
     // second signal can end the process before it.
-    let (mut c, _stalled) = fleet_with_a_stalled_fetch(&mut f, &rt);
+    let (mut c, _stalled) = fleet_with_a_stalled_fetch(&mut f, &rt, "");
     c.signal(Signal::SIGTERM);
     eventually(Duration::from_secs(10), "the shutdown to begin", || {
         c.log()

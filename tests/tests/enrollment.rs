@@ -148,9 +148,15 @@ fn agent_with_expired_certificate_keeps_running_and_enrolls_again_with_a_new_tok
     assert!(!f.controller_log().contains("CertificateExpired"));
 
     // Restarted with a new token, it enrolls again: online with a fresh
-    // certificate on disk.
+    // certificate on disk. (Only the agent's copy expired here; the
+    // controller's record is still valid, so the token needs --replace.)
     f.kill_agent("edge-1");
-    let token = f.token("edge-1", "5m");
+    let token = f
+        .cli(&["token", "create", "edge-1", "--replace"])
+        .ok()
+        .stdout
+        .trim()
+        .to_string();
     f.spawn_agent("edge-1", "500ms", Some(&token));
     f.wait_online("edge-1");
     assert_ne!(f.hosts()["edge-1"]["cert_serial"], first);
@@ -291,7 +297,7 @@ fn revoked_host_is_cut_within_a_second_and_refused_after() {
     f.start_agent("edge-1", "1s");
     f.wait_online("edge-1");
     let identity = Presented::from_identity(&f.agent_dir("edge-1").join("identity.pem"));
-    f.cli(&["host", "revoke", "edge-1"]).ok();
+    f.cli(&["host", "revoke", "edge-1", "--yes"]).ok();
     let cut = std::time::Instant::now();
     eventually(
         Duration::from_secs(1),

@@ -1,4 +1,5 @@
-//! `cutover hosts`, `status`, `diag`, `token create`, `host revoke`.
+//! `cutover hosts`, `status`, `diag`, `token create`, `host revoke`,
+//! `host forget`.
 
 use std::time::Duration;
 
@@ -10,13 +11,20 @@ use crate::client::ConnectArgs;
 use crate::error::{Error, Result};
 use crate::output::{self, Format};
 
-pub async fn token_create(c: &ConnectArgs, host: &str, ttl: Duration, out: Format) -> Result<()> {
+pub async fn token_create(
+    c: &ConnectArgs,
+    host: &str,
+    ttl: Duration,
+    replace: bool,
+    out: Format,
+) -> Result<()> {
     let r = c
         .operator()
         .await?
         .create_token(v1::CreateTokenRequest {
             host: host.into(),
             ttl_s: ttl.as_secs().max(1),
+            replace,
         })
         .await?
         .into_inner();
@@ -31,12 +39,32 @@ pub async fn token_create(c: &ConnectArgs, host: &str, ttl: Duration, out: Forma
     Ok(())
 }
 
-pub async fn revoke(c: &ConnectArgs, host: &str) -> Result<()> {
+pub async fn revoke(c: &ConnectArgs, host: &str, yes: bool) -> Result<()> {
+    if !yes {
+        super::confirm(
+            &format!(
+                "revoke host {}? Its session is cut and its certificate refused for good; the name can enroll again only after `cutover host forget`.",
+                output::escape(host)
+            ),
+            "not revoked",
+        )?;
+    }
     c.operator()
         .await?
         .revoke_host(v1::HostRequest { host: host.into() })
         .await?;
     println!("host {host} revoked; its session was cut and its certificate is refused from now on");
+    Ok(())
+}
+
+pub async fn forget(c: &ConnectArgs, host: &str) -> Result<()> {
+    c.operator()
+        .await?
+        .forget_host(v1::HostRequest { host: host.into() })
+        .await?;
+    println!(
+        "host {host} forgotten; its events and rollouts are kept, and `cutover token create {host}` enrolls a fresh identity under the name"
+    );
     Ok(())
 }
 

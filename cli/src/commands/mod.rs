@@ -7,6 +7,7 @@ pub mod release;
 pub mod rollback;
 pub mod rollout;
 
+use std::io::IsTerminal;
 use std::path::Path;
 
 use crate::error::{Error, Result};
@@ -32,4 +33,24 @@ pub fn pki_init(dir: &Path, controller_hosts: &[String], operator: &str) -> Resu
         println!("wrote {}", path.display());
     }
     Ok(())
+}
+
+/// Asks `question` on the terminal; anything but yes fails with `declined`.
+/// Not on a terminal it refuses, naming `--yes`.
+pub fn confirm(question: &str, declined: &str) -> Result<()> {
+    if !std::io::stdin().is_terminal() {
+        return Err(Error::Usage(format!(
+            "{question} pass --yes to confirm when not on a terminal"
+        )));
+    }
+    eprint!("{question} [y/N] ");
+    let mut answer = String::new();
+    std::io::stdin()
+        .read_line(&mut answer)
+        .map_err(|e| Error::io("stdin", e))?;
+    if matches!(answer.trim(), "y" | "Y" | "yes") {
+        Ok(())
+    } else {
+        Err(Error::Failed(declined.into()))
+    }
 }

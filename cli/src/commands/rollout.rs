@@ -139,21 +139,7 @@ pub async fn upgrade(c: &ConnectArgs, args: UpgradeArgs, out: Format) -> Result<
 }
 
 pub(super) fn confirm(question: &str) -> Result<()> {
-    if !std::io::stdin().is_terminal() {
-        return Err(Error::Usage(format!(
-            "{question} pass --yes to confirm when not on a terminal"
-        )));
-    }
-    eprint!("{question} [y/N] ");
-    let mut answer = String::new();
-    std::io::stdin()
-        .read_line(&mut answer)
-        .map_err(|e| Error::io("stdin", e))?;
-    if matches!(answer.trim(), "y" | "Y" | "yes") {
-        Ok(())
-    } else {
-        Err(Error::Failed("not started".into()))
-    }
+    super::confirm(question, "not started")
 }
 
 pub(super) async fn started_output(

@@ -54,6 +54,27 @@ impl AgentApi {
     }
 }
 
+impl AgentApi {
+    /// The status a second session of a live host gets; the first refusal
+    /// against a live session is recorded as an event.
+    async fn refuse_duplicate(&self, refused: crate::sessions::Duplicate) -> Status {
+        let reason = refused.reason();
+        tracing::warn!(host = %refused.host, %reason, "session refused");
+        if refused.first {
+            let (host, detail) = (refused.host.clone(), reason.clone());
+            if let Err(e) = self
+                .c
+                .store
+                .run(move |s| s.event("session.refused", Some(&host), &detail))
+                .await
+            {
+                tracing::warn!(error = %e, "could not record the refused session");
+            }
+        }
+        Status::already_exists(reason)
+    }
+}
+
 /// The heartbeat interval a hello asked for, if it is one the controller
 /// accepts.
 fn heartbeat_interval(ms: u64) -> Result<Duration, Status> {
@@ -130,6 +151,10 @@ impl Agent for AgentApi {
                     TokenProblem::HostRevoked { host } => {
                         format!("host {host:?} is revoked and cannot enroll")
                     }
+                    TokenProblem::HostEnrolled { host, until } => format!(
+                        "join token for host {host:?} was made without --replace and the host has enrolled since (its certificate is valid until {}); create one with `cutover token create {host} --replace` to replace its identity",
+                        when(until)
+                    ),
                 };
                 tracing::warn!(%peer, reason = %msg, "enrollment refused");
                 Err(Status::unauthenticated(msg))
@@ -230,6 +255,11 @@ impl Agent for AgentApi {
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let inventory = hello.inventory;
         let interval = heartbeat_interval(hello.heartbeat_interval_ms)?;
+        // Checked again, atomically, at registration; here so that a
+        // refused duplicate's hello writes nothing.
+        if let Some(refused) = self.c.sessions.refusal(&host) {
+            return Err(self.refuse_duplicate(refused).await);
+        }
         let known = {
             let (host, version) = (host.clone(), hello.agent_version.clone());
             self.c
@@ -243,12 +273,15 @@ impl Agent for AgentApi {
             )));
         }
         let (tx, rx) = mpsc::channel(64);
-        let session = self.c.sessions.register(NewSession {
+        let session = match self.c.sessions.register(NewSession {
             host: host.clone(),
             agent_version: hello.agent_version,
             heartbeat_interval: interval,
             tx: tx.clone(),
-        });
+        }) {
+            Ok(s) => s,
+            Err(refused) => return Err(self.refuse_duplicate(refused).await),
+        };
         let _ = tx
             .send(out(Out::Welcome(v1::Welcome {
                 host: host.clone(),

@@ -267,8 +267,10 @@ mod tests {
         (dir, s)
     }
 
+    /// Enrolls edge-1 with `serial`, replacing whatever identity it held.
     fn enroll(s: &Store, token: &str, serial: &str) {
-        s.create_token(token, "edge-1", now_ms() + 60_000).unwrap();
+        s.create_token_with(token, "edge-1", now_ms() + 60_000, true)
+            .unwrap();
         let serial = serial.to_string();
         s.enroll(token, |_| Ok(((), serial, now_ms() + 60_000)))
             .unwrap()

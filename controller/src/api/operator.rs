@@ -149,10 +149,10 @@ impl Operator for OperatorApi {
             base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret)
         );
         let expires_at = now_ms() + ttl.as_millis() as i64;
-        let (hash, host) = (super::hash_token(&token), r.host.clone());
+        let (hash, host, replace) = (super::hash_token(&token), r.host.clone(), r.replace);
         self.c
             .store
-            .run(move |s| s.create_token(&hash, &host, expires_at))
+            .run(move |s| s.create_token_with(&hash, &host, expires_at, replace))
             .await?;
         Ok(Response::new(v1::CreateTokenResponse {
             token,
@@ -174,6 +174,19 @@ impl Operator for OperatorApi {
             Status::permission_denied(format!("host {host:?} was revoked by an operator")),
         );
         tracing::warn!(%host, "host revoked");
+        Ok(Response::new(v1::Empty {}))
+    }
+
+    async fn forget_host(
+        &self,
+        req: Request<v1::HostRequest>,
+    ) -> Result<Response<v1::Empty>, Status> {
+        let host = req.into_inner().host;
+        name("host", &host)?;
+        let h = host.clone();
+        self.c.store.run(move |s| s.forget_host(&h)).await?;
+        self.c.revoked.remove(&host);
+        tracing::warn!(%host, "revoked host forgotten; its name may enroll again");
         Ok(Response::new(v1::Empty {}))
     }
 

@@ -190,3 +190,89 @@ fn a_hello_reporting_a_broken_journal_records_an_event_naming_the_service() {
     );
     assert!(!events[0].detail.contains("api"), "{:?}", events[0]);
 }
+
+fn kinds(s: &Store) -> Vec<String> {
+    s.events(None, 1000)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect()
+}
+
+#[test]
+fn a_host_with_a_valid_certificate_is_replaced_only_by_a_token_made_with_replace() {
+    let (_d, s) = store();
+    // A token made before the host enrolled, without --replace.
+    s.create_token("early", "edge-1", now_ms() + 60_000)
+        .unwrap();
+    s.create_token("t1", "edge-1", now_ms() + 60_000).unwrap();
+    s.enroll("t1", issue).unwrap().unwrap();
+    let e = s
+        .create_token("t2", "edge-1", now_ms() + 60_000)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("already enrolled") && e.contains("--replace") && !e.contains('\n'),
+        "{e}"
+    );
+    match s.enroll("early", issue).unwrap() {
+        Err(TokenProblem::HostEnrolled { host, until }) => {
+            assert_eq!(host, "edge-1");
+            assert!(until > now_ms());
+        }
+        other => panic!("{other:?}"),
+    }
+    s.create_token_with("t3", "edge-1", now_ms() + 60_000, true)
+        .unwrap();
+    let replacing = |_: &str| Ok(((), "serial-new".to_string(), now_ms() + 1000));
+    s.enroll("t3", replacing).unwrap().unwrap();
+    let serials = s.cert_serials("edge-1").unwrap().unwrap();
+    assert_eq!(
+        (serials.current.as_str(), serials.previous),
+        ("serial-new", None)
+    );
+    let replaced = s
+        .events(None, 1000)
+        .unwrap()
+        .into_iter()
+        .find(|e| e.kind == "host.replaced")
+        .expect("host.replaced event");
+    assert!(
+        replaced.detail.contains("serial-edge-1 revoked"),
+        "{}",
+        replaced.detail
+    );
+    // A host whose certificate expired enrolls again without --replace.
+    s.record_renewal("edge-1", "gone", now_ms() - 1).unwrap();
+    s.create_token("t4", "edge-1", now_ms() + 60_000).unwrap();
+    s.enroll("t4", issue).unwrap().unwrap();
+}
+
+#[test]
+fn only_a_revoked_host_is_forgotten_and_its_events_stay() {
+    let (_d, s) = store();
+    assert!(matches!(s.forget_host("edge-1"), Err(Error::NotFound(_))));
+    s.create_token("t1", "edge-1", now_ms() + 60_000).unwrap();
+    s.enroll("t1", issue).unwrap().unwrap();
+    let e = s.forget_host("edge-1").unwrap_err().to_string();
+    assert!(
+        e.contains("not revoked") && e.contains("host revoke"),
+        "{e}"
+    );
+    assert!(s.revoke_host("edge-1").unwrap());
+    let e = s
+        .create_token("t2", "edge-1", now_ms() + 60_000)
+        .unwrap_err();
+    assert!(e.to_string().contains("host forget edge-1"), "{e}");
+    s.forget_host("edge-1").unwrap();
+    assert!(s.hosts().unwrap().is_empty());
+    assert!(s.revoked_hosts().unwrap().is_empty());
+    let k = kinds(&s);
+    for kind in ["host.enrolled", "host.revoked", "host.forgotten"] {
+        assert!(k.contains(&kind.to_string()), "{kind}: {k:?}");
+    }
+    // The name enrolls afresh, with a plain token.
+    s.create_token("t3", "edge-1", now_ms() + 60_000).unwrap();
+    s.enroll("t3", issue).unwrap().unwrap();
+    assert!(!s.hosts().unwrap()[0].revoked);
+}
