@@ -109,6 +109,10 @@ pub enum Command {
         /// Show every host's `from -> to` and start nothing.
         #[arg(long)]
         dry_run: bool,
+        /// With --to: install VERSION even on hosts where a failed or
+        /// rolled-back step tried it (refused otherwise).
+        #[arg(long, requires = "to")]
+        force: bool,
         #[arg(long, short)]
         yes: bool,
         #[arg(long)]
@@ -207,6 +211,9 @@ pub enum RolloutCommand {
         /// they return.
         #[arg(long, requires = "rollback")]
         allow_offline: bool,
+        /// With --rollback: do not ask first.
+        #[arg(long, short, requires = "rollback")]
+        yes: bool,
     },
 }
 
@@ -370,6 +377,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
             to,
             allow_offline,
             dry_run,
+            force,
             yes,
             wait,
         } => {
@@ -378,6 +386,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
                 to,
                 allow_offline,
                 dry_run,
+                force,
                 yes,
                 wait,
             };
@@ -398,7 +407,8 @@ async fn dispatch(cli: Cli) -> Result<()> {
                 id,
                 rollback: true,
                 allow_offline,
-            } => commands::rollback::abort_and_roll_back(c, id, allow_offline, out).await,
+                yes,
+            } => commands::rollback::abort_and_roll_back(c, id, allow_offline, yes, out).await,
         },
         Command::Events { rollout: id, limit } => rollout::events(c, id, limit, out).await,
         Command::Version => commands::about::version(c, out).await,

@@ -122,6 +122,35 @@ pub struct Plan {
     pub skipped: Vec<SkippedHost>,
 }
 
+impl Plan {
+    /// What the plan would do, as a digest: per service its target and per
+    /// host where it moves from and to. A preview's fingerprint sent back
+    /// with the confirmation lets the controller refuse to start a plan
+    /// that is no longer the one the operator saw.
+    pub fn fingerprint(&self) -> String {
+        let key = |c: Option<&ContentIdentity>| {
+            c.and_then(|c| c.image_id.or(c.tarball_sha256))
+                .map(|d| d.to_hex())
+                .unwrap_or_default()
+        };
+        let mut lines = Vec::new();
+        for s in &self.services {
+            lines.push(format!("service {} {}", s.service, s.sha256.to_hex()));
+            for m in s.batches.iter().flatten() {
+                lines.push(format!(
+                    "move {} {} {} {}",
+                    s.service,
+                    m.host,
+                    key(m.from.as_deref()),
+                    key(m.to.as_deref().map(|t| &t.identity))
+                ));
+            }
+        }
+        lines.sort_unstable();
+        Sha256Digest::of(lines.join("\n").as_bytes()).to_hex()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ServicePlan {
     pub service: String,

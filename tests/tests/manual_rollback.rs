@@ -144,6 +144,12 @@ fn a_manual_rollback_takes_each_host_to_its_own_release() {
     assert_eq!(run.code, 2, "{run:?}");
     assert!(run.stderr.contains("pass --yes to confirm"), "{run:?}");
     assert!(run.stdout.contains("-> 1.1 (1.1.0)"), "{}", run.stdout);
+    // Sending every host to the release that just failed on h1 needs
+    // --force.
+    f.cli(&["rollback", "api", "--to", "1.2.0", "--dry-run"])
+        .fails_with(
+            "release 1.2.0 of api failed or was rolled back on h1 when a step last tried it",
+        );
     f.cli(&["rollback", "api", "--yes", "--wait"]).ok();
     assert_eq!(f.served_version("h1", "api").as_deref(), Some("1.1"));
     assert_eq!(f.served_version("h2", "api").as_deref(), Some("1.0"));
@@ -168,7 +174,14 @@ fn abort_with_rollback_stops_the_rollout_and_takes_its_moved_hosts_back() {
         (steps(&r, "Healthy").len() == 1).then_some(())
     });
     assert_eq!(f.served_version("h1", "api").as_deref(), Some("1.1"));
-    let out = f.cli(&["rollout", "abort", "2", "--rollback"]).ok().stdout;
+    // It asks first: not on a terminal, --yes is needed.
+    let run = f.cli(&["rollout", "abort", "2", "--rollback"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains("pass --yes"), "{run:?}");
+    let out = f
+        .cli(&["rollout", "abort", "2", "--rollback", "--yes"])
+        .ok()
+        .stdout;
     assert!(out.contains("rollout 2 is now Aborted"), "{out}");
     assert!(out.contains("h1 (1.1 (1.1.0) -> 1.0 (1.0.0))"), "{out}");
     assert!(out.contains("rollback 3 started: 1 host(s)"), "{out}");
@@ -184,10 +197,96 @@ fn abort_with_rollback_stops_the_rollout_and_takes_its_moved_hosts_back() {
         "hosts the aborted rollout never moved were restarted"
     );
     // --rollback belongs to abort alone.
+    // An ended rollout: the way back is `cutover rollback`.
+    f.cli(&["rollout", "abort", "2", "--rollback", "--yes"])
+        .fails_with("already ended Aborted; to take its hosts back, `cutover rollback SERVICE`");
     let run = f.cli(&["rollout", "pause", "3", "--rollback"]);
     assert_eq!(run.code, 2, "{run:?}");
     assert!(
         run.stderr.contains("unexpected argument '--rollback'"),
         "{run:?}"
     );
+}
+
+/// The operator API as the CLI calls it, for what a terminal prompt does.
+fn rollback_call(f: &Fleet, dry_run: bool, expect_plan: &str) -> Result<Value, String> {
+    use cutover_tests::grpc;
+    let rt = grpc::runtime();
+    rt.block_on(async {
+        let me = grpc::Presented::from_files(
+            &f.pki.join("operator.pem"),
+            &f.pki.join("operator-key.pem"),
+        );
+        let ch = grpc::channel(&f.url(), &f.pki.join("ca.pem"), Some(&me))
+            .await
+            .map_err(|e| e.to_string())?;
+        let doc = grpc::operator(ch)
+            .rollback(cutover_proto::v1::RollbackRequest {
+                service: "api".into(),
+                to_version: String::new(),
+                allow_offline: false,
+                dry_run,
+                expect_plan: expect_plan.into(),
+                force: false,
+            })
+            .await
+            .map_err(|s| grpc::status_text(&s))?
+            .into_inner();
+        serde_json::from_str(&doc.json).map_err(|e| e.to_string())
+    })
+}
+
+#[test]
+fn a_confirmed_preview_that_no_longer_holds_starts_nothing_and_a_rollback_never_moves_a_host_forward(
+) {
+    let f = world("max_parallel = 2\nmax_unavailable = 2");
+    for (release, version) in [("1.0.0", "1.0"), ("1.1.0", "1.1")] {
+        f.sample_release(release, &[Svc::new("api", version)], Floor::default());
+        f.upgrade(&["api"], release, &[]).ok();
+    }
+    f.sample_release("1.2.0", &[Svc::new("api", "1.2")], Floor::default());
+    // The operator previews every host 1.1.0 -> 1.0.0 ...
+    let preview: cutover_core::rollout::Started =
+        serde_json::from_value(rollback_call(&f, true, "").unwrap()).unwrap();
+    let seen = preview.plan.fingerprint();
+    // ... and before they confirm, someone else upgrades to 1.2.0.
+    f.upgrade(&["api"], "1.2.0", &[]).ok();
+    let rollouts = f.cli_json(&["rollout", "list"]).as_array().unwrap().len();
+    // The confirmation of the old preview is refused, and nothing starts.
+    let e = rollback_call(&f, false, &seen).unwrap_err();
+    assert!(e.contains("changed since the preview"), "{e}");
+    assert_eq!(
+        f.cli_json(&["rollout", "list"]).as_array().unwrap().len(),
+        rollouts
+    );
+    // The preview as it is now is accepted: 1.2.0 -> 1.1.0.
+    let preview: cutover_core::rollout::Started =
+        serde_json::from_value(rollback_call(&f, true, "").unwrap()).unwrap();
+    assert_eq!(
+        targets(&serde_json::to_value(&preview.plan).unwrap()),
+        pairs(&[("h1", "1.1.0"), ("h2", "1.1.0"), ("h3", "1.1.0")])
+    );
+    rollback_call(&f, false, &preview.plan.fingerprint()).unwrap();
+    f.cli(&["rollout", "watch", &(rollouts + 1).to_string()])
+        .ok();
+    // On 1.0.0, the oldest release each host knows, a rollback would move
+    // hosts forward to 1.1.0 or 1.2.0: refused instead.
+    f.cli(&["rollback", "api", "--to", "1.0.0", "--yes", "--wait"])
+        .ok();
+    f.cli(&["rollback", "api", "--dry-run"])
+        .fails_with("no older release is known healthy");
+    for h in HOSTS {
+        assert_eq!(f.served_version(h, "api").as_deref(), Some("1.0"), "{h}");
+    }
+    // A host the fleet config names but that never enrolled is listed,
+    // not silently left out.
+    f.upgrade(&["api"], "1.1.0", &[]).ok();
+    let text = cutover_tests::sample::sample_fleet(&["h1", "h2", "h3", "h9"], &["api"], "");
+    f.apply_fleet_text(&text);
+    let preview = f.cli(&["rollback", "api", "--dry-run"]).ok().stdout;
+    assert!(
+        preview.contains("h1, h2, h3 (1.1 (1.1.0) -> 1.0 (1.0.0))"),
+        "{preview}"
+    );
+    assert!(preview.contains("h9 api: not enrolled"), "{preview}");
 }

@@ -47,16 +47,26 @@ fn write_plan(out: &mut dyn Write, plan: &Plan) -> std::io::Result<()> {
         )?;
     }
     for s in &plan.services {
-        writeln!(
-            out,
-            "\nlevel {}  {}  -> {} ({}, artifact {} {})",
-            s.level,
-            output::escape(&s.service),
-            output::escape(&s.target.service_version),
-            output::escape(&s.target.release),
-            output::short(&s.sha256),
-            output::bytes(s.size)
-        )?;
+        if s.batches.iter().flatten().any(|m| m.to.is_some()) {
+            // A manual rollback: each host to its own release.
+            writeln!(
+                out,
+                "\nlevel {}  {}  -> each host's own release, below",
+                s.level,
+                output::escape(&s.service)
+            )?;
+        } else {
+            writeln!(
+                out,
+                "\nlevel {}  {}  -> {} ({}, artifact {} {})",
+                s.level,
+                output::escape(&s.service),
+                output::escape(&s.target.service_version),
+                output::escape(&s.target.release),
+                output::short(&s.sha256),
+                output::bytes(s.size)
+            )?;
+        }
         for (i, batch) in s.batches.iter().enumerate() {
             // A manual rollback moves every host at once, each to its own.
             let label = if batch.iter().any(|m| m.to.is_some()) {

@@ -16,22 +16,27 @@ pub struct RollbackArgs {
     pub to: Option<String>,
     pub allow_offline: bool,
     pub dry_run: bool,
+    pub force: bool,
     pub yes: bool,
     pub wait: bool,
 }
 
 pub async fn rollback(c: &ConnectArgs, args: RollbackArgs, out: Format) -> Result<()> {
-    let request = |dry_run| v1::RollbackRequest {
+    let request = |dry_run, expect_plan| v1::RollbackRequest {
         service: args.service.clone(),
         to_version: args.to.clone().unwrap_or_default(),
         allow_offline: args.allow_offline,
         dry_run,
+        expect_plan,
+        force: args.force,
     };
+    // With --yes nothing was previewed, so there is nothing to hold to.
+    let mut confirmed = String::new();
     if args.dry_run || !args.yes {
         let doc = c
             .operator()
             .await?
-            .rollback(request(true))
+            .rollback(request(true, String::new()))
             .await?
             .into_inner();
         let preview: Started = decode("plan", doc)?;
@@ -51,11 +56,12 @@ pub async fn rollback(c: &ConnectArgs, args: RollbackArgs, out: Format) -> Resul
             "roll {} back on these hosts at once?",
             output::escape(&args.service)
         ))?;
+        confirmed = preview.plan.fingerprint();
     }
     let doc = c
         .operator()
         .await?
-        .rollback(request(false))
+        .rollback(request(false, confirmed))
         .await?
         .into_inner();
     let started: Started = decode("rollout", doc)?;
@@ -67,8 +73,14 @@ pub async fn abort_and_roll_back(
     c: &ConnectArgs,
     id: u64,
     allow_offline: bool,
+    yes: bool,
     out: Format,
 ) -> Result<()> {
+    if !yes {
+        confirm(&format!(
+            "abort rollout {id} and take every host it moved back to what it ran before?"
+        ))?;
+    }
     let doc = c
         .operator()
         .await?

@@ -263,7 +263,8 @@ fn print_detail(d: &RolloutDetail) {
         r.kind,
         output::escape(&r.release),
         r.status,
-        if r.no_rollback {
+        // A rollback is never rolled back: not the operator's flag.
+        if r.no_rollback && r.kind != cutover_core::rollout::RolloutKind::Rollback {
             "  (--no-rollback)"
         } else {
             ""

@@ -365,9 +365,16 @@ impl Operator for OperatorApi {
     ) -> Result<Response<v1::JsonDocument>, Status> {
         let r = req.into_inner();
         name("service", &r.service)?;
-        let started =
-            super::rollback::rollback(&self.c, r.service, r.to_version, r.allow_offline, r.dry_run)
-                .await?;
+        let started = super::rollback::rollback(
+            &self.c,
+            r.service,
+            r.to_version,
+            r.allow_offline,
+            r.dry_run,
+            &r.expect_plan,
+            r.force,
+        )
+        .await?;
         Ok(Response::new(to_json(&started)))
     }
 

@@ -47,6 +47,8 @@ pub async fn rollback(
     to: String,
     allow_offline: bool,
     dry_run: bool,
+    expect_plan: &str,
+    force: bool,
 ) -> Result<cutover_core::rollout::Started> {
     let plan = if to.is_empty() {
         let scope = Scope {
@@ -62,7 +64,11 @@ pub async fn rollback(
             version: to,
             allow_offline,
         };
-        make_plan(c, &ask, true).await?
+        let plan = make_plan(c, &ask, true).await?;
+        if !force {
+            refuse_known_bad(c, &plan).await?;
+        }
+        plan
     };
     if dry_run {
         return Ok(cutover_core::rollout::Started {
@@ -70,7 +76,48 @@ pub async fn rollback(
             rollout: None,
         });
     }
+    if !expect_plan.is_empty() && plan.fingerprint() != expect_plan {
+        return Err(Error::Conflict(
+            "the hosts have changed since the preview you confirmed, so its plan no longer holds; nothing was started: run the rollback again to see the plan as it is now".into(),
+        ));
+    }
     start(c, plan, RolloutKind::Rollback, true).await
+}
+
+/// Refuses a `--to` plan whose target a failed or rolled-back step tried
+/// on a host of the service (the last word there), naming them.
+async fn refuse_known_bad(c: &Arc<Controller>, plan: &Plan) -> Result<()> {
+    for p in &plan.services {
+        let s = p.service.clone();
+        let history = c.store.run(move |st| st.host_releases(&s)).await?;
+        let key = release_key(&p.target);
+        // On any host of the service: a release that failed on one is
+        // no safe place to send the others.
+        let mut bad: Vec<&str> = history
+            .iter()
+            .filter(|(_, seen)| {
+                seen.iter()
+                    .any(|s| release_key(&s.identity) == key && s.is_bad())
+            })
+            .map(|(host, _)| host.as_str())
+            .collect();
+        if bad.is_empty() {
+            continue;
+        }
+        bad.sort_unstable();
+        let more = bad.len().saturating_sub(NAMED);
+        let named = bad.into_iter().take(NAMED).collect::<Vec<_>>().join(", ");
+        let more = if more > 0 {
+            format!(" and {more} more")
+        } else {
+            String::new()
+        };
+        return Err(Error::Invalid(format!(
+            "release {} of {} failed or was rolled back on {named}{more} when a step last tried it; nothing was started: pass --force to install it there anyway",
+            p.target.release, p.service
+        )));
+    }
+    Ok(())
 }
 
 /// The answer to `cutover rollout abort ID --rollback`.
@@ -87,7 +134,16 @@ pub async fn abort_and_roll_back(
     id: u64,
     allow_offline: bool,
 ) -> Result<AbortedAndBack> {
-    let aborted = c.rollouts.control(id, Action::Abort).await?;
+    let aborted = c
+        .rollouts
+        .control(id, Action::Abort)
+        .await
+        .map_err(|e| match e {
+            Error::Conflict(why) => Error::Conflict(format!(
+                "{why}; to take its hosts back, `cutover rollback SERVICE` (each host to its last known-good release)"
+            )),
+            other => other,
+        })?;
     let mut scopes = Vec::new();
     for p in &aborted.plan.services {
         let moved: Vec<_> = aborted
@@ -163,6 +219,20 @@ async fn known_good_plan(
         let s = service.clone();
         let history = c.store.run(move |st| st.host_releases(&s)).await?;
         let selected: HashSet<String> = fleet.hosts_of(&service).into_iter().collect();
+        if scope.hosts.is_none() {
+            let enrolled: HashSet<&str> = hosts.iter().map(|h| h.name.as_str()).collect();
+            let mut missing: Vec<&String> = selected
+                .iter()
+                .filter(|h| !enrolled.contains(h.as_str()))
+                .collect();
+            missing.sort_unstable();
+            plan.skipped
+                .extend(missing.into_iter().map(|h| SkippedHost {
+                    host: h.clone(),
+                    service: service.clone(),
+                    reason: "not enrolled".into(),
+                }));
+        }
         let mut moves = Vec::new();
         let mut shared: HashMap<String, Arc<HostTarget>> = HashMap::new();
         for h in &hosts {
@@ -280,7 +350,7 @@ async fn known_good_plan(
             String::new()
         };
         return Err(Error::Invalid(format!(
-            "no host can be rolled back: {}{more}",
+            "no host can be rolled back: {}{more}; a rollback goes only to an older release healthy on the host and never to one a failed or rolled-back step tried there; choose one with --to VERSION",
             named.join("; ")
         )));
     }

@@ -1,7 +1,9 @@
-//! Where a manual rollback takes one host: the newest release that was
-//! healthy on that host, is not what it runs now, and was not tried since
-//! by a step that failed or was rolled back. Pure: the store supplies what
-//! each host ran ([`Seen`]), the caller resolves the answer to an
+//! Where a manual rollback takes one host: the release most recently
+//! healthy on that host among those older (by version) than what it runs
+//! now and not tried since by a step that failed or was rolled back. Never
+//! a newer one: a rollback does not move a host forward (a host that runs
+//! the oldest release it knows is left as it is). Pure: the store supplies
+//! what each host ran ([`Seen`]), the caller resolves the answer to an
 //! artifact it can install.
 
 use cutover_core::views::ContentIdentity;
@@ -20,7 +22,7 @@ pub struct Seen {
 
 impl Seen {
     /// Bad unless it was healthy after it was last tried and failed.
-    fn is_bad(&self) -> bool {
+    pub fn is_bad(&self) -> bool {
         match (self.healthy_ms, self.bad_ms) {
             (_, None) => false,
             (None, Some(_)) => true,
@@ -38,12 +40,23 @@ pub fn candidates(
     exclude: &[String],
 ) -> Result<Vec<ContentIdentity>, String> {
     let current_key = current.and_then(release_key);
-    let usable = |key: &Option<String>| {
-        key.is_some() && *key != current_key && !exclude.iter().any(|e| Some(e) == key.as_ref())
+    let current_version = current.and_then(version);
+    let usable = |identity: &ContentIdentity| {
+        let key = release_key(identity);
+        let older = match (&current_version, version(identity)) {
+            (Some(now), Some(v)) => v < *now,
+            // A host that runs nothing, or a version that does not parse
+            // (never from a verified release): nothing is older.
+            _ => false,
+        };
+        older
+            && key.is_some()
+            && key != current_key
+            && !exclude.iter().any(|e| Some(e) == key.as_ref())
     };
     let mut known: Vec<&Seen> = history
         .iter()
-        .filter(|s| !s.is_bad() && s.healthy_ms.is_some() && usable(&release_key(&s.identity)))
+        .filter(|s| !s.is_bad() && s.healthy_ms.is_some() && usable(&s.identity))
         .collect();
     known.sort_by_key(|s| std::cmp::Reverse(s.healthy_ms));
     let mut out: Vec<ContentIdentity> = known.into_iter().map(|s| s.identity.clone()).collect();
@@ -53,7 +66,7 @@ pub fn candidates(
     if let Some(p) = previous {
         let key = release_key(p);
         let recorded = history.iter().any(|s| release_key(&s.identity) == key);
-        if usable(&key) && !recorded {
+        if usable(p) && !recorded {
             out.push(p.clone());
         }
     }
@@ -62,10 +75,15 @@ pub fn candidates(
             .map(|c| format!("release {}", c.release))
             .unwrap_or_else(|| "nothing".into());
         return Err(format!(
-            "runs {now}; no other release is known healthy on it (a release a failed or rolled-back step tried is never a target); use --to VERSION"
+            "runs {now}; no older release is known healthy on it"
         ));
     }
     Ok(out)
+}
+
+/// A release's version, as the release was imported (always semver).
+fn version(identity: &ContentIdentity) -> Option<semver::Version> {
+    semver::Version::parse(&identity.release).ok()
 }
 
 #[cfg(test)]
@@ -108,6 +126,23 @@ mod tests {
     }
 
     #[test]
+    fn a_rollback_never_moves_a_host_forward_so_running_it_twice_does_not_undo_it() {
+        // Rolled back from 1.1.0 to 1.0.0: 1.1.0 is the most recent other
+        // release, but newer.
+        let history = [seen("1.0.0", Some(30), None), seen("1.1.0", Some(20), None)];
+        let e = candidates(Some(&id("1.0.0")), Some(&id("1.1.0")), &history, &[]).unwrap_err();
+        assert!(e.contains("no older release"), "{e}");
+        // Among older ones, the most recently healthy comes first.
+        let history = [
+            seen("1.0.0", Some(30), None),
+            seen("1.1.0", Some(20), None),
+            seen("1.2.0", None, Some(40)),
+        ];
+        let got = candidates(Some(&id("1.2.0")), None, &history, &[]);
+        assert_eq!(releases(got), ["1.0.0", "1.1.0"]);
+    }
+
+    #[test]
     fn a_host_left_on_a_failed_release_goes_to_the_newest_healthy_one() {
         let history = [
             seen("1.0.0", Some(10), None),
@@ -134,6 +169,8 @@ mod tests {
         let exclude = [release_key(&id("1.0.0")).unwrap()];
         let got = candidates(Some(&id("1.1.0")), None, &history, &exclude);
         assert!(got.unwrap_err().contains("runs release 1.1.0"));
+        let got = candidates(Some(&id("1.0.0")), None, &history, &[]);
+        assert!(got.is_err(), "the current release was offered");
     }
 
     #[test]

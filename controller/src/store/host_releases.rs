@@ -1,6 +1,7 @@
 //! What each host has run of each service, as its rollouts' steps ended: a
 //! release healthy on the host, or one a failed or rolled-back step tried
-//! there. A manual rollback takes each host to the newest release that was
+//! there (never the release a step moved a host from: that the host ran it
+//! says nothing of its health). A manual rollback takes each host to the newest release that was
 //! healthy on it and was not tried by a failed step since
 //! ([`crate::rollout::known_good`]). Written in the transaction that saves
 //! the step that ended (a step rolling back is not an end: at a failure
@@ -38,9 +39,6 @@ enum Kind {
     Healthy,
     /// Tried by a step that failed or was rolled back.
     Bad,
-    /// What the host ran before a step moved it: known good unless the
-    /// store already says otherwise.
-    Ran,
 }
 
 /// The key a release is known by on a host: the image for containers, the
@@ -65,14 +63,11 @@ pub fn outcomes(r: &Rollout, changed: &[usize]) -> Result<Vec<Outcome>> {
             StepPhase::Pending | StepPhase::Installing | StepPhase::RollingBack => continue,
         };
         let at_ms = s.finished_ms.unwrap_or(r.updated_ms);
+        // Only what a step saw: the release a host ran before a step is
+        // not known healthy (its failure report may never have arrived);
+        // a host with no record falls back on its agent's "previous".
         if let Some(target) = target_of(r, s) {
             push(&mut out, s, target, at_ms, kind)?;
-        }
-        if let Some(from) = &s.from {
-            // Before the step's own end, so a release the step went to
-            // (newer) wins over the one it left.
-            let at = s.sent_ms.unwrap_or(at_ms).min(at_ms.saturating_sub(1));
-            push(&mut out, s, from, at, Kind::Ran)?;
         }
     }
     Ok(out)
@@ -122,16 +117,11 @@ pub(super) fn record(c: &Connection, outcomes: &[Outcome]) -> Result<()> {
         "INSERT INTO host_releases (host, service, digest, identity, bad_ms) VALUES (?1, ?2, ?3, ?4, ?5)
          ON CONFLICT(host, service, digest) DO UPDATE SET bad_ms = max(coalesce(bad_ms, ?5), ?5)",
     )?;
-    let mut ran = c.prepare_cached(
-        "INSERT INTO host_releases (host, service, digest, identity, healthy_ms) VALUES (?1, ?2, ?3, ?4, ?5)
-         ON CONFLICT(host, service, digest) DO NOTHING",
-    )?;
     for o in outcomes {
         let args = params![o.host, o.service, o.digest, o.identity, o.at_ms];
         match o.kind {
             Kind::Healthy => healthy.execute(args)?,
             Kind::Bad => bad.execute(args)?,
-            Kind::Ran => ran.execute(args)?,
         };
     }
     Ok(())
@@ -264,7 +254,7 @@ mod tests {
     }
 
     #[test]
-    fn a_healthy_step_records_its_target_and_what_the_host_ran_and_a_failed_one_marks_its_target_bad(
+    fn a_healthy_step_records_its_target_and_a_failed_one_marks_its_target_bad_and_neither_vouches_for_what_the_host_ran(
     ) {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(&dir.path().join("state.db")).unwrap();
@@ -275,7 +265,6 @@ mod tests {
         assert_eq!(
             history(&s),
             [
-                ("1.0.0".to_string(), Some(95), None),
                 ("1.1.0".to_string(), Some(100), None),
                 ("1.2.0".to_string(), None, Some(200)),
             ]
@@ -286,7 +275,7 @@ mod tests {
         r.status = cutover_core::rollout::RolloutStatus::Aborted;
         s.save_rollout(&RolloutSave::new(&r, &[0], vec![]).unwrap())
             .unwrap();
-        assert_eq!(history(&s).len(), 3);
+        assert_eq!(history(&s).len(), 2);
     }
 
     #[test]
@@ -299,7 +288,7 @@ mod tests {
         }
         let kept = history(&s);
         assert_eq!(kept.len(), KEPT);
-        assert!(!kept.iter().any(|(r, _, _)| r == "1.0.0" || r == "1.4.0"));
+        assert!(!kept.iter().any(|(r, _, _)| r == "1.1.0" || r == "1.5.0"));
         assert!(kept
             .iter()
             .any(|(r, _, _)| r == &format!("1.{}.0", KEPT + 5)));
@@ -311,14 +300,16 @@ mod tests {
         let s = Store::open(&dir.path().join("state.db")).unwrap();
         let r = rollout(&s, "1.1.0", "1.0.0");
         end(&s, r, StepPhase::Healthy, 100);
+        let r = rollout(&s, "1.2.0", "1.1.0");
+        end(&s, r, StepPhase::Healthy, 200);
         s.with(|c| {
             c.execute(
-                "UPDATE host_releases SET identity = '{not json' WHERE identity LIKE '%1.0.0%'",
+                "UPDATE host_releases SET identity = '{not json' WHERE identity LIKE '%1.1.0%'",
                 [],
             )?;
             Ok(())
         })
         .unwrap();
-        assert_eq!(history(&s), [("1.1.0".to_string(), Some(100), None)]);
+        assert_eq!(history(&s), [("1.2.0".to_string(), Some(200), None)]);
     }
 }
