@@ -5,6 +5,7 @@ pub mod api;
 pub mod artifacts;
 pub mod config;
 pub mod error;
+pub mod notify;
 pub mod rollout;
 pub mod server;
 pub mod sessions;
@@ -81,9 +82,12 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// at once (the port is free for the next controller), every agent session
 /// is cut (agents reconnect to whoever listens later), and in-flight
 /// requests get [`SHUTDOWN_GRACE`] to finish before they are abandoned.
+/// `notify` tells systemd: ready once the listener accepts connections,
+/// watchdog pings while serving, stopping at shutdown.
 pub async fn serve(
     controller: Arc<Controller>,
     shutdown: impl std::future::Future<Output = ()> + Send,
+    notify: Arc<notify::Notifier>,
 ) -> Result<()> {
     let tls = &controller.config.tls;
     let server_config = cutover_core::tls::server_config(
@@ -114,6 +118,13 @@ pub async fn serve(
         .take()
         .ok_or_else(|| Error::Internal("serve called twice".into()))?;
     let driver = tokio::spawn(rollout::driver::run(controller.clone(), inbox));
+    // The listener is bound and accepting: connections made from now on
+    // are served.
+    notify.ready(&format!("serving on {local}"));
+    let watchdog = tokio::spawn({
+        let notify = notify.clone();
+        async move { notify.watchdog().await }
+    });
 
     let agent = AgentServer::new(api::agent::AgentApi::new(controller.clone()))
         .max_decoding_message_size(cutover_proto::MAX_MESSAGE_BYTES);
@@ -137,6 +148,7 @@ pub async fn serve(
             // Stops the accept loop (closing the listener) and has tonic
             // send GOAWAY on every connection.
             stop.cancel();
+            notify.stopping("shutting down: cutting agent sessions, finishing requests in flight");
             let sessions = controller.sessions.snapshot().len();
             tracing::info!(sessions, "shutting down: listener closed, cutting agent sessions");
             let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
@@ -162,6 +174,7 @@ pub async fn serve(
     }
     .map_err(|e| Error::Unavailable(format!("server: {e}")));
     driver.abort();
+    watchdog.abort();
     // Session tasks die with the runtime: record when each host was last
     // heard from while we still can, within a bound of its own.
     let store = controller.store.clone();
