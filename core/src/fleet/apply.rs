@@ -331,7 +331,7 @@ fn selection<'a>(
 }
 
 /// Every host any service runs on.
-fn placed<'a>(fleet: &'a FleetConfig) -> BTreeSet<&'a str> {
+fn placed(fleet: &FleetConfig) -> BTreeSet<&str> {
     let used: BTreeSet<&str> = fleet
         .services
         .values()
