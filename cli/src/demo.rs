@@ -325,7 +325,12 @@ async fn rollouts(
     let fleet_path = dir.join("fleet.toml");
     write(&fleet_path, &fleet_toml)?;
     println!("\n$ cutover fleet apply fleet.toml");
-    rollout::fleet_apply(connect, &fleet_path).await?;
+    let apply = crate::commands::fleet_apply::ApplyArgs {
+        file: &fleet_path,
+        dry_run: false,
+        allow_empty: false,
+    };
+    crate::commands::fleet_apply::fleet_apply(connect, apply, Format::Text).await?;
 
     println!("\n$ cutover release import  (web 1.0, healthy; web 1.1, fails its health check)");
     sample_release(dir, connect, &binary, "1.0.0", true).await?;

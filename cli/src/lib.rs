@@ -172,8 +172,17 @@ impl Target {
 
 #[derive(Subcommand)]
 pub enum FleetCommand {
-    /// Validate FILE and store it as the fleet config.
-    Apply { file: PathBuf },
+    /// Validate FILE, check it against the enrolled hosts and store it as
+    /// the fleet config; prints what changed and any warnings.
+    Apply {
+        file: PathBuf,
+        /// Check and show what would change; store nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Store even when a service selects no enrolled host yet.
+        #[arg(long)]
+        allow_empty: bool,
+    },
     /// Print the stored fleet config.
     Show,
 }
@@ -352,7 +361,18 @@ async fn dispatch(cli: Cli) -> Result<()> {
         Command::Status => fleet::status(c, out).await,
         Command::Diag { host } => fleet::diag(c, &host, out).await,
         Command::Fleet { command } => match command {
-            FleetCommand::Apply { file } => rollout::fleet_apply(c, &file).await,
+            FleetCommand::Apply {
+                file,
+                dry_run,
+                allow_empty,
+            } => {
+                let args = commands::fleet_apply::ApplyArgs {
+                    file: &file,
+                    dry_run,
+                    allow_empty,
+                };
+                commands::fleet_apply::fleet_apply(c, args, out).await
+            }
             FleetCommand::Show => rollout::fleet_show(c, out).await,
         },
         Command::Plan { target } => rollout::plan(c, &target.plan_args()?, out).await,

@@ -5,6 +5,7 @@ pub mod api;
 pub mod artifacts;
 pub mod config;
 pub mod error;
+pub mod notify;
 pub mod rollout;
 pub mod server;
 pub mod sessions;
@@ -80,9 +81,12 @@ impl Controller {
 /// whoever listens later), in-flight requests finish, and the store takes
 /// its last writes, all within the config's `shutdown_grace`; what is left
 /// then is abandoned.
+/// `notify` tells systemd: ready once the listener accepts connections,
+/// watchdog pings while serving, stopping at shutdown.
 pub async fn serve(
     controller: Arc<Controller>,
     shutdown: impl std::future::Future<Output = ()> + Send,
+    notify: Arc<notify::Notifier>,
 ) -> Result<()> {
     let tls = &controller.config.tls;
     let server_config = cutover_core::tls::server_config(
@@ -113,6 +117,13 @@ pub async fn serve(
         .take()
         .ok_or_else(|| Error::Internal("serve called twice".into()))?;
     let driver = tokio::spawn(rollout::driver::run(controller.clone(), inbox));
+    // The listener is bound and accepting: connections made from now on
+    // are served.
+    notify.ready(&format!("serving on {local}"));
+    let watchdog = tokio::spawn({
+        let notify = notify.clone();
+        async move { notify.watchdog().await }
+    });
 
     let agent = AgentServer::new(api::agent::AgentApi::new(controller.clone()))
         .max_decoding_message_size(cutover_proto::MAX_MESSAGE_BYTES);
@@ -141,6 +152,7 @@ pub async fn serve(
             // Stops the accept loop (closing the listener) and has tonic
             // send GOAWAY on every connection.
             stop.cancel();
+            notify.stopping("shutting down: cutting agent sessions, finishing requests in flight");
             let sessions = controller.sessions.snapshot().len();
             tracing::info!(sessions, ?grace, "shutting down: listener closed, telling agents the controller is going away");
             // The store's last writes (below) get a share of the grace.
@@ -168,6 +180,7 @@ pub async fn serve(
     }
     .map_err(|e| Error::Unavailable(format!("server: {e}")));
     driver.abort();
+    watchdog.abort();
     // Session tasks die with the runtime: record when each host was last
     // heard from while we still can, within a bound of its own.
     let store = controller.store.clone();

@@ -35,6 +35,13 @@ const RUNTIME_SHUTDOWN: Duration = Duration::from_secs(1);
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    let notify = match cutover_controller::notify::Notifier::from_env() {
+        Ok(n) => std::sync::Arc::new(n),
+        Err(e) => {
+            eprintln!("cutover-controller: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
@@ -46,7 +53,12 @@ fn main() -> ExitCode {
         LogFormat::Json => builder.json().init(),
     }
     match cutover_controller::server::raise_descriptor_limit() {
-        Ok(limit) => tracing::info!(open_files = limit, "descriptor limit"),
+        Ok(l) => tracing::info!(
+            soft = l.soft,
+            hard = l.hard,
+            soft_at_start = l.soft_before,
+            "descriptor limit (open files; each connected agent holds one)"
+        ),
         Err(e) => {
             tracing::warn!(error = %e, "could not raise the descriptor limit; connections may run out of descriptors")
         }
@@ -71,7 +83,7 @@ fn main() -> ExitCode {
         let signals = Signals::new()?;
         let config = cutover_controller::Config::load(&args.config)?;
         let controller = cutover_controller::Controller::open_with(config, options)?;
-        cutover_controller::serve(controller, signals.first()).await
+        cutover_controller::serve(controller, signals.first(), notify).await
     });
     runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
     match result {

@@ -439,16 +439,31 @@ pub fn incoming(
     rx
 }
 
+/// The limit on open descriptors at start: what it was, and what the
+/// controller made it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DescriptorLimit {
+    /// The soft limit the controller was started with.
+    pub soft_before: u64,
+    /// The soft limit now in force.
+    pub soft: u64,
+    pub hard: u64,
+}
+
 /// Raises the soft limit on open descriptors to the hard limit, so that
 /// connected agents, not a distribution's default of 1024, decide how many
-/// connections the controller can hold. Returns the limit now in force.
-pub fn raise_descriptor_limit() -> std::io::Result<u64> {
+/// connections the controller can hold (one descriptor each).
+pub fn raise_descriptor_limit() -> std::io::Result<DescriptorLimit> {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).map_err(std::io::Error::from)?;
     if soft < hard {
         setrlimit(Resource::RLIMIT_NOFILE, hard, hard).map_err(std::io::Error::from)?;
     }
-    Ok(hard.max(soft))
+    Ok(DescriptorLimit {
+        soft_before: soft,
+        soft: hard.max(soft),
+        hard,
+    })
 }
 
 #[cfg(test)]

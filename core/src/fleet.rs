@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
+pub mod apply;
 mod bounds;
 pub use bounds::*;
 use bounds::{

@@ -12,6 +12,7 @@ pub mod names;
 pub mod pki;
 pub mod rollout;
 pub mod signing;
+pub mod suggest;
 pub mod tar_headers;
 pub mod text;
 pub mod tls;

@@ -110,7 +110,13 @@ async fn grant(lab: &Lab, host: &str, version: &str) -> Result<Swarm> {
         ),
     )
     .map_err(|e| e.to_string())?;
-    lab.cli(&["fleet", "apply", &fleet.display().to_string()])?;
+    // The host may enroll only below, when its swarm starts.
+    lab.cli(&[
+        "fleet",
+        "apply",
+        &fleet.display().to_string(),
+        "--allow-empty",
+    ])?;
     let swarm = Swarm::start(&lab.setup, &[host.to_string()], &[], Behaviour::default())?;
     if !swarm.wait_online(Duration::from_secs(60)).await {
         return Err(format!("{host} not online after 60 s"));

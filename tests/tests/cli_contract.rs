@@ -254,7 +254,15 @@ fn a_version_that_is_neither_a_channel_nor_an_imported_release_is_refused_saying
     let mut f = Fleet::new();
     f.assign_ports(&["h1"], &["api"]);
     f.start_controller();
-    f.apply_sample_fleet(&["h1"], &["api"], "");
+    // h1 never enrolls: the plan fails on the version first.
+    let fleet = f.path("fleet.toml");
+    std::fs::write(
+        &fleet,
+        cutover_tests::sample::sample_fleet(&["h1"], &["api"], ""),
+    )
+    .unwrap();
+    f.cli(&["fleet", "apply", fleet.to_str().unwrap(), "--allow-empty"])
+        .ok();
     let said = "\"nightly\" is neither a channel nor an imported release; see `cutover channel list` and `cutover release list`";
     f.cli(&["plan", "--all", "--version", "nightly"])
         .fails_with(said);

@@ -2,6 +2,7 @@
 
 pub mod about;
 pub mod fleet;
+pub mod fleet_apply;
 mod plan_text;
 pub mod release;
 pub mod rollback;

@@ -1,8 +1,7 @@
-//! `cutover fleet apply|show`, `plan`, `upgrade`, `rollback`,
+//! `cutover fleet show`, `plan`, `upgrade`, `rollback`,
 //! `rollout list|show|watch|pause|resume|abort` and `events`.
 
 use std::io::IsTerminal;
-use std::path::Path;
 use std::time::Duration;
 
 use cutover_core::rollout::{
@@ -23,27 +22,6 @@ pub(super) fn decode<T: serde::de::DeserializeOwned>(
     doc: v1::JsonDocument,
 ) -> Result<T> {
     from_json(what, doc).map_err(|e| Error::Rpc(e.to_string()))
-}
-
-pub async fn fleet_apply(c: &ConnectArgs, file: &Path) -> Result<()> {
-    let toml = std::fs::read_to_string(file).map_err(|e| Error::io(file, e))?;
-    let name = file.display().to_string();
-    // Checked here too, so a typo is named before anything is sent.
-    let fleet = cutover_core::fleet::FleetConfig::parse(&name, &toml)?;
-    c.operator()
-        .await?
-        .apply_fleet(v1::FleetDocument {
-            file: name.clone(),
-            toml,
-            applied_at_ms: 0,
-        })
-        .await?;
-    println!(
-        "fleet config {name} applied: {} service(s), {} host(s) with labels",
-        fleet.services.len(),
-        fleet.hosts.len()
-    );
-    Ok(())
 }
 
 pub async fn fleet_show(c: &ConnectArgs, out: Format) -> Result<()> {

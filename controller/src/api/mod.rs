@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod certs;
 pub mod fetch;
+pub mod fleet;
 pub mod import;
 pub mod operator;
 pub mod rollback;

@@ -314,11 +314,28 @@ impl Operator for OperatorApi {
         } else {
             doc.file.clone()
         };
-        rollouts::apply_fleet(&self.c, &file, doc.toml.clone()).await?;
-        tracing::info!(%file, "fleet config applied");
+        let report = super::fleet::apply_fleet(
+            &self.c,
+            super::fleet::ApplyAsk {
+                file: file.clone(),
+                toml: doc.toml,
+                dry_run: doc.dry_run,
+                allow_empty: doc.allow_empty,
+            },
+        )
+        .await?;
+        if report.stored {
+            tracing::info!(%file, warnings = report.warnings.count, "fleet config applied");
+        }
+        let report_json = serde_json::to_string(&report)
+            .map_err(|e| Status::internal(format!("fleet apply report: {e}")))?;
         Ok(Response::new(v1::FleetDocument {
-            applied_at_ms: now_ms(),
-            ..doc
+            file: doc.file,
+            toml: String::new(),
+            applied_at_ms: if report.stored { now_ms() } else { 0 },
+            dry_run: doc.dry_run,
+            allow_empty: doc.allow_empty,
+            report_json,
         }))
     }
 
@@ -332,9 +349,9 @@ impl Operator for OperatorApi {
             )
         })?;
         Ok(Response::new(v1::FleetDocument {
-            file: String::new(),
             toml,
             applied_at_ms,
+            ..Default::default()
         }))
     }
 

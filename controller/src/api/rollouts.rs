@@ -20,18 +20,6 @@ pub struct Ask {
     pub allow_offline: bool,
 }
 
-pub async fn apply_fleet(c: &Controller, file: &str, toml: String) -> Result<FleetConfig> {
-    let fleet = FleetConfig::parse(file, &toml)?;
-    let summary = format!(
-        "{}: {} service(s), {} host(s) with labels",
-        file,
-        fleet.services.len(),
-        fleet.hosts.len()
-    );
-    c.store.run(move |s| s.apply_fleet(&toml, &summary)).await?;
-    Ok(fleet)
-}
-
 /// The stored fleet config, parsed. A 10,000-host config takes tens of
 /// milliseconds to parse, so the parse is kept until the stored text
 /// changes; comparing the text keeps the cache exact whoever wrote it.

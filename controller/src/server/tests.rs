@@ -349,7 +349,14 @@ fn the_soft_descriptor_limit_is_raised_to_the_hard_one() {
     let now = raise_descriptor_limit().unwrap();
     let (soft_after, hard_after) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
     assert_eq!((soft_after, hard_after), (hard, hard));
-    assert_eq!(now, hard);
+    assert_eq!(
+        now,
+        DescriptorLimit {
+            soft_before: lowered,
+            soft: hard,
+            hard
+        }
+    );
 }
 
 /// A TCP connection from `source` (another loopback address) that sends
