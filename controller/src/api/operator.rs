@@ -340,9 +340,10 @@ impl Operator for OperatorApi {
         &self,
         req: Request<v1::UpgradeRequest>,
     ) -> Result<Response<v1::JsonDocument>, Status> {
+        let by = super::operator_name(&req);
         let r = req.into_inner();
         let ask = ask(r.plan.unwrap_or_default())?;
-        let started = rollouts::upgrade(&self.c, &ask, r.no_rollback).await?;
+        let started = rollouts::upgrade(&self.c, &ask, r.no_rollback, by).await?;
         Ok(Response::new(to_json(&started)))
     }
 
@@ -386,6 +387,7 @@ impl Operator for OperatorApi {
         &self,
         req: Request<v1::ControlRolloutRequest>,
     ) -> Result<Response<v1::JsonDocument>, Status> {
+        let by = super::operator_name(&req);
         let r = req.into_inner();
         if r.rollback {
             if r.action != "abort" {
@@ -397,7 +399,7 @@ impl Operator for OperatorApi {
             let done = super::rollback::abort_and_roll_back(&self.c, r.id, r.allow_offline).await?;
             return Ok(Response::new(to_json(&done)));
         }
-        let rollout = rollouts::control(&self.c, r.id, &r.action).await?;
+        let rollout = rollouts::control(&self.c, r.id, &r.action, by).await?;
         Ok(Response::new(to_json(&rollout)))
     }
 

@@ -130,6 +130,17 @@ pub(super) async fn start(
     kind: RolloutKind,
     no_rollback: bool,
 ) -> Result<Started> {
+    start_by(c, plan, kind, no_rollback, None).await
+}
+
+/// [`start`], its `rollout.created` event naming the operator `by`.
+pub(super) async fn start_by(
+    c: &Arc<Controller>,
+    plan: Plan,
+    kind: RolloutKind,
+    no_rollback: bool,
+    by: Option<String>,
+) -> Result<Started> {
     if plan.services.is_empty() {
         return Ok(Started {
             plan,
@@ -139,7 +150,12 @@ pub(super) async fn start(
     let p = plan.clone();
     let rollout = c
         .store
-        .run(move |s| s.create_rollout(|id| new_rollout(id, kind, p, no_rollback, now_ms())))
+        .run(move |s| {
+            s.create_rollout_by(
+                |id| new_rollout(id, kind, p, no_rollback, now_ms()),
+                by.as_deref(),
+            )
+        })
         .await?;
     tracing::info!(rollout = rollout.id, release = %rollout.release, steps = rollout.steps.len(), "rollout started");
     c.rollouts.started(rollout.clone()).await;
@@ -149,9 +165,15 @@ pub(super) async fn start(
     })
 }
 
-pub async fn upgrade(c: &Arc<Controller>, ask: &Ask, no_rollback: bool) -> Result<Started> {
+/// Plans and starts an upgrade; `by` is the operator who asked.
+pub async fn upgrade(
+    c: &Arc<Controller>,
+    ask: &Ask,
+    no_rollback: bool,
+    by: Option<String>,
+) -> Result<Started> {
     let plan = make_plan(c, ask, false).await?;
-    start(c, plan, RolloutKind::Upgrade, no_rollback).await
+    start_by(c, plan, RolloutKind::Upgrade, no_rollback, by).await
 }
 
 pub async fn detail(c: &Controller, id: u64) -> Result<RolloutDetail> {
@@ -166,7 +188,8 @@ pub async fn detail(c: &Controller, id: u64) -> Result<RolloutDetail> {
         .await
 }
 
-pub async fn control(c: &Controller, id: u64, action: &str) -> Result<Rollout> {
+/// Pauses, resumes or aborts rollout `id`; `by` is the operator who asked.
+pub async fn control(c: &Controller, id: u64, action: &str, by: Option<String>) -> Result<Rollout> {
     let action = match action {
         "pause" => Action::Pause,
         "resume" => Action::Resume,
@@ -177,5 +200,5 @@ pub async fn control(c: &Controller, id: u64, action: &str) -> Result<Rollout> {
             )))
         }
     };
-    c.rollouts.control(id, action).await
+    c.rollouts.control_by(id, action, by).await
 }
