@@ -194,12 +194,15 @@ fn a_failure_is_timed_from_the_start_of_its_step_fetch_included() {
 fn a_check_failing_its_threshold_after_passing_rolls_back_before_the_healthy_deadline() {
     // Healthy only after five minutes of passes, failed at ten: without
     // the threshold a broken release would hold the rollout that long.
+    // The test cannot see the agent's first passing round, so failures
+    // also count after a short startup_grace: if the release broke before
+    // the agent saw it pass, the threshold still decides.
     let f = world(&["h1"], "", |t| {
         t.replace("min_healthy_time = \"1s\"", "min_healthy_time = \"5m\"")
             .replace("healthy_deadline = \"4s\"", "healthy_deadline = \"10m\"")
             .replace(
                 "timeout = \"1s\"",
-                "timeout = \"1s\"\nfailure_threshold = 3",
+                "timeout = \"1s\"\nfailure_threshold = 3\nstartup_grace = \"2s\"",
             )
     });
     f.sample_release("1.1.0", &[Svc::new("api", "1.1")], Floor::default());
