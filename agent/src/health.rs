@@ -1,7 +1,9 @@
 //! Health checks (`http`, `tcp`, `exec`) and the health window that turns
 //! a series of probe results into a verdict: healthy once every check has
 //! passed continuously for `min_healthy_time`, failed when that has not
-//! happened by `healthy_deadline`.
+//! happened by `healthy_deadline` (or, for a check with a
+//! `failure_threshold`, once it has failed that many times in a row:
+//! `health/fail_fast.rs`).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -9,6 +11,9 @@ use std::time::{Duration, Instant};
 use cutover_core::fleet::{Check, Probe};
 use cutover_core::rollout::Evidence;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+mod fail_fast;
+pub use fail_fast::{FailFast, Probed, Tripped};
 
 const MAX_BODY: usize = 64 * 1024;
 const OUTPUT_EXCERPT: usize = 400;
@@ -240,6 +245,7 @@ pub struct HealthWindow {
     healthy_since: Option<Instant>,
     probes: u32,
     last_failure: Option<Evidence>,
+    fail_fast: FailFast,
 }
 
 impl HealthWindow {
@@ -251,12 +257,41 @@ impl HealthWindow {
             healthy_since: None,
             probes: 0,
             last_failure: None,
+            fail_fast: FailFast::default(),
         }
+    }
+
+    /// The window, failing early on a check's `failure_threshold`.
+    pub fn with_fail_fast(mut self, fail_fast: FailFast) -> HealthWindow {
+        self.fail_fast = fail_fast;
+        self
     }
 
     /// The result of one round of every check at `now`.
     pub fn observe(&mut self, now: Instant, round: Result<(), Evidence>) -> Verdict {
-        self.probes += 1;
+        self.observe_round(now, round, &[])
+    }
+
+    /// [`observe`](Self::observe), with what the round did with each check
+    /// (`probed[i]` for check `i`) for their failure thresholds.
+    pub fn observe_round(
+        &mut self,
+        now: Instant,
+        round: Result<(), Evidence>,
+        probed: &[Probed],
+    ) -> Verdict {
+        self.probes = self.probes.saturating_add(1);
+        let elapsed = now.saturating_duration_since(self.started);
+        if let Some(t) = self.fail_fast.observe(elapsed, probed) {
+            let mut e = match round {
+                Err(e) => e,
+                Ok(()) => Evidence::new("health", "the check failed"),
+            };
+            e.detail = format!("{}; {}", e.detail, t.detail());
+            e.elapsed_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
+            e.probes = self.probes;
+            return Verdict::Failed(e);
+        }
         match round {
             Ok(()) => {
                 let since = *self.healthy_since.get_or_insert(now);
@@ -269,7 +304,6 @@ impl HealthWindow {
                 self.last_failure = Some(e);
             }
         }
-        let elapsed = now.duration_since(self.started);
         if elapsed >= self.deadline {
             let mut e = self.last_failure.clone().unwrap_or_else(|| Evidence {
                 gate: "health".into(),
@@ -349,6 +383,56 @@ mod tests {
                 assert!(e.detail.contains("still failing"), "{}", e.detail);
             }
             v => panic!("{v:?}"),
+        }
+    }
+
+    #[test]
+    fn a_check_with_a_failure_threshold_fails_the_window_before_its_deadline() {
+        let check: Check =
+            toml::from_str("kind = \"tcp\"\naddress = \"127.0.0.1:1\"\nfailure_threshold = 3")
+                .unwrap();
+        let t0 = Instant::now();
+        let s = |secs| t0 + Duration::from_secs(secs);
+        let mut w = HealthWindow::new(t0, Duration::from_secs(30), Duration::from_secs(600))
+            .with_fail_fast(FailFast::new(&[check]));
+        assert_eq!(
+            w.observe_round(s(1), Ok(()), &[Probed::Passed]),
+            Verdict::Pending
+        );
+        assert_eq!(
+            w.observe_round(s(2), fail(), &[Probed::Failed]),
+            Verdict::Pending
+        );
+        assert_eq!(
+            w.observe_round(s(3), fail(), &[Probed::Failed]),
+            Verdict::Pending
+        );
+        match w.observe_round(s(4), fail(), &[Probed::Failed]) {
+            Verdict::Failed(e) => {
+                assert_eq!(e.status_code, Some(503));
+                assert_eq!((e.probes, e.elapsed_ms), (4, 4000));
+                assert_eq!(
+                    e.detail,
+                    "HTTP 503, expected 200; failed 3 consecutive checks (failure_threshold = 3)"
+                );
+            }
+            v => panic!("{v:?}"),
+        }
+        // Without a threshold the same rounds wait for the deadline.
+        let mut w = HealthWindow::new(t0, Duration::from_secs(30), Duration::from_secs(600));
+        for (i, round) in [Ok(()), fail(), fail(), fail(), fail()]
+            .into_iter()
+            .enumerate()
+        {
+            let probed = if round.is_ok() {
+                Probed::Passed
+            } else {
+                Probed::Failed
+            };
+            assert_eq!(
+                w.observe_round(s(i as u64), round, &[probed]),
+                Verdict::Pending
+            );
         }
     }
 

@@ -167,6 +167,19 @@ pub struct Check {
     pub interval: Duration,
     #[serde(default = "default_timeout", with = "humantime_serde")]
     pub timeout: Duration,
+    /// Fail fast: this many consecutive failures of this check, once it
+    /// has passed (or `startup_grace` is over), fail the health window
+    /// before `healthy_deadline`. Unset: only the deadline fails it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_threshold: Option<u32>,
+    /// With `failure_threshold`: failures count from this long after the
+    /// service started even if the check has not passed yet.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub startup_grace: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -613,6 +626,18 @@ impl Check {
     fn validate(&self, substituted: bool) -> std::result::Result<(), String> {
         CHECK_INTERVAL.check("interval", self.interval)?;
         CHECK_TIMEOUT.check("timeout", self.timeout)?;
+        if let Some(n) = self.failure_threshold {
+            let n = usize::try_from(n).unwrap_or(usize::MAX);
+            check_count("failure_threshold", n, 1, MAX_FAILURE_THRESHOLD)?;
+        }
+        if let Some(grace) = self.startup_grace {
+            STARTUP_GRACE.check("startup_grace", grace)?;
+            if self.failure_threshold.is_none() {
+                return Err(
+                    "startup_grace: only counts with failure_threshold; set failure_threshold = N or remove startup_grace".into(),
+                );
+            }
+        }
         check_entries("args", self.args.len())?;
         for (key, value) in [
             ("name", &self.name),

@@ -90,6 +90,18 @@ fn a_manual_rollback_after_a_rolled_back_canary_never_targets_the_failed_release
     // agents' reports say how long each took.
     let r = f.last_rollout();
     assert_eq!(r["rollout"]["kind"], "Rollback");
+    let created = r["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "rollout.created")
+        .map(|e| e["detail"].as_str().unwrap().to_string());
+    assert!(
+        created
+            .as_deref()
+            .is_some_and(|d| d.contains("by operator")),
+        "the rollback does not name its operator: {created:?}"
+    );
     let healthy: Vec<u64> = r["events"]
         .as_array()
         .unwrap()

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use cutover_core::rollout::Evidence;
 
 use super::{containers, Installer};
-use crate::health::{HealthWindow, Verdict};
+use crate::health::{FailFast, HealthWindow, Probed, Verdict};
 use crate::journal::{Journal, Slot};
 
 impl Installer {
@@ -28,7 +28,8 @@ impl Installer {
         } else {
             slot.config.min_healthy_time
         };
-        let mut window = HealthWindow::new(Instant::now(), min, slot.config.healthy_deadline);
+        let mut window = HealthWindow::new(Instant::now(), min, slot.config.healthy_deadline)
+            .with_fail_fast(FailFast::new(&slot.config.checks));
         let interval = slot
             .config
             .checks
@@ -38,8 +39,9 @@ impl Installer {
             .unwrap_or(Duration::from_millis(500));
         let dir = self.release_dir(&slot);
         loop {
-            let round = self.round(&j.service, &slot, &dir).await;
-            match window.observe(Instant::now(), round) {
+            let mut probed = Vec::with_capacity(slot.config.checks.len());
+            let round = self.round(&j.service, &slot, &dir, &mut probed).await;
+            match window.observe_round(Instant::now(), round, &probed) {
                 Verdict::Healthy => return Ok(()),
                 Verdict::Failed(mut e) => {
                     e.elapsed_ms = started.elapsed().as_millis() as u64;
@@ -73,10 +75,19 @@ impl Installer {
         }
     }
 
-    /// One round: the service must run, then every check must pass.
-    async fn round(&self, service: &str, slot: &Slot, dir: &Path) -> Result<(), Evidence> {
+    /// One round: the service must run, then every check must pass, in
+    /// order; `probed` gets what it did with each check (a service that
+    /// is not running fails them all, a failed check skips the rest).
+    async fn round(
+        &self,
+        service: &str,
+        slot: &Slot,
+        dir: &Path,
+        probed: &mut Vec<Probed>,
+    ) -> Result<(), Evidence> {
         let st = self.status(slot, service).await;
         if !st.running {
+            probed.extend(slot.config.checks.iter().map(|_| Probed::Failed));
             let how = st.last_exit.unwrap_or_else(|| "not running".into());
             let mut e = Evidence::new(
                 "start",
@@ -93,7 +104,13 @@ impl Installer {
             return Err(e);
         }
         for check in &slot.config.checks {
-            self.prober.probe(check, dir).await?;
+            match self.prober.probe(check, dir).await {
+                Ok(()) => probed.push(Probed::Passed),
+                Err(e) => {
+                    probed.push(Probed::Failed);
+                    return Err(e);
+                }
+            }
         }
         if containers::is_container(slot) {
             self.container_health(slot, service).await?;

@@ -341,6 +341,13 @@ impl Installer {
         } else {
             "running"
         };
+        let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        // The verdict came after the whole step, fetch and unpack
+        // included, not after the stage that said no.
+        let evidence = evidence.map(|e| Evidence {
+            elapsed_ms: duration_ms,
+            ..e
+        });
         let report = Report {
             command_id: command_id.to_string(),
             service: j.service.clone(),
@@ -350,7 +357,7 @@ impl Installer {
             auto_rolled_back: false,
             fetched_bytes: fetched,
             restarted,
-            duration_ms: started.elapsed().as_millis() as u64,
+            duration_ms,
         };
         match &report.evidence {
             None => {

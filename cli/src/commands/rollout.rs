@@ -234,7 +234,9 @@ fn timings(e: &cutover_core::rollout::Evidence) -> String {
 
 fn print_detail(d: &RolloutDetail) {
     let r = &d.rollout;
-    let end = r.finished_ms.unwrap_or(r.updated_ms);
+    // A running rollout's time runs until now, not until its last change.
+    let now = cutover_core::views::now_ms();
+    let end = r.finished_ms.unwrap_or(now).max(r.created_ms);
     println!(
         "rollout {}  {:?} to release {}  {}{}",
         r.id,
@@ -301,9 +303,11 @@ fn print_detail(d: &RolloutDetail) {
         }
     }
     println!();
-    let rows: Vec<Vec<String>> = r.steps.iter().map(step_row).collect();
+    let rows: Vec<Vec<String>> = r.steps.iter().map(|s| step_row(s, now)).collect();
     output::table(
-        &["SERVICE", "HOST", "BATCH", "PHASE", "SENT", "DETAIL"],
+        &[
+            "SERVICE", "HOST", "BATCH", "PHASE", "SENT", "TIME", "DETAIL",
+        ],
         &rows,
     );
     let recent = &d.events[d.events.len().saturating_sub(12)..];
@@ -336,7 +340,10 @@ fn waiting_on(r: &Rollout) -> Option<String> {
     (!flight.is_empty()).then(|| flight.join("; "))
 }
 
-fn step_row(s: &Step) -> Vec<String> {
+/// One step's row; TIME is how long a step in flight has been at its
+/// command (from when it was sent to `now`), and for a failed one how long
+/// its host took to the verdict.
+fn step_row(s: &Step, now: i64) -> Vec<String> {
     let batch = if s.batch == 0 {
         "canary".to_string()
     } else {
@@ -346,12 +353,22 @@ fn step_row(s: &Step) -> Vec<String> {
         Some(e) => format!("{}: {}", e.gate, e.detail),
         None => String::new(),
     };
+    let time = match (s.phase, s.sent_ms, &s.evidence) {
+        (StepPhase::Installing | StepPhase::RollingBack, Some(sent), _) => {
+            format!("{} so far", secs(now.saturating_sub(sent).max(0)))
+        }
+        (_, _, Some(e)) if e.elapsed_ms > 0 => {
+            secs(i64::try_from(e.elapsed_ms).unwrap_or(i64::MAX))
+        }
+        _ => String::new(),
+    };
     vec![
         s.service.clone(),
         s.host.clone(),
         batch,
         s.phase.to_string(),
         s.sends.to_string(),
+        time,
         detail,
     ]
 }

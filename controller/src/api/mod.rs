@@ -22,6 +22,18 @@ pub fn peer_identity<T>(req: &Request<T>) -> Option<&PeerIdentity> {
         .and_then(|p| p.identity.as_ref())
 }
 
+/// The operator's name from the caller's operator certificate, for the
+/// events of what it asked.
+pub fn operator_name<T>(req: &Request<T>) -> Option<String> {
+    match peer_identity(req) {
+        Some(PeerIdentity {
+            role: Role::Operator(name),
+            ..
+        }) => Some(name.clone()),
+        _ => None,
+    }
+}
+
 /// The host name from the caller's host certificate, or a refusal that says
 /// what was presented instead.
 pub fn require_host<T>(req: &Request<T>) -> Result<(String, PeerIdentity), Status> {

@@ -370,9 +370,10 @@ impl Operator for OperatorApi {
         &self,
         req: Request<v1::UpgradeRequest>,
     ) -> Result<Response<v1::JsonDocument>, Status> {
+        let by = super::operator_name(&req);
         let r = req.into_inner();
         let ask = ask(r.plan.unwrap_or_default())?;
-        let started = rollouts::upgrade(&self.c, &ask, r.no_rollback).await?;
+        let started = rollouts::upgrade(&self.c, &ask, r.no_rollback, by).await?;
         Ok(Response::new(to_json(&started)))
     }
 
@@ -380,18 +381,19 @@ impl Operator for OperatorApi {
         &self,
         req: Request<v1::RollbackRequest>,
     ) -> Result<Response<v1::JsonDocument>, Status> {
+        let by = super::operator_name(&req);
         let r = req.into_inner();
         name("service", &r.service)?;
-        let started = super::rollback::rollback(
-            &self.c,
-            r.service,
-            r.to_version,
-            r.allow_offline,
-            r.dry_run,
-            &r.expect_plan,
-            r.force,
-        )
-        .await?;
+        let ask = super::rollback::RollbackAsk {
+            service: r.service,
+            to: r.to_version,
+            allow_offline: r.allow_offline,
+            dry_run: r.dry_run,
+            expect_plan: r.expect_plan,
+            force: r.force,
+            by,
+        };
+        let started = super::rollback::rollback(&self.c, ask).await?;
         Ok(Response::new(to_json(&started)))
     }
 
@@ -423,6 +425,7 @@ impl Operator for OperatorApi {
         &self,
         req: Request<v1::ControlRolloutRequest>,
     ) -> Result<Response<v1::JsonDocument>, Status> {
+        let by = super::operator_name(&req);
         let r = req.into_inner();
         if r.rollback {
             if r.action != "abort" {
@@ -431,10 +434,11 @@ impl Operator for OperatorApi {
                     r.action
                 )));
             }
-            let done = super::rollback::abort_and_roll_back(&self.c, r.id, r.allow_offline).await?;
+            let done =
+                super::rollback::abort_and_roll_back(&self.c, r.id, r.allow_offline, by).await?;
             return Ok(Response::new(to_json(&done)));
         }
-        let rollout = rollouts::control(&self.c, r.id, &r.action).await?;
+        let rollout = rollouts::control(&self.c, r.id, &r.action, by).await?;
         Ok(Response::new(to_json(&rollout)))
     }
 

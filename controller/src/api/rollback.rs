@@ -15,7 +15,7 @@ use cutover_core::rollout::{
 use cutover_core::views::ContentIdentity;
 use serde::Serialize;
 
-use super::rollouts::{fleet, hosts, make_plan, start, Ask};
+use super::rollouts::{fleet, hosts, make_plan, start_by, Ask};
 use crate::error::{Error, Result};
 use crate::rollout::driver::Action;
 use crate::rollout::known_good::{candidates, Seen};
@@ -40,48 +40,58 @@ struct Scope {
     before: HashMap<String, ContentIdentity>,
 }
 
+/// What `cutover rollback` asked.
+pub struct RollbackAsk {
+    pub service: String,
+    /// Empty: each host to its own last known-good release.
+    pub to: String,
+    pub allow_offline: bool,
+    pub dry_run: bool,
+    /// The fingerprint of the preview the operator confirmed, or empty.
+    pub expect_plan: String,
+    /// With `to`: even where a failed step tried it.
+    pub force: bool,
+    /// The operator, for the rollout's events.
+    pub by: Option<String>,
+}
+
 /// `cutover rollback SERVICE [--to VERSION] [--dry-run]`.
 pub async fn rollback(
     c: &Arc<Controller>,
-    service: String,
-    to: String,
-    allow_offline: bool,
-    dry_run: bool,
-    expect_plan: &str,
-    force: bool,
+    ask: RollbackAsk,
 ) -> Result<cutover_core::rollout::Started> {
-    let plan = if to.is_empty() {
+    let plan = if ask.to.is_empty() {
         let scope = Scope {
-            service,
+            service: ask.service,
             hosts: None,
             exclude: Vec::new(),
             before: HashMap::new(),
         };
-        known_good_plan(c, vec![scope], allow_offline).await?
+        known_good_plan(c, vec![scope], ask.allow_offline).await?
     } else {
-        let ask = Ask {
-            services: vec![service],
-            version: to,
-            allow_offline,
+        let to = Ask {
+            services: vec![ask.service],
+            version: ask.to,
+            allow_offline: ask.allow_offline,
         };
-        let plan = make_plan(c, &ask, true).await?;
-        if !force {
+        let plan = make_plan(c, &to, true).await?;
+        if !ask.force {
             refuse_known_bad(c, &plan).await?;
         }
         plan
     };
-    if dry_run {
+    if ask.dry_run {
         return Ok(cutover_core::rollout::Started {
             plan,
             rollout: None,
         });
     }
-    if !expect_plan.is_empty() && plan.fingerprint() != expect_plan {
+    if !ask.expect_plan.is_empty() && plan.fingerprint() != ask.expect_plan {
         return Err(Error::Conflict(
             "the hosts have changed since the preview you confirmed, so its plan no longer holds; nothing was started: run the rollback again to see the plan as it is now".into(),
         ));
     }
-    start(c, plan, RolloutKind::Rollback, true).await
+    start_by(c, plan, RolloutKind::Rollback, true, ask.by).await
 }
 
 /// Refuses a `--to` plan whose target a failed or rolled-back step tried
@@ -133,10 +143,11 @@ pub async fn abort_and_roll_back(
     c: &Arc<Controller>,
     id: u64,
     allow_offline: bool,
+    by: Option<String>,
 ) -> Result<AbortedAndBack> {
     let aborted = c
         .rollouts
-        .control(id, Action::Abort)
+        .control_by(id, Action::Abort, by.clone())
         .await
         .map_err(|e| match e {
             Error::Conflict(why) => Error::Conflict(format!(
@@ -184,7 +195,7 @@ pub async fn abort_and_roll_back(
         }
     } else {
         let plan = known_good_plan(c, scopes, allow_offline).await?;
-        start(c, plan, RolloutKind::Rollback, true).await?
+        start_by(c, plan, RolloutKind::Rollback, true, by).await?
     };
     Ok(AbortedAndBack { aborted, rollback })
 }

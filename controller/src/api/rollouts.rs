@@ -111,12 +111,14 @@ pub async fn make_plan(c: &Arc<Controller>, ask: &Ask, instant: bool) -> Result<
     .map_err(|e| Error::Invalid(e.0))
 }
 
-/// Persists a rollout for `plan` and hands it to the driver.
-pub(super) async fn start(
+/// Persists a rollout for `plan` and hands it to the driver; its
+/// `rollout.created` event names the operator `by`.
+pub(super) async fn start_by(
     c: &Arc<Controller>,
     plan: Plan,
     kind: RolloutKind,
     no_rollback: bool,
+    by: Option<String>,
 ) -> Result<Started> {
     if plan.services.is_empty() {
         return Ok(Started {
@@ -127,7 +129,12 @@ pub(super) async fn start(
     let p = plan.clone();
     let rollout = c
         .store
-        .run(move |s| s.create_rollout(|id| new_rollout(id, kind, p, no_rollback, now_ms())))
+        .run(move |s| {
+            s.create_rollout_by(
+                |id| new_rollout(id, kind, p, no_rollback, now_ms()),
+                by.as_deref(),
+            )
+        })
         .await?;
     tracing::info!(rollout = rollout.id, release = %rollout.release, steps = rollout.steps.len(), "rollout started");
     c.rollouts.started(rollout.clone()).await;
@@ -137,9 +144,15 @@ pub(super) async fn start(
     })
 }
 
-pub async fn upgrade(c: &Arc<Controller>, ask: &Ask, no_rollback: bool) -> Result<Started> {
+/// Plans and starts an upgrade; `by` is the operator who asked.
+pub async fn upgrade(
+    c: &Arc<Controller>,
+    ask: &Ask,
+    no_rollback: bool,
+    by: Option<String>,
+) -> Result<Started> {
     let plan = make_plan(c, ask, false).await?;
-    start(c, plan, RolloutKind::Upgrade, no_rollback).await
+    start_by(c, plan, RolloutKind::Upgrade, no_rollback, by).await
 }
 
 pub async fn detail(c: &Controller, id: u64) -> Result<RolloutDetail> {
@@ -154,7 +167,8 @@ pub async fn detail(c: &Controller, id: u64) -> Result<RolloutDetail> {
         .await
 }
 
-pub async fn control(c: &Controller, id: u64, action: &str) -> Result<Rollout> {
+/// Pauses, resumes or aborts rollout `id`; `by` is the operator who asked.
+pub async fn control(c: &Controller, id: u64, action: &str, by: Option<String>) -> Result<Rollout> {
     let action = match action {
         "pause" => Action::Pause,
         "resume" => Action::Resume,
@@ -165,5 +179,5 @@ pub async fn control(c: &Controller, id: u64, action: &str) -> Result<Rollout> {
             )))
         }
     };
-    c.rollouts.control(id, action).await
+    c.rollouts.control_by(id, action, by).await
 }

@@ -49,6 +49,8 @@ enum Msg {
     Control {
         id: u64,
         action: Action,
+        /// The operator certificate's name, for the event.
+        by: Option<String>,
         reply: oneshot::Sender<Result<Rollout>>,
     },
 }
@@ -80,9 +82,20 @@ impl Rollouts {
     }
 
     pub async fn control(&self, id: u64, action: Action) -> Result<Rollout> {
+        self.control_by(id, action, None).await
+    }
+
+    /// [`control`](Self::control) by the operator named `by`, whom the
+    /// action's event names.
+    pub async fn control_by(&self, id: u64, action: Action, by: Option<String>) -> Result<Rollout> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Msg::Control { id, action, reply })
+            .send(Msg::Control {
+                id,
+                action,
+                by,
+                reply,
+            })
             .await
             .map_err(|_| Error::Unavailable("the rollout driver has stopped".into()))?;
         rx.await
@@ -282,8 +295,13 @@ async fn on_other(c: &Arc<Controller>, active: &mut Active, inventories: &Invent
         Msg::Report { host, report } => {
             on_reports(c, active, inventories, vec![(host, *report)]).await
         }
-        Msg::Control { id, action, reply } => {
-            let result = control(c, active, id, action).await;
+        Msg::Control {
+            id,
+            action,
+            by,
+            reply,
+        } => {
+            let result = control(c, active, id, action, by.as_deref()).await;
             let _ = reply.send(result);
         }
     }
@@ -294,7 +312,15 @@ async fn control(
     active: &mut Active,
     id: u64,
     action: Action,
+    by: Option<&str>,
 ) -> Result<Rollout> {
+    if let Some(d) = active.get(&id).filter(|d| d.live.status.is_final()) {
+        // Ended, its last steps in flight still followed.
+        return Err(Error::Conflict(format!(
+            "rollout {id} already ended {}",
+            d.live.status
+        )));
+    }
     if !active.contains_key(&id) {
         return match c.store.run(move |s| s.rollout(id)).await? {
             Some(r) => Err(Error::Conflict(format!(
@@ -312,9 +338,9 @@ async fn control(
         let mut fx = engine::step(
             r,
             match action {
-                Action::Pause => Event::Pause { now },
-                Action::Resume => Event::Resume { now },
-                Action::Abort => Event::Abort { now },
+                Action::Pause => Event::Pause { now, by },
+                Action::Resume => Event::Resume { now, by },
+                Action::Abort => Event::Abort { now, by },
             },
         );
         fx.extend(engine::step(
@@ -374,12 +400,13 @@ async fn drive(
         }
         if d.stale {
             match c.store.run(move |s| s.rollout(id)).await {
-                Ok(Some(stored)) if stored.status.is_final() => {
-                    active.remove(&id);
-                    return Ok(());
-                }
                 Ok(Some(stored)) => {
-                    d.live = Live::new(stored);
+                    let live = Live::new(stored);
+                    if live.status.is_final() && !live.following() {
+                        active.remove(&id);
+                        return Ok(());
+                    }
+                    d.live = live;
                     d.stale = false;
                 }
                 Ok(None) => {
@@ -527,8 +554,11 @@ async fn commit(
             "the rollout is saved again"
         );
     }
-    d.fault = None;
-    if d.live.status.is_final() {
+    // An ended rollout is still driven while steps sent before it ended
+    // are in flight (an abort, a stop at another host), so that each gets
+    // the outcome its host reports; one that cannot be driven is not.
+    let faulted = d.fault.take().is_some();
+    if d.live.status.is_final() && (faulted || !d.live.following()) {
         active.remove(&id);
     }
     for (host, command) in sends {

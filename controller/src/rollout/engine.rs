@@ -70,6 +70,18 @@ impl Live {
         })
     }
 
+    /// Whether a rollout that has ended still has steps in flight, sent
+    /// before it ended: the driver follows it until each has its outcome.
+    /// Scans the steps, so it is asked of ended rollouts only.
+    pub fn following(&self) -> bool {
+        self.rollout.status.is_final()
+            && self
+                .rollout
+                .steps
+                .iter()
+                .any(|s| matches!(s.phase, StepPhase::Installing | StepPhase::RollingBack))
+    }
+
     fn find(&self, host: &str, service: &str) -> Option<usize> {
         self.by_host
             .get(host)?
@@ -97,14 +109,20 @@ pub enum Event<'a> {
         host: &'a str,
         report: &'a Report,
     },
+    /// An operator's action; `by` is the operator certificate's name.
     Pause {
         now: i64,
+        by: Option<&'a str>,
     },
     Resume {
         now: i64,
+        by: Option<&'a str>,
     },
+    /// Nothing new starts; steps in flight are followed until they report
+    /// or their deadline passes, so each gets its real outcome.
     Abort {
         now: i64,
+        by: Option<&'a str>,
     },
     /// The controller cannot drive this rollout (a config it carries is
     /// out of bounds, or stepping it failed): it ends Failed with
@@ -162,52 +180,44 @@ fn advance(live: &mut Live, event: Event<'_>) -> Vec<Effect> {
             on_report(live, now, host, report, &mut fx);
             now
         }
-        Event::Pause { now } => {
+        Event::Pause { now, by } => {
             let r = &mut live.rollout;
             if r.status == RolloutStatus::Running {
                 r.status = RolloutStatus::Paused;
                 fx.push(log(
                     "rollout.paused",
                     None,
-                    "paused by operator; steps in flight finish".into(),
+                    format!("paused {}; steps in flight finish", by_operator(by)),
                 ));
             }
             now
         }
-        Event::Resume { now } => {
+        Event::Resume { now, by } => {
             let r = &mut live.rollout;
             if r.status == RolloutStatus::Paused {
                 r.status = RolloutStatus::Running;
-                fx.push(log("rollout.resumed", None, "resumed by operator".into()));
+                fx.push(log(
+                    "rollout.resumed",
+                    None,
+                    format!("resumed {}", by_operator(by)),
+                ));
             }
             now
         }
-        Event::Abort { now } => {
-            let r = &mut live.rollout;
-            if !r.status.is_final() {
-                r.status = RolloutStatus::Aborted;
-                r.finished_ms = Some(now);
-                fx.push(log(
-                    "rollout.aborted",
-                    None,
-                    "aborted by operator; hosts stay as they are".into(),
-                ));
-            }
+        Event::Abort { now, by } => {
+            abort(live, now, by, &mut fx);
             now
         }
         Event::Fault { now, reason } => {
             let r = &mut live.rollout;
             if !r.status.is_final() {
-                r.status = RolloutStatus::Failed;
-                r.finished_ms = Some(now);
-                fx.push(log(
-                    "rollout.finished",
-                    None,
-                    format!(
-                        "rollout {} {}: the controller cannot drive it: {reason}; hosts stay as they are",
-                        r.id, r.status
-                    ),
-                ));
+                finish(
+                    r,
+                    RolloutStatus::Failed,
+                    now,
+                    format!("the controller cannot drive it: {reason}; hosts stay as they are"),
+                    &mut fx,
+                );
             }
             now
         }
@@ -218,8 +228,84 @@ fn advance(live: &mut Live, event: Event<'_>) -> Vec<Effect> {
     fx
 }
 
+/// Who acted, as an event says it.
+fn by_operator(by: Option<&str>) -> String {
+    match by {
+        Some(name) => format!("by operator {name:?}"),
+        None => "by an operator".into(),
+    }
+}
+
+/// Ends `r` with `status`: its one `rollout.finished` event.
+fn finish(r: &mut Rollout, status: RolloutStatus, now: i64, detail: String, fx: &mut Vec<Effect>) {
+    r.status = status;
+    r.finished_ms = Some(now);
+    fx.push(log(
+        "rollout.finished",
+        None,
+        format!("rollout {} {status}: {detail}", r.id),
+    ));
+}
+
+/// Stops the rollout where it is. A step whose command never reached its
+/// host goes back to pending (nothing moved); the others in flight are
+/// followed to their real outcome (see [`Live::following`]).
+fn abort(live: &mut Live, now: i64, by: Option<&str>, fx: &mut Vec<Effect>) {
+    if live.status.is_final() {
+        return;
+    }
+    let mut flight = 0usize;
+    for i in 0..live.steps.len() {
+        let s = &live.steps[i];
+        match s.phase {
+            StepPhase::Installing if s.sends == 0 => {
+                let s = live.step_mut(i);
+                s.phase = StepPhase::Pending;
+                s.sent_ms = None;
+            }
+            StepPhase::RollingBack if s.sends == 0 => {
+                let s = live.step_mut(i);
+                s.phase = StepPhase::RollbackFailed;
+                s.sent_ms = None;
+                s.finished_ms = Some(now);
+                s.evidence = Some(Evidence::new(
+                    "rollback",
+                    "the rollout was aborted before the rollback reached the host; it runs what it ran when the rollout stopped",
+                ));
+            }
+            StepPhase::Installing | StepPhase::RollingBack => flight = flight.saturating_add(1),
+            _ => {}
+        }
+    }
+    let following = match flight {
+        0 => String::new(),
+        n => format!("; {n} step(s) in flight are followed until they report"),
+    };
+    fx.push(log(
+        "rollout.aborted",
+        None,
+        format!(
+            "aborted {}{following}; hosts stay as they are",
+            by_operator(by)
+        ),
+    ));
+    let r = &mut live.rollout;
+    let count = |p| r.count(p);
+    let detail = format!(
+        "{} healthy, {} failed, {} rolled back, {flight} in flight, {} not started",
+        count(StepPhase::Healthy),
+        count(StepPhase::Failed).saturating_add(count(StepPhase::RollbackFailed)),
+        count(StepPhase::RolledBack),
+        count(StepPhase::Pending)
+    );
+    finish(r, RolloutStatus::Aborted, now, detail, fx);
+}
+
 fn tick(live: &mut Live, now: i64, online: &dyn Online, fx: &mut Vec<Effect>) {
     if live.status.is_final() {
+        // Only steps still in flight are followed: their deadlines, never
+        // a new command.
+        expire(live, now, online, fx);
         return;
     }
     expire(live, now, online, fx);
@@ -466,8 +552,6 @@ fn conclude(r: &mut Rollout, now: i64, fx: &mut Vec<Effect>) {
         }
         _ => return,
     };
-    r.status = status;
-    r.finished_ms = Some(now);
     let detail = match status {
         RolloutStatus::Succeeded => format!("{} step(s) healthy", r.steps.len()),
         RolloutStatus::RolledBack => {
@@ -475,11 +559,7 @@ fn conclude(r: &mut Rollout, now: i64, fx: &mut Vec<Effect>) {
         }
         _ => format!("{} rollback(s) failed", r.count(StepPhase::RollbackFailed)),
     };
-    fx.push(log(
-        "rollout.finished",
-        None,
-        format!("rollout {} {status}: {detail}", r.id),
-    ));
+    finish(r, status, now, detail, fx);
 }
 
 mod report;

@@ -26,6 +26,10 @@ pub struct LogLine {
 }
 
 const UNFINISHED: &str = "status IN ('Running', 'Paused', 'RollingBack')";
+/// Rollouts the driver takes on at start: the unfinished ones, and those
+/// that ended (aborted, stopped) with steps still in flight, followed
+/// until each reports. A succeeded rollout has none.
+const DRIVEN: &str = "status IN ('Running', 'Paused', 'RollingBack') OR (status IN ('Aborted', 'RolledBack', 'Failed') AND EXISTS (SELECT 1 FROM rollout_steps s WHERE s.rollout = rollouts.id AND s.phase IN ('Installing', 'RollingBack')))";
 
 /// A rollout's own fields: everything but its plan and steps.
 #[derive(Serialize, Deserialize)]
@@ -235,6 +239,20 @@ impl Store {
     /// Stores a new rollout made by `make` from the next id, unless an
     /// unfinished rollout already moves one of its services.
     pub fn create_rollout(&self, make: impl FnOnce(u64) -> Rollout) -> Result<Rollout> {
+        self.create_rollout_by(make, None)
+    }
+
+    /// [`create_rollout`](Self::create_rollout), its `rollout.created`
+    /// event naming the operator `by`.
+    pub fn create_rollout_by(
+        &self,
+        make: impl FnOnce(u64) -> Rollout,
+        by: Option<&str>,
+    ) -> Result<Rollout> {
+        let by = match by {
+            Some(name) => format!(" by operator {name:?}"),
+            None => String::new(),
+        };
         self.with(|c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let id: u64 = tx.query_row("SELECT COALESCE(MAX(id), 0) + 1 FROM rollouts", [], |r| r.get(0))?;
@@ -264,7 +282,7 @@ impl Store {
             insert_steps(&tx, id, &steps)?;
             tx.execute(
                 "INSERT INTO events (at, kind, host, detail, rollout) VALUES (?1, 'rollout.created', NULL, ?2, ?3)",
-                params![now_ms(), format!("{:?} to release {} of {}", r.kind, r.release, services.join(", ")), id],
+                params![now_ms(), format!("{:?} to release {} of {}{by}", r.kind, r.release, services.join(", ")), id],
             )?;
             tx.commit()?;
             Ok(r)
@@ -349,8 +367,9 @@ impl Store {
 
     /// Every unfinished rollout, each read on its own: one that cannot be
     /// read is an error of its own (naming it), not the end of the others.
+    /// Ended ones with steps in flight are among them (see [`DRIVEN`]).
     pub fn unfinished_rollouts(&self) -> Result<Vec<Result<Rollout>>> {
-        self.load_each(&format!("WHERE {UNFINISHED} ORDER BY id"))
+        self.load_each(&format!("WHERE {DRIVEN} ORDER BY id"))
     }
 
     /// Whether rollout `id` is stored and moves `service`.

@@ -58,6 +58,13 @@ pub const CHECK_TIMEOUT: DurationBound = DurationBound {
     min: Duration::from_millis(10),
     max: Duration::from_secs(600),
 };
+/// A check's `startup_grace`: up to the longest `healthy_deadline`.
+pub const STARTUP_GRACE: DurationBound = DurationBound {
+    min: Duration::ZERO,
+    max: Duration::from_secs(24 * 3600),
+};
+/// A check's `failure_threshold`: consecutive failures, 1 to 1000.
+pub const MAX_FAILURE_THRESHOLD: usize = 1000;
 /// `policy.canary`, `max_parallel` and `max_unavailable`: hosts at once.
 pub const MAX_BATCH_HOSTS: usize = 100_000;
 /// Hosts the `[hosts]` table may name.

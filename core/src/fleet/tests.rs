@@ -503,3 +503,53 @@ fn a_canary_larger_than_the_named_hosts_is_refused_at_parse() {
     let labelled = GOOD.replace("max_parallel = 2", "canary = 5\nmax_parallel = 2");
     FleetConfig::parse("f.toml", &labelled).unwrap();
 }
+
+#[test]
+fn a_failure_threshold_is_parsed_with_its_startup_grace_and_bounded() {
+    let text = GOOD.replace(
+        "body_contains = \"ok\"",
+        "body_contains = \"ok\"\nfailure_threshold = 3\nstartup_grace = \"20s\"",
+    );
+    let fleet = FleetConfig::parse("fleet.toml", &text).unwrap();
+    let check = &fleet.services["api"].checks[0];
+    assert_eq!(check.failure_threshold, Some(3));
+    assert_eq!(check.startup_grace, Some(Duration::from_secs(20)));
+    // Without it nothing changes: no threshold, no grace.
+    let plain = FleetConfig::parse("fleet.toml", GOOD).unwrap();
+    assert_eq!(plain.services["api"].checks[0].failure_threshold, None);
+    // It reaches the agent inside the install command's config as JSON.
+    let json = serde_json::to_string(check).unwrap();
+    let back: Check = serde_json::from_str(&json).unwrap();
+    assert_eq!(&back, check);
+
+    for (to, want) in [
+        (
+            "failure_threshold = 0",
+            "services.api.checks[0].failure_threshold = 0: must be between 1 and 1000",
+        ),
+        (
+            "failure_threshold = 1001",
+            "checks[0].failure_threshold = 1001: must be between 1 and 1000",
+        ),
+        (
+            "failure_threshold = 2\nstartup_grace = \"25h\"",
+            "checks[0].startup_grace = \"25h\": must be between 0s and 24h",
+        ),
+        (
+            "startup_grace = \"5s\"",
+            "startup_grace: only counts with failure_threshold",
+        ),
+    ] {
+        let e = refusal(
+            "body_contains = \"ok\"",
+            &format!("body_contains = \"ok\"\n{to}"),
+        );
+        assert!(e.contains(want), "want {want:?}, got {e}");
+    }
+    let e = refusal(
+        "body_contains = \"ok\"",
+        "body_contains = \"ok\"\nfailure_threshold = -1",
+    );
+    // Below zero is not a count: refused where it stands.
+    assert!(e.contains("line 17, column 21") && e.contains("-1"), "{e}");
+}

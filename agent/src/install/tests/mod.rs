@@ -535,3 +535,27 @@ async fn a_rollback_cuts_short_the_checks_of_the_install_it_undoes() {
 
 mod concurrency;
 mod journals;
+
+#[tokio::test]
+async fn a_failures_evidence_times_the_whole_step_fetch_included() {
+    let mut h = harness();
+    let art = artifact(&h.world, "v2");
+    // Bytes that do not match their pin, delivered slowly: the verdict
+    // comes at the end of the transfer, not at its start.
+    if let Some(bytes) = h.world.artifacts.lock().unwrap().get_mut(&art.0) {
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+    }
+    h.world.held.store(true, Ordering::SeqCst);
+    let world = h.world.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        world.held.store(false, Ordering::SeqCst);
+    });
+    let r = h.run(install("c1", "v2", art)).await;
+    assert!(!r.ok);
+    let e = r.evidence.unwrap();
+    assert_eq!(e.gate, "verify", "{e:?}");
+    assert!(e.elapsed_ms >= 300, "{e:?}");
+    assert_eq!(e.elapsed_ms, r.duration_ms);
+}

@@ -4,7 +4,7 @@
 use super::reports::{known_inventories, late_id_fits, on_reports, shown, LOGGED_ID};
 use super::*;
 use cutover_core::fleet::FleetConfig;
-use cutover_core::rollout::{HostMove, Plan, RolloutKind, RolloutStatus, ServicePlan};
+use cutover_core::rollout::{HostMove, Plan, RolloutKind, RolloutStatus, ServicePlan, StepPhase};
 use cutover_core::views::InstalledService;
 
 #[test]
@@ -149,7 +149,7 @@ async fn a_panic_while_stepping_one_rollout_fails_it_alone_with_the_reason() {
     assert_eq!(active.len(), 2);
     // The step of the first rollout panics half-way through changing it.
     let result = drive(&c, &mut active, first.id, false, |live| {
-        let _ = engine::step(live, Event::Abort { now: 9 });
+        let _ = engine::step(live, Event::Abort { now: 9, by: None });
         panic!("boom in the engine")
     })
     .await;
@@ -165,7 +165,7 @@ async fn a_panic_while_stepping_one_rollout_fails_it_alone_with_the_reason() {
         "{events:?}"
     );
     // The other rollout is still driven and its actions stored.
-    let paused = control(&c, &mut active, second.id, Action::Pause)
+    let paused = control(&c, &mut active, second.id, Action::Pause, None)
         .await
         .unwrap();
     assert_eq!(paused.status, RolloutStatus::Paused);
@@ -190,7 +190,7 @@ async fn an_action_that_cannot_be_stored_is_refused_and_nothing_changes() {
             Ok(())
         })
         .unwrap();
-    let e = control(&c, &mut active, r.id, Action::Abort)
+    let e = control(&c, &mut active, r.id, Action::Abort, None)
         .await
         .unwrap_err()
         .to_string();
@@ -215,7 +215,9 @@ async fn an_action_that_cannot_be_stored_is_refused_and_nothing_changes() {
             Ok(())
         })
         .unwrap();
-    let aborted = control(&c, &mut active, r.id, Action::Abort).await.unwrap();
+    let aborted = control(&c, &mut active, r.id, Action::Abort, None)
+        .await
+        .unwrap();
     assert_eq!(aborted.status, RolloutStatus::Aborted);
     assert_eq!(
         c.store.rollout(r.id).unwrap().unwrap().status,
@@ -303,4 +305,81 @@ fn a_report_sent_again_replaces_the_held_one() {
             (format!("r{id}-api-h1-rollback"), 99)
         ]
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_in_flight_at_an_abort_is_followed_through_a_restart_until_its_host_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = controller(dir.path());
+    let r = stored(&c, "api");
+    let id = r.id;
+    let mut active: Active = HashMap::new();
+    admit(&c, &mut active, r).await;
+    // h1 was online when its batch started: its command went out.
+    let on: HashMap<String, u64> = [("h1".to_string(), 1)].into();
+    drive(&c, &mut active, id, false, |live| {
+        engine::step(
+            live,
+            Event::Tick {
+                now: 1,
+                online: &on,
+            },
+        )
+    })
+    .await
+    .unwrap();
+    let aborted = control(&c, &mut active, id, Action::Abort, Some("op"))
+        .await
+        .unwrap();
+    assert_eq!(aborted.status, RolloutStatus::Aborted);
+    assert_eq!(aborted.steps[0].phase, StepPhase::Installing);
+    assert!(
+        active.contains_key(&id),
+        "followed while h1's step is in flight"
+    );
+    let e = control(&c, &mut active, id, Action::Pause, None)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(&format!("rollout {id} already ended Aborted")),
+        "{e}"
+    );
+
+    // The controller restarts: the ended rollout is taken on again.
+    let mut active: Active = HashMap::new();
+    load(&c, &mut active).await.unwrap();
+    assert!(active.contains_key(&id));
+    let (tx, _rx) = mpsc::channel(8);
+    on_reports(
+        &c,
+        &mut active,
+        &tx,
+        vec![("h1".into(), report(&format!("r{id}-api-h1")))],
+    )
+    .await;
+    let r = c.store.rollout(id).unwrap().unwrap();
+    assert_eq!(r.status, RolloutStatus::Aborted);
+    assert_eq!(r.steps[0].phase, StepPhase::Healthy, "its real outcome");
+    assert!(!active.contains_key(&id), "nothing left to follow");
+    let events = c.store.events(Some(id), 50).unwrap();
+    let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "rollout.created",
+            "batch.started",
+            "rollout.aborted",
+            "rollout.finished",
+            "step.healthy"
+        ]
+    );
+    assert!(
+        events[2].detail.starts_with("aborted by operator \"op\""),
+        "{events:?}"
+    );
+    // Not taken on again after the next restart.
+    let mut active: Active = HashMap::new();
+    load(&c, &mut active).await.unwrap();
+    assert!(active.is_empty());
 }

@@ -6,7 +6,7 @@
 use cutover_core::fleet::RollbackScope;
 use cutover_core::rollout::{Evidence, Failure, Report, RolloutStatus, StepPhase};
 
-use super::{log, rollback_id, Effect, Live};
+use super::{finish, log, rollback_id, Effect, Live};
 
 pub(super) fn on_report(
     live: &mut Live,
@@ -114,9 +114,8 @@ pub(super) fn fail(
         .services
         .iter()
         .any(|p| p.service == service && p.swap_back);
-    let action = if live.no_rollback || swap_back {
-        live.rollout.status = RolloutStatus::Failed;
-        live.rollout.finished_ms = Some(now);
+    let ends = live.no_rollback || swap_back;
+    let action = if ends {
         if auto_rolled_back {
             format!("stopped; {host} had already rolled itself back")
         } else if swap_back {
@@ -193,6 +192,10 @@ pub(super) fn fail(
             evidence.detail
         ),
     ));
+    if ends {
+        let detail = format!("{service} failed at the {boundary} on {host}; {action}");
+        finish(&mut live.rollout, RolloutStatus::Failed, now, detail, fx);
+    }
     live.rollout.failure = Some(Failure {
         service,
         host,

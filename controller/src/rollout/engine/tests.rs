@@ -239,9 +239,9 @@ fn pause_holds_new_batches_and_resume_continues() {
             online: &on,
         },
     );
-    step(&mut r, Event::Pause { now: 1 });
+    step(&mut r, Event::Pause { now: 1, by: None });
     assert!(sent(&deliver(&mut r, "a", "api", true, false, &on)).is_empty());
-    step(&mut r, Event::Resume { now: 2 });
+    step(&mut r, Event::Resume { now: 2, by: None });
     assert_eq!(
         sent(&step(
             &mut r,
@@ -252,7 +252,7 @@ fn pause_holds_new_batches_and_resume_continues() {
         )),
         [install("b", "api")]
     );
-    step(&mut r, Event::Abort { now: 4 });
+    step(&mut r, Event::Abort { now: 4, by: None });
     assert_eq!(r.status, RolloutStatus::Aborted);
     assert!(sent(&deliver(&mut r, "b", "api", true, false, &on)).is_empty());
 }
@@ -322,4 +322,5 @@ fn only_reports_answering_a_command_of_the_rollout_are_expected() {
 }
 
 mod deadlines;
+mod records;
 mod rollback;
