@@ -275,6 +275,8 @@ pub async fn run(agent: Arc<Agent>, shutdown: impl std::future::Future<Output = 
     let mut attempt: u32 = 0;
     // The refusal said last: the same one again is said at DEBUG.
     let mut refused: Option<Refusal> = None;
+    // When the controller last said it is going away.
+    let mut going_away_at: Option<tokio::time::Instant> = None;
     loop {
         let outcome = tokio::select! {
             _ = &mut shutdown => break,
@@ -291,10 +293,7 @@ pub async fn run(agent: Arc<Agent>, shutdown: impl std::future::Future<Output = 
                 ..
             }) => {
                 tracing::info!(%reason, "the controller is going away");
-                // Not an outage: start the backoff a few steps up, so the
-                // fleet's agents spread their return over seconds instead
-                // of all dialling the next controller at once.
-                attempt = GOING_AWAY_ATTEMPT;
+                going_away_at = Some(tokio::time::Instant::now());
             }
             Ok(Ended {
                 welcomed, reason, ..
@@ -312,6 +311,13 @@ pub async fn run(agent: Arc<Agent>, shutdown: impl std::future::Future<Output = 
                 Some(_) => tracing::debug!(error = %e, "session refused again"),
                 None => tracing::warn!(error = %e, "session failed"),
             },
+        }
+        // A restart, not an outage: for a while after the notice, retry
+        // about every second (jittered, so the fleet's agents spread their
+        // return) instead of backing off while the old controller finishes
+        // and the next one starts.
+        if going_away_at.is_some_and(|at| at.elapsed() < GOING_AWAY_WINDOW) {
+            attempt = GOING_AWAY_ATTEMPT;
         }
         let mut delay = backoff(attempt, agent.config.reconnect_max_backoff);
         if let Some(r) = refusal {
@@ -361,9 +367,12 @@ struct Ended {
     going_away: bool,
 }
 
-/// Where the backoff starts after the controller's going-away notice:
-/// up to 250 ms × 2^4 = 4 s (or `reconnect_max_backoff`, if lower).
-const GOING_AWAY_ATTEMPT: u32 = 4;
+/// The backoff step held after the controller's going-away notice: up to
+/// 250 ms × 2^2 = 1 s (or `reconnect_max_backoff`, if lower).
+const GOING_AWAY_ATTEMPT: u32 = 2;
+/// How long after the notice the agent keeps retrying that often: a
+/// controller restart's stop and start; past it, the ordinary backoff.
+const GOING_AWAY_WINDOW: Duration = Duration::from_secs(60);
 
 async fn session_once(agent: &Arc<Agent>) -> Result<Ended> {
     agent.renew_expired().await?;
