@@ -70,6 +70,15 @@ pub fn operator(ch: Channel) -> OperatorClient<Channel> {
     OperatorClient::new(ch)
 }
 
+/// The operator API of `f`'s controller, with the operator certificate.
+pub async fn operator_of(f: &crate::Fleet) -> OperatorClient<Channel> {
+    let me = Presented::from_files(&f.pki.join("operator.pem"), &f.pki.join("operator-key.pem"));
+    let ch = channel(&f.url(), &f.pki.join("ca.pem"), Some(&me))
+        .await
+        .expect("operator channel");
+    operator(ch)
+}
+
 pub fn agent(ch: Channel) -> AgentClient<Channel> {
     AgentClient::new(ch)
 }

@@ -49,14 +49,7 @@ fn controller_with_many_events(n: usize) -> Fleet {
     f.start_controller();
     let rt = grpc::runtime();
     rt.block_on(async {
-        let me = grpc::Presented::from_files(
-            &f.pki.join("operator.pem"),
-            &f.pki.join("operator-key.pem"),
-        );
-        let ch = grpc::channel(&f.url(), &f.pki.join("ca.pem"), Some(&me))
-            .await
-            .expect("operator channel");
-        let mut op = grpc::operator(ch);
+        let mut op = grpc::operator_of(&f).await;
         for i in 0..n {
             op.create_token(cutover_proto::v1::CreateTokenRequest {
                 host: format!("h{i:05}.{}", "x".repeat(240)),

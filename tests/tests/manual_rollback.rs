@@ -225,14 +225,8 @@ fn rollback_call(f: &Fleet, dry_run: bool, expect_plan: &str) -> Result<Value, S
     use cutover_tests::grpc;
     let rt = grpc::runtime();
     rt.block_on(async {
-        let me = grpc::Presented::from_files(
-            &f.pki.join("operator.pem"),
-            &f.pki.join("operator-key.pem"),
-        );
-        let ch = grpc::channel(&f.url(), &f.pki.join("ca.pem"), Some(&me))
+        let doc = grpc::operator_of(f)
             .await
-            .map_err(|e| e.to_string())?;
-        let doc = grpc::operator(ch)
             .rollback(cutover_proto::v1::RollbackRequest {
                 service: "api".into(),
                 to_version: String::new(),
