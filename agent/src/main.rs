@@ -58,7 +58,14 @@ fn main() -> ExitCode {
         // the agent has stopped (and, if configured, stopped its services).
         let _lock = cutover_agent::lock::acquire(&config.data_dir)?;
         let identity = match cutover_agent::identity::Identity::load(&config.data_dir)? {
-            Some(id) => id,
+            Some(id) => {
+                if args.join_token.is_some() && id.not_after > time::OffsetDateTime::now_utc() {
+                    // Used only if this certificate expires; say so, so an
+                    // operator enrolling afresh knows what is in the way.
+                    tracing::warn!(host = %id.host, data_dir = %config.data_dir.display(), "--join-token is not used: the data directory holds a valid identity (identity.pem) for this host; to enroll with the token, move identity.pem aside and start again");
+                }
+                id
+            }
             None => match &args.join_token {
                 Some(token) => cutover_agent::enroll::enroll(&config, token).await?,
                 None => {

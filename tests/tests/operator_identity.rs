@@ -329,3 +329,23 @@ fn host_revoke_asks_first_and_forget_lets_the_name_enroll_afresh_keeping_its_his
     assert_eq!(h["revoked"], false);
     assert_ne!(h["cert_serial"], first_serial);
 }
+
+#[test]
+fn a_join_token_given_to_an_agent_that_holds_a_valid_identity_is_said_to_be_unused() {
+    let mut f = Fleet::new();
+    f.start_controller();
+    f.start_agent("h1", "500ms");
+    f.wait_online("h1");
+    f.kill_agent("h1");
+    let token = f.cli(&["token", "create", "h1", "--replace"]).ok().stdout;
+    f.spawn_agent("h1", "500ms", Some(token.trim()));
+    f.wait_online("h1");
+    eventually(Duration::from_secs(10), "the warning", || {
+        f.agent_log("h1")
+            .contains("--join-token is not used: the data directory holds a valid identity")
+            .then_some(())
+    });
+    // The token was not spent: no new identity replaced the old one.
+    let events = f.cli(&["events"]).ok().stdout;
+    assert!(!events.contains("host.replaced"), "{events}");
+}
