@@ -102,6 +102,12 @@ fn a_manual_rollback_after_a_rolled_back_canary_never_targets_the_failed_release
             .is_some_and(|d| d.contains("by operator")),
         "the rollback does not name its operator: {created:?}"
     );
+    // Every host at once: no canary.
+    let events = r["events"].to_string();
+    assert!(
+        events.contains("api: every host at once started on") && !events.contains("canary"),
+        "{events}"
+    );
     let healthy: Vec<u64> = r["events"]
         .as_array()
         .unwrap()

@@ -417,7 +417,10 @@ fn activate_next(live: &mut Live, now: i64, fx: &mut Vec<Effect>) {
             }
         }
         if !started.is_empty() {
-            let which = if batch == 0 {
+            // A rollback moves every host at once: it has no canary.
+            let which = if live.rollout.kind == cutover_core::rollout::RolloutKind::Rollback {
+                "every host at once".to_string()
+            } else if batch == 0 {
                 "canary".to_string()
             } else {
                 format!("batch {batch}")
