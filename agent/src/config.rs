@@ -124,6 +124,17 @@ impl Config {
         Config::parse(&text, &base).map_err(config_err)
     }
 
+    /// The files the config names that the agent needs at start, each
+    /// refused by the key that named it.
+    pub fn check_files(&self, path: &Path) -> Result<()> {
+        cutover_core::fsutil::config_file_readable("ca_cert", &self.ca_cert).map_err(|problem| {
+            Error::Config {
+                path: path.to_path_buf(),
+                problem,
+            }
+        })
+    }
+
     /// A config from TOML text; relative paths are taken from `base`.
     pub fn parse(text: &str, base: &Path) -> std::result::Result<Config, String> {
         let mut c: Config = cutover_core::toml_text::parse(text)?;

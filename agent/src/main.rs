@@ -54,6 +54,7 @@ fn main() -> ExitCode {
     };
     let result: Result<(), cutover_agent::Error> = runtime.block_on(async {
         let config = cutover_agent::Config::load(&args.config)?;
+        config.check_files(&args.config)?;
         // Before anything reads or writes the data directory; held until
         // the agent has stopped (and, if configured, stopped its services).
         let _lock = cutover_agent::lock::acquire(&config.data_dir)?;

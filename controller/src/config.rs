@@ -101,6 +101,33 @@ impl Config {
         Ok(config)
     }
 
+    /// The files the config names that the controller needs at start,
+    /// each refused by the key that named it.
+    pub fn check_files(&self, path: &Path) -> Result<()> {
+        let tls = &self.tls;
+        let mut files = vec![
+            ("tls.ca_cert", &tls.ca_cert),
+            ("tls.ca_key", &tls.ca_key),
+            ("tls.cert", &tls.cert),
+            ("tls.key", &tls.key),
+        ];
+        files.extend(
+            self.releases
+                .trusted_keys
+                .iter()
+                .map(|k| ("releases.trusted_keys", k)),
+        );
+        for (key, file) in files {
+            cutover_core::fsutil::config_file_readable(key, file).map_err(|problem| {
+                Error::Config {
+                    path: path.to_path_buf(),
+                    problem,
+                }
+            })?;
+        }
+        Ok(())
+    }
+
     /// Every duration and count against its bound, as one line naming the
     /// key, the value and the bound.
     fn check_bounds(&self) -> std::result::Result<(), String> {

@@ -82,6 +82,7 @@ fn main() -> ExitCode {
         // caught and ends the controller as soon as it serves.
         let signals = Signals::new()?;
         let config = cutover_controller::Config::load(&args.config)?;
+        config.check_files(&args.config)?;
         let controller = cutover_controller::Controller::open_with(config, options)?;
         cutover_controller::serve(controller, signals.first(), notify).await
     });

@@ -91,10 +91,35 @@ pub fn config_dir(config: &Path) -> std::io::Result<std::path::PathBuf> {
     std::path::absolute(dir)
 }
 
+/// Checks that the file config key `key` names can be opened for reading:
+/// the one line names the key, the path and what to do.
+pub fn config_file_readable(key: &str, path: &Path) -> std::result::Result<(), String> {
+    match fs::File::open(path) {
+        Ok(_) => Ok(()),
+        Err(e) => Err(format!(
+            "{key} = {:?}: cannot read it ({e}); fix the path in this file or put the file there",
+            path.display().to_string()
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_config_file_that_cannot_be_read_is_named_by_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("ca.pem");
+        let e = config_file_readable("tls.ca_cert", &missing).unwrap_err();
+        assert!(
+            e.starts_with("tls.ca_cert = \"") && e.contains("ca.pem") && e.contains("No such file"),
+            "{e}"
+        );
+        std::fs::write(&missing, "x").unwrap();
+        config_file_readable("tls.ca_cert", &missing).unwrap();
+    }
 
     #[test]
     fn replaces_file_with_mode() {

@@ -554,3 +554,22 @@ fn rollout_ids_past_what_the_store_holds_are_simply_not_found() {
     assert!(!c.log().contains("internal error"), "{}", c.log());
     stop(c);
 }
+
+#[test]
+fn a_file_the_config_names_that_cannot_be_read_is_refused_naming_its_key() {
+    let f = Fleet::new();
+    let key = f.pki.join("ca-key.pem");
+    let aside = f.path("ca-key.pem.aside");
+    std::fs::rename(&key, &aside).expect("move the CA key aside");
+    let run = refused_start(&f, &[]);
+    std::fs::rename(&aside, &key).expect("put the CA key back");
+    assert_eq!(run.code, 1, "{run:?}");
+    let msg = run.stderr.trim();
+    assert!(!msg.contains('\n'), "not one line: {msg}");
+    assert!(
+        msg.contains("tls.ca_key = \"")
+            && msg.contains("ca-key.pem")
+            && msg.contains("fix the path"),
+        "{msg}"
+    );
+}

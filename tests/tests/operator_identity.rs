@@ -349,3 +349,31 @@ fn a_join_token_given_to_an_agent_that_holds_a_valid_identity_is_said_to_be_unus
     let events = f.cli(&["events"]).ok().stdout;
     assert!(!events.contains("host.replaced"), "{events}");
 }
+
+#[test]
+fn an_agent_whose_config_names_a_ca_certificate_that_is_not_there_says_which_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        "controller = \"https://127.0.0.1:1\"\nca_cert = \"nowhere/ca.pem\"\ndata_dir = \"data\"\n",
+    )
+    .unwrap();
+    let out = Command::new(bin("cutover-agent"))
+        .arg("--config")
+        .arg(&config)
+        .arg("--join-token")
+        .arg("t")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the agent");
+    assert_eq!(out.status.code(), Some(1));
+    let msg = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    assert!(!msg.contains('\n'), "not one line: {msg}");
+    assert!(
+        msg.contains("ca_cert = \"")
+            && msg.contains("nowhere/ca.pem")
+            && msg.contains("fix the path"),
+        "{msg}"
+    );
+}
