@@ -187,7 +187,7 @@ mod tests {
     fn a_host_with_nothing_known_is_refused_with_the_reason() {
         let e = candidates(None, None, &[], &[]).unwrap_err();
         assert!(
-            e.contains("runs nothing") && e.contains("--to VERSION"),
+            e.contains("runs nothing") && e.contains("no older release"),
             "{e}"
         );
     }
