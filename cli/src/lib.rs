@@ -123,13 +123,23 @@ pub enum Command {
         #[command(subcommand)]
         command: RolloutCommand,
     },
-    /// The controller's event log.
+    /// The controller's event log: the newest events, or with --follow
+    /// every new one as it is stored (Ctrl-C ends it, exit 130).
     Events {
         /// Only this rollout's events.
         #[arg(long)]
         rollout: Option<u64>,
-        #[arg(long, default_value_t = 100)]
+        /// At most this many events (the newest) shown first.
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
         limit: u32,
+        /// Only events since then: a duration back from now (10m, 2h, at
+        /// most 366d) or an RFC 3339 time.
+        #[arg(long, value_parser = commands::events::Since::parse)]
+        since: Option<commands::events::Since>,
+        /// Keep printing events as they are stored; with -o json, one JSON
+        /// object per line.
+        #[arg(long, short)]
+        follow: bool,
     },
     /// Print the CLI's version and the controller's (exit 0 even when the
     /// controller cannot be asked; its line says why).
@@ -288,6 +298,11 @@ pub enum TokenCommand {
         #[arg(long)]
         replace: bool,
     },
+    /// Join tokens not yet used and not expired: host, created, expires,
+    /// whether it replaces an enrolled host (never the token itself).
+    List,
+    /// Drop HOST's unused join tokens; says how many.
+    Revoke { host: String },
 }
 
 #[derive(Subcommand)]
@@ -342,6 +357,12 @@ async fn dispatch(cli: Cli) -> Result<()> {
             ChannelCommand::List => release::channel_list(c, out).await,
             ChannelCommand::Default { name } => release::channel_default(c, &name).await,
         },
+        Command::Token {
+            command: TokenCommand::List,
+        } => commands::token::list(c, out).await,
+        Command::Token {
+            command: TokenCommand::Revoke { host },
+        } => commands::token::revoke(c, &host).await,
         Command::Token {
             command: TokenCommand::Create { host, ttl, replace },
         } => {
@@ -430,7 +451,20 @@ async fn dispatch(cli: Cli) -> Result<()> {
                 yes,
             } => commands::rollback::abort_and_roll_back(c, id, allow_offline, yes, out).await,
         },
-        Command::Events { rollout: id, limit } => rollout::events(c, id, limit, out).await,
+        Command::Events {
+            rollout,
+            limit,
+            since,
+            follow,
+        } => {
+            let args = commands::events::EventsArgs {
+                rollout,
+                limit,
+                since,
+                follow,
+            };
+            commands::events::events(c, args, out).await
+        }
         Command::Version => commands::about::version(c, out).await,
         Command::Completions { shell } => {
             commands::about::completions(shell);
