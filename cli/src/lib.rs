@@ -258,6 +258,35 @@ pub enum ReleaseCommand {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Build a release from DIR/SERVICE directories: a deterministic
+    /// SERVICE-SERVICE_VERSION.tar.gz per service and release-VERSION.toml
+    /// pinning their digests and sizes (valid 30 days), in --out.
+    #[command(
+        after_help = "Example:\n  cutover release build ./services --version 1.4.0 \\\n      --service db=1.2 --service api --depends-on api=db --out dist\n  cutover release sign dist/release-1.4.0.toml --key release.key\n  cutover release import dist/release-1.4.0.toml"
+    )]
+    Build {
+        /// Holds one directory per service, named as the service.
+        dir: PathBuf,
+        /// The release's version (semantic version).
+        #[arg(long)]
+        version: String,
+        /// A service to ship, from DIR/NAME; its service_version is
+        /// SERVICE_VERSION or else the release's version. Repeatable.
+        #[arg(long = "service", value_name = "NAME[=SERVICE_VERSION]", value_parser = commands::release_build::ServiceArg::parse, required = true)]
+        services: Vec<commands::release_build::ServiceArg>,
+        /// SERVICE depends on DEP (moved after it). Repeatable.
+        #[arg(long, value_name = "SERVICE=DEP[,DEP...]", value_parser = commands::release_build::DependsArg::parse)]
+        depends_on: Vec<commands::release_build::DependsArg>,
+        /// Where the tarballs and the manifest are written.
+        #[arg(long, default_value = "dist")]
+        out: PathBuf,
+        /// The lowest release this one may be upgraded from.
+        #[arg(long)]
+        min_upgrade_from: Option<String>,
+        /// Releases a host must pass through first. Repeatable.
+        #[arg(long)]
+        requires_intermediate: Vec<String>,
+    },
     /// Sign MANIFEST with a release key, adding to MANIFEST.sig.
     Sign {
         manifest: PathBuf,
@@ -345,6 +374,25 @@ async fn dispatch(cli: Cli) -> Result<()> {
         } => commands::pki_init(&dir, &controller_host, &operator),
         Command::Release { command } => match command {
             ReleaseCommand::Keygen { out } => release::keygen(&out),
+            ReleaseCommand::Build {
+                dir,
+                version,
+                services,
+                depends_on,
+                out,
+                min_upgrade_from,
+                requires_intermediate,
+            } => commands::release_build::build(commands::release_build::BuildArgs {
+                dir,
+                version,
+                services,
+                depends_on,
+                out,
+                floor: bundle::Floor {
+                    min_upgrade_from,
+                    requires_intermediate,
+                },
+            }),
             ReleaseCommand::Sign { manifest, key } => release::sign(&manifest, &key),
             ReleaseCommand::Import {
                 manifest,

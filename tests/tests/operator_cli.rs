@@ -1,6 +1,7 @@
 //! The operator's bookkeeping commands against the real binaries: join
 //! tokens waiting to be used (`token list`, `token revoke`), the event log
-//! followed live (`events --follow`, `--since`).
+//! followed live (`events --follow`, `--since`), releases built from
+//! directories (`release build`), man pages.
 
 use std::io::{BufRead, BufReader};
 use std::process::Child;
@@ -167,4 +168,91 @@ fn events_since_shows_only_what_came_after_and_refuses_an_unbounded_duration() {
     assert!(first.contains("after-1"), "{first}");
     interrupt(&child);
     assert_eq!(exit_code(child), 130);
+}
+
+/// Writes DIR/SERVICE with the sample service's files, as an operator
+/// would lay a release out.
+fn service_dir(root: &std::path::Path, service: &str, version: &str) {
+    let binary = std::fs::read(cutover_tests::bin("cutover-sample")).expect("sample binary");
+    for f in cutover_cli::bundle::sample_files(&binary, version, true) {
+        let path = root.join(service).join(&f.path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, &f.bytes).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(f.mode)).unwrap();
+    }
+}
+
+#[test]
+fn release_build_makes_deterministic_tarballs_and_a_manifest_that_signs_imports_and_plans() {
+    let mut f = Fleet::new();
+    f.assign_ports(&["h1"], &["db", "api"]);
+    f.start_controller();
+    f.start_agent("h1", "500ms");
+    f.wait_online("h1");
+    f.apply_sample_fleet(&["h1"], &["db", "api"], "");
+    let src = f.path("services");
+    service_dir(&src, "db", "14.1");
+    service_dir(&src, "api", "2.0.0");
+    let build = |out: &str| {
+        let out = f.path(out);
+        f.cli(&[
+            "release",
+            "build",
+            src.to_str().unwrap(),
+            "--version",
+            "2.0.0",
+            "--service",
+            "db=14.1",
+            "--service",
+            "api",
+            "--depends-on",
+            "api=db",
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .ok();
+        out
+    };
+    let out = build("dist");
+    let again = build("dist-again");
+    for file in ["db-14.1.tar.gz", "api-2.0.0.tar.gz"] {
+        let a = std::fs::read(out.join(file)).expect(file);
+        assert_eq!(
+            a,
+            std::fs::read(again.join(file)).unwrap(),
+            "{file} differs"
+        );
+        let manifest = std::fs::read_to_string(out.join("release-2.0.0.toml")).unwrap();
+        let sha = cutover_core::Sha256Digest::of(&a).to_string();
+        assert!(manifest.contains(&sha), "{manifest} lacks {sha}");
+        assert!(
+            manifest.contains(&format!("size = {}", a.len())),
+            "{manifest}"
+        );
+    }
+    let manifest = out.join("release-2.0.0.toml");
+    cutover_tests::sign_and_import(|a| f.cli(a), &manifest, &f.path("release.key")).ok();
+    let plan = f.cli_json(&["plan", "--all", "--version", "2.0.0"]);
+    let order: Vec<&str> = plan["services"]
+        .as_array()
+        .expect("services")
+        .iter()
+        .map(|s| s["service"].as_str().unwrap())
+        .collect();
+    assert_eq!(order, ["db", "api"], "{plan}");
+
+    // A service directory that is not there is named.
+    let r = f.cli(&[
+        "release",
+        "build",
+        src.to_str().unwrap(),
+        "--version",
+        "2.0.1",
+        "--service",
+        "cache",
+        "--out",
+        f.path("dist-bad").to_str().unwrap(),
+    ]);
+    r.fails_with("cache");
 }

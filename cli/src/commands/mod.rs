@@ -6,6 +6,7 @@ pub mod fleet;
 pub mod fleet_apply;
 mod plan_text;
 pub mod release;
+pub mod release_build;
 pub mod rollback;
 pub mod rollout;
 pub mod token;
