@@ -68,18 +68,27 @@ pub enum Command {
     /// Fleet overview: hosts, channels, releases, what runs where.
     Status,
     /// Ask one host's agent for live diagnostics.
-    Diag { host: String },
+    Diag {
+        /// The enrolled host to ask.
+        host: String,
+    },
     /// The fleet config: which hosts run which services, and how.
     Fleet {
         #[command(subcommand)]
         command: FleetCommand,
     },
     /// Show the steps a rollout would take, without starting it.
+    #[command(
+        after_help = "Examples:\n  cutover plan --all --version stable\n  cutover plan api web --version 1.4.0 -o json"
+    )]
     Plan {
         #[command(flatten)]
         target: Target,
     },
     /// Plan and start a rollout.
+    #[command(
+        after_help = "Examples:\n  cutover upgrade --all --version stable --dry-run\n  cutover upgrade --all --version stable --yes --wait\n  cutover upgrade api --version 1.4.0 --yes"
+    )]
     Upgrade {
         #[command(flatten)]
         target: Target,
@@ -100,10 +109,16 @@ pub enum Command {
     /// release that was healthy on it and that no failed or rolled-back
     /// step tried since (hosts with none are listed and left alone), or
     /// every host to release VERSION.
+    #[command(
+        after_help = "Examples:\n  cutover rollback api --dry-run\n  cutover rollback api --yes --wait\n  cutover rollback api --to 1.3.0 --yes"
+    )]
     Rollback {
+        /// The service to take back.
         service: String,
+        /// Every host to this release instead (a version imported before).
         #[arg(long)]
         to: Option<String>,
+        /// Plan even with hosts offline; their steps wait for them.
         #[arg(long)]
         allow_offline: bool,
         /// Show every host's `from -> to` and start nothing.
@@ -113,8 +128,10 @@ pub enum Command {
         /// rolled-back step tried it (refused otherwise).
         #[arg(long, requires = "to")]
         force: bool,
+        /// Start without asking.
         #[arg(long, short)]
         yes: bool,
+        /// Follow the rollback until it ends (exit 1 unless it succeeds).
         #[arg(long)]
         wait: bool,
     },
@@ -146,8 +163,15 @@ pub enum Command {
     Version,
     /// Print a shell completion script: `cutover completions bash|zsh|fish`.
     Completions {
+        /// The shell to write the script for.
         #[arg(value_enum)]
         shell: clap_complete::Shell,
+    },
+    /// Write one man page per command (roff, section 1) into --out.
+    Man {
+        /// The directory the pages go to (made if missing).
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Run a throwaway controller and three agents on loopback, roll a good
     /// and a failing release of a sample service out, and show the rollback.
@@ -184,7 +208,11 @@ impl Target {
 pub enum FleetCommand {
     /// Validate FILE, check it against the enrolled hosts and store it as
     /// the fleet config; prints what changed and any warnings.
+    #[command(
+        after_help = "Examples:\n  cutover fleet apply fleet.toml --dry-run\n  cutover fleet apply fleet.toml"
+    )]
     Apply {
+        /// The fleet config (TOML).
         file: PathBuf,
         /// Check and show what would change; store nothing.
         #[arg(long)]
@@ -201,26 +229,33 @@ pub enum FleetCommand {
 pub enum RolloutCommand {
     /// Recent rollouts, newest first.
     List {
+        /// At most this many rollouts.
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
     /// One rollout on one screen: where it stopped, why, and what was done.
     Show {
+        /// The rollout's id (`cutover rollout list`).
         id: u64,
     },
     /// Follow a rollout live until it ends.
     Watch {
+        /// The rollout's id (`cutover rollout list`).
         id: u64,
     },
     /// Start no new batches; steps in flight finish.
     Pause {
+        /// The rollout's id (`cutover rollout list`).
         id: u64,
     },
+    /// Go on starting batches of a paused rollout.
     Resume {
+        /// The rollout's id (`cutover rollout list`).
         id: u64,
     },
     /// Stop for good; hosts stay as they are unless --rollback.
     Abort {
+        /// The rollout's id (`cutover rollout list`).
         id: u64,
         /// Then take every host the rollout moved back to what it ran
         /// before it (a rollback rollout, started at once).
@@ -240,6 +275,7 @@ pub enum RolloutCommand {
 pub enum PkiCommand {
     /// Make ca.pem, controller.pem and operator.pem (with keys) in DIR.
     Init {
+        /// Where the certificates and keys are written (made if missing).
         #[arg(long)]
         dir: PathBuf,
         /// Names or IP addresses the controller is reached at, comma separated.
@@ -255,6 +291,7 @@ pub enum PkiCommand {
 pub enum ReleaseCommand {
     /// Make an Ed25519 release key pair: OUT.key (secret) and OUT.pub.
     Keygen {
+        /// Path of the pair without extension: OUT.key and OUT.pub.
         #[arg(long)]
         out: PathBuf,
     },
@@ -289,12 +326,15 @@ pub enum ReleaseCommand {
     },
     /// Sign MANIFEST with a release key, adding to MANIFEST.sig.
     Sign {
+        /// The release manifest (TOML) to sign.
         manifest: PathBuf,
+        /// The secret release key (`release keygen`'s OUT.key).
         #[arg(long)]
         key: PathBuf,
     },
     /// Upload a signed manifest and its artifacts; the controller verifies both.
     Import {
+        /// The signed manifest; MANIFEST.sig must be beside it.
         manifest: PathBuf,
         /// Where the manifest's artifact files are (default: beside the manifest).
         #[arg(long)]
@@ -307,17 +347,26 @@ pub enum ReleaseCommand {
 #[derive(Subcommand)]
 pub enum ChannelCommand {
     /// Point channel NAME at release VERSION.
-    Set { name: String, version: String },
+    Set {
+        /// The channel, made if new.
+        name: String,
+        /// An imported release.
+        version: String,
+    },
     /// List channels.
     List,
     /// Make NAME the fleet's default channel.
-    Default { name: String },
+    Default {
+        /// An existing channel.
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
 pub enum TokenCommand {
     /// Print a one-time join token for HOST.
     Create {
+        /// The name the new host enrolls under.
         host: String,
         /// How long the token stays valid.
         #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
@@ -331,13 +380,17 @@ pub enum TokenCommand {
     /// whether it replaces an enrolled host (never the token itself).
     List,
     /// Drop HOST's unused join tokens; says how many.
-    Revoke { host: String },
+    Revoke {
+        /// The host whose unused tokens are dropped.
+        host: String,
+    },
 }
 
 #[derive(Subcommand)]
 pub enum HostCommand {
     /// Refuse HOST from now on and cut its live session (asks first).
     Revoke {
+        /// The enrolled host to refuse.
         host: String,
         /// Revoke without asking.
         #[arg(long, short)]
@@ -345,7 +398,10 @@ pub enum HostCommand {
     },
     /// Remove a revoked HOST's record so its name can enroll again with a
     /// fresh identity; its events and rollout history are kept.
-    Forget { host: String },
+    Forget {
+        /// A revoked host.
+        host: String,
+    },
 }
 
 /// Runs one command; a lost connection names the controller it was to.
@@ -518,6 +574,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
             commands::about::completions(shell);
             Ok(())
         }
+        Command::Man { out } => commands::man::man(&out),
         Command::Demo(args) => demo::run(args).await,
     }
 }

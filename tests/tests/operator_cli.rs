@@ -256,3 +256,58 @@ fn release_build_makes_deterministic_tarballs_and_a_manifest_that_signs_imports_
     ]);
     r.fails_with("cache");
 }
+
+#[test]
+fn man_writes_a_roff_page_for_every_main_verb_with_its_examples() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("man1");
+    let r = cutover_tests::run_cli(
+        "https://127.0.0.1:1",
+        dir.path(),
+        &["man", "--out", out.to_str().unwrap()],
+    )
+    .ok();
+    assert!(r.stdout.contains("cutover-upgrade.1"), "{}", r.stdout);
+    for verb in [
+        "cutover",
+        "plan",
+        "upgrade",
+        "rollback",
+        "rollout-watch",
+        "events",
+        "token-list",
+        "token-revoke",
+        "release-build",
+        "release-sign",
+        "fleet-apply",
+        "hosts",
+        "status",
+        "man",
+    ] {
+        let name = if verb == "cutover" {
+            "cutover.1".to_string()
+        } else {
+            format!("cutover-{verb}.1")
+        };
+        let page =
+            std::fs::read_to_string(out.join(&name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let th = page
+            .lines()
+            .find(|l| l.starts_with(".TH "))
+            .unwrap_or_else(|| panic!("{name} has no .TH: {page}"));
+        assert!(th.contains(&name[..name.len() - 2]), "{name}: {th}");
+        assert!(page.contains(".SH NAME"), "{name}");
+        // roff: a request line starts with '.' or '\''; no raw control bytes.
+        assert!(
+            !page
+                .chars()
+                .any(|c| c.is_control() && c != '\n' && c != '\t'),
+            "{name} holds control characters"
+        );
+    }
+    let upgrade = std::fs::read_to_string(out.join("cutover-upgrade.1")).unwrap();
+    assert!(
+        upgrade.contains("cutover upgrade \\-\\-all \\-\\-version stable"),
+        "{upgrade}"
+    );
+}

@@ -4,6 +4,7 @@ pub mod about;
 pub mod events;
 pub mod fleet;
 pub mod fleet_apply;
+pub mod man;
 mod plan_text;
 pub mod release;
 pub mod release_build;
