@@ -96,6 +96,22 @@ fn token_list_shows_unused_unexpired_tokens_without_the_secret_and_revoke_drops_
     let again = f.cli(&["token", "revoke", "edge-1"]).ok();
     assert_eq!(again.stdout, "host edge-1 had no unused join tokens\n");
     // A revoked token enrolls nothing.
+    let rt = cutover_tests::grpc::runtime();
+    let refused = rt.block_on(async {
+        let ch = cutover_tests::grpc::channel(&f.url(), &f.pki.join("ca.pem"), None)
+            .await
+            .expect("channel");
+        let (_key, csr_pem) = cutover_core::pki::new_csr("x").unwrap();
+        cutover_tests::grpc::agent(ch)
+            .enroll(cutover_proto::v1::EnrollRequest {
+                token: secret.clone(),
+                csr_pem,
+            })
+            .await
+            .map(|_| ())
+            .map_err(|s| cutover_tests::grpc::status_text(&s))
+    });
+    assert!(refused.is_err(), "a revoked token enrolled");
     let events = f.cli_json(&["events"]);
     assert!(events.to_string().contains("token.revoked"), "{events}");
     f.cli(&["token", "revoke", "bad name"])
@@ -121,6 +137,28 @@ fn events_follow_prints_each_new_event_as_one_json_line_and_ctrl_c_exits_130() {
     assert!(new["id"].as_u64() > old["id"].as_u64());
     interrupt(&child);
     assert_eq!(exit_code(child), 130);
+}
+
+#[test]
+fn events_follow_ends_quietly_with_exit_0_when_the_reader_closes_the_pipe() {
+    let mut f = Fleet::new();
+    f.start_controller();
+    f.token("old-1", "5m");
+    for format in ["text", "json"] {
+        let mut child = f.spawn_cli(&["events", "--follow", "-o", format]);
+        let mut reader = BufReader::new(child.stdout.take().expect("stdout piped"));
+        let mut first = String::new();
+        reader.read_line(&mut first).expect("first line");
+        assert!(first.contains("old-1"), "{first}");
+        drop(reader);
+        // The next event's write finds the pipe closed.
+        f.token("new-1", "5m");
+        let mut stderr = child.stderr.take().expect("stderr piped");
+        assert_eq!(exit_code(child), 0, "{format}");
+        let mut said = String::new();
+        std::io::Read::read_to_string(&mut stderr, &mut said).unwrap();
+        assert_eq!(said, "", "{format}");
+    }
 }
 
 #[test]
