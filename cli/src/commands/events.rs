@@ -34,11 +34,17 @@ pub enum Since {
 
 impl Since {
     /// Parses `--since` (clap's value parser): `10m`, `2h 30m`, or
-    /// `2026-11-30T12:00:00Z`; at most a year back, never in the future.
+    /// `2026-11-30T12:00:00Z`; a duration at most 366 days, a time not
+    /// in the future.
     pub fn parse(text: &str) -> std::result::Result<Since, String> {
         if let Ok(at) =
             time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
         {
+            if at > time::OffsetDateTime::now_utc() + time::Duration::minutes(1) {
+                return Err(format!(
+                    "{text} is in the future; no event is stored there yet"
+                ));
+            }
             return Ok(Since::At(at));
         }
         let ago = humantime::parse_duration(text).map_err(|e| {
@@ -140,17 +146,20 @@ mod tests {
             Ok(Since::Ago(Duration::from_secs(600)))
         );
         assert!(matches!(
-            Since::parse("2026-11-30T12:00:00Z"),
+            Since::parse("2020-01-01T00:00:00Z"),
             Ok(Since::At(_))
         ));
         assert!(Since::parse("400d")
             .unwrap_err()
             .contains("more than a year"));
         assert!(Since::parse("yesterday").is_err());
+        assert!(Since::parse("2999-01-01T00:00:00Z")
+            .unwrap_err()
+            .contains("in the future"));
         assert_eq!(Since::Ago(Duration::from_secs(1)).at_ms(10_000), 9_000);
         // Never 0 (no bound) nor negative.
         assert_eq!(Since::Ago(MAX_SINCE).at_ms(5), 1);
-        let t = Since::parse("2026-11-30T12:00:00Z").unwrap();
-        assert_eq!(t.at_ms(0), 1_796_040_000_000);
+        let t = Since::parse("2020-01-01T00:00:00Z").unwrap();
+        assert_eq!(t.at_ms(0), 1_577_836_800_000);
     }
 }
