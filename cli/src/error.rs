@@ -1,5 +1,6 @@
 //! The CLI's error type and exit codes: 1 for a failure, 2 for a usage
-//! error, 130 when Ctrl-C stopped a command that follows a rollout.
+//! error, 130 when Ctrl-C stopped a command that follows a rollout or
+//! the event log.
 
 use std::path::PathBuf;
 
@@ -30,6 +31,10 @@ pub enum Error {
     Failed(String),
     #[error("interrupted: rollout {id} goes on running on the controller; follow it again with `cutover rollout watch {id}` or stop it with `cutover rollout abort {id}`")]
     Interrupted { id: u64 },
+    /// Ctrl-C ended a command that follows something open-ended
+    /// (`events --follow`): nothing is left running.
+    #[error("interrupted")]
+    Stopped,
 }
 
 impl Error {
@@ -44,7 +49,7 @@ impl Error {
         match self {
             Error::Usage(_) => 2,
             // 128 + SIGINT, as a shell reports a command Ctrl-C ended.
-            Error::Interrupted { .. } => 130,
+            Error::Interrupted { .. } | Error::Stopped => 130,
             _ => 1,
         }
     }

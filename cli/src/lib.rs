@@ -68,18 +68,27 @@ pub enum Command {
     /// Fleet overview: hosts, channels, releases, what runs where.
     Status,
     /// Ask one host's agent for live diagnostics.
-    Diag { host: String },
+    Diag {
+        /// The enrolled host to ask.
+        host: String,
+    },
     /// The fleet config: which hosts run which services, and how.
     Fleet {
         #[command(subcommand)]
         command: FleetCommand,
     },
     /// Show the steps a rollout would take, without starting it.
+    #[command(
+        after_help = "Examples:\n  cutover plan --all --version stable\n  cutover plan api web --version 1.4.0 -o json"
+    )]
     Plan {
         #[command(flatten)]
         target: Target,
     },
     /// Plan and start a rollout.
+    #[command(
+        after_help = "Examples:\n  cutover upgrade --all --version stable --dry-run\n  cutover upgrade --all --version stable --yes --wait\n  cutover upgrade api --version 1.4.0 --yes"
+    )]
     Upgrade {
         #[command(flatten)]
         target: Target,
@@ -100,10 +109,16 @@ pub enum Command {
     /// release that was healthy on it and that no failed or rolled-back
     /// step tried since (hosts with none are listed and left alone), or
     /// every host to release VERSION.
+    #[command(
+        after_help = "Examples:\n  cutover rollback api --dry-run\n  cutover rollback api --yes --wait\n  cutover rollback api --to 1.3.0 --yes"
+    )]
     Rollback {
+        /// The service to take back.
         service: String,
+        /// Every host to this release instead (a version imported before).
         #[arg(long)]
         to: Option<String>,
+        /// Plan even with hosts offline; their steps wait for them.
         #[arg(long)]
         allow_offline: bool,
         /// Show every host's `from -> to` and start nothing.
@@ -113,8 +128,10 @@ pub enum Command {
         /// rolled-back step tried it (refused otherwise).
         #[arg(long, requires = "to")]
         force: bool,
+        /// Start without asking.
         #[arg(long, short)]
         yes: bool,
+        /// Follow the rollback until it ends (exit 1 unless it succeeds).
         #[arg(long)]
         wait: bool,
     },
@@ -123,21 +140,38 @@ pub enum Command {
         #[command(subcommand)]
         command: RolloutCommand,
     },
-    /// The controller's event log.
+    /// The controller's event log: the newest events, or with --follow
+    /// every new one as it is stored (Ctrl-C ends it, exit 130).
     Events {
         /// Only this rollout's events.
         #[arg(long)]
         rollout: Option<u64>,
-        #[arg(long, default_value_t = 100)]
+        /// At most this many events (the newest) shown first.
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
         limit: u32,
+        /// Only events since then: a duration back from now (10m, 2h, at
+        /// most 366d) or an RFC 3339 time.
+        #[arg(long, value_parser = commands::events::Since::parse)]
+        since: Option<commands::events::Since>,
+        /// Keep printing events as they are stored; with -o json, one JSON
+        /// object per line.
+        #[arg(long, short)]
+        follow: bool,
     },
     /// Print the CLI's version and the controller's (exit 0 even when the
     /// controller cannot be asked; its line says why).
     Version,
     /// Print a shell completion script: `cutover completions bash|zsh|fish`.
     Completions {
+        /// The shell to write the script for.
         #[arg(value_enum)]
         shell: clap_complete::Shell,
+    },
+    /// Write one man page per command (roff, section 1) into --out.
+    Man {
+        /// The directory the pages go to (made if missing).
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Run a throwaway controller and three agents on loopback, roll a good
     /// and a failing release of a sample service out, and show the rollback.
@@ -174,7 +208,11 @@ impl Target {
 pub enum FleetCommand {
     /// Validate FILE, check it against the enrolled hosts and store it as
     /// the fleet config; prints what changed and any warnings.
+    #[command(
+        after_help = "Examples:\n  cutover fleet apply fleet.toml --dry-run\n  cutover fleet apply fleet.toml"
+    )]
     Apply {
+        /// The fleet config (TOML).
         file: PathBuf,
         /// Check and show what would change; store nothing.
         #[arg(long)]
@@ -191,26 +229,33 @@ pub enum FleetCommand {
 pub enum RolloutCommand {
     /// Recent rollouts, newest first.
     List {
+        /// At most this many rollouts.
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
     /// One rollout on one screen: where it stopped, why, and what was done.
     Show {
+        /// The rollout's id (`cutover rollout list`).
         id: u64,
     },
     /// Follow a rollout live until it ends.
     Watch {
+        /// The rollout's id (`cutover rollout list`).
         id: u64,
     },
     /// Start no new batches; steps in flight finish.
     Pause {
+        /// The rollout's id (`cutover rollout list`).
         id: u64,
     },
+    /// Go on starting batches of a paused rollout.
     Resume {
+        /// The rollout's id (`cutover rollout list`).
         id: u64,
     },
     /// Stop for good; hosts stay as they are unless --rollback.
     Abort {
+        /// The rollout's id (`cutover rollout list`).
         id: u64,
         /// Then take every host the rollout moved back to what it ran
         /// before it (a rollback rollout, started at once).
@@ -230,6 +275,7 @@ pub enum RolloutCommand {
 pub enum PkiCommand {
     /// Make ca.pem, controller.pem and operator.pem (with keys) in DIR.
     Init {
+        /// Where the certificates and keys are written (made if missing).
         #[arg(long)]
         dir: PathBuf,
         /// Names or IP addresses the controller is reached at, comma separated.
@@ -245,17 +291,50 @@ pub enum PkiCommand {
 pub enum ReleaseCommand {
     /// Make an Ed25519 release key pair: OUT.key (secret) and OUT.pub.
     Keygen {
+        /// Path of the pair without extension: OUT.key and OUT.pub.
         #[arg(long)]
         out: PathBuf,
     },
+    /// Build a release from DIR/SERVICE directories: a deterministic
+    /// SERVICE-SERVICE_VERSION.tar.gz per service and release-VERSION.toml
+    /// pinning their digests and sizes (valid 30 days), in --out.
+    #[command(
+        after_help = "Example:\n  cutover release build ./services --version 1.4.0 \\\n      --service db=1.2 --service api --depends-on api=db --out dist\n  cutover release sign dist/release-1.4.0.toml --key release.key\n  cutover release import dist/release-1.4.0.toml"
+    )]
+    Build {
+        /// Holds one directory per service, named as the service.
+        dir: PathBuf,
+        /// The release's version (semantic version).
+        #[arg(long)]
+        version: String,
+        /// A service to ship, from DIR/NAME; its service_version is
+        /// SERVICE_VERSION or else the release's version. Repeatable.
+        #[arg(long = "service", value_name = "NAME[=SERVICE_VERSION]", value_parser = commands::release_build::ServiceArg::parse, required = true)]
+        services: Vec<commands::release_build::ServiceArg>,
+        /// SERVICE depends on DEP (moved after it). Repeatable.
+        #[arg(long, value_name = "SERVICE=DEP[,DEP...]", value_parser = commands::release_build::DependsArg::parse)]
+        depends_on: Vec<commands::release_build::DependsArg>,
+        /// Where the tarballs and the manifest are written.
+        #[arg(long, default_value = "dist")]
+        out: PathBuf,
+        /// The lowest release this one may be upgraded from.
+        #[arg(long)]
+        min_upgrade_from: Option<String>,
+        /// Releases a host must pass through first. Repeatable.
+        #[arg(long)]
+        requires_intermediate: Vec<String>,
+    },
     /// Sign MANIFEST with a release key, adding to MANIFEST.sig.
     Sign {
+        /// The release manifest (TOML) to sign.
         manifest: PathBuf,
+        /// The secret release key (`release keygen`'s OUT.key).
         #[arg(long)]
         key: PathBuf,
     },
     /// Upload a signed manifest and its artifacts; the controller verifies both.
     Import {
+        /// The signed manifest; MANIFEST.sig must be beside it.
         manifest: PathBuf,
         /// Where the manifest's artifact files are (default: beside the manifest).
         #[arg(long)]
@@ -268,17 +347,26 @@ pub enum ReleaseCommand {
 #[derive(Subcommand)]
 pub enum ChannelCommand {
     /// Point channel NAME at release VERSION.
-    Set { name: String, version: String },
+    Set {
+        /// The channel, made if new.
+        name: String,
+        /// An imported release.
+        version: String,
+    },
     /// List channels.
     List,
     /// Make NAME the fleet's default channel.
-    Default { name: String },
+    Default {
+        /// An existing channel.
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
 pub enum TokenCommand {
     /// Print a one-time join token for HOST.
     Create {
+        /// The name the new host enrolls under.
         host: String,
         /// How long the token stays valid.
         #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
@@ -288,12 +376,21 @@ pub enum TokenCommand {
         #[arg(long)]
         replace: bool,
     },
+    /// Join tokens not yet used and not expired: host, created, expires,
+    /// whether it replaces an enrolled host (never the token itself).
+    List,
+    /// Drop HOST's unused join tokens; says how many.
+    Revoke {
+        /// The host whose unused tokens are dropped.
+        host: String,
+    },
 }
 
 #[derive(Subcommand)]
 pub enum HostCommand {
     /// Refuse HOST from now on and cut its live session (asks first).
     Revoke {
+        /// The enrolled host to refuse.
         host: String,
         /// Revoke without asking.
         #[arg(long, short)]
@@ -301,7 +398,10 @@ pub enum HostCommand {
     },
     /// Remove a revoked HOST's record so its name can enroll again with a
     /// fresh identity; its events and rollout history are kept.
-    Forget { host: String },
+    Forget {
+        /// A revoked host.
+        host: String,
+    },
 }
 
 /// Runs one command; a lost connection names the controller it was to.
@@ -330,6 +430,25 @@ async fn dispatch(cli: Cli) -> Result<()> {
         } => commands::pki_init(&dir, &controller_host, &operator),
         Command::Release { command } => match command {
             ReleaseCommand::Keygen { out } => release::keygen(&out),
+            ReleaseCommand::Build {
+                dir,
+                version,
+                services,
+                depends_on,
+                out,
+                min_upgrade_from,
+                requires_intermediate,
+            } => commands::release_build::build(commands::release_build::BuildArgs {
+                dir,
+                version,
+                services,
+                depends_on,
+                out,
+                floor: bundle::Floor {
+                    min_upgrade_from,
+                    requires_intermediate,
+                },
+            }),
             ReleaseCommand::Sign { manifest, key } => release::sign(&manifest, &key),
             ReleaseCommand::Import {
                 manifest,
@@ -342,6 +461,12 @@ async fn dispatch(cli: Cli) -> Result<()> {
             ChannelCommand::List => release::channel_list(c, out).await,
             ChannelCommand::Default { name } => release::channel_default(c, &name).await,
         },
+        Command::Token {
+            command: TokenCommand::List,
+        } => commands::token::list(c, out).await,
+        Command::Token {
+            command: TokenCommand::Revoke { host },
+        } => commands::token::revoke(c, &host).await,
         Command::Token {
             command: TokenCommand::Create { host, ttl, replace },
         } => {
@@ -430,12 +555,26 @@ async fn dispatch(cli: Cli) -> Result<()> {
                 yes,
             } => commands::rollback::abort_and_roll_back(c, id, allow_offline, yes, out).await,
         },
-        Command::Events { rollout: id, limit } => rollout::events(c, id, limit, out).await,
+        Command::Events {
+            rollout,
+            limit,
+            since,
+            follow,
+        } => {
+            let args = commands::events::EventsArgs {
+                rollout,
+                limit,
+                since,
+                follow,
+            };
+            commands::events::events(c, args, out).await
+        }
         Command::Version => commands::about::version(c, out).await,
         Command::Completions { shell } => {
             commands::about::completions(shell);
             Ok(())
         }
+        Command::Man { out } => commands::man::man(&out),
         Command::Demo(args) => demo::run(args).await,
     }
 }

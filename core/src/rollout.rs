@@ -350,6 +350,10 @@ pub struct Failure {
 /// One line of the controller's event log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EventView {
+    /// Its place in the log (ids only grow): `events --follow` goes on
+    /// after the last one it printed. 0 from controllers that did not say.
+    #[serde(default)]
+    pub id: u64,
     pub at_ms: i64,
     pub kind: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]

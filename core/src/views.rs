@@ -120,6 +120,20 @@ pub struct ChannelView {
     pub updated_at: Option<OffsetDateTime>,
 }
 
+/// A join token not yet used and not expired, as `cutover token list`
+/// shows it. The token itself is never stored (only its SHA-256), so it
+/// is not here either.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinTokenView {
+    pub host: String,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub created: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub expires: Option<OffsetDateTime>,
+    /// Made with `--replace`: enrolling takes over an enrolled host's name.
+    pub replaces: bool,
+}
+
 /// Milliseconds since the Unix epoch; 0 stands for "never".
 pub fn to_ms(t: Option<OffsetDateTime>) -> i64 {
     t.map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)

@@ -1,12 +1,16 @@
 //! The CLI's commands, grouped by what they act on.
 
 pub mod about;
+pub mod events;
 pub mod fleet;
 pub mod fleet_apply;
+pub mod man;
 mod plan_text;
 pub mod release;
+pub mod release_build;
 pub mod rollback;
 pub mod rollout;
+pub mod token;
 
 use std::io::IsTerminal;
 use std::path::Path;

@@ -373,7 +373,7 @@ fn step_row(s: &Step, now: i64) -> Vec<String> {
     ]
 }
 
-fn print_event(e: &EventView) {
+pub(super) fn print_event(e: &EventView) {
     println!(
         "  {}  {:<20} {}{}",
         output::when(from_ms(e.at_ms)),
@@ -482,27 +482,6 @@ pub async fn control(c: &ConnectArgs, id: u64, action: &str, out: Format) -> Res
         output::json(&r);
     } else {
         println!("rollout {id} is now {}", r.status);
-    }
-    Ok(())
-}
-
-pub async fn events(c: &ConnectArgs, rollout: Option<u64>, limit: u32, out: Format) -> Result<()> {
-    let doc = c
-        .operator()
-        .await?
-        .events(v1::EventsRequest {
-            rollout: rollout.unwrap_or(0),
-            limit,
-        })
-        .await?
-        .into_inner();
-    let events: Vec<EventView> = decode("events", doc)?;
-    if out == Format::Json {
-        output::json(&events);
-    } else {
-        for e in &events {
-            print_event(e);
-        }
     }
     Ok(())
 }

@@ -160,6 +160,32 @@ impl Operator for OperatorApi {
         }))
     }
 
+    async fn list_tokens(
+        &self,
+        _req: Request<v1::Empty>,
+    ) -> Result<Response<v1::JsonDocument>, Status> {
+        let now = now_ms();
+        let tokens = self.c.store.run(move |s| s.open_tokens(now)).await?;
+        Ok(Response::new(to_json(&tokens)))
+    }
+
+    async fn revoke_tokens(
+        &self,
+        req: Request<v1::HostRequest>,
+    ) -> Result<Response<v1::RevokeTokensResponse>, Status> {
+        let host = req.into_inner().host;
+        name("host", &host)?;
+        let now = now_ms();
+        let h = host.clone();
+        let n = self.c.store.run(move |s| s.revoke_tokens(&h, now)).await?;
+        if n > 0 {
+            tracing::warn!(%host, tokens = n, "join tokens revoked");
+        }
+        Ok(Response::new(v1::RevokeTokensResponse {
+            revoked: u32::try_from(n).unwrap_or(u32::MAX),
+        }))
+    }
+
     async fn revoke_host(
         &self,
         req: Request<v1::HostRequest>,
@@ -459,7 +485,13 @@ impl Operator for OperatorApi {
         } else {
             r.limit.min(10_000) as usize
         };
-        let events = self.c.store.run(move |s| s.events(rollout, limit)).await?;
+        let q = crate::store::EventQuery {
+            rollout,
+            after_id: (r.after_id != 0).then_some(r.after_id),
+            since_ms: (r.since_ms != 0).then_some(r.since_ms),
+            limit,
+        };
+        let events = self.c.store.run(move |s| s.query_events(q)).await?;
         Ok(Response::new(to_json(&events)))
     }
 }

@@ -1,7 +1,7 @@
 //! Hosts and their join tokens in the store: enrollment, certificate
 //! serials, renewal, revocation, forgetting, hellos and disconnects.
 
-use cutover_core::views::{now_ms, HostView, InstalledService};
+use cutover_core::views::{from_ms, now_ms, HostView, InstalledService, JoinTokenView};
 use rusqlite::{params, OptionalExtension, TransactionBehavior};
 
 use super::{insert_event, Store};
@@ -129,6 +129,55 @@ impl Store {
             insert_event(&tx, "token.created", Some(host), &detail)?;
             tx.commit()?;
             Ok(())
+        })
+    }
+
+    /// Join tokens not yet used and not expired at `now`, oldest first.
+    pub fn open_tokens(&self, now: i64) -> Result<Vec<JoinTokenView>> {
+        self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT host, created_at, expires_at, replaces FROM join_tokens
+                 WHERE used_at IS NULL AND expires_at > ?1 ORDER BY created_at, host",
+            )?;
+            let rows = stmt
+                .query_map([now], |r| {
+                    Ok(JoinTokenView {
+                        host: r.get(0)?,
+                        created: from_ms(r.get(1)?),
+                        expires: from_ms(r.get(2)?),
+                        replaces: r.get(3)?,
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+    }
+
+    /// Drops `host`'s unused join tokens (expired ones too: none can
+    /// enroll any more); returns how many were still usable. Recorded as
+    /// an event when there were any.
+    pub fn revoke_tokens(&self, host: &str, now: i64) -> Result<usize> {
+        self.with(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let usable: i64 = tx.query_row(
+                "SELECT count(*) FROM join_tokens WHERE host = ?1 AND used_at IS NULL AND expires_at > ?2",
+                params![host, now],
+                |r| r.get(0),
+            )?;
+            tx.execute(
+                "DELETE FROM join_tokens WHERE host = ?1 AND used_at IS NULL",
+                [host],
+            )?;
+            if usable > 0 {
+                insert_event(
+                    &tx,
+                    "token.revoked",
+                    Some(host),
+                    &format!("{usable} unused join token(s) revoked by operator"),
+                )?;
+            }
+            tx.commit()?;
+            Ok(usize::try_from(usable).unwrap_or(0))
         })
     }
 

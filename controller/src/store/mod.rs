@@ -12,10 +12,12 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::error::{Error, Result};
 
+mod events;
 mod host_releases;
 mod hosts;
 mod rollouts;
 mod startup;
+pub use events::EventQuery;
 pub use host_releases::key as release_key;
 pub use hosts::{CertSerials, TokenProblem};
 pub use rollouts::{LogLine, RolloutSave};

@@ -6,8 +6,7 @@
 //! events that explain them, in one transaction.
 
 use cutover_core::rollout::{
-    EventView, Evidence, Failure, Plan, Rollout, RolloutKind, RolloutStatus, RolloutSummary, Step,
-    StepPhase,
+    Evidence, Failure, Plan, Rollout, RolloutKind, RolloutStatus, RolloutSummary, Step, StepPhase,
 };
 use cutover_core::views::{now_ms, InstalledService};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
@@ -198,7 +197,7 @@ fn insert_steps(c: &Connection, id: u64, steps: &[EncodedStep]) -> Result<()> {
 
 /// `limit` for SQL's `LIMIT`: a cast would wrap a huge one to -1, which
 /// SQLite reads as no limit at all.
-fn sql_limit(limit: usize) -> i64 {
+pub(crate) fn sql_limit(limit: usize) -> i64 {
     i64::try_from(limit).unwrap_or(i64::MAX)
 }
 
@@ -431,36 +430,6 @@ impl Store {
                     Ok(head.with(plan, steps))
                 })
                 .collect())
-        })
-    }
-
-    /// The event log, oldest first; one rollout's events when `rollout` is set.
-    pub fn events(&self, rollout: Option<u64>, limit: usize) -> Result<Vec<EventView>> {
-        let rollout = match rollout.map(sql_id) {
-            // A rollout that cannot exist has no events.
-            Some(None) => return Ok(Vec::new()),
-            Some(Some(id)) => Some(id),
-            None => None,
-        };
-        self.with(|c| {
-            let mut stmt = c.prepare(
-                "SELECT at, kind, host, rollout, detail FROM
-                   (SELECT id, at, kind, host, rollout, detail FROM events
-                    WHERE ?1 IS NULL OR rollout = ?1 ORDER BY id DESC LIMIT ?2)
-                 ORDER BY id",
-            )?;
-            let rows = stmt
-                .query_map(params![rollout, sql_limit(limit)], |r| {
-                    Ok(EventView {
-                        at_ms: r.get(0)?,
-                        kind: r.get(1)?,
-                        host: r.get(2)?,
-                        rollout: r.get(3)?,
-                        detail: r.get(4)?,
-                    })
-                })?
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok(rows)
         })
     }
 

@@ -1,0 +1,233 @@
+//! `cutover release build`: deterministic service tarballs and the
+//! release manifest that pins them (digests and sizes), from one
+//! directory per service. Made by [`crate::bundle`], as the demo and the
+//! system tests make theirs; `release sign` and `release import` take the
+//! manifest it writes.
+
+use std::path::{Path, PathBuf};
+
+use crate::bundle::{self, File, Floor, Service};
+use crate::error::{Error, Result};
+
+/// The most bytes one service's files may hold: the tarball is made in
+/// memory.
+pub const MAX_SERVICE_BYTES: u64 = 1 << 30;
+/// The most files one service may hold.
+pub const MAX_SERVICE_FILES: usize = 100_000;
+
+/// `--service NAME[=SERVICE_VERSION]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceArg {
+    pub name: String,
+    /// Empty: the release's version.
+    pub service_version: String,
+}
+
+impl ServiceArg {
+    /// clap's value parser.
+    pub fn parse(text: &str) -> std::result::Result<ServiceArg, String> {
+        let (name, version) = text.split_once('=').unwrap_or((text, ""));
+        cutover_core::names::validate("service", name).map_err(|e| e.to_string())?;
+        if !version.is_empty() {
+            cutover_core::names::validate("service version", version).map_err(|e| e.to_string())?;
+        }
+        Ok(ServiceArg {
+            name: name.into(),
+            service_version: version.into(),
+        })
+    }
+}
+
+/// `--depends-on SERVICE=DEP[,DEP...]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DependsArg {
+    pub service: String,
+    pub on: Vec<String>,
+}
+
+impl DependsArg {
+    /// clap's value parser.
+    pub fn parse(text: &str) -> std::result::Result<DependsArg, String> {
+        let (service, on) = text
+            .split_once('=')
+            .ok_or_else(|| format!("{text:?}: give SERVICE=DEP[,DEP...], e.g. api=db"))?;
+        let on: Vec<String> = on.split(',').map(|d| d.trim().to_string()).collect();
+        for name in std::iter::once(service).chain(on.iter().map(String::as_str)) {
+            cutover_core::names::validate("service", name).map_err(|e| e.to_string())?;
+        }
+        Ok(DependsArg {
+            service: service.into(),
+            on,
+        })
+    }
+}
+
+/// What `cutover release build` was asked for.
+pub struct BuildArgs {
+    /// Holds one directory per service, named as the service.
+    pub dir: PathBuf,
+    pub version: String,
+    pub services: Vec<ServiceArg>,
+    pub depends_on: Vec<DependsArg>,
+    /// Where the tarballs and the manifest go.
+    pub out: PathBuf,
+    pub floor: Floor,
+}
+
+/// Builds the release and prints what it wrote.
+pub fn build(args: BuildArgs) -> Result<()> {
+    // A name first (it is in file names and the manifest's text); the
+    // manifest's own rules (semantic version) are checked on reading back.
+    cutover_core::names::validate("release version", &args.version)
+        .map_err(|e| Error::Usage(format!("--version: {e}")))?;
+    let version = args.version.clone();
+    if args.services.is_empty() {
+        return Err(Error::Usage(
+            "give at least one --service NAME (its files are DIR/NAME)".into(),
+        ));
+    }
+    let mut services = Vec::new();
+    for s in &args.services {
+        if services.iter().any(|o: &Service| o.name == s.name) {
+            return Err(Error::Usage(format!("--service {} is given twice", s.name)));
+        }
+        let depends_on = args
+            .depends_on
+            .iter()
+            .filter(|d| d.service == s.name)
+            .flat_map(|d| d.on.iter().cloned())
+            .collect();
+        let root = args.dir.join(&s.name);
+        services.push(Service {
+            name: s.name.clone(),
+            service_version: if s.service_version.is_empty() {
+                version.clone()
+            } else {
+                s.service_version.clone()
+            },
+            depends_on,
+            files: read_tree(&root)?,
+        });
+    }
+    if let Some(d) = args
+        .depends_on
+        .iter()
+        .find(|d| !args.services.iter().any(|s| s.name == d.service))
+    {
+        return Err(Error::Usage(format!(
+            "--depends-on {}: no --service {} in this release",
+            d.service, d.service
+        )));
+    }
+    let manifest = bundle::write_release(&args.out, &version, &services, &args.floor)?;
+    // Read back with the controller's own rules: a release that would be
+    // refused at import is refused here.
+    let text = std::fs::read_to_string(&manifest).map_err(|e| Error::io(&manifest, e))?;
+    cutover_core::manifest::Manifest::parse(&text)
+        .map_err(|e| Error::Failed(format!("{}: {e}", manifest.display())))?;
+    for s in &services {
+        println!(
+            "wrote {}",
+            args.out
+                .join(format!("{}-{}.tar.gz", s.name, s.service_version))
+                .display()
+        );
+    }
+    println!("wrote {}", manifest.display());
+    Ok(())
+}
+
+/// Every regular file under `root`, path-sorted, with its Unix mode.
+/// Symbolic links and other special files are refused: what is shipped is
+/// what is in the directory.
+fn read_tree(root: &Path) -> Result<Vec<File>> {
+    let meta = std::fs::symlink_metadata(root).map_err(|e| Error::io(root, e))?;
+    if !meta.is_dir() {
+        return Err(Error::Failed(format!(
+            "{}: not a directory; a service's files are DIR/SERVICE",
+            root.display()
+        )));
+    }
+    let mut files = Vec::new();
+    let mut total = 0u64;
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))? {
+            let entry = entry.map_err(|e| Error::io(&dir, e))?;
+            let path = entry.path();
+            let meta = std::fs::symlink_metadata(&path).map_err(|e| Error::io(&path, e))?;
+            if meta.is_dir() {
+                pending.push(path);
+                continue;
+            }
+            if !meta.is_file() {
+                return Err(Error::Failed(format!(
+                    "{}: not a regular file or directory (symbolic links are not shipped)",
+                    path.display()
+                )));
+            }
+            let rel = path
+                .strip_prefix(root)
+                .ok()
+                .and_then(Path::to_str)
+                .ok_or_else(|| {
+                    Error::Failed(format!("{}: file names must be UTF-8", path.display()))
+                })?
+                .to_string();
+            total = total.saturating_add(meta.len());
+            if total > MAX_SERVICE_BYTES || files.len() >= MAX_SERVICE_FILES {
+                return Err(Error::Failed(format!(
+                    "{}: more than {} or {MAX_SERVICE_FILES} files in one service",
+                    root.display(),
+                    crate::output::bytes(MAX_SERVICE_BYTES)
+                )));
+            }
+            let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+            use std::os::unix::fs::PermissionsExt;
+            files.push(File::new(&rel, bytes, meta.permissions().mode() & 0o7777));
+        }
+    }
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_and_dependency_arguments_are_names() {
+        assert_eq!(
+            ServiceArg::parse("api=1.4").unwrap(),
+            ServiceArg {
+                name: "api".into(),
+                service_version: "1.4".into()
+            }
+        );
+        assert_eq!(ServiceArg::parse("db").unwrap().service_version, "");
+        assert!(ServiceArg::parse("a/b").is_err());
+        assert!(ServiceArg::parse("api=../x").is_err());
+        assert_eq!(
+            DependsArg::parse("api=db,cache").unwrap().on,
+            ["db", "cache"]
+        );
+        assert!(DependsArg::parse("api").is_err());
+    }
+
+    #[test]
+    fn the_same_directory_builds_the_same_tarball() {
+        let dir = tempfile::tempdir().unwrap();
+        let svc = dir.path().join("api");
+        std::fs::create_dir_all(svc.join("bin")).unwrap();
+        std::fs::write(svc.join("bin/api"), b"#!/bin/sh\n").unwrap();
+        std::fs::write(svc.join("VERSION"), b"1\n").unwrap();
+        let a = bundle::tarball(&read_tree(&svc).unwrap()).unwrap();
+        let b = bundle::tarball(&read_tree(&svc).unwrap()).unwrap();
+        assert_eq!(a, b);
+        std::os::unix::fs::symlink("VERSION", svc.join("link")).unwrap();
+        let Err(e) = read_tree(&svc) else {
+            panic!("a symbolic link was read")
+        };
+        assert!(e.to_string().contains("symbolic links"), "{e}");
+    }
+}
