@@ -213,6 +213,7 @@ impl Journal {
             current: self.current.as_ref().map(|s| s.identity.clone()),
             previous: self.previous.as_ref().map(|s| s.identity.clone()),
             state: state.to_string(),
+            health: Default::default(),
         }
     }
 }
@@ -261,6 +262,7 @@ impl Unreadable {
             current: linked_identity(self.linked),
             previous: None,
             state: UNREADABLE.into(),
+            health: Default::default(),
         }
     }
 
@@ -318,6 +320,7 @@ impl Orphan {
             current: linked_identity(Some(self.linked)),
             previous: None,
             state: MISSING.into(),
+            health: Default::default(),
         }
     }
 

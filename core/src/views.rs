@@ -30,6 +30,60 @@ pub struct InstalledService {
     pub current: Option<ContentIdentity>,
     pub previous: Option<ContentIdentity>,
     pub state: String,
+    /// What the agent's health probes last said (unknown from agents and
+    /// stored inventories that predate them).
+    #[serde(default, skip_serializing_if = "ServiceHealth::is_unknown")]
+    pub health: ServiceHealth,
+}
+
+/// Whether a running service passes its health checks, as the agent
+/// probed it after its rollout.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthState {
+    /// Not probed yet (or not running).
+    #[default]
+    Unknown,
+    Healthy,
+    Unhealthy,
+}
+
+impl HealthState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HealthState::Unknown => "unknown",
+            HealthState::Healthy => "healthy",
+            HealthState::Unhealthy => "unhealthy",
+        }
+    }
+
+    /// The wire's spelling; anything else reads as unknown.
+    pub fn parse(s: &str) -> HealthState {
+        match s {
+            "healthy" => HealthState::Healthy,
+            "unhealthy" => HealthState::Unhealthy,
+            _ => HealthState::Unknown,
+        }
+    }
+}
+
+/// A service's health: its state, since when (ms since the epoch, 0:
+/// unknown), the failing check's evidence (bounded to
+/// [`limits::HEALTH_EVIDENCE`]) and its process's restarts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ServiceHealth {
+    pub state: HealthState,
+    pub since_ms: i64,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub evidence: String,
+    pub restarts: u32,
+}
+
+impl ServiceHealth {
+    pub fn is_unknown(&self) -> bool {
+        *self == ServiceHealth::default()
+    }
 }
 
 /// A host's live diagnostics, gathered by its agent when asked.
@@ -180,6 +234,9 @@ pub mod limits {
     /// Bytes of log lines in one whole diag report, counting 4 bytes of
     /// framing per line.
     pub const LOG_BYTES: usize = 512 << 10;
+    /// The evidence a service's health carries (the failing check's
+    /// gate and detail).
+    pub const HEALTH_EVIDENCE: usize = 512;
     /// Services in one inventory, one diag report or one list of logs
     /// (a release has at most 1,024).
     pub const SERVICES: usize = 1024;
@@ -225,6 +282,7 @@ impl InstalledService {
     /// validated where they enter, never cut).
     pub fn bound(&mut self) {
         bound(&mut self.state, limits::SHORT);
+        bound(&mut self.health.evidence, limits::HEALTH_EVIDENCE);
     }
 }
 
@@ -290,6 +348,24 @@ mod bound_tests {
     use super::*;
 
     #[test]
+    fn an_inventory_stored_before_health_reads_as_unknown_and_round_trips() {
+        let old = r#"{"name":"api","current":null,"previous":null,"state":"running"}"#;
+        let s: InstalledService = serde_json::from_str(old).unwrap();
+        assert_eq!(s.health, ServiceHealth::default());
+        assert_eq!(serde_json::to_string(&s).unwrap(), old, "unknown is left out");
+        let mut s = s;
+        s.health = ServiceHealth {
+            state: HealthState::Unhealthy,
+            since_ms: 5,
+            evidence: "http: 503".into(),
+            restarts: 2,
+        };
+        let text = serde_json::to_string(&s).unwrap();
+        assert!(text.contains(r#""state":"unhealthy""#), "{text}");
+        assert_eq!(serde_json::from_str::<InstalledService>(&text).unwrap(), s);
+    }
+
+    #[test]
     fn bounded_text_is_cut_at_a_char_boundary_with_a_marker() {
         assert_eq!(bounded("short", 10), "short");
         let long = "é".repeat(100); // 200 bytes
@@ -316,6 +392,10 @@ mod bound_tests {
                     current: None,
                     previous: None,
                     state: huge.clone(),
+                    health: ServiceHealth {
+                        evidence: huge.clone(),
+                        ..ServiceHealth::default()
+                    },
                 };
                 limits::SERVICES + 5
             ],
@@ -334,6 +414,10 @@ mod bound_tests {
         assert!(d.hostname.len() <= limits::SHORT && d.agent_version.len() <= limits::SHORT);
         assert_eq!(d.services.len(), limits::SERVICES);
         assert!(d.services.iter().all(|s| s.state.len() <= limits::SHORT));
+        assert!(d
+            .services
+            .iter()
+            .all(|s| s.health.evidence.len() <= limits::HEALTH_EVIDENCE));
         assert_eq!(d.logs.len(), limits::SERVICES);
         let lines: usize = d
             .logs

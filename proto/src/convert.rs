@@ -6,8 +6,8 @@
 //! builds exceeds what the controller accepts.
 
 use cutover_core::views::{
-    bound, from_ms, limits, to_ms, ChannelView, ContentIdentity, DiagReport, HostView,
-    InstalledService, ReleaseServiceView, ReleaseView, ServiceLog,
+    bound, from_ms, limits, to_ms, ChannelView, ContentIdentity, DiagReport, HealthState,
+    HostView, InstalledService, ReleaseServiceView, ReleaseView, ServiceHealth, ServiceLog,
 };
 use cutover_core::Sha256Digest;
 
@@ -98,6 +98,16 @@ impl From<&InstalledService> for v1::InstalledService {
             current: s.current.as_ref().map(Into::into),
             previous: s.previous.as_ref().map(Into::into),
             state: cutover_core::views::bounded(&s.state, limits::SHORT).into_owned(),
+            health: (!s.health.is_unknown()).then(|| v1::ServiceHealth {
+                state: s.health.state.as_str().into(),
+                since_ms: s.health.since_ms,
+                evidence: cutover_core::views::bounded(
+                    &s.health.evidence,
+                    limits::HEALTH_EVIDENCE,
+                )
+                .into_owned(),
+                restarts: s.health.restarts,
+            }),
         }
     }
 }
@@ -114,6 +124,15 @@ impl TryFrom<v1::InstalledService> for InstalledService {
             current: s.current.map(TryInto::try_into).transpose()?,
             previous: s.previous.map(TryInto::try_into).transpose()?,
             state: s.state,
+            health: s
+                .health
+                .map(|h| ServiceHealth {
+                    state: HealthState::parse(&h.state),
+                    since_ms: h.since_ms,
+                    evidence: h.evidence,
+                    restarts: h.restarts,
+                })
+                .unwrap_or_default(),
         };
         service.bound();
         Ok(service)
@@ -150,6 +169,21 @@ impl TryFrom<v1::Hello> for Hello {
             inventory: services_from_wire(h.inventory)?,
             agent_started_at_ms: h.agent_started_at_ms,
         })
+    }
+}
+
+/// The services whose health an agent says changed: at most
+/// [`limits::SERVICES`], each checked like an inventory's.
+pub fn health_change_from_wire(h: v1::HealthChange) -> Result<Vec<InstalledService>, WireError> {
+    check_count("health change", h.services.len(), limits::SERVICES)?;
+    h.services.into_iter().map(TryInto::try_into).collect()
+}
+
+/// A health change as an agent sends it: at most [`limits::SERVICES`]
+/// services (the rest wait for the next hello's inventory).
+pub fn health_change_to_wire(list: &[InstalledService]) -> v1::HealthChange {
+    v1::HealthChange {
+        services: list.iter().take(limits::SERVICES).map(Into::into).collect(),
     }
 }
 
@@ -359,9 +393,38 @@ mod tests {
             }),
             previous: None,
             state: "running".into(),
+            health: None,
         };
         let e = InstalledService::try_from(wire).unwrap_err().to_string();
         assert!(e.contains("malformed tarball digest"), "{e}");
+    }
+
+    #[test]
+    fn health_round_trips_bounded_and_an_old_agents_reads_as_unknown() {
+        let mut s = InstalledService {
+            name: "api".into(),
+            current: None,
+            previous: None,
+            state: "running".into(),
+            health: ServiceHealth {
+                state: HealthState::Unhealthy,
+                since_ms: 1_700_000_000_000,
+                evidence: "http: 503".into(),
+                restarts: 3,
+            },
+        };
+        let back = InstalledService::try_from(v1::InstalledService::from(&s)).unwrap();
+        assert_eq!(back, s);
+        s.health.evidence = "e".repeat(70_000);
+        let wire = v1::InstalledService::from(&s);
+        assert!(wire.health.as_ref().unwrap().evidence.len() <= limits::HEALTH_EVIDENCE);
+        let mut wire = wire;
+        wire.health.as_mut().unwrap().evidence = "e".repeat(70_000);
+        let back = InstalledService::try_from(wire.clone()).unwrap();
+        assert!(back.health.evidence.len() <= limits::HEALTH_EVIDENCE);
+        wire.health = None;
+        let old = InstalledService::try_from(wire).unwrap();
+        assert_eq!(old.health, ServiceHealth::default());
     }
 
     #[test]
@@ -383,6 +446,7 @@ mod tests {
             current: None,
             previous: None,
             state: "s".repeat(70_000),
+            health: None,
         };
         let hello = Hello::try_from(v1::Hello {
             agent_version: "v".repeat(70_000),

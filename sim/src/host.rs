@@ -75,6 +75,7 @@ impl SimRuntime {
                         current: Some(id.clone()),
                         previous: None,
                         state: "running".into(),
+                        health: Default::default(),
                     },
                 )
             })
@@ -154,6 +155,7 @@ impl SimHost {
                 current: None,
                 previous: None,
                 state: "not installed".into(),
+                health: Default::default(),
             })
     }
 
@@ -166,6 +168,7 @@ impl SimHost {
                 current: None,
                 previous: None,
                 state: "running".into(),
+                health: Default::default(),
             });
         entry.previous = std::mem::replace(&mut entry.current, to);
         entry.state = "running".into();

@@ -47,6 +47,7 @@ pub fn plan(hosts: usize, services: usize) -> Result<()> {
             }),
             previous: None,
             state: "running".into(),
+            health: Default::default(),
         })
         .collect();
     let states: Vec<HostState> = names

@@ -418,6 +418,7 @@ max_unavailable = 2
                     }),
                     previous: None,
                     state: "running".into(),
+                    health: Default::default(),
                 })
                 .collect(),
         }

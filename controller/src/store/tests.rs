@@ -159,6 +159,7 @@ fn a_hello_reporting_a_broken_journal_records_an_event_naming_the_service() {
         current: None,
         previous: None,
         state: state.into(),
+        health: Default::default(),
     };
     assert!(s
         .record_hello("edge-1", "1.0", &[service("api", "running")])

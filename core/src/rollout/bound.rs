@@ -75,6 +75,7 @@ mod tests {
                 current: None,
                 previous: None,
                 state: huge,
+                health: Default::default(),
             },
             auto_rolled_back: false,
             fetched_bytes: 0,

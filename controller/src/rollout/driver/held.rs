@@ -88,6 +88,7 @@ mod tests {
                 current: None,
                 previous: None,
                 state: "running".into(),
+                health: Default::default(),
             },
             auto_rolled_back: false,
             fetched_bytes: 0,

@@ -263,6 +263,7 @@ mod tests {
                 current: None,
                 previous: None,
                 state: state.into(),
+                health: Default::default(),
             },
             late_of: None,
         }

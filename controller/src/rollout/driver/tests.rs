@@ -53,6 +53,7 @@ fn report(id: &str) -> Report {
             current: None,
             previous: None,
             state: "running".into(),
+            health: Default::default(),
         },
         auto_rolled_back: false,
         fetched_bytes: 0,

@@ -107,6 +107,7 @@ fn report(r: &Rollout, host: &str, service: &str, ok: bool, rollback: bool) -> R
             current: None,
             previous: None,
             state: "running".into(),
+            health: Default::default(),
         },
         auto_rolled_back: false,
         fetched_bytes: 0,
