@@ -33,6 +33,10 @@ pub struct Config {
     /// has been unreachable this long is rolled back by the agent itself.
     #[serde(with = "humantime_serde", default = "default_autonomous")]
     pub autonomous_rollback_after: Duration,
+    /// How often the agent probes each installed service's health checks
+    /// between rollouts and reports changes (1 s to 1 h).
+    #[serde(with = "humantime_serde", default = "default_health_probe")]
+    pub health_probe_interval: Duration,
     /// Service log files rotate at this size; `log_files` of them are kept.
     #[serde(default = "default_log_bytes")]
     pub log_max_bytes: u64,
@@ -62,6 +66,9 @@ pub const HEARTBEAT_INTERVAL: Bound<Duration> =
 /// `reconnect_max_backoff`: 100 ms to an hour.
 pub const RECONNECT_MAX_BACKOFF: Bound<Duration> =
     (Duration::from_millis(100), Duration::from_secs(3600));
+/// `health_probe_interval`: 1 s to 1 h.
+pub const HEALTH_PROBE_INTERVAL: Bound<Duration> =
+    (Duration::from_secs(1), Duration::from_secs(3600));
 /// `autonomous_rollback_after`: 1 s to a week.
 pub const AUTONOMOUS_ROLLBACK_AFTER: Bound<Duration> =
     (Duration::from_secs(1), Duration::from_secs(7 * 24 * 3600));
@@ -83,6 +90,10 @@ fn default_max_unpacked() -> u64 {
 
 fn default_max_entries() -> u64 {
     200_000
+}
+
+fn default_health_probe() -> Duration {
+    Duration::from_secs(30)
 }
 
 fn default_autonomous() -> Duration {
@@ -168,6 +179,11 @@ impl Config {
                 "autonomous_rollback_after",
                 self.autonomous_rollback_after,
                 AUTONOMOUS_ROLLBACK_AFTER,
+            ),
+            (
+                "health_probe_interval",
+                self.health_probe_interval,
+                HEALTH_PROBE_INTERVAL,
             ),
         ] {
             if value < lo || value > hi {
@@ -270,6 +286,22 @@ mod tests {
     }
 
     #[test]
+    fn health_is_probed_every_30s_unless_configured_within_1s_to_1h() {
+        let base =
+            "controller = \"https://127.0.0.1:7443\"\nca_cert = \"ca.pem\"\ndata_dir = \"data\"\n";
+        let c = Config::parse(base, Path::new("/")).unwrap();
+        assert_eq!(c.health_probe_interval, Duration::from_secs(30));
+        for (text, want) in [("1s", 1), ("1h", 3600)] {
+            let c = Config::parse(
+                &format!("{base}health_probe_interval = \"{text}\"\n"),
+                Path::new("/"),
+            )
+            .unwrap();
+            assert_eq!(c.health_probe_interval, Duration::from_secs(want));
+        }
+    }
+
+    #[test]
     fn durations_and_counts_outside_their_bounds_are_refused_naming_key_and_bound() {
         let base =
             "controller = \"https://127.0.0.1:7443\"\nca_cert = \"ca.pem\"\ndata_dir = \"data\"\n";
@@ -290,6 +322,14 @@ mod tests {
             (
                 "autonomous_rollback_after = \"0s\"".to_string(),
                 "autonomous_rollback_after = \"0s\": must be between 1s and 168h".to_string(),
+            ),
+            (
+                "health_probe_interval = \"500ms\"".to_string(),
+                "health_probe_interval = \"500ms\": must be between 1s and 1h".to_string(),
+            ),
+            (
+                "health_probe_interval = \"2h\"".to_string(),
+                "health_probe_interval = \"2h\": must be between 1s and 1h".to_string(),
             ),
             (
                 "max_entries = 0".to_string(),

@@ -13,6 +13,7 @@ use cutover_core::rollout::Evidence;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 mod fail_fast;
+pub mod watch;
 pub use fail_fast::{FailFast, Probed, Tripped};
 
 const MAX_BODY: usize = 64 * 1024;

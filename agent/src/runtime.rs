@@ -38,12 +38,19 @@ pub trait Runtime: Send + Sync + 'static {
     ) -> BoxFuture<'_, Result<DiagReport, String>>;
     /// Stops the services it supervises (when the agent exits, if asked).
     fn stop_all(&self) -> BoxFuture<'_, ()>;
+    /// Services whose health changed since last taken, once there are
+    /// any; cancel-safe. A runtime that does not probe never has any.
+    fn health_changes(&self) -> BoxFuture<'_, Vec<InstalledService>> {
+        Box::pin(std::future::pending())
+    }
 }
 
 /// The real host: the installer and its runners.
 pub struct Native {
     pub installer: Arc<Installer>,
     pub data_dir: std::path::PathBuf,
+    /// `health_probe_interval`'s rounds of health probes.
+    pub health_probes: Arc<crate::health::watch::Schedule>,
 }
 
 impl Runtime for Native {
@@ -61,6 +68,14 @@ impl Runtime for Native {
             let _ =
                 tokio::task::spawn_blocking(move || installer.runners.process.supervise()).await;
             self.installer.autonomous_rollbacks().await;
+            // Probes run beside supervision, never holding it up.
+            if self.health_probes.start(std::time::Instant::now()) {
+                let (installer, schedule) = (self.installer.clone(), self.health_probes.clone());
+                tokio::spawn(async move {
+                    installer.probe_health().await;
+                    schedule.done();
+                });
+            }
         })
     }
 
@@ -97,5 +112,9 @@ impl Runtime for Native {
 
     fn stop_all(&self) -> BoxFuture<'_, ()> {
         Box::pin(self.installer.stop_all())
+    }
+
+    fn health_changes(&self) -> BoxFuture<'_, Vec<InstalledService>> {
+        Box::pin(self.installer.health.changed())
     }
 }

@@ -165,6 +165,9 @@ impl Agent {
         let runtime = Box::new(Native {
             installer,
             data_dir: config.data_dir.clone(),
+            health_probes: Arc::new(crate::health::watch::Schedule::new(
+                config.health_probe_interval,
+            )),
         });
         Ok(Agent::assemble(
             config, dialer, runtime, outbox, link, join_token,
@@ -442,6 +445,12 @@ async fn session_once(agent: &Arc<Agent>) -> Result<Ended> {
             }
             Some(report) = outbox.recv(), if welcomed => {
                 let msg = send(Out::Report(report_to_wire(&report)));
+                if tx.send(msg).await.is_err() {
+                    return Ok(Ended { welcomed, reason: "session stream closed".into(), going_away: false });
+                }
+            }
+            changed = agent.runtime.health_changes(), if welcomed => {
+                let msg = send(Out::Health(cutover_proto::convert::health_change_to_wire(&changed)));
                 if tx.send(msg).await.is_err() {
                     return Ok(Ended { welcomed, reason: "session stream closed".into(), going_away: false });
                 }

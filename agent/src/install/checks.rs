@@ -78,7 +78,7 @@ impl Installer {
     /// One round: the service must run, then every check must pass, in
     /// order; `probed` gets what it did with each check (a service that
     /// is not running fails them all, a failed check skips the rest).
-    async fn round(
+    pub(super) async fn round(
         &self,
         service: &str,
         slot: &Slot,

@@ -22,51 +22,14 @@ use crate::runner::{RunStatus, Runners};
 
 mod checks;
 mod containers;
+mod link;
+mod probing;
 mod recovery;
 mod staging;
 #[cfg(test)]
 mod tests;
 
-/// When the controller was last reachable, shared with the session.
-#[derive(Default)]
-pub struct Link {
-    lost_since: Mutex<Option<Instant>>,
-}
-
-impl Link {
-    pub fn new_lost() -> Link {
-        Link {
-            lost_since: Mutex::new(Some(Instant::now())),
-        }
-    }
-
-    pub fn connected(&self) {
-        *self.lost_since.lock().unwrap_or_else(|p| p.into_inner()) = None;
-    }
-
-    pub fn lost(&self) {
-        self.lost_since
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get_or_insert_with(Instant::now);
-    }
-
-    pub fn is_up(&self) -> bool {
-        self.lost_since
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_none()
-    }
-
-    /// How long the controller has been unreachable (zero when connected).
-    pub fn lost_for(&self) -> Duration {
-        self.lost_since
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .map(|t| t.elapsed())
-            .unwrap_or_default()
-    }
-}
+pub use link::Link;
 
 pub struct Installer {
     pub data_dir: PathBuf,
@@ -95,6 +58,8 @@ pub struct Installer {
     /// each is warned about once per run and never removed.
     not_releases: Mutex<std::collections::HashSet<PathBuf>>,
     outbox: mpsc::UnboundedSender<Report>,
+    /// Each service's health as last probed, and changes to report.
+    pub health: crate::health::watch::Watch,
 }
 
 /// Reports waiting for a session to carry them.
@@ -131,6 +96,7 @@ impl Installer {
             staging: staging::Live::default(),
             not_releases: Mutex::default(),
             outbox,
+            health: Default::default(),
         };
         (Arc::new(i), rx)
     }
@@ -210,7 +176,9 @@ impl Installer {
                     None => "not installed".into(),
                 }
             };
-            out.push(j.installed(&state));
+            let mut installed = j.installed(&state);
+            installed.health = self.health.get(&j.service);
+            out.push(installed);
         }
         out.extend(scan.unreadable.iter().map(journal::Unreadable::installed));
         out.extend(scan.orphans.iter().map(journal::Orphan::installed));
@@ -348,12 +316,16 @@ impl Installer {
             elapsed_ms: duration_ms,
             ..e
         });
+        // A command's own checks are the latest word on its health.
+        let mut installed = j.installed(state);
+        installed.health = probing::after_command(ok, now_ms());
+        self.health.set(&j.service, installed.health.clone());
         let report = Report {
             command_id: command_id.to_string(),
             service: j.service.clone(),
             ok,
             evidence,
-            installed: j.installed(state),
+            installed,
             auto_rolled_back: false,
             fetched_bytes: fetched,
             restarted,
