@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use cutover_core::views::{from_ms, DiagReport, HostView, InstalledService};
+use cutover_core::views::{from_ms, DiagReport, HealthState, HostView, InstalledService};
 use cutover_proto::v1;
 use serde::Serialize;
 
@@ -190,11 +190,31 @@ fn services_line(services: &[InstalledService]) -> String {
     services
         .iter()
         .map(|s| match &s.current {
-            Some(c) => format!("{}@{} [{}]", s.name, c.service_version, s.state),
-            None => format!("{} [{}]", s.name, s.state),
+            Some(c) => format!("{}@{} [{}]", s.name, c.service_version, service_state(s)),
+            None => format!("{} [{}]", s.name, service_state(s)),
         })
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// `running, unhealthy since T (evidence), 2 restarts`: the state, what
+/// the agent's last health probe said, and restarts when there were any.
+fn service_state(s: &InstalledService) -> String {
+    let h = &s.health;
+    let mut out = s.state.clone();
+    match h.state {
+        HealthState::Unhealthy => out.push_str(&format!(
+            ", unhealthy since {} ({})",
+            output::when(from_ms(h.since_ms)),
+            h.evidence
+        )),
+        HealthState::Healthy => out.push_str(", healthy"),
+        HealthState::Unknown => {}
+    }
+    if h.restarts > 0 {
+        out.push_str(&format!(", {} restart(s)", h.restarts));
+    }
+    out
 }
 
 pub async fn diag(c: &ConnectArgs, host: &str, out: Format) -> Result<()> {
@@ -274,4 +294,38 @@ pub async fn diag(c: &ConnectArgs, host: &str, out: Format) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cutover_core::views::{ContentIdentity, ServiceHealth};
+
+    #[test]
+    fn a_running_service_says_whether_it_is_healthy_since_when_and_why() {
+        let mut s = InstalledService {
+            name: "api".into(),
+            current: Some(ContentIdentity {
+                service_version: "1.0".into(),
+                ..ContentIdentity::default()
+            }),
+            previous: None,
+            state: "running".into(),
+            health: ServiceHealth::default(),
+        };
+        assert_eq!(services_line(std::slice::from_ref(&s)), "api@1.0 [running]");
+        s.health = ServiceHealth {
+            state: HealthState::Unhealthy,
+            since_ms: 1_764_600_000_000,
+            evidence: "http GET /healthz: 503".into(),
+            restarts: 2,
+        };
+        assert_eq!(
+            services_line(std::slice::from_ref(&s)),
+            "api@1.0 [running, unhealthy since 2025-12-01T14:40:00Z (http GET /healthz: 503), 2 restart(s)]"
+        );
+        s.health.state = HealthState::Healthy;
+        s.health.restarts = 0;
+        assert_eq!(services_line(&[s]), "api@1.0 [running, healthy]");
+    }
 }

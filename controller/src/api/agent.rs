@@ -465,6 +465,18 @@ async fn handle(
             }
             Err(e) => tracing::warn!(host = %session.host, error = %e, "ignored malformed report"),
         },
+        Some(In::Health(h)) => match cutover_proto::convert::health_change_from_wire(h) {
+            Ok(changed) => {
+                let host = session.host.clone();
+                tracing::info!(%host, services = changed.len(), "health changed");
+                if let Err(e) = c.store.run(move |s| s.record_health(&host, &changed)).await {
+                    tracing::warn!(host = %session.host, error = %e, "could not record health");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(host = %session.host, error = %e, "ignored malformed health change")
+            }
+        },
         Some(In::Hello(_)) | None => {
             tracing::debug!(host = %session.host, "ignored unexpected message");
         }

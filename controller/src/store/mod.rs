@@ -13,6 +13,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use crate::error::{Error, Result};
 
 mod events;
+mod health;
 mod host_releases;
 mod hosts;
 mod rollouts;
