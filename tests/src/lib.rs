@@ -185,6 +185,8 @@ pub struct Fleet {
     pub agent_vars: BTreeMap<String, Vec<(String, String)>>,
     /// Extra controller config lines (top-level keys).
     pub controller_extra: String,
+    /// Extra agent config lines (top-level keys), for every agent.
+    pub agent_extra: String,
 }
 
 impl Fleet {
@@ -204,6 +206,7 @@ impl Fleet {
             agents: BTreeMap::new(),
             agent_vars: BTreeMap::new(),
             controller_extra: String::new(),
+            agent_extra: String::new(),
             dir,
         };
         fleet
@@ -311,8 +314,9 @@ impl Fleet {
     fn agent_config(&self, host: &str, heartbeat: &str) -> PathBuf {
         let config = self.path(&format!("{host}.toml"));
         let mut text = format!(
-            "controller = \"{}\"\nca_cert = \"pki/ca.pem\"\ndata_dir = \"agent-{host}\"\nheartbeat_interval = \"{heartbeat}\"\nreconnect_max_backoff = \"1s\"\nautonomous_rollback_after = \"3s\"\nmax_entries = 1000\nmax_unpacked_bytes = 67108864\n[vars]\n",
-            self.url()
+            "controller = \"{}\"\nca_cert = \"pki/ca.pem\"\ndata_dir = \"agent-{host}\"\nheartbeat_interval = \"{heartbeat}\"\nreconnect_max_backoff = \"1s\"\nautonomous_rollback_after = \"3s\"\nmax_entries = 1000\nmax_unpacked_bytes = 67108864\n{}[vars]\n",
+            self.url(),
+            self.agent_extra
         );
         for (k, v) in self.agent_vars.get(host).into_iter().flatten() {
             text.push_str(&format!("{k} = \"{v}\"\n"));

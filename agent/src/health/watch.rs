@@ -22,10 +22,15 @@ pub struct Outcome {
 }
 
 /// The evidence of a failed round as one bounded line: the check (or
-/// gate) and what it said.
+/// gate), what it said, and the first line of the service's answer.
 pub fn evidence_text(e: &Evidence) -> String {
     let what = e.check.as_deref().unwrap_or(&e.gate);
-    let text = format!("{what}: {}", e.detail);
+    let mut text = format!("{what}: {}", e.detail);
+    if let Some(line) = e.output.lines().map(str::trim).find(|l| !l.is_empty()) {
+        text.push_str(" (");
+        text.push_str(line);
+        text.push(')');
+    }
     bounded(&text, limits::HEALTH_EVIDENCE).into_owned()
 }
 
@@ -216,6 +221,9 @@ mod tests {
         e.check = Some("http GET /healthz".into());
         let text = evidence_text(&e);
         assert!(text.starts_with("http GET /healthz: yyy") && text.len() <= limits::HEALTH_EVIDENCE);
+        let mut e = Evidence::new("health", "HTTP 503, expected 200");
+        e.output = "\nunhealthy: db down\nmore\n".into();
+        assert_eq!(evidence_text(&e), "health: HTTP 503, expected 200 (unhealthy: db down)");
     }
 
     #[tokio::test]
