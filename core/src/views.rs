@@ -352,7 +352,11 @@ mod bound_tests {
         let old = r#"{"name":"api","current":null,"previous":null,"state":"running"}"#;
         let s: InstalledService = serde_json::from_str(old).unwrap();
         assert_eq!(s.health, ServiceHealth::default());
-        assert_eq!(serde_json::to_string(&s).unwrap(), old, "unknown is left out");
+        assert_eq!(
+            serde_json::to_string(&s).unwrap(),
+            old,
+            "unknown is left out"
+        );
         let mut s = s;
         s.health = ServiceHealth {
             state: HealthState::Unhealthy,

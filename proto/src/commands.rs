@@ -348,13 +348,14 @@ mod tests {
         };
         let n = encoded(v1::agent_message::Msg::Hello(hello));
         assert!(n < crate::MAX_MESSAGE_BYTES, "hello takes {n} bytes");
-        let change = crate::convert::health_change_to_wire(&vec![
-            max_service();
-            limits::SERVICES + 10
-        ]);
+        let change =
+            crate::convert::health_change_to_wire(&vec![max_service(); limits::SERVICES + 10]);
         assert_eq!(change.services.len(), limits::SERVICES);
         let n = encoded(v1::agent_message::Msg::Health(change));
-        assert!(n < crate::MAX_MESSAGE_BYTES, "health change takes {n} bytes");
+        assert!(
+            n < crate::MAX_MESSAGE_BYTES,
+            "health change takes {n} bytes"
+        );
 
         let line = "l".repeat(limits::LOG_LINE * 4);
         let diag = cutover_core::views::DiagReport {

@@ -6,8 +6,8 @@
 //! builds exceeds what the controller accepts.
 
 use cutover_core::views::{
-    bound, from_ms, limits, to_ms, ChannelView, ContentIdentity, DiagReport, HealthState,
-    HostView, InstalledService, ReleaseServiceView, ReleaseView, ServiceHealth, ServiceLog,
+    bound, from_ms, limits, to_ms, ChannelView, ContentIdentity, DiagReport, HealthState, HostView,
+    InstalledService, ReleaseServiceView, ReleaseView, ServiceHealth, ServiceLog,
 };
 use cutover_core::Sha256Digest;
 
@@ -101,11 +101,8 @@ impl From<&InstalledService> for v1::InstalledService {
             health: (!s.health.is_unknown()).then(|| v1::ServiceHealth {
                 state: s.health.state.as_str().into(),
                 since_ms: s.health.since_ms,
-                evidence: cutover_core::views::bounded(
-                    &s.health.evidence,
-                    limits::HEALTH_EVIDENCE,
-                )
-                .into_owned(),
+                evidence: cutover_core::views::bounded(&s.health.evidence, limits::HEALTH_EVIDENCE)
+                    .into_owned(),
                 restarts: s.health.restarts,
             }),
         }

@@ -62,7 +62,10 @@ fn status_shows_a_service_turned_unhealthy_after_its_rollout_with_evidence_and_h
         evidence.contains("503") && evidence.contains("database unreachable"),
         "{sick}"
     );
-    assert!(sick["health"]["since_ms"].as_i64().unwrap_or(0) > 0, "{sick}");
+    assert!(
+        sick["health"]["since_ms"].as_i64().unwrap_or(0) > 0,
+        "{sick}"
+    );
     assert_eq!(sick["state"], "running", "{sick}");
     assert_eq!(sick["current"]["release"], "1.0.0", "probing moves nothing");
     let text = f.cli(&["status"]).ok().stdout;
@@ -74,7 +77,10 @@ fn status_shows_a_service_turned_unhealthy_after_its_rollout_with_evidence_and_h
         let e = events(&f, "service.unhealthy");
         (!e.is_empty()).then_some(e)
     });
-    assert!(unhealthy[0].starts_with("api: unhealthy ("), "{unhealthy:?}");
+    assert!(
+        unhealthy[0].starts_with("api: unhealthy ("),
+        "{unhealthy:?}"
+    );
 
     // Repaired: healthy again, said once.
     std::fs::write(&health, "ok").expect("HEALTH repaired");

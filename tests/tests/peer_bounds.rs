@@ -111,6 +111,12 @@ fn a_hostile_hello_and_reports_are_bounded_and_hosts_and_status_print_them_safel
             }),
             previous: None,
             state: format!("running\u{1b}[2J{}", "s".repeat(70_000)),
+            health: Some(v1::ServiceHealth {
+                state: "unhealthy".into(),
+                since_ms: 1,
+                evidence: format!("\u{1b}[2J{}", "e".repeat(70_000)),
+                restarts: 1,
+            }),
         }],
         agent_started_at_ms: 1,
     };
@@ -144,6 +150,13 @@ fn a_hostile_hello_and_reports_are_bounded_and_hosts_and_status_print_them_safel
     assert!(version.starts_with("vvvv") && version.ends_with(TRUNCATED));
     let state = hosts["h1"]["services"][0]["state"].as_str().expect("state");
     assert!(state.len() <= 256 && state.ends_with(TRUNCATED), "{state}");
+    let evidence = hosts["h1"]["services"][0]["health"]["evidence"]
+        .as_str()
+        .expect("health evidence");
+    assert!(
+        evidence.len() <= 512 && evidence.ends_with(TRUNCATED),
+        "{evidence}"
+    );
 
     // And the CLI prints every table without a panic or a raw escape.
     let out = f.cli(&["hosts"]).ok().stdout;

@@ -194,7 +194,10 @@ mod tests {
     fn only_transitions_are_reported_and_since_is_when_the_state_changed() {
         let unknown = ServiceHealth::default();
         let healthy = transition(&unknown, &well(0), 10).expect("unknown to healthy");
-        assert_eq!((healthy.state, healthy.since_ms), (HealthState::Healthy, 10));
+        assert_eq!(
+            (healthy.state, healthy.since_ms),
+            (HealthState::Healthy, 10)
+        );
         assert_eq!(transition(&healthy, &well(0), 20), None, "still healthy");
         let sick1 = transition(&healthy, &sick("http: 503", 0), 30).expect("to unhealthy");
         assert_eq!(
@@ -207,7 +210,11 @@ mod tests {
             "other words, same state"
         );
         let restarted = transition(&sick1, &sick("start: not running", 1), 50).expect("restart");
-        assert_eq!((restarted.since_ms, restarted.restarts), (30, 1), "since kept");
+        assert_eq!(
+            (restarted.since_ms, restarted.restarts),
+            (30, 1),
+            "since kept"
+        );
         let back = transition(&restarted, &well(1), 60).expect("to healthy");
         assert_eq!((back.state, back.since_ms), (HealthState::Healthy, 60));
         assert!(back.evidence.is_empty());
@@ -220,10 +227,15 @@ mod tests {
         let mut e = Evidence::new("health", "y".repeat(10_000));
         e.check = Some("http GET /healthz".into());
         let text = evidence_text(&e);
-        assert!(text.starts_with("http GET /healthz: yyy") && text.len() <= limits::HEALTH_EVIDENCE);
+        assert!(
+            text.starts_with("http GET /healthz: yyy") && text.len() <= limits::HEALTH_EVIDENCE
+        );
         let mut e = Evidence::new("health", "HTTP 503, expected 200");
         e.output = "\nunhealthy: db down\nmore\n".into();
-        assert_eq!(evidence_text(&e), "health: HTTP 503, expected 200 (unhealthy: db down)");
+        assert_eq!(
+            evidence_text(&e),
+            "health: HTTP 503, expected 200 (unhealthy: db down)"
+        );
     }
 
     #[tokio::test]
