@@ -535,6 +535,7 @@ async fn a_rollback_cuts_short_the_checks_of_the_install_it_undoes() {
 
 mod concurrency;
 mod journals;
+mod probing;
 
 #[tokio::test]
 async fn a_failures_evidence_times_the_whole_step_fetch_included() {
