@@ -44,6 +44,9 @@ pub struct Installer {
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     busy: Mutex<HashMap<String, &'static str>>,
     queues: Mutex<HashMap<String, mpsc::UnboundedSender<Command>>>,
+    /// Commands per service submitted and not yet done: health probes
+    /// leave such a service alone.
+    queued: Mutex<HashMap<String, usize>>,
     docker: tokio::sync::Mutex<Option<Arc<crate::docker::Engine>>>,
     /// Services with a rollback waiting: their health checks stop early.
     rollback_waiting: Mutex<std::collections::HashSet<String>>,
@@ -90,6 +93,7 @@ impl Installer {
             locks: Mutex::new(HashMap::new()),
             busy: Mutex::new(HashMap::new()),
             queues: Mutex::new(HashMap::new()),
+            queued: Mutex::default(),
             docker: tokio::sync::Mutex::new(None),
             rollback_waiting: Mutex::new(Default::default()),
             digests: Mutex::new(HashMap::new()),
@@ -247,11 +251,14 @@ impl Installer {
             let me = self.clone();
             tokio::spawn(async move {
                 while let Some(cmd) = rx.recv().await {
+                    let service = cmd.service().to_string();
                     me.execute(cmd).await;
+                    me.count_queued(&service, false);
                 }
             });
             tx
         });
+        self.count_queued(cmd.service(), true);
         let _ = queue.send(cmd);
     }
 

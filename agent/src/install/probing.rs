@@ -23,12 +23,31 @@ pub(super) fn after_command(ok: bool, now_ms: i64) -> ServiceHealth {
 }
 
 impl Installer {
+    /// Counts a command for `service` submitted (`up`) or done.
+    pub(super) fn count_queued(&self, service: &str, up: bool) {
+        let mut queued = self.queued.lock().unwrap_or_else(|p| p.into_inner());
+        let n = queued.entry(service.to_string()).or_default();
+        if up {
+            *n += 1;
+        } else {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                queued.remove(service);
+            }
+        }
+    }
+
     /// Whether a command for `service` is queued, running or waiting.
-    fn commanded(&self, service: &str) -> bool {
-        self.busy
+    pub(super) fn commanded(&self, service: &str) -> bool {
+        self.queued
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .contains_key(service)
+            || self
+                .busy
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains_key(service)
             || self.rollback_waiting(service)
     }
 

@@ -54,5 +54,13 @@ async fn a_service_with_a_command_in_flight_or_queued_is_not_probed() {
     h.installer.set_busy("api", Some("installing"));
     assert_eq!(h.installer.probe_health().await, 0);
     h.installer.set_busy("api", None);
+    // A command queued (behind one that holds the lock) counts until done.
+    let held = lock.lock().await;
+    h.installer.submit(install("c2", "1", v1));
+    assert!(h.installer.commanded("api"));
+    drop(held);
+    h.outbox.recv().await.expect("c2's report");
+    until("c2 done", || !h.installer.commanded("api")).await;
+    h.make_sick(&v1.0);
     assert_eq!(h.installer.probe_health().await, 1, "probed once free");
 }
