@@ -1,6 +1,6 @@
 //! Status tells the truth about health, through the real CLI on a real
 //! agent: after a rollout the agent keeps probing the service, and
-//! `cutover status` (text and JSON) says when it turned unhealthy and why,
+//! `cutover status` (text and JSON) and `cutover diag` say when it turned unhealthy and why,
 //! and that it is healthy again once repaired, while what the host runs
 //! stays what the rollout put there.
 
@@ -72,6 +72,12 @@ fn status_shows_a_service_turned_unhealthy_after_its_rollout_with_evidence_and_h
     assert!(
         text.contains("[running, unhealthy since ") && text.contains("database unreachable"),
         "{text}"
+    );
+    // The agent, asked live, says the same.
+    let diag = f.cli(&["diag", "h1"]).ok().stdout;
+    assert!(
+        diag.contains("[running, unhealthy since ") && diag.contains("database unreachable"),
+        "{diag}"
     );
     let unhealthy = eventually(WAIT, "a service.unhealthy event", || {
         let e = events(&f, "service.unhealthy");
