@@ -218,7 +218,8 @@ pub async fn agent(lab: &Lab) -> Result<()> {
     let dir = lab.dir.join(host);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let token = lab.cli(&["token", "create", host])?;
+    // A kept lab enrolled it on an earlier run.
+    let token = lab.cli(&["token", "create", host, "--replace"])?;
     let config = dir.join("agent.toml");
     std::fs::write(
         &config,
