@@ -49,7 +49,7 @@ fn demo_shows_three_online_agents_and_stops_everything() {
         "rollout 2 ended RolledBack: web on edge-1 failed at the canary",
         "STOPPED at the canary: service web on host edge-1",
         "output    unhealthy: release 1.1.0 cannot reach its database",
-        "edge-2  online  web@1.0 [running]",
+        "edge-2  online  web@1.0 [running, healthy]",
     ] {
         assert!(
             stdout.contains(needle),
