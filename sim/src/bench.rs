@@ -235,7 +235,7 @@ fn initial() -> Vec<(String, ContentIdentity)> {
 /// Imports a fresh release of `web` (signed with the lab's key) and
 /// applies a fleet that runs it on the first `n` hosts.
 fn prepare(lab: &Lab, n: usize, max_parallel: usize) -> Result<String> {
-    abort_unfinished(lab)?;
+    lab.abort_unfinished()?;
     let version = format!(
         "2.0.{}",
         std::time::SystemTime::now()
@@ -267,55 +267,6 @@ fn prepare(lab: &Lab, n: usize, max_parallel: usize) -> Result<String> {
     Ok(version)
 }
 
-/// Aborts what a run cut short left unfinished in the kept lab.
-pub(crate) fn abort_unfinished(lab: &Lab) -> Result<()> {
-    let list = latest_rollouts(lab, 5)?;
-    for r in list.as_array().into_iter().flatten() {
-        if ["Running", "Paused", "RollingBack"].contains(&r["status"].as_str().unwrap_or("")) {
-            let id = r["id"].to_string();
-            lab.cli(&["rollout", "abort", &id])?;
-        }
-    }
-    Ok(())
-}
-
-/// Waits for the newest rollout to end; its id and final status.
-pub(crate) async fn newest_rollout_end(lab: &Lab, timeout: Duration) -> Result<(u64, String)> {
-    let t = Instant::now();
-    let id = latest_rollouts(lab, 1)?[0]["id"]
-        .as_u64()
-        .ok_or("no rollout listed")?;
-    loop {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let status = latest_rollouts(lab, 1)?[0]["status"]
-            .as_str()
-            .unwrap_or("")
-            .to_string();
-        if ["Succeeded", "RolledBack", "Failed", "Aborted"].contains(&status.as_str()) {
-            return Ok((id, status));
-        }
-        if t.elapsed() > timeout {
-            return Err(format!(
-                "rollout {id} still {status} after {}",
-                humantime::format_duration(timeout)
-            ));
-        }
-    }
-}
-
-/// The newest rollouts, as `cutover rollout list` gives them.
-fn latest_rollouts(lab: &Lab, limit: usize) -> Result<serde_json::Value> {
-    let out = lab.cli(&[
-        "rollout",
-        "list",
-        "--limit",
-        &limit.to_string(),
-        "--output",
-        "json",
-    ])?;
-    serde_json::from_str(&out).map_err(|e| e.to_string())
-}
-
 /// One rollout of `web` across `n` hosts; with `fail_at`, that host's
 /// install fails and the rollout must roll back.
 async fn rollout(lab: &Lab, n: usize, max_parallel: usize, fail_at: Option<usize>) -> Result<()> {
@@ -339,7 +290,7 @@ async fn rollout(lab: &Lab, n: usize, max_parallel: usize, fail_at: Option<usize
     } else {
         "Succeeded"
     };
-    let (id, status) = newest_rollout_end(lab, Duration::from_secs(600)).await?;
+    let (id, status) = lab.newest_rollout_end(Duration::from_secs(600)).await?;
     let took = t.elapsed();
     let used = lab.cpu()? - cpu;
     if status != want {

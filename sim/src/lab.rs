@@ -195,6 +195,58 @@ impl Lab {
     }
 }
 
+/// The lab's rollouts, as the real CLI lists them.
+impl Lab {
+    /// Aborts what a run cut short left unfinished in the kept lab.
+    pub fn abort_unfinished(&self) -> Result<()> {
+        let list = self.latest_rollouts(5)?;
+        for r in list.as_array().into_iter().flatten() {
+            if ["Running", "Paused", "RollingBack"].contains(&r["status"].as_str().unwrap_or("")) {
+                let id = r["id"].to_string();
+                self.cli(&["rollout", "abort", &id])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits for the newest rollout to end; its id and final status.
+    pub async fn newest_rollout_end(&self, timeout: Duration) -> Result<(u64, String)> {
+        let t = Instant::now();
+        let id = self.latest_rollouts(1)?[0]["id"]
+            .as_u64()
+            .ok_or("no rollout listed")?;
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let status = self.latest_rollouts(1)?[0]["status"]
+                .as_str()
+                .unwrap_or("")
+                .to_string();
+            if ["Succeeded", "RolledBack", "Failed", "Aborted"].contains(&status.as_str()) {
+                return Ok((id, status));
+            }
+            if t.elapsed() > timeout {
+                return Err(format!(
+                    "rollout {id} still {status} after {}",
+                    humantime::format_duration(timeout)
+                ));
+            }
+        }
+    }
+
+    /// The newest rollouts, as `cutover rollout list` gives them.
+    fn latest_rollouts(&self, limit: usize) -> Result<serde_json::Value> {
+        let out = self.cli(&[
+            "rollout",
+            "list",
+            "--limit",
+            &limit.to_string(),
+            "--output",
+            "json",
+        ])?;
+        serde_json::from_str(&out).map_err(|e| e.to_string())
+    }
+}
+
 /// A process's resident set, in bytes.
 pub fn rss_of(pid: u32) -> Result<u64> {
     let status =

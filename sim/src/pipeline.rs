@@ -101,7 +101,7 @@ pub async fn pipeline(lab: &Lab, mb: usize) -> Result<()> {
 /// Rolls `version` of the payload out to `host`, simulated, and returns
 /// its swarm with the session (and so the grant to fetch) still open.
 async fn grant(lab: &Lab, host: &str, version: &str) -> Result<Swarm> {
-    crate::bench::abort_unfinished(lab)?;
+    lab.abort_unfinished()?;
     let fleet = lab.dir.join("fleet-pipeline.toml");
     std::fs::write(
         &fleet,
@@ -122,7 +122,7 @@ async fn grant(lab: &Lab, host: &str, version: &str) -> Result<Swarm> {
         return Err(format!("{host} not online after 60 s"));
     }
     lab.cli(&["upgrade", "payload", "--version", version, "--yes"])?;
-    let (id, status) = crate::bench::newest_rollout_end(lab, Duration::from_secs(120)).await?;
+    let (id, status) = lab.newest_rollout_end(Duration::from_secs(120)).await?;
     if status != "Succeeded" {
         return Err(format!("rollout {id} of payload {version} ended {status}"));
     }
