@@ -18,9 +18,8 @@ use serde::Serialize;
 use super::rollouts::{fleet, hosts, make_plan, start_by, Ask};
 use crate::error::{Error, Result};
 use crate::rollout::driver::Action;
-use crate::rollout::known_good::{candidates, Seen};
+use crate::rollout::known_good::{candidates, release_key, Seen};
 use crate::rollout::plan::{for_agents, service_target};
-use crate::store::release_key;
 use crate::Controller;
 
 /// The most skipped hosts named in a refusal; the plan lists them all.

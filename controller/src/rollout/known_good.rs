@@ -8,7 +8,14 @@
 
 use cutover_core::views::ContentIdentity;
 
-use crate::store::release_key;
+/// The key a release is known by on a host: the image for containers, the
+/// tarball otherwise (as the planner compares them).
+pub fn release_key(identity: &ContentIdentity) -> Option<String> {
+    identity
+        .image_id
+        .or(identity.tarball_sha256)
+        .map(|d| d.to_hex())
+}
 
 /// One release a host ran of a service, as its steps ended.
 #[derive(Debug, Clone, PartialEq)]

@@ -17,7 +17,7 @@ use rusqlite::{params, Connection};
 
 use super::Store;
 use crate::error::{Error, Result};
-use crate::rollout::known_good::Seen;
+use crate::rollout::known_good::{release_key as key, Seen};
 
 /// Releases remembered per host and service.
 pub const KEPT: usize = 16;
@@ -39,15 +39,6 @@ enum Kind {
     Healthy,
     /// Tried by a step that failed or was rolled back.
     Bad,
-}
-
-/// The key a release is known by on a host: the image for containers, the
-/// tarball otherwise (as the planner compares them).
-pub fn key(identity: &ContentIdentity) -> Option<String> {
-    identity
-        .image_id
-        .or(identity.tarball_sha256)
-        .map(|d| d.to_hex())
 }
 
 /// What the ends of `changed` steps of `r` teach. Steps of plans made by

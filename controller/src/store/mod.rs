@@ -19,7 +19,6 @@ mod hosts;
 mod rollouts;
 mod startup;
 pub use events::EventQuery;
-pub use host_releases::key as release_key;
 pub use hosts::{CertSerials, TokenProblem};
 pub use rollouts::{LogLine, RolloutSave};
 pub use startup::{open_checked, OpenOptions, MARKER_FILE, STORE_FILE};
