@@ -458,7 +458,9 @@ fn scenarios(s: &mut Suite) {
     if s.c.served("h2").as_deref() != Some("2.0.1") || s.c.service_processes("h2") != 1 {
         problems.push("h2 did not keep its service running with an expired certificate".into());
     }
-    let token = s.c.cli(&["token", "create", "h2"]).ok().stdout;
+    // The controller still holds h2's certificate as valid (only the
+    // agent's copy expired): a new identity under the name needs --replace.
+    let token = s.c.cli(&["token", "create", "h2", "--replace"]).ok().stdout;
     std::fs::write(s.c.work.join("host-h2/token"), token.trim()).unwrap();
     docker(&["restart", "-t", "1", &h2]);
     s.record(
