@@ -13,6 +13,10 @@
 //!   heartbeat interval, backing off as usual: a restarted agent gets in once
 //!   the controller has stopped hearing the old session (three heartbeats).
 //!   Said once at WARN, repeats at DEBUG.
+//!
+//! After the controller's going-away notice (it is shutting down), the
+//! agent retries about every second for a minute instead of escalating:
+//! a restart, not an outage.
 
 use std::time::Duration;
 
@@ -77,6 +81,24 @@ impl Refusal {
     }
 }
 
+/// The backoff step held after the controller's going-away notice: up to
+/// 250 ms × 2^2 = 1 s (or `reconnect_max_backoff`, if lower).
+pub const GOING_AWAY_ATTEMPT: u32 = 2;
+/// How long after the notice the agent keeps retrying that often: a
+/// controller restart's stop and start; past it, the ordinary backoff.
+pub const GOING_AWAY_WINDOW: Duration = Duration::from_secs(60);
+
+/// The backoff step to use, `since` the controller's going-away notice
+/// (if one came): a restart is not an outage, so within
+/// [`GOING_AWAY_WINDOW`] the step stays at [`GOING_AWAY_ATTEMPT`] instead
+/// of escalating while the old controller stops and the next one starts.
+pub fn after_going_away(attempt: u32, since: Option<Duration>) -> u32 {
+    match since {
+        Some(d) if d < GOING_AWAY_WINDOW => GOING_AWAY_ATTEMPT,
+        _ => attempt,
+    }
+}
+
 /// Whether a failure is said at WARN: anything but the refusal said last.
 pub fn loud(previous: Option<Refusal>, now: Option<Refusal>) -> bool {
     now.is_none() || now != previous
@@ -85,6 +107,20 @@ pub fn loud(previous: Option<Refusal>, now: Option<Refusal>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn after_a_going_away_notice_the_backoff_holds_low_for_a_while_then_escalates_as_usual() {
+        assert_eq!(after_going_away(7, None), 7);
+        assert_eq!(
+            after_going_away(7, Some(Duration::from_secs(5))),
+            GOING_AWAY_ATTEMPT
+        );
+        assert_eq!(
+            after_going_away(0, Some(Duration::from_secs(59))),
+            GOING_AWAY_ATTEMPT
+        );
+        assert_eq!(after_going_away(7, Some(GOING_AWAY_WINDOW)), 7);
+    }
 
     fn refused(code: tonic::Code, message: &str) -> Error {
         Error::SessionRefused {

@@ -319,9 +319,7 @@ pub async fn run(agent: Arc<Agent>, shutdown: impl std::future::Future<Output = 
         // about every second (jittered, so the fleet's agents spread their
         // return) instead of backing off while the old controller finishes
         // and the next one starts.
-        if going_away_at.is_some_and(|at| at.elapsed() < GOING_AWAY_WINDOW) {
-            attempt = GOING_AWAY_ATTEMPT;
-        }
+        attempt = crate::retry::after_going_away(attempt, going_away_at.map(|at| at.elapsed()));
         let mut delay = backoff(attempt, agent.config.reconnect_max_backoff);
         if let Some(r) = refusal {
             delay = r.delay(delay, agent.config.heartbeat_interval);
@@ -369,13 +367,6 @@ struct Ended {
     /// The controller said it is shutting down.
     going_away: bool,
 }
-
-/// The backoff step held after the controller's going-away notice: up to
-/// 250 ms × 2^2 = 1 s (or `reconnect_max_backoff`, if lower).
-const GOING_AWAY_ATTEMPT: u32 = 2;
-/// How long after the notice the agent keeps retrying that often: a
-/// controller restart's stop and start; past it, the ordinary backoff.
-const GOING_AWAY_WINDOW: Duration = Duration::from_secs(60);
 
 async fn session_once(agent: &Arc<Agent>) -> Result<Ended> {
     agent.renew_expired().await?;

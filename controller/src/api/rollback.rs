@@ -283,7 +283,7 @@ async fn known_good_plan(
                 let key = release_key(before);
                 let bad = seen
                     .iter()
-                    .any(|s| release_key(&s.identity) == key && s.bad_ms.is_some())
+                    .any(|s| release_key(&s.identity) == key && s.is_bad())
                     || scope.exclude.iter().any(|e| Some(e) == key.as_ref());
                 if !bad {
                     options.insert(0, before.clone());
