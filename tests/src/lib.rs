@@ -6,6 +6,7 @@
 pub mod cluster;
 pub mod docker;
 pub mod grpc;
+pub mod process;
 pub mod sample;
 
 use std::collections::BTreeMap;

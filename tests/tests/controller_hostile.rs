@@ -6,7 +6,7 @@
 //! its start-up refusals read.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,46 +19,7 @@ use cutover_tests::{bin, eventually, Fleet, Run};
 use nix::sys::signal::Signal;
 
 /// A controller process of this test, killed when dropped.
-struct Controller {
-    child: Option<Child>,
-    log: PathBuf,
-}
-
-impl Controller {
-    fn pid(&self) -> i32 {
-        self.child.as_ref().expect("running").id() as i32
-    }
-
-    fn signal(&self, signal: Signal) {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), signal)
-            .expect("signal controller");
-    }
-
-    /// Waits for the process to exit on its own (the bound only keeps a
-    /// controller that never exits from hanging the test).
-    fn wait_exit(&mut self, bound: Duration, what: &str) -> ExitStatus {
-        let child = self.child.as_mut().expect("running");
-        let status = eventually(bound, what, || child.try_wait().expect("try_wait"));
-        self.child = None;
-        status
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Controller {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        if std::thread::panicking() {
-            eprintln!("--- controller log ---\n{}", self.log());
-        }
-    }
-}
+type Controller = cutover_tests::process::ControllerProcess;
 
 /// Writes the fleet's controller config (as the fixture does) and returns
 /// the command that runs the controller, under `prlimit` when asked.
@@ -118,10 +79,7 @@ fn start_with(f: &Fleet, args: &[&str], nofile: Option<(u64, u64)>, extra: &str)
         .stderr(file)
         .spawn()
         .expect("start controller");
-    let c = Controller {
-        child: Some(child),
-        log,
-    };
+    let c = Controller::new(child, log);
     eventually(Duration::from_secs(20), "the controller to answer", || {
         (f.cli(&["hosts"]).code == 0).then_some(())
     });

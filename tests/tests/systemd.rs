@@ -5,94 +5,53 @@
 //! descriptor limits it logs, as `LimitNOFILE=` sets them.
 
 use std::os::unix::net::UnixDatagram;
-use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use cutover_tests::{bin, eventually, Fleet};
 use nix::sys::signal::Signal;
 
 /// A controller process of this test, killed when dropped.
-struct Controller {
-    child: Option<Child>,
-    log: PathBuf,
-}
+type Controller = cutover_tests::process::ControllerProcess;
 
-impl Controller {
-    /// Starts the controller of `f` with `env` added to its environment,
-    /// under `prlimit --nofile=SOFT:HARD` when `nofile` is given.
-    fn spawn(f: &Fleet, env: &[(&str, &str)], nofile: Option<(u64, u64)>) -> Controller {
-        let config = f.path("controller.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "listen = \"127.0.0.1:{}\"\ndata_dir = \"controller\"\n[tls]\nca_cert = \"pki/ca.pem\"\nca_key = \"pki/ca-key.pem\"\ncert = \"pki/controller.pem\"\nkey = \"pki/controller-key.pem\"\n[releases]\ntrusted_keys = [\"release.pub\"]\n",
-                f.port
-            ),
-        )
-        .expect("write controller config");
-        let log = f.path("controller.log");
-        let file = std::fs::File::create(&log).expect("controller log");
-        let mut cmd = match nofile {
-            Some((soft, hard)) => {
-                let mut c = Command::new("prlimit");
-                c.arg(format!("--nofile={soft}:{hard}"))
-                    .arg("--")
-                    .arg(bin("cutover-controller"));
-                c
-            }
-            None => Command::new(bin("cutover-controller")),
-        };
-        let child = cmd
-            .arg("--config")
-            .arg(&config)
-            .env("RUST_LOG", "info")
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("WATCHDOG_USEC")
-            .env_remove("WATCHDOG_PID")
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(file)
-            .spawn()
-            .expect("start controller");
-        Controller {
-            child: Some(child),
-            log,
+/// Starts the controller of `f` with `env` added to its environment,
+/// under `prlimit --nofile=SOFT:HARD` when `nofile` is given.
+fn spawn(f: &Fleet, env: &[(&str, &str)], nofile: Option<(u64, u64)>) -> Controller {
+    let config = f.path("controller.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:{}\"\ndata_dir = \"controller\"\n[tls]\nca_cert = \"pki/ca.pem\"\nca_key = \"pki/ca-key.pem\"\ncert = \"pki/controller.pem\"\nkey = \"pki/controller-key.pem\"\n[releases]\ntrusted_keys = [\"release.pub\"]\n",
+            f.port
+        ),
+    )
+    .expect("write controller config");
+    let log = f.path("controller.log");
+    let file = std::fs::File::create(&log).expect("controller log");
+    let mut cmd = match nofile {
+        Some((soft, hard)) => {
+            let mut c = Command::new("prlimit");
+            c.arg(format!("--nofile={soft}:{hard}"))
+                .arg("--")
+                .arg(bin("cutover-controller"));
+            c
         }
-    }
-
-    fn signal(&self, signal: Signal) {
-        let pid = self.child.as_ref().expect("running").id() as i32;
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal).expect("signal");
-    }
-
-    /// Waits for the process to exit on its own (the bound only keeps one
-    /// that never exits from hanging the test).
-    fn wait_exit(&mut self, what: &str) -> ExitStatus {
-        let child = self.child.as_mut().expect("running");
-        let status = eventually(Duration::from_secs(30), what, || {
-            child.try_wait().expect("try_wait")
-        });
-        self.child = None;
-        status
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Controller {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        if std::thread::panicking() {
-            eprintln!("--- controller log ---\n{}", self.log());
-        }
-    }
+        None => Command::new(bin("cutover-controller")),
+    };
+    let child = cmd
+        .arg("--config")
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_USEC")
+        .env_remove("WATCHDOG_PID")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(file)
+        .spawn()
+        .expect("start controller");
+    Controller::new(child, log)
 }
 
 /// The socket systemd would listen on: datagrams, read here.
@@ -142,7 +101,7 @@ fn the_controller_says_ready_only_once_its_port_accepts_connections_pings_the_wa
     let f = Fleet::new();
     let path = f.path("notify.sock");
     let notify = NotifySocket::bind(UnixDatagram::bind(&path).expect("bind notify socket"));
-    let mut c = Controller::spawn(
+    let mut c = spawn(
         &f,
         &[
             ("NOTIFY_SOCKET", path.to_str().expect("utf-8")),
@@ -170,7 +129,7 @@ fn the_controller_says_ready_only_once_its_port_accepts_connections_pings_the_wa
     }
     c.signal(Signal::SIGTERM);
     notify.until("STOPPING=1");
-    let status = c.wait_exit("the controller to exit on SIGTERM");
+    let status = c.wait_exit(Duration::from_secs(30), "the controller to exit on SIGTERM");
     assert!(status.success(), "controller exited with {status}");
 }
 
@@ -181,7 +140,7 @@ fn notifications_reach_an_abstract_notify_socket_written_with_an_at_sign() {
     let name = format!("cutover-test-notify-{}-{}", std::process::id(), f.port);
     let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).expect("name");
     let notify = NotifySocket::bind(UnixDatagram::bind_addr(&addr).expect("bind abstract"));
-    let mut c = Controller::spawn(&f, &[("NOTIFY_SOCKET", &format!("@{name}"))], None);
+    let mut c = spawn(&f, &[("NOTIFY_SOCKET", &format!("@{name}"))], None);
     notify.until("READY=1");
     std::net::TcpStream::connect(("127.0.0.1", f.port))
         .expect("READY=1 was sent before the port accepted connections");
@@ -191,7 +150,9 @@ fn notifications_reach_an_abstract_notify_socket_written_with_an_at_sign() {
         between.iter().flatten().all(|l| l != "WATCHDOG=1"),
         "watchdog pings without WATCHDOG_USEC: {between:?}"
     );
-    assert!(c.wait_exit("the controller to exit").success());
+    assert!(c
+        .wait_exit(Duration::from_secs(30), "the controller to exit")
+        .success());
 }
 
 #[test]
@@ -207,8 +168,8 @@ fn a_malformed_notify_socket_or_watchdog_refuses_start_in_one_line_naming_the_va
             "WATCHDOG_USEC=\"30s\": must be a whole number of microseconds",
         ),
     ] {
-        let mut c = Controller::spawn(&f, &env, None);
-        let status = c.wait_exit("the controller to refuse to start");
+        let mut c = spawn(&f, &env, None);
+        let status = c.wait_exit(Duration::from_secs(30), "the controller to refuse to start");
         assert_eq!(status.code(), Some(1), "{want}");
         let log = c.log();
         let line = log.trim();
@@ -221,7 +182,7 @@ fn a_malformed_notify_socket_or_watchdog_refuses_start_in_one_line_naming_the_va
 fn a_notify_socket_nobody_listens_on_is_logged_and_the_controller_serves_anyway() {
     let f = Fleet::new();
     let gone = f.path("nobody.sock");
-    let c = Controller::spawn(
+    let c = spawn(
         &f,
         &[("NOTIFY_SOCKET", gone.to_str().expect("utf-8"))],
         None,
@@ -235,7 +196,7 @@ fn a_notify_socket_nobody_listens_on_is_logged_and_the_controller_serves_anyway(
 #[test]
 fn the_controller_logs_its_soft_and_hard_descriptor_limits_at_start() {
     let f = Fleet::new();
-    let c = Controller::spawn(&f, &[], Some((128, 4096)));
+    let c = spawn(&f, &[], Some((128, 4096)));
     let line = eventually(Duration::from_secs(20), "the descriptor limit line", || {
         c.log()
             .lines()
