@@ -303,7 +303,11 @@ async fn sample_release(
         &[service],
         &Default::default(),
     )?;
-    crate::commands::release::sign(&manifest, &dir.join("release.key"))?;
+    crate::commands::release::sign(
+        &manifest,
+        &dir.join("release.key"),
+        crate::output::Format::Text,
+    )?;
     crate::commands::release::import(connect, &manifest, None, Format::Text).await
 }
 

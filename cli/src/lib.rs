@@ -1,5 +1,5 @@
 //! `cutover`, the operator CLI: `cutover VERB [NOUN]`, `--output json` on
-//! every read command, exit code 0 (success), 1 (failure), 2 (usage).
+//! every command that prints a result (`doc`), exit code 0 (success), 1 (failure), 2 (usage).
 
 // First, so that its `println!`, `print!`, `eprintln!` and `eprint!`
 // shadow std's in every module below: a closed pipe ends a command quietly.
@@ -9,6 +9,7 @@ pub mod bundle;
 pub mod client;
 pub mod commands;
 pub mod demo;
+pub mod doc;
 pub mod error;
 pub mod output;
 
@@ -29,7 +30,9 @@ use output::Format;
 pub struct Cli {
     #[command(flatten)]
     pub connect: client::ConnectArgs,
-    /// Output format of read commands.
+    /// Output format: text for people, or json, one document per command
+    /// (one object per line for `events --follow` and `rollout watch`),
+    /// as the schemas in docs/json/ describe.
     #[arg(long, short, global = true, value_enum, default_value = "text")]
     pub output: Format,
     #[command(subcommand)]
@@ -412,6 +415,17 @@ pub async fn run(cli: Cli) -> Result<()> {
         .map_err(|e| e.at_controller(&controller))
 }
 
+/// `-o json` on a command whose output is not a document is refused
+/// rather than ignored: a script asking for JSON must not get text.
+fn not_a_document(out: Format, what: &str) -> Result<()> {
+    match out {
+        Format::Text => Ok(()),
+        Format::Json => Err(Error::Usage(format!(
+            "{what}, not a document; -o json does not apply (drop it)"
+        ))),
+    }
+}
+
 /// The shortest join token accepted: the controller counts whole seconds.
 const MIN_TOKEN_TTL: Duration = Duration::from_secs(1);
 
@@ -427,29 +441,32 @@ async fn dispatch(cli: Cli) -> Result<()> {
                     controller_host,
                     operator,
                 },
-        } => commands::pki_init(&dir, &controller_host, &operator),
+        } => commands::pki_init(&dir, &controller_host, &operator, out),
         Command::Release { command } => match command {
-            ReleaseCommand::Keygen { out } => release::keygen(&out),
+            ReleaseCommand::Keygen { out: path } => release::keygen(&path, out),
             ReleaseCommand::Build {
                 dir,
                 version,
                 services,
                 depends_on,
-                out,
+                out: out_dir,
                 min_upgrade_from,
                 requires_intermediate,
-            } => commands::release_build::build(commands::release_build::BuildArgs {
-                dir,
-                version,
-                services,
-                depends_on,
-                out,
-                floor: bundle::Floor {
-                    min_upgrade_from,
-                    requires_intermediate,
+            } => commands::release_build::build(
+                commands::release_build::BuildArgs {
+                    dir,
+                    version,
+                    services,
+                    depends_on,
+                    out: out_dir,
+                    floor: bundle::Floor {
+                        min_upgrade_from,
+                        requires_intermediate,
+                    },
                 },
-            }),
-            ReleaseCommand::Sign { manifest, key } => release::sign(&manifest, &key),
+                out,
+            ),
+            ReleaseCommand::Sign { manifest, key } => release::sign(&manifest, &key, out),
             ReleaseCommand::Import {
                 manifest,
                 artifacts,
@@ -457,16 +474,18 @@ async fn dispatch(cli: Cli) -> Result<()> {
             ReleaseCommand::List => release::list(c, out).await,
         },
         Command::Channel { command } => match command {
-            ChannelCommand::Set { name, version } => release::channel_set(c, &name, &version).await,
+            ChannelCommand::Set { name, version } => {
+                release::channel_set(c, &name, &version, out).await
+            }
             ChannelCommand::List => release::channel_list(c, out).await,
-            ChannelCommand::Default { name } => release::channel_default(c, &name).await,
+            ChannelCommand::Default { name } => release::channel_default(c, &name, out).await,
         },
         Command::Token {
             command: TokenCommand::List,
         } => commands::token::list(c, out).await,
         Command::Token {
             command: TokenCommand::Revoke { host },
-        } => commands::token::revoke(c, &host).await,
+        } => commands::token::revoke(c, &host, out).await,
         Command::Token {
             command: TokenCommand::Create { host, ttl, replace },
         } => {
@@ -479,8 +498,8 @@ async fn dispatch(cli: Cli) -> Result<()> {
             fleet::token_create(c, &host, ttl, replace, out).await
         }
         Command::Host { command } => match command {
-            HostCommand::Revoke { host, yes } => fleet::revoke(c, &host, yes).await,
-            HostCommand::Forget { host } => fleet::forget(c, &host).await,
+            HostCommand::Revoke { host, yes } => fleet::revoke(c, &host, yes, out).await,
+            HostCommand::Forget { host } => fleet::forget(c, &host, out).await,
         },
         Command::Hosts => fleet::hosts(c, out).await,
         Command::Status => fleet::status(c, out).await,
@@ -571,10 +590,14 @@ async fn dispatch(cli: Cli) -> Result<()> {
         }
         Command::Version => commands::about::version(c, out).await,
         Command::Completions { shell } => {
+            not_a_document(out, "completions prints a shell script")?;
             commands::about::completions(shell);
             Ok(())
         }
-        Command::Man { out } => commands::man::man(&out),
-        Command::Demo(args) => demo::run(args).await,
+        Command::Man { out: dir } => commands::man::man(&dir, out),
+        Command::Demo(args) => {
+            not_a_document(out, "demo prints its progress for people")?;
+            demo::run(args).await
+        }
     }
 }

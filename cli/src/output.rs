@@ -21,11 +21,33 @@ pub fn to_stdout(write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>) {
     }
 }
 
+/// The files a command wrote: `wrote PATH` lines, or `{"written": [...]}`.
+pub fn written<P: AsRef<std::path::Path>>(paths: &[P], out: Format) {
+    match out {
+        Format::Json => json(&crate::doc::results::Written::of(paths)),
+        Format::Text => {
+            for p in paths {
+                println!("wrote {}", p.as_ref().display());
+            }
+        }
+    }
+}
+
 pub fn json<T: Serialize>(value: &T) {
     to_stdout(|out| {
         serde_json::to_writer_pretty(&mut *out, value)?;
         writeln!(out)
     });
+}
+
+/// One JSON object on one line, for the commands that stream
+/// (`events --follow`, `rollout watch`): each line is written and flushed
+/// whole, so a reader never sees half an object.
+pub fn json_line<T: Serialize>(value: &T) {
+    match serde_json::to_string(value) {
+        Ok(line) => println!("{line}"),
+        Err(e) => eprintln!("cutover: cannot encode the output: {e}"),
+    }
 }
 
 /// Pretty-prints a JSON document as the controller sent it, without

@@ -110,6 +110,9 @@ pub struct Report {
 /// The steps a rollout would take, before it is started.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Plan {
+    /// The release every host goes to, or [`LAST_KNOWN_GOOD`] (`null` in
+    /// JSON) when each host goes to its own.
+    #[serde(with = "codes::release")]
     pub release: String,
     /// Services that move, in dependency order.
     pub services: Vec<ServicePlan>,
@@ -205,15 +208,23 @@ pub struct HostTarget {
 pub struct SkippedHost {
     pub host: String,
     pub service: String,
+    /// Why, for scripts; `reason` says it in words.
+    #[serde(default)]
+    pub code: SkipCode,
     pub reason: String,
 }
 
 mod batches;
+mod codes;
+pub use codes::{CarriedCode, SkipCode, StopAction, LAST_KNOWN_GOOD};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Carried {
     pub service: String,
     pub service_version: String,
+    /// Why, for scripts; `reason` says it in words.
+    #[serde(default)]
+    pub code: CarriedCode,
     pub reason: String,
 }
 
@@ -248,7 +259,7 @@ impl RolloutStatus {
 
 impl std::fmt::Display for RolloutStatus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Debug::fmt(self, f)
+        f.write_str(self.as_str())
     }
 }
 
@@ -332,7 +343,7 @@ pub enum StepPhase {
 
 impl std::fmt::Display for StepPhase {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Debug::fmt(self, f)
+        f.write_str(self.as_str())
     }
 }
 
@@ -341,9 +352,16 @@ impl std::fmt::Display for StepPhase {
 pub struct Failure {
     pub service: String,
     pub host: String,
-    /// Which boundary stopped: `canary`, `batch 2`.
+    /// The failed step's batch (0: the canary).
+    #[serde(default)]
+    pub batch: usize,
+    /// Which boundary stopped, in words: `canary`, `batch 2`.
     pub boundary: String,
     pub evidence: Evidence,
+    /// What the controller did next, for scripts; `action` says it in
+    /// words.
+    #[serde(default)]
+    pub next: StopAction,
     pub action: String,
 }
 

@@ -74,6 +74,9 @@ impl HealthState {
 #[serde(default)]
 pub struct ServiceHealth {
     pub state: HealthState,
+    /// In JSON `since`, an RFC 3339 instant or `null` (the CLI's contract);
+    /// inventories stored before read back from `since_ms`.
+    #[serde(rename = "since", alias = "since_ms", with = "instant_or_ms")]
     pub since_ms: i64,
     #[serde(skip_serializing_if = "String::is_empty")]
     pub evidence: String,
@@ -186,6 +189,39 @@ pub struct JoinTokenView {
     pub expires: Option<OffsetDateTime>,
     /// Made with `--replace`: enrolling takes over an enrolled host's name.
     pub replaces: bool,
+}
+
+/// An instant held as ms since the epoch (0: never) in JSON: an RFC 3339
+/// string or `null`; a number (as earlier versions wrote it) reads too.
+mod instant_or_ms {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(ms: &i64, s: S) -> Result<S::Ok, S::Error> {
+        match super::from_ms(*ms) {
+            Some(t) => s.serialize_str(&crate::manifest::rfc3339(t)),
+            None => s.serialize_none(),
+        }
+    }
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        Ms(i64),
+        Text(String),
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+        match Option::<Either>::deserialize(d)? {
+            None => Ok(0),
+            Some(Either::Ms(ms)) => Ok(ms),
+            Some(Either::Text(t)) => {
+                let t =
+                    time::OffsetDateTime::parse(&t, &time::format_description::well_known::Rfc3339)
+                        .map_err(serde::de::Error::custom)?;
+                Ok(super::to_ms(Some(t)))
+            }
+        }
+    }
 }
 
 /// Milliseconds since the Unix epoch; 0 stands for "never".
@@ -366,6 +402,13 @@ mod bound_tests {
         };
         let text = serde_json::to_string(&s).unwrap();
         assert!(text.contains(r#""state":"unhealthy""#), "{text}");
+        assert!(
+            text.contains(r#""since":"1970-01-01T00:00:00.005Z""#),
+            "{text}"
+        );
+        let old_since = r#"{"name":"api","current":null,"previous":null,"state":"running","health":{"state":"healthy","since_ms":7,"restarts":0}}"#;
+        let read: InstalledService = serde_json::from_str(old_since).unwrap();
+        assert_eq!(read.health.since_ms, 7);
         assert_eq!(serde_json::from_str::<InstalledService>(&text).unwrap(), s);
     }
 

@@ -286,9 +286,9 @@ async fn rollout(lab: &Lab, n: usize, max_parallel: usize, fail_at: Option<usize
     let t = Instant::now();
     lab.cli(&["upgrade", "web", "--version", &version, "--yes"])?;
     let want = if fail_at.is_some() {
-        "RolledBack"
+        "rolled_back"
     } else {
-        "Succeeded"
+        "succeeded"
     };
     let (id, status) = lab.newest_rollout_end(Duration::from_secs(600)).await?;
     let took = t.elapsed();
@@ -301,11 +301,11 @@ async fn rollout(lab: &Lab, n: usize, max_parallel: usize, fail_at: Option<usize
         None => {
             if moved != n {
                 return Err(format!(
-                    "{moved} of {n} hosts run {version} after Succeeded"
+                    "{moved} of {n} hosts run {version} after succeeded"
                 ));
             }
             println!(
-                "rollout {n} hosts (max_parallel {max_parallel}): Succeeded in {:.2} s; controller CPU {:.2} s = {:.3} ms per host step",
+                "rollout {n} hosts (max_parallel {max_parallel}): succeeded in {:.2} s; controller CPU {:.2} s = {:.3} ms per host step",
                 took.as_secs_f64(),
                 used.as_secs_f64(),
                 used.as_secs_f64() * 1000.0 / n as f64
@@ -314,7 +314,7 @@ async fn rollout(lab: &Lab, n: usize, max_parallel: usize, fail_at: Option<usize
         Some(at) => {
             if moved != 0 {
                 return Err(format!(
-                    "{moved} host(s) still run {version} after RolledBack"
+                    "{moved} host(s) still run {version} after rolled_back"
                 ));
             }
             let failed = swarm
@@ -329,7 +329,7 @@ async fn rollout(lab: &Lab, n: usize, max_parallel: usize, fail_at: Option<usize
                     .ok_or("no rollback command arrived")
             };
             println!(
-                "rollout {n} hosts, host {at} failing: RolledBack in {:.2} s; {} rollback commands, the first {:.1} ms and the last {:.1} ms after the failed report",
+                "rollout {n} hosts, host {at} failing: rolled_back in {:.2} s; {} rollback commands, the first {:.1} ms and the last {:.1} ms after the failed report",
                 took.as_secs_f64(),
                 arrivals.count,
                 ms(arrivals.first)?,

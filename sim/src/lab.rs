@@ -201,8 +201,8 @@ impl Lab {
     pub fn abort_unfinished(&self) -> Result<()> {
         let list = self.latest_rollouts(5)?;
         for r in list.as_array().into_iter().flatten() {
-            if ["Running", "Paused", "RollingBack"].contains(&r["status"].as_str().unwrap_or("")) {
-                let id = r["id"].to_string();
+            if ["running", "paused", "rolling_back"].contains(&r["status"].as_str().unwrap_or("")) {
+                let id = r["id"].as_str().unwrap_or_default().to_string();
                 self.cli(&["rollout", "abort", &id])?;
             }
         }
@@ -212,8 +212,9 @@ impl Lab {
     /// Waits for the newest rollout to end; its id and final status.
     pub async fn newest_rollout_end(&self, timeout: Duration) -> Result<(u64, String)> {
         let t = Instant::now();
-        let id = self.latest_rollouts(1)?[0]["id"]
-            .as_u64()
+        let id: u64 = self.latest_rollouts(1)?[0]["id"]
+            .as_str()
+            .and_then(|id| id.parse().ok())
             .ok_or("no rollout listed")?;
         loop {
             tokio::time::sleep(Duration::from_millis(500)).await;
@@ -221,7 +222,7 @@ impl Lab {
                 .as_str()
                 .unwrap_or("")
                 .to_string();
-            if ["Succeeded", "RolledBack", "Failed", "Aborted"].contains(&status.as_str()) {
+            if ["succeeded", "rolled_back", "failed", "aborted"].contains(&status.as_str()) {
                 return Ok((id, status));
             }
             if t.elapsed() > timeout {

@@ -123,7 +123,7 @@ async fn grant(lab: &Lab, host: &str, version: &str) -> Result<Swarm> {
     }
     lab.cli(&["upgrade", "payload", "--version", version, "--yes"])?;
     let (id, status) = lab.newest_rollout_end(Duration::from_secs(120)).await?;
-    if status != "Succeeded" {
+    if status != "succeeded" {
         return Err(format!("rollout {id} of payload {version} ended {status}"));
     }
     Ok(swarm)

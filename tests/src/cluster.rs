@@ -300,7 +300,7 @@ impl Cluster {
                 return None;
             }
             let status = r.json()["rollout"]["status"].as_str()?.to_string();
-            ["Succeeded", "RolledBack", "Failed", "Aborted"]
+            ["succeeded", "rolled_back", "failed", "aborted"]
                 .contains(&status.as_str())
                 .then_some(status)
         });
@@ -449,11 +449,11 @@ impl Cluster {
         for s in steps {
             let (host, phase) = (&s["host"], s["phase"].as_str().unwrap_or(""));
             let needs: &[&str] = match phase {
-                "Healthy" => &["step.healthy"],
-                "RolledBack" => &["step.failed", "step.rolled_back"],
-                "Failed" => &["step.failed"],
-                "RollbackFailed" => &["step.rollback_failed"],
-                "Pending" => &[],
+                "healthy" => &["step.healthy"],
+                "rolled_back" => &["step.failed", "step.rolled_back"],
+                "failed" => &["step.failed"],
+                "rollback_failed" => &["step.rollback_failed"],
+                "pending" => &[],
                 other => {
                     problem(format!("{host}: step left in phase {other}"));
                     &[]
@@ -468,7 +468,7 @@ impl Cluster {
                         .as_str()
                         .is_some_and(|d| d.contains(host.as_str().unwrap_or("?")))
             });
-            if phase != "Pending" && !started {
+            if phase != "pending" && !started {
                 problem(format!("{host}: no batch.started event names it"));
             }
         }
@@ -477,7 +477,7 @@ impl Cluster {
             problem(format!("first event is {:?}", kinds.first()));
         }
         let finished = kinds.iter().filter(|k| **k == "rollout.finished").count();
-        let aborted = r["status"] == "Aborted";
+        let aborted = r["status"] == "aborted";
         if !aborted && (finished != 1 || kinds.last() != Some(&"rollout.finished")) {
             problem(format!(
                 "{finished} rollout.finished event(s), last {:?}",
@@ -486,7 +486,7 @@ impl Cluster {
         }
         if events
             .windows(2)
-            .any(|w| w[0]["at_ms"].as_i64() > w[1]["at_ms"].as_i64())
+            .any(|w| crate::instant(&w[0]["at"]) > crate::instant(&w[1]["at"]))
         {
             problem("events out of time order".into());
         }

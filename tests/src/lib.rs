@@ -71,6 +71,22 @@ pub fn expire_identity(pki: &Path, data_dir: &Path, host: &str) {
     .expect("write identity.pem");
 }
 
+/// A rollout or event id as `-o json` prints it: a decimal string.
+pub fn id(v: &Value) -> u64 {
+    v.as_str()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("an id as a decimal string, not {v}"))
+}
+
+/// An instant as `-o json` prints it: RFC 3339.
+pub fn instant(v: &Value) -> time::OffsetDateTime {
+    v.as_str()
+        .and_then(|s| {
+            time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()
+        })
+        .unwrap_or_else(|| panic!("an RFC 3339 instant, not {v}"))
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())

@@ -219,7 +219,7 @@ impl Fleet {
 
     pub fn last_rollout(&self) -> crate::Value {
         let list = self.cli_json(&["rollout", "list"]);
-        self.rollout(list[0]["id"].as_u64().expect("a rollout"))
+        self.rollout(crate::id(&list[0]["id"]))
     }
 
     /// The pid in a service's pid file on `host`.

@@ -93,7 +93,7 @@ fn hostile_archives_are_refused_by_the_agent_in_one_short_line_and_it_stays_onli
         let version = format!("1.0.{}", i + 1);
         f.raw_release(&version, "api", &bytes);
         f.upgrade(&["api"], &version, &[])
-            .fails_with("ended RolledBack");
+            .fails_with("ended rolled_back");
         let r = f.last_rollout();
         let e = &r["rollout"]["failure"]["evidence"];
         assert_eq!(e["gate"], "unpack", "{expected}: {e}");

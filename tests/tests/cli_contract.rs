@@ -100,7 +100,7 @@ fn running_rollout() -> (Fleet, u64) {
         Floor::default(),
     );
     let started = f.cli_json(&["upgrade", "api", "--version", "1.0.0", "--yes"]);
-    let id = started["rollout"]["id"].as_u64().expect("rollout id");
+    let id = cutover_tests::id(&started["rollout"]["id"]);
     (f, id)
 }
 
@@ -140,7 +140,7 @@ fn ctrl_c_while_following_a_rollout_says_it_goes_on_and_how_to_watch_or_abort_it
     let (code, stderr) = finish(child);
     drop(reader);
     assert_eq!((code, stderr.as_str()), (130, interrupted(id).as_str()));
-    assert_eq!(rollout_status(&f, id), "Running");
+    assert_eq!(rollout_status(&f, id), "running");
 
     // `upgrade --wait` follows the rollout it started the same way.
     let mut child = f.spawn_cli(&["upgrade", "web", "--version", "1.0.0", "--yes", "--wait"]);
@@ -161,8 +161,8 @@ fn ctrl_c_while_following_a_rollout_says_it_goes_on_and_how_to_watch_or_abort_it
     let (code, stderr) = finish(child);
     drop(reader);
     assert_eq!((code, stderr.as_str()), (130, interrupted(second).as_str()));
-    assert_eq!(rollout_status(&f, second), "Running");
-    assert_eq!(rollout_status(&f, id), "Running");
+    assert_eq!(rollout_status(&f, second), "running");
+    assert_eq!(rollout_status(&f, id), "running");
 }
 
 #[test]

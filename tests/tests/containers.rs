@@ -70,9 +70,9 @@ fn containers_roll_forward_and_a_failing_image_is_rolled_back_with_its_settings(
         assert_eq!(previous, format!("{} false", v1.id));
     }
     f.upgrade(&["web"], "3.0.0", &[])
-        .fails_with("ended RolledBack");
+        .fails_with("ended rolled_back");
     let r = f.last_rollout();
-    assert_eq!(steps(&r, "RolledBack").len(), 1, "{r}");
+    assert_eq!(steps(&r, "rolled_back").len(), 1, "{r}");
     for h in HOSTS {
         let name = format!("{}-{h}", scope.prefix);
         assert_eq!(scope.running(&name), [(name.clone(), v2.id.clone())], "{h}");
@@ -153,7 +153,7 @@ fn a_foreign_container_with_the_same_name_is_never_removed() {
     let name = format!("{}-h1", scope.prefix);
     let foreign = docker(&["create", "--name", &name, &v1.id]);
     f.upgrade(&["web"], "1.0.0", &[])
-        .fails_with("ended RolledBack");
+        .fails_with("ended rolled_back");
     let r = f.last_rollout();
     let detail = r["rollout"]["failure"]["evidence"]["detail"]
         .as_str()
@@ -233,7 +233,7 @@ fn images_are_pulled_by_digest_from_a_registry_and_a_different_image_is_refused(
     // Pinned to v2's ID, but the reference answers with v3.
     f.registry_release("2.0.0", "web", &v2, &v3_ref);
     f.upgrade(&["web"], "2.0.0", &[])
-        .fails_with("ended RolledBack");
+        .fails_with("ended rolled_back");
     let r = f.last_rollout();
     let e = &r["rollout"]["failure"]["evidence"];
     assert_eq!(e["gate"], "verify", "{e}");
@@ -265,7 +265,7 @@ fn the_images_own_healthcheck_gates_the_install_too() {
     import(&f, "2.0.0", &v2);
     f.upgrade(&["web"], "1.0.0", &[]).ok();
     f.upgrade(&["web"], "2.0.0", &[])
-        .fails_with("ended RolledBack");
+        .fails_with("ended rolled_back");
     let r = f.last_rollout();
     let e = &r["rollout"]["failure"]["evidence"];
     assert_eq!(e["check"], "docker HEALTHCHECK", "{e}");

@@ -45,8 +45,8 @@ fn demo_shows_three_online_agents_and_stops_everything() {
     assert!(stdout.contains("session rtt"), "{stdout}");
     // The good release went everywhere, the bad one stopped at the canary.
     for needle in [
-        "rollout 1: Succeeded 3/3 steps done",
-        "rollout 2 ended RolledBack: web on edge-1 failed at the canary",
+        "rollout 1: succeeded 3/3 steps done",
+        "rollout 2 ended rolled_back: web on edge-1 failed at the canary",
         "STOPPED at the canary: service web on host edge-1",
         "output    unhealthy: release 1.1.0 cannot reach its database",
         "edge-2  online  web@1.0 [running, healthy]",

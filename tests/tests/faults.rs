@@ -91,7 +91,7 @@ impl Suite {
 fn start(c: &Cluster, version: &str) -> u64 {
     c.cli(&["upgrade", "web", "--version", version, "--yes"])
         .ok();
-    c.cli_json(&["rollout", "list"])[0]["id"].as_u64().unwrap()
+    cutover_tests::id(&c.cli_json(&["rollout", "list"])[0]["id"])
 }
 
 /// Starts a rollout once the controller counts `host` offline (a command
@@ -108,7 +108,7 @@ fn start_without(c: &Cluster, version: &str, host: &str) -> u64 {
         "--allow-offline",
     ])
     .ok();
-    c.cli_json(&["rollout", "list"])[0]["id"].as_u64().unwrap()
+    cutover_tests::id(&c.cli_json(&["rollout", "list"])[0]["id"])
 }
 
 fn rollout(c: &Cluster, id: u64) -> cutover_tests::Value {
@@ -118,7 +118,7 @@ fn rollout(c: &Cluster, id: u64) -> cutover_tests::Value {
 fn healthy_steps(c: &Cluster, id: u64) -> usize {
     rollout(c, id)["steps"]
         .as_array()
-        .map_or(0, |s| s.iter().filter(|s| s["phase"] == "Healthy").count())
+        .map_or(0, |s| s.iter().filter(|s| s["phase"] == "healthy").count())
 }
 
 fn wait_stage(c: &Cluster, host: &str, stage: &str) {
@@ -191,7 +191,7 @@ fn scenarios(s: &mut Suite) {
     s.record(
         "1 controller killed mid-rollout",
         "docker kill + start (same volume)",
-        "Succeeded",
+        "succeeded",
         id,
         t,
         &["1.1.0"],
@@ -206,7 +206,7 @@ fn scenarios(s: &mut Suite) {
     s.record(
         "2 agent killed during health checks",
         "docker kill + start",
-        "Succeeded",
+        "succeeded",
         id,
         t,
         &["1.2.0"],
@@ -226,7 +226,7 @@ fn scenarios(s: &mut Suite) {
     s.record(
         "3 agent partitioned within the deadline",
         "docker network disconnect 3s",
-        "Succeeded",
+        "succeeded",
         id,
         t,
         &["1.3.0"],
@@ -244,7 +244,7 @@ fn scenarios(s: &mut Suite) {
     s.record(
         "4 agent paused in its health window",
         "docker pause 3s",
-        "Succeeded",
+        "succeeded",
         id,
         t,
         &["1.4.0"],
@@ -262,7 +262,7 @@ fn scenarios(s: &mut Suite) {
     s.record(
         "9 two rollouts at once",
         "second upgrade while the first runs",
-        "Succeeded",
+        "succeeded",
         id,
         t,
         &["1.5.0"],
@@ -281,7 +281,7 @@ fn scenarios(s: &mut Suite) {
     s.record(
         "12 host never came back",
         "docker stop h5 for the whole rollout",
-        "RolledBack",
+        "rolled_back",
         id,
         t,
         &["1.5.0"],
@@ -301,7 +301,7 @@ fn scenarios(s: &mut Suite) {
     s.record(
         "3 agent partitioned past the deadline",
         "docker network disconnect > 20s",
-        "RolledBack",
+        "rolled_back",
         id,
         t,
         &["1.5.0"],
@@ -332,7 +332,7 @@ fn scenarios(s: &mut Suite) {
     s.record(
         "7 corrupt artifact in the store",
         "flipped byte in artifacts/<sha>",
-        "RolledBack",
+        "rolled_back",
         id,
         t,
         &["1.5.0"],
@@ -362,13 +362,13 @@ fn scenarios(s: &mut Suite) {
         .cloned()
         .unwrap_or_default();
     let mut problems = Vec::new();
-    if h1["phase"] != "RolledBack" {
+    if h1["phase"] != "rolled_back" {
         problems.push(format!("h1 step: {h1}"));
     }
     s.record(
         "5 controller partitioned, release failing",
         "docker network disconnect controller",
-        "RolledBack",
+        "rolled_back",
         id,
         t,
         &["1.5.0"],
@@ -387,7 +387,7 @@ fn scenarios(s: &mut Suite) {
     s.record(
         "2 agent killed right after the swap",
         "docker kill at Checking (h2)",
-        "Succeeded",
+        "succeeded",
         id,
         t,
         &["2.0.0"],
@@ -401,7 +401,7 @@ fn scenarios(s: &mut Suite) {
     s.record(
         "2 agent killed right after the download",
         "docker kill at Swapping (h1)",
-        "Succeeded",
+        "succeeded",
         id,
         t,
         &["2.0.1"],
@@ -414,7 +414,7 @@ fn scenarios(s: &mut Suite) {
     s.c.release("2.1.0", false, Vec::new());
     let id = start(&s.c, "2.1.0");
     eventually(Duration::from_secs(60), "the rollout rolling back", || {
-        (rollout(&s.c, id)["status"] == "RollingBack").then_some(())
+        (rollout(&s.c, id)["status"] == "rolling_back").then_some(())
     });
     let ctl = s.c.controller_name();
     s.c.kill_and_restart(&ctl);
@@ -427,7 +427,7 @@ fn scenarios(s: &mut Suite) {
     s.record(
         "11 controller restarted twice in a rollback",
         "docker kill + start, twice",
-        "RolledBack",
+        "rolled_back",
         id,
         t,
         &["2.0.1"],
@@ -466,7 +466,7 @@ fn scenarios(s: &mut Suite) {
     s.record(
         "10 agent restarted, certificate expired",
         "expired identity.pem; new token after",
-        "Succeeded",
+        "succeeded",
         id,
         t,
         &["2.2.0"],
@@ -504,7 +504,7 @@ fn scenarios(s: &mut Suite) {
     s.record(
         "6 disk full during unpack",
         "64 MiB tmpfs data disk on h4",
-        "RolledBack",
+        "rolled_back",
         id,
         t,
         &["2.2.0"],
@@ -544,7 +544,7 @@ fn scenarios(s: &mut Suite) {
     s.record(
         "8 slow host past the step deadline",
         "docker update --cpus 0.01 on h3",
-        "RolledBack",
+        "rolled_back",
         id,
         t,
         &["2.2.0"],
@@ -628,7 +628,7 @@ fn fault_soak() {
                 format!("{host} paused 3s")
             }
         };
-        let want = if healthy { "Succeeded" } else { "RolledBack" };
+        let want = if healthy { "succeeded" } else { "rolled_back" };
         let allowed = [current.as_str(), version.as_str()];
         s.record(
             &format!("soak {round} ({version}, healthy={healthy})"),

@@ -72,7 +72,7 @@ fn wait_canary_sent(f: &Fleet, id: u64) -> Value {
         let sent = r["rollout"]["steps"]
             .as_array()?
             .iter()
-            .any(|s| s["phase"] == "Installing" && s["sends"].as_u64() >= Some(1));
+            .any(|s| s["phase"] == "installing" && s["sends"].as_u64() >= Some(1));
         sent.then_some(r)
     })
 }
@@ -136,16 +136,16 @@ fn a_report_that_arrives_while_the_store_cannot_be_written_is_kept_and_the_rollo
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert_eq!(rollout_status(&f, 1), "Running");
+    assert_eq!(rollout_status(&f, 1), "running");
     // The disk has room again.
     sql(&f, "DROP TRIGGER full_disk;");
     eventually(WAIT, "the rollout to end", || {
         let s = rollout_status(&f, 1);
-        (s != "Running").then_some(())
+        (s != "running").then_some(())
     });
     let r = f.rollout(1);
-    assert_eq!(r["rollout"]["status"], "Succeeded", "{r:#}");
-    assert_eq!(steps(&r, "Healthy").len(), 2, "{r:#}");
+    assert_eq!(r["rollout"]["status"], "succeeded", "{r:#}");
+    assert_eq!(steps(&r, "healthy").len(), 2, "{r:#}");
     let ev = events(&r);
     assert!(
         !ev.iter()
@@ -194,10 +194,10 @@ fn a_rollout_whose_stored_config_is_out_of_bounds_fails_alone_after_a_restart() 
     f.start_controller();
     eventually(WAIT, "both rollouts to end", || {
         let (a, b) = (rollout_status(&f, 1), rollout_status(&f, 2));
-        (a != "Running" && b != "Running").then_some(())
+        (a != "running" && b != "running").then_some(())
     });
     let poisoned = f.rollout(1);
-    assert_eq!(poisoned["rollout"]["status"], "Failed", "{poisoned:#}");
+    assert_eq!(poisoned["rollout"]["status"], "failed", "{poisoned:#}");
     let ev = events(&poisoned);
     assert!(
         ev.iter().any(|(k, d)| k == "rollout.finished"
@@ -206,13 +206,13 @@ fn a_rollout_whose_stored_config_is_out_of_bounds_fails_alone_after_a_restart() 
         "{ev:?}"
     );
     let other = f.rollout(2);
-    assert_eq!(other["rollout"]["status"], "Succeeded", "{other:#}");
+    assert_eq!(other["rollout"]["status"], "succeeded", "{other:#}");
     for h in HOSTS {
         assert_eq!(f.served_version(h, "web").as_deref(), Some("1.0"), "{h}");
     }
     // The driver is alive: it still takes operator actions.
     f.cli(&["rollout", "abort", "1"])
-        .fails_with("rollout 1 already ended Failed");
+        .fails_with("rollout 1 already ended failed");
 }
 
 #[test]

@@ -32,10 +32,7 @@ fn world(policy: &str, controller_extra: &str, fleet: impl Fn(String) -> String)
 }
 
 fn rollout_id(f: &Fleet) -> String {
-    f.cli_json(&["rollout", "list"])[0]["id"]
-        .as_u64()
-        .expect("rollout id")
-        .to_string()
+    cutover_tests::id(&f.cli_json(&["rollout", "list"])[0]["id"]).to_string()
 }
 
 fn wait_stage(f: &Fleet, host: &str, stage: &str) {
@@ -85,7 +82,7 @@ fn corrupted_artifact_is_refused_nothing_is_swapped_and_the_old_service_keeps_ru
     std::fs::write(&stored, bytes).unwrap();
 
     f.upgrade(&["api"], "1.1.0", &[])
-        .fails_with("ended RolledBack");
+        .fails_with("ended rolled_back");
     let r = f.last_rollout();
     let e = &r["rollout"]["failure"]["evidence"];
     assert_eq!(e["gate"], "verify", "{r}");
@@ -183,7 +180,7 @@ fn every_malicious_archive_class_is_refused_and_nothing_outside_is_touched() {
         let version = format!("1.0.{}", i + 1);
         f.raw_release(&version, "api", &bytes);
         f.upgrade(&["api"], &version, &[])
-            .fails_with("ended RolledBack");
+            .fails_with("ended rolled_back");
         let r = f.last_rollout();
         let e = &r["rollout"]["failure"]["evidence"];
         assert_eq!(e["gate"], "unpack", "{expected}: {e}");
@@ -218,14 +215,14 @@ fn controller_killed_mid_rollout_resumes_and_redoes_no_step() {
         .ok();
     let id = rollout_id(&f);
     eventually(Duration::from_secs(30), "canary healthy", || {
-        (steps(&f.rollout(id.parse().unwrap()), "Healthy").len() == 1).then_some(())
+        (steps(&f.rollout(id.parse().unwrap()), "healthy").len() == 1).then_some(())
     });
     f.kill_controller();
     std::thread::sleep(Duration::from_millis(500));
     f.start_controller();
     f.cli(&["rollout", "watch", &id]).ok();
     let r: Value = f.rollout(id.parse().unwrap());
-    assert_eq!(r["rollout"]["status"], "Succeeded");
+    assert_eq!(r["rollout"]["status"], "succeeded");
     assert_eq!(
         r["rollout"]["steps"][0]["sends"], 1,
         "canary resent after the restart"
@@ -369,14 +366,14 @@ fn agent_that_lost_its_controller_rolls_a_failing_release_back_itself_and_report
     });
     f.start_controller();
     f.cli(&["rollout", "watch", &id])
-        .fails_with("ended RolledBack");
+        .fails_with("ended rolled_back");
     let r = f.rollout(id.parse().unwrap());
     assert_eq!(
-        steps(&r, "RolledBack"),
+        steps(&r, "rolled_back"),
         [("api".to_string(), "h1".to_string())]
     );
     assert!(
-        r["rollout"]["failure"]["action"]
+        r["rollout"]["failure"]["message"]
             .as_str()
             .unwrap()
             .contains("nothing else"),
@@ -649,7 +646,7 @@ fn a_failed_install_after_a_deleted_journal_rolls_back_to_the_release_that_ran()
     // been collected and there was nothing to go back to.
     f.sample_release("1.1.0", &[Svc::new("api", "1.1").sick()], Floor::default());
     f.upgrade(&["api"], "1.1.0", &[])
-        .fails_with("ended RolledBack");
+        .fails_with("ended rolled_back");
     eventually(Duration::from_secs(30), "api back on 1.0", || {
         (f.served_version("h1", "api").as_deref() == Some("1.0")).then_some(())
     });

@@ -64,7 +64,7 @@ fn a_manual_rollback_after_a_rolled_back_canary_never_targets_the_failed_release
     f.upgrade(&["api"], "1.1.0", &[]).ok();
     f.sample_release("1.2.0", &[Svc::new("api", "1.2").sick()], Floor::default());
     f.upgrade(&["api"], "1.2.0", &[])
-        .fails_with("ended RolledBack");
+        .fails_with("ended rolled_back");
     // The canary's agent now calls 1.2.0 its "previous"; the rollback must
     // not take it there.
     let preview = f.cli(&["rollback", "api", "--dry-run"]).ok().stdout;
@@ -139,7 +139,7 @@ fn a_manual_rollback_takes_each_host_to_its_own_release() {
     f.upgrade(&["api"], "1.1.0", &[]).ok();
     f.sample_release("1.2.0", &[Svc::new("api", "1.2").sick()], Floor::default());
     f.upgrade(&["api"], "1.2.0", &["--no-rollback"])
-        .fails_with("ended Failed");
+        .fails_with("ended failed");
     // h1 was left on the failed 1.2.0: it goes to 1.1.0, the newest
     // release healthy on it; h2 and h3 run 1.1.0 and go to 1.0.0.
     let plan = f.cli_json(&["rollback", "api", "--dry-run"]);
@@ -189,7 +189,7 @@ fn abort_with_rollback_stops_the_rollout_and_takes_its_moved_hosts_back() {
     f.cli(&["rollout", "pause", "2"]).ok();
     eventually(Duration::from_secs(30), "the canary to be healthy", || {
         let r = f.rollout(2);
-        (steps(&r, "Healthy").len() == 1).then_some(())
+        (steps(&r, "healthy").len() == 1).then_some(())
     });
     assert_eq!(f.served_version("h1", "api").as_deref(), Some("1.1"));
     // It asks first: not on a terminal, --yes is needed.
@@ -200,12 +200,12 @@ fn abort_with_rollback_stops_the_rollout_and_takes_its_moved_hosts_back() {
         .cli(&["rollout", "abort", "2", "--rollback", "--yes"])
         .ok()
         .stdout;
-    assert!(out.contains("rollout 2 is now Aborted"), "{out}");
+    assert!(out.contains("rollout 2 is now aborted"), "{out}");
     assert!(out.contains("h1 (1.1 (1.1.0) -> 1.0 (1.0.0))"), "{out}");
     assert!(out.contains("rollback 3 started: 1 host(s)"), "{out}");
     f.cli(&["rollout", "watch", "3"]).ok();
     assert_eq!(f.served_version("h1", "api").as_deref(), Some("1.0"));
-    assert_eq!(f.rollout(2)["rollout"]["status"], "Aborted");
+    assert_eq!(f.rollout(2)["rollout"]["status"], "aborted");
     assert_eq!(
         ["h2", "h3"]
             .iter()
@@ -217,7 +217,7 @@ fn abort_with_rollback_stops_the_rollout_and_takes_its_moved_hosts_back() {
     // --rollback belongs to abort alone.
     // An ended rollout: the way back is `cutover rollback`.
     f.cli(&["rollout", "abort", "2", "--rollback", "--yes"])
-        .fails_with("already ended Aborted; to take its hosts back, `cutover rollback SERVICE`");
+        .fails_with("already ended aborted; to take its hosts back, `cutover rollback SERVICE`");
     let run = f.cli(&["rollout", "pause", "3", "--rollback"]);
     assert_eq!(run.code, 2, "{run:?}");
     assert!(

@@ -82,7 +82,7 @@ fn an_agent_started_with_a_relative_config_installs_and_rolls_back_in_the_absolu
     f.sample_release("2.0.0", &[Svc::new("api", "2.0").sick()], Floor::default());
     let failed = f.upgrade(&["api"], "2.0.0", &[]);
     assert_eq!(failed.code, 1, "{failed:?}");
-    assert_eq!(f.last_rollout()["rollout"]["status"], "RolledBack");
+    assert_eq!(f.last_rollout()["rollout"]["status"], "rolled_back");
     eventually(Duration::from_secs(10), "1.0 served again", || {
         (f.served_version("h1", "api").as_deref() == Some("1.0")).then_some(())
     });

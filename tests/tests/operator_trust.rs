@@ -34,9 +34,7 @@ fn world(hosts: &[&str], controller_extra: &str, fleet: impl Fn(String) -> Strin
 }
 
 fn last_id(f: &Fleet) -> u64 {
-    f.cli_json(&["rollout", "list"])[0]["id"]
-        .as_u64()
-        .expect("a rollout")
+    cutover_tests::id(&f.cli_json(&["rollout", "list"])[0]["id"])
 }
 
 fn step<'a>(r: &'a Value, host: &str) -> &'a Value {
@@ -67,7 +65,7 @@ fn upgrade_until_checking(f: &Fleet, version: &str, serves: &str, host: &str) ->
     eventually(WAIT, &format!("{host} runs {serves}, checked"), || {
         let r = f.rollout(id);
         let s = step(&r, host);
-        (s["phase"] == "Installing"
+        (s["phase"] == "installing"
             && s["sends"].as_u64() >= Some(1)
             && f.served_version(host, "api").as_deref() == Some(serves))
         .then_some(())
@@ -92,25 +90,25 @@ fn steps_in_flight_when_aborted_get_their_real_outcome_and_the_abort_names_the_o
     f.sample_release("1.1.0", &[Svc::new("api", "1.1").sick()], Floor::default());
     let id = upgrade_until_checking(&f, "1.1.0", "1.1", "h1");
     let out = f.cli(&["rollout", "abort", &id.to_string()]).ok().stdout;
-    assert!(out.contains("is now Aborted"), "{out}");
+    assert!(out.contains("is now aborted"), "{out}");
     let r = f.rollout(id);
-    assert_eq!(r["rollout"]["status"], "Aborted");
-    assert_eq!(step(&r, "h1")["phase"], "Installing");
+    assert_eq!(r["rollout"]["status"], "aborted");
+    assert_eq!(step(&r, "h1")["phase"], "installing");
 
     // The canary's host turns healthy after the abort: its step says so.
     set_health(&f, "h1", "ok");
     let r = eventually(WAIT, "h1's step gets its outcome", || {
         let r = f.rollout(id);
-        (step(&r, "h1")["phase"] == "Healthy").then_some(r)
+        (step(&r, "h1")["phase"] == "healthy").then_some(r)
     });
-    assert_eq!(r["rollout"]["status"], "Aborted");
-    assert_eq!(step(&r, "h2")["phase"], "Pending", "nothing new started");
+    assert_eq!(r["rollout"]["status"], "aborted");
+    assert_eq!(step(&r, "h2")["phase"], "pending", "nothing new started");
     assert_eq!(f.served_version("h2", "api").as_deref(), Some("1.0"));
     assert_eq!(events(&r, "step.healthy").len(), 1, "{r}");
     let finished = events(&r, "rollout.finished");
     assert_eq!(finished.len(), 1, "{r}");
     assert!(
-        finished[0].starts_with(&format!("rollout {id} Aborted: ")),
+        finished[0].starts_with(&format!("rollout {id} aborted: ")),
         "{r}"
     );
     let aborted = events(&r, "rollout.aborted");
@@ -124,7 +122,7 @@ fn steps_in_flight_when_aborted_get_their_real_outcome_and_the_abort_names_the_o
     );
     // The finished rollout is no longer the operator's to pause.
     f.cli(&["rollout", "pause", &id.to_string()])
-        .fails_with(&format!("rollout {id} already ended Aborted"));
+        .fails_with(&format!("rollout {id} already ended aborted"));
 }
 
 /// The seconds `rollout show` prints after `label` in `line`.
@@ -143,7 +141,7 @@ fn rollout_show_times_a_running_rollout_and_its_steps_in_flight_up_to_now() {
     let shown = || {
         let text = f.cli(&["rollout", "show", &id]).ok().stdout;
         let running = seconds_after(&text, "running for ");
-        let row = text.lines().find(|l| l.contains("Installing"))?;
+        let row = text.lines().find(|l| l.contains("installing"))?;
         let so_far = row[..row.find(" s so far")?]
             .split_whitespace()
             .last()?
@@ -177,7 +175,7 @@ fn a_failure_is_timed_from_the_start_of_its_step_fetch_included() {
     bytes[last] ^= 0xff;
     std::fs::write(&stored, bytes).unwrap();
     f.upgrade(&["api"], "1.1.0", &[])
-        .fails_with("ended RolledBack");
+        .fails_with("ended rolled_back");
     let id = last_id(&f);
     let r = f.rollout(id);
     let e = &r["rollout"]["failure"]["evidence"];
@@ -211,11 +209,11 @@ fn a_check_failing_its_threshold_after_passing_rolls_back_before_the_healthy_dea
     let r = eventually(WAIT, "the rollout ends", || {
         let r = f.rollout(id);
         let status = r["rollout"]["status"].as_str()?.to_string();
-        ["Succeeded", "RolledBack", "Failed", "Aborted"]
+        ["succeeded", "rolled_back", "failed", "aborted"]
             .contains(&status.as_str())
             .then_some(r)
     });
-    assert_eq!(r["rollout"]["status"], "RolledBack", "{r}");
+    assert_eq!(r["rollout"]["status"], "rolled_back", "{r}");
     let e = &r["rollout"]["failure"]["evidence"];
     assert_eq!(
         e["detail"], "HTTP 503, expected 200; failed 3 consecutive checks (failure_threshold = 3)",

@@ -62,7 +62,7 @@ fn two_services_with_a_dependency_roll_out_in_order_and_report_versions() {
         );
     }
     let r = f.last_rollout();
-    assert_eq!(r["rollout"]["status"], "Succeeded");
+    assert_eq!(r["rollout"]["status"], "succeeded");
     let db_done = event_index(&r, |k, d| k == "step.healthy" && d.starts_with("db:"));
     let api_start = event_index(&r, |k, d| k == "batch.started" && d.starts_with("api:"));
     assert_eq!(db_done.len(), 3);
@@ -125,7 +125,7 @@ fn an_unchanged_component_is_neither_fetched_nor_restarted() {
     }
     assert_eq!(controller_fetches_of(&f, &db_sha), 3, "db fetched again");
     let r = f.last_rollout();
-    assert!(steps(&r, "Healthy").iter().all(|(s, _)| s == "api"), "{r}");
+    assert!(steps(&r, "healthy").iter().all(|(s, _)| s == "api"), "{r}");
 }
 
 #[test]
@@ -139,7 +139,7 @@ fn failing_canary_is_rolled_back_and_no_other_host_is_touched() {
         .collect();
     f.sample_release("1.1.0", &[Svc::new("api", "1.1").sick()], Floor::default());
     let run = f.upgrade(&["api"], "1.1.0", &[]);
-    run.fails_with("ended RolledBack");
+    run.fails_with("ended rolled_back");
     for h in HOSTS {
         assert_eq!(f.served_version(h, "api").as_deref(), Some("1.0"), "{h}");
     }
@@ -152,13 +152,13 @@ fn failing_canary_is_rolled_back_and_no_other_host_is_touched() {
         "h2/h3 restarted"
     );
     let r = f.last_rollout();
-    assert_eq!(r["rollout"]["status"], "RolledBack");
+    assert_eq!(r["rollout"]["status"], "rolled_back");
     assert_eq!(
-        steps(&r, "RolledBack"),
+        steps(&r, "rolled_back"),
         [("api".to_string(), "h1".to_string())]
     );
-    assert_eq!(steps(&r, "Pending").len(), 2);
-    let id = r["rollout"]["id"].as_u64().unwrap().to_string();
+    assert_eq!(steps(&r, "pending").len(), 2);
+    let id = r["rollout"]["id"].as_str().unwrap().to_string();
     let text = f.cli(&["rollout", "show", &id]).ok().stdout;
     let port = f.port_of("h1", "api");
     for needle in [
@@ -212,7 +212,7 @@ fn failure_in_the_second_batch_rolls_back_every_moved_host_of_the_service() {
     f.upgrade(&["api"], "1.1.0", &[])
         .fails_with("api on h3 failed at the batch 1");
     let r = f.last_rollout();
-    let mut back = steps(&r, "RolledBack");
+    let mut back = steps(&r, "rolled_back");
     back.sort();
     assert_eq!(
         back.iter().map(|(_, h)| h.as_str()).collect::<Vec<_>>(),
@@ -232,7 +232,7 @@ fn no_rollback_leaves_the_failed_host_in_place_and_ends_failed() {
     f.upgrade(&["api"], "1.0.0", &[]).ok();
     f.sample_release("1.1.0", &[Svc::new("api", "1.1").sick()], Floor::default());
     f.upgrade(&["api"], "1.1.0", &["--no-rollback"])
-        .fails_with("ended Failed");
+        .fails_with("ended failed");
     assert_eq!(
         f.served_version("h1", "api").as_deref(),
         Some("1.1"),
@@ -240,8 +240,9 @@ fn no_rollback_leaves_the_failed_host_in_place_and_ends_failed() {
     );
     assert_eq!(f.served_version("h2", "api").as_deref(), Some("1.0"));
     let r = f.last_rollout();
-    assert_eq!(r["rollout"]["status"], "Failed");
-    assert!(r["rollout"]["failure"]["action"]
+    assert_eq!(r["rollout"]["status"], "failed");
+    assert_eq!(r["rollout"]["failure"]["action"], "left_for_inspection");
+    assert!(r["rollout"]["failure"]["message"]
         .as_str()
         .unwrap()
         .contains("left in place for inspection"));
@@ -296,16 +297,16 @@ fn pause_holds_the_next_batch_resume_finishes_and_rollback_to_goes_back() {
     f.cli(&["rollout", "pause", "2"]).ok();
     // A second rollout of the same service is refused while this one lives.
     f.cli(&["upgrade", "api", "--version", "1.1.0", "--yes"])
-        .fails_with("rollout 2 (Paused) is already moving service \"api\"");
+        .fails_with("rollout 2 (paused) is already moving service \"api\"");
     eventually(Duration::from_secs(20), "the canary to finish", || {
         let r = f.rollout(2);
-        (steps(&r, "Installing").is_empty()).then_some(r)
+        (steps(&r, "installing").is_empty()).then_some(r)
     });
     std::thread::sleep(Duration::from_secs(2));
     let r = f.rollout(2);
-    assert_eq!(r["rollout"]["status"], "Paused");
+    assert_eq!(r["rollout"]["status"], "paused");
     assert_eq!(
-        steps(&r, "Pending").len(),
+        steps(&r, "pending").len(),
         2,
         "a batch started while paused: {r}"
     );

@@ -23,11 +23,11 @@ fn simulator_smoke_200_agents_and_two_rollouts() {
     );
     assert!(stdout.contains("enrolled 200 host(s)"), "{stdout}");
     assert!(
-        stdout.contains("rollout 200 hosts (max_parallel 50): Succeeded"),
+        stdout.contains("rollout 200 hosts (max_parallel 50): succeeded"),
         "{stdout}"
     );
     assert!(
-        stdout.contains("rollout 200 hosts, host 100 failing: RolledBack")
+        stdout.contains("rollout 200 hosts, host 100 failing: rolled_back")
             && stdout.contains("101 rollback commands"),
         "{stdout}"
     );

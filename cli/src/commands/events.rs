@@ -9,6 +9,7 @@ use cutover_proto::v1;
 
 use super::rollout::{decode, print_event};
 use crate::client::ConnectArgs;
+use crate::doc::rollout::EventDoc;
 use crate::error::{Error, Result};
 use crate::output::{self, Format};
 
@@ -89,7 +90,7 @@ pub async fn events(c: &ConnectArgs, args: EventsArgs, out: Format) -> Result<()
         let doc = op.events(request(0, since_ms)).await?.into_inner();
         let events: Vec<EventView> = decode("events", doc)?;
         if out == Format::Json {
-            output::json(&events);
+            output::json(&events.iter().map(EventDoc::of).collect::<Vec<_>>());
         } else {
             events.iter().for_each(print_event);
         }
@@ -128,10 +129,7 @@ pub async fn events(c: &ConnectArgs, args: EventsArgs, out: Format) -> Result<()
 fn print_followed(e: &EventView, out: Format) {
     match out {
         Format::Text => print_event(e),
-        Format::Json => match serde_json::to_string(e) {
-            Ok(line) => println!("{line}"),
-            Err(e) => eprintln!("cutover: cannot encode an event: {e}"),
-        },
+        Format::Json => output::json_line(&EventDoc::of(e)),
     }
 }
 

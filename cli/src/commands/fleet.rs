@@ -3,13 +3,14 @@
 
 use std::time::Duration;
 
-use cutover_core::views::{from_ms, DiagReport, HealthState, HostView, InstalledService};
-use cutover_proto::v1;
-use serde::Serialize;
-
 use crate::client::ConnectArgs;
+use crate::doc;
+use crate::doc::fleet::{host_state, HostDoc, StatusDoc};
+use crate::doc::results::{HostChanged, TokenMade};
 use crate::error::{Error, Result};
 use crate::output::{self, Format};
+use cutover_core::views::{from_ms, DiagReport, HealthState, HostView, InstalledService};
+use cutover_proto::v1;
 
 pub async fn token_create(
     c: &ConnectArgs,
@@ -28,10 +29,15 @@ pub async fn token_create(
         })
         .await?
         .into_inner();
-    let expires = output::when(from_ms(r.expires_at_ms));
     if out == Format::Json {
-        output::json(&serde_json::json!({ "host": host, "token": r.token, "expires_at": expires }));
+        output::json(&TokenMade {
+            host,
+            token: &r.token,
+            expires_at: doc::at(r.expires_at_ms),
+            replace,
+        });
     } else {
+        let expires = output::when(from_ms(r.expires_at_ms));
         // The token alone on stdout, so that scripts can capture it.
         println!("{}", r.token);
         eprintln!("join token for host {host}, valid once until {expires}");
@@ -39,7 +45,7 @@ pub async fn token_create(
     Ok(())
 }
 
-pub async fn revoke(c: &ConnectArgs, host: &str, yes: bool) -> Result<()> {
+pub async fn revoke(c: &ConnectArgs, host: &str, yes: bool, out: Format) -> Result<()> {
     if !yes {
         super::confirm(
             &format!(
@@ -53,15 +59,31 @@ pub async fn revoke(c: &ConnectArgs, host: &str, yes: bool) -> Result<()> {
         .await?
         .revoke_host(v1::HostRequest { host: host.into() })
         .await?;
-    println!("host {host} revoked; its session was cut and its certificate is refused from now on");
+    if out == Format::Json {
+        output::json(&HostChanged {
+            host,
+            action: "revoked",
+        });
+    } else {
+        println!(
+            "host {host} revoked; its session was cut and its certificate is refused from now on"
+        );
+    }
     Ok(())
 }
 
-pub async fn forget(c: &ConnectArgs, host: &str) -> Result<()> {
+pub async fn forget(c: &ConnectArgs, host: &str, out: Format) -> Result<()> {
     c.operator()
         .await?
         .forget_host(v1::HostRequest { host: host.into() })
         .await?;
+    if out == Format::Json {
+        output::json(&HostChanged {
+            host,
+            action: "forgotten",
+        });
+        return Ok(());
+    }
     println!(
         "host {host} forgotten; its events and rollouts are kept, and `cutover token create {host}` enrolls a fresh identity under the name"
     );
@@ -81,20 +103,10 @@ pub async fn fetch_hosts(c: &ConnectArgs) -> Result<Vec<HostView>> {
         .collect()
 }
 
-fn state(h: &HostView) -> &'static str {
-    if h.revoked {
-        "revoked"
-    } else if h.online {
-        "online"
-    } else {
-        "offline"
-    }
-}
-
 pub async fn hosts(c: &ConnectArgs, out: Format) -> Result<()> {
     let hosts = fetch_hosts(c).await?;
     if out == Format::Json {
-        output::json(&hosts);
+        output::json(&hosts.iter().map(HostDoc::of).collect::<Vec<_>>());
         return Ok(());
     }
     let rows: Vec<Vec<String>> = hosts
@@ -102,7 +114,7 @@ pub async fn hosts(c: &ConnectArgs, out: Format) -> Result<()> {
         .map(|h| {
             vec![
                 h.name.clone(),
-                state(h).into(),
+                host_state(h).into(),
                 if h.agent_version.is_empty() {
                     "-".into()
                 } else {
@@ -120,29 +132,11 @@ pub async fn hosts(c: &ConnectArgs, out: Format) -> Result<()> {
     Ok(())
 }
 
-#[derive(Serialize)]
-struct Status {
-    hosts_online: usize,
-    hosts_offline: usize,
-    hosts_revoked: usize,
-    hosts: Vec<HostView>,
-    channels: Vec<cutover_core::views::ChannelView>,
-    releases: Vec<cutover_core::views::ReleaseView>,
-}
-
 pub async fn status(c: &ConnectArgs, out: Format) -> Result<()> {
     let hosts = fetch_hosts(c).await?;
     let channels = super::release::channels(c).await?;
     let releases = super::release::releases(c).await?;
-    let count = |s: &str| hosts.iter().filter(|h| state(h) == s).count();
-    let status = Status {
-        hosts_online: count("online"),
-        hosts_offline: count("offline"),
-        hosts_revoked: count("revoked"),
-        hosts,
-        channels,
-        releases,
-    };
+    let status = StatusDoc::of(&hosts, &channels, &releases);
     if out == Format::Json {
         output::json(&status);
         return Ok(());
@@ -151,10 +145,10 @@ pub async fn status(c: &ConnectArgs, out: Format) -> Result<()> {
         "hosts:    {} online, {} offline, {} revoked",
         status.hosts_online, status.hosts_offline, status.hosts_revoked
     );
-    if status.channels.is_empty() {
+    if channels.is_empty() {
         println!("channels: none (`cutover channel set NAME VERSION`)");
     }
-    for ch in &status.channels {
+    for ch in &channels {
         let default = if ch.is_default { " (default)" } else { "" };
         println!(
             "channel:  {} -> {}{default}",
@@ -162,10 +156,10 @@ pub async fn status(c: &ConnectArgs, out: Format) -> Result<()> {
             output::escape(&ch.version)
         );
     }
-    if status.releases.is_empty() {
+    if releases.is_empty() {
         println!("releases: none imported (`cutover release import MANIFEST`)");
     }
-    for r in &status.releases {
+    for r in &releases {
         println!(
             "release:  {} ({} service(s), expires {})",
             output::escape(&r.version),
@@ -174,10 +168,15 @@ pub async fn status(c: &ConnectArgs, out: Format) -> Result<()> {
         );
     }
     println!();
-    let rows: Vec<Vec<String>> = status
-        .hosts
+    let rows: Vec<Vec<String>> = hosts
         .iter()
-        .map(|h| vec![h.name.clone(), state(h).into(), services_line(&h.services)])
+        .map(|h| {
+            vec![
+                h.name.clone(),
+                host_state(h).into(),
+                services_line(&h.services),
+            ]
+        })
         .collect();
     output::table(&["HOST", "STATE", "RUNS"], &rows);
     Ok(())

@@ -9,14 +9,12 @@ use clap::CommandFactory;
 use crate::error::{Error, Result};
 
 /// Writes the pages into `dir` (made if missing) and prints each path.
-pub fn man(dir: &Path) -> Result<()> {
+pub fn man(dir: &Path, out: crate::output::Format) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let mut cmd = crate::Cli::command().disable_help_subcommand(true);
     // Sets every subcommand's display name (`cutover-release-build`).
     cmd.build();
-    for path in write_pages(&cmd, dir)? {
-        println!("wrote {}", path.display());
-    }
+    crate::output::written(&write_pages(&cmd, dir)?, out);
     Ok(())
 }
 

@@ -18,7 +18,12 @@ use std::path::Path;
 use crate::error::{Error, Result};
 
 /// `cutover pki init`
-pub fn pki_init(dir: &Path, controller_hosts: &[String], operator: &str) -> Result<()> {
+pub fn pki_init(
+    dir: &Path,
+    controller_hosts: &[String],
+    operator: &str,
+    out: crate::output::Format,
+) -> Result<()> {
     let hosts: Vec<String> = controller_hosts
         .iter()
         .map(|h| h.trim().to_string())
@@ -34,9 +39,7 @@ pub fn pki_init(dir: &Path, controller_hosts: &[String], operator: &str) -> Resu
         controller_hosts: &hosts,
         operator_name: operator,
     })?;
-    for path in written {
-        println!("wrote {}", path.display());
-    }
+    crate::output::written(&written, out);
     Ok(())
 }
 

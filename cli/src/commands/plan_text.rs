@@ -36,6 +36,17 @@ pub(super) fn print_plan(plan: &Plan) {
     output::to_stdout(|out| write_plan(out, plan));
 }
 
+/// The plan a confirmation asks about. With `-o json` it goes to stderr:
+/// the question is for a person, and stdout holds only the document.
+pub(super) fn print_preview(plan: &Plan, out: output::Format) {
+    match out {
+        output::Format::Text => print_plan(plan),
+        output::Format::Json => {
+            let _ = write_plan(&mut std::io::stderr().lock(), plan);
+        }
+    }
+}
+
 /// Each run of hosts that move from the same identity names it once: a
 /// plan at fleet size is half a million moves.
 fn write_plan(out: &mut dyn Write, plan: &Plan) -> std::io::Result<()> {

@@ -10,10 +10,11 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
 use crate::client::ConnectArgs;
+use crate::doc::results::{ChannelSet, Imported, KeyMade, Signed};
 use crate::error::{Error, Result};
 use crate::output::{self, Format};
 
-pub fn keygen(out: &Path) -> Result<()> {
+pub fn keygen(out: &Path, format: Format) -> Result<()> {
     // `--out DIR/NAME` with DIR missing: made, readable by its owner only
     // (it is about to hold a secret key). A directory that exists keeps
     // its mode.
@@ -25,10 +26,16 @@ pub fn keygen(out: &Path) -> Result<()> {
                 .mode(0o700)
                 .create(dir)
                 .map_err(|e| Error::io(dir, e))?;
-            println!("made directory {} (mode 0700)", dir.display());
+            if format == Format::Text {
+                println!("made directory {} (mode 0700)", dir.display());
+            }
         }
     }
     let (key, public, id) = signing::keygen(out)?;
+    if format == Format::Json {
+        output::json(&KeyMade::new(id, &key, &public));
+        return Ok(());
+    }
     println!("release key {id}");
     println!("  secret: {} (keep it offline)", key.display());
     println!(
@@ -38,7 +45,7 @@ pub fn keygen(out: &Path) -> Result<()> {
     Ok(())
 }
 
-pub fn sign(manifest_path: &Path, key_path: &Path) -> Result<()> {
+pub fn sign(manifest_path: &Path, key_path: &Path, out: Format) -> Result<()> {
     let text = read_release_text(
         manifest_path,
         "manifest",
@@ -60,10 +67,20 @@ pub fn sign(manifest_path: &Path, key_path: &Path) -> Result<()> {
     };
     sigs.sign(text.as_bytes(), &key);
     cutover_core::fsutil::write_atomic(&sig_path, sigs.to_toml().as_bytes(), 0o644)?;
+    let key_id = signing::key_id(&key.verifying_key());
+    if out == Format::Json {
+        output::json(&Signed::new(
+            manifest.version.to_string(),
+            key_id,
+            sigs.signatures.len(),
+            &sig_path,
+        ));
+        return Ok(());
+    }
     println!(
         "signed release {} with key {} ({} signature(s) in {})",
         manifest.version,
-        signing::key_id(&key.verifying_key()),
+        key_id,
         sigs.signatures.len(),
         sig_path.display()
     );
@@ -298,15 +315,15 @@ pub async fn import(
     }
     let r = response?.into_inner();
     if out == Format::Json {
-        output::json(&serde_json::json!({
-            "version": r.version,
-            "services": r.services,
-            "artifacts_stored": r.artifacts_stored,
-            "artifacts_present": r.artifacts_present,
-            "signed_by": r.signed_by,
-            "already_imported": r.already_imported,
-            "artifacts_repaired": r.artifacts_repaired,
-        }));
+        output::json(&Imported {
+            version: r.version,
+            services: r.services,
+            artifacts_stored: r.artifacts_stored,
+            artifacts_present: r.artifacts_present,
+            artifacts_repaired: r.artifacts_repaired,
+            signed_by: r.signed_by,
+            already_imported: r.already_imported,
+        });
     } else if r.already_imported {
         println!(
             "release {} already imported (same manifest); artifacts verified ({} repaired)",
@@ -371,7 +388,7 @@ pub async fn list(c: &ConnectArgs, out: Format) -> Result<()> {
     Ok(())
 }
 
-pub async fn channel_set(c: &ConnectArgs, name: &str, version: &str) -> Result<()> {
+pub async fn channel_set(c: &ConnectArgs, name: &str, version: &str, out: Format) -> Result<()> {
     c.operator()
         .await?
         .set_channel(v1::SetChannelRequest {
@@ -379,16 +396,32 @@ pub async fn channel_set(c: &ConnectArgs, name: &str, version: &str) -> Result<(
             version: version.into(),
         })
         .await?;
-    println!("channel {name} -> {version}");
+    if out == Format::Json {
+        output::json(&ChannelSet {
+            channel: name,
+            version: Some(version),
+            is_default: None,
+        });
+    } else {
+        println!("channel {name} -> {version}");
+    }
     Ok(())
 }
 
-pub async fn channel_default(c: &ConnectArgs, name: &str) -> Result<()> {
+pub async fn channel_default(c: &ConnectArgs, name: &str, out: Format) -> Result<()> {
     c.operator()
         .await?
         .set_default_channel(v1::ChannelName { name: name.into() })
         .await?;
-    println!("default channel is now {name}");
+    if out == Format::Json {
+        output::json(&ChannelSet {
+            channel: name,
+            version: None,
+            is_default: Some(true),
+        });
+    } else {
+        println!("default channel is now {name}");
+    }
     Ok(())
 }
 

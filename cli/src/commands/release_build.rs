@@ -75,7 +75,7 @@ pub struct BuildArgs {
 }
 
 /// Builds the release and prints what it wrote.
-pub fn build(args: BuildArgs) -> Result<()> {
+pub fn build(args: BuildArgs, out: crate::output::Format) -> Result<()> {
     // A name first (it is in file names and the manifest's text); the
     // manifest's own rules (semantic version) are checked on reading back.
     cutover_core::names::validate("release version", &args.version)
@@ -125,15 +125,15 @@ pub fn build(args: BuildArgs) -> Result<()> {
     let text = std::fs::read_to_string(&manifest).map_err(|e| Error::io(&manifest, e))?;
     cutover_core::manifest::Manifest::parse(&text)
         .map_err(|e| Error::Failed(format!("{}: {e}", manifest.display())))?;
-    for s in &services {
-        println!(
-            "wrote {}",
+    let mut written: Vec<std::path::PathBuf> = services
+        .iter()
+        .map(|s| {
             args.out
                 .join(format!("{}-{}.tar.gz", s.name, s.service_version))
-                .display()
-        );
-    }
-    println!("wrote {}", manifest.display());
+        })
+        .collect();
+    written.push(manifest);
+    crate::output::written(&written, out);
     Ok(())
 }
 

@@ -5,9 +5,10 @@
 use cutover_core::rollout::{Rollout, Started};
 use cutover_proto::v1;
 
-use super::plan_text::print_plan;
+use super::plan_text::{print_plan, print_preview};
 use super::rollout::{confirm, decode, started_output};
 use crate::client::ConnectArgs;
+use crate::doc::rollout::{RolloutDoc, StartedDoc};
 use crate::error::Result;
 use crate::output::{self, Format};
 
@@ -48,7 +49,7 @@ pub async fn rollback(c: &ConnectArgs, args: RollbackArgs, out: Format) -> Resul
             }
             return Ok(());
         }
-        print_plan(&preview.plan);
+        print_preview(&preview.plan, out);
         if preview.plan.services.is_empty() {
             return Ok(());
         }
@@ -66,6 +67,14 @@ pub async fn rollback(c: &ConnectArgs, args: RollbackArgs, out: Format) -> Resul
         .into_inner();
     let started: Started = decode("rollout", doc)?;
     started_output(c, started, args.wait, out).await
+}
+
+/// `rollout abort ID --rollback -o json`: the aborted rollout and the
+/// rollback started for it.
+#[derive(serde::Serialize)]
+struct AbortedDoc<'a> {
+    aborted: RolloutDoc<'a>,
+    rollback: StartedDoc<'a>,
 }
 
 /// `cutover rollout abort ID --rollback`.
@@ -92,14 +101,17 @@ pub async fn abort_and_roll_back(
         })
         .await?
         .into_inner();
-    #[derive(serde::Deserialize, serde::Serialize)]
+    #[derive(serde::Deserialize)]
     struct Answer {
         aborted: Rollout,
         rollback: Started,
     }
     let answer: Answer = decode("rollout", doc)?;
     if out == Format::Json {
-        output::json(&answer);
+        output::json(&AbortedDoc {
+            aborted: RolloutDoc::of(&answer.aborted),
+            rollback: StartedDoc::of(&answer.rollback.plan, answer.rollback.rollout.as_ref()),
+        });
         return Ok(());
     }
     println!("rollout {id} is now {}", answer.aborted.status);

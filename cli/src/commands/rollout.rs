@@ -12,8 +12,11 @@ use cutover_core::views::from_ms;
 use cutover_proto::commands::from_json;
 use cutover_proto::v1;
 
-use super::plan_text::print_plan;
+use super::plan_text::{print_plan, print_preview};
 use crate::client::ConnectArgs;
+use crate::doc::rollout::{
+    DetailDoc, EventDoc, ProgressDoc, RolloutDoc, StartedDoc, SummaryDoc, WatchLine,
+};
 use crate::error::{Error, Result};
 use crate::output::{self, Format};
 
@@ -97,7 +100,7 @@ pub async fn upgrade(c: &ConnectArgs, args: UpgradeArgs, out: Format) -> Result<
             .await?
             .into_inner();
         let plan: Plan = decode("plan", doc)?;
-        print_plan(&plan);
+        print_preview(&plan, out);
         if plan.services.is_empty() {
             return Ok(());
         }
@@ -128,7 +131,7 @@ pub(super) async fn started_output(
 ) -> Result<()> {
     let Some(r) = &started.rollout else {
         if out == Format::Json {
-            output::json(&started);
+            output::json(&StartedDoc::of(&started.plan, None));
         } else {
             println!(
                 "nothing to do: every host already runs release {}",
@@ -139,7 +142,7 @@ pub(super) async fn started_output(
     };
     if !wait {
         if out == Format::Json {
-            output::json(&started);
+            output::json(&StartedDoc::of(&started.plan, Some(r)));
         } else {
             println!(
                 "rollout {} started: {} step(s) to release {}; follow it with `cutover rollout watch {}`",
@@ -171,7 +174,7 @@ pub async fn list(c: &ConnectArgs, limit: u32, out: Format) -> Result<()> {
         .into_inner();
     let rollouts: Vec<RolloutSummary> = decode("rollouts", doc)?;
     if out == Format::Json {
-        output::json(&rollouts);
+        output::json(&rollouts.iter().map(SummaryDoc::of).collect::<Vec<_>>());
         return Ok(());
     }
     let rows: Vec<Vec<String>> = rollouts
@@ -179,7 +182,7 @@ pub async fn list(c: &ConnectArgs, limit: u32, out: Format) -> Result<()> {
         .map(|r| {
             vec![
                 r.id.to_string(),
-                format!("{:?}", r.kind).to_lowercase(),
+                r.kind.as_str().to_string(),
                 r.release.clone(),
                 r.services.join(","),
                 r.status.to_string(),
@@ -210,7 +213,7 @@ async fn detail(c: &ConnectArgs, id: u64) -> Result<RolloutDetail> {
 pub async fn show(c: &ConnectArgs, id: u64, out: Format) -> Result<()> {
     let d = detail(c, id).await?;
     if out == Format::Json {
-        output::json(&d);
+        output::json(&DetailDoc::of(&d));
     } else {
         print_detail(&d);
     }
@@ -238,9 +241,9 @@ fn print_detail(d: &RolloutDetail) {
     let now = cutover_core::views::now_ms();
     let end = r.finished_ms.unwrap_or(now).max(r.created_ms);
     println!(
-        "rollout {}  {:?} to release {}  {}{}",
+        "rollout {}  {} to release {}  {}{}",
         r.id,
-        r.kind,
+        r.kind.as_str(),
         output::escape(&r.release),
         r.status,
         // A rollback is never rolled back: not the operator's flag.
@@ -387,7 +390,8 @@ pub(super) fn print_event(e: &EventView) {
 }
 
 /// Follows a rollout until it ends: a progress bar on a terminal, a line
-/// per change otherwise. Fails (exit 1) unless it succeeded. Ctrl-C stops
+/// per change otherwise, and with `-o json` one object per line (each new
+/// event, and the progress when it changes, the last with `final: true`). Fails (exit 1) unless it succeeded. Ctrl-C stops
 /// the following, not the rollout: it says so and how to follow or abort
 /// it, and exits 130.
 pub async fn watch(c: &ConnectArgs, id: u64, out: Format) -> Result<()> {
@@ -432,6 +436,17 @@ pub async fn watch(c: &ConnectArgs, id: u64, out: Format) -> Result<()> {
                     println!("{line}");
                     last = line;
                 }
+            } else {
+                for e in d.events.iter().skip(seen_events) {
+                    output::json_line(&WatchLine::Event(EventDoc::of(e)));
+                }
+                seen_events = d.events.len();
+                let progress = ProgressDoc::of(r, waiting_on(r));
+                let line = serde_json::to_string(&progress).unwrap_or_default();
+                if line != last {
+                    output::json_line(&WatchLine::Progress(progress));
+                    last = line;
+                }
             }
             if r.status.is_final() {
                 return Ok::<_, Error>(d);
@@ -448,9 +463,7 @@ pub async fn watch(c: &ConnectArgs, id: u64, out: Format) -> Result<()> {
     }
     let final_detail = followed.ok_or(Error::Interrupted { id })??;
     let r = &final_detail.rollout;
-    if out == Format::Json {
-        output::json(&final_detail);
-    } else if tty {
+    if tty {
         print_detail(&final_detail);
     }
     match r.status {
@@ -479,7 +492,7 @@ pub async fn control(c: &ConnectArgs, id: u64, action: &str, out: Format) -> Res
         .into_inner();
     let r: Rollout = decode("rollout", doc)?;
     if out == Format::Json {
-        output::json(&r);
+        output::json(&RolloutDoc::of(&r));
     } else {
         println!("rollout {id} is now {}", r.status);
     }

@@ -39,13 +39,20 @@ pub async fn list(c: &ConnectArgs, out: Format) -> Result<()> {
 }
 
 /// `cutover token revoke HOST`: one line saying how many were dropped.
-pub async fn revoke(c: &ConnectArgs, host: &str) -> Result<()> {
+pub async fn revoke(c: &ConnectArgs, host: &str, out: Format) -> Result<()> {
     let r = c
         .operator()
         .await?
         .revoke_tokens(v1::HostRequest { host: host.into() })
         .await?
         .into_inner();
+    if out == Format::Json {
+        output::json(&crate::doc::results::TokensRevoked {
+            host,
+            revoked: r.revoked,
+        });
+        return Ok(());
+    }
     let host = output::escape(host);
     match r.revoked {
         0 => println!("host {host} had no unused join tokens"),

@@ -10,7 +10,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use cutover_core::rollout::{
-    HostMove, HostTarget, Plan, Rollout, RolloutKind, ServicePlan, SkippedHost, StepPhase,
+    HostMove, HostTarget, Plan, Rollout, RolloutKind, ServicePlan, SkipCode, SkippedHost,
+    StepPhase, LAST_KNOWN_GOOD,
 };
 use cutover_core::views::ContentIdentity;
 use serde::Serialize;
@@ -201,7 +202,7 @@ pub async fn abort_and_roll_back(
 
 fn empty_plan() -> Plan {
     Plan {
-        release: "last known-good".into(),
+        release: LAST_KNOWN_GOOD.into(),
         services: vec![],
         carried: vec![],
         offline: vec![],
@@ -240,6 +241,7 @@ async fn known_good_plan(
                 .extend(missing.into_iter().map(|h| SkippedHost {
                     host: h.clone(),
                     service: service.clone(),
+                    code: SkipCode::NotEnrolled,
                     reason: "not enrolled".into(),
                 }));
         }
@@ -253,21 +255,24 @@ async fn known_good_plan(
             if !in_scope {
                 continue;
             }
-            let skip = |reason: String| SkippedHost {
+            let skip = |code: SkipCode, reason: String| SkippedHost {
                 host: h.name.clone(),
                 service: service.clone(),
+                code,
                 reason,
             };
             if h.revoked {
-                plan.skipped.push(skip("revoked".into()));
+                plan.skipped.push(skip(SkipCode::Revoked, "revoked".into()));
                 continue;
             }
             let installed = h.installed.iter().find(|s| s.name == service);
             let current = installed.and_then(|s| s.current.as_ref());
             let previous = installed.and_then(|s| s.previous.as_ref());
             if current.is_none() && !scope.before.contains_key(&h.name) {
-                plan.skipped
-                    .push(skip(format!("runs nothing of {service}")));
+                plan.skipped.push(skip(
+                    SkipCode::NotInstalled,
+                    format!("runs nothing of {service}"),
+                ));
                 continue;
             }
             let seen: &[Seen] = history.get(&h.name).map(Vec::as_slice).unwrap_or(&[]);
@@ -275,7 +280,7 @@ async fn known_good_plan(
                 Ok(list) => list,
                 Err(_) if scope.before.contains_key(&h.name) => Vec::new(),
                 Err(why) => {
-                    plan.skipped.push(skip(why));
+                    plan.skipped.push(skip(SkipCode::NoKnownGood, why));
                     continue;
                 }
             };
@@ -301,12 +306,12 @@ async fn known_good_plan(
                 }
             }
             let Some(target) = target else {
-                let why = if why_not.is_empty() {
-                    "what it ran before is known bad here and no other release is known healthy on it; use --to VERSION".to_string()
+                let skipped = if why_not.is_empty() {
+                    skip(SkipCode::NoKnownGood, "what it ran before is known bad here and no other release is known healthy on it; use --to VERSION".to_string())
                 } else {
-                    why_not.join("; ")
+                    skip(SkipCode::NotResolvable, why_not.join("; "))
                 };
-                plan.skipped.push(skip(why));
+                plan.skipped.push(skipped);
                 continue;
             };
             let key = release_key(&target.identity).unwrap_or_default();

@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use cutover_core::fleet::{FleetConfig, ServiceConfig};
 use cutover_core::manifest::Manifest;
-use cutover_core::rollout::{Carried, HostMove, HostTarget, ImageTarget, Plan, ServicePlan};
+use cutover_core::rollout::{
+    Carried, CarriedCode, HostMove, HostTarget, ImageTarget, Plan, ServicePlan,
+};
 use cutover_core::views::{ContentIdentity, InstalledService};
 
 /// One host as the planner sees it.
@@ -105,6 +107,7 @@ pub fn plan(req: &PlanRequest<'_>) -> Result<Plan, PlanError> {
                     out.carried.push(Carried {
                         service: name.clone(),
                         service_version: svc.service_version.clone(),
+                        code: CarriedCode::NotAssigned,
                         reason: "not assigned to any host in the fleet config".into(),
                     });
                 }
@@ -189,6 +192,7 @@ pub fn plan(req: &PlanRequest<'_>) -> Result<Plan, PlanError> {
                 out.carried.push(Carried {
                     service: name.clone(),
                     service_version: svc.service_version.clone(),
+                    code: CarriedCode::AtTarget,
                     reason: format!("already at the target on all {} host(s)", unchanged.len()),
                 });
                 continue;

@@ -78,6 +78,22 @@ impl Head {
     }
 }
 
+/// How the store spells a status or phase in its columns: the variant's
+/// name (`RolledBack`), as every row since the first schema has it and
+/// the queries above match. Operators see [`RolloutStatus::as_str`]'s
+/// spelling instead.
+fn stored_name(value: impl std::fmt::Debug) -> String {
+    format!("{value:?}")
+}
+
+/// A status column as operators read it (`rolled_back`); a value no
+/// status has is shown as it is.
+fn shown_status(stored: &str) -> String {
+    serde_json::from_value::<RolloutStatus>(serde_json::Value::String(stored.into()))
+        .map(|s| s.as_str().to_string())
+        .unwrap_or_else(|_| stored.to_string())
+}
+
 fn encode(id: u64, value: &impl Serialize) -> Result<String> {
     serde_json::to_string(value).map_err(|e| Error::Internal(format!("rollout {id}: {e}")))
 }
@@ -113,7 +129,7 @@ impl EncodedStep {
     fn new(id: u64, i: usize, s: &Step) -> Result<EncodedStep> {
         Ok(EncodedStep(
             i,
-            s.phase.to_string(),
+            stored_name(s.phase),
             encode(id, &StepState::of(s))?,
         ))
     }
@@ -167,7 +183,7 @@ impl RolloutSave {
             .collect::<Result<_>>()?;
         Ok(RolloutSave {
             id: r.id,
-            status: r.status.to_string(),
+            status: stored_name(r.status),
             updated_ms: r.updated_ms,
             head: encode(r.id, &Head::of(r))?,
             steps,
@@ -264,6 +280,7 @@ impl Store {
             drop(stmt);
             for (other, status, theirs) in busy {
                 if let Some(s) = theirs.split(',').find(|s| services.contains(s)) {
+                    let status = shown_status(&status);
                     return Err(Error::Conflict(format!(
                         "rollout {other} ({status}) is already moving service {s:?}; wait for it to finish, or `cutover rollout abort {other}`"
                     )));
@@ -272,7 +289,7 @@ impl Store {
             tx.execute(
                 "INSERT INTO rollouts (id, status, release, services, created_at, updated_at, state, plan)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?7)",
-                params![id, r.status.to_string(), r.release, services.join(","), r.created_ms,
+                params![id, stored_name(r.status), r.release, services.join(","), r.created_ms,
                         encode(id, &Head::of(&r))?, encode(id, &r.plan)?],
             )?;
             let steps = r.steps.iter().enumerate()
@@ -281,7 +298,7 @@ impl Store {
             insert_steps(&tx, id, &steps)?;
             tx.execute(
                 "INSERT INTO events (at, kind, host, detail, rollout) VALUES (?1, 'rollout.created', NULL, ?2, ?3)",
-                params![now_ms(), format!("{:?} to release {} of {}{by}", r.kind, r.release, services.join(", ")), id],
+                params![now_ms(), format!("{} to release {} of {}{by}", r.kind.as_str(), r.release, services.join(", ")), id],
             )?;
             tx.commit()?;
             Ok(r)

@@ -157,7 +157,7 @@ async fn a_panic_while_stepping_one_rollout_fails_it_alone_with_the_reason() {
     assert!(result.is_ok(), "{result:?}");
     assert!(!active.contains_key(&first.id), "a failed rollout is done");
     let r = c.store.rollout(first.id).unwrap().unwrap();
-    assert_eq!(r.status, RolloutStatus::Failed, "not the half-made Aborted");
+    assert_eq!(r.status, RolloutStatus::Failed, "not the half-made aborted");
     let events = c.store.events(Some(first.id), 10).unwrap();
     assert!(
         events.iter().any(|e| e.kind == "rollout.finished"
@@ -343,7 +343,7 @@ async fn a_step_in_flight_at_an_abort_is_followed_through_a_restart_until_its_ho
         .unwrap_err()
         .to_string();
     assert!(
-        e.contains(&format!("rollout {id} already ended Aborted")),
+        e.contains(&format!("rollout {id} already ended aborted")),
         "{e}"
     );
 

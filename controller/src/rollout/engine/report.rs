@@ -4,7 +4,7 @@
 //! `--no-rollback` or a swap-back service, ends Failed as it is).
 
 use cutover_core::fleet::RollbackScope;
-use cutover_core::rollout::{Evidence, Failure, Report, RolloutStatus, StepPhase};
+use cutover_core::rollout::{Evidence, Failure, Report, RolloutStatus, StepPhase, StopAction};
 
 use super::{finish, log, rollback_id, Effect, Live};
 
@@ -115,13 +115,22 @@ pub(super) fn fail(
         .iter()
         .any(|p| p.service == service && p.swap_back);
     let ends = live.no_rollback || swap_back;
-    let action = if ends {
+    let (next, action) = if ends {
         if auto_rolled_back {
-            format!("stopped; {host} had already rolled itself back")
+            (
+                StopAction::HostRolledItselfBack,
+                format!("stopped; {host} had already rolled itself back"),
+            )
         } else if swap_back {
-            format!("stopped; {host} left as it is")
+            (
+                StopAction::LeftAsIs,
+                format!("stopped; {host} left as it is"),
+            )
         } else {
-            format!("stopped; {host} left in place for inspection (--no-rollback)")
+            (
+                StopAction::LeftForInspection,
+                format!("stopped; {host} left in place for inspection (--no-rollback)"),
+            )
         }
     } else {
         let scope = live
@@ -172,15 +181,21 @@ pub(super) fn fail(
         live.rollout.status = RolloutStatus::RollingBack;
         let scope_name = format!("{scope:?}").to_lowercase();
         if back.is_empty() {
-            format!("stopped; nothing else in rollback scope {scope_name} had moved")
+            (
+                StopAction::NothingToRollBack,
+                format!("stopped; nothing else in rollback scope {scope_name} had moved"),
+            )
         } else {
             let more = match moving.saturating_sub(back.len()) {
                 0 => String::new(),
                 n => format!(" and {n} more"),
             };
-            format!(
-                "stopped; rolling back (scope {scope_name}): {}{more}",
-                back.join(", ")
+            (
+                StopAction::RollingBack,
+                format!(
+                    "stopped; rolling back (scope {scope_name}): {}{more}",
+                    back.join(", ")
+                ),
             )
         }
     };
@@ -199,8 +214,10 @@ pub(super) fn fail(
     live.rollout.failure = Some(Failure {
         service,
         host,
+        batch,
         boundary,
         evidence,
+        next,
         action,
     });
 }

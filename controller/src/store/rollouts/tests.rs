@@ -202,7 +202,7 @@ fn a_second_rollout_of_a_busy_service_is_refused_until_the_first_ends() {
         .unwrap_err()
         .to_string();
     assert!(
-        e.contains("rollout 1 (Running) is already moving service \"db\""),
+        e.contains("rollout 1 (running) is already moving service \"db\""),
         "{e}"
     );
     assert_eq!(s.create_rollout(|id| rollout(id, &["web"])).unwrap().id, 2);

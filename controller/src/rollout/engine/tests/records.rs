@@ -70,7 +70,7 @@ fn steps_in_flight_when_aborted_get_their_reported_outcome_and_nothing_new_start
     fx.extend(tick(&mut r, 200_000, &on));
     assert_eq!(
         kinds(&fx, "rollout.finished"),
-        ["rollout 7 Aborted: 0 healthy, 0 failed, 0 rolled back, 2 in flight, 1 not started"]
+        ["rollout 7 aborted: 0 healthy, 0 failed, 0 rolled back, 2 in flight, 1 not started"]
     );
 }
 
@@ -147,7 +147,7 @@ fn every_path_to_a_final_status_logs_exactly_one_rollout_finished() {
     assert_eq!(r.status, RolloutStatus::Succeeded);
     assert_eq!(
         kinds(&fx, "rollout.finished"),
-        ["rollout 7 Succeeded: 2 step(s) healthy"]
+        ["rollout 7 succeeded: 2 step(s) healthy"]
     );
     // RolledBack.
     let mut r = two(false);
@@ -155,7 +155,7 @@ fn every_path_to_a_final_status_logs_exactly_one_rollout_finished() {
     assert_eq!(r.status, RolloutStatus::RolledBack);
     assert_eq!(
         kinds(&fx, "rollout.finished"),
-        ["rollout 7 RolledBack: 1 host(s) rolled back"]
+        ["rollout 7 rolled_back: 1 host(s) rolled back"]
     );
     // A rollback that failed: Failed.
     let mut r = two(false);
@@ -163,7 +163,7 @@ fn every_path_to_a_final_status_logs_exactly_one_rollout_finished() {
     assert_eq!(r.status, RolloutStatus::Failed);
     assert_eq!(
         kinds(&fx, "rollout.finished"),
-        ["rollout 7 Failed: 1 rollback(s) failed"]
+        ["rollout 7 failed: 1 rollback(s) failed"]
     );
     // --no-rollback: Failed where it stopped.
     let mut r = two(true);
@@ -171,7 +171,7 @@ fn every_path_to_a_final_status_logs_exactly_one_rollout_finished() {
     assert_eq!(r.status, RolloutStatus::Failed);
     assert_eq!(
         kinds(&fx, "rollout.finished"),
-        ["rollout 7 Failed: api failed at the canary on a; stopped; a left in place for inspection (--no-rollback)"]
+        ["rollout 7 failed: api failed at the canary on a; stopped; a left in place for inspection (--no-rollback)"]
     );
     // A rollback past its deadline: Failed.
     let mut r = two(false);
