@@ -8,6 +8,7 @@ pub mod docker;
 pub mod grpc;
 pub mod process;
 pub mod sample;
+pub mod schema;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

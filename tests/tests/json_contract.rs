@@ -1,0 +1,400 @@
+//! `-o json` is a contract: every command that prints something prints,
+//! with `-o json`, one document that its JSON Schema in `docs/json/`
+//! accepts (or, streaming, one such object per line), ending with a
+//! newline; instants are RFC 3339, identifiers strings, enum values the
+//! text's own words. One fleet of real agents walks through every command,
+//! a failed rollout and a manual rollback among them, and every schema in
+//! the repository is checked against real output at least once.
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::time::Duration;
+
+use cutover_cli::bundle::{self, Floor, Service};
+use cutover_tests::sample::Svc;
+use cutover_tests::{bin, eventually, id, schema, Fleet, Run, Value};
+
+const HOSTS: [&str; 2] = ["h1", "h2"];
+
+/// Checks runs of the CLI against the schemas and remembers which ones
+/// were used.
+struct Contract {
+    checked: BTreeSet<String>,
+}
+
+impl Contract {
+    /// `run`'s stdout is one `name` document ending with a newline.
+    fn doc(&mut self, name: &str, run: &Run) -> Value {
+        assert_eq!(run.code, 0, "{name}: command failed: {run:?}");
+        assert!(
+            run.stdout.ends_with('\n'),
+            "{name}: no final newline: {run:?}"
+        );
+        let value: Value = serde_json::from_str(&run.stdout)
+            .unwrap_or_else(|e| panic!("{name}: stdout is not one JSON document ({e}): {run:?}"));
+        schema::check(name, &value);
+        self.checked.insert(name.to_string());
+        value
+    }
+
+    /// Every line of `text` is one `name` object.
+    fn lines(&mut self, name: &str, text: &str) -> Vec<Value> {
+        assert!(text.ends_with('\n'), "{name}: no final newline: {text}");
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|l| {
+                serde_json::from_str(l)
+                    .unwrap_or_else(|e| panic!("{name}: not one object per line ({e}): {l}"))
+            })
+            .collect();
+        assert!(!lines.is_empty(), "{name}: no lines");
+        for l in &lines {
+            assert!(l.is_object(), "{name}: {l} is not an object");
+            schema::check(name, l);
+        }
+        self.checked.insert(name.to_string());
+        lines
+    }
+}
+
+fn world() -> Fleet {
+    let mut f = Fleet::new();
+    f.assign_ports(&HOSTS, &["api"]);
+    f.start_controller();
+    for h in HOSTS {
+        f.start_agent(h, "500ms");
+    }
+    for h in HOSTS {
+        f.wait_online(h);
+    }
+    f.apply_sample_fleet(&HOSTS, &["api"], "");
+    f
+}
+
+fn s(p: &std::path::Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+#[test]
+fn every_command_prints_with_o_json_a_document_its_schema_accepts() {
+    let mut c = Contract {
+        checked: BTreeSet::new(),
+    };
+    let mut f = world();
+    let json = |f: &Fleet, args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["-o", "json"]);
+        f.cli(&all)
+    };
+
+    // Local commands: files made, keys, builds, signatures, pages.
+    let pki = f.path("pki-2");
+    let written = c.doc(
+        "written",
+        &json(
+            &f,
+            &[
+                "pki",
+                "init",
+                "--dir",
+                s(&pki),
+                "--controller-host",
+                "localhost",
+            ],
+        ),
+    );
+    assert!(written["written"].as_array().is_some_and(|w| !w.is_empty()));
+    let key = c.doc(
+        "release-keygen",
+        &json(
+            &f,
+            &["release", "keygen", "--out", s(&f.path("keys/second.key"))],
+        ),
+    );
+    assert!(
+        key["public_key"].as_str().unwrap().ends_with("second.pub"),
+        "{key}"
+    );
+    let src = f.path("src");
+    std::fs::create_dir_all(src.join("api/bin")).unwrap();
+    std::fs::write(src.join("api/bin/run"), "#!/bin/sh\n").unwrap();
+    let built = c.doc(
+        "written",
+        &json(
+            &f,
+            &[
+                "release",
+                "build",
+                s(&src),
+                "--version",
+                "9.0.0",
+                "--service",
+                "api",
+                "--out",
+                s(&f.path("dist")),
+            ],
+        ),
+    );
+    assert!(
+        built["written"][1]
+            .as_str()
+            .unwrap()
+            .ends_with("release-9.0.0.toml"),
+        "{built}"
+    );
+    c.doc("written", &json(&f, &["man", "--out", s(&f.path("man"))]));
+    for refused in [&["completions", "bash"][..], &["demo"]] {
+        let r = json(&f, refused);
+        assert_eq!(r.code, 2, "{r:?}");
+        assert!(r.stdout.is_empty(), "{r:?}");
+        assert!(r.stderr.contains("-o json does not apply"), "{r:?}");
+    }
+
+    // A release signed and imported by hand.
+    let binary = std::fs::read(bin("cutover-sample")).unwrap();
+    let service = |version: &str, healthy: bool| Service {
+        name: "api".into(),
+        service_version: version.into(),
+        depends_on: Vec::new(),
+        files: bundle::sample_files(&binary, version, healthy),
+    };
+    let dir = f.path("release-1.0.0");
+    let manifest =
+        bundle::write_release(&dir, "1.0.0", &[service("1.0", true)], &Floor::default()).unwrap();
+    let signed = c.doc(
+        "release-sign",
+        &json(
+            &f,
+            &[
+                "release",
+                "sign",
+                s(&manifest),
+                "--key",
+                s(&f.path("release.key")),
+            ],
+        ),
+    );
+    assert_eq!(signed["release"], "1.0.0");
+    let imported = c.doc(
+        "release-import",
+        &json(&f, &["release", "import", s(&manifest)]),
+    );
+    assert_eq!(imported["already_imported"], false);
+    f.sample_release("1.1.0", &[Svc::new("api", "1.1")], Floor::default());
+    f.sample_release("1.2.0", &[Svc::new("api", "1.2").sick()], Floor::default());
+
+    // Reading the fleet.
+    let version = c.doc("version", &json(&f, &["version"]));
+    assert_eq!(version["cli"], version["controller"]);
+    let hosts = c.doc("hosts", &json(&f, &["hosts"]));
+    assert_eq!(hosts[0]["state"], "online");
+    c.doc("status", &json(&f, &["status"]));
+    c.doc("diag", &json(&f, &["diag", "h1"]));
+    c.doc("fleet", &json(&f, &["fleet", "show"]));
+    let fleet = f.path("fleet.toml");
+    let applied = c.doc(
+        "fleet-apply",
+        &json(&f, &["fleet", "apply", s(&fleet), "--dry-run"]),
+    );
+    assert_eq!(applied["stored"], false);
+    c.doc("releases", &json(&f, &["release", "list"]));
+    let set = c.doc(
+        "channel-set",
+        &json(&f, &["channel", "set", "stable", "1.0.0"]),
+    );
+    assert_eq!(set["version"], "1.0.0");
+    let default = c.doc("channel-set", &json(&f, &["channel", "default", "stable"]));
+    assert_eq!(default["is_default"], true);
+    c.doc("channels", &json(&f, &["channel", "list"]));
+    let token = c.doc(
+        "token-create",
+        &json(&f, &["token", "create", "h3", "--ttl", "10m"]),
+    );
+    assert!(token["token"].as_str().is_some_and(|t| !t.is_empty()));
+    c.doc("tokens", &json(&f, &["token", "list"]));
+    let revoked = c.doc("token-revoke", &json(&f, &["token", "revoke", "h3"]));
+    assert_eq!(revoked["revoked"], 1);
+
+    // A rollout, followed line by line.
+    let plan = c.doc("plan", &json(&f, &["plan", "api", "--version", "1.0.0"]));
+    assert_eq!(plan["release"], "1.0.0");
+    c.doc(
+        "plan",
+        &json(&f, &["upgrade", "api", "--version", "1.0.0", "--dry-run"]),
+    );
+    let started = c.doc(
+        "started",
+        &json(&f, &["upgrade", "api", "--version", "1.0.0", "--yes"]),
+    );
+    let first = id(&started["rollout"]["id"]);
+    let watched = json(&f, &["rollout", "watch", &first.to_string()]);
+    assert_eq!(watched.code, 0, "{watched:?}");
+    let lines = c.lines("rollout-watch-line", &watched.stdout);
+    let last = lines.last().unwrap();
+    assert_eq!(
+        (&last["type"], &last["final"], &last["status"]),
+        (
+            &Value::from("progress"),
+            &Value::from(true),
+            &Value::from("succeeded")
+        ),
+        "{last}"
+    );
+    assert!(lines.iter().any(|l| l["type"] == "event"), "{lines:?}");
+    let list = c.doc("rollouts", &json(&f, &["rollout", "list"]));
+    assert_eq!(list[0]["status"], "succeeded");
+    let shown = c.doc(
+        "rollout-detail",
+        &json(&f, &["rollout", "show", &first.to_string()]),
+    );
+    assert_eq!(shown["rollout"]["steps"][0]["phase"], "healthy");
+
+    // A failure: the failure's machine fields beside its words.
+    f.upgrade(&["api"], "1.1.0", &[]).ok();
+    let failed = json(
+        &f,
+        &["upgrade", "api", "--version", "1.2.0", "--yes", "--wait"],
+    );
+    assert_eq!(failed.code, 1, "{failed:?}");
+    let lines = c.lines("rollout-watch-line", &failed.stdout);
+    let last = lines.last().unwrap();
+    assert_eq!(last["status"], "rolled_back", "{last}");
+    assert_eq!(last["failure"]["batch"], 0, "{last}");
+    assert_eq!(last["failure"]["action"], "rolling_back", "{last}");
+    let bad = c.doc(
+        "rollout-detail",
+        &json(&f, &["rollout", "show", last["rollout"].as_str().unwrap()]),
+    );
+    assert_eq!(bad["rollout"]["failure"]["boundary"], "canary");
+
+    // A manual rollback: each host to its own last known-good release.
+    let preview = c.doc("plan", &json(&f, &["rollback", "api", "--dry-run"]));
+    assert_eq!(preview["release"], Value::Null, "{preview}");
+    let back = c.doc("started", &json(&f, &["rollback", "api", "--yes"]));
+    assert_eq!(back["rollout"]["kind"], "rollback");
+    assert_eq!(back["rollout"]["release"], Value::Null);
+    let back = back["rollout"]["id"].as_str().unwrap().to_string();
+    let watched = json(&f, &["rollout", "watch", &back]);
+    assert_eq!(watched.code, 0, "{watched:?}");
+    c.lines("rollout-watch-line", &watched.stdout);
+    let listed = c.doc("rollouts", &json(&f, &["rollout", "list"]));
+    assert_eq!(listed[0]["release"], Value::Null, "{listed}");
+
+    // Pause, resume and abort-with-rollback of a rollout that waits for an
+    // offline host.
+    f.kill_agent("h2");
+    eventually(Duration::from_secs(30), "h2 to be offline", || {
+        (!f.is_online("h2")).then_some(())
+    });
+    let runs = f.hosts()["h1"]["services"][0]["current"]["release"].clone();
+    let other = if runs == "1.0.0" { "1.1.0" } else { "1.0.0" };
+    let waiting = c.doc(
+        "started",
+        &json(
+            &f,
+            &[
+                "upgrade",
+                "api",
+                "--version",
+                other,
+                "--yes",
+                "--allow-offline",
+            ],
+        ),
+    );
+    let waiting = id(&waiting["rollout"]["id"]).to_string();
+    let paused = c.doc("rollout", &json(&f, &["rollout", "pause", &waiting]));
+    assert_eq!(paused["status"], "paused");
+    c.doc("rollout", &json(&f, &["rollout", "resume", &waiting]));
+    let aborted = c.doc(
+        "rollout-abort-rollback",
+        &json(
+            &f,
+            &[
+                "rollout",
+                "abort",
+                &waiting,
+                "--rollback",
+                "--yes",
+                "--allow-offline",
+            ],
+        ),
+    );
+    assert_eq!(aborted["aborted"]["status"], "aborted");
+
+    // The event log, whole and followed.
+    let events = c.doc("events", &json(&f, &["events"]));
+    assert!(events.as_array().is_some_and(|e| e.len() > 5));
+    let mut child = f.spawn_cli(&["events", "--follow", "--limit", "3", "-o", "json"]);
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut followed = String::new();
+    for _ in 0..3 {
+        stdout.read_line(&mut followed).expect("a line");
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(130));
+    assert_eq!(c.lines("event", &followed).len(), 3);
+
+    // Host administration.
+    f.start_agent("h3", "500ms");
+    f.wait_online("h3");
+    let gone = c.doc("host-change", &json(&f, &["host", "revoke", "h3", "--yes"]));
+    assert_eq!(gone["action"], "revoked");
+    let forgotten = c.doc("host-change", &json(&f, &["host", "forget", "h3"]));
+    assert_eq!(forgotten["action"], "forgotten");
+
+    let unused: Vec<String> = schema::all()
+        .into_iter()
+        .map(|(n, _)| n)
+        .filter(|n| n != "defs" && !c.checked.contains(n))
+        .collect();
+    assert!(
+        unused.is_empty(),
+        "schemas no command output was checked against: {unused:?}"
+    );
+}
+
+#[test]
+fn the_contract_rules_catch_what_the_schemas_forbid() {
+    // The checker itself: a document breaking each rule is caught.
+    let problems = |v: Value| schema::problems("event", &v);
+    let good = serde_json::json!({
+        "id": "1", "at": "2026-12-01T10:00:00.5Z", "kind": "rollout.finished",
+        "host": null, "rollout": "3", "detail": "rollout 3 succeeded"
+    });
+    assert!(
+        problems(good.clone()).is_empty(),
+        "{:?}",
+        problems(good.clone())
+    );
+    let mut number_id = good.clone();
+    number_id["id"] = 1.into();
+    assert!(problems(number_id)
+        .iter()
+        .any(|p| p.contains("ids are strings")));
+    let mut ms = good.clone();
+    ms["at"] = 1_764_600_000_000i64.into();
+    assert!(problems(ms).iter().any(|p| p.contains("RFC 3339")));
+    let mut local = good.clone();
+    local["at"] = "2026-12-01T10:00:00+01:00".into();
+    assert!(!problems(local).is_empty());
+    let mut extra = good;
+    extra["at_ms"] = 5.into();
+    assert!(problems(extra)
+        .iter()
+        .any(|p| p.contains("instants are RFC 3339")));
+    // Every schema names itself and is a valid schema.
+    for (name, s) in schema::all() {
+        assert_eq!(
+            s["$id"].as_str(),
+            Some(format!("https://cutover.invalid/json/{name}.schema.json").as_str())
+        );
+        if name != "defs" {
+            let _ = schema::problems(&name, &Value::Null);
+        }
+    }
+}
