@@ -5,6 +5,7 @@ pub mod api;
 pub mod artifacts;
 pub mod config;
 pub mod error;
+pub mod fleet_view;
 pub mod notify;
 pub mod rollout;
 pub mod server;
@@ -35,7 +36,7 @@ pub struct Controller {
     pub revoked: RevokedHosts,
     pub artifacts: artifacts::ArtifactStore,
     pub rollouts: rollout::driver::Rollouts,
-    fleet: api::rollouts::ParsedFleet,
+    fleet: fleet_view::ParsedFleet,
     inbox: std::sync::Mutex<Option<rollout::driver::Inbox>>,
 }
 

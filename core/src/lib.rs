@@ -2,6 +2,7 @@
 //! manifests and their signatures, the PKI and the TLS configurations built
 //! from it. Nothing here knows the wire format (that is `cutover-proto`).
 
+pub mod command_id;
 pub mod digest;
 pub mod error;
 pub mod fleet;

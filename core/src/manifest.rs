@@ -9,13 +9,7 @@ use time::OffsetDateTime;
 
 use crate::digest::Sha256Digest;
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ManifestError {
-    #[error("manifest: {0}")]
-    Syntax(String),
-    #[error("release {version}: {problem}")]
-    Invalid { version: String, problem: String },
-}
+pub use crate::error::ManifestError;
 
 /// The largest manifest file accepted, checked before it is parsed.
 pub const MAX_MANIFEST_BYTES: usize = 1 << 20;

@@ -11,32 +11,8 @@ use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, 
 use ed25519_dalek::{Signer, SigningKey, Verifier, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
+pub use crate::error::SignatureError;
 use crate::error::{Error, Result};
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SignatureError {
-    #[error("release is not signed: no signatures in the .sig file")]
-    Unsigned,
-    #[error("signature file is malformed: {0}")]
-    Malformed(String),
-    #[error("release is signed only by unknown key(s) {}; the controller trusts {}", .unknown.join(", "), list_or_none(.trusted))]
-    UnknownKeys {
-        unknown: Vec<String>,
-        trusted: Vec<String>,
-    },
-    #[error("bad signature by key {key_id}: it does not match the manifest (changed after signing, or a corrupt signature)")]
-    BadSignature { key_id: String },
-    #[error("release is signed by {found} trusted key(s), the controller requires {threshold}")]
-    BelowThreshold { found: usize, threshold: usize },
-}
-
-fn list_or_none(keys: &[String]) -> String {
-    if keys.is_empty() {
-        "no keys".into()
-    } else {
-        keys.join(", ")
-    }
-}
 
 /// The short identity of a release key: the first 16 hex characters of the
 /// SHA-256 of its raw public key.

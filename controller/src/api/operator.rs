@@ -7,7 +7,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use cutover_core::manifest::Manifest;
 use cutover_core::pki::{PeerIdentity, Role};
-use cutover_core::views::{from_ms, now_ms, HostView, ReleaseServiceView, ReleaseView};
+use cutover_core::views::{from_ms, now_ms, ReleaseServiceView, ReleaseView};
 use cutover_proto::v1;
 use cutover_proto::Operator;
 use tonic::{Request, Response, Status, Streaming};
@@ -44,20 +44,6 @@ pub struct OperatorApi {
 impl OperatorApi {
     pub fn new(c: Arc<Controller>) -> Self {
         OperatorApi { c }
-    }
-
-    pub(crate) async fn hosts(&self) -> Result<Vec<HostView>, Error> {
-        let mut hosts = self.c.store.run(|s| s.hosts()).await?;
-        let now = now_ms();
-        for h in &mut hosts {
-            if let Some(s) = self.c.sessions.get(&h.name) {
-                h.online = s.is_live(now);
-                h.agent_version = s.agent_version.clone();
-                h.connected_since = from_ms(s.connected_since_ms);
-                h.last_seen = from_ms(s.last_seen_ms.load(std::sync::atomic::Ordering::Relaxed));
-            }
-        }
-        Ok(hosts)
     }
 
     /// Why a request to `host`'s agent got no answer, for the operator: no
@@ -217,7 +203,7 @@ impl Operator for OperatorApi {
     }
 
     async fn list_hosts(&self, _req: Request<v1::Empty>) -> Result<Response<v1::HostList>, Status> {
-        let hosts = self.hosts().await?;
+        let hosts = crate::fleet_view::hosts(&self.c).await?;
         Ok(Response::new(v1::HostList {
             hosts: hosts.iter().map(Into::into).collect(),
         }))

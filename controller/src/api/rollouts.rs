@@ -3,56 +3,25 @@
 
 use std::sync::Arc;
 
-use cutover_core::fleet::FleetConfig;
 use cutover_core::rollout::{Plan, Rollout, RolloutDetail, RolloutKind, Started};
 use cutover_core::views::now_ms;
 
 use crate::error::{Error, Result};
+use crate::fleet_view;
 use crate::rollout::driver::Action;
 use crate::rollout::new_rollout;
-use crate::rollout::plan::{plan, HostState, PlanRequest};
+use crate::rollout::plan::{plan, PlanRequest};
 use crate::Controller;
+
+// `api/rollback.rs` takes the fleet config and the hosts from here; both
+// are the fleet view's (issue 16 moves that import to `fleet_view`).
+pub(super) use crate::fleet_view::{fleet_config as fleet, host_states as hosts};
 
 /// What the operator asked to plan.
 pub struct Ask {
     pub services: Vec<String>,
     pub version: String,
     pub allow_offline: bool,
-}
-
-/// The stored fleet config, parsed. A 10,000-host config takes tens of
-/// milliseconds to parse, so the parse is kept until the stored text
-/// changes; comparing the text keeps the cache exact whoever wrote it.
-#[derive(Default)]
-pub struct ParsedFleet(std::sync::Mutex<Option<(String, Arc<FleetConfig>)>>);
-
-impl ParsedFleet {
-    fn get(&self, toml: &str) -> Option<Arc<FleetConfig>> {
-        let cached = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        cached
-            .as_ref()
-            .filter(|(text, _)| text == toml)
-            .map(|(_, fleet)| fleet.clone())
-    }
-
-    fn put(&self, toml: String, fleet: Arc<FleetConfig>) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some((toml, fleet));
-    }
-}
-
-pub(super) async fn fleet(c: &Controller) -> Result<Arc<FleetConfig>> {
-    let stored = c.store.run(|s| s.fleet()).await?;
-    let (toml, _) = stored.ok_or_else(|| {
-        Error::Invalid(
-            "no fleet config yet; apply one with `cutover fleet apply FLEET.toml`".into(),
-        )
-    })?;
-    if let Some(fleet) = c.fleet.get(&toml) {
-        return Ok(fleet);
-    }
-    let fleet = Arc::new(FleetConfig::parse("stored fleet config", &toml)?);
-    c.fleet.put(toml, fleet.clone());
-    Ok(fleet)
 }
 
 /// A channel name, an exact version, or "" for the default channel.
@@ -76,21 +45,8 @@ async fn resolve(c: &Controller, version: &str) -> Result<String> {
     Ok(version.to_string())
 }
 
-pub(super) async fn hosts(c: &Arc<Controller>) -> Result<Vec<HostState>> {
-    let views = super::operator::OperatorApi::new(c.clone()).hosts().await?;
-    Ok(views
-        .into_iter()
-        .map(|h| HostState {
-            name: h.name,
-            online: h.online,
-            revoked: h.revoked,
-            installed: h.services,
-        })
-        .collect())
-}
-
 pub async fn make_plan(c: &Arc<Controller>, ask: &Ask, instant: bool) -> Result<Plan> {
-    let fleet = fleet(c).await?;
+    let fleet = fleet_view::fleet_config(c).await?;
     let version = resolve(c, &ask.version).await?;
     let v = version.clone();
     let stored = c.store.run(move |s| s.release(&v)).await?.ok_or_else(|| {
@@ -99,7 +55,7 @@ pub async fn make_plan(c: &Arc<Controller>, ask: &Ask, instant: bool) -> Result<
         ))
     })?;
     let (manifest, _) = super::import::verify(c, &stored.manifest, &stored.signatures)?;
-    let hosts = hosts(c).await?;
+    let hosts = fleet_view::host_states(c).await?;
     plan(&PlanRequest {
         manifest: &manifest,
         fleet: &fleet,

@@ -600,16 +600,6 @@ impl Online for Sessions<'_> {
     }
 }
 
-/// Command ids are `r<rollout>-...`.
-fn rollout_of(command_id: &str) -> Option<u64> {
-    command_id
-        .strip_prefix('r')?
-        .split('-')
-        .next()?
-        .parse()
-        .ok()
-}
-
 mod held;
 mod reports;
 #[cfg(test)]

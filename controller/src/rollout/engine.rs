@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
+use cutover_core::command_id::CommandId;
 use cutover_core::rollout::{
     Command, Evidence, InstallCommand, Report, RollbackCommand, Rollout, RolloutStatus,
     ServicePlan, Step, StepPhase,
@@ -534,8 +535,9 @@ pub fn check_plan(r: &Rollout) -> Result<(), String> {
     Ok(())
 }
 
+/// The id of the rollback of the install whose id is `install_id`.
 pub fn rollback_id(install_id: &str) -> String {
-    format!("{install_id}-rollback")
+    CommandId::rollback_of(install_id)
 }
 
 /// Ends the rollout once nothing is left to do.

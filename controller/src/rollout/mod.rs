@@ -6,6 +6,7 @@ pub mod engine;
 pub mod known_good;
 pub mod plan;
 
+use cutover_core::command_id::CommandId;
 use cutover_core::rollout::{Plan, Rollout, RolloutKind, RolloutStatus, Step, StepPhase};
 
 /// A new rollout for `plan`: every host move becomes a pending step.
@@ -20,7 +21,7 @@ pub fn new_rollout(id: u64, kind: RolloutKind, plan: Plan, no_rollback: bool, no
                     level: svc.level,
                     batch,
                     phase: StepPhase::Pending,
-                    command_id: format!("r{id}-{}-{}", svc.service, m.host),
+                    command_id: CommandId::install(id, &svc.service, &m.host).to_string(),
                     sent_ms: None,
                     session: None,
                     sends: 0,

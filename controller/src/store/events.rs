@@ -1,9 +1,12 @@
-//! Reading the controller's event log: the newest events (`cutover
-//! events`), or the ones stored after a given event (`events --follow`
-//! pages forward by id, so nothing is skipped or shown twice).
+//! The controller's event log: writing an event (alone, or inside another
+//! write's transaction through [`insert_event`]) and reading the newest
+//! events (`cutover events`), or the ones stored after a given event
+//! (`events --follow` pages forward by id, so nothing is skipped or shown
+//! twice).
 
 use cutover_core::rollout::EventView;
-use rusqlite::params;
+use cutover_core::views::now_ms;
+use rusqlite::{params, Connection};
 
 use super::rollouts::{sql_id, sql_limit};
 use super::Store;
@@ -23,6 +26,13 @@ pub struct EventQuery {
 }
 
 impl Store {
+    pub fn event(&self, kind: &str, host: Option<&str>, detail: &str) -> Result<()> {
+        self.with(|c| {
+            insert_event(c, kind, host, detail)?;
+            Ok(())
+        })
+    }
+
     /// The event log, oldest first; one rollout's events when `rollout` is set.
     pub fn events(&self, rollout: Option<u64>, limit: usize) -> Result<Vec<EventView>> {
         self.query_events(EventQuery {
@@ -77,6 +87,19 @@ impl Store {
             Ok(rows)
         })
     }
+}
+
+pub(crate) fn insert_event(
+    c: &Connection,
+    kind: &str,
+    host: Option<&str>,
+    detail: &str,
+) -> Result<()> {
+    c.execute(
+        "INSERT INTO events (at, kind, host, detail) VALUES (?1, ?2, ?3, ?4)",
+        params![now_ms(), kind, host, detail],
+    )?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,5 +1,8 @@
 //! The store against a real SQLite file.
 
+use cutover_core::views::now_ms;
+use rusqlite::params;
+
 use super::*;
 
 fn store() -> (tempfile::TempDir, Store) {

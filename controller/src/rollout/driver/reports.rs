@@ -7,11 +7,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use cutover_core::command_id::CommandId;
 use cutover_core::rollout::Report;
 use cutover_core::views::{now_ms, InstalledService};
 use tokio::sync::mpsc;
 
-use super::{drive, engine, rollout_of, Active, Event, Sessions};
+use super::{drive, engine, Active, Event, Sessions};
 use crate::error::Result;
 use crate::store::Store;
 use crate::Controller;
@@ -57,7 +58,7 @@ pub(super) async fn on_reports(
     let mut unknown: Option<(String, String)> = None;
     let mut unknowns = 0usize;
     for (host, report) in reports {
-        let id = rollout_of(&report.command_id);
+        let id = CommandId::rollout_of(&report.command_id);
         match id.and_then(|id| active.get_mut(&id).map(|d| (id, d))) {
             Some((id, d)) if d.live.expects(&host, &report) => {
                 installed.push(Inventory {
@@ -116,8 +117,7 @@ pub(super) async fn on_reports(
 /// Whether `report` from `host` carries the command id rollout `id` gave
 /// that host for the report's service.
 pub(super) fn late_id_fits(id: u64, host: &str, report: &Report) -> bool {
-    let install = format!("r{id}-{}-{host}", report.service);
-    report.command_id == install || report.command_id == engine::rollback_id(&install)
+    CommandId::install(id, &report.service, host).answered_by(&report.command_id)
 }
 
 /// Records reported inventories in arrival order, as many batches per
