@@ -181,7 +181,7 @@ fn events_since_shows_only_what_came_after_and_refuses_an_unbounded_duration() {
     eventually(
         Duration::from_secs(5),
         "the clock to pass the event",
-        || (cutover_core::views::now_ms() > at + 1).then_some(()),
+        || (time::OffsetDateTime::now_utc() > at + time::Duration::milliseconds(1)).then_some(()),
     );
     f.token("after-1", "5m");
     let since = f.cli(&["events", "--since", &after]).ok().stdout;
