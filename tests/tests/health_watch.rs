@@ -75,6 +75,11 @@ fn status_shows_a_service_turned_unhealthy_after_its_rollout_with_evidence_and_h
         text.contains("[running, unhealthy since ") && text.contains("database unreachable"),
         "{text}"
     );
+    let hosts = f.cli(&["hosts"]).ok().stdout;
+    assert!(
+        hosts.contains("api unhealthy since ") && hosts.contains("database unreachable"),
+        "{hosts}"
+    );
     // The agent, asked live, says the same.
     let diag = f.cli(&["diag", "h1"]).ok().stdout;
     assert!(

@@ -89,7 +89,7 @@ fn a_manual_rollback_after_a_rolled_back_canary_never_targets_the_failed_release
     // (min_healthy_time = 1s in the sample fleet), not an instant swap: the
     // agents' reports say how long each took.
     let r = f.last_rollout();
-    assert_eq!(r["rollout"]["kind"], "Rollback");
+    assert_eq!(r["rollout"]["kind"], "rollback");
     let created = r["events"]
         .as_array()
         .unwrap()

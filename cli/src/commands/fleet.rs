@@ -122,11 +122,19 @@ pub async fn hosts(c: &ConnectArgs, out: Format) -> Result<()> {
                 },
                 output::when(h.last_seen),
                 output::when(h.cert_not_after),
+                health_line(&h.services),
             ]
         })
         .collect();
     output::table(
-        &["HOST", "STATE", "AGENT", "LAST SEEN", "CERT EXPIRES"],
+        &[
+            "HOST",
+            "STATE",
+            "AGENT",
+            "LAST SEEN",
+            "CERT EXPIRES",
+            "HEALTH",
+        ],
         &rows,
     );
     Ok(())
@@ -194,6 +202,36 @@ fn services_line(services: &[InstalledService]) -> String {
         })
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// A host's services' health in a few words: each unhealthy one with
+/// since when and why, else `healthy` when its agent probed them all,
+/// `-` when it probed none yet.
+fn health_line(services: &[InstalledService]) -> String {
+    let sick: Vec<String> = services
+        .iter()
+        .filter(|s| s.health.state == HealthState::Unhealthy)
+        .map(|s| {
+            format!(
+                "{} unhealthy since {} ({})",
+                s.name,
+                output::when(from_ms(s.health.since_ms)),
+                s.health.evidence
+            )
+        })
+        .collect();
+    if !sick.is_empty() {
+        return sick.join("; ");
+    }
+    let healthy = services
+        .iter()
+        .filter(|s| s.health.state == HealthState::Healthy)
+        .count();
+    match healthy {
+        0 => "-".into(),
+        n if n == services.len() => "healthy".into(),
+        n => format!("{n} of {} healthy, the rest not probed yet", services.len()),
+    }
 }
 
 /// `running, unhealthy since T (evidence), 2 restarts`: the state, what
@@ -323,8 +361,20 @@ mod tests {
             services_line(std::slice::from_ref(&s)),
             "api@1.0 [running, unhealthy since 2025-12-01T14:40:00Z (http GET /healthz: 503), 2 restart(s)]"
         );
+        assert_eq!(
+            health_line(std::slice::from_ref(&s)),
+            "api unhealthy since 2025-12-01T14:40:00Z (http GET /healthz: 503)"
+        );
         s.health.state = HealthState::Healthy;
         s.health.restarts = 0;
+        let mut unprobed = s.clone();
+        unprobed.health = ServiceHealth::default();
+        assert_eq!(
+            health_line(&[s.clone(), unprobed.clone()]),
+            "1 of 2 healthy, the rest not probed yet"
+        );
+        assert_eq!(health_line(&[unprobed]), "-");
+        assert_eq!(health_line(std::slice::from_ref(&s)), "healthy");
         assert_eq!(services_line(&[s]), "api@1.0 [running, healthy]");
     }
 }
