@@ -116,29 +116,7 @@ pub enum Command {
     #[command(
         after_help = "Examples:\n  cutover rollback api --dry-run\n  cutover rollback api --yes --wait\n  cutover rollback api --to 1.3.0 --yes"
     )]
-    Rollback {
-        /// The service to take back.
-        service: String,
-        /// Every host to this release instead (a version imported before).
-        #[arg(long)]
-        to: Option<String>,
-        /// Plan even with hosts offline; their steps wait for them.
-        #[arg(long)]
-        allow_offline: bool,
-        /// Show every host's `from -> to` and start nothing.
-        #[arg(long)]
-        dry_run: bool,
-        /// With --to: install VERSION even on hosts where a failed or
-        /// rolled-back step tried it (refused otherwise).
-        #[arg(long, requires = "to")]
-        force: bool,
-        /// Start without asking.
-        #[arg(long, short)]
-        yes: bool,
-        /// Follow the rollback until it ends (exit 1 unless it succeeds).
-        #[arg(long)]
-        wait: bool,
-    },
+    Rollback(commands::rollback::RollbackArgs),
     /// Rollouts: list, show, watch, pause, resume, abort.
     Rollout {
         #[command(subcommand)]

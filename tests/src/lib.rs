@@ -440,6 +440,17 @@ impl Fleet {
             .is_some_and(|h| h["online"] == Value::Bool(true))
     }
 
+    /// Enrolls and starts an agent for each of `hosts` (500 ms
+    /// heartbeats), then waits until all are online.
+    pub fn start_agents(&mut self, hosts: &[&str]) {
+        for h in hosts {
+            self.start_agent(h, "500ms");
+        }
+        for h in hosts {
+            self.wait_online(h);
+        }
+    }
+
     pub fn wait_online(&self, host: &str) {
         eventually(Duration::from_secs(20), &format!("{host} online"), || {
             self.is_online(host).then_some(())

@@ -14,12 +14,7 @@ fn world(scope: &Scope, extra: &str) -> Fleet {
     let mut f = Fleet::new();
     f.assign_ports(&HOSTS, &["web"]);
     f.start_controller();
-    for h in HOSTS {
-        f.start_agent(h, "500ms");
-    }
-    for h in HOSTS {
-        f.wait_online(h);
-    }
+    f.start_agents(&HOSTS);
     f.apply_fleet_text(&container_fleet(&scope.prefix, &HOSTS, "web", extra));
     f
 }

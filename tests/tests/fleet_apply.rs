@@ -13,12 +13,7 @@ use cutover_tests::{Fleet, Run};
 fn world() -> Fleet {
     let mut f = Fleet::new();
     f.start_controller();
-    for h in ["edge-1", "edge-2"] {
-        f.start_agent(h, "500ms");
-    }
-    for h in ["edge-1", "edge-2"] {
-        f.wait_online(h);
-    }
+    f.start_agents(&["edge-1", "edge-2"]);
     f
 }
 

@@ -40,12 +40,7 @@ fn world(services: &[&str], policy: &str, marker: &Path) -> Fleet {
     let mut f = Fleet::new();
     f.assign_ports(&HOSTS, services);
     f.start_controller();
-    for h in HOSTS {
-        f.start_agent(h, "500ms");
-    }
-    for h in HOSTS {
-        f.wait_online(h);
-    }
+    f.start_agents(&HOSTS);
     let mut text = sample_fleet(&HOSTS, services, policy)
         .replace("healthy_deadline = \"4s\"", "healthy_deadline = \"60s\"");
     for s in services {
@@ -249,12 +244,7 @@ fn a_canary_larger_than_the_services_hosts_is_refused_at_apply_or_at_plan() {
     let mut f = Fleet::new();
     f.assign_ports(&HOSTS, &["api"]);
     f.start_controller();
-    for h in HOSTS {
-        f.start_agent(h, "500ms");
-    }
-    for h in HOSTS {
-        f.wait_online(h);
-    }
+    f.start_agents(&HOSTS);
     // Hosts named only: known at apply, refused there.
     let named = sample_fleet(&HOSTS, &["api"], "canary = 3");
     let path = f.path("fleet.toml");

@@ -15,12 +15,7 @@ fn world(policy: &str, controller_extra: &str, fleet: impl Fn(String) -> String)
     f.controller_extra = controller_extra.into();
     f.assign_ports(&HOSTS, &["api"]);
     f.start_controller();
-    for h in HOSTS {
-        f.start_agent(h, "500ms");
-    }
-    for h in HOSTS {
-        f.wait_online(h);
-    }
+    f.start_agents(&HOSTS);
     f.apply_fleet_text(&fleet(cutover_tests::sample::sample_fleet(
         &HOSTS,
         &["api"],

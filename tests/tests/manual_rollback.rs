@@ -16,12 +16,7 @@ fn world(policy: &str) -> Fleet {
     let mut f = Fleet::new();
     f.assign_ports(&HOSTS, &["api"]);
     f.start_controller();
-    for h in HOSTS {
-        f.start_agent(h, "500ms");
-    }
-    for h in HOSTS {
-        f.wait_online(h);
-    }
+    f.start_agents(&HOSTS);
     f.apply_sample_fleet(&HOSTS, &["api"], policy);
     f
 }

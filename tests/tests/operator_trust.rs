@@ -20,12 +20,7 @@ fn world(hosts: &[&str], controller_extra: &str, fleet: impl Fn(String) -> Strin
     f.controller_extra = controller_extra.into();
     f.assign_ports(hosts, &["api"]);
     f.start_controller();
-    for h in hosts {
-        f.start_agent(h, "500ms");
-    }
-    for h in hosts {
-        f.wait_online(h);
-    }
+    f.start_agents(hosts);
     f.apply_sample_fleet(hosts, &["api"], "");
     f.sample_release("1.0.0", &[Svc::new("api", "1.0")], Floor::default());
     f.upgrade(&["api"], "1.0.0", &[]).ok();

@@ -14,12 +14,7 @@ fn world(services: &[&str], policy: &str) -> Fleet {
     let mut f = Fleet::new();
     f.assign_ports(&HOSTS, services);
     f.start_controller();
-    for h in HOSTS {
-        f.start_agent(h, "500ms");
-    }
-    for h in HOSTS {
-        f.wait_online(h);
-    }
+    f.start_agents(&HOSTS);
     f.apply_sample_fleet(&HOSTS, services, policy);
     f
 }
@@ -192,12 +187,7 @@ fn failure_in_the_second_batch_rolls_back_every_moved_host_of_the_service() {
     f.assign_ports(&HOSTS, &["api"]);
     fleet_with_marker_check(&mut f);
     f.start_controller();
-    for h in HOSTS {
-        f.start_agent(h, "500ms");
-    }
-    for h in HOSTS {
-        f.wait_online(h);
-    }
+    f.start_agents(&HOSTS);
     let mut text = cutover_tests::sample::sample_fleet(
         &HOSTS,
         &["api"],

@@ -12,13 +12,29 @@ use crate::doc::rollout::{RolloutDoc, StartedDoc};
 use crate::error::Result;
 use crate::output::{self, Format};
 
+/// `cutover rollback`'s arguments, as the command line gives them.
+#[derive(clap::Args)]
 pub struct RollbackArgs {
+    /// The service to take back.
     pub service: String,
+    /// Every host to this release instead (a version imported before).
+    #[arg(long)]
     pub to: Option<String>,
+    /// Plan even with hosts offline; their steps wait for them.
+    #[arg(long)]
     pub allow_offline: bool,
+    /// Show every host's `from -> to` and start nothing.
+    #[arg(long)]
     pub dry_run: bool,
+    /// With --to: install VERSION even on hosts where a failed or
+    /// rolled-back step tried it (refused otherwise).
+    #[arg(long, requires = "to")]
     pub force: bool,
+    /// Start without asking.
+    #[arg(long, short)]
     pub yes: bool,
+    /// Follow the rollback until it ends (exit 1 unless it succeeds).
+    #[arg(long)]
     pub wait: bool,
 }
 
