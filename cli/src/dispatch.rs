@@ -1,8 +1,6 @@
 //! From a parsed command line to the command that runs it: one arm per
 //! verb, the arguments handed on as each command takes them.
 
-use std::time::Duration;
-
 use crate::error::{Error, Result};
 use crate::output::Format;
 use crate::{bundle, commands, demo};
@@ -21,9 +19,6 @@ fn not_a_document(out: Format, what: &str) -> Result<()> {
         ))),
     }
 }
-
-/// The shortest join token accepted: the controller counts whole seconds.
-const MIN_TOKEN_TTL: Duration = Duration::from_secs(1);
 
 pub(crate) async fn dispatch(cli: Cli) -> Result<()> {
     use commands::{fleet, release, rollout};
@@ -85,12 +80,16 @@ pub(crate) async fn dispatch(cli: Cli) -> Result<()> {
         Command::Token {
             command: TokenCommand::Create { host, ttl, replace },
         } => {
-            if ttl < MIN_TOKEN_TTL {
+            // Checked here too, so that a mistake is a usage error (exit 2)
+            // even before a controller is reached.
+            if !cutover_core::views::JOIN_TOKEN_TTL.contains(&ttl) {
                 return Err(Error::Usage(format!(
-                    "--ttl {}: a join token must live at least 1s (and at most 7d); give e.g. --ttl 15m",
+                    "--ttl {}: a join token must live at least 1s and at most 7d; give e.g. --ttl 15m",
                     humantime::format_duration(ttl)
                 )));
             }
+            cutover_core::names::validate("host", &host)
+                .map_err(|e| Error::Usage(e.to_string()))?;
             fleet::token_create(c, &host, ttl, replace, out).await
         }
         Command::Host { command } => match command {

@@ -26,7 +26,8 @@ fn main() -> ExitCode {
         }
     };
     // A closed stdout unwinds out of the command (cutover_cli::print): the
-    // reader chose to stop, so that is a quiet success.
+    // reader chose to stop, so that is a quiet success; a failed one is a
+    // failure, said once.
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         runtime.block_on(cutover_cli::run(cli))
     }));
@@ -41,6 +42,12 @@ fn main() -> ExitCode {
             ExitCode::from(e.exit_code())
         }
         Err(payload) if cutover_cli::print::is_output_closed(&*payload) => ExitCode::SUCCESS,
-        Err(payload) => std::panic::resume_unwind(payload),
+        Err(payload) => match cutover_cli::print::output_failed(&*payload) {
+            Some(why) => {
+                cutover_cli::print::err(format_args!("cutover: {why}\n"));
+                ExitCode::FAILURE
+            }
+            None => std::panic::resume_unwind(payload),
+        },
     }
 }

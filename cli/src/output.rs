@@ -16,7 +16,8 @@ pub enum Format {
 pub fn to_stdout(write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>) {
     let mut out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
     if let Err(e) = write(&mut out).and_then(|()| out.flush()) {
-        drop(out);
+        // What is buffered cannot be written either: dropped, not retried.
+        let _ = out.into_parts();
         crate::print::stdout_failed(&e);
     }
 }
@@ -35,7 +36,9 @@ pub fn written<P: AsRef<std::path::Path>>(paths: &[P], out: Format) {
 
 pub fn json<T: Serialize>(value: &T) {
     to_stdout(|out| {
-        serde_json::to_writer_pretty(&mut *out, value)?;
+        value
+            .serialize(&mut pretty(&mut *out))
+            .map_err(std::io::Error::other)?;
         writeln!(out)
     });
 }
@@ -44,10 +47,81 @@ pub fn json<T: Serialize>(value: &T) {
 /// (`events --follow`, `rollout watch`): each line is written and flushed
 /// whole, so a reader never sees half an object.
 pub fn json_line<T: Serialize>(value: &T) {
-    match serde_json::to_string(value) {
-        Ok(line) => println!("{line}"),
+    let mut line = Vec::with_capacity(256);
+    let mut ser = serde_json::Serializer::with_formatter(
+        &mut line,
+        LineSafe(serde_json::ser::CompactFormatter),
+    );
+    match value.serialize(&mut ser) {
+        Ok(()) => println!("{}", String::from_utf8_lossy(&line)),
         Err(e) => eprintln!("cutover: cannot encode the output: {e}"),
     }
+}
+
+/// serde_json's formatting, but the characters that some readers take for
+/// a line break inside a string (U+0085 and the other C1 controls, U+2028,
+/// U+2029) are written as `\uXXXX` escapes: one object per line stays one
+/// line for every reader, and the decoded value is the same.
+struct LineSafe<F>(F);
+
+impl<F: serde_json::ser::Formatter> serde_json::ser::Formatter for LineSafe<F> {
+    fn write_string_fragment<W: ?Sized + Write>(
+        &mut self,
+        writer: &mut W,
+        fragment: &str,
+    ) -> std::io::Result<()> {
+        let breaks = |c: char| matches!(c, '\u{80}'..='\u{9f}' | '\u{2028}' | '\u{2029}');
+        let mut rest = fragment;
+        while let Some(at) = rest.find(breaks) {
+            writer.write_all(&rest.as_bytes()[..at])?;
+            let c = rest[at..].chars().next().unwrap_or_default();
+            write!(writer, "\\u{:04x}", u32::from(c))?;
+            rest = &rest[at + c.len_utf8()..];
+        }
+        writer.write_all(rest.as_bytes())
+    }
+
+    fn begin_array<W: ?Sized + Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        self.0.begin_array(w)
+    }
+    fn end_array<W: ?Sized + Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        self.0.end_array(w)
+    }
+    fn begin_array_value<W: ?Sized + Write>(
+        &mut self,
+        w: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        self.0.begin_array_value(w, first)
+    }
+    fn end_array_value<W: ?Sized + Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        self.0.end_array_value(w)
+    }
+    fn begin_object<W: ?Sized + Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        self.0.begin_object(w)
+    }
+    fn end_object<W: ?Sized + Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        self.0.end_object(w)
+    }
+    fn begin_object_key<W: ?Sized + Write>(
+        &mut self,
+        w: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        self.0.begin_object_key(w, first)
+    }
+    fn begin_object_value<W: ?Sized + Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        self.0.begin_object_value(w)
+    }
+    fn end_object_value<W: ?Sized + Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        self.0.end_object_value(w)
+    }
+}
+
+fn pretty(
+    out: &mut dyn Write,
+) -> serde_json::Serializer<&mut dyn Write, LineSafe<serde_json::ser::PrettyFormatter<'static>>> {
+    serde_json::Serializer::with_formatter(out, LineSafe(serde_json::ser::PrettyFormatter::new()))
 }
 
 /// Pretty-prints a JSON document as the controller sent it, without
@@ -63,9 +137,11 @@ pub fn json_document(what: &str, json: &str) -> Result<(), String> {
 }
 
 fn write_pretty(out: &mut dyn Write, json: &str) -> std::io::Result<()> {
-    let mut pretty = serde_json::Serializer::pretty(&mut *out);
-    serde_transcode::transcode(&mut serde_json::Deserializer::from_str(json), &mut pretty)
-        .map_err(std::io::Error::other)?;
+    serde_transcode::transcode(
+        &mut serde_json::Deserializer::from_str(json),
+        &mut pretty(&mut *out),
+    )
+    .map_err(std::io::Error::other)?;
     writeln!(out)
 }
 
@@ -170,6 +246,30 @@ mod tests {
 
         let e = super::json_document("plan", r#"{"release": "x", "services": [}"#).unwrap_err();
         assert!(e.starts_with("malformed plan from the controller: "), "{e}");
+    }
+
+    #[test]
+    fn characters_that_some_readers_split_lines_at_are_escaped_and_decode_the_same() {
+        let value =
+            serde_json::json!({"detail": "a\u{2028}b\u{85}c\u{2029}d é ✓ \u{202e}", "n": [1, 2]});
+        let mut out = Vec::new();
+        super::write_pretty(&mut out, &serde_json::to_string(&value).unwrap()).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains(r"a\u2028b\u0085c\u2029d é ✓ "), "{text}");
+        assert!(
+            !text.contains('\u{2028}') && !text.contains('\u{85}'),
+            "{text}"
+        );
+        let back: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, value);
+        // The pretty layout is serde_json's own.
+        let plain = serde_json::json!({"a": [1, {"b": null}], "c": "x"});
+        let mut out = Vec::new();
+        super::write_pretty(&mut out, &plain.to_string()).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            serde_json::to_string_pretty(&plain).unwrap() + "\n"
+        );
     }
 
     #[test]

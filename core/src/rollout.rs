@@ -121,7 +121,7 @@ pub struct Plan {
     /// Offline hosts the operator allowed; their steps wait for them.
     pub offline: Vec<String>,
     /// Hosts a manual rollback does not move (no release to go back to).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default)]
     pub skipped: Vec<SkippedHost>,
 }
 
@@ -405,6 +405,17 @@ impl Rollout {
             .filter(|s| !matches!(s.phase, StepPhase::Pending | StepPhase::Installing))
             .count();
         (done, self.steps.len())
+    }
+
+    /// Ended, and no step is still in flight: an aborted rollout follows
+    /// the commands it had sent until their hosts report (or their
+    /// deadline passes), so its record is complete only then.
+    pub fn settled(&self) -> bool {
+        self.status.is_final()
+            && !self
+                .steps
+                .iter()
+                .any(|s| matches!(s.phase, StepPhase::Installing | StepPhase::RollingBack))
     }
 
     pub fn count(&self, phase: StepPhase) -> usize {

@@ -134,12 +134,20 @@ pub struct HostView {
     pub agent_version: String,
     #[serde(with = "time::serde::rfc3339::option")]
     pub enrolled_at: Option<OffsetDateTime>,
-    #[serde(with = "time::serde::rfc3339::option")]
+    #[serde(
+        rename = "last_seen_at",
+        alias = "last_seen",
+        with = "time::serde::rfc3339::option"
+    )]
     pub last_seen: Option<OffsetDateTime>,
     #[serde(with = "time::serde::rfc3339::option")]
     pub connected_since: Option<OffsetDateTime>,
     pub cert_serial: String,
-    #[serde(with = "time::serde::rfc3339::option")]
+    #[serde(
+        rename = "cert_expires_at",
+        alias = "cert_not_after",
+        with = "time::serde::rfc3339::option"
+    )]
     pub cert_not_after: Option<OffsetDateTime>,
     pub services: Vec<InstalledService>,
 }
@@ -147,9 +155,17 @@ pub struct HostView {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReleaseView {
     pub version: String,
-    #[serde(with = "time::serde::rfc3339::option")]
+    #[serde(
+        rename = "created_at",
+        alias = "created",
+        with = "time::serde::rfc3339::option"
+    )]
     pub created: Option<OffsetDateTime>,
-    #[serde(with = "time::serde::rfc3339::option")]
+    #[serde(
+        rename = "expires_at",
+        alias = "expires",
+        with = "time::serde::rfc3339::option"
+    )]
     pub expires: Option<OffsetDateTime>,
     #[serde(with = "time::serde::rfc3339::option")]
     pub imported_at: Option<OffsetDateTime>,
@@ -177,15 +193,28 @@ pub struct ChannelView {
     pub updated_at: Option<OffsetDateTime>,
 }
 
+/// How long a join token may live: the controller counts whole seconds
+/// and refuses more than a week; the CLI checks the same before asking.
+pub const JOIN_TOKEN_TTL: std::ops::RangeInclusive<std::time::Duration> =
+    std::time::Duration::from_secs(1)..=std::time::Duration::from_secs(7 * 24 * 3600);
+
 /// A join token not yet used and not expired, as `cutover token list`
 /// shows it. The token itself is never stored (only its SHA-256), so it
 /// is not here either.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JoinTokenView {
     pub host: String,
-    #[serde(with = "time::serde::rfc3339::option")]
+    #[serde(
+        rename = "created_at",
+        alias = "created",
+        with = "time::serde::rfc3339::option"
+    )]
     pub created: Option<OffsetDateTime>,
-    #[serde(with = "time::serde::rfc3339::option")]
+    #[serde(
+        rename = "expires_at",
+        alias = "expires",
+        with = "time::serde::rfc3339::option"
+    )]
     pub expires: Option<OffsetDateTime>,
     /// Made with `--replace`: enrolling takes over an enrolled host's name.
     pub replaces: bool,

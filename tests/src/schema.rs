@@ -78,7 +78,7 @@ fn rules(at: &str, value: &Value, out: &mut Vec<String>) {
                         "{here}: an instant in ms; instants are RFC 3339 strings (`*_at`)"
                     ));
                 }
-                let instant = k.ends_with("_at") || k == "at" || k == "since";
+                let instant = k.ends_with("_at") || k == "at" || k.ends_with("since");
                 if instant && !v.is_null() {
                     let ok = v.as_str().is_some_and(|s| {
                         time::OffsetDateTime::parse(
@@ -90,6 +90,15 @@ fn rules(at: &str, value: &Value, out: &mut Vec<String>) {
                     if !ok {
                         out.push(format!("{here}: {v} is not an RFC 3339 UTC instant"));
                     }
+                }
+                let looks_like_an_instant = v.as_str().is_some_and(|s| {
+                    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+                        .is_ok()
+                });
+                if looks_like_an_instant && !instant {
+                    out.push(format!(
+                        "{here}: an instant under a name that does not say so (`*_at`, `at`, `*since`)"
+                    ));
                 }
                 if ["id", "session", "rollout"].contains(&k.as_str()) && v.is_number() {
                     out.push(format!(

@@ -80,6 +80,42 @@ fn a_reader_that_closes_the_pipe_early_ends_the_cli_quietly_with_exit_0() {
     }
 }
 
+#[test]
+fn a_write_to_stdout_that_fails_ends_the_command_with_exit_1_and_one_line_even_when_following() {
+    let f = controller_with_many_events(50);
+    let cli = |args: &[&str], stdout: std::process::Stdio| {
+        std::process::Command::new(cutover_tests::bin("cutover"))
+            .args(args)
+            .env("CUTOVER_CONTROLLER", f.url())
+            .env("CUTOVER_PKI_DIR", &f.pki)
+            .stdin(std::process::Stdio::null())
+            .stdout(stdout)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start cutover")
+    };
+    let full = || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .expect("/dev/full")
+    };
+    for args in [
+        &["hosts", "-o", "json"][..],
+        &["events", "--limit", "50"],
+        &["events", "--follow", "-o", "json"],
+    ] {
+        let (code, stderr) = finish(cli(args, full().into()));
+        assert_eq!(code, 1, "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: said once: {stderr}");
+        assert!(
+            stderr.starts_with("cutover: cannot write the output: No space left on device")
+                && stderr.contains("what was written is incomplete"),
+            "{args:?}: {stderr}"
+        );
+    }
+}
+
 /// One agent running `api` and `web`, and a rollout of `api` to release
 /// 1.0.0 that stays running: the canary's checks pass but must go on
 /// passing for an hour. `web` is free for a second rollout.
@@ -269,17 +305,19 @@ fn a_version_that_is_neither_a_channel_nor_an_imported_release_is_refused_saying
 fn a_join_token_shorter_than_a_second_or_for_a_name_that_is_no_host_name_is_refused_in_one_line() {
     let mut f = Fleet::new();
     f.start_controller();
-    for ttl in ["0s", "500ms"] {
+    for ttl in ["0s", "500ms", "8days"] {
         let r = f.cli(&["token", "create", "edge-1", "--ttl", ttl]);
         assert_eq!(r.code, 2, "{r:?}");
         assert_eq!(
             r.stderr,
-            format!("cutover: --ttl {ttl}: a join token must live at least 1s (and at most 7d); give e.g. --ttl 15m\n")
+            format!("cutover: --ttl {ttl}: a join token must live at least 1s and at most 7d; give e.g. --ttl 15m\n")
         );
     }
-    for bad in ["edge 1", "edge!1", "edge/1", ""] {
-        f.cli(&["token", "create", bad])
-            .fails_with("invalid host name");
+    // Usage errors (exit 2), known before the controller is asked.
+    for bad in ["edge 1", "edge!1", "edge/1", "", "hôst"] {
+        let r = f.cli(&["token", "create", bad]);
+        assert_eq!(r.code, 2, "{r:?}");
+        assert!(r.stderr.contains("invalid host name"), "{r:?}");
     }
     assert!(f.hosts().is_empty());
 }

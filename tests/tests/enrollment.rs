@@ -22,7 +22,7 @@ fn enrolled_host_is_online_with_its_fields() {
     assert_eq!(h["services"], Value::Array(vec![]));
     // The default certificate lives 7 days.
     let not_after = time::OffsetDateTime::parse(
-        h["cert_not_after"].as_str().unwrap(),
+        h["cert_expires_at"].as_str().unwrap(),
         &time::format_description::well_known::Rfc3339,
     )
     .unwrap();

@@ -436,7 +436,7 @@ fn an_unreadable_journal_deletes_no_release_refuses_its_service_and_is_named_in_
             .find(|s| s["name"] == "web")
             .map(|s| s["state"].as_str().unwrap_or_default().to_string())
     };
-    assert_eq!(web_state(&f).as_deref(), Some("journal unreadable"));
+    assert_eq!(web_state(&f).as_deref(), Some("journal_unreadable"));
     // ...and the event log says so, naming the service.
     let events = f.cli_json(&["events"]);
     assert!(
@@ -506,7 +506,7 @@ fn a_deleted_journal_leaves_the_service_known_and_its_next_install_replaces_the_
         .iter()
         .find(|s| s["name"] == "api")
         .map(|s| s["state"].as_str().unwrap_or_default().to_string());
-    assert_eq!(state.as_deref(), Some("journal missing"));
+    assert_eq!(state.as_deref(), Some("journal_missing"));
     assert_eq!(f.served_version("h1", "api").as_deref(), Some("1.0"));
 
     // Once the old process kept its port and the new one could not start.

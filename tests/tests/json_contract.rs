@@ -197,9 +197,15 @@ fn every_command_prints_with_o_json_a_document_its_schema_accepts() {
         "channel-set",
         &json(&f, &["channel", "set", "stable", "1.0.0"]),
     );
-    assert_eq!(set["version"], "1.0.0");
+    assert_eq!(
+        (&set["name"], &set["version"]),
+        (&"stable".into(), &"1.0.0".into())
+    );
     let default = c.doc("channel-set", &json(&f, &["channel", "default", "stable"]));
-    assert_eq!(default["is_default"], true);
+    assert_eq!(
+        (&default["version"], &default["is_default"]),
+        (&"1.0.0".into(), &true.into())
+    );
     c.doc("channels", &json(&f, &["channel", "list"]));
     let token = c.doc(
         "token-create",
@@ -252,6 +258,7 @@ fn every_command_prints_with_o_json_a_document_its_schema_accepts() {
     );
     assert_eq!(failed.code, 1, "{failed:?}");
     let lines = c.lines("rollout-watch-line", &failed.stdout);
+    assert_eq!(lines[0]["type"], "started", "{lines:?}");
     let last = lines.last().unwrap();
     assert_eq!(last["status"], "rolled_back", "{last}");
     assert_eq!(last["failure"]["batch"], 0, "{last}");
@@ -261,6 +268,18 @@ fn every_command_prints_with_o_json_a_document_its_schema_accepts() {
         &json(&f, &["rollout", "show", last["rollout"].as_str().unwrap()]),
     );
     assert_eq!(bad["rollout"]["failure"]["boundary"], "canary");
+
+    // --wait with nothing to move: its one line says so.
+    let nothing = json(
+        &f,
+        &["upgrade", "api", "--version", "1.1.0", "--yes", "--wait"],
+    );
+    let lines = c.lines("rollout-watch-line", &nothing.stdout);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(
+        (&lines[0]["type"], &lines[0]["rollout"]),
+        (&"started".into(), &Value::Null)
+    );
 
     // A manual rollback: each host to its own last known-good release.
     let preview = c.doc("plan", &json(&f, &["rollback", "api", "--dry-run"]));
@@ -377,11 +396,16 @@ fn the_contract_rules_catch_what_the_schemas_forbid() {
     let mut local = good.clone();
     local["at"] = "2026-12-01T10:00:00+01:00".into();
     assert!(!problems(local).is_empty());
-    let mut extra = good;
+    let mut extra = good.clone();
     extra["at_ms"] = 5.into();
     assert!(problems(extra)
         .iter()
         .any(|p| p.contains("instants are RFC 3339")));
+    let mut misnamed = good;
+    misnamed["detail"] = "2026-12-01T10:00:00Z".into();
+    assert!(problems(misnamed)
+        .iter()
+        .any(|p| p.contains("does not say so")));
     // Every schema names itself and is a valid schema.
     for (name, s) in schema::all() {
         assert_eq!(

@@ -80,7 +80,7 @@ fn token_list_shows_unused_unexpired_tokens_without_the_secret_and_revoke_drops_
     let list = f.cli_json(&["token", "list"]);
     let first = &list[0];
     assert_eq!(first["replaces"], false);
-    assert!(first["created"].is_string() && first["expires"].is_string());
+    assert!(first["created_at"].is_string() && first["expires_at"].is_string());
     let text = f.cli(&["token", "list"]).ok().stdout;
     assert!(text.starts_with("HOST"), "{text}");
     assert!(text.contains("edge-1") && !text.contains("db-1"), "{text}");

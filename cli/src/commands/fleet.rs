@@ -34,7 +34,7 @@ pub async fn token_create(
             host,
             token: &r.token,
             expires_at: doc::at(r.expires_at_ms),
-            replace,
+            replaces: replace,
         });
     } else {
         let expires = output::when(from_ms(r.expires_at_ms));
@@ -99,7 +99,11 @@ pub async fn fetch_hosts(c: &ConnectArgs) -> Result<Vec<HostView>> {
         .into_inner();
     list.hosts
         .into_iter()
-        .map(|h| HostView::try_from(h).map_err(|e| Error::Rpc(e.to_string())))
+        .map(|h| {
+            let mut h = HostView::try_from(h).map_err(|e| Error::Rpc(e.to_string()))?;
+            h.services.iter_mut().for_each(doc::fleet::word_state);
+            Ok(h)
+        })
         .collect()
 }
 
@@ -261,7 +265,8 @@ pub async fn diag(c: &ConnectArgs, host: &str, out: Format) -> Result<()> {
         .diag(v1::HostRequest { host: host.into() })
         .await?
         .into_inner();
-    let d = DiagReport::try_from(wire).map_err(|e| Error::Rpc(e.to_string()))?;
+    let mut d = DiagReport::try_from(wire).map_err(|e| Error::Rpc(e.to_string()))?;
+    d.services.iter_mut().for_each(doc::fleet::word_state);
     if out == Format::Json {
         output::json(&d);
         return Ok(());

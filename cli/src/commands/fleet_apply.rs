@@ -67,10 +67,8 @@ pub async fn fleet_apply(c: &ConnectArgs, args: ApplyArgs<'_>, out: Format) -> R
             "malformed fleet apply report from the controller: {e}"
         ))
     })?;
-    if out == Format::Json {
-        output::json(&report);
-        return Ok(());
-    }
+    // Warnings go to stderr with either output: a person watching a
+    // script run sees them too; the JSON report counts and lists them.
     for w in &report.warnings.names {
         eprintln!("warning: {}", escape(w));
     }
@@ -80,6 +78,10 @@ pub async fn fleet_apply(c: &ConnectArgs, args: ApplyArgs<'_>, out: Format) -> R
         .saturating_sub(report.warnings.names.len());
     if omitted > 0 {
         eprintln!("warning: … and {omitted} more warning(s) (`-o json` counts them)");
+    }
+    if out == Format::Json {
+        output::json(&report);
+        return Ok(());
     }
     let what = format!(
         "{} service(s), {} host(s) with labels",

@@ -10,7 +10,7 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
 use crate::client::ConnectArgs;
-use crate::doc::results::{ChannelSet, Imported, KeyMade, Signed};
+use crate::doc::results::{Imported, KeyMade, Signed};
 use crate::error::{Error, Result};
 use crate::output::{self, Format};
 
@@ -397,14 +397,25 @@ pub async fn channel_set(c: &ConnectArgs, name: &str, version: &str, out: Format
         })
         .await?;
     if out == Format::Json {
-        output::json(&ChannelSet {
-            channel: name,
-            version: Some(version),
-            is_default: None,
-        });
-    } else {
-        println!("channel {name} -> {version}");
+        return print_channel(c, name).await;
     }
+    println!("channel {name} -> {version}");
+    Ok(())
+}
+
+/// The channel as the controller now has it (`-o json` of `channel set`
+/// and `channel default`).
+async fn print_channel(c: &ConnectArgs, name: &str) -> Result<()> {
+    let channel = channels(c)
+        .await?
+        .into_iter()
+        .find(|ch| ch.name == name)
+        .ok_or_else(|| {
+            Error::Rpc(format!(
+                "the controller lists no channel {name:?} after setting it"
+            ))
+        })?;
+    output::json(&channel);
     Ok(())
 }
 
@@ -414,14 +425,9 @@ pub async fn channel_default(c: &ConnectArgs, name: &str, out: Format) -> Result
         .set_default_channel(v1::ChannelName { name: name.into() })
         .await?;
     if out == Format::Json {
-        output::json(&ChannelSet {
-            channel: name,
-            version: None,
-            is_default: Some(true),
-        });
-    } else {
-        println!("default channel is now {name}");
+        return print_channel(c, name).await;
     }
+    println!("default channel is now {name}");
     Ok(())
 }
 

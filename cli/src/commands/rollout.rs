@@ -129,9 +129,19 @@ pub(super) async fn started_output(
     wait: bool,
     out: Format,
 ) -> Result<()> {
+    // Followed in JSON, every line is one object: the first says what
+    // started (and is the only one when nothing needed to move).
+    if wait && out == Format::Json {
+        output::json_line(&WatchLine::Started(StartedDoc::of(
+            &started.plan,
+            started.rollout.as_ref(),
+        )));
+    }
     let Some(r) = &started.rollout else {
         if out == Format::Json {
-            output::json(&StartedDoc::of(&started.plan, None));
+            if !wait {
+                output::json(&StartedDoc::of(&started.plan, None));
+            }
         } else {
             println!(
                 "nothing to do: every host already runs release {}",
@@ -300,7 +310,7 @@ fn print_detail(d: &RolloutDetail) {
         }
         println!("  {:<9} {}", "timings", timings(e));
         println!("  {:<9} {}", "action", output::escape(&f.action));
-    } else if !r.status.is_final() {
+    } else if !r.settled() {
         if let Some(gate) = waiting_on(r) {
             println!("\nwaiting on: {}", output::escape(&gate));
         }
@@ -448,7 +458,7 @@ pub async fn watch(c: &ConnectArgs, id: u64, out: Format) -> Result<()> {
                     last = line;
                 }
             }
-            if r.status.is_final() {
+            if r.settled() {
                 return Ok::<_, Error>(d);
             }
             tokio::time::sleep(Duration::from_millis(300)).await;

@@ -3,7 +3,31 @@
 
 use serde::Serialize;
 
-use cutover_core::views::{ChannelView, HostView, ReleaseView};
+use cutover_core::views::{ChannelView, HostView, InstalledService, ReleaseView};
+
+/// A service's state as its agent said it (`running`, `not running`,
+/// `journal unreadable`), as one snake_case word (`not_running`), the
+/// contract's form for text and JSON alike; whatever an agent sends that
+/// is not a letter or digit becomes `_`, and nothing becomes `unknown`.
+pub fn word_state(s: &mut InstalledService) {
+    let word: String = s
+        .state
+        .trim()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    s.state = if word.is_empty() {
+        "unknown".into()
+    } else {
+        word
+    };
+}
 
 /// `online`, `offline` or `revoked`, as the text's STATE column says.
 pub fn host_state(h: &HostView) -> &'static str {

@@ -73,23 +73,14 @@ pub struct Imported {
     pub already_imported: bool,
 }
 
-/// `channel set` and `channel default`: the channel as it now is.
-#[derive(Serialize)]
-pub struct ChannelSet<'a> {
-    pub channel: &'a str,
-    /// Set by `channel set`; `null` from `channel default`.
-    pub version: Option<&'a str>,
-    /// Whether it is now the default channel (`channel default`: true).
-    pub is_default: Option<bool>,
-}
-
 /// `token create`: the token itself, once.
 #[derive(Serialize)]
 pub struct TokenMade<'a> {
     pub host: &'a str,
     pub token: &'a str,
     pub expires_at: Option<String>,
-    pub replace: bool,
+    /// Made with `--replace` (as `token list` says it).
+    pub replaces: bool,
 }
 
 /// `token revoke`.

@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use cutover_core::rollout::{
     EventView, Evidence, Failure, HostTarget, Plan, Rollout, RolloutDetail, RolloutSummary, Step,
-    LAST_KNOWN_GOOD,
+    StepPhase, LAST_KNOWN_GOOD,
 };
 use cutover_core::views::ContentIdentity;
 
@@ -52,7 +52,10 @@ pub struct StepDoc<'a> {
     batch: usize,
     phase: &'static str,
     command_id: &'a str,
-    sent_at: Option<String>,
+    /// While the step is in flight: since when its current command's
+    /// clock runs (sent, or waiting for an offline host since its batch
+    /// began); `null` otherwise.
+    in_flight_since: Option<String>,
     session: Option<String>,
     sends: u32,
     finished_at: Option<String>,
@@ -70,7 +73,10 @@ impl<'a> StepDoc<'a> {
             batch: s.batch,
             phase: s.phase.as_str(),
             command_id: &s.command_id,
-            sent_at: s.sent_ms.and_then(at),
+            in_flight_since: matches!(s.phase, StepPhase::Installing | StepPhase::RollingBack)
+                .then_some(s.sent_ms)
+                .flatten()
+                .and_then(at),
             session: s.session.map(id),
             sends: s.sends,
             finished_at: s.finished_ms.and_then(at),
@@ -214,10 +220,12 @@ impl<'a> StartedDoc<'a> {
 
 /// One line of `rollout watch -o json`: an event as it is stored, or the
 /// rollout's progress when it changes; the last line is a progress line
-/// with `final: true`.
+/// with `final: true`. `upgrade`/`rollback --wait` start with the line
+/// that says what started (its only line when nothing had to move).
 #[derive(Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum WatchLine<'a> {
+    Started(StartedDoc<'a>),
     Event(EventDoc<'a>),
     Progress(ProgressDoc<'a>),
 }
@@ -241,11 +249,101 @@ impl<'a> ProgressDoc<'a> {
         ProgressDoc {
             rollout: id(r.id),
             status: r.status.as_str(),
-            ended: r.status.is_final(),
+            ended: r.settled(),
             steps_done: done,
             steps_total: total,
             waiting_on,
             failure: r.failure.as_ref().map(FailureDoc::of),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use cutover_core::rollout::{
+        Plan, Rollout, RolloutKind, RolloutStatus, Step, StepPhase, LAST_KNOWN_GOOD,
+    };
+
+    fn step(host: &str, phase: StepPhase, sent_ms: Option<i64>) -> Step {
+        Step {
+            service: "api".into(),
+            host: host.into(),
+            level: 0,
+            batch: 0,
+            phase,
+            command_id: format!("r7-api-{host}"),
+            sent_ms,
+            session: Some(u64::MAX),
+            sends: 1,
+            finished_ms: None,
+            evidence: None,
+            from: None,
+            to: None,
+        }
+    }
+
+    fn aborted_with_one_step_in_flight() -> Rollout {
+        Rollout {
+            id: 1 << 60,
+            kind: RolloutKind::Rollback,
+            release: LAST_KNOWN_GOOD.into(),
+            status: RolloutStatus::Aborted,
+            no_rollback: false,
+            created_ms: 1_764_600_000_000,
+            updated_ms: 1_764_600_000_500,
+            finished_ms: Some(1_764_600_000_500),
+            plan: Plan {
+                release: LAST_KNOWN_GOOD.into(),
+                services: Vec::new(),
+                carried: Vec::new(),
+                offline: Vec::new(),
+                skipped: Vec::new(),
+            },
+            steps: vec![
+                step("h1", StepPhase::Healthy, Some(1_764_600_000_100)),
+                step("h2", StepPhase::Installing, Some(1_764_600_000_200)),
+            ],
+            failure: None,
+        }
+    }
+
+    #[test]
+    fn an_aborted_rollout_with_a_step_in_flight_is_not_final_until_the_step_reports() {
+        let mut r = aborted_with_one_step_in_flight();
+        let line =
+            serde_json::to_value(super::WatchLine::Progress(super::ProgressDoc::of(&r, None)))
+                .unwrap();
+        assert_eq!(
+            (&line["type"], &line["status"], &line["final"]),
+            (&"progress".into(), &"aborted".into(), &false.into())
+        );
+        r.steps[1].phase = StepPhase::Healthy;
+        let line = serde_json::to_value(super::ProgressDoc::of(&r, None)).unwrap();
+        assert_eq!(line["final"], true);
+    }
+
+    #[test]
+    fn a_rollout_document_has_string_ids_rfc3339_instants_and_a_null_per_host_release() {
+        let r = aborted_with_one_step_in_flight();
+        let doc = serde_json::to_value(super::RolloutDoc::of(&r)).unwrap();
+        assert_eq!(doc["id"], "1152921504606846976");
+        assert_eq!(doc["kind"], "rollback");
+        assert_eq!(doc["release"], serde_json::Value::Null);
+        assert_eq!(doc["plan"]["release"], serde_json::Value::Null);
+        assert_eq!(doc["created_at"], "2025-12-01T14:40:00Z");
+        assert_eq!(doc["finished_at"], "2025-12-01T14:40:00.5Z");
+        assert_eq!(
+            (doc["steps_done"].as_u64(), doc["steps_total"].as_u64()),
+            (Some(1), Some(2))
+        );
+        let (done, flying) = (&doc["steps"][0], &doc["steps"][1]);
+        assert_eq!(
+            done["in_flight_since"],
+            serde_json::Value::Null,
+            "a step that ended is not in flight"
+        );
+        assert_eq!(flying["in_flight_since"], "2025-12-01T14:40:00.2Z");
+        assert_eq!(flying["phase"], "installing");
+        assert_eq!(flying["session"], u64::MAX.to_string());
     }
 }

@@ -18,7 +18,6 @@ use crate::Controller;
 use cutover_proto::commands::to_json;
 
 const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(15 * 60);
-const MAX_TOKEN_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 const DIAG_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Interceptor: refuses every caller that is not an operator.
@@ -124,7 +123,7 @@ impl Operator for OperatorApi {
         } else {
             Duration::from_secs(r.ttl_s)
         };
-        if ttl > MAX_TOKEN_TTL {
+        if ttl > *cutover_core::views::JOIN_TOKEN_TTL.end() {
             return Err(Status::invalid_argument(
                 "join tokens live at most 7 days; give a shorter --ttl",
             ));
