@@ -7,6 +7,8 @@ use cutover_core::fleet::FleetConfig;
 use cutover_core::rollout::{HostMove, Plan, RolloutKind, RolloutStatus, ServicePlan, StepPhase};
 use cutover_core::views::InstalledService;
 
+mod persisted;
+
 #[test]
 fn long_command_ids_are_shortened_in_logs_on_a_character_boundary() {
     let id = "é".repeat(200);
@@ -135,14 +137,15 @@ fn stored(c: &Controller, service: &str) -> Rollout {
 async fn a_panic_while_stepping_one_rollout_fails_it_alone_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
     let c = controller(dir.path());
+    let p = ControllerPort(c.clone());
     let first = stored(&c, "api");
     let second = stored(&c, "web");
     let mut active: Active = HashMap::new();
-    admit(&c, &mut active, first.clone()).await;
-    admit(&c, &mut active, second.clone()).await;
+    admit(&p, &mut active, first.clone()).await;
+    admit(&p, &mut active, second.clone()).await;
     assert_eq!(active.len(), 2);
     // The step of the first rollout panics half-way through changing it.
-    let result = drive(&c, &mut active, first.id, false, |live| {
+    let result = drive(&p, &mut active, first.id, false, |live| {
         let _ = engine::step(live, Event::Abort { now: 9, by: None });
         panic!("boom in the engine")
     })
@@ -159,7 +162,7 @@ async fn a_panic_while_stepping_one_rollout_fails_it_alone_with_the_reason() {
         "{events:?}"
     );
     // The other rollout is still driven and its actions stored.
-    let paused = control(&c, &mut active, second.id, Action::Pause, None)
+    let paused = control(&p, &mut active, second.id, Action::Pause, None)
         .await
         .unwrap();
     assert_eq!(paused.status, RolloutStatus::Paused);
@@ -173,9 +176,10 @@ async fn a_panic_while_stepping_one_rollout_fails_it_alone_with_the_reason() {
 async fn an_action_that_cannot_be_stored_is_refused_and_nothing_changes() {
     let dir = tempfile::tempdir().unwrap();
     let c = controller(dir.path());
+    let p = ControllerPort(c.clone());
     let r = stored(&c, "api");
     let mut active: Active = HashMap::new();
-    admit(&c, &mut active, r.clone()).await;
+    admit(&p, &mut active, r.clone()).await;
     c.store
         .with(|conn| {
             conn.execute_batch(
@@ -184,7 +188,7 @@ async fn an_action_that_cannot_be_stored_is_refused_and_nothing_changes() {
             Ok(())
         })
         .unwrap();
-    let e = control(&c, &mut active, r.id, Action::Abort, None)
+    let e = control(&p, &mut active, r.id, Action::Abort, None)
         .await
         .unwrap_err()
         .to_string();
@@ -209,7 +213,7 @@ async fn an_action_that_cannot_be_stored_is_refused_and_nothing_changes() {
             Ok(())
         })
         .unwrap();
-    let aborted = control(&c, &mut active, r.id, Action::Abort, None)
+    let aborted = control(&p, &mut active, r.id, Action::Abort, None)
         .await
         .unwrap();
     assert_eq!(aborted.status, RolloutStatus::Aborted);
@@ -223,13 +227,14 @@ async fn an_action_that_cannot_be_stored_is_refused_and_nothing_changes() {
 async fn reports_answering_no_known_command_change_nothing_stored() {
     let dir = tempfile::tempdir().unwrap();
     let c = controller(dir.path());
+    let p = ControllerPort(c.clone());
     let r = stored(&c, "api");
     let mut active: Active = HashMap::new();
-    admit(&c, &mut active, r.clone()).await;
+    admit(&p, &mut active, r.clone()).await;
     let (tx, mut rx) = mpsc::channel(8);
     let id = r.id;
     on_reports(
-        &c,
+        &p,
         &mut active,
         &tx,
         vec![
@@ -259,7 +264,7 @@ async fn reports_answering_no_known_command_change_nothing_stored() {
     assert_eq!(stored_now.steps, active[&id].live.steps);
     // The report h1's command asked for does count, and is stored.
     on_reports(
-        &c,
+        &p,
         &mut active,
         &tx,
         vec![("h1".into(), report(&format!("r{id}-api-h1")))],
@@ -305,13 +310,14 @@ fn a_report_sent_again_replaces_the_held_one() {
 async fn a_step_in_flight_at_an_abort_is_followed_through_a_restart_until_its_host_reports() {
     let dir = tempfile::tempdir().unwrap();
     let c = controller(dir.path());
+    let p = ControllerPort(c.clone());
     let r = stored(&c, "api");
     let id = r.id;
     let mut active: Active = HashMap::new();
-    admit(&c, &mut active, r).await;
+    admit(&p, &mut active, r).await;
     // h1 was online when its batch started: its command went out.
     let on: HashMap<String, u64> = [("h1".to_string(), 1)].into();
-    drive(&c, &mut active, id, false, |live| {
+    drive(&p, &mut active, id, false, |live| {
         engine::step(
             live,
             Event::Tick {
@@ -322,7 +328,7 @@ async fn a_step_in_flight_at_an_abort_is_followed_through_a_restart_until_its_ho
     })
     .await
     .unwrap();
-    let aborted = control(&c, &mut active, id, Action::Abort, Some("op"))
+    let aborted = control(&p, &mut active, id, Action::Abort, Some("op"))
         .await
         .unwrap();
     assert_eq!(aborted.status, RolloutStatus::Aborted);
@@ -331,7 +337,7 @@ async fn a_step_in_flight_at_an_abort_is_followed_through_a_restart_until_its_ho
         active.contains_key(&id),
         "followed while h1's step is in flight"
     );
-    let e = control(&c, &mut active, id, Action::Pause, None)
+    let e = control(&p, &mut active, id, Action::Pause, None)
         .await
         .unwrap_err()
         .to_string();
@@ -342,11 +348,11 @@ async fn a_step_in_flight_at_an_abort_is_followed_through_a_restart_until_its_ho
 
     // The controller restarts: the ended rollout is taken on again.
     let mut active: Active = HashMap::new();
-    load(&c, &mut active).await.unwrap();
+    load(&p, &mut active).await.unwrap();
     assert!(active.contains_key(&id));
     let (tx, _rx) = mpsc::channel(8);
     on_reports(
-        &c,
+        &p,
         &mut active,
         &tx,
         vec![("h1".into(), report(&format!("r{id}-api-h1")))],
@@ -374,6 +380,6 @@ async fn a_step_in_flight_at_an_abort_is_followed_through_a_restart_until_its_ho
     );
     // Not taken on again after the next restart.
     let mut active: Active = HashMap::new();
-    load(&c, &mut active).await.unwrap();
+    load(&p, &mut active).await.unwrap();
     assert!(active.is_empty());
 }
