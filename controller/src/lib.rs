@@ -11,6 +11,8 @@ pub mod rollout;
 pub mod server;
 pub mod sessions;
 pub mod store;
+#[cfg(test)]
+mod testing;
 
 use std::sync::Arc;
 use std::time::Duration;

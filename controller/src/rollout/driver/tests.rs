@@ -3,6 +3,7 @@
 
 use super::reports::{known_inventories, late_id_fits, on_reports, shown, LOGGED_ID};
 use super::*;
+use crate::testing::controller;
 use cutover_core::fleet::FleetConfig;
 use cutover_core::rollout::{HostMove, Plan, RolloutKind, RolloutStatus, ServicePlan, StepPhase};
 use cutover_core::views::InstalledService;
@@ -77,26 +78,6 @@ fn backoff_doubles_to_its_cap_and_counts_failures() {
         r = Retry::after(Some(r));
     }
     assert_eq!((r.delay, r.failures), (RETRY_MAX, 21));
-}
-
-/// A controller on a fresh data directory, with its own PKI and key.
-fn controller(dir: &std::path::Path) -> Arc<Controller> {
-    let pki = dir.join("pki");
-    std::fs::create_dir_all(&pki).unwrap();
-    cutover_core::pki::init(&cutover_core::pki::InitOptions {
-        dir: &pki,
-        controller_hosts: &["127.0.0.1".to_string()],
-        operator_name: "op",
-    })
-    .unwrap();
-    cutover_core::signing::keygen(&dir.join("release")).unwrap();
-    let config = dir.join("controller.toml");
-    std::fs::write(
-        &config,
-        "listen = \"127.0.0.1:1\"\ndata_dir = \"data\"\n[tls]\nca_cert = \"pki/ca.pem\"\nca_key = \"pki/ca-key.pem\"\ncert = \"pki/controller.pem\"\nkey = \"pki/controller-key.pem\"\n[releases]\ntrusted_keys = [\"release.pub\"]\n",
-    )
-    .unwrap();
-    Controller::open(crate::Config::load(&config).unwrap()).unwrap()
 }
 
 /// A stored rollout of `service` on host `h1`.
