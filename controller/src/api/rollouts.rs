@@ -14,10 +14,6 @@ use crate::rollout::new_rollout;
 use crate::rollout::plan::{plan, PlanRequest};
 use crate::Controller;
 
-// `api/rollback.rs` takes the fleet config and the hosts from here; both
-// are the fleet view's (issue 16 moves that import to `fleet_view`).
-pub(super) use crate::fleet_view::{fleet_config as fleet, host_states as hosts};
-
 /// What the operator asked to plan.
 pub struct Ask {
     pub services: Vec<String>,
