@@ -3,9 +3,8 @@
 
 use super::reports::{known_inventories, late_id_fits, on_reports, shown, LOGGED_ID};
 use super::*;
-use crate::testing::controller;
-use cutover_core::fleet::FleetConfig;
-use cutover_core::rollout::{HostMove, Plan, RolloutKind, RolloutStatus, ServicePlan, StepPhase};
+use crate::testing::{controller, plan};
+use cutover_core::rollout::{RolloutKind, RolloutStatus, StepPhase};
 use cutover_core::views::InstalledService;
 
 mod persisted;
@@ -82,33 +81,7 @@ fn backoff_doubles_to_its_cap_and_counts_failures() {
 
 /// A stored rollout of `service` on host `h1`.
 fn stored(c: &Controller, service: &str) -> Rollout {
-    let fleet = FleetConfig::parse(
-        "f",
-        "[services.x]\nhosts=[\"h1\"]\nrunner=\"systemd\"\nunit=\"x\"\n",
-    )
-    .unwrap();
-    let plan = Plan {
-        release: "1.0.0".into(),
-        services: vec![ServicePlan {
-            service: service.into(),
-            level: 0,
-            target: Default::default(),
-            sha256: cutover_core::Sha256Digest::of(service.as_bytes()),
-            size: 1,
-            batches: vec![vec![HostMove {
-                host: "h1".into(),
-                from: None,
-                to: None,
-            }]],
-            unchanged: vec![],
-            config: fleet.services["x"].clone(),
-            image: None,
-            swap_back: false,
-        }],
-        carried: vec![],
-        offline: vec![],
-        skipped: vec![],
-    };
+    let plan = plan(service, &[&["h1"]]);
     c.store
         .create_rollout(|id| crate::rollout::new_rollout(id, RolloutKind::Upgrade, plan, false, 1))
         .unwrap()

@@ -2,17 +2,8 @@
 //! who is skipped and why, and what the agents are sent.
 
 use super::*;
+use crate::testing::identity as id;
 use cutover_core::views::InstalledService;
-use cutover_core::Sha256Digest;
-
-fn id(release: &str) -> ContentIdentity {
-    ContentIdentity {
-        release: release.into(),
-        service_version: release.into(),
-        tarball_sha256: Some(Sha256Digest::of(release.as_bytes())),
-        image_id: None,
-    }
-}
 
 fn host(name: &str, current: &str, previous: &str) -> HostState {
     HostState {
@@ -59,17 +50,26 @@ impl Resolve for Fake {
     }
 }
 
-fn fleet() -> FleetConfig {
-    FleetConfig::parse(
+/// `cutover rollback api` over `hosts` of a fleet of h1 to h4, with no
+/// release history.
+fn plan_all(hosts: &[HostState], releases: &mut Fake) -> Result<Plan, PlanError> {
+    let fleet = FleetConfig::parse(
         "f",
         "[services.api]\nhosts=[\"h1\", \"h2\", \"h3\", \"h4\"]\nrunner=\"systemd\"\nunit=\"api\"\n",
     )
-    .unwrap()
+    .unwrap();
+    let req = RollbackRequest {
+        fleet: &fleet,
+        hosts,
+        scopes: &[Scope::service("api".into())],
+        history: &HashMap::new(),
+        allow_offline: false,
+    };
+    rollback_plan(&req, releases)
 }
 
 #[test]
 fn each_host_goes_to_its_own_known_good_release_and_agents_get_no_host_lists() {
-    let fleet = fleet();
     let mut revoked = host("h3", "2.0.0", "1.0.0");
     revoked.revoked = true;
     let hosts = [
@@ -78,17 +78,8 @@ fn each_host_goes_to_its_own_known_good_release_and_agents_get_no_host_lists() {
         revoked,
         // h4 is in the fleet but never enrolled.
     ];
-    let no_history = HashMap::new();
-    let scopes = [Scope::service("api".into())];
-    let req = RollbackRequest {
-        fleet: &fleet,
-        hosts: &hosts,
-        scopes: &scopes,
-        history: &no_history,
-        allow_offline: false,
-    };
     let mut fake = Fake::default();
-    let plan = rollback_plan(&req, &mut fake).unwrap();
+    let plan = plan_all(&hosts, &mut fake).unwrap();
     let s = &plan.services[0];
     let moves: Vec<(&str, &str)> = s.batches[0]
         .iter()
@@ -118,22 +109,12 @@ fn each_host_goes_to_its_own_known_good_release_and_agents_get_no_host_lists() {
 
 #[test]
 fn a_release_that_cannot_be_resolved_skips_its_host_and_with_none_left_nothing_starts() {
-    let fleet = fleet();
     let hosts = [host("h1", "2.0.0", "1.0.0")];
-    let no_history = HashMap::new();
-    let scopes = [Scope::service("api".into())];
-    let req = RollbackRequest {
-        fleet: &fleet,
-        hosts: &hosts,
-        scopes: &scopes,
-        history: &no_history,
-        allow_offline: false,
-    };
     let mut fake = Fake {
         missing: vec!["1.0.0"],
         ..Fake::default()
     };
-    let e = rollback_plan(&req, &mut fake).unwrap_err().0;
+    let e = plan_all(&hosts, &mut fake).unwrap_err().0;
     assert!(
         e.starts_with("no host can be rolled back: h2 not enrolled; h3 not enrolled; h4 not enrolled; h1 release 1.0.0 is no longer imported;"),
         "{e}"

@@ -7,8 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use cutover_core::command_id::CommandId;
-use cutover_core::fleet::FleetConfig;
-use cutover_core::rollout::{Command, HostMove, Plan, RolloutKind, ServicePlan, StepPhase};
+use cutover_core::rollout::{Command, RolloutKind, StepPhase};
 
 use super::super::*;
 use super::report;
@@ -107,35 +106,23 @@ impl Port for Fake {
 /// A rollout of `api` to `h1`, then `h2`, as the store holds it when it
 /// is created.
 fn two_batches(id: u64) -> Rollout {
-    let fleet = FleetConfig::parse(
-        "f",
-        "[services.api]\nhosts=[\"h1\", \"h2\"]\nrunner=\"systemd\"\nunit=\"api\"\n",
-    )
-    .unwrap();
-    let host = |h: &str| HostMove {
-        host: h.into(),
-        from: None,
-        to: None,
-    };
-    let plan = Plan {
-        release: "1.0.0".into(),
-        services: vec![ServicePlan {
-            service: "api".into(),
-            level: 0,
-            target: Default::default(),
-            sha256: cutover_core::Sha256Digest::of(b"api"),
-            size: 1,
-            batches: vec![vec![host("h1")], vec![host("h2")]],
-            unchanged: vec![],
-            config: fleet.services["api"].clone(),
-            image: None,
-            swap_back: false,
-        }],
-        carried: vec![],
-        offline: vec![],
-        skipped: vec![],
-    };
+    let plan = crate::testing::plan("api", &[&["h1"], &["h2"]]);
     crate::rollout::new_rollout(id, RolloutKind::Upgrade, plan, false, 1)
+}
+
+/// A clock tick for rollout `id`; `now`: not waiting out a backoff.
+async fn tick(fake: &Fake, active: &mut Active, id: u64, now: bool) {
+    drive(fake, active, id, now, |r| {
+        engine::step(
+            r,
+            Event::Tick {
+                now: now_ms(),
+                online: fake,
+            },
+        )
+    })
+    .await
+    .unwrap();
 }
 
 #[tokio::test]
@@ -173,33 +160,13 @@ async fn a_command_is_sent_only_after_the_save_that_records_it_and_a_failed_save
         "back to what the store holds"
     );
     // Ticks while the save waits out its backoff send nothing either.
-    drive(&fake, &mut active, id, false, |r| {
-        engine::step(
-            r,
-            Event::Tick {
-                now: now_ms(),
-                online: &fake,
-            },
-        )
-    })
-    .await
-    .unwrap();
+    tick(&fake, &mut active, id, false).await;
     assert_eq!(fake.calls().len(), 3);
 
     // The store takes writes again: the kept report is applied, saved,
     // and only then is h2's command sent.
     fake.refuse.store(false, Ordering::SeqCst);
-    drive(&fake, &mut active, id, true, |r| {
-        engine::step(
-            r,
-            Event::Tick {
-                now: now_ms(),
-                online: &fake,
-            },
-        )
-    })
-    .await
-    .unwrap();
+    tick(&fake, &mut active, id, true).await;
     assert_eq!(
         fake.calls(),
         [
