@@ -136,13 +136,17 @@ pub(crate) async fn dispatch(cli: Cli) -> Result<()> {
             RolloutCommand::List { limit } => rollout::list(c, limit, out).await,
             RolloutCommand::Show { id } => rollout::show(c, id, out).await,
             RolloutCommand::Watch { id } => rollout::watch(c, id, out).await,
-            RolloutCommand::Pause { id } => rollout::control(c, id, "pause", out).await,
-            RolloutCommand::Resume { id } => rollout::control(c, id, "resume", out).await,
+            RolloutCommand::Pause { id } => {
+                rollout::control(c, id, rollout::Control::Pause, out).await
+            }
+            RolloutCommand::Resume { id } => {
+                rollout::control(c, id, rollout::Control::Resume, out).await
+            }
             RolloutCommand::Abort {
                 id,
                 rollback: false,
                 ..
-            } => rollout::control(c, id, "abort", out).await,
+            } => rollout::control(c, id, rollout::Control::Abort, out).await,
             RolloutCommand::Abort {
                 id,
                 rollback: true,

@@ -11,6 +11,8 @@ pub mod rollout;
 pub mod server;
 pub mod sessions;
 pub mod store;
+#[cfg(test)]
+mod testing;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -117,7 +119,7 @@ pub async fn serve(
         .unwrap_or_else(|p| p.into_inner())
         .take()
         .ok_or_else(|| Error::Internal("serve called twice".into()))?;
-    let driver = tokio::spawn(rollout::driver::run(controller.clone(), inbox));
+    let driver = rollout::driver::spawn(controller.clone(), inbox);
     // The listener is bound and accepting: connections made from now on
     // are served.
     notify.ready(&format!("serving on {local}"));

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use cutover_core::rollout::Command;
 use cutover_core::Sha256Digest;
 use cutover_proto::v1;
 use tokio::sync::{mpsc, oneshot};
@@ -101,6 +102,17 @@ impl Session {
             let _ = w.send(body);
         }
     }
+}
+
+/// What became of a command handed to a host's session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// In the session's outbound queue.
+    Sent,
+    /// The host has no session.
+    Offline,
+    /// The session's queue stayed full, or the session closed.
+    Refused,
 }
 
 /// A new session refused because the host's session is live.
@@ -244,6 +256,22 @@ impl Sessions {
                 true
             }
             None => false,
+        }
+    }
+
+    /// Sends a rollout's `command` down `host`'s session, waiting at most
+    /// `timeout` for room in its queue: the one place a command becomes a
+    /// wire message.
+    pub async fn send_command(&self, host: &str, command: &Command, timeout: Duration) -> Delivery {
+        let Some(session) = self.get(host) else {
+            return Delivery::Offline;
+        };
+        let msg = v1::ControllerMessage {
+            msg: Some(v1::controller_message::Msg::Command(command.into())),
+        };
+        match tokio::time::timeout(timeout, session.tx.send(Ok(msg))).await {
+            Ok(Ok(())) => Delivery::Sent,
+            _ => Delivery::Refused,
         }
     }
 

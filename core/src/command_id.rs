@@ -34,7 +34,13 @@ impl<'a> CommandId<'a> {
     /// Whether `reported` is this install's id or its rollback's.
     pub fn answered_by(&self, reported: &str) -> bool {
         let install = self.to_string();
-        reported == install || reported.strip_suffix(ROLLBACK_SUFFIX) == Some(install.as_str())
+        reported == install || Self::is_rollback_of(reported, &install)
+    }
+
+    /// Whether `reported` is the id of the rollback of the install whose
+    /// id is `install_id` (as a rollout step stores it). Makes no string.
+    pub fn is_rollback_of(reported: &str, install_id: &str) -> bool {
+        reported.strip_suffix(ROLLBACK_SUFFIX) == Some(install_id)
     }
 
     /// The id of the rollback of the install whose id is `install_id`
@@ -82,6 +88,17 @@ mod tests {
         assert!(!id.answered_by("r3-api-h1-x"));
         assert!(!id.answered_by("r4-api-h1"));
         assert!(!id.answered_by("r3-api-h1-rollback-rollback"));
+    }
+
+    #[test]
+    fn a_rollback_id_is_recognised_from_the_install_id_a_step_stores() {
+        assert!(CommandId::is_rollback_of("r3-api-h1-rollback", "r3-api-h1"));
+        assert!(!CommandId::is_rollback_of("r3-api-h1", "r3-api-h1"));
+        assert!(!CommandId::is_rollback_of("r3-api-h1-rollback", "r3-api-h"));
+        assert!(!CommandId::is_rollback_of(
+            "r3-api-h1-rollback-rollback",
+            "r3-api-h1"
+        ));
     }
 
     #[test]

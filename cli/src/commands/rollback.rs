@@ -111,7 +111,7 @@ pub async fn abort_and_roll_back(
         .await?
         .control_rollout(v1::ControlRolloutRequest {
             id,
-            action: "abort".into(),
+            action: v1::RolloutAction::Abort.into(),
             rollback: true,
             allow_offline,
         })

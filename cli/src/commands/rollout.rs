@@ -488,13 +488,31 @@ pub async fn watch(c: &ConnectArgs, id: u64, out: Format) -> Result<()> {
     }
 }
 
-pub async fn control(c: &ConnectArgs, id: u64, action: &str, out: Format) -> Result<()> {
+/// What `rollout pause|resume|abort` asks of a rollout.
+#[derive(Debug, Clone, Copy)]
+pub enum Control {
+    Pause,
+    Resume,
+    Abort,
+}
+
+impl From<Control> for v1::RolloutAction {
+    fn from(c: Control) -> Self {
+        match c {
+            Control::Pause => v1::RolloutAction::Pause,
+            Control::Resume => v1::RolloutAction::Resume,
+            Control::Abort => v1::RolloutAction::Abort,
+        }
+    }
+}
+
+pub async fn control(c: &ConnectArgs, id: u64, action: Control, out: Format) -> Result<()> {
     let doc = c
         .operator()
         .await?
         .control_rollout(v1::ControlRolloutRequest {
             id,
-            action: action.into(),
+            action: v1::RolloutAction::from(action).into(),
             rollback: false,
             allow_offline: false,
         })

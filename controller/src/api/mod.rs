@@ -54,3 +54,6 @@ pub fn require_host<T>(req: &Request<T>) -> Result<(String, PeerIdentity), Statu
 pub fn hash_token(token: &str) -> String {
     cutover_core::Sha256Digest::of(token.trim().as_bytes()).to_hex()
 }
+
+#[cfg(test)]
+mod tests;

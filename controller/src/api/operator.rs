@@ -14,6 +14,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::rollouts::{self, Ask};
 use crate::error::Error;
+use crate::rollout::driver::Action;
 use crate::Controller;
 use cutover_proto::commands::to_json;
 
@@ -438,18 +439,19 @@ impl Operator for OperatorApi {
     ) -> Result<Response<v1::JsonDocument>, Status> {
         let by = super::operator_name(&req);
         let r = req.into_inner();
+        let action = rollouts::action_of(r.action)?;
         if r.rollback {
-            if r.action != "abort" {
+            if !matches!(action, Action::Abort) {
                 return Err(Status::invalid_argument(format!(
                     "--rollback goes with abort only, not {:?}",
-                    r.action
+                    rollouts::action_name(action)
                 )));
             }
             let done =
                 super::rollback::abort_and_roll_back(&self.c, r.id, r.allow_offline, by).await?;
             return Ok(Response::new(to_json(&done)));
         }
-        let rollout = rollouts::control(&self.c, r.id, &r.action, by).await?;
+        let rollout = rollouts::control(&self.c, r.id, action, by).await?;
         Ok(Response::new(to_json(&rollout)))
     }
 

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use cutover_core::rollout::{Plan, Rollout, RolloutDetail, RolloutKind, Started};
 use cutover_core::views::now_ms;
+use cutover_proto::v1;
 
 use crate::error::{Error, Result};
 use crate::fleet_view;
@@ -12,10 +13,6 @@ use crate::rollout::driver::Action;
 use crate::rollout::new_rollout;
 use crate::rollout::plan::{plan, PlanRequest};
 use crate::Controller;
-
-// `api/rollback.rs` takes the fleet config and the hosts from here; both
-// are the fleet view's (issue 16 moves that import to `fleet_view`).
-pub(super) use crate::fleet_view::{fleet_config as fleet, host_states as hosts};
 
 /// What the operator asked to plan.
 pub struct Ask {
@@ -123,17 +120,38 @@ pub async fn detail(c: &Controller, id: u64) -> Result<RolloutDetail> {
         .await
 }
 
+/// The driver's action for a peer's `RolloutAction`. A value this
+/// controller does not know (a newer CLI's, or none) is refused by
+/// number, never taken for another action.
+pub fn action_of(wire: i32) -> Result<Action> {
+    match v1::RolloutAction::try_from(wire) {
+        Ok(v1::RolloutAction::Pause) => Ok(Action::Pause),
+        Ok(v1::RolloutAction::Resume) => Ok(Action::Resume),
+        Ok(v1::RolloutAction::Abort) => Ok(Action::Abort),
+        Ok(v1::RolloutAction::Unspecified) => Err(Error::Invalid(
+            "no rollout action given; use pause, resume or abort".into(),
+        )),
+        Err(_) => Err(Error::Invalid(format!(
+            "unknown rollout action {wire} (this controller knows 1 pause, 2 resume, 3 abort); use pause, resume or abort, or a controller as new as your cutover"
+        ))),
+    }
+}
+
+/// How an operator names `action`.
+pub fn action_name(action: Action) -> &'static str {
+    match action {
+        Action::Pause => "pause",
+        Action::Resume => "resume",
+        Action::Abort => "abort",
+    }
+}
+
 /// Pauses, resumes or aborts rollout `id`; `by` is the operator who asked.
-pub async fn control(c: &Controller, id: u64, action: &str, by: Option<String>) -> Result<Rollout> {
-    let action = match action {
-        "pause" => Action::Pause,
-        "resume" => Action::Resume,
-        "abort" => Action::Abort,
-        other => {
-            return Err(Error::Invalid(format!(
-                "unknown rollout action {other:?}; use pause, resume or abort"
-            )))
-        }
-    };
+pub async fn control(
+    c: &Controller,
+    id: u64,
+    action: Action,
+    by: Option<String>,
+) -> Result<Rollout> {
     c.rollouts.control_by(id, action, by).await
 }

@@ -9,25 +9,29 @@
 //! save goes back to the stored state, keeps the rollout's reports and
 //! applies them again on the next try (with backoff), and the rollout is
 //! not stepped (so no deadline fires) until then.
+//!
+//! The driver reaches the store and the sessions only through its
+//! [`Port`] (load, save, send), so "persisted before sent" is tested
+//! against a fake one; wire messages are built at the session edge.
 
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::Duration;
 
-use cutover_core::rollout::{Command, Report, Rollout};
+use cutover_core::rollout::{Report, Rollout};
 use cutover_core::views::now_ms;
 use tokio::sync::{mpsc, oneshot};
 
-use super::engine::{self, Effect, Event, Live, Online};
+use super::engine::{self, Effect, Event, Live};
 use crate::error::{Error, Result};
-use crate::store::{LogLine, RolloutSave};
+use crate::store::LogLine;
 use crate::Controller;
 use held::{Held, HeldReports};
+pub use port::{ControllerPort, Port};
 use reports::{on_reports, record_inventories, Inventories};
 
 const TICK: Duration = Duration::from_millis(250);
-const SEND_TIMEOUT: Duration = Duration::from_secs(2);
 /// The first wait after a failed save or load, doubled after each further
 /// failure up to [`RETRY_MAX`].
 const RETRY_FIRST: Duration = Duration::from_millis(250);
@@ -176,12 +180,21 @@ impl Driven {
 
 type Active = HashMap<u64, Driven>;
 
+/// Starts the driver of `c`'s rollouts, through the real [`Port`], and
+/// the writer of the inventories reports carry (off the driver's path).
+pub fn spawn(c: Arc<Controller>, inbox: Inbox) -> tokio::task::JoinHandle<()> {
+    let (inventories, pending) = mpsc::channel(64);
+    tokio::spawn(record_inventories(c.store.clone(), pending));
+    tokio::spawn(run(ControllerPort(c), inventories, inbox))
+}
+
 /// Drives every unfinished rollout until the process ends.
-pub async fn run(c: Arc<Controller>, Inbox(mut inbox): Inbox) {
+async fn run(port: impl Port, inventories: Inventories, Inbox(mut inbox): Inbox) {
+    let p = &port;
     let mut active: Active = HashMap::new();
     // Until the unfinished rollouts are loaded, loading is tried again
     // with backoff; rollouts started meanwhile are driven already.
-    let mut load_retry = match load(&c, &mut active).await {
+    let mut load_retry = match load(p, &mut active).await {
         Ok(()) => None,
         Err(e) => {
             let retry = Retry::after(None);
@@ -189,15 +202,13 @@ pub async fn run(c: Arc<Controller>, Inbox(mut inbox): Inbox) {
             Some(retry)
         }
     };
-    let (inventories, pending) = mpsc::channel(64);
-    tokio::spawn(record_inventories(c.clone(), pending));
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = tick.tick() => {
                 if let Some(r) = load_retry.filter(Retry::due) {
-                    load_retry = match load(&c, &mut active).await {
+                    load_retry = match load(p, &mut active).await {
                         Ok(()) => None,
                         Err(e) => {
                             let retry = Retry::after(Some(r));
@@ -209,10 +220,9 @@ pub async fn run(c: Arc<Controller>, Inbox(mut inbox): Inbox) {
                 if active.is_empty() {
                     continue;
                 }
-                let online = Sessions(&c);
                 let ids: Vec<u64> = active.keys().copied().collect();
                 for id in ids {
-                    let _ = drive(&c, &mut active, id, false, |r| engine::step(r, Event::Tick { now: now_ms(), online: &online })).await;
+                    let _ = drive(p, &mut active, id, false, |r| engine::step(r, Event::Tick { now: now_ms(), online: p })).await;
                 }
             }
             msg = inbox.recv() => {
@@ -227,8 +237,8 @@ pub async fn run(c: Arc<Controller>, Inbox(mut inbox): Inbox) {
                     match msg {
                         Msg::Report { host, report } => reports.push((host, *report)),
                         other => {
-                            on_reports(&c, &mut active, &inventories, std::mem::take(&mut reports)).await;
-                            on_other(&c, &mut active, &inventories, other).await;
+                            on_reports(p, &mut active, &inventories, std::mem::take(&mut reports)).await;
+                            on_other(p, &mut active, &inventories, other).await;
                         }
                     }
                     if reports.is_empty() || reports.len() >= BATCH {
@@ -239,7 +249,7 @@ pub async fn run(c: Arc<Controller>, Inbox(mut inbox): Inbox) {
                         Err(_) => tokio::time::timeout_at(window, inbox.recv()).await.ok().flatten(),
                     };
                 }
-                on_reports(&c, &mut active, &inventories, reports).await;
+                on_reports(p, &mut active, &inventories, reports).await;
             }
         }
     }
@@ -253,14 +263,14 @@ const BATCH_WINDOW: Duration = Duration::from_millis(2);
 /// Takes on the unfinished rollouts the store holds that are not driven
 /// yet. One that cannot be read is left in the store as it is and named;
 /// the others are driven.
-async fn load(c: &Arc<Controller>, active: &mut Active) -> Result<()> {
-    let stored = c.store.run(|s| s.unfinished_rollouts()).await?;
+async fn load(p: &impl Port, active: &mut Active) -> Result<()> {
+    let stored = p.unfinished().await?;
     for r in stored {
         match r {
             Ok(r) if !active.contains_key(&r.id) => {
                 let id = r.id;
                 tracing::info!(rollout = id, "resuming rollout");
-                admit(c, active, r).await;
+                admit(p, active, r).await;
             }
             Ok(_) => {}
             Err(e) => tracing::error!(
@@ -273,27 +283,26 @@ async fn load(c: &Arc<Controller>, active: &mut Active) -> Result<()> {
 }
 
 /// Starts driving `r`; one the controller cannot drive ends Failed.
-async fn admit(c: &Arc<Controller>, active: &mut Active, r: Rollout) {
+async fn admit(p: &impl Port, active: &mut Active, r: Rollout) {
     let id = r.id;
     active.insert(id, Driven::new(r));
-    let online = Sessions(c);
-    let _ = drive(c, active, id, true, |r| {
+    let _ = drive(p, active, id, true, |r| {
         engine::step(
             r,
             Event::Tick {
                 now: now_ms(),
-                online: &online,
+                online: p,
             },
         )
     })
     .await;
 }
 
-async fn on_other(c: &Arc<Controller>, active: &mut Active, inventories: &Inventories, msg: Msg) {
+async fn on_other(p: &impl Port, active: &mut Active, inventories: &Inventories, msg: Msg) {
     match msg {
-        Msg::Started(r) => admit(c, active, *r).await,
+        Msg::Started(r) => admit(p, active, *r).await,
         Msg::Report { host, report } => {
-            on_reports(c, active, inventories, vec![(host, *report)]).await
+            on_reports(p, active, inventories, vec![(host, *report)]).await
         }
         Msg::Control {
             id,
@@ -301,14 +310,14 @@ async fn on_other(c: &Arc<Controller>, active: &mut Active, inventories: &Invent
             by,
             reply,
         } => {
-            let result = control(c, active, id, action, by.as_deref()).await;
+            let result = control(p, active, id, action, by.as_deref()).await;
             let _ = reply.send(result);
         }
     }
 }
 
 async fn control(
-    c: &Arc<Controller>,
+    p: &impl Port,
     active: &mut Active,
     id: u64,
     action: Action,
@@ -322,7 +331,7 @@ async fn control(
         )));
     }
     if !active.contains_key(&id) {
-        return match c.store.run(move |s| s.rollout(id)).await? {
+        return match p.load(id).await? {
             Some(r) => Err(Error::Conflict(format!(
                 "rollout {id} already ended {}",
                 r.status
@@ -332,8 +341,7 @@ async fn control(
             ))),
         };
     }
-    let online = Sessions(c);
-    drive(c, active, id, true, |r| {
+    drive(p, active, id, true, |r| {
         let now = now_ms();
         let mut fx = engine::step(
             r,
@@ -343,13 +351,7 @@ async fn control(
                 Action::Abort => Event::Abort { now, by },
             },
         );
-        fx.extend(engine::step(
-            r,
-            Event::Tick {
-                now,
-                online: &online,
-            },
-        ));
+        fx.extend(engine::step(r, Event::Tick { now, online: p }));
         fx
     })
     .await
@@ -361,9 +363,8 @@ async fn control(
     })?;
     match active.get(&id) {
         Some(d) => Ok(d.live.rollout().clone()),
-        None => c
-            .store
-            .run(move |s| s.rollout(id))
+        None => p
+            .load(id)
             .await?
             .ok_or_else(|| Error::NotFound(format!("no rollout {id}"))),
     }
@@ -384,7 +385,7 @@ fn panic_text(p: &(dyn std::any::Any + Send)) -> &str {
 /// back from the store and ended Failed with the panic's text. An error
 /// means nothing was stored or sent.
 async fn drive(
-    c: &Arc<Controller>,
+    p: &impl Port,
     active: &mut Active,
     id: u64,
     now: bool,
@@ -399,7 +400,7 @@ async fn drive(
             return Ok(());
         }
         if d.stale {
-            match c.store.run(move |s| s.rollout(id)).await {
+            match p.load(id).await {
                 Ok(Some(stored)) => {
                     let live = Live::new(stored);
                     if live.status.is_final() && !live.following() {
@@ -453,7 +454,7 @@ async fn drive(
             fx
         }));
         match stepped {
-            Ok(effects) => return commit(c, active, id, effects, held).await,
+            Ok(effects) => return commit(p, active, id, effects, held).await,
             Err(panic) if fault.is_none() => {
                 let reason = format!("stepping it panicked ({})", panic_text(&*panic));
                 tracing::error!(
@@ -483,7 +484,7 @@ async fn drive(
 /// the rollout goes back to what the store holds, `held` (the reports just
 /// applied) is kept for the next try, which waits a backoff.
 async fn commit(
-    c: &Arc<Controller>,
+    p: &impl Port,
     active: &mut Active,
     id: u64,
     effects: Vec<Effect>,
@@ -508,10 +509,7 @@ async fn commit(
     let saved = if changed.is_empty() && lines.is_empty() && sends.is_empty() {
         Ok(())
     } else {
-        match RolloutSave::new(d.live.rollout(), &changed, lines.clone()) {
-            Ok(save) => c.store.run(move |s| s.save_rollout(&save)).await,
-            Err(e) => Err(e),
-        }
+        p.save(d.live.rollout(), &changed, lines.clone()).await
     };
     if let Err(e) = saved {
         d.held.restore(held);
@@ -526,7 +524,7 @@ async fn commit(
             "could not save the rollout; nothing was sent, its reports are kept and applied again when the store can be written"
         );
         // Nothing may stay in memory that the store does not know.
-        match c.store.run(move |s| s.rollout(id)).await {
+        match p.load(id).await {
             Ok(Some(stored)) => d.live = Live::new(stored),
             Ok(None) => {
                 tracing::error!(
@@ -562,45 +560,13 @@ async fn commit(
         active.remove(&id);
     }
     for (host, command) in sends {
-        send(c, &host, command).await;
+        p.send(&host, command).await;
     }
     Ok(())
 }
 
-async fn send(c: &Controller, host: &str, command: Command) {
-    let Some(session) = c.sessions.get(host) else {
-        tracing::warn!(%host, "host went offline before its command was sent; it is sent again when it is back");
-        return;
-    };
-    let id = command.id().to_string();
-    let msg = cutover_proto::v1::ControllerMessage {
-        msg: Some(cutover_proto::v1::controller_message::Msg::Command(
-            (&command).into(),
-        )),
-    };
-    match tokio::time::timeout(SEND_TIMEOUT, session.tx.send(Ok(msg))).await {
-        Ok(Ok(())) => tracing::debug!(%host, command = %id, "command sent"),
-        _ => {
-            tracing::warn!(%host, command = %id, "could not send command; it is sent again on the next session")
-        }
-    }
-}
-
-/// The session registry as the engine asks it: a host is online while its
-/// session is live.
-struct Sessions<'a>(&'a Controller);
-
-impl Online for Sessions<'_> {
-    fn session(&self, host: &str) -> Option<u64> {
-        self.0
-            .sessions
-            .get(host)
-            .filter(|s| s.is_live(now_ms()))
-            .map(|s| s.id)
-    }
-}
-
 mod held;
+mod port;
 mod reports;
 #[cfg(test)]
 mod tests;

@@ -67,7 +67,7 @@ impl Live {
     pub fn expects(&self, host: &str, report: &Report) -> bool {
         self.find(host, &report.service).is_some_and(|i| {
             let id = &self.rollout.steps[i].command_id;
-            report.command_id == *id || report.command_id == rollback_id(id)
+            report.command_id == *id || CommandId::is_rollback_of(&report.command_id, id)
         })
     }
 
@@ -485,7 +485,7 @@ fn command_for(r: &Rollout, s: &Step) -> Option<Command> {
             None => plan.image.as_ref().map(|i| i.id).unwrap_or(plan.sha256),
         };
         return Some(Command::Rollback(RollbackCommand {
-            command_id: rollback_id(&s.command_id),
+            command_id: CommandId::rollback_of(&s.command_id),
             service: s.service.clone(),
             from: installed,
         }));
@@ -533,11 +533,6 @@ pub fn check_plan(r: &Rollout) -> Result<(), String> {
         })?;
     }
     Ok(())
-}
-
-/// The id of the rollback of the install whose id is `install_id`.
-pub fn rollback_id(install_id: &str) -> String {
-    CommandId::rollback_of(install_id)
 }
 
 /// Ends the rollout once nothing is left to do.

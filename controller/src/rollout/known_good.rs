@@ -96,16 +96,7 @@ fn version(identity: &ContentIdentity) -> Option<semver::Version> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cutover_core::Sha256Digest;
-
-    fn id(release: &str) -> ContentIdentity {
-        ContentIdentity {
-            release: release.into(),
-            service_version: release.into(),
-            tarball_sha256: Some(Sha256Digest::of(release.as_bytes())),
-            image_id: None,
-        }
-    }
+    use crate::testing::identity as id;
 
     fn seen(release: &str, healthy_ms: Option<i64>, bad_ms: Option<i64>) -> Seen {
         Seen {

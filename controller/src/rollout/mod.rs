@@ -5,6 +5,7 @@ pub mod driver;
 pub mod engine;
 pub mod known_good;
 pub mod plan;
+pub mod rollback_plan;
 
 use cutover_core::command_id::CommandId;
 use cutover_core::rollout::{Plan, Rollout, RolloutKind, RolloutStatus, Step, StepPhase};

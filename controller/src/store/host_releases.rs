@@ -175,18 +175,10 @@ impl Store {
 mod tests {
     use super::*;
     use crate::store::RolloutSave;
+    use crate::testing::identity as id;
     use cutover_core::rollout::{HostMove, Plan, RolloutKind, ServicePlan};
     use cutover_core::Sha256Digest;
     use std::sync::Arc;
-
-    fn id(release: &str) -> ContentIdentity {
-        ContentIdentity {
-            release: release.into(),
-            service_version: release.into(),
-            tarball_sha256: Some(Sha256Digest::of(release.as_bytes())),
-            image_id: None,
-        }
-    }
 
     /// A stored rollout of "api" to `release` on host "h", from `from`.
     fn rollout(s: &Store, release: &str, from: &str) -> Rollout {

@@ -4,7 +4,6 @@
 //! What reporting hosts run goes to the store off the driver's path.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 use std::time::Duration;
 
 use cutover_core::command_id::CommandId;
@@ -12,10 +11,9 @@ use cutover_core::rollout::Report;
 use cutover_core::views::{now_ms, InstalledService};
 use tokio::sync::mpsc;
 
-use super::{drive, engine, Active, Event, Sessions};
+use super::{drive, engine, Active, Event, Port};
 use crate::error::Result;
 use crate::store::Store;
-use crate::Controller;
 
 /// How many bytes of a report's command id a log line shows.
 pub(super) const LOGGED_ID: usize = 80;
@@ -44,7 +42,7 @@ pub(super) fn shown(id: &str) -> String {
 /// reporting hosts now run to the inventory writer. A report no rollout
 /// sent the command of changes nothing and is logged once, shortened.
 pub(super) async fn on_reports(
-    c: &Arc<Controller>,
+    p: &impl Port,
     active: &mut Active,
     inventories: &Inventories,
     reports: Vec<(String, Report)>,
@@ -94,16 +92,9 @@ pub(super) async fn on_reports(
             "ignored report(s) answering no command of an unfinished rollout"
         );
     }
-    let online = Sessions(c);
     for id in touched {
-        let _ = drive(c, active, id, false, |r| {
-            engine::step(
-                r,
-                Event::Tick {
-                    now,
-                    online: &online,
-                },
-            )
+        let _ = drive(p, active, id, false, |r| {
+            engine::step(r, Event::Tick { now, online: p })
         })
         .await;
     }
@@ -126,11 +117,8 @@ pub(super) fn late_id_fits(id: u64, host: &str, report: &Report) -> bool {
 /// merged into it, the latest inventory of each host's service winning, so
 /// what is held stays bounded by the fleet's size and the driver is never
 /// held up by a full channel.
-pub(super) async fn record_inventories(
-    c: Arc<Controller>,
-    pending: mpsc::Receiver<Vec<Inventory>>,
-) {
-    record_into(c.store.clone(), pending, RETRY_FIRST, RETRY_MAX).await
+pub(super) async fn record_inventories(store: Store, pending: mpsc::Receiver<Vec<Inventory>>) {
+    record_into(store, pending, RETRY_FIRST, RETRY_MAX).await
 }
 
 /// The first wait before a failed batch is retried; it doubles up to
@@ -233,7 +221,7 @@ pub(super) fn known_inventories(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Mutex;
+    use std::sync::{Arc, Mutex};
 
     /// Log lines, as the writer's warnings would reach an operator.
     #[derive(Clone, Default)]

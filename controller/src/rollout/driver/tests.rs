@@ -3,9 +3,11 @@
 
 use super::reports::{known_inventories, late_id_fits, on_reports, shown, LOGGED_ID};
 use super::*;
-use cutover_core::fleet::FleetConfig;
-use cutover_core::rollout::{HostMove, Plan, RolloutKind, RolloutStatus, ServicePlan, StepPhase};
+use crate::testing::{controller, plan};
+use cutover_core::rollout::{RolloutKind, RolloutStatus, StepPhase};
 use cutover_core::views::InstalledService;
+
+mod persisted;
 
 #[test]
 fn long_command_ids_are_shortened_in_logs_on_a_character_boundary() {
@@ -77,55 +79,9 @@ fn backoff_doubles_to_its_cap_and_counts_failures() {
     assert_eq!((r.delay, r.failures), (RETRY_MAX, 21));
 }
 
-/// A controller on a fresh data directory, with its own PKI and key.
-fn controller(dir: &std::path::Path) -> Arc<Controller> {
-    let pki = dir.join("pki");
-    std::fs::create_dir_all(&pki).unwrap();
-    cutover_core::pki::init(&cutover_core::pki::InitOptions {
-        dir: &pki,
-        controller_hosts: &["127.0.0.1".to_string()],
-        operator_name: "op",
-    })
-    .unwrap();
-    cutover_core::signing::keygen(&dir.join("release")).unwrap();
-    let config = dir.join("controller.toml");
-    std::fs::write(
-        &config,
-        "listen = \"127.0.0.1:1\"\ndata_dir = \"data\"\n[tls]\nca_cert = \"pki/ca.pem\"\nca_key = \"pki/ca-key.pem\"\ncert = \"pki/controller.pem\"\nkey = \"pki/controller-key.pem\"\n[releases]\ntrusted_keys = [\"release.pub\"]\n",
-    )
-    .unwrap();
-    Controller::open(crate::Config::load(&config).unwrap()).unwrap()
-}
-
 /// A stored rollout of `service` on host `h1`.
 fn stored(c: &Controller, service: &str) -> Rollout {
-    let fleet = FleetConfig::parse(
-        "f",
-        "[services.x]\nhosts=[\"h1\"]\nrunner=\"systemd\"\nunit=\"x\"\n",
-    )
-    .unwrap();
-    let plan = Plan {
-        release: "1.0.0".into(),
-        services: vec![ServicePlan {
-            service: service.into(),
-            level: 0,
-            target: Default::default(),
-            sha256: cutover_core::Sha256Digest::of(service.as_bytes()),
-            size: 1,
-            batches: vec![vec![HostMove {
-                host: "h1".into(),
-                from: None,
-                to: None,
-            }]],
-            unchanged: vec![],
-            config: fleet.services["x"].clone(),
-            image: None,
-            swap_back: false,
-        }],
-        carried: vec![],
-        offline: vec![],
-        skipped: vec![],
-    };
+    let plan = plan(service, &[&["h1"]]);
     c.store
         .create_rollout(|id| crate::rollout::new_rollout(id, RolloutKind::Upgrade, plan, false, 1))
         .unwrap()
@@ -135,14 +91,15 @@ fn stored(c: &Controller, service: &str) -> Rollout {
 async fn a_panic_while_stepping_one_rollout_fails_it_alone_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
     let c = controller(dir.path());
+    let p = ControllerPort(c.clone());
     let first = stored(&c, "api");
     let second = stored(&c, "web");
     let mut active: Active = HashMap::new();
-    admit(&c, &mut active, first.clone()).await;
-    admit(&c, &mut active, second.clone()).await;
+    admit(&p, &mut active, first.clone()).await;
+    admit(&p, &mut active, second.clone()).await;
     assert_eq!(active.len(), 2);
     // The step of the first rollout panics half-way through changing it.
-    let result = drive(&c, &mut active, first.id, false, |live| {
+    let result = drive(&p, &mut active, first.id, false, |live| {
         let _ = engine::step(live, Event::Abort { now: 9, by: None });
         panic!("boom in the engine")
     })
@@ -159,7 +116,7 @@ async fn a_panic_while_stepping_one_rollout_fails_it_alone_with_the_reason() {
         "{events:?}"
     );
     // The other rollout is still driven and its actions stored.
-    let paused = control(&c, &mut active, second.id, Action::Pause, None)
+    let paused = control(&p, &mut active, second.id, Action::Pause, None)
         .await
         .unwrap();
     assert_eq!(paused.status, RolloutStatus::Paused);
@@ -173,9 +130,10 @@ async fn a_panic_while_stepping_one_rollout_fails_it_alone_with_the_reason() {
 async fn an_action_that_cannot_be_stored_is_refused_and_nothing_changes() {
     let dir = tempfile::tempdir().unwrap();
     let c = controller(dir.path());
+    let p = ControllerPort(c.clone());
     let r = stored(&c, "api");
     let mut active: Active = HashMap::new();
-    admit(&c, &mut active, r.clone()).await;
+    admit(&p, &mut active, r.clone()).await;
     c.store
         .with(|conn| {
             conn.execute_batch(
@@ -184,7 +142,7 @@ async fn an_action_that_cannot_be_stored_is_refused_and_nothing_changes() {
             Ok(())
         })
         .unwrap();
-    let e = control(&c, &mut active, r.id, Action::Abort, None)
+    let e = control(&p, &mut active, r.id, Action::Abort, None)
         .await
         .unwrap_err()
         .to_string();
@@ -209,7 +167,7 @@ async fn an_action_that_cannot_be_stored_is_refused_and_nothing_changes() {
             Ok(())
         })
         .unwrap();
-    let aborted = control(&c, &mut active, r.id, Action::Abort, None)
+    let aborted = control(&p, &mut active, r.id, Action::Abort, None)
         .await
         .unwrap();
     assert_eq!(aborted.status, RolloutStatus::Aborted);
@@ -223,13 +181,14 @@ async fn an_action_that_cannot_be_stored_is_refused_and_nothing_changes() {
 async fn reports_answering_no_known_command_change_nothing_stored() {
     let dir = tempfile::tempdir().unwrap();
     let c = controller(dir.path());
+    let p = ControllerPort(c.clone());
     let r = stored(&c, "api");
     let mut active: Active = HashMap::new();
-    admit(&c, &mut active, r.clone()).await;
+    admit(&p, &mut active, r.clone()).await;
     let (tx, mut rx) = mpsc::channel(8);
     let id = r.id;
     on_reports(
-        &c,
+        &p,
         &mut active,
         &tx,
         vec![
@@ -259,7 +218,7 @@ async fn reports_answering_no_known_command_change_nothing_stored() {
     assert_eq!(stored_now.steps, active[&id].live.steps);
     // The report h1's command asked for does count, and is stored.
     on_reports(
-        &c,
+        &p,
         &mut active,
         &tx,
         vec![("h1".into(), report(&format!("r{id}-api-h1")))],
@@ -305,13 +264,14 @@ fn a_report_sent_again_replaces_the_held_one() {
 async fn a_step_in_flight_at_an_abort_is_followed_through_a_restart_until_its_host_reports() {
     let dir = tempfile::tempdir().unwrap();
     let c = controller(dir.path());
+    let p = ControllerPort(c.clone());
     let r = stored(&c, "api");
     let id = r.id;
     let mut active: Active = HashMap::new();
-    admit(&c, &mut active, r).await;
+    admit(&p, &mut active, r).await;
     // h1 was online when its batch started: its command went out.
     let on: HashMap<String, u64> = [("h1".to_string(), 1)].into();
-    drive(&c, &mut active, id, false, |live| {
+    drive(&p, &mut active, id, false, |live| {
         engine::step(
             live,
             Event::Tick {
@@ -322,7 +282,7 @@ async fn a_step_in_flight_at_an_abort_is_followed_through_a_restart_until_its_ho
     })
     .await
     .unwrap();
-    let aborted = control(&c, &mut active, id, Action::Abort, Some("op"))
+    let aborted = control(&p, &mut active, id, Action::Abort, Some("op"))
         .await
         .unwrap();
     assert_eq!(aborted.status, RolloutStatus::Aborted);
@@ -331,7 +291,7 @@ async fn a_step_in_flight_at_an_abort_is_followed_through_a_restart_until_its_ho
         active.contains_key(&id),
         "followed while h1's step is in flight"
     );
-    let e = control(&c, &mut active, id, Action::Pause, None)
+    let e = control(&p, &mut active, id, Action::Pause, None)
         .await
         .unwrap_err()
         .to_string();
@@ -342,11 +302,11 @@ async fn a_step_in_flight_at_an_abort_is_followed_through_a_restart_until_its_ho
 
     // The controller restarts: the ended rollout is taken on again.
     let mut active: Active = HashMap::new();
-    load(&c, &mut active).await.unwrap();
+    load(&p, &mut active).await.unwrap();
     assert!(active.contains_key(&id));
     let (tx, _rx) = mpsc::channel(8);
     on_reports(
-        &c,
+        &p,
         &mut active,
         &tx,
         vec![("h1".into(), report(&format!("r{id}-api-h1")))],
@@ -374,6 +334,6 @@ async fn a_step_in_flight_at_an_abort_is_followed_through_a_restart_until_its_ho
     );
     // Not taken on again after the next restart.
     let mut active: Active = HashMap::new();
-    load(&c, &mut active).await.unwrap();
+    load(&p, &mut active).await.unwrap();
     assert!(active.is_empty());
 }

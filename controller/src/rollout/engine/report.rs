@@ -3,10 +3,11 @@
 //! step's boundary and takes back the rollback scope (or, with
 //! `--no-rollback` or a swap-back service, ends Failed as it is).
 
+use cutover_core::command_id::CommandId;
 use cutover_core::fleet::RollbackScope;
 use cutover_core::rollout::{Evidence, Failure, Report, RolloutStatus, StepPhase, StopAction};
 
-use super::{finish, log, rollback_id, Effect, Live};
+use super::{finish, log, Effect, Live};
 
 pub(super) fn on_report(
     live: &mut Live,
@@ -20,8 +21,8 @@ pub(super) fn on_report(
     };
     let s = &live.steps[i];
     let install = s.phase == StepPhase::Installing && report.command_id == s.command_id;
-    let rollback =
-        s.phase == StepPhase::RollingBack && report.command_id == rollback_id(&s.command_id);
+    let rollback = s.phase == StepPhase::RollingBack
+        && CommandId::is_rollback_of(&report.command_id, &s.command_id);
     if install && report.ok {
         let s = live.step_mut(i);
         s.phase = StepPhase::Healthy;

@@ -90,7 +90,7 @@ fn report(r: &Rollout, host: &str, service: &str, ok: bool, rollback: bool) -> R
         .unwrap();
     Report {
         command_id: if rollback {
-            rollback_id(&step.command_id)
+            CommandId::rollback_of(&step.command_id)
         } else {
             step.command_id.clone()
         },
