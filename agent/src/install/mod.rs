@@ -68,6 +68,39 @@ pub struct Installer {
 /// Reports waiting for a session to carry them.
 pub type Outbox = mpsc::UnboundedReceiver<Report>;
 
+/// What one install or rollback did: what its report says.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct Outcome {
+    /// The release it ended on passed its checks.
+    pub healthy: bool,
+    /// Why not, when it did not.
+    pub evidence: Option<Evidence>,
+    /// Artifact bytes transferred.
+    pub fetched: u64,
+    /// Whether a service was stopped or started.
+    pub restarted: bool,
+}
+
+impl Outcome {
+    fn healthy(fetched: u64, restarted: bool) -> Outcome {
+        Outcome {
+            healthy: true,
+            evidence: None,
+            fetched,
+            restarted,
+        }
+    }
+
+    fn failed(evidence: Evidence, fetched: u64, restarted: bool) -> Outcome {
+        Outcome {
+            healthy: false,
+            evidence: Some(evidence),
+            fetched,
+            restarted,
+        }
+    }
+}
+
 impl Installer {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
@@ -290,24 +323,21 @@ impl Installer {
         }
         tracing::info!(%service, command = %cmd.id(), "command received");
         let started = Instant::now();
-        let (ok, evidence, fetched, restarted) = match &cmd {
+        let outcome = match &cmd {
             Command::Install(c) => self.install(&mut j, c, started).await,
             Command::Rollback(c) => self.rollback(&mut j, c, started).await,
         };
-        self.finish(&mut j, cmd.id(), ok, evidence, fetched, restarted, started);
+        self.finish(&mut j, cmd.id(), outcome, started);
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn finish(
-        &self,
-        j: &mut Journal,
-        command_id: &str,
-        ok: bool,
-        evidence: Option<Evidence>,
-        fetched: u64,
-        restarted: bool,
-        started: Instant,
-    ) {
+    /// Ends a command: journals its report and queues it.
+    fn finish(&self, j: &mut Journal, command_id: &str, outcome: Outcome, started: Instant) {
+        let Outcome {
+            healthy: ok,
+            evidence,
+            fetched,
+            restarted,
+        } = outcome;
         j.op = None;
         let state = if ok {
             "running"
@@ -355,13 +385,7 @@ impl Installer {
         let _ = self.outbox.send(report);
     }
 
-    /// (ok, evidence, bytes fetched, restarted)
-    async fn install(
-        &self,
-        j: &mut Journal,
-        c: &InstallCommand,
-        started: Instant,
-    ) -> (bool, Option<Evidence>, u64, bool) {
+    async fn install(&self, j: &mut Journal, c: &InstallCommand, started: Instant) -> Outcome {
         let service = c.service.as_str();
         // What identifies the install: the image for a container, else the tarball.
         let key = c.image.as_ref().map(|i| i.id).unwrap_or(c.sha256);
@@ -370,19 +394,18 @@ impl Installer {
             if let Some(slot) = j.current.clone() {
                 if !self.status(&slot, service).await.running {
                     if let Err(e) = self.ensure_running(service, &slot).await {
-                        return (false, Some(e), 0, true);
+                        return Outcome::failed(e, 0, true);
                     }
-                    return (true, None, 0, true);
+                    return Outcome::healthy(0, true);
                 }
             }
-            return (true, None, 0, false);
+            return Outcome::healthy(0, false);
         }
         let config = match c.config.with_vars(&self.vars) {
             Ok(c) => c,
             Err(e) => {
-                return (
-                    false,
-                    Some(Evidence::new("config", format!("service {service}: {e}"))),
+                return Outcome::failed(
+                    Evidence::new("config", format!("service {service}: {e}")),
                     0,
                     false,
                 )
@@ -396,7 +419,7 @@ impl Installer {
             stage: Stage::Preparing,
         });
         if let Err(e) = self.save(j) {
-            return (false, Some(e), 0, false);
+            return Outcome::failed(e, 0, false);
         }
         let prepared = if config.runner == cutover_core::fleet::RunnerKind::Docker {
             self.prepare_image(c).await
@@ -405,7 +428,7 @@ impl Installer {
         };
         let fetched = match prepared {
             Ok(n) => n,
-            Err(e) => return (false, Some(e), 0, false),
+            Err(e) => return Outcome::failed(e, 0, false),
         };
         let new = Slot {
             identity: c.target.clone(),
@@ -424,21 +447,21 @@ impl Installer {
             )
             .await
         {
-            return (false, Some(e), fetched, true);
+            return Outcome::failed(e, fetched, true);
         }
         j.op = Some(Op::Install {
             command: Box::new(c.clone()),
             stage: Stage::Checking,
         });
         if let Err(e) = self.save(j) {
-            return (false, Some(e), fetched, true);
+            return Outcome::failed(e, fetched, true);
         }
         self.set_busy(service, Some("checking"));
         match self.check_health(j, started, false).await {
-            Ok(()) => (true, None, fetched, true),
+            Ok(()) => Outcome::healthy(fetched, true),
             Err(e) => {
                 j.failed_since_ms = Some(now_ms());
-                (false, Some(e), fetched, true)
+                Outcome::failed(e, fetched, true)
             }
         }
     }
@@ -519,24 +542,15 @@ impl Installer {
             .map_err(|e| Evidence::new("start", e.to_string()))
     }
 
-    async fn rollback(
-        &self,
-        j: &mut Journal,
-        c: &RollbackCommand,
-        started: Instant,
-    ) -> (bool, Option<Evidence>, u64, bool) {
+    async fn rollback(&self, j: &mut Journal, c: &RollbackCommand, started: Instant) -> Outcome {
         if j.current.as_ref().map(|s| s.sha256) != Some(c.from) {
             // Never moved to `from` (or already went back): nothing to do.
             j.failed_since_ms = None;
-            return (true, None, 0, false);
+            return Outcome::healthy(0, false);
         }
         let Some(previous) = j.previous.clone() else {
-            return (
-                false,
-                Some(Evidence::new(
-                    "rollback",
-                    "no previous release on this host to go back to",
-                )),
+            return Outcome::failed(
+                Evidence::new("rollback", "no previous release on this host to go back to"),
                 0,
                 false,
             );
@@ -554,7 +568,7 @@ impl Installer {
             )
             .await
         {
-            return (false, Some(e), 0, true);
+            return Outcome::failed(e, 0, true);
         }
         j.failed_since_ms = None;
         j.op = Some(Op::Rollback {
@@ -562,13 +576,13 @@ impl Installer {
             stage: Stage::Checking,
         });
         if let Err(e) = self.save(j) {
-            return (false, Some(e), 0, true);
+            return Outcome::failed(e, 0, true);
         }
         match self.check_health(j, started, true).await {
-            Ok(()) => (true, None, 0, true),
+            Ok(()) => Outcome::healthy(0, true),
             Err(mut e) => {
                 e.gate = "rollback".into();
-                (false, Some(e), 0, true)
+                Outcome::failed(e, 0, true)
             }
         }
     }

@@ -44,10 +44,11 @@ impl Installer {
                 service: j.service.clone(),
                 from: cur.sha256,
             };
-            let (ok, evidence, _, _) = self.rollback(&mut j, &cmd, Instant::now()).await;
+            let outcome = self.rollback(&mut j, &cmd, Instant::now()).await;
+            let ok = outcome.healthy;
             j.op = None;
             if !ok {
-                tracing::error!(service = %j.service, error = ?evidence, "autonomous rollback failed");
+                tracing::error!(service = %j.service, error = ?outcome.evidence, "autonomous rollback failed");
                 j.failed_since_ms = Some(now_ms());
             }
             report.auto_rolled_back = ok;
@@ -151,14 +152,14 @@ impl Installer {
                     };
                     let started = Instant::now();
                     me.set_busy(&service, Some("checking"));
-                    let (ok, evidence) = match me.check_health(&j, started, false).await {
-                        Ok(()) => (true, None),
+                    let outcome = match me.check_health(&j, started, false).await {
+                        Ok(()) => super::Outcome::healthy(0, true),
                         Err(e) => {
                             j.failed_since_ms = Some(now_ms());
-                            (false, Some(e))
+                            super::Outcome::failed(e, 0, true)
                         }
                     };
-                    me.finish(&mut j, &command_id, ok, evidence, 0, true, started);
+                    me.finish(&mut j, &command_id, outcome, started);
                 });
             }
         }
