@@ -50,7 +50,7 @@ pub struct Native {
     pub installer: Arc<Installer>,
     pub data_dir: std::path::PathBuf,
     /// `health_probe_interval`'s rounds of health probes.
-    pub health_probes: Arc<crate::health::watch::Schedule>,
+    pub health_probes: Arc<crate::services::health::watch::Schedule>,
 }
 
 impl Runtime for Native {

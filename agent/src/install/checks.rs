@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use cutover_core::rollout::Evidence;
 
 use super::{containers, Installer};
-use crate::health::{FailFast, HealthWindow, Probed, Verdict};
-use crate::journal::{Journal, Slot};
+use crate::install::journal::{Journal, Slot};
+use crate::services::health::{FailFast, HealthWindow, Probed, Verdict};
 
 impl Installer {
     /// Probes until healthy or the deadline. With `instant`, one passing

@@ -1,7 +1,7 @@
 //! The container side of the installer: the image arrives as a verified
 //! tarball (loaded into the engine) or by digest from a registry, and the
 //! engine must then report exactly the pinned image ID; swaps and rollbacks
-//! go through [`crate::docker::Engine`], which keeps the previous container.
+//! go through [`crate::services::docker::Engine`], which keeps the previous container.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -11,10 +11,10 @@ use cutover_core::rollout::{Evidence, InstallCommand};
 use cutover_core::Sha256Digest;
 
 use super::Installer;
-use crate::docker::Engine;
-use crate::fetch;
-use crate::journal::Slot;
-use crate::runner::RunStatus;
+use crate::install::fetch;
+use crate::install::journal::Slot;
+use crate::services::docker::Engine;
+use crate::services::runner::RunStatus;
 
 pub fn is_container(slot: &Slot) -> bool {
     slot.config.runner == RunnerKind::Docker
@@ -250,7 +250,7 @@ impl Installer {
             lines: tail,
             detail: Some(format!(
                 "container {} image {} {}, health {}, started {}",
-                crate::docker::container_name(service, &slot.config),
+                crate::services::docker::container_name(service, &slot.config),
                 st.image.as_deref().unwrap_or("-"),
                 if st.running { "running" } else { "not running" },
                 st.health.as_deref().unwrap_or("-"),

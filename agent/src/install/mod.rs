@@ -1,5 +1,5 @@
 //! Carries out `Install` and `Rollback` commands and recovers after a
-//! crash. Each service has one journal ([`crate::journal`]) written before
+//! crash. Each service has one journal ([`crate::install::journal`]) written before
 //! every side effect; commands for one service run one at a time, and a
 //! command whose id already has a report is answered from the journal, not
 //! done again. Side effects go through [`Runner`], [`Prober`] and
@@ -14,22 +14,25 @@ use cutover_core::rollout::{Command, Evidence, InstallCommand, Report, RollbackC
 use cutover_core::views::{now_ms, InstalledService};
 use tokio::sync::mpsc;
 
-use crate::extract::Limits;
-use crate::fetch::Source;
-use crate::health::Prober;
-use crate::journal::{self, Journal, Op, Slot, Stage};
-use crate::runner::{RunStatus, Runners};
+use crate::install::extract::Limits;
+use crate::install::fetch::Source;
+use crate::services::health::Prober;
+use crate::services::runner::{RunStatus, Runners};
+use journal::{Journal, Op, Slot, Stage};
 
 mod checks;
 mod containers;
-mod link;
+pub mod extract;
+pub mod fetch;
+pub mod journal;
+pub mod pipeline;
 mod probing;
 mod recovery;
 mod staging;
 #[cfg(test)]
 mod tests;
 
-pub use link::Link;
+pub use crate::link::Link;
 
 pub struct Installer {
     pub data_dir: PathBuf,
@@ -47,7 +50,7 @@ pub struct Installer {
     /// Commands per service submitted and not yet done: health probes
     /// leave such a service alone.
     queued: Mutex<HashMap<String, usize>>,
-    docker: tokio::sync::Mutex<Option<Arc<crate::docker::Engine>>>,
+    docker: tokio::sync::Mutex<Option<Arc<crate::services::docker::Engine>>>,
     /// Services with a rollback waiting: their health checks stop early.
     rollback_waiting: Mutex<std::collections::HashSet<String>>,
     /// One lock per release digest, held while `releases/<sha256>/` is
@@ -62,7 +65,7 @@ pub struct Installer {
     not_releases: Mutex<std::collections::HashSet<PathBuf>>,
     outbox: mpsc::UnboundedSender<Report>,
     /// Each service's health as last probed, and changes to report.
-    pub health: crate::health::watch::Watch,
+    pub health: crate::services::health::watch::Watch,
 }
 
 /// Reports waiting for a session to carry them.

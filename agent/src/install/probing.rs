@@ -7,7 +7,7 @@
 use cutover_core::views::{now_ms, HealthState, ServiceHealth};
 
 use super::Installer;
-use crate::health::watch::{evidence_text, Outcome};
+use crate::services::health::watch::{evidence_text, Outcome};
 
 /// The health a command's report carries: healthy once its checks passed,
 /// unknown otherwise (what runs after a failure is for the next probe).

@@ -12,7 +12,7 @@ use cutover_core::Sha256Digest;
 use cutover_core::fleet::{RunnerKind, ServiceConfig};
 
 use super::Installer;
-use crate::journal::{self, Journal, Op, Slot, Stage};
+use crate::install::journal::{self, Journal, Op, Slot, Stage};
 
 impl Installer {
     /// Rolls back, on the agent's own authority, every freshly installed

@@ -12,7 +12,7 @@ use cutover_core::fsutil;
 use cutover_core::rollout::{Evidence, InstallCommand};
 
 use super::Installer;
-use crate::{journal, pipeline};
+use crate::install::{journal, pipeline};
 
 /// The staging directories of the installs running in this process.
 #[derive(Default, Clone)]

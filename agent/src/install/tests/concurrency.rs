@@ -205,7 +205,7 @@ async fn two_container_services_pinning_one_image_tarball_fetch_it_once_and_both
     assert_eq!(images.loads.load(Ordering::SeqCst), 1, "loaded twice");
     assert_eq!(fetched, art.1);
     assert!(images.loaded.lock().unwrap().contains(&id));
-    let part = crate::fetch::part_path(&h.installer.data_dir, &art.0);
+    let part = crate::install::fetch::part_path(&h.installer.data_dir, &art.0);
     assert!(!part.exists(), "{} left behind", part.display());
 }
 

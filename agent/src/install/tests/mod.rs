@@ -14,9 +14,9 @@ use cutover_core::views::ContentIdentity;
 use cutover_core::Sha256Digest;
 
 use super::*;
-use crate::fetch::{Chunks, Source};
-use crate::health::Prober;
-use crate::runner::{RunStatus, Runner, Runners};
+use crate::install::fetch::{Chunks, Source};
+use crate::services::health::Prober;
+use crate::services::runner::{RunStatus, Runner, Runners};
 
 #[derive(Default)]
 struct World {
@@ -204,7 +204,7 @@ fn harness() -> Harness {
     let world = Arc::new(World::default());
     let (installer, outbox) = Installer::new(
         dir.path().to_path_buf(),
-        crate::extract::Limits {
+        crate::install::extract::Limits {
             max_bytes: 1 << 20,
             max_entries: 100,
         },
