@@ -64,9 +64,7 @@ impl Runtime for Native {
 
     fn upkeep(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
-            let installer = self.installer.clone();
-            let _ =
-                tokio::task::spawn_blocking(move || installer.runners.process.supervise()).await;
+            self.installer.upkeep().await;
             self.installer.autonomous_rollbacks().await;
             // Probes run beside supervision, never holding it up.
             if self.health_probes.start(std::time::Instant::now()) {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use cutover_core::rollout::Evidence;
 
-use super::{containers, Installer};
+use super::Installer;
 use crate::install::journal::{Journal, Slot};
 use crate::services::health::{FailFast, HealthWindow, Probed, Verdict};
 
@@ -37,7 +37,7 @@ impl Installer {
             .map(|c| c.interval)
             .min()
             .unwrap_or(Duration::from_millis(500));
-        let dir = self.release_dir(&slot);
+        let dir = self.backends.for_slot(&slot).release_dir(&slot);
         loop {
             let mut probed = Vec::with_capacity(slot.config.checks.len());
             let round = self.round(&j.service, &slot, &dir, &mut probed).await;
@@ -49,7 +49,7 @@ impl Installer {
                 }
                 Verdict::Pending => {}
             }
-            if !instant && self.rollback_waiting(&j.service) {
+            if !instant && self.commands.rollback_waiting(&j.service) {
                 let mut e = window
                     .last_failure(Instant::now())
                     .unwrap_or_else(|| Evidence::new("health", "not yet healthy"));
@@ -85,7 +85,8 @@ impl Installer {
         dir: &Path,
         probed: &mut Vec<Probed>,
     ) -> Result<(), Evidence> {
-        let st = self.status(slot, service).await;
+        let backend = self.backends.for_slot(slot);
+        let st = backend.status(service, slot).await;
         if !st.running {
             probed.extend(slot.config.checks.iter().map(|_| Probed::Failed));
             let how = st.last_exit.unwrap_or_else(|| "not running".into());
@@ -93,14 +94,7 @@ impl Installer {
                 "start",
                 format!("service is not running: {how} (restarts: {})", st.restarts),
             );
-            let log = if containers::is_container(slot) {
-                self.container_log(slot, service, 5).await.lines
-            } else {
-                self.runners
-                    .for_config(&slot.config)
-                    .log_tail(service, &slot.config, 5)
-            };
-            e.output = log.join("\n");
+            e.output = backend.log_tail(service, slot, 5).await.join("\n");
             return Err(e);
         }
         for check in &slot.config.checks {
@@ -112,9 +106,6 @@ impl Installer {
                 }
             }
         }
-        if containers::is_container(slot) {
-            self.container_health(slot, service).await?;
-        }
-        Ok(())
+        backend.own_health(service, slot).await
     }
 }

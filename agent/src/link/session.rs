@@ -15,7 +15,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::diag::SessionFigures;
 use crate::error::{Error, Result};
-use crate::install::{Installer, Outbox};
+use crate::install::{Backends, Installer, Outbox, Parts, Releases};
 use crate::link::dial::{status_text, Dialer};
 use crate::link::identity::Identity;
 use crate::link::retry::Refusal;
@@ -67,28 +67,30 @@ impl Agent {
         let dialer = Arc::new(Dialer::new(&config, identity)?);
         let link = Arc::new(Link::new_lost());
         let runners = crate::services::runner::Runners {
-            process: Box::new(crate::services::runner::ProcessRunner::new(
+            process: Arc::new(crate::services::runner::ProcessRunner::new(
                 &config.data_dir,
                 config.log_max_bytes,
                 config.log_files,
             )),
-            systemd: Box::new(crate::services::runner::SystemdRunner {
+            systemd: Arc::new(crate::services::runner::SystemdRunner {
                 systemctl: config.systemctl.clone(),
             }),
         };
-        let (installer, outbox) = Installer::new(
-            config.data_dir.clone(),
-            crate::install::extract::Limits {
-                max_bytes: config.max_unpacked_bytes,
-                max_entries: config.max_entries,
-            },
-            runners,
-            Box::new(crate::services::health::RealProber),
-            Box::new(ControllerSource::over(dialer.clone())),
-            link.clone(),
-            config.autonomous_rollback_after,
+        let limits = crate::install::extract::Limits {
+            max_bytes: config.max_unpacked_bytes,
+            max_entries: config.max_entries,
+        };
+        let releases = Releases::new(&config.data_dir);
+        let source = Arc::new(ControllerSource::over(dialer.clone()));
+        let backends = Backends::native(&releases, limits, runners, source);
+        let (installer, outbox) = Installer::new(Parts {
+            releases,
+            backends,
+            prober: Box::new(crate::services::health::RealProber),
+            link: link.clone(),
+            autonomous_rollback_after: config.autonomous_rollback_after,
             vars,
-        );
+        });
         let runtime = Box::new(Native {
             installer,
             data_dir: config.data_dir.clone(),

@@ -6,6 +6,7 @@
 //! on a blocking thread.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use cutover_core::fleet::{RunnerKind, ServiceConfig};
 
@@ -42,20 +43,21 @@ pub trait Runner: Send + Sync {
     fn log_tail(&self, service: &str, config: &ServiceConfig, lines: usize) -> Vec<String>;
 }
 
-/// The runner a service's config asks for.
-/// Container services go through the Docker engine instead
-/// (`crate::services::docker`); asking this for one is a bug that the process runner
-/// answers harmlessly.
+/// The runners of a host's native services. Container services are run
+/// by the Docker engine (the container backend), never by these.
 pub struct Runners {
-    pub process: Box<dyn Runner>,
-    pub systemd: Box<dyn Runner>,
+    pub process: Arc<dyn Runner>,
+    pub systemd: Arc<dyn Runner>,
 }
 
 impl Runners {
-    pub fn for_config(&self, config: &ServiceConfig) -> &dyn Runner {
+    /// The runner a native service's config asks for; `None` for a
+    /// container service.
+    pub fn for_config(&self, config: &ServiceConfig) -> Option<&Arc<dyn Runner>> {
         match config.runner {
-            RunnerKind::Process | RunnerKind::Docker => self.process.as_ref(),
-            RunnerKind::Systemd => self.systemd.as_ref(),
+            RunnerKind::Process => Some(&self.process),
+            RunnerKind::Systemd => Some(&self.systemd),
+            RunnerKind::Docker => None,
         }
     }
 }
