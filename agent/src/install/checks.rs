@@ -7,28 +7,29 @@ use std::time::{Duration, Instant};
 
 use cutover_core::rollout::Evidence;
 
+use super::stage::Kind;
 use super::Installer;
-use crate::install::journal::{Journal, Slot};
+use crate::install::journal::{Journal, Slot, Stage};
 use crate::services::health::{FailFast, HealthWindow, Probed, Verdict};
 
 impl Installer {
-    /// Probes until healthy or the deadline. With `instant`, one passing
-    /// round is enough (the rollback path).
+    /// Probes until healthy or the checking stage's deadline; how long
+    /// the checks must pass, and whether they may be cut short, depend on
+    /// the command's `kind`.
     pub(super) async fn check_health(
         &self,
         j: &Journal,
         started: Instant,
-        instant: bool,
+        kind: Kind,
     ) -> Result<(), Evidence> {
         let Some(slot) = j.current.clone() else {
             return Err(Evidence::new("health", "nothing installed"));
         };
-        let min = if instant {
-            Duration::ZERO
-        } else {
-            slot.config.min_healthy_time
-        };
-        let mut window = HealthWindow::new(Instant::now(), min, slot.config.healthy_deadline)
+        let min = kind.min_healthy(&slot.config);
+        let deadline = Stage::Checking
+            .timeout(&slot.config)
+            .unwrap_or(slot.config.healthy_deadline);
+        let mut window = HealthWindow::new(Instant::now(), min, deadline)
             .with_fail_fast(FailFast::new(&slot.config.checks));
         let interval = slot
             .config
@@ -49,7 +50,7 @@ impl Installer {
                 }
                 Verdict::Pending => {}
             }
-            if !instant && self.commands.rollback_waiting(&j.service) {
+            if kind.checks_cut_short() && self.commands.rollback_waiting(&j.service) {
                 let mut e = window
                     .last_failure(Instant::now())
                     .unwrap_or_else(|| Evidence::new("health", "not yet healthy"));
@@ -59,7 +60,9 @@ impl Installer {
                 );
                 return Err(e);
             }
-            if !instant && window.failing() && self.link.lost_for() > self.autonomous_rollback_after
+            if kind.checks_cut_short()
+                && window.failing()
+                && self.link.lost_for() > self.autonomous_rollback_after
             {
                 let mut e = window
                     .last_failure(Instant::now())

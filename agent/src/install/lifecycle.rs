@@ -1,6 +1,8 @@
 //! The install and rollback lifecycle, written once for every backend:
-//! prepare → swap → check → outcome, each stage journalled before its
-//! side effect, and a rollback's swap back and check.
+//! prepare → swap → check → outcome for an install, swap back → check →
+//! outcome for a rollback. [`Installer::run`] walks the transitions of
+//! `stage.rs`, journalling each stage before its side effect, and asks the
+//! service's [`Backend`] for every side effect.
 
 use std::time::Instant;
 
@@ -9,7 +11,34 @@ use cutover_core::views::now_ms;
 
 use super::backend::Backend;
 use super::journal::{Journal, Op, Slot, Stage};
+use super::stage::Kind;
 use super::Installer;
+
+/// A command the lifecycle carries out: where it takes the service.
+struct Move<'a> {
+    kind: Kind,
+    /// An install's command (what `Preparing` fetches, what the journal
+    /// records); `None` for a rollback.
+    install: Option<&'a InstallCommand>,
+    command_id: &'a str,
+    to: Slot,
+}
+
+impl Move<'_> {
+    /// The journal's record of the command at `stage`.
+    fn op(&self, stage: Stage) -> Op {
+        match self.install {
+            Some(c) => Op::Install {
+                command: Box::new(c.clone()),
+                stage,
+            },
+            None => Op::Rollback {
+                command_id: self.command_id.to_string(),
+                stage,
+            },
+        }
+    }
+}
 
 /// What one install or rollback did: what its report says.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -77,82 +106,24 @@ impl Installer {
                 )
             }
         };
-        let backend = self.backends.for_config(&config);
         if j.current.is_none() {
-            j.current = backend.adopt_unjournalled(service, &config);
+            j.current = self
+                .backends
+                .for_config(&config)
+                .adopt_unjournalled(service, &config);
         }
-        self.commands.set_busy(service, Some("installing"));
-        j.failed_since_ms = None;
-        j.op = Some(Op::Install {
-            command: Box::new(c.clone()),
-            stage: Stage::Preparing,
-        });
-        if let Err(e) = self.save(j) {
-            return Outcome::failed(e, 0, false);
-        }
-        let fetched = match backend.prepare(c).await {
-            Ok(n) => n,
-            Err(e) => return Outcome::failed(e, 0, false),
-        };
-        let new = Slot {
+        let to = Slot {
             identity: c.target.clone(),
             sha256: key,
             config,
         };
-        if let Err(e) = self
-            .swap_to(
-                j,
-                backend,
-                new,
-                Op::Install {
-                    command: Box::new(c.clone()),
-                    stage: Stage::Swapping,
-                },
-                false,
-            )
-            .await
-        {
-            return Outcome::failed(e, fetched, true);
-        }
-        j.op = Some(Op::Install {
-            command: Box::new(c.clone()),
-            stage: Stage::Checking,
-        });
-        if let Err(e) = self.save(j) {
-            return Outcome::failed(e, fetched, true);
-        }
-        self.commands.set_busy(service, Some("checking"));
-        match self.check_health(j, started, false).await {
-            Ok(()) => Outcome::healthy(fetched, true),
-            Err(e) => {
-                j.failed_since_ms = Some(now_ms());
-                Outcome::failed(e, fetched, true)
-            }
-        }
-    }
-
-    /// Stops what runs, makes `new` current and starts it. The journal
-    /// says `Swapping` before anything stops.
-    async fn swap_to(
-        &self,
-        j: &mut Journal,
-        backend: &dyn Backend,
-        new: Slot,
-        op: Op,
-        back: bool,
-    ) -> Result<(), Evidence> {
-        let service = j.service.clone();
-        j.op = Some(op);
-        self.save(j)?;
-        backend
-            .switch(&service, j.current.as_ref(), &new, back)
-            .await?;
-        let old = j.current.replace(new.clone());
-        if old.as_ref().map(|o| o.sha256) != Some(new.sha256) {
-            j.previous = old;
-        }
-        self.save(j)?;
-        backend.start(&service, &new).await
+        let install = Move {
+            kind: Kind::Install,
+            install: Some(c),
+            command_id: &c.command_id,
+            to,
+        };
+        self.run(j, install, started).await
     }
 
     pub(super) async fn rollback(
@@ -173,37 +144,76 @@ impl Installer {
                 false,
             );
         };
-        self.commands.set_busy(&c.service, Some("rolling back"));
-        let backend = self.backends.for_slot(&previous);
-        if let Err(e) = self
-            .swap_to(
-                j,
-                backend,
-                previous,
-                Op::Rollback {
-                    command_id: c.command_id.clone(),
-                    stage: Stage::Swapping,
+        let back = Move {
+            kind: Kind::Rollback,
+            install: None,
+            command_id: &c.command_id,
+            to: previous,
+        };
+        self.run(j, back, started).await
+    }
+
+    /// Walks the stages from the command's first: each is journalled, then
+    /// done; the first that fails ends the command with its evidence.
+    async fn run(&self, j: &mut Journal, m: Move<'_>, started: Instant) -> Outcome {
+        let service = j.service.clone();
+        let backend = self.backends.for_slot(&m.to);
+        let mut stage = m.kind.first();
+        let mut fetched = 0;
+        loop {
+            self.commands.set_busy(&service, Some(stage.busy(m.kind)));
+            if stage == m.kind.clears_failure_at() {
+                j.failed_since_ms = None;
+            }
+            j.op = Some(m.op(stage));
+            if let Err(e) = self.save(j) {
+                return Outcome::failed(e, fetched, stage.touches_service());
+            }
+            let done = match stage {
+                Stage::Preparing => match m.install {
+                    Some(c) => backend.prepare(c).await.map(|n| fetched = n),
+                    None => Ok(()),
                 },
-                true,
-            )
-            .await
-        {
-            return Outcome::failed(e, 0, true);
-        }
-        j.failed_since_ms = None;
-        j.op = Some(Op::Rollback {
-            command_id: c.command_id.clone(),
-            stage: Stage::Checking,
-        });
-        if let Err(e) = self.save(j) {
-            return Outcome::failed(e, 0, true);
-        }
-        match self.check_health(j, started, true).await {
-            Ok(()) => Outcome::healthy(0, true),
-            Err(mut e) => {
-                e.gate = "rollback".into();
-                Outcome::failed(e, 0, true)
+                Stage::Swapping => self.swap(j, backend, &m.to, m.kind == Kind::Rollback).await,
+                Stage::Checking => {
+                    let checked = self.check_health(j, started, m.kind).await;
+                    checked.map_err(|mut e| {
+                        if m.kind.failed_check_marks_failed() {
+                            j.failed_since_ms = Some(now_ms());
+                        }
+                        if let Some(gate) = m.kind.failed_check_gate() {
+                            e.gate = gate.into();
+                        }
+                        e
+                    })
+                }
+            };
+            match (done, stage.next()) {
+                (Ok(()), Some(next)) => stage = next,
+                (Ok(()), None) => return Outcome::healthy(fetched, true),
+                (Err(e), _) => return Outcome::failed(e, fetched, stage.touches_service()),
             }
         }
+    }
+
+    /// Stops what runs, makes `to` current and starts it (`back`: `to` is
+    /// the kept previous release).
+    async fn swap(
+        &self,
+        j: &mut Journal,
+        backend: &dyn Backend,
+        to: &Slot,
+        back: bool,
+    ) -> Result<(), Evidence> {
+        let service = j.service.clone();
+        backend
+            .switch(&service, j.current.as_ref(), to, back)
+            .await?;
+        let old = j.current.replace(to.clone());
+        if old.as_ref().map(|o| o.sha256) != Some(to.sha256) {
+            j.previous = old;
+        }
+        self.save(j)?;
+        backend.start(&service, to).await
     }
 }

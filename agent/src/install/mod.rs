@@ -31,6 +31,7 @@ pub mod pipeline;
 mod probing;
 mod recovery;
 pub mod releases;
+mod stage;
 mod staging;
 #[cfg(test)]
 mod tests;

@@ -7,6 +7,7 @@ use std::time::Instant;
 use cutover_core::rollout::RollbackCommand;
 use cutover_core::views::now_ms;
 
+use super::stage::Kind;
 use super::{Installer, Outcome};
 use crate::install::journal::{Journal, Op, Slot, Stage};
 
@@ -149,7 +150,7 @@ impl Installer {
                     };
                     let started = Instant::now();
                     me.commands.set_busy(&service, Some("checking"));
-                    let outcome = match me.check_health(&j, started, false).await {
+                    let outcome = match me.check_health(&j, started, Kind::Install).await {
                         Ok(()) => Outcome::healthy(0, true),
                         Err(e) => {
                             j.failed_since_ms = Some(now_ms());
