@@ -561,6 +561,7 @@ async fn a_rollback_cuts_short_the_checks_of_the_install_it_undoes() {
     assert_eq!(h.journal().current.unwrap().sha256, v1.0);
 }
 
+mod backends;
 mod concurrency;
 mod journals;
 mod probing;
