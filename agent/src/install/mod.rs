@@ -16,8 +16,10 @@ use cutover_core::rollout::{Command, Evidence, Report};
 use cutover_core::views::{now_ms, InstalledService, ServiceLog};
 use tokio::sync::mpsc;
 
+use crate::link::Link;
 use crate::services::health::watch::Watch;
 use crate::services::health::Prober;
+use commands::Commands;
 use journal::Journal;
 
 pub mod backend;
@@ -36,7 +38,6 @@ mod staging;
 #[cfg(test)]
 mod tests;
 
-pub use crate::link::Link;
 pub use backend::{Backend, Backends};
 pub use lifecycle::Outcome;
 pub use releases::Releases;
@@ -70,8 +71,6 @@ pub struct Installer {
     /// Each service's health as last probed, and changes to report.
     pub health: Watch,
 }
-
-use commands::Commands;
 
 /// Reports waiting for a session to carry them.
 pub type Outbox = mpsc::UnboundedReceiver<Report>;
