@@ -1,24 +1,24 @@
 //! The cutover agent: holds this host's identity, dials the controller and
 //! keeps one mutual-TLS session with it, answers its requests, and installs,
 //! checks and rolls back services as the controller commands.
+//!
+//! Its parts, one folder each: `link/` the link to the controller
+//! (identity, enrollment, the session, artifacts fetched from it);
+//! `install/` the install lifecycle with its journal, its backends and the
+//! artifact pipeline; `services/` what runs and watches a service
+//! (runners, the Docker engine, health checks); `diag.rs` diagnostics.
 
 pub mod config;
 pub mod diag;
-pub mod docker;
-pub mod enroll;
 pub mod error;
-pub mod extract;
-pub mod fetch;
-pub mod health;
-pub mod identity;
 pub mod install;
-pub mod journal;
+pub mod link;
 pub mod lock;
-pub mod pipeline;
-pub mod retry;
-pub mod runner;
 pub mod runtime;
-pub mod session;
+pub mod services;
 
 pub use config::Config;
 pub use error::{Error, Result};
+// The paths the simulator and the fuzz targets use.
+pub use install::{extract, pipeline};
+pub use link::{enroll, identity, session};

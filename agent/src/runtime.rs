@@ -50,7 +50,7 @@ pub struct Native {
     pub installer: Arc<Installer>,
     pub data_dir: std::path::PathBuf,
     /// `health_probe_interval`'s rounds of health probes.
-    pub health_probes: Arc<crate::health::watch::Schedule>,
+    pub health_probes: Arc<crate::services::health::watch::Schedule>,
 }
 
 impl Runtime for Native {
@@ -64,9 +64,7 @@ impl Runtime for Native {
 
     fn upkeep(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
-            let installer = self.installer.clone();
-            let _ =
-                tokio::task::spawn_blocking(move || installer.runners.process.supervise()).await;
+            self.installer.upkeep().await;
             self.installer.autonomous_rollbacks().await;
             // Probes run beside supervision, never holding it up.
             if self.health_probes.start(std::time::Instant::now()) {

@@ -28,11 +28,6 @@ const LONG_FILES: &[(&str, &str)] = &[
          in fetch.rs), with its unit tests inline; the session loop can move out with \
          issue 16's work on the controller's edge",
     ),
-    (
-        "agent/src/runner.rs",
-        "the Runner trait with both runners (process and systemd); issue 16 replaces it \
-         with the async Backend and a services/ folder, one runner per file",
-    ),
 ];
 
 /// Files outside the edges that name wire types today, each with the

@@ -7,28 +7,29 @@ use std::time::{Duration, Instant};
 
 use cutover_core::rollout::Evidence;
 
-use super::{containers, Installer};
-use crate::health::{FailFast, HealthWindow, Probed, Verdict};
-use crate::journal::{Journal, Slot};
+use super::stage::Kind;
+use super::Installer;
+use crate::install::journal::{Journal, Slot, Stage};
+use crate::services::health::{FailFast, HealthWindow, Probed, Verdict};
 
 impl Installer {
-    /// Probes until healthy or the deadline. With `instant`, one passing
-    /// round is enough (the rollback path).
+    /// Probes until healthy or the checking stage's deadline; how long
+    /// the checks must pass, and whether they may be cut short, depend on
+    /// the command's `kind`.
     pub(super) async fn check_health(
         &self,
         j: &Journal,
         started: Instant,
-        instant: bool,
+        kind: Kind,
     ) -> Result<(), Evidence> {
         let Some(slot) = j.current.clone() else {
             return Err(Evidence::new("health", "nothing installed"));
         };
-        let min = if instant {
-            Duration::ZERO
-        } else {
-            slot.config.min_healthy_time
-        };
-        let mut window = HealthWindow::new(Instant::now(), min, slot.config.healthy_deadline)
+        let min = kind.min_healthy(&slot.config);
+        let deadline = Stage::Checking
+            .timeout(&slot.config)
+            .unwrap_or(slot.config.healthy_deadline);
+        let mut window = HealthWindow::new(Instant::now(), min, deadline)
             .with_fail_fast(FailFast::new(&slot.config.checks));
         let interval = slot
             .config
@@ -37,7 +38,7 @@ impl Installer {
             .map(|c| c.interval)
             .min()
             .unwrap_or(Duration::from_millis(500));
-        let dir = self.release_dir(&slot);
+        let dir = self.backends.for_slot(&slot).release_dir(&slot);
         loop {
             let mut probed = Vec::with_capacity(slot.config.checks.len());
             let round = self.round(&j.service, &slot, &dir, &mut probed).await;
@@ -49,7 +50,7 @@ impl Installer {
                 }
                 Verdict::Pending => {}
             }
-            if !instant && self.rollback_waiting(&j.service) {
+            if kind.checks_cut_short() && self.commands.rollback_waiting(&j.service) {
                 let mut e = window
                     .last_failure(Instant::now())
                     .unwrap_or_else(|| Evidence::new("health", "not yet healthy"));
@@ -59,7 +60,9 @@ impl Installer {
                 );
                 return Err(e);
             }
-            if !instant && window.failing() && self.link.lost_for() > self.autonomous_rollback_after
+            if kind.checks_cut_short()
+                && window.failing()
+                && self.link.lost_for() > self.autonomous_rollback_after
             {
                 let mut e = window
                     .last_failure(Instant::now())
@@ -85,7 +88,8 @@ impl Installer {
         dir: &Path,
         probed: &mut Vec<Probed>,
     ) -> Result<(), Evidence> {
-        let st = self.status(slot, service).await;
+        let backend = self.backends.for_slot(slot);
+        let st = backend.status(service, slot).await;
         if !st.running {
             probed.extend(slot.config.checks.iter().map(|_| Probed::Failed));
             let how = st.last_exit.unwrap_or_else(|| "not running".into());
@@ -93,14 +97,7 @@ impl Installer {
                 "start",
                 format!("service is not running: {how} (restarts: {})", st.restarts),
             );
-            let log = if containers::is_container(slot) {
-                self.container_log(slot, service, 5).await.lines
-            } else {
-                self.runners
-                    .for_config(&slot.config)
-                    .log_tail(service, &slot.config, 5)
-            };
-            e.output = log.join("\n");
+            e.output = backend.log_tail(service, slot, 5).await.join("\n");
             return Err(e);
         }
         for check in &slot.config.checks {
@@ -112,9 +109,6 @@ impl Installer {
                 }
             }
         }
-        if containers::is_container(slot) {
-            self.container_health(slot, service).await?;
-        }
-        Ok(())
+        backend.own_health(service, slot).await
     }
 }

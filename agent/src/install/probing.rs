@@ -7,7 +7,7 @@
 use cutover_core::views::{now_ms, HealthState, ServiceHealth};
 
 use super::Installer;
-use crate::health::watch::{evidence_text, Outcome};
+use crate::services::health::watch::{evidence_text, Outcome};
 
 /// The health a command's report carries: healthy once its checks passed,
 /// unknown otherwise (what runs after a failure is for the next probe).
@@ -23,45 +23,17 @@ pub(super) fn after_command(ok: bool, now_ms: i64) -> ServiceHealth {
 }
 
 impl Installer {
-    /// Counts a command for `service` submitted (`up`) or done.
-    pub(super) fn count_queued(&self, service: &str, up: bool) {
-        let mut queued = self.queued.lock().unwrap_or_else(|p| p.into_inner());
-        let n = queued.entry(service.to_string()).or_default();
-        if up {
-            *n += 1;
-        } else {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                queued.remove(service);
-            }
-        }
-    }
-
-    /// Whether a command for `service` is queued, running or waiting.
-    pub(super) fn commanded(&self, service: &str) -> bool {
-        self.queued
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains_key(service)
-            || self
-                .busy
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .contains_key(service)
-            || self.rollback_waiting(service)
-    }
-
     /// Probes every installed service once; returns how many changed.
     pub async fn probe_health(&self) -> usize {
         let mut changed = 0;
         for listed in self.scan().journals {
             let service = listed.service.clone();
-            if self.commanded(&service) {
+            if self.commands.commanded(&service) {
                 continue;
             }
             // Held for the round, so no command for the service starts
             // while its checks run; one that holds it is in flight.
-            let lock = self.lock(&service);
+            let lock = self.commands.lock(&service);
             let Ok(_held) = lock.try_lock() else {
                 continue;
             };
@@ -72,13 +44,14 @@ impl Installer {
             let Some(slot) = j.current.clone() else {
                 continue;
             };
-            if j.op.is_some() || j.failed_since_ms.is_some() || self.commanded(&service) {
+            if j.op.is_some() || j.failed_since_ms.is_some() || self.commands.commanded(&service) {
                 continue;
             }
-            let dir = self.release_dir(&slot);
+            let backend = self.backends.for_slot(&slot);
+            let dir = backend.release_dir(&slot);
             let mut probed = Vec::with_capacity(slot.config.checks.len());
             let round = self.round(&service, &slot, &dir, &mut probed).await;
-            let st = self.status(&slot, &service).await;
+            let st = backend.status(&service, &slot).await;
             let outcome = Outcome {
                 evidence: round.err().map(|e| evidence_text(&e)),
                 restarts: st.restarts,

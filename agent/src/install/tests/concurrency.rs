@@ -91,7 +91,7 @@ async fn garbage_collection_spares_a_live_staging_and_removes_what_dead_installs
     })
     .await;
     let staging = live().unwrap();
-    h.installer.collect_garbage();
+    h.installer.releases.collect_garbage();
     assert!(staging.is_dir(), "a live install's staging was removed");
     for d in &dead {
         assert!(!d.exists(), "{} was kept", d.display());
@@ -112,7 +112,7 @@ struct FakeImages {
 
 type Boxed<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
-impl super::super::containers::Images for FakeImages {
+impl crate::install::backend::container::Images for FakeImages {
     fn has_image<'a>(&'a self, id: &'a Sha256Digest) -> Boxed<'a, bool> {
         self.lookups.fetch_add(1, Ordering::SeqCst);
         Box::pin(async move { self.loaded.lock().unwrap().contains(id) })
@@ -183,8 +183,8 @@ async fn two_container_services_pinning_one_image_tarball_fetch_it_once_and_both
     };
     h.world.held.store(true, Ordering::SeqCst);
     let tasks = ["api", "web"].map(|s| {
-        let (installer, images, c) = (h.installer.clone(), images.clone(), command(s));
-        tokio::spawn(async move { installer.ensure_image(images.as_ref(), &c).await })
+        let (container, images, c) = (h.container.clone(), images.clone(), command(s));
+        tokio::spawn(async move { container.ensure_image(images.as_ref(), &c).await })
     });
     // The first transfer is held halfway and the second install has looked
     // for the image (and found none): it must now wait, not fetch.
@@ -205,7 +205,7 @@ async fn two_container_services_pinning_one_image_tarball_fetch_it_once_and_both
     assert_eq!(images.loads.load(Ordering::SeqCst), 1, "loaded twice");
     assert_eq!(fetched, art.1);
     assert!(images.loaded.lock().unwrap().contains(&id));
-    let part = crate::fetch::part_path(&h.installer.data_dir, &art.0);
+    let part = crate::install::fetch::part_path(&h.installer.data_dir, &art.0);
     assert!(!part.exists(), "{} left behind", part.display());
 }
 

@@ -144,7 +144,7 @@ async fn a_stray_directory_with_an_invalid_name_stays_out_of_the_inventory_and_i
     assert_eq!(names, ["api"]);
     assert!(h.installer.logs(5).await.iter().all(|l| l.service == "api"));
 
-    h.installer.collect_garbage();
+    h.installer.releases.collect_garbage();
     assert!(
         bad.join("journal.json").is_file() && raw.is_dir(),
         "a stray was touched"
@@ -183,14 +183,14 @@ async fn a_services_entry_that_cannot_be_examined_keeps_every_release() {
     // inventory, but still nothing is deleted.
     std::fs::remove_file(services.join("web")).unwrap();
     std::os::unix::fs::symlink("bad loop", services.join("bad loop")).unwrap();
-    h.installer.collect_garbage();
+    h.installer.releases.collect_garbage();
     assert_eq!(h.releases(), all, "a release was deleted");
     let scan = Journal::scan(&dir).unwrap();
     assert_eq!(scan.damaged.len(), 1, "{:?}", scan.damaged);
 
     // Gone, GC goes on as before.
     std::fs::remove_file(services.join("bad loop")).unwrap();
-    h.installer.collect_garbage();
+    h.installer.releases.collect_garbage();
     let mut left = vec![v2.0.to_hex(), v3.0.to_hex()];
     left.sort();
     assert_eq!(h.releases(), left);
@@ -254,14 +254,14 @@ async fn a_file_named_like_a_release_is_never_removed_and_is_warned_about_once()
     let linked = journal::releases_dir(&dir).join("cd".repeat(32));
     std::os::unix::fs::symlink("/tmp", &linked).unwrap();
 
-    let unneeded = h.installer.unneeded_releases().expect("GC runs");
+    let unneeded = h.installer.releases.unneeded_releases().expect("GC runs");
     assert!(unneeded.is_empty(), "{unneeded:?}");
-    h.installer.collect_garbage();
-    h.installer.collect_garbage();
+    h.installer.releases.collect_garbage();
+    h.installer.releases.collect_garbage();
     assert_eq!(std::fs::read(&stray).unwrap(), b"not a release");
     assert!(linked.symlink_metadata().unwrap().file_type().is_symlink());
     // Both were noted (and logged) by the first GC, so never again this run.
-    assert!(!h.installer.note_not_a_release(&stray));
-    assert!(!h.installer.note_not_a_release(&linked));
+    assert!(!h.installer.releases.note_not_a_release(&stray));
+    assert!(!h.installer.releases.note_not_a_release(&linked));
     assert!(journal::release_dir(&dir, &v1.0).is_dir());
 }

@@ -14,9 +14,10 @@ use cutover_core::views::ContentIdentity;
 use cutover_core::Sha256Digest;
 
 use super::*;
-use crate::fetch::{Chunks, Source};
-use crate::health::Prober;
-use crate::runner::{RunStatus, Runner, Runners};
+use crate::install::fetch::{Chunks, Source};
+use crate::install::journal::{Op, Stage};
+use crate::services::health::Prober;
+use crate::services::runner::{RunStatus, Runner, Runners};
 
 #[derive(Default)]
 struct World {
@@ -197,32 +198,73 @@ struct Harness {
     world: Arc<World>,
     installer: Arc<Installer>,
     outbox: Outbox,
+    /// The container backend the installer uses (its image store is
+    /// passed in by the tests that use it).
+    container: Arc<crate::install::backend::Container>,
+}
+
+const LIMITS: crate::install::extract::Limits = crate::install::extract::Limits {
+    max_bytes: 1 << 20,
+    max_entries: 100,
+};
+
+/// An installer over `dir` whose side effects are `world`'s fakes: the
+/// real tarball and container backends over a fake runner and source.
+fn installer(
+    dir: &Path,
+    world: &Arc<World>,
+    link: Arc<Link>,
+    autonomous_rollback_after: Duration,
+) -> (
+    Arc<Installer>,
+    Outbox,
+    Arc<crate::install::backend::Container>,
+) {
+    let releases = Releases::new(dir);
+    let runners = Runners {
+        process: Arc::new(FakeRunner(world.clone())),
+        systemd: Arc::new(FakeRunner(world.clone())),
+    };
+    let source: Arc<dyn Source> = Arc::new(FakeSource(world.clone()));
+    let container = Arc::new(crate::install::backend::Container::new(
+        releases.clone(),
+        source.clone(),
+    ));
+    let backends = Backends {
+        tarball: Arc::new(crate::install::backend::Tarball::new(
+            releases.clone(),
+            LIMITS,
+            runners,
+            source,
+        )),
+        container: container.clone(),
+    };
+    let (installer, outbox) = Installer::new(Parts {
+        releases,
+        backends,
+        prober: Box::new(FakeProber(world.clone())),
+        link,
+        autonomous_rollback_after,
+        vars: BTreeMap::new(),
+    });
+    (installer, outbox, container)
 }
 
 fn harness() -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let world = Arc::new(World::default());
-    let (installer, outbox) = Installer::new(
-        dir.path().to_path_buf(),
-        crate::extract::Limits {
-            max_bytes: 1 << 20,
-            max_entries: 100,
-        },
-        Runners {
-            process: Box::new(FakeRunner(world.clone())),
-            systemd: Box::new(FakeRunner(world.clone())),
-        },
-        Box::new(FakeProber(world.clone())),
-        Box::new(FakeSource(world.clone())),
+    let (installer, outbox, container) = installer(
+        dir.path(),
+        &world,
         Arc::new(Link::default()),
         Duration::from_secs(300),
-        BTreeMap::new(),
     );
     Harness {
         _dir: dir,
         world,
         installer,
         outbox,
+        container,
     }
 }
 
@@ -253,20 +295,13 @@ impl Harness {
     /// A new installer over the same data directory and world: the agent
     /// restarted.
     fn restart(&mut self) {
-        let (installer, outbox) = Installer::new(
-            self.installer.data_dir.clone(),
-            self.installer.limits,
-            Runners {
-                process: Box::new(FakeRunner(self.world.clone())),
-                systemd: Box::new(FakeRunner(self.world.clone())),
-            },
-            Box::new(FakeProber(self.world.clone())),
-            Box::new(FakeSource(self.world.clone())),
+        let (installer, outbox, container) = installer(
+            &self.installer.data_dir,
+            &self.world,
             Arc::new(Link::default()),
             Duration::from_secs(300),
-            BTreeMap::new(),
         );
-        (self.installer, self.outbox) = (installer, outbox);
+        (self.installer, self.outbox, self.container) = (installer, outbox, container);
     }
 
     fn releases(&self) -> Vec<String> {
@@ -474,18 +509,11 @@ async fn lost_controller_and_failing_release_roll_back_on_the_agents_own_authori
     h.installer.autonomous_rollbacks().await;
     assert_eq!(h.journal().current.unwrap().sha256, v2.0);
     // Gone for longer than allowed: the agent goes back and says so.
-    let (installer, mut outbox) = Installer::new(
-        h.installer.data_dir.clone(),
-        h.installer.limits,
-        Runners {
-            process: Box::new(FakeRunner(h.world.clone())),
-            systemd: Box::new(FakeRunner(h.world.clone())),
-        },
-        Box::new(FakeProber(h.world.clone())),
-        Box::new(FakeSource(h.world.clone())),
+    let (installer, mut outbox, _) = installer(
+        &h.installer.data_dir,
+        &h.world,
         Arc::new(Link::new_lost()),
         Duration::ZERO,
-        BTreeMap::new(),
     );
     tokio::time::sleep(Duration::from_millis(5)).await;
     installer.autonomous_rollbacks().await;
@@ -533,6 +561,7 @@ async fn a_rollback_cuts_short_the_checks_of_the_install_it_undoes() {
     assert_eq!(h.journal().current.unwrap().sha256, v1.0);
 }
 
+mod backends;
 mod concurrency;
 mod journals;
 mod probing;

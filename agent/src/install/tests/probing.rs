@@ -46,21 +46,21 @@ async fn a_service_with_a_command_in_flight_or_queued_is_not_probed() {
     assert!(h.run(install("c1", "1", v1)).await.ok);
     h.make_sick(&v1.0);
     // A command holds the service's lock.
-    let lock = h.installer.lock("api");
+    let lock = h.installer.commands.lock("api");
     let held = lock.lock().await;
     assert_eq!(h.installer.probe_health().await, 0);
     drop(held);
     // A command is under way.
-    h.installer.set_busy("api", Some("installing"));
+    h.installer.commands.set_busy("api", Some("installing"));
     assert_eq!(h.installer.probe_health().await, 0);
-    h.installer.set_busy("api", None);
+    h.installer.commands.set_busy("api", None);
     // A command queued (behind one that holds the lock) counts until done.
     let held = lock.lock().await;
     h.installer.submit(install("c2", "1", v1));
-    assert!(h.installer.commanded("api"));
+    assert!(h.installer.commands.commanded("api"));
     drop(held);
     h.outbox.recv().await.expect("c2's report");
-    until("c2 done", || !h.installer.commanded("api")).await;
+    until("c2 done", || !h.installer.commands.commanded("api")).await;
     h.make_sick(&v1.0);
     assert_eq!(h.installer.probe_health().await, 1, "probed once free");
 }

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cutover_core::views::{now_ms, InstalledService};
-use cutover_proto::transport::{connect, error_chain, ControllerAddr};
+use cutover_proto::transport::ControllerAddr;
 use cutover_proto::v1::{self, agent_message::Msg as Out, controller_message::Msg as In};
 use cutover_proto::AgentClient;
 use tokio::sync::mpsc;
@@ -15,9 +15,12 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::diag::SessionFigures;
 use crate::error::{Error, Result};
-use crate::identity::Identity;
-use crate::install::{Installer, Link, Outbox};
-use crate::retry::Refusal;
+use crate::install::{Backends, Installer, Outbox, Parts, Releases};
+use crate::link::dial::{status_text, Dialer};
+use crate::link::identity::Identity;
+use crate::link::retry::Refusal;
+pub use crate::link::source::ControllerSource;
+use crate::link::Link;
 use crate::runtime::{Native, Runtime};
 use crate::Config;
 
@@ -36,82 +39,6 @@ fn wants_ack(seq: u64) -> bool {
 /// How long the agent hears nothing before it calls the controller silent.
 fn silence_limit(interval: Duration) -> Duration {
     interval * (ACK_EVERY as u32 * MISSED_ACKS)
-}
-
-/// What a session needs to dial the controller.
-struct Dialer {
-    addr: ControllerAddr,
-    ca: Vec<rustls::pki_types::CertificateDer<'static>>,
-    identity: Mutex<Identity>,
-}
-
-impl Dialer {
-    fn new(config: &Config, identity: Identity) -> Result<Dialer> {
-        Ok(Dialer {
-            addr: ControllerAddr::parse(&config.controller).map_err(Error::Session)?,
-            ca: cutover_core::tls::read_certs(&config.ca_cert)?,
-            identity: Mutex::new(identity),
-        })
-    }
-
-    fn identity(&self) -> Identity {
-        self.identity
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    async fn channel(&self) -> Result<tonic::transport::Channel> {
-        let tls = cutover_core::tls::client_config(&self.ca, Some(self.identity().rustls()?))?;
-        connect(&self.addr, tls, Duration::from_secs(10))
-            .await
-            .map_err(|e| Error::Connect {
-                addr: self.addr.to_string(),
-                detail: error_chain(&e),
-            })
-    }
-}
-
-/// Artifacts come from the controller's `Fetch`, on a fresh connection per
-/// attempt so a restarted controller is simply dialled again.
-pub struct ControllerSource(Arc<Dialer>);
-
-impl ControllerSource {
-    /// A source for `config`'s controller, dialled as `identity`.
-    pub fn new(config: &Config, identity: Identity) -> Result<ControllerSource> {
-        Ok(ControllerSource(Arc::new(Dialer::new(config, identity)?)))
-    }
-}
-
-impl crate::fetch::Source for ControllerSource {
-    fn open<'a>(
-        &'a self,
-        sha256: &'a cutover_core::Sha256Digest,
-        offset: u64,
-    ) -> std::pin::Pin<
-        Box<
-            dyn std::future::Future<Output = std::result::Result<crate::fetch::Chunks, String>>
-                + Send
-                + 'a,
-        >,
-    > {
-        Box::pin(async move {
-            let channel = self.0.channel().await.map_err(|e| e.to_string())?;
-            let mut client = AgentClient::new(channel)
-                .max_decoding_message_size(cutover_proto::MAX_MESSAGE_BYTES);
-            let stream = client
-                .fetch(v1::FetchRequest {
-                    sha256: sha256.to_hex(),
-                    offset,
-                })
-                .await
-                .map_err(|s| status_text(&s))?
-                .into_inner();
-            use futures::StreamExt;
-            let chunks = stream.map(|r| r.map(|c| c.data).map_err(|s| status_text(&s)));
-            Ok(Box::pin(chunks) as crate::fetch::Chunks)
-        })
-    }
 }
 
 /// Everything the session shares with request handlers.
@@ -139,33 +66,35 @@ impl Agent {
         vars.insert("host".into(), identity.host.clone());
         let dialer = Arc::new(Dialer::new(&config, identity)?);
         let link = Arc::new(Link::new_lost());
-        let runners = crate::runner::Runners {
-            process: Box::new(crate::runner::ProcessRunner::new(
+        let runners = crate::services::runner::Runners {
+            process: Arc::new(crate::services::runner::ProcessRunner::new(
                 &config.data_dir,
                 config.log_max_bytes,
                 config.log_files,
             )),
-            systemd: Box::new(crate::runner::SystemdRunner {
+            systemd: Arc::new(crate::services::runner::SystemdRunner {
                 systemctl: config.systemctl.clone(),
             }),
         };
-        let (installer, outbox) = Installer::new(
-            config.data_dir.clone(),
-            crate::extract::Limits {
-                max_bytes: config.max_unpacked_bytes,
-                max_entries: config.max_entries,
-            },
-            runners,
-            Box::new(crate::health::RealProber),
-            Box::new(ControllerSource(dialer.clone())),
-            link.clone(),
-            config.autonomous_rollback_after,
+        let limits = crate::install::extract::Limits {
+            max_bytes: config.max_unpacked_bytes,
+            max_entries: config.max_entries,
+        };
+        let releases = Releases::new(&config.data_dir);
+        let source = Arc::new(ControllerSource::over(dialer.clone()));
+        let backends = Backends::native(&releases, limits, runners, source);
+        let (installer, outbox) = Installer::new(Parts {
+            releases,
+            backends,
+            prober: Box::new(crate::services::health::RealProber),
+            link: link.clone(),
+            autonomous_rollback_after: config.autonomous_rollback_after,
             vars,
-        );
+        });
         let runtime = Box::new(Native {
             installer,
             data_dir: config.data_dir.clone(),
-            health_probes: Arc::new(crate::health::watch::Schedule::new(
+            health_probes: Arc::new(crate::services::health::watch::Schedule::new(
                 config.health_probe_interval,
             )),
         });
@@ -244,7 +173,7 @@ impl Agent {
         let Some(token) = token else {
             return Err(expired(String::new()));
         };
-        match crate::enroll::enroll_once(&self.config, &token).await {
+        match crate::link::enroll::enroll_once(&self.config, &token).await {
             Ok(fresh) => {
                 *self.join_token.lock().unwrap_or_else(|p| p.into_inner()) = None;
                 *self
@@ -287,7 +216,7 @@ pub async fn run(agent: Arc<Agent>, shutdown: impl std::future::Future<Output = 
         };
         agent.link.lost();
         let refusal = outcome.as_ref().err().and_then(Refusal::of);
-        let loud = crate::retry::loud(refused, refusal);
+        let loud = crate::link::retry::loud(refused, refusal);
         refused = refusal;
         match &outcome {
             Ok(Ended {
@@ -319,7 +248,8 @@ pub async fn run(agent: Arc<Agent>, shutdown: impl std::future::Future<Output = 
         // about every second (jittered, so the fleet's agents spread their
         // return) instead of backing off while the old controller finishes
         // and the next one starts.
-        attempt = crate::retry::after_going_away(attempt, going_away_at.map(|at| at.elapsed()));
+        attempt =
+            crate::link::retry::after_going_away(attempt, going_away_at.map(|at| at.elapsed()));
         let mut delay = backoff(attempt, agent.config.reconnect_max_backoff);
         if let Some(r) = refusal {
             delay = r.delay(delay, agent.config.heartbeat_interval);
@@ -537,14 +467,6 @@ fn until(t: time::OffsetDateTime) -> Duration {
     (t - time::OffsetDateTime::now_utc())
         .try_into()
         .unwrap_or(Duration::ZERO)
-}
-
-fn status_text(s: &tonic::Status) -> String {
-    if s.message().is_empty() {
-        error_chain(s)
-    } else {
-        format!("{:?}: {}", s.code(), s.message())
-    }
 }
 
 #[cfg(test)]

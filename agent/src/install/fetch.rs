@@ -1,6 +1,6 @@
 //! Downloads an artifact from the controller by digest into
 //! `downloads/<sha256>.part`, hashing as it writes and, for the one-pass
-//! install, handing each chunk on to the extractor ([`crate::pipeline`]).
+//! install, handing each chunk on to the extractor ([`crate::install::pipeline`]).
 //! A broken connection resumes from the bytes already on disk; the result
 //! is accepted only if both size and SHA-256 match what the signed release
 //! pins.

@@ -16,8 +16,8 @@ use tokio::sync::mpsc;
 use cutover_core::rollout::Evidence;
 use cutover_core::Sha256Digest;
 
-use crate::extract::{self, Limits, Unpacked};
-use crate::fetch::{self, Fetched, Source, Tee};
+use crate::install::extract::{self, Limits, Unpacked};
+use crate::install::fetch::{self, Fetched, Source, Tee};
 
 /// Chunks in flight between the download and the extractor (256 KiB each).
 const QUEUE: usize = 16;
@@ -163,7 +163,7 @@ mod tests {
     use std::sync::atomic::{AtomicBool, Ordering};
 
     use super::*;
-    use crate::fetch::Chunks as Stream;
+    use crate::install::fetch::Chunks as Stream;
 
     const LIMITS: Limits = Limits {
         max_bytes: 64 << 20,

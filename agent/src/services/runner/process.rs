@@ -1,8 +1,7 @@
-//! Runners start, stop and watch a service's processes. The `process`
-//! runner supervises the service itself (its own process group, restarts
-//! with backoff, stdout and stderr to rotating log files, a pid file so a
-//! restarted agent adopts what is still running); the `systemd` runner
-//! drives `systemctl` for a named unit.
+//! The `process` runner: the service in its own process group, stopped
+//! with its stop signal then SIGKILL, restarted with backoff and a count,
+//! stdout and stderr to copy-truncate rotated log files, and a pid file
+//! with the start time so a restarted agent adopts what still runs.
 
 use std::collections::HashMap;
 use std::io::{Read, Seek};
@@ -11,57 +10,13 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use cutover_core::fleet::{RunnerKind, ServiceConfig};
+use cutover_core::fleet::ServiceConfig;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 
+use super::{describe, RunStatus, Runner};
 use crate::error::{Error, Result};
-use crate::journal::service_dir;
-
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RunStatus {
-    pub running: bool,
-    pub pid: Option<u32>,
-    pub restarts: u32,
-    /// How the last run ended, when it ended by itself.
-    pub last_exit: Option<String>,
-}
-
-/// Every way the agent starts and stops services goes through this trait.
-pub trait Runner: Send + Sync {
-    /// Starts the service from `release`.
-    fn start(&self, service: &str, release: &Path, config: &ServiceConfig) -> Result<()>;
-    /// Stops the service; blocks up to its grace period plus a little.
-    fn stop(&self, service: &str, config: &ServiceConfig) -> Result<()>;
-    fn status(&self, service: &str, config: &ServiceConfig) -> RunStatus;
-    /// Takes over a service a previous agent process started; false when
-    /// it no longer runs.
-    fn adopt(&self, service: &str, release: &Path, config: &ServiceConfig) -> bool;
-    /// Periodic upkeep: restart what crashed, rotate logs.
-    fn supervise(&self) {}
-    /// The last lines the service wrote.
-    fn log_tail(&self, service: &str, config: &ServiceConfig, lines: usize) -> Vec<String>;
-}
-
-/// The runner a service's config asks for.
-/// Container services go through the Docker engine instead
-/// (`crate::docker`); asking this for one is a bug that the process runner
-/// answers harmlessly.
-pub struct Runners {
-    pub process: Box<dyn Runner>,
-    pub systemd: Box<dyn Runner>,
-}
-
-impl Runners {
-    pub fn for_config(&self, config: &ServiceConfig) -> &dyn Runner {
-        match config.runner {
-            RunnerKind::Process | RunnerKind::Docker => self.process.as_ref(),
-            RunnerKind::Systemd => self.systemd.as_ref(),
-        }
-    }
-}
-
-// ------------------------------------------------------------ process
+use crate::install::journal::service_dir;
 
 struct Proc {
     pid: u32,
@@ -192,15 +147,6 @@ fn proc_start_time(pid: u32) -> Option<u64> {
 
 fn alive(pid: u32, start_time: u64) -> bool {
     proc_start_time(pid) == Some(start_time)
-}
-
-fn describe(status: std::process::ExitStatus) -> String {
-    use std::os::unix::process::ExitStatusExt;
-    match (status.code(), status.signal()) {
-        (Some(c), _) => format!("exited with code {c}"),
-        (_, Some(s)) => format!("killed by signal {s}"),
-        _ => "ended".into(),
-    }
 }
 
 impl Proc {
@@ -395,99 +341,6 @@ pub fn tail(path: &Path, lines: usize) -> Vec<String> {
         .collect()
 }
 
-// ------------------------------------------------------------ systemd
-
-/// Drives `systemctl` for the unit named in the service's config. The unit
-/// runs the release through the service's `current` link.
-pub struct SystemdRunner {
-    pub systemctl: PathBuf,
-}
-
-impl SystemdRunner {
-    fn unit(config: &ServiceConfig) -> &str {
-        config.unit.as_deref().unwrap_or_default()
-    }
-
-    fn run(&self, service: &str, args: &[&str]) -> Result<String> {
-        let out = Command::new(&self.systemctl)
-            .args(args)
-            .output()
-            .map_err(|e| Error::Runner {
-                service: service.to_string(),
-                problem: format!("cannot run {}: {e}", self.systemctl.display()),
-            })?;
-        let stdout = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        if !out.status.success() {
-            return Err(Error::Runner {
-                service: service.to_string(),
-                problem: format!(
-                    "`systemctl {}` failed ({}): {}",
-                    args.join(" "),
-                    describe(out.status),
-                    String::from_utf8_lossy(&out.stderr).trim()
-                ),
-            });
-        }
-        Ok(stdout)
-    }
-}
-
-impl Runner for SystemdRunner {
-    fn start(&self, service: &str, _release: &Path, config: &ServiceConfig) -> Result<()> {
-        self.run(service, &["restart", Self::unit(config)])
-            .map(|_| ())
-    }
-
-    fn stop(&self, service: &str, config: &ServiceConfig) -> Result<()> {
-        self.run(service, &["stop", Self::unit(config)]).map(|_| ())
-    }
-
-    fn status(&self, service: &str, config: &ServiceConfig) -> RunStatus {
-        let unit = Self::unit(config);
-        let running = self
-            .run(service, &["is-active", unit])
-            .map(|s| s == "active")
-            .unwrap_or(false);
-        let show = |prop: &str| {
-            self.run(service, &["show", "-p", prop, "--value", unit])
-                .ok()
-        };
-        RunStatus {
-            running,
-            pid: show("MainPID")
-                .and_then(|p| p.parse().ok())
-                .filter(|p| *p != 0),
-            restarts: show("NRestarts").and_then(|p| p.parse().ok()).unwrap_or(0),
-            last_exit: show("Result").filter(|r| r != "success"),
-        }
-    }
-
-    fn adopt(&self, service: &str, _release: &Path, config: &ServiceConfig) -> bool {
-        self.status(service, config).running
-    }
-
-    fn log_tail(&self, _service: &str, config: &ServiceConfig, lines: usize) -> Vec<String> {
-        let out = Command::new("journalctl")
-            .args([
-                "-u",
-                Self::unit(config),
-                "-n",
-                &lines.to_string(),
-                "--no-pager",
-                "-o",
-                "cat",
-            ])
-            .output();
-        match out {
-            Ok(o) => String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .map(String::from)
-                .collect(),
-            Err(_) => Vec::new(),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -565,52 +418,5 @@ mod tests {
         assert_eq!(second.status("s", &c).pid, pid);
         second.stop("s", &c).unwrap();
         assert!(!first.status("s", &c).running);
-    }
-
-    /// This machine has no systemd: a stand-in `systemctl` records what the
-    /// runner asks and answers like systemctl does.
-    #[test]
-    fn systemd_runner_drives_systemctl_for_the_unit() {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("calls");
-        let script = dir.path().join("systemctl");
-        std::fs::write(
-            &script,
-            format!(
-                "#!/bin/sh\necho \"$*\" >> {}\ncase \"$1\" in\n  is-active) echo active ;;\n  show) case \"$3\" in NRestarts) echo 2 ;; MainPID) echo 42 ;; *) echo success ;; esac ;;\n  stop) [ \"$2\" = broken.service ] && {{ echo 'Unit broken.service not loaded.' >&2; exit 5; }} ;;\nesac\nexit 0\n",
-                log.display()
-            ),
-        )
-        .unwrap();
-        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let r = SystemdRunner { systemctl: script };
-        let mut f = cutover_core::fleet::FleetConfig::parse(
-            "f",
-            "[services.db]\nhosts=[\"h\"]\nrunner=\"systemd\"\nunit=\"db.service\"\n",
-        )
-        .unwrap();
-        let mut c = f.services.remove("db").unwrap();
-        r.start("db", dir.path(), &c).unwrap();
-        let st = r.status("db", &c);
-        assert_eq!(
-            st,
-            RunStatus {
-                running: true,
-                pid: Some(42),
-                restarts: 2,
-                last_exit: None
-            }
-        );
-        r.stop("db", &c).unwrap();
-        let calls = std::fs::read_to_string(&log).unwrap();
-        assert!(
-            calls.starts_with("restart db.service\nis-active db.service\n"),
-            "{calls}"
-        );
-        assert!(calls.ends_with("stop db.service\n"), "{calls}");
-        c.unit = Some("broken.service".into());
-        let e = r.stop("db", &c).unwrap_err().to_string();
-        assert!(e.contains("`systemctl stop broken.service` failed (exited with code 5): Unit broken.service not loaded."), "{e}");
     }
 }

@@ -7,7 +7,7 @@ use cutover_proto::transport::{connect, error_chain, ControllerAddr};
 use cutover_proto::{v1, AgentClient};
 
 use crate::error::{Error, Result};
-use crate::identity::Identity;
+use crate::link::identity::Identity;
 use crate::Config;
 
 /// Enrolls with `token`, retrying while the controller is unreachable, and
