@@ -12,6 +12,24 @@ pub struct SessionFigures {
     pub clock_offset_ms: f64,
 }
 
+/// The most of one /proc or /etc file a report reads.
+const MAX_READ: u64 = 64 << 10;
+
+/// A small system file as text: its first [`MAX_READ`] bytes, bytes that
+/// are not UTF-8 replaced (a hostname set to raw bytes is shown, not
+/// dropped), empty when it cannot be read.
+fn read_text(path: &Path) -> String {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    match std::fs::File::open(path) {
+        Ok(f) => {
+            let _ = f.take(MAX_READ).read_to_end(&mut bytes);
+        }
+        Err(_) => return String::new(),
+    }
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
 pub fn gather(
     data_dir: &Path,
     agent_uptime_s: u64,
@@ -19,7 +37,7 @@ pub fn gather(
     services: Vec<InstalledService>,
     logs: Vec<cutover_core::views::ServiceLog>,
 ) -> DiagReport {
-    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    let read = |p: &str| read_text(Path::new(p));
     let load: Vec<f64> = read("/proc/loadavg")
         .split_whitespace()
         .take(3)
@@ -87,6 +105,18 @@ fn disk(path: &Path) -> (u64, u64) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_system_file_that_is_not_utf8_is_read_with_replacements_and_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let odd = dir.path().join("hostname");
+        std::fs::write(&odd, b"bad\xffname\n").unwrap();
+        assert_eq!(super::read_text(&odd).trim(), "bad\u{fffd}name");
+        let big = dir.path().join("big");
+        std::fs::write(&big, vec![b'x'; 1 << 20]).unwrap();
+        assert_eq!(super::read_text(&big).len() as u64, super::MAX_READ);
+        assert_eq!(super::read_text(&dir.path().join("missing")), "");
+    }
+
     use super::*;
 
     #[test]

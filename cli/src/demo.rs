@@ -202,15 +202,10 @@ async fn demo(args: &DemoArgs, dir: &Path, children: &mut Children) -> Result<()
     let sample_bin = sibling_binary("cutover-sample")?;
     for i in 1..=args.agents {
         let host = format!("edge-{i}");
-        let token = client
-            .create_token(cutover_proto::v1::CreateTokenRequest {
-                host: host.clone(),
-                ttl_s: 300,
-                replace: false,
-            })
-            .await?
-            .into_inner()
-            .token;
+        let token =
+            crate::commands::fleet::new_token(&mut client, &host, Duration::from_secs(300), false)
+                .await?
+                .token;
         let agent_config = dir.join(format!("{host}.toml"));
         write(
             &agent_config,

@@ -12,6 +12,24 @@ use crate::output::{self, Format};
 use cutover_core::views::{from_ms, DiagReport, HealthState, HostView, InstalledService};
 use cutover_proto::v1;
 
+/// A one-time join token for `host` from the controller (`token create`,
+/// and the demo's agents).
+pub async fn new_token(
+    client: &mut cutover_proto::OperatorClient<tonic::transport::Channel>,
+    host: &str,
+    ttl: Duration,
+    replace: bool,
+) -> Result<v1::CreateTokenResponse> {
+    Ok(client
+        .create_token(v1::CreateTokenRequest {
+            host: host.into(),
+            ttl_s: ttl.as_secs().max(1),
+            replace,
+        })
+        .await?
+        .into_inner())
+}
+
 pub async fn token_create(
     c: &ConnectArgs,
     host: &str,
@@ -19,16 +37,7 @@ pub async fn token_create(
     replace: bool,
     out: Format,
 ) -> Result<()> {
-    let r = c
-        .operator()
-        .await?
-        .create_token(v1::CreateTokenRequest {
-            host: host.into(),
-            ttl_s: ttl.as_secs().max(1),
-            replace,
-        })
-        .await?
-        .into_inner();
+    let r = new_token(&mut c.operator().await?, host, ttl, replace).await?;
     if out == Format::Json {
         output::json(&TokenMade {
             host,
