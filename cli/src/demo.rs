@@ -203,7 +203,7 @@ async fn demo(args: &DemoArgs, dir: &Path, children: &mut Children) -> Result<()
     for i in 1..=args.agents {
         let host = format!("edge-{i}");
         let token =
-            crate::commands::fleet::new_token(&mut client, &host, Duration::from_secs(300), false)
+            crate::commands::token::new_token(&mut client, &host, Duration::from_secs(300), false)
                 .await?
                 .token;
         let agent_config = dir.join(format!("{host}.toml"));
@@ -324,12 +324,12 @@ async fn rollouts(
     let fleet_path = dir.join("fleet.toml");
     write(&fleet_path, &fleet_toml)?;
     println!("\n$ cutover fleet apply fleet.toml");
-    let apply = crate::commands::fleet_apply::ApplyArgs {
+    let apply = crate::commands::fleet_config::ApplyArgs {
         file: &fleet_path,
         dry_run: false,
         allow_empty: false,
     };
-    crate::commands::fleet_apply::fleet_apply(connect, apply, Format::Text).await?;
+    crate::commands::fleet_config::apply(connect, apply, Format::Text).await?;
 
     println!("\n$ cutover release import  (web 1.0, healthy; web 1.1, fails its health check)");
     sample_release(dir, connect, &binary, "1.0.0", true).await?;

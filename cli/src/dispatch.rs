@@ -66,10 +66,10 @@ pub(crate) async fn dispatch(cli: Cli) -> Result<()> {
         },
         Command::Channel { command } => match command {
             ChannelCommand::Set { name, version } => {
-                release::channel_set(c, &name, &version, out).await
+                commands::channel::set(c, &name, &version, out).await
             }
-            ChannelCommand::List => release::channel_list(c, out).await,
-            ChannelCommand::Default { name } => release::channel_default(c, &name, out).await,
+            ChannelCommand::List => commands::channel::list(c, out).await,
+            ChannelCommand::Default { name } => commands::channel::default(c, &name, out).await,
         },
         Command::Token {
             command: TokenCommand::List,
@@ -90,7 +90,7 @@ pub(crate) async fn dispatch(cli: Cli) -> Result<()> {
             }
             cutover_core::names::validate("host", &host)
                 .map_err(|e| Error::Usage(e.to_string()))?;
-            fleet::token_create(c, &host, ttl, replace, out).await
+            commands::token::create(c, &host, ttl, replace, out).await
         }
         Command::Host { command } => match command {
             HostCommand::Revoke { host, yes } => fleet::revoke(c, &host, yes, out).await,
@@ -105,14 +105,14 @@ pub(crate) async fn dispatch(cli: Cli) -> Result<()> {
                 dry_run,
                 allow_empty,
             } => {
-                let args = commands::fleet_apply::ApplyArgs {
+                let args = commands::fleet_config::ApplyArgs {
                     file: &file,
                     dry_run,
                     allow_empty,
                 };
-                commands::fleet_apply::fleet_apply(c, args, out).await
+                commands::fleet_config::apply(c, args, out).await
             }
-            FleetCommand::Show => rollout::fleet_show(c, out).await,
+            FleetCommand::Show => commands::fleet_config::show(c, out).await,
         },
         Command::Plan { target } => rollout::plan(c, &target.plan_args()?, out).await,
         Command::Upgrade {

@@ -1,58 +1,16 @@
-//! `cutover hosts`, `status`, `diag`, `token create`, `host revoke`,
-//! `host forget`.
+//! `cutover hosts`, `status`, `diag`, `host revoke` and `host forget`: the
+//! enrolled hosts and what they run.
 
 use std::time::Duration;
 
 use crate::client::ConnectArgs;
 use crate::doc;
 use crate::doc::fleet::{host_state, HostDoc, StatusDoc};
-use crate::doc::results::{HostChanged, TokenMade};
+use crate::doc::results::HostChanged;
 use crate::error::{Error, Result};
 use crate::output::{self, Format};
 use cutover_core::views::{from_ms, DiagReport, HealthState, HostView, InstalledService};
 use cutover_proto::v1;
-
-/// A one-time join token for `host` from the controller (`token create`,
-/// and the demo's agents).
-pub async fn new_token(
-    client: &mut cutover_proto::OperatorClient<tonic::transport::Channel>,
-    host: &str,
-    ttl: Duration,
-    replace: bool,
-) -> Result<v1::CreateTokenResponse> {
-    Ok(client
-        .create_token(v1::CreateTokenRequest {
-            host: host.into(),
-            ttl_s: ttl.as_secs().max(1),
-            replace,
-        })
-        .await?
-        .into_inner())
-}
-
-pub async fn token_create(
-    c: &ConnectArgs,
-    host: &str,
-    ttl: Duration,
-    replace: bool,
-    out: Format,
-) -> Result<()> {
-    let r = new_token(&mut c.operator().await?, host, ttl, replace).await?;
-    if out == Format::Json {
-        output::json(&TokenMade {
-            host,
-            token: &r.token,
-            expires_at: doc::at(r.expires_at_ms),
-            replaces: replace,
-        });
-    } else {
-        let expires = output::when(from_ms(r.expires_at_ms));
-        // The token alone on stdout, so that scripts can capture it.
-        println!("{}", r.token);
-        eprintln!("join token for host {host}, valid once until {expires}");
-    }
-    Ok(())
-}
 
 pub async fn revoke(c: &ConnectArgs, host: &str, yes: bool, out: Format) -> Result<()> {
     if !yes {
@@ -155,7 +113,7 @@ pub async fn hosts(c: &ConnectArgs, out: Format) -> Result<()> {
 
 pub async fn status(c: &ConnectArgs, out: Format) -> Result<()> {
     let hosts = fetch_hosts(c).await?;
-    let channels = super::release::channels(c).await?;
+    let channels = super::channel::channels(c).await?;
     let releases = super::release::releases(c).await?;
     let status = StatusDoc::of(&hosts, &channels, &releases);
     if out == Format::Json {

@@ -1,9 +1,10 @@
 //! The CLI's commands, grouped by what they act on.
 
 pub mod about;
+pub mod channel;
 pub mod events;
 pub mod fleet;
-pub mod fleet_apply;
+pub mod fleet_config;
 pub mod man;
 mod plan_text;
 pub mod release;

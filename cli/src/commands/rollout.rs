@@ -1,5 +1,5 @@
-//! `cutover fleet show`, `plan`, `upgrade`, `rollback`,
-//! `rollout list|show|watch|pause|resume|abort` and `events`.
+//! `cutover plan`, `upgrade` and `rollout list|show|watch|pause|resume|abort`
+//! (`rollback` starts in rollback.rs and is followed here).
 
 use std::io::IsTerminal;
 use std::time::Duration;
@@ -25,23 +25,6 @@ pub(super) fn decode<T: serde::de::DeserializeOwned>(
     doc: v1::JsonDocument,
 ) -> Result<T> {
     from_json(what, doc).map_err(|e| Error::Rpc(e.to_string()))
-}
-
-pub async fn fleet_show(c: &ConnectArgs, out: Format) -> Result<()> {
-    let doc = c
-        .operator()
-        .await?
-        .get_fleet(v1::Empty {})
-        .await?
-        .into_inner();
-    if out == Format::Json {
-        let fleet = cutover_core::fleet::FleetConfig::parse("stored fleet config", &doc.toml)?;
-        output::json(&fleet);
-    } else {
-        eprintln!("# applied {}", output::when(from_ms(doc.applied_at_ms)));
-        print!("{}", doc.toml);
-    }
-    Ok(())
 }
 
 /// Which services an operator asked for: names, or `--all`.

@@ -1,14 +1,59 @@
-//! `cutover token list` and `cutover token revoke`: the join tokens still
-//! waiting to be used. The controller keeps only their SHA-256, so a
-//! token is never shown again after `token create` printed it.
+//! `cutover token create|list|revoke`: one-time join tokens for new hosts.
+//! The controller keeps only their SHA-256, so a token is never shown
+//! again after `token create` printed it.
 
-use cutover_core::views::JoinTokenView;
+use std::time::Duration;
+
+use cutover_core::views::{from_ms, JoinTokenView};
 use cutover_proto::v1;
 
 use super::rollout::decode;
 use crate::client::ConnectArgs;
+use crate::doc::{self, results::TokenMade};
 use crate::error::Result;
 use crate::output::{self, Format};
+
+/// A one-time join token for `host` from the controller (`token create`,
+/// and the demo's agents).
+pub async fn new_token(
+    client: &mut cutover_proto::OperatorClient<tonic::transport::Channel>,
+    host: &str,
+    ttl: Duration,
+    replace: bool,
+) -> Result<v1::CreateTokenResponse> {
+    Ok(client
+        .create_token(v1::CreateTokenRequest {
+            host: host.into(),
+            ttl_s: ttl.as_secs().max(1),
+            replace,
+        })
+        .await?
+        .into_inner())
+}
+
+pub async fn create(
+    c: &ConnectArgs,
+    host: &str,
+    ttl: Duration,
+    replace: bool,
+    out: Format,
+) -> Result<()> {
+    let r = new_token(&mut c.operator().await?, host, ttl, replace).await?;
+    if out == Format::Json {
+        output::json(&TokenMade {
+            host,
+            token: &r.token,
+            expires_at: doc::at(r.expires_at_ms),
+            replaces: replace,
+        });
+    } else {
+        let expires = output::when(from_ms(r.expires_at_ms));
+        // The token alone on stdout, so that scripts can capture it.
+        println!("{}", r.token);
+        eprintln!("join token for host {host}, valid once until {expires}");
+    }
+    Ok(())
+}
 
 /// `cutover token list`: host, created, expires, whether it replaces.
 pub async fn list(c: &ConnectArgs, out: Format) -> Result<()> {

@@ -1,7 +1,8 @@
-//! `cutover fleet apply FILE [--dry-run] [--allow-empty]`: the fleet config
-//! is checked here (a typo is named before anything is sent), then by the
-//! controller against the enrolled hosts; what it changed (or would, with
-//! `--dry-run`) and its warnings are printed (`-o json`: the report).
+//! The fleet config: `cutover fleet apply FILE [--dry-run] [--allow-empty]`
+//! checks it here (a typo is named before anything is sent), then the
+//! controller checks it against the enrolled hosts; what it changed (or
+//! would, with `--dry-run`) and its warnings are printed (`-o json`: the
+//! report). `cutover fleet show` prints the stored one.
 
 use std::path::Path;
 
@@ -25,7 +26,7 @@ pub struct ApplyArgs<'a> {
     pub allow_empty: bool,
 }
 
-pub async fn fleet_apply(c: &ConnectArgs, args: ApplyArgs<'_>, out: Format) -> Result<()> {
+pub async fn apply(c: &ConnectArgs, args: ApplyArgs<'_>, out: Format) -> Result<()> {
     let file = args.file;
     let opened = std::fs::File::open(file).map_err(|e| Error::io(file, e))?;
     let bytes = cutover_core::fsutil::read_bounded(opened, file, MAX_FLEET_BYTES).map_err(|e| match e {
@@ -157,4 +158,24 @@ fn listed(names: &Names) -> String {
     } else {
         shown.join(", ")
     }
+}
+
+pub async fn show(c: &ConnectArgs, out: Format) -> Result<()> {
+    let doc = c
+        .operator()
+        .await?
+        .get_fleet(v1::Empty {})
+        .await?
+        .into_inner();
+    if out == Format::Json {
+        let fleet = cutover_core::fleet::FleetConfig::parse("stored fleet config", &doc.toml)?;
+        output::json(&fleet);
+    } else {
+        eprintln!(
+            "# applied {}",
+            output::when(cutover_core::views::from_ms(doc.applied_at_ms))
+        );
+        print!("{}", doc.toml);
+    }
+    Ok(())
 }
