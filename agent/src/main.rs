@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use cutover_runtime::LogFormat;
 
 #[derive(Parser)]
 #[command(name = "cutover-agent", version, about = "The cutover agent")]
@@ -22,33 +23,13 @@ struct Args {
     log_format: LogFormat,
 }
 
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
-
 fn main() -> ExitCode {
     let args = Args::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    match args.log_format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    cutover_runtime::init_logging(args.log_format, "info");
+    let runtime = match cutover_runtime::start(Some(2)) {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("cutover-agent: cannot start runtime: {e}");
+            eprintln!("cutover-agent: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -92,15 +73,12 @@ fn main() -> ExitCode {
     }
 }
 
+/// The first SIGTERM or SIGINT (never, if they cannot be listened for:
+/// the agent then runs until killed).
 async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
+    let Ok(mut signals) = cutover_runtime::Signals::new() else {
+        return std::future::pending().await;
     };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+    signals.next().await;
     tracing::info!("shutting down");
 }

@@ -6,22 +6,11 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = cutover_cli::Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    cutover_runtime::init_logging(cutover_runtime::LogFormat::Text, "warn");
+    let runtime = match cutover_runtime::start(Some(2)) {
         Ok(r) => r,
         Err(e) => {
-            cutover_cli::print::err(format_args!("cutover: cannot start runtime: {e}\n"));
+            cutover_cli::print::err(format_args!("cutover: {e}\n"));
             return ExitCode::FAILURE;
         }
     };

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use tokio::signal::unix::{signal, Signal, SignalKind};
+use cutover_runtime::{LogFormat, Signals};
 
 #[derive(Parser)]
 #[command(name = "cutover-controller", version, about = "The cutover controller")]
@@ -23,12 +23,6 @@ struct Args {
     allow_empty_store: bool,
 }
 
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
-
 /// How long the runtime waits for blocking work (a store call, an artifact
 /// read) once serving has ended; what is still running then is abandoned.
 const RUNTIME_SHUTDOWN: Duration = Duration::from_secs(1);
@@ -42,16 +36,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    match args.log_format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    cutover_runtime::init_logging(args.log_format, "info");
     match cutover_controller::server::raise_descriptor_limit() {
         Ok(l) => tracing::info!(
             soft = l.soft,
@@ -63,14 +48,10 @@ fn main() -> ExitCode {
             tracing::warn!(error = %e, "could not raise the descriptor limit; connections may run out of descriptors")
         }
     }
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match cutover_runtime::start(None) {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("cutover-controller: cannot start runtime: {e}");
+            eprintln!("cutover-controller: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -80,11 +61,18 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         // Installed before anything slow, so a signal during start-up is
         // caught and ends the controller as soon as it serves.
-        let signals = Signals::new()?;
+        let signals = Signals::new().map_err(|e| {
+            cutover_controller::Error::Internal(format!("cannot handle SIGTERM/SIGINT: {e}"))
+        })?;
         let config = cutover_controller::Config::load(&args.config)?;
         config.check_files(&args.config)?;
         let controller = cutover_controller::Controller::open_with(config, options)?;
-        cutover_controller::serve(controller, signals.first(), notify).await
+        cutover_controller::serve(
+            controller,
+            signals.first_then_exit_on_second("cutover-controller"),
+            notify,
+        )
+        .await
     });
     runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
     match result {
@@ -95,47 +83,6 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("cutover-controller: {e}");
             ExitCode::FAILURE
-        }
-    }
-}
-
-struct Signals {
-    term: Signal,
-    int: Signal,
-}
-
-impl Signals {
-    fn new() -> cutover_controller::Result<Signals> {
-        let install = |kind: SignalKind, name: &str| {
-            signal(kind).map_err(|e| {
-                cutover_controller::Error::Internal(format!("cannot handle {name}: {e}"))
-            })
-        };
-        Ok(Signals {
-            term: install(SignalKind::terminate(), "SIGTERM")?,
-            int: install(SignalKind::interrupt(), "SIGINT")?,
-        })
-    }
-
-    /// Resolves on the first SIGTERM or SIGINT; a second one after it ends
-    /// the process at once, without waiting for in-flight requests.
-    async fn first(mut self) {
-        let name = self.next().await;
-        tracing::info!(
-            signal = name,
-            "shutting down (a second signal exits at once)"
-        );
-        tokio::spawn(async move {
-            let name = self.next().await;
-            eprintln!("cutover-controller: second signal ({name}): exiting at once, abandoning requests in flight");
-            std::process::exit(1);
-        });
-    }
-
-    async fn next(&mut self) -> &'static str {
-        tokio::select! {
-            _ = self.term.recv() => "SIGTERM",
-            _ = self.int.recv() => "SIGINT",
         }
     }
 }
