@@ -2,10 +2,9 @@
 //! operator certificate.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use cutover_core::pki;
-use cutover_proto::transport::{connect, ControllerAddr};
+use cutover_proto::transport::{dial, ControllerAddr, DialError};
 use cutover_proto::OperatorClient;
 use tonic::transport::Channel;
 
@@ -72,12 +71,14 @@ impl ConnectArgs {
         let certs = cert.read(cutover_core::tls::read_certs)?;
         let key = self.file(&self.key, pki::OPERATOR_KEY, "--key", "CUTOVER_KEY");
         let key = key.read(cutover_core::tls::read_key)?;
-        let tls = cutover_core::tls::client_config(&ca, Some((certs, key)))?;
-        let channel = connect(&addr, tls, Duration::from_secs(10))
+        let channel = dial(&addr, &ca, Some((certs, key)))
             .await
-            .map_err(|e| Error::Connect {
-                addr: addr.to_string(),
-                detail: connect_failure(&e),
+            .map_err(|e| match e {
+                DialError::Tls(e) => Error::from(e),
+                DialError::Connect(e) => Error::Connect {
+                    addr: addr.to_string(),
+                    detail: connect_failure(&e),
+                },
             })?;
         Ok(OperatorClient::new(channel)
             .max_decoding_message_size(cutover_proto::MAX_OPERATOR_MESSAGE_BYTES))

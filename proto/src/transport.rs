@@ -111,6 +111,38 @@ impl std::fmt::Display for ControllerAddr {
     }
 }
 
+/// How long a dial waits for TCP, TLS and HTTP/2 to be up.
+pub const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The identity a dial presents: a certificate chain and its key.
+pub type ClientIdentity = (
+    Vec<rustls::pki_types::CertificateDer<'static>>,
+    rustls::pki_types::PrivateKeyDer<'static>,
+);
+
+/// Why a dial failed: our TLS settings could not be made from the files,
+/// or the controller could not be reached or refused the handshake.
+#[derive(Debug)]
+pub enum DialError {
+    Tls(cutover_core::Error),
+    Connect(tonic::transport::Error),
+}
+
+/// Dials the controller at `addr` the one way every client does (agent
+/// enrollment and sessions, the CLI): trusting only `ca`, presenting
+/// `identity` (none for enrollment, which has no certificate yet), within
+/// [`DIAL_TIMEOUT`].
+pub async fn dial(
+    addr: &ControllerAddr,
+    ca: &[rustls::pki_types::CertificateDer<'static>],
+    identity: Option<ClientIdentity>,
+) -> Result<Channel, DialError> {
+    let tls = cutover_core::tls::client_config(ca, identity).map_err(DialError::Tls)?;
+    connect(addr, tls, DIAL_TIMEOUT)
+        .await
+        .map_err(DialError::Connect)
+}
+
 /// Opens a channel to the controller over mutual TLS.
 pub async fn connect(
     addr: &ControllerAddr,

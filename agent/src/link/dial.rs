@@ -3,9 +3,8 @@
 //! artifact source.
 
 use std::sync::Mutex;
-use std::time::Duration;
 
-use cutover_proto::transport::{connect, error_chain, ControllerAddr};
+use cutover_proto::transport::{dial, error_chain, ControllerAddr, DialError};
 
 use crate::error::{Error, Result};
 use crate::link::identity::Identity;
@@ -35,13 +34,22 @@ impl Dialer {
     }
 
     pub async fn channel(&self) -> Result<tonic::transport::Channel> {
-        let tls = cutover_core::tls::client_config(&self.ca, Some(self.identity().rustls()?))?;
-        connect(&self.addr, tls, Duration::from_secs(10))
+        let identity = self.identity().rustls()?;
+        dial(&self.addr, &self.ca, Some(identity))
             .await
-            .map_err(|e| Error::Connect {
-                addr: self.addr.to_string(),
-                detail: error_chain(&e),
-            })
+            .map_err(|e| dial_error(&self.addr, e))
+    }
+}
+
+/// A failed dial as the agent says it: our TLS settings, or the
+/// controller unreachable (which callers retry).
+pub fn dial_error(addr: &ControllerAddr, e: DialError) -> Error {
+    match e {
+        DialError::Tls(e) => e.into(),
+        DialError::Connect(e) => Error::Connect {
+            addr: addr.to_string(),
+            detail: error_chain(&e),
+        },
     }
 }
 

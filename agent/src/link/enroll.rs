@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use cutover_proto::transport::{connect, error_chain, ControllerAddr};
+use cutover_proto::transport::{dial, ControllerAddr};
 use cutover_proto::{v1, AgentClient};
 
 use crate::error::{Error, Result};
@@ -32,13 +32,9 @@ pub async fn enroll_once(config: &Config, token: &str) -> Result<Identity> {
     let addr = ControllerAddr::parse(&config.controller).map_err(Error::Session)?;
     let ca = cutover_core::tls::read_certs(&config.ca_cert)?;
     let (key_pem, csr_pem) = cutover_core::pki::new_csr("cutover-agent")?;
-    let tls = cutover_core::tls::client_config(&ca, None)?;
-    let channel = connect(&addr, tls, Duration::from_secs(10))
+    let channel = dial(&addr, &ca, None)
         .await
-        .map_err(|e| Error::Connect {
-            addr: addr.to_string(),
-            detail: error_chain(&e),
-        })?;
+        .map_err(|e| crate::link::dial::dial_error(&addr, e))?;
     let resp = AgentClient::new(channel)
         .enroll(v1::EnrollRequest {
             token: token.trim().to_string(),
