@@ -186,10 +186,14 @@ fn fleet_apply_output_json_is_the_report_with_changes_and_warnings() {
     let applied = f.cli_json(&["fleet", "apply", p]);
     assert_eq!(applied["stored"], true);
     assert_eq!(applied["services"], 1);
-    // -o json keeps stderr for errors alone.
+    // -o json: stdout is the report alone; the warnings are said on stderr
+    // as in text, for the person watching the script.
     let run = f.cli(&["fleet", "apply", p, "-o", "json"]).ok();
-    assert_eq!(run.stderr, "");
+    let said: Vec<&str> = run.stderr.lines().collect();
+    assert_eq!(said.len(), 2, "{}", run.stderr);
+    assert!(said.iter().all(|l| l.starts_with("warning: ")), "{}", run.stderr);
     assert_eq!(run.json()["changes"]["services_changed_count"], 0);
+    assert_eq!(run.json()["warnings"]["count"], 2);
 }
 
 #[test]
