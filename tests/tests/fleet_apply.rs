@@ -191,7 +191,11 @@ fn fleet_apply_output_json_is_the_report_with_changes_and_warnings() {
     let run = f.cli(&["fleet", "apply", p, "-o", "json"]).ok();
     let said: Vec<&str> = run.stderr.lines().collect();
     assert_eq!(said.len(), 2, "{}", run.stderr);
-    assert!(said.iter().all(|l| l.starts_with("warning: ")), "{}", run.stderr);
+    assert!(
+        said.iter().all(|l| l.starts_with("warning: ")),
+        "{}",
+        run.stderr
+    );
     assert_eq!(run.json()["changes"]["services_changed_count"], 0);
     assert_eq!(run.json()["warnings"]["count"], 2);
 }
