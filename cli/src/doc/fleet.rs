@@ -5,28 +5,16 @@ use serde::Serialize;
 
 use cutover_core::views::{ChannelView, HostView, InstalledService, ReleaseView};
 
-/// A service's state as its agent said it (`running`, `not running`,
-/// `journal unreadable`), as one snake_case word (`not_running`), the
-/// contract's form for text and JSON alike; whatever an agent sends that
-/// is not a letter or digit becomes `_`, and nothing becomes `unknown`.
+/// A service's state as its agent said it, in the contract's form for
+/// text and JSON alike: the words cutover's agents use (`running`, `not
+/// running`, `journal unreadable`) as one snake_case word (`not_running`).
+/// Anything else an agent sends is kept as it came (bounded by the
+/// controller, escaped by the text printer), so nothing it said is hidden.
 pub fn word_state(s: &mut InstalledService) {
-    let word: String = s
-        .state
-        .trim()
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    s.state = if word.is_empty() {
-        "unknown".into()
-    } else {
-        word
-    };
+    let words = !s.state.is_empty() && s.state.bytes().all(|b| b.is_ascii_lowercase() || b == b' ');
+    if words {
+        s.state = s.state.trim().replace(' ', "_");
+    }
 }
 
 /// `online`, `offline` or `revoked`, as the text's STATE column says.
@@ -83,5 +71,30 @@ impl<'a> StatusDoc<'a> {
             channels,
             releases,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    fn word(state: &str) -> String {
+        let mut s = cutover_core::views::InstalledService {
+            name: "api".into(),
+            current: None,
+            previous: None,
+            state: state.into(),
+            health: Default::default(),
+        };
+        super::word_state(&mut s);
+        s.state
+    }
+
+    #[test]
+    fn an_agents_words_become_one_word_and_anything_else_is_kept_as_sent() {
+        assert_eq!(word("running"), "running");
+        assert_eq!(word("not running"), "not_running");
+        assert_eq!(word("journal unreadable"), "journal_unreadable");
+        assert_eq!(word("running\u{1b}[2J"), "running\u{1b}[2J");
+        assert_eq!(word("Weird State…[truncated]"), "Weird State…[truncated]");
+        assert_eq!(word(""), "");
     }
 }
