@@ -312,7 +312,10 @@ pub struct Step {
     pub phase: StepPhase,
     /// Install command id; the rollback command id adds `-rollback`.
     pub command_id: String,
-    /// When the current command was first sent, and on which session.
+    /// While the step is in flight: since when its current command's
+    /// deadline clock runs (when it was sent, or for an offline host when
+    /// its batch began; cleared when the host reports), and on which
+    /// session it was sent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sent_ms: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
