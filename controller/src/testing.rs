@@ -37,18 +37,7 @@ pub(crate) fn plan(service: &str, batches: &[&[&str]]) -> Plan {
         ),
     )
     .unwrap();
-    let batches = batches
-        .iter()
-        .map(|b| {
-            b.iter()
-                .map(|h| HostMove {
-                    host: h.to_string(),
-                    from: None,
-                    to: None,
-                })
-                .collect()
-        })
-        .collect();
+    let batches = moves(batches);
     Plan {
         release: "1.0.0".into(),
         services: vec![ServicePlan {
@@ -87,4 +76,21 @@ pub(crate) fn controller(dir: &std::path::Path) -> Arc<Controller> {
     )
     .unwrap();
     Controller::open(crate::Config::load(&config).unwrap()).unwrap()
+}
+
+/// Each of `batches` as moves of its hosts (from and to left for the
+/// planner's callers to fill in).
+pub(crate) fn moves(batches: &[&[&str]]) -> Vec<Vec<HostMove>> {
+    batches
+        .iter()
+        .map(|b| {
+            b.iter()
+                .map(|h| HostMove {
+                    host: h.to_string(),
+                    from: None,
+                    to: None,
+                })
+                .collect()
+        })
+        .collect()
 }

@@ -10,7 +10,6 @@ use cutover_agent::identity::Identity;
 use cutover_agent::session::Agent;
 use cutover_cli::client::ConnectArgs;
 use cutover_core::views::ContentIdentity;
-use cutover_proto::v1;
 use futures::StreamExt;
 use tokio::task::JoinHandle;
 
@@ -78,16 +77,15 @@ pub async fn enroll(setup: &Setup, hosts: &[String], parallel: usize) -> Result<
     let results: Vec<Result<()>> = futures::stream::iter(todo.iter().map(|host| {
         let mut operator = operator.clone();
         async move {
-            let token = operator
-                .create_token(v1::CreateTokenRequest {
-                    host: host.to_string(),
-                    ttl_s: 3600,
-                    replace: false,
-                })
-                .await
-                .map_err(|s| format!("token for {host}: {}", s.message()))?
-                .into_inner()
-                .token;
+            let token = cutover_cli::commands::token::new_token(
+                &mut operator,
+                host,
+                std::time::Duration::from_secs(3600),
+                false,
+            )
+            .await
+            .map_err(|e| format!("token for {host}: {e}"))?
+            .token;
             let config = setup.config(host)?;
             std::fs::create_dir_all(&config.data_dir)
                 .map_err(|e| format!("{}: {e}", config.data_dir.display()))?;

@@ -5,7 +5,7 @@
 use super::*;
 use crate::rollout::new_rollout;
 use cutover_core::fleet::{FleetConfig, RollbackScope};
-use cutover_core::rollout::{HostMove, Plan, RolloutKind, ServicePlan};
+use cutover_core::rollout::{Plan, RolloutKind, ServicePlan};
 use cutover_core::views::{ContentIdentity, InstalledService};
 
 fn config(scope: RollbackScope, batch: usize) -> cutover_core::fleet::ServiceConfig {
@@ -33,18 +33,7 @@ fn service(name: &str, level: usize, hosts: &[&[&str]], scope: RollbackScope) ->
         },
         sha256: cutover_core::Sha256Digest::of(name.as_bytes()),
         size: 1,
-        batches: hosts
-            .iter()
-            .map(|b| {
-                b.iter()
-                    .map(|h| HostMove {
-                        host: h.to_string(),
-                        from: None,
-                        to: None,
-                    })
-                    .collect()
-            })
-            .collect(),
+        batches: crate::testing::moves(hosts),
         unchanged: vec![],
         config: config(scope, 2),
         image: None,
