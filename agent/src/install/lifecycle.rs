@@ -2,7 +2,8 @@
 //! prepare → swap → check → outcome for an install, swap back → check →
 //! outcome for a rollback. [`Installer::run`] walks the transitions of
 //! `stage.rs`, journalling each stage before its side effect, and asks the
-//! service's [`Backend`] for every side effect.
+//! service's [`Backend`] for every side effect; the checking stage hands
+//! `checks.rs` the backend, the prober and what may cut the checks short.
 
 use std::time::Instant;
 
@@ -10,6 +11,7 @@ use cutover_core::rollout::{Evidence, InstallCommand, RollbackCommand};
 use cutover_core::views::now_ms;
 
 use super::backend::Backend;
+use super::checks::{self, CutShort};
 use super::journal::{Journal, Op, Slot, Stage};
 use super::stage::Kind;
 use super::Installer;
@@ -215,5 +217,28 @@ impl Installer {
         }
         self.save(j)?;
         backend.start(&service, to).await
+    }
+
+    /// The checking stage: the current release's checks, cut short by a
+    /// rollback waiting for the service or by a controller unreachable for
+    /// longer than `autonomous_rollback_after` (for the kinds whose checks
+    /// may be).
+    pub(super) async fn check_health(
+        &self,
+        j: &Journal,
+        started: Instant,
+        kind: Kind,
+    ) -> Result<(), Evidence> {
+        let Some(slot) = &j.current else {
+            return Err(Evidence::new("health", "nothing installed"));
+        };
+        let cut_short = CutShort {
+            rollback_waiting: &|| self.commands.rollback_waiting(&j.service),
+            lost_for: &|| self.link.lost_for(),
+            lost_limit: self.autonomous_rollback_after,
+        };
+        let backend = self.backends.for_slot(slot);
+        let prober = self.prober.as_ref();
+        checks::check_health(backend, prober, &j.service, slot, kind, started, &cut_short).await
     }
 }

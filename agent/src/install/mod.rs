@@ -1,11 +1,15 @@
-//! Carries out `Install` and `Rollback` commands and recovers after a
-//! crash. Each service has one journal ([`journal`]) written before every
-//! side effect; commands for one service run one at a time
-//! ([`commands`]), and a command whose id already has a report is
-//! answered from the journal, not done again. The lifecycle
-//! (`lifecycle.rs`) is written once over the [`Backend`] trait, with a
-//! tarball and a container backend ([`backend`]); side effects go through
-//! it and [`Prober`], so the sequencing is tested against fakes.
+//! The [`Installer`] facade: it carries out `Install` and `Rollback`
+//! commands (`submit`, `execute`, `finish`), answers for what runs
+//! (`inventory`, `last_reports`, `logs`), runs every backend's `upkeep`
+//! and, between commands, a round of health probes (`probe_health`).
+//! Each service has one journal ([`journal`]) written before every side
+//! effect; commands for one service run one at a time ([`commands`]), and
+//! a command whose id already has a report is answered from the journal,
+//! not done again. The lifecycle (`lifecycle.rs`) is written once over
+//! the [`Backend`] trait, with a tarball and a container backend
+//! ([`backend`]); recovery after a crash is `recovery.rs`. Side effects go
+//! through the backend and [`Prober`] (which `checks.rs` and `probing.rs`
+//! are handed), so the sequencing is tested against fakes.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -179,6 +183,52 @@ impl Installer {
     /// Supervision between commands: every backend's upkeep.
     pub async fn upkeep(&self) {
         self.backends.upkeep().await;
+    }
+
+    /// Probes every installed service once; returns how many changed.
+    /// Skipped: a service with a command queued, in flight or waiting, a
+    /// failed install or an unfinished operation. Its lock is held for the
+    /// round, so a probe never races a command.
+    pub async fn probe_health(&self) -> usize {
+        let mut changed = 0;
+        for listed in self.scan().journals {
+            let service = listed.service.clone();
+            if self.commands.commanded(&service) {
+                continue;
+            }
+            // Held for the round, so no command for the service starts
+            // while its checks run; one that holds it is in flight.
+            let lock = self.commands.lock(&service);
+            let Ok(_held) = lock.try_lock() else {
+                continue;
+            };
+            // Read again under the lock: a command may have finished since.
+            let Ok(j) = self.journal(&service) else {
+                continue;
+            };
+            let Some(slot) = j.current.clone() else {
+                continue;
+            };
+            if j.op.is_some() || j.failed_since_ms.is_some() || self.commands.commanded(&service) {
+                continue;
+            }
+            let backend = self.backends.for_slot(&slot);
+            let found = probing::probe(backend, self.prober.as_ref(), &service, &slot).await;
+            let state = if found.running {
+                "running"
+            } else {
+                "not running"
+            };
+            if self
+                .health
+                .observe(j.installed(state), &found.outcome, now_ms())
+            {
+                let h = self.health.get(&service);
+                tracing::info!(%service, health = h.state.as_str(), evidence = %h.evidence, restarts = h.restarts, "health changed");
+                changed += 1;
+            }
+        }
+        changed
     }
 
     /// Queues a command behind the service's earlier ones, so commands for

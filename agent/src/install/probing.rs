@@ -1,13 +1,17 @@
-//! Health probes between commands: one round of each installed service's
-//! checks every `health_probe_interval`, its changes queued for the
-//! controller (`health/watch.rs`). A probe only looks: it never starts,
-//! stops or swaps anything, and a service with a command queued or in
-//! flight, a failed install or an unfinished operation is not probed.
+//! Health probes between commands, one service at a time: [`probe`] runs
+//! one round of an installed service's checks ([`checks::round`]) and
+//! reads its status, for `Installer::probe_health` (`mod.rs`) to feed the
+//! service's health watch (`health/watch.rs`); [`after_command`] is the
+//! health a command's report carries. A probe only looks: it never
+//! starts, stops or swaps anything.
 
-use cutover_core::views::{now_ms, HealthState, ServiceHealth};
+use cutover_core::views::{HealthState, ServiceHealth};
 
-use super::Installer;
+use super::backend::Backend;
+use super::checks;
+use super::journal::Slot;
 use crate::services::health::watch::{evidence_text, Outcome};
+use crate::services::health::Prober;
 
 /// The health a command's report carries: healthy once its checks passed,
 /// unknown otherwise (what runs after a failure is for the next probe).
@@ -22,47 +26,31 @@ pub(super) fn after_command(ok: bool, now_ms: i64) -> ServiceHealth {
     }
 }
 
-impl Installer {
-    /// Probes every installed service once; returns how many changed.
-    pub async fn probe_health(&self) -> usize {
-        let mut changed = 0;
-        for listed in self.scan().journals {
-            let service = listed.service.clone();
-            if self.commands.commanded(&service) {
-                continue;
-            }
-            // Held for the round, so no command for the service starts
-            // while its checks run; one that holds it is in flight.
-            let lock = self.commands.lock(&service);
-            let Ok(_held) = lock.try_lock() else {
-                continue;
-            };
-            // Read again under the lock: a command may have finished since.
-            let Ok(j) = self.journal(&service) else {
-                continue;
-            };
-            let Some(slot) = j.current.clone() else {
-                continue;
-            };
-            if j.op.is_some() || j.failed_since_ms.is_some() || self.commands.commanded(&service) {
-                continue;
-            }
-            let backend = self.backends.for_slot(&slot);
-            let dir = backend.release_dir(&slot);
-            let mut probed = Vec::with_capacity(slot.config.checks.len());
-            let round = self.round(&service, &slot, &dir, &mut probed).await;
-            let st = backend.status(&service, &slot).await;
-            let outcome = Outcome {
-                evidence: round.err().map(|e| evidence_text(&e)),
-                restarts: st.restarts,
-            };
-            let state = if st.running { "running" } else { "not running" };
-            if self.health.observe(j.installed(state), &outcome, now_ms()) {
-                let h = self.health.get(&service);
-                tracing::info!(%service, health = h.state.as_str(), evidence = %h.evidence, restarts = h.restarts, "health changed");
-                changed += 1;
-            }
-        }
-        changed
+/// What one probe of an installed service found.
+pub(super) struct Probe {
+    /// The round's evidence, if it failed, and the restarts so far.
+    pub outcome: Outcome,
+    /// Whether the service runs, as its status says after the round.
+    pub running: bool,
+}
+
+/// One round of `service`'s checks against `slot`, the release it is on,
+/// then its status.
+pub(super) async fn probe(
+    backend: &dyn Backend,
+    prober: &dyn Prober,
+    service: &str,
+    slot: &Slot,
+) -> Probe {
+    let dir = backend.release_dir(slot);
+    let mut probed = Vec::with_capacity(slot.config.checks.len());
+    let round = checks::round(backend, prober, service, slot, &dir, &mut probed).await;
+    let st = backend.status(service, slot).await;
+    Probe {
+        outcome: Outcome {
+            evidence: round.err().map(|e| evidence_text(&e)),
+            restarts: st.restarts,
+        },
+        running: st.running,
     }
 }

@@ -1,5 +1,7 @@
-//! Coming back consistent: recovery after an agent restart, the agent's
-//! own rollback when the controller is gone, and release garbage collection.
+//! Coming back consistent: recovery after an agent restart (dead staging
+//! directories removed, every service brought to its old or new release,
+//! interrupted checks finished), the agent's own rollbacks when the
+//! controller is gone, and `stop_all` on the agent's exit.
 
 use std::sync::Arc;
 use std::time::Instant;
