@@ -33,7 +33,7 @@ pub enum Name {
     /// The install pipeline on a 200 MiB and a 1 GiB tarball against
     /// `sha256sum` + `tar xzf`.
     Pipeline,
-    /// SHA-256 throughput against `openssl speed`.
+    /// SHA-256 throughput: ring (the agent's) against sha2 and `openssl speed`.
     Sha,
     /// A real agent's idle RSS, and the release binaries' sizes.
     Agent,

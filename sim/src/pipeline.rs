@@ -1,6 +1,6 @@
 //! Benchmarks of one host rather than the fleet: the agent's install
 //! pipeline against `sha256sum` + `tar xzf` of the same file, its SHA-256
-//! against `openssl speed`, and a real idle agent's memory and the release
+//! (ring) against sha2 and `openssl speed`, and a real idle agent's memory and the release
 //! binaries' sizes.
 
 use std::process::{Command, Stdio};
