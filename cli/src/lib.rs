@@ -12,6 +12,7 @@ pub mod demo;
 mod dispatch;
 pub mod doc;
 pub mod error;
+mod migration_tree;
 pub mod output;
 
 use std::path::PathBuf;

@@ -250,6 +250,10 @@ pub async fn import(
             files.push(a);
         }
     }
+    // Every file under migrations/ must be pinned: the controller sees
+    // only what the manifest names.
+    crate::migration_tree::check_pinned(&dir, &manifest)
+        .map_err(|e| Error::Failed(format!("release {version}: {e}")))?;
 
     let mut client = c.operator().await?;
     let missing = client

@@ -129,6 +129,23 @@ pub(super) struct RawMigration {
     file: String,
 }
 
+/// Where a migration file lives in a release directory, from the names of
+/// its directories and its own. Ordered as migrations run.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Location {
+    pub database: String,
+    pub version: semver::Version,
+    pub phase: Phase,
+    pub name: String,
+}
+
+impl Location {
+    /// Relative to the release directory.
+    pub fn file(&self) -> String {
+        file_of(&self.database, &self.version, self.phase, &self.name)
+    }
+}
+
 /// The path a migration's fields give, relative to the release directory.
 pub fn file_of(database: &str, version: &semver::Version, phase: Phase, name: &str) -> String {
     format!("{MIGRATIONS_DIR}/{database}/{version}/{phase}/{name}")
