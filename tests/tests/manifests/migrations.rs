@@ -268,6 +268,25 @@ fn release_build_pins_a_trees_migrations_and_refuses_bad_layouts() {
         "{run:?}"
     );
     assert!(!f.path("dist-noowner").exists());
+    let run = build(
+        &f,
+        &src,
+        &f.path("dist-cache"),
+        &["--databases", "cache=billing"],
+    );
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(
+        run.stderr
+            .contains("--databases cache: no --service cache in this release"),
+        "{run:?}"
+    );
+    // DIR/migrations is the migrations tree, never a service's files.
+    let run = build(&f, &src, &f.path("dist-svc"), &["--service", "migrations"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(
+        run.stderr.contains("--service migrations: DIR/migrations holds the release's migrations, so no service can be built from it"),
+        "{run:?}"
+    );
 
     // A bad layout is refused with the message import gives.
     let phase = src.join("migrations/billing/1.0.0/expnd");

@@ -165,6 +165,29 @@ fn a_file_path_that_does_not_match_its_fields_is_refused_with_the_right_one() {
         &entry_at("billing", "1.2.0", "expand", "001_a.sql", "../001_a.sql"),
     ));
     assert!(e.contains("file must be \"migrations/billing/"), "{e}");
+    let e = err(&release(
+        "\"billing\"",
+        &entry_at(
+            "billing",
+            "1.2.0",
+            "expand",
+            "001_a.sql",
+            "migrations/\\u001b[2J",
+        ),
+    ));
+    assert!(
+        e.contains("file \"migrations/\\u{1b}[2J\" contains control characters"),
+        "{e}"
+    );
+    let long = "m".repeat(MAX_PATH_LEN + 1);
+    let e = err(&release(
+        "\"billing\"",
+        &entry_at("billing", "1.2.0", "expand", "001_a.sql", &long),
+    ));
+    assert!(
+        e.contains("is longer than 1024 characters") && e.len() < 300,
+        "{e}"
+    );
 }
 
 #[test]
