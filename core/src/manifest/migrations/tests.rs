@@ -29,6 +29,12 @@ fn entry_at(database: &str, version: &str, phase: &str, name: &str, file: &str) 
     )
 }
 
+/// Why release 1.2.0 with one migration at `[database, version, phase,
+/// name]` is refused.
+fn refused_one(databases: &str, [database, version, phase, name]: [&str; 4]) -> String {
+    err(&release(databases, &entry(database, version, phase, name)))
+}
+
 fn err(text: &str) -> String {
     let e = Manifest::parse(text).unwrap_err().to_string();
     assert!(!e.contains('\n'), "{e}");
@@ -94,10 +100,7 @@ fn a_release_without_migrations_has_none() {
 
 #[test]
 fn an_unknown_phase_is_refused_naming_the_entry_and_the_phases() {
-    let e = err(&release(
-        "\"billing\"",
-        &entry("billing", "1.2.0", "expnd", "001_a.sql"),
-    ));
+    let e = refused_one("\"billing\"", ["billing", "1.2.0", "expnd", "001_a.sql"]);
     assert_eq!(
         e,
         "release 1.2.0: migration \"migrations/billing/1.2.0/expnd/001_a.sql\": unknown phase \"expnd\"; the phases are expand, postdeploy and contract"
@@ -118,10 +121,7 @@ fn badly_named_files_are_refused() {
         ".001_add.sql",
         "001_a b.sql",
     ] {
-        let e = err(&release(
-            "\"billing\"",
-            &entry("billing", "1.2.0", "expand", bad),
-        ));
+        let e = refused_one("\"billing\"", ["billing", "1.2.0", "expand", bad]);
         assert!(
             e.contains(&format!("migration name \"{bad}\" is not NNN_name.sql")),
             "{bad}: {e}"
@@ -129,10 +129,7 @@ fn badly_named_files_are_refused() {
         assert!(e.contains("(e.g. 001_add_orders.sql)"), "{e}");
     }
     let long = format!("001_{}.sql", "a".repeat(MAX_NAME_LEN));
-    let e = err(&release(
-        "\"billing\"",
-        &entry("billing", "1.2.0", "expand", &long),
-    ));
+    let e = refused_one("\"billing\"", ["billing", "1.2.0", "expand", &long]);
     assert!(e.contains("is not NNN_name.sql") && e.len() < 400, "{e}");
     for good in [
         "1_a.sql",
@@ -146,44 +143,27 @@ fn badly_named_files_are_refused() {
 
 #[test]
 fn a_file_path_that_does_not_match_its_fields_is_refused_with_the_right_one() {
-    let e = err(&release(
-        "\"billing\"",
-        &entry_at(
-            "billing",
-            "1.2.0",
-            "expand",
-            "001_a.sql",
-            "migrations/billing/1.1.0/expand/001_a.sql",
-        ),
-    ));
+    // Why migration 001_a.sql of billing 1.2.0's expand, pinned at `file`, is refused.
+    let at_file = |file: &str| {
+        err(&release(
+            "\"billing\"",
+            &entry_at("billing", "1.2.0", "expand", "001_a.sql", file),
+        ))
+    };
+    let e = at_file("migrations/billing/1.1.0/expand/001_a.sql");
     assert_eq!(
         e,
         "release 1.2.0: migration \"migrations/billing/1.1.0/expand/001_a.sql\": file must be \"migrations/billing/1.2.0/expand/001_a.sql\", the path its database, version, phase and name give; fix the fields or move the file"
     );
-    let e = err(&release(
-        "\"billing\"",
-        &entry_at("billing", "1.2.0", "expand", "001_a.sql", "../001_a.sql"),
-    ));
+    let e = at_file("../001_a.sql");
     assert!(e.contains("file must be \"migrations/billing/"), "{e}");
-    let e = err(&release(
-        "\"billing\"",
-        &entry_at(
-            "billing",
-            "1.2.0",
-            "expand",
-            "001_a.sql",
-            "migrations/\\u001b[2J",
-        ),
-    ));
+    let e = at_file("migrations/\\u001b[2J");
     assert!(
         e.contains("file \"migrations/\\u{1b}[2J\" contains control characters"),
         "{e}"
     );
     let long = "m".repeat(MAX_PATH_LEN + 1);
-    let e = err(&release(
-        "\"billing\"",
-        &entry_at("billing", "1.2.0", "expand", "001_a.sql", &long),
-    ));
+    let e = at_file(&long);
     assert!(
         e.contains("is longer than 1024 characters") && e.len() < 300,
         "{e}"
@@ -202,10 +182,7 @@ fn a_migration_pinned_twice_is_refused() {
 
 #[test]
 fn a_migration_of_a_later_release_is_refused() {
-    let e = err(&release(
-        "\"billing\"",
-        &entry("billing", "1.3.0", "expand", "001_a.sql"),
-    ));
+    let e = refused_one("\"billing\"", ["billing", "1.3.0", "expand", "001_a.sql"]);
     assert!(
         e.contains("version 1.3.0 is above this release's 1.2.0: a release carries the migrations of its own version and earlier ones"),
         "{e}"
@@ -225,20 +202,14 @@ fn versions_are_semver_without_build_metadata_as_semver_prints_them() {
         ("1.0.0+b", "version \"1.0.0+b\" carries build metadata"),
         ("01.0.0", "version \"01.0.0\" is not semver"),
     ] {
-        let e = err(&release(
-            "\"billing\"",
-            &entry("billing", bad, "expand", "001_a.sql"),
-        ));
+        let e = refused_one("\"billing\"", ["billing", bad, "expand", "001_a.sql"]);
         assert!(e.contains(expected), "{bad}: {e}");
     }
 }
 
 #[test]
 fn migrations_of_a_database_no_service_owns_are_refused() {
-    let e = err(&release(
-        "\"ledger\"",
-        &entry("billing", "1.2.0", "expand", "001_a.sql"),
-    ));
+    let e = refused_one("\"ledger\"", ["billing", "1.2.0", "expand", "001_a.sql"]);
     assert_eq!(
         e,
         "release 1.2.0: migration migrations/billing/1.2.0/expand/001_a.sql is for database \"billing\", which no service owns: add databases = [\"billing\"] to the [[services]] entry that uses it"
@@ -265,10 +236,7 @@ fn database_names_are_names_and_bounded_per_service() {
     );
     let most: Vec<String> = (0..MAX_DATABASES).map(|i| format!("\"db{i}\"")).collect();
     Manifest::parse(&release(&most.join(", "), "")).unwrap();
-    let e = err(&release(
-        "\"-x\"",
-        &entry("-x", "1.2.0", "expand", "001_a.sql"),
-    ));
+    let e = refused_one("\"-x\"", ["-x", "1.2.0", "expand", "001_a.sql"]);
     assert!(e.contains("invalid database name \"-x\""), "{e}");
 }
 
