@@ -1,10 +1,12 @@
-//! Building release bundles: deterministic `.tar.gz` artifacts and the
-//! manifest that pins them. The demo makes its sample releases with this,
-//! and the system tests make theirs.
+//! Building release bundles: deterministic `.tar.gz` artifacts, the
+//! migration files a release carries, and the manifest that pins them all.
+//! `release build`, the demo and the system tests make their releases with
+//! this.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
+use cutover_core::manifest::migrations::Location;
 use cutover_core::Sha256Digest;
 
 use crate::error::{Error, Result};
@@ -31,7 +33,24 @@ pub struct Service {
     pub name: String,
     pub service_version: String,
     pub depends_on: Vec<String>,
+    /// The databases it owns (`databases` in the manifest).
+    pub databases: Vec<String>,
     pub files: Vec<File>,
+}
+
+/// One migration file of a release: where it goes and its bytes.
+pub struct Migration {
+    pub at: Location,
+    pub bytes: Vec<u8>,
+}
+
+/// A release made in memory: its manifest and every file the manifest
+/// pins, each by its path relative to the release directory.
+pub struct Bundle {
+    pub manifest: String,
+    /// `release-<version>.toml`.
+    pub manifest_name: String,
+    pub files: Vec<(String, Vec<u8>)>,
 }
 
 /// A gzip'd tar of `files` with fixed owners and times, so the same files
@@ -86,7 +105,17 @@ pub fn write_release(
     services: &[Service],
     floor: &Floor,
 ) -> Result<PathBuf> {
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    bundle(version, services, floor, &[])?.write(dir)
+}
+
+/// Makes the tarballs of `services` and the manifest pinning them and
+/// `migrations` (in the order given), without writing anything.
+pub fn bundle(
+    version: &str,
+    services: &[Service],
+    floor: &Floor,
+    migrations: &[Migration],
+) -> Result<Bundle> {
     let now = time::OffsetDateTime::now_utc();
     let mut text = String::new();
     let _ = writeln!(text, "version = \"{version}\"");
@@ -104,32 +133,77 @@ pub fn write_release(
         let _ = writeln!(text, "min_upgrade_from = \"{v}\"");
     }
     if !floor.requires_intermediate.is_empty() {
-        let list: Vec<String> = floor
-            .requires_intermediate
-            .iter()
-            .map(|v| format!("\"{v}\""))
-            .collect();
-        let _ = writeln!(text, "requires_intermediate = [{}]", list.join(", "));
+        let _ = writeln!(
+            text,
+            "requires_intermediate = [{}]",
+            quoted(&floor.requires_intermediate)
+        );
     }
+    let mut files = Vec::new();
     for s in services {
         let bytes = tarball(&s.files)?;
         let file = format!("{}-{}.tar.gz", s.name, s.service_version);
-        let path = dir.join(&file);
-        std::fs::write(&path, &bytes).map_err(|e| Error::io(&path, e))?;
-        let deps: Vec<String> = s.depends_on.iter().map(|d| format!("\"{d}\"")).collect();
         let _ = write!(
             text,
-            "\n[[services]]\nname = \"{}\"\nservice_version = \"{}\"\ndepends_on = [{}]\ntarball = {{ sha256 = \"{}\", size = {}, file = \"{file}\" }}\n",
+            "\n[[services]]\nname = \"{}\"\nservice_version = \"{}\"\ndepends_on = [{}]\n",
             s.name,
             s.service_version,
-            deps.join(", "),
+            quoted(&s.depends_on),
+        );
+        if !s.databases.is_empty() {
+            let _ = writeln!(text, "databases = [{}]", quoted(&s.databases));
+        }
+        let _ = writeln!(
+            text,
+            "tarball = {{ sha256 = \"{}\", size = {}, file = \"{file}\" }}",
             Sha256Digest::of(&bytes),
             bytes.len()
         );
+        files.push((file, bytes));
     }
-    let manifest = dir.join(format!("release-{version}.toml"));
-    std::fs::write(&manifest, text).map_err(|e| Error::io(&manifest, e))?;
-    Ok(manifest)
+    for m in migrations {
+        let file = m.at.file();
+        let _ = write!(
+            text,
+            "\n[[migrations]]\ndatabase = \"{}\"\nversion = \"{}\"\nphase = \"{}\"\nname = \"{}\"\nsha256 = \"{}\"\nsize = {}\nfile = \"{file}\"\n",
+            m.at.database,
+            m.at.version,
+            m.at.phase,
+            m.at.name,
+            Sha256Digest::of(&m.bytes),
+            m.bytes.len()
+        );
+        files.push((file, m.bytes.clone()));
+    }
+    Ok(Bundle {
+        manifest: text,
+        manifest_name: format!("release-{version}.toml"),
+        files,
+    })
+}
+
+impl Bundle {
+    /// Writes every file into `dir` (making the directories they need),
+    /// then the manifest; returns the manifest's path.
+    pub fn write(&self, dir: &Path) -> Result<PathBuf> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        for (file, bytes) in &self.files {
+            let path = dir.join(file);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+            }
+            std::fs::write(&path, bytes).map_err(|e| Error::io(&path, e))?;
+        }
+        let manifest = dir.join(&self.manifest_name);
+        std::fs::write(&manifest, &self.manifest).map_err(|e| Error::io(&manifest, e))?;
+        Ok(manifest)
+    }
+}
+
+/// `"a", "b"`: TOML strings of names (which hold no quote or backslash).
+fn quoted(names: &[String]) -> String {
+    let list: Vec<String> = names.iter().map(|n| format!("\"{n}\"")).collect();
+    list.join(", ")
 }
 
 /// The files of a release of `cutover-sample`: the binary, its version and

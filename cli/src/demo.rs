@@ -290,6 +290,7 @@ async fn sample_release(
         name: "web".into(),
         service_version: version.strip_suffix(".0").unwrap_or(version).into(),
         depends_on: vec![],
+        databases: Vec::new(),
         files: crate::bundle::sample_files(binary, version, healthy),
     };
     let manifest = crate::bundle::write_release(

@@ -40,6 +40,7 @@ pub(crate) async fn dispatch(cli: Cli) -> Result<()> {
                 version,
                 services,
                 depends_on,
+                databases,
                 out: out_dir,
                 min_upgrade_from,
                 requires_intermediate,
@@ -49,6 +50,7 @@ pub(crate) async fn dispatch(cli: Cli) -> Result<()> {
                     version,
                     services,
                     depends_on,
+                    databases,
                     out: out_dir,
                     floor: bundle::Floor {
                         min_upgrade_from,

@@ -12,6 +12,7 @@ pub mod demo;
 mod dispatch;
 pub mod doc;
 pub mod error;
+mod migration_tree;
 pub mod output;
 
 use std::path::PathBuf;
@@ -278,10 +279,12 @@ pub enum ReleaseCommand {
         out: PathBuf,
     },
     /// Build a release from DIR/SERVICE directories: a deterministic
-    /// SERVICE-SERVICE_VERSION.tar.gz per service and release-VERSION.toml
-    /// pinning their digests and sizes (valid 30 days), in --out.
+    /// SERVICE-SERVICE_VERSION.tar.gz per service, the migrations of
+    /// DIR/migrations/DATABASE/VERSION/PHASE/NNN_name.sql copied as they are,
+    /// and release-VERSION.toml pinning their digests and sizes (valid 30
+    /// days), in --out.
     #[command(
-        after_help = "Example:\n  cutover release build ./services --version 1.4.0 \\\n      --service db=1.2 --service api --depends-on api=db --out dist\n  cutover release sign dist/release-1.4.0.toml --key release.key\n  cutover release import dist/release-1.4.0.toml"
+        after_help = "Example:\n  cutover release build ./services --version 1.4.0 \\\n      --service db=1.2 --service api --depends-on api=db \\\n      --databases api=billing --out dist\n  cutover release sign dist/release-1.4.0.toml --key release.key\n  cutover release import dist/release-1.4.0.toml"
     )]
     Build {
         /// Holds one directory per service, named as the service.
@@ -294,8 +297,12 @@ pub enum ReleaseCommand {
         #[arg(long = "service", value_name = "NAME[=SERVICE_VERSION]", value_parser = commands::release_build::ServiceArg::parse, required = true)]
         services: Vec<commands::release_build::ServiceArg>,
         /// SERVICE depends on DEP (moved after it). Repeatable.
-        #[arg(long, value_name = "SERVICE=DEP[,DEP...]", value_parser = commands::release_build::DependsArg::parse)]
-        depends_on: Vec<commands::release_build::DependsArg>,
+        #[arg(long, value_name = "SERVICE=DEP[,DEP...]", value_parser = commands::release_build::ServiceList::depends_on)]
+        depends_on: Vec<commands::release_build::ServiceList>,
+        /// SERVICE owns the databases DB: DIR/migrations/DB/ holds their
+        /// migrations, which gate SERVICE. Repeatable.
+        #[arg(long, value_name = "SERVICE=DB[,DB...]", value_parser = commands::release_build::ServiceList::databases)]
+        databases: Vec<commands::release_build::ServiceList>,
         /// Where the tarballs and the manifest are written.
         #[arg(long, default_value = "dist")]
         out: PathBuf,

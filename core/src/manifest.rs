@@ -1,6 +1,7 @@
 //! Release manifests: one TOML document per platform release, every service
-//! pinned by content. Parsing validates everything that can be checked
-//! without the artifact bytes: fields, digests, names, dependencies.
+//! and schema migration pinned by content. Parsing validates everything
+//! that can be checked without the artifact bytes: fields, digests, names,
+//! dependencies, migration paths (`migrations.rs`).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -10,6 +11,9 @@ use time::OffsetDateTime;
 use crate::digest::Sha256Digest;
 
 pub use crate::error::ManifestError;
+pub use migrations::{Migration, Phase};
+
+pub mod migrations;
 
 /// The largest manifest file accepted, checked before it is parsed.
 pub const MAX_MANIFEST_BYTES: usize = 1 << 20;
@@ -27,6 +31,9 @@ pub const MAX_PATH_LEN: usize = 1024;
 /// service or image, and small enough that no offset arithmetic on it can
 /// overflow and that it fits SQLite's signed integers.
 pub const MAX_ARTIFACT_SIZE: u64 = 1 << 40;
+/// The most artifact files one release may pin: a tarball and an image
+/// tarball per service, and its migrations.
+pub const MAX_ARTIFACTS: usize = 2 * MAX_SERVICES + migrations::MAX_MIGRATIONS;
 
 /// A validated release manifest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -39,6 +46,8 @@ pub struct Manifest {
     pub min_upgrade_from: Option<semver::Version>,
     pub requires_intermediate: Vec<semver::Version>,
     pub services: Vec<Service>,
+    /// In the order they run: [`Migration::order`].
+    pub migrations: Vec<Migration>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -46,6 +55,8 @@ pub struct Service {
     pub name: String,
     pub service_version: String,
     pub depends_on: Vec<String>,
+    /// The databases whose migrations gate this service.
+    pub databases: Vec<String>,
     pub tarball: Option<Tarball>,
     pub image: Option<Image>,
 }
@@ -68,10 +79,28 @@ pub struct Image {
     pub reference: Option<String>,
 }
 
+/// What an artifact is for, as errors name it (`service "api"`,
+/// `database "billing"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ArtifactOwner<'a> {
+    Service(&'a str),
+    /// A migration of this database.
+    Database(&'a str),
+}
+
+impl std::fmt::Display for ArtifactOwner<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ArtifactOwner::Service(name) => write!(f, "service {name:?}"),
+            ArtifactOwner::Database(name) => write!(f, "database {name:?}"),
+        }
+    }
+}
+
 /// An artifact file the manifest names, with the digest and size it must have.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ArtifactRef<'a> {
-    pub service: &'a str,
+    pub owner: ArtifactOwner<'a>,
     pub kind: &'static str,
     pub sha256: Sha256Digest,
     pub size: u64,
@@ -89,6 +118,8 @@ struct RawManifest {
     requires_intermediate: Vec<String>,
     #[serde(default)]
     services: Vec<RawService>,
+    #[serde(default)]
+    migrations: Vec<migrations::RawMigration>,
 }
 
 #[derive(Deserialize)]
@@ -98,6 +129,8 @@ struct RawService {
     service_version: String,
     #[serde(default)]
     depends_on: Vec<String>,
+    #[serde(default)]
+    databases: Vec<String>,
     tarball: Option<Tarball>,
     image: Option<RawImage>,
 }
@@ -191,6 +224,8 @@ impl Manifest {
                 }
             }
         }
+        let migrations =
+            migrations::parse(&raw.migrations, &version, &services).map_err(&invalid)?;
         let manifest = Manifest {
             version,
             created,
@@ -198,6 +233,7 @@ impl Manifest {
             min_upgrade_from,
             requires_intermediate,
             services,
+            migrations,
         };
         // One digest names one byte string, so it has one size.
         let mut sizes: BTreeMap<Sha256Digest, ArtifactRef<'_>> = BTreeMap::new();
@@ -205,8 +241,8 @@ impl Manifest {
             if let Some(first) = sizes.get(&a.sha256) {
                 if first.size != a.size {
                     return Err(invalid(format!(
-                        "sha256 {} is pinned with size {} by service {:?} and size {} by service {:?}; one digest has one size",
-                        a.sha256, first.size, first.service, a.size, a.service
+                        "sha256 {} is pinned with size {} by {} and size {} by {}; one digest has one size",
+                        a.sha256, first.size, first.owner, a.size, a.owner
                     )));
                 }
             } else {
@@ -239,13 +275,15 @@ impl Manifest {
         Ok(())
     }
 
-    /// Every artifact file the manifest names.
+    /// Every artifact file the manifest names: service tarballs and image
+    /// tarballs, then the migrations in the order they run. Import hashes,
+    /// verifies and stores each the same way.
     pub fn artifacts(&self) -> Vec<ArtifactRef<'_>> {
         let mut out = Vec::new();
         for s in &self.services {
             if let Some(t) = &s.tarball {
                 out.push(ArtifactRef {
-                    service: &s.name,
+                    owner: ArtifactOwner::Service(&s.name),
                     kind: "tarball",
                     sha256: t.sha256,
                     size: t.size,
@@ -254,7 +292,7 @@ impl Manifest {
             }
             if let Some(t) = s.image.as_ref().and_then(|i| i.tarball.as_ref()) {
                 out.push(ArtifactRef {
-                    service: &s.name,
+                    owner: ArtifactOwner::Service(&s.name),
                     kind: "image tarball",
                     sha256: t.sha256,
                     size: t.size,
@@ -262,6 +300,13 @@ impl Manifest {
                 });
             }
         }
+        out.extend(self.migrations.iter().map(|m| ArtifactRef {
+            owner: ArtifactOwner::Database(&m.database),
+            kind: "migration",
+            sha256: m.sha256,
+            size: m.size,
+            file: &m.file,
+        }));
         out
     }
 
@@ -351,20 +396,18 @@ fn check_text(field: &str, value: &str, max: usize) -> Result<(), String> {
     Ok(())
 }
 
-/// An artifact pin: a size the bytes can have and a file name inside the
-/// artifacts directory.
-fn check_pin(kind: &str, t: &Tarball) -> Result<(), String> {
-    check_file_name(&t.file)?;
-    if t.size == 0 {
+/// An artifact pin: a size the bytes can have (1 to `max`) and a file
+/// name inside the artifacts directory.
+fn check_pin(kind: &str, file: &str, size: u64, max: u64) -> Result<(), String> {
+    check_file_name(file)?;
+    if size == 0 {
         return Err(format!(
-            "{kind} {} is pinned with size 0; an artifact must have bytes (pin the size of the real file)",
-            t.file
+            "{kind} {file} is pinned with size 0; an artifact must have bytes (pin the size of the real file)"
         ));
     }
-    if t.size > MAX_ARTIFACT_SIZE {
+    if size > max {
         return Err(format!(
-            "{kind} {} is pinned with size {}, more than the {MAX_ARTIFACT_SIZE} bytes an artifact may have",
-            t.file, t.size
+            "{kind} {file} is pinned with size {size}, more than the {max} bytes one {kind} may have"
         ));
     }
     Ok(())
@@ -405,12 +448,14 @@ fn service(s: &RawService) -> Result<Service, String> {
         return Err("pins no artifact: give `tarball` or `image`".into());
     }
     if let Some(t) = &s.tarball {
-        check_pin("tarball", t)?;
+        check_pin("tarball", &t.file, t.size, MAX_ARTIFACT_SIZE)?;
     }
+    migrations::check_databases(&s.databases)?;
     Ok(Service {
         name: s.name.clone(),
         service_version: s.service_version.clone(),
         depends_on: s.depends_on.clone(),
+        databases: s.databases.clone(),
         tarball: s.tarball.clone(),
         image,
     })
@@ -432,7 +477,7 @@ fn image(raw: &RawImage) -> Result<Image, String> {
                 size,
                 file: file.clone(),
             };
-            check_pin("image tarball", &t)?;
+            check_pin("image tarball", &t.file, t.size, MAX_ARTIFACT_SIZE)?;
             Some(t)
         }
         (None, None, None) => None,

@@ -109,6 +109,7 @@ pub fn through_cli(lab: &crate::lab::Lab, hosts: usize, services: usize) -> Resu
                 } else {
                     vec![format!("svc{:02}", i - 1)]
                 },
+                databases: Vec::new(),
                 files: vec![bundle::File::new(
                     "bin/svc",
                     format!("#!/bin/sh\n# svc{i:02}\n").into_bytes(),

@@ -337,6 +337,7 @@ impl Cluster {
             name: "web".into(),
             service_version: version.into(),
             depends_on: vec![],
+            databases: Vec::new(),
             files,
         };
         let dir = self.work.join(format!("release-{version}"));

@@ -101,6 +101,7 @@ impl Fleet {
                 name: s.name.into(),
                 service_version: s.version.into(),
                 depends_on: s.depends_on.iter().map(|d| d.to_string()).collect(),
+                databases: Vec::new(),
                 files: {
                     let mut files = bundle::sample_files(&binary, s.version, s.healthy);
                     if s.ballast > 0 {

@@ -621,3 +621,7 @@ fn reimport_verifies_stored_artifacts_and_repairs_damaged_ones() {
         "{log}"
     );
 }
+
+// Releases that carry migrations, in a file of their own beside this one.
+#[path = "manifests/migrations.rs"]
+mod migrations;

@@ -156,7 +156,8 @@ fn read_signature_file(sig_path: &Path) -> Result<String> {
 /// An artifact file the manifest names, owned so it can be sent from a
 /// task of its own.
 struct ArtifactFile {
-    service: String,
+    /// `service "api"` or `database "billing"`.
+    owner: String,
     kind: &'static str,
     file: String,
     sha256: cutover_core::Sha256Digest,
@@ -167,7 +168,7 @@ struct ArtifactFile {
 /// component below `dir` may be a symbolic link, and the file must be a
 /// regular, non-empty file.
 fn open_artifact(dir: &Path, a: &ArtifactFile) -> Result<std::fs::File> {
-    let what = format!("{} of service {:?}", a.kind, a.service);
+    let what = format!("{} of {}", a.kind, a.owner);
     let relative = Path::new(&a.file);
     let mut below = dir.to_path_buf();
     let components: Vec<_> = relative.components().collect();
@@ -188,8 +189,8 @@ fn open_artifact(dir: &Path, a: &ArtifactFile) -> Result<std::fs::File> {
     let file = match open_release_file(&path, &what) {
         Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
             return Err(Error::Failed(format!(
-                "service {:?}: {} file {} is missing",
-                a.service,
+                "{}: {} file {} is missing; put the file the manifest pins there (or name the directory that holds it with --artifacts)",
+                a.owner,
                 a.kind,
                 path.display()
             )))
@@ -237,7 +238,7 @@ pub async fn import(
     let mut files: Vec<ArtifactFile> = Vec::new();
     for a in manifest.artifacts() {
         let a = ArtifactFile {
-            service: a.service.to_string(),
+            owner: a.owner.to_string(),
             kind: a.kind,
             file: a.file.to_string(),
             sha256: a.sha256,
@@ -249,6 +250,10 @@ pub async fn import(
             files.push(a);
         }
     }
+    // Every file under migrations/ must be pinned: the controller sees
+    // only what the manifest names.
+    crate::migration_tree::check_pinned(&dir, &manifest)
+        .map_err(|e| Error::Failed(format!("release {version}: {e}")))?;
 
     let mut client = c.operator().await?;
     let missing = client

@@ -1,13 +1,17 @@
-//! `cutover release build`: deterministic service tarballs and the
-//! release manifest that pins them (digests and sizes), from one
+//! `cutover release build`: deterministic service tarballs, the source
+//! tree's migrations (`DIR/migrations/`, copied as they are) and the
+//! release manifest that pins them all (digests and sizes), from one
 //! directory per service. Made by [`crate::bundle`], as the demo and the
 //! system tests make theirs; `release sign` and `release import` take the
 //! manifest it writes.
 
 use std::path::{Path, PathBuf};
 
-use crate::bundle::{self, File, Floor, Service};
+use cutover_core::manifest::migrations::{MAX_MIGRATION_BYTES, MIGRATIONS_DIR};
+
+use crate::bundle::{self, File, Floor, Migration, Service};
 use crate::error::{Error, Result};
+use crate::migration_tree;
 
 /// The most bytes one service's files may hold: the tarball is made in
 /// memory.
@@ -38,28 +42,48 @@ impl ServiceArg {
     }
 }
 
-/// `--depends-on SERVICE=DEP[,DEP...]`.
+/// `--depends-on SERVICE=DEP[,DEP...]` and `--databases
+/// SERVICE=DB[,DB...]`: names given to one service.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DependsArg {
+pub struct ServiceList {
     pub service: String,
-    pub on: Vec<String>,
+    pub names: Vec<String>,
 }
 
-impl DependsArg {
-    /// clap's value parser.
-    pub fn parse(text: &str) -> std::result::Result<DependsArg, String> {
-        let (service, on) = text
+impl ServiceList {
+    /// clap's value parser of `--depends-on`.
+    pub fn depends_on(text: &str) -> std::result::Result<ServiceList, String> {
+        ServiceList::parse(text, "service", "SERVICE=DEP[,DEP...], e.g. api=db")
+    }
+
+    /// clap's value parser of `--databases`.
+    pub fn databases(text: &str) -> std::result::Result<ServiceList, String> {
+        ServiceList::parse(text, "database", "SERVICE=DB[,DB...], e.g. api=billing")
+    }
+
+    fn parse(text: &str, kind: &str, form: &str) -> std::result::Result<ServiceList, String> {
+        let (service, names) = text
             .split_once('=')
-            .ok_or_else(|| format!("{text:?}: give SERVICE=DEP[,DEP...], e.g. api=db"))?;
-        let on: Vec<String> = on.split(',').map(|d| d.trim().to_string()).collect();
-        for name in std::iter::once(service).chain(on.iter().map(String::as_str)) {
-            cutover_core::names::validate("service", name).map_err(|e| e.to_string())?;
+            .ok_or_else(|| format!("{text:?}: give {form}"))?;
+        cutover_core::names::validate("service", service).map_err(|e| e.to_string())?;
+        let names: Vec<String> = names.split(',').map(|d| d.trim().to_string()).collect();
+        for name in &names {
+            cutover_core::names::validate(kind, name).map_err(|e| e.to_string())?;
         }
-        Ok(DependsArg {
+        Ok(ServiceList {
             service: service.into(),
-            on,
+            names,
         })
     }
+}
+
+/// The names `lists` give `service`, in order.
+fn given(lists: &[ServiceList], service: &str) -> Vec<String> {
+    lists
+        .iter()
+        .filter(|d| d.service == service)
+        .flat_map(|d| d.names.iter().cloned())
+        .collect()
 }
 
 /// What `cutover release build` was asked for.
@@ -68,7 +92,9 @@ pub struct BuildArgs {
     pub dir: PathBuf,
     pub version: String,
     pub services: Vec<ServiceArg>,
-    pub depends_on: Vec<DependsArg>,
+    pub depends_on: Vec<ServiceList>,
+    /// The databases each service owns.
+    pub databases: Vec<ServiceList>,
     /// Where the tarballs and the manifest go.
     pub out: PathBuf,
     pub floor: Floor,
@@ -91,12 +117,11 @@ pub fn build(args: BuildArgs, out: crate::output::Format) -> Result<()> {
         if services.iter().any(|o: &Service| o.name == s.name) {
             return Err(Error::Usage(format!("--service {} is given twice", s.name)));
         }
-        let depends_on = args
-            .depends_on
-            .iter()
-            .filter(|d| d.service == s.name)
-            .flat_map(|d| d.on.iter().cloned())
-            .collect();
+        if s.name == MIGRATIONS_DIR {
+            return Err(Error::Usage(format!(
+                "--service {MIGRATIONS_DIR}: DIR/{MIGRATIONS_DIR} holds the release's migrations, so no service can be built from it; give the service another name"
+            )));
+        }
         let root = args.dir.join(&s.name);
         services.push(Service {
             name: s.name.clone(),
@@ -105,36 +130,66 @@ pub fn build(args: BuildArgs, out: crate::output::Format) -> Result<()> {
             } else {
                 s.service_version.clone()
             },
-            depends_on,
+            depends_on: given(&args.depends_on, &s.name),
+            databases: given(&args.databases, &s.name),
             files: read_tree(&root)?,
         });
     }
-    if let Some(d) = args
-        .depends_on
-        .iter()
-        .find(|d| !args.services.iter().any(|s| s.name == d.service))
-    {
-        return Err(Error::Usage(format!(
-            "--depends-on {}: no --service {} in this release",
-            d.service, d.service
-        )));
+    for (flag, lists) in [
+        ("--depends-on", &args.depends_on),
+        ("--databases", &args.databases),
+    ] {
+        if let Some(d) = lists
+            .iter()
+            .find(|d| !args.services.iter().any(|s| s.name == d.service))
+        {
+            return Err(Error::Usage(format!(
+                "{flag} {}: no --service {} in this release",
+                d.service, d.service
+            )));
+        }
     }
-    let manifest = bundle::write_release(&args.out, &version, &services, &args.floor)?;
-    // Read back with the controller's own rules: a release that would be
-    // refused at import is refused here.
-    let text = std::fs::read_to_string(&manifest).map_err(|e| Error::io(&manifest, e))?;
-    cutover_core::manifest::Manifest::parse(&text)
-        .map_err(|e| Error::Failed(format!("{}: {e}", manifest.display())))?;
-    let mut written: Vec<std::path::PathBuf> = services
-        .iter()
-        .map(|s| {
-            args.out
-                .join(format!("{}-{}.tar.gz", s.name, s.service_version))
-        })
-        .collect();
-    written.push(manifest);
+    let migrations = read_migrations(&args.dir, &services)?;
+    let bundle = bundle::bundle(&version, &services, &args.floor, &migrations)?;
+    // Checked with the controller's own rules before anything is written:
+    // a release that would be refused at import is refused here.
+    let manifest_path = args.out.join(&bundle.manifest_name);
+    let manifest = cutover_core::manifest::Manifest::parse(&bundle.manifest)
+        .map_err(|e| Error::Failed(format!("{}: {e}", manifest_path.display())))?;
+    // So is a --out whose migrations/ holds files of another build.
+    migration_tree::check_pinned(&args.out, &manifest)?;
+    let manifest_path = bundle.write(&args.out)?;
+    let mut written: Vec<PathBuf> = bundle.files.iter().map(|(f, _)| args.out.join(f)).collect();
+    written.push(manifest_path);
     crate::output::written(&written, out);
     Ok(())
+}
+
+/// The migrations under `dir/migrations/`, read (each at most
+/// [`MAX_MIGRATION_BYTES`], checked before it is read), in the order they
+/// run. A database no service owns is refused naming the flag that
+/// gives it one.
+fn read_migrations(dir: &Path, services: &[Service]) -> Result<Vec<Migration>> {
+    let found = migration_tree::walk(dir)?;
+    if let Some(f) = found.iter().find(|f| {
+        !services
+            .iter()
+            .any(|s| s.databases.contains(&f.at.database))
+    }) {
+        return Err(Error::Usage(format!(
+            "{}: a migration of database {:?}, which no service of this release owns; give the service that uses it --databases SERVICE={}",
+            f.path.display(),
+            f.at.database,
+            f.at.database
+        )));
+    }
+    let mut out = Vec::with_capacity(found.len());
+    for f in found {
+        let file = std::fs::File::open(&f.path).map_err(|e| Error::io(&f.path, e))?;
+        let bytes = cutover_core::fsutil::read_bounded(file, &f.path, MAX_MIGRATION_BYTES)?;
+        out.push(Migration { at: f.at, bytes });
+    }
+    Ok(out)
 }
 
 /// Every regular file under `root`, path-sorted, with its Unix mode.
@@ -208,10 +263,19 @@ mod tests {
         assert!(ServiceArg::parse("a/b").is_err());
         assert!(ServiceArg::parse("api=../x").is_err());
         assert_eq!(
-            DependsArg::parse("api=db,cache").unwrap().on,
+            ServiceList::depends_on("api=db,cache").unwrap().names,
             ["db", "cache"]
         );
-        assert!(DependsArg::parse("api").is_err());
+        assert!(ServiceList::depends_on("api").is_err());
+        assert_eq!(
+            ServiceList::databases("api=billing").unwrap().names,
+            ["billing"]
+        );
+        let e = ServiceList::databases("api=bil ling").unwrap_err();
+        assert!(e.contains("invalid database name \"bil ling\""), "{e}");
+        assert!(ServiceList::databases("api")
+            .unwrap_err()
+            .contains("SERVICE=DB[,DB...]"));
     }
 
     #[test]

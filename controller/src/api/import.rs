@@ -1,6 +1,7 @@
 //! `ImportRelease`: verify the signed manifest first, then receive each
-//! artifact into staging while hashing it, and only when every artifact is
-//! verified publish them and record the release in one transaction.
+//! artifact (service and image tarballs, migration files) into staging
+//! while hashing it, and only when every artifact is verified publish them
+//! and record the release in one transaction.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -56,10 +57,7 @@ pub async fn import(
             a.sha256,
             Expected {
                 size: a.size,
-                what: format!(
-                    "release {version}: service {:?}: {} {}",
-                    a.service, a.kind, a.file
-                ),
+                what: format!("release {version}: {}: {} {}", a.owner, a.kind, a.file),
             },
         );
     }
@@ -252,8 +250,9 @@ fn distinct(digests: Vec<Sha256Digest>) -> Vec<Sha256Digest> {
 }
 
 /// The most digests one `MissingArtifacts` call may ask about: every
-/// service of the largest release with a tarball and an image tarball.
-pub const MAX_DIGESTS_PER_QUERY: usize = 2 * cutover_core::manifest::MAX_SERVICES;
+/// artifact of the largest release (each service with a tarball and an
+/// image tarball, and every migration it may pin).
+pub const MAX_DIGESTS_PER_QUERY: usize = cutover_core::manifest::MAX_ARTIFACTS;
 
 /// Which of `digests` the controller cannot serve: not recorded, or
 /// recorded but with a stored copy that no longer hashes to its digest
