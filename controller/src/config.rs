@@ -32,6 +32,67 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub tls: TlsConfig,
     pub releases: ReleasesConfig,
+    /// The PostgreSQL databases `cutover migrate` applies migrations to,
+    /// by the name releases give them.
+    #[serde(default)]
+    pub databases: std::collections::BTreeMap<String, DatabaseConfig>,
+}
+
+/// `[databases.NAME]`: one migration target. Its `Debug` never shows a
+/// password the URL may carry.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// A PostgreSQL connection string (`postgresql://user@host:port/db` or
+    /// `host=… user=… dbname=…`), without its password.
+    pub url: String,
+    /// The password, read each time the controller connects.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// `disable` (the default) or `require`/`verify-full`: TLS, with the
+    /// server's certificate and name verified against `ca_file` (cutover
+    /// never speaks TLS without verifying).
+    #[serde(default)]
+    pub sslmode: SslMode,
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// False for engines without transactional DDL (YugabyteDB): every
+    /// migration runs as a committed `running` row, its statements, then
+    /// `applied`.
+    #[serde(default = "yes")]
+    pub transactional_ddl: bool,
+    /// How long one statement may wait for a lock before it gives up (and
+    /// is tried again, `lock_retries` times).
+    #[serde(with = "humantime_serde", default = "default_lock_timeout")]
+    pub lock_timeout: Duration,
+    #[serde(default = "default_lock_retries")]
+    pub lock_retries: u32,
+    #[serde(with = "humantime_serde", default)]
+    pub statement_timeout: Option<Duration>,
+}
+
+impl std::fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseConfig")
+            .field("url", &crate::migrate::target::redact_url(&self.url))
+            .field("password_file", &self.password_file)
+            .field("sslmode", &self.sslmode)
+            .field("ca_file", &self.ca_file)
+            .field("transactional_ddl", &self.transactional_ddl)
+            .field("lock_timeout", &self.lock_timeout)
+            .field("lock_retries", &self.lock_retries)
+            .field("statement_timeout", &self.statement_timeout)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SslMode {
+    #[default]
+    Disable,
+    Require,
+    VerifyFull,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -63,6 +124,30 @@ pub const FETCH_RATE_LIMIT: (u64, u64) = (1024, 100 << 30);
 pub const SHUTDOWN_GRACE: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(600));
 /// `releases.trusted_keys`: how many keys may be listed.
 pub const MAX_TRUSTED_KEYS: usize = 64;
+/// `databases.*.lock_timeout`: 10 ms to 10 min.
+pub const LOCK_TIMEOUT: (Duration, Duration) =
+    (Duration::from_millis(10), Duration::from_secs(600));
+/// `databases.*.statement_timeout`: 100 ms to 24 h.
+pub const STATEMENT_TIMEOUT: (Duration, Duration) =
+    (Duration::from_millis(100), Duration::from_secs(24 * 3600));
+/// `databases.*.lock_retries`: at most this many retries after a lock timeout.
+pub const MAX_LOCK_RETRIES: u32 = 10;
+/// How many `[databases.*]` one controller may have.
+pub const MAX_DATABASES: usize = 256;
+/// The longest `databases.*.url`.
+pub const MAX_URL_LEN: usize = 2048;
+
+fn yes() -> bool {
+    true
+}
+
+fn default_lock_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn default_lock_retries() -> u32 {
+    3
+}
 
 fn default_cert_ttl() -> Duration {
     Duration::from_secs(7 * 24 * 3600)
@@ -117,6 +202,14 @@ impl Config {
                 .iter()
                 .map(|k| ("releases.trusted_keys", k)),
         );
+        for db in self.databases.values() {
+            files.extend(
+                db.password_file
+                    .iter()
+                    .map(|f| ("databases.*.password_file", f)),
+            );
+            files.extend(db.ca_file.iter().map(|f| ("databases.*.ca_file", f)));
+        }
         for (key, file) in files {
             cutover_core::fsutil::config_file_readable(key, file).map_err(|problem| {
                 Error::Config {
@@ -169,6 +262,59 @@ impl Config {
                 "releases.signature_threshold = {t}: must be between 1 and {MAX_TRUSTED_KEYS}"
             ));
         }
+        self.check_databases()
+    }
+
+    fn check_databases(&self) -> std::result::Result<(), String> {
+        if self.databases.len() > MAX_DATABASES {
+            return Err(format!(
+                "databases: {} tables; at most {MAX_DATABASES} are allowed",
+                self.databases.len()
+            ));
+        }
+        for (name, db) in &self.databases {
+            cutover_core::manifest::migrations::check_database(name)
+                .map_err(|e| format!("[databases.{}]: {e}", cutover_core::text::shown(name, 64)))?;
+            let key = |k: &str| format!("databases.{name}.{k}");
+            crate::migrate::target::check_url(&db.url)
+                .map_err(|e| format!("{}: {e}", key("url")))?;
+            let (lo, hi) = LOCK_TIMEOUT;
+            if db.lock_timeout < lo || db.lock_timeout > hi {
+                return Err(format!(
+                    "{} = \"{}\": must be between {} and {}",
+                    key("lock_timeout"),
+                    show_duration(db.lock_timeout),
+                    show_duration(lo),
+                    show_duration(hi)
+                ));
+            }
+            if let Some(t) = db.statement_timeout {
+                let (lo, hi) = STATEMENT_TIMEOUT;
+                if t < lo || t > hi {
+                    return Err(format!(
+                        "{} = \"{}\": must be between {} and {} (leave it out for none)",
+                        key("statement_timeout"),
+                        show_duration(t),
+                        show_duration(lo),
+                        show_duration(hi)
+                    ));
+                }
+            }
+            if db.lock_retries > MAX_LOCK_RETRIES {
+                return Err(format!(
+                    "{} = {}: must be between 0 and {MAX_LOCK_RETRIES}",
+                    key("lock_retries"),
+                    db.lock_retries
+                ));
+            }
+            if db.sslmode != SslMode::Disable && db.ca_file.is_none() {
+                return Err(format!(
+                    "{}: TLS needs {} (the CA that signed the server's certificate)",
+                    key("sslmode"),
+                    key("ca_file")
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -184,6 +330,10 @@ impl Config {
         fix(&mut self.tls.cert);
         fix(&mut self.tls.key);
         self.releases.trusted_keys.iter_mut().for_each(fix);
+        for db in self.databases.values_mut() {
+            db.password_file.iter_mut().for_each(fix);
+            db.ca_file.iter_mut().for_each(fix);
+        }
     }
 }
 

@@ -36,6 +36,10 @@ pub enum Error {
     PermissionDenied(String),
     #[error("{0}")]
     Unavailable(String),
+    /// Refused in the state things are in (a migration lock held, a dirty
+    /// ledger, a failed migration): the message says what to do.
+    #[error("{0}")]
+    Refused(String),
     #[error("internal: {0}")]
     Internal(String),
 }
@@ -69,6 +73,7 @@ impl From<Error> for tonic::Status {
             Error::Unauthenticated(_) => Status::unauthenticated(msg),
             Error::PermissionDenied(_) => Status::permission_denied(msg),
             Error::Unavailable(_) => Status::unavailable(msg),
+            Error::Refused(_) => Status::failed_precondition(msg),
             _ => {
                 tracing::error!(error = %msg, "internal error");
                 Status::internal(msg)

@@ -6,6 +6,7 @@ pub mod artifacts;
 pub mod config;
 pub mod error;
 pub mod fleet_view;
+pub mod migrate;
 pub mod notify;
 pub mod rollout;
 pub mod server;

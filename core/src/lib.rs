@@ -9,6 +9,7 @@ pub mod fleet;
 pub mod fsutil;
 pub mod image;
 pub mod manifest;
+pub mod migration_views;
 pub mod names;
 pub mod pki;
 pub mod rollout;

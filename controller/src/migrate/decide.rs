@@ -1,0 +1,302 @@
+//! The pure decisions of `cutover migrate`: a database's ledger held
+//! against a release's migrations (what is applied, pending, failed,
+//! dirty, changed since it ran, or unknown to the release), and whether a
+//! run may go on. No database here: the rows come in, the answer goes out.
+
+use cutover_core::manifest::Phase;
+use cutover_core::migration_views::{DatabaseStatus, Drift, LedgerEntry, PendingMigration};
+use cutover_core::Sha256Digest;
+
+/// One migration of the release for one database, with its bytes.
+#[derive(Debug, Clone)]
+pub struct Wanted {
+    pub version: String,
+    pub phase: Phase,
+    pub name: String,
+    pub sha256: Sha256Digest,
+    pub text: String,
+    /// Runs outside a transaction (its first line, or the database's
+    /// `transactional_ddl = false`).
+    pub no_transaction: bool,
+}
+
+impl Wanted {
+    pub fn checksum(&self) -> String {
+        checksum_of(&self.sha256)
+    }
+
+    pub fn key(&self) -> String {
+        format!("{}/{}/{}", self.version, self.phase, self.name)
+    }
+
+    pub fn pending(&self) -> PendingMigration {
+        PendingMigration {
+            version: self.version.clone(),
+            phase: self.phase.as_str().into(),
+            name: self.name.clone(),
+            checksum: self.checksum(),
+            no_transaction: self.no_transaction,
+        }
+    }
+
+    fn matches(&self, row: &LedgerEntry) -> bool {
+        row.version == self.version && row.phase == self.phase.as_str() && row.name == self.name
+    }
+}
+
+/// How a checksum is written in the ledger and shown: `sha256:HEX`.
+pub fn checksum_of(d: &Sha256Digest) -> String {
+    format!("sha256:{}", d.to_hex())
+}
+
+/// Whether `bytes` with other line endings (CRLF made LF, or LF made CRLF)
+/// hash to `checksum`: the file changed only in its line endings.
+pub fn line_endings_only(bytes: &[u8], checksum: &str) -> bool {
+    let lf: Vec<u8> = {
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            if bytes[i] == b'\r' && bytes.get(i + 1) == Some(&b'\n') {
+                i += 1;
+                continue;
+            }
+            out.push(bytes[i]);
+            i += 1;
+        }
+        out
+    };
+    let mut crlf = Vec::with_capacity(lf.len().saturating_add(lf.len() / 8));
+    for &b in &lf {
+        if b == b'\n' {
+            crlf.push(b'\r');
+        }
+        crlf.push(b);
+    }
+    [lf, crlf]
+        .iter()
+        .any(|v| checksum_of(&Sha256Digest::of(v)) == checksum)
+}
+
+/// The ledger `rows` (none: no ledger yet) against `wanted`, the release's
+/// migrations of `database` in the order they run.
+pub fn assess(database: &str, wanted: &[Wanted], rows: Option<&[LedgerEntry]>) -> DatabaseStatus {
+    let mut status = DatabaseStatus {
+        database: database.into(),
+        ledger: rows.is_some(),
+        applied: Vec::new(),
+        pending: Vec::new(),
+        failed: Vec::new(),
+        dirty: Vec::new(),
+        drift: Vec::new(),
+        unknown: Vec::new(),
+    };
+    let rows = rows.unwrap_or_default();
+    for row in rows {
+        match row.state.as_str() {
+            "applied" => status.applied.push(row.clone()),
+            "failed" => status.failed.push(row.clone()),
+            // `running`, and any word this controller does not know: a
+            // row it cannot vouch for blocks like an unfinished one.
+            _ => status.dirty.push(row.clone()),
+        }
+        if !wanted.iter().any(|w| w.matches(row)) {
+            status.unknown.push(row.clone());
+        }
+    }
+    for w in wanted {
+        match rows.iter().find(|r| w.matches(r)) {
+            None => status.pending.push(w.pending()),
+            Some(row) if row.state == "applied" && row.checksum != w.checksum() => {
+                status.drift.push(Drift {
+                    version: w.version.clone(),
+                    phase: w.phase.as_str().into(),
+                    name: w.name.clone(),
+                    applied: row.checksum.clone(),
+                    release: w.checksum(),
+                    line_endings_only: line_endings_only(w.text.as_bytes(), &row.checksum),
+                })
+            }
+            Some(_) => {}
+        }
+    }
+    status
+}
+
+/// Why no migration may run on this database now, or `None`: a dirty or
+/// failed row (until `repair`), or an applied migration whose file changed.
+pub fn blocked(status: &DatabaseStatus) -> Option<String> {
+    let db = &status.database;
+    if let Some(row) = status.dirty.first() {
+        return Some(format!(
+            "database {db:?}: migration {} is {} (started {} by {}, never finished): it ran outside a transaction and may have been cut short; check the database, then `cutover migrate repair --database {db} --name {}`",
+            row.key(),
+            if row.state == "running" { "dirty".to_string() } else { format!("in unknown state {:?}", row.state) },
+            row.started_at,
+            row.applied_by,
+            row.key()
+        ));
+    }
+    if let Some(row) = status.failed.first() {
+        return Some(format!(
+            "database {db:?}: migration {} failed ({}); fix the database by hand, then `cutover migrate repair --database {db} --name {}`",
+            row.key(),
+            row.error.as_deref().unwrap_or("no error recorded"),
+            row.key()
+        ));
+    }
+    if let Some(d) = status.drift.first() {
+        return Some(format!(
+            "database {db:?}: applied migration {}/{}/{} has changed since it ran: the ledger has {}, the release carries {}{}; an applied migration is never run again: restore the file or add a new migration",
+            d.version,
+            d.phase,
+            d.name,
+            d.applied,
+            d.release,
+            if d.line_endings_only { " (only its line endings differ)" } else { "" }
+        ));
+    }
+    None
+}
+
+/// What of `phase` is pending, in the order it runs: the seam the gates
+/// (upgrade, postdeploy, contract) ask.
+pub fn pending_in(status: &DatabaseStatus, phase: Phase) -> Vec<&PendingMigration> {
+    status
+        .pending
+        .iter()
+        .filter(|p| p.phase == phase.as_str())
+        .collect()
+}
+
+/// The ledger row `name` names: `VERSION/PHASE/FILE`, or `FILE` alone when
+/// only one row has it; an error naming the candidates otherwise.
+pub fn find_row<'a>(rows: &'a [LedgerEntry], name: &str) -> Result<&'a LedgerEntry, String> {
+    let hits: Vec<&LedgerEntry> = rows
+        .iter()
+        .filter(|r| r.key() == name || r.name == name)
+        .collect();
+    match hits.as_slice() {
+        [one] => Ok(one),
+        [] => Err(format!("no ledger row is named {name:?}")),
+        many => Err(format!(
+            "{name:?} names {} rows ({}); give VERSION/PHASE/FILE",
+            many.len(),
+            many.iter().map(|r| r.key()).collect::<Vec<_>>().join(", ")
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wanted(version: &str, phase: Phase, name: &str, text: &str) -> Wanted {
+        Wanted {
+            version: version.into(),
+            phase,
+            name: name.into(),
+            sha256: Sha256Digest::of(text.as_bytes()),
+            text: text.into(),
+            no_transaction: false,
+        }
+    }
+
+    fn row(w: &Wanted, state: &str) -> LedgerEntry {
+        LedgerEntry {
+            version: w.version.clone(),
+            phase: w.phase.as_str().into(),
+            name: w.name.clone(),
+            checksum: w.checksum(),
+            state: state.into(),
+            applied_by: "operator alice".into(),
+            started_at: time::OffsetDateTime::UNIX_EPOCH,
+            finished_at: None,
+            duration_ms: None,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn without_a_ledger_everything_is_pending_in_order() {
+        let w = [
+            wanted("1.0.0", Phase::Expand, "001_a.sql", "A"),
+            wanted("1.0.0", Phase::Contract, "001_c.sql", "C"),
+        ];
+        let s = assess("billing", &w, None);
+        assert!(!s.ledger && blocked(&s).is_none());
+        assert_eq!(s.pending.len(), 2);
+        let expand = pending_in(&s, Phase::Expand);
+        assert_eq!(expand.len(), 1);
+        assert_eq!(expand[0].name, "001_a.sql");
+    }
+
+    #[test]
+    fn applied_rows_are_not_pending_and_unknown_rows_are_listed() {
+        let w = [
+            wanted("1.0.0", Phase::Expand, "001_a.sql", "A"),
+            wanted("1.0.0", Phase::Expand, "002_b.sql", "B"),
+        ];
+        let gone = wanted("0.9.0", Phase::Expand, "001_old.sql", "O");
+        let rows = [row(&w[0], "applied"), row(&gone, "applied")];
+        let s = assess("billing", &w, Some(&rows));
+        assert_eq!(s.applied.len(), 2);
+        assert_eq!(s.pending, vec![w[1].pending()]);
+        assert_eq!(s.unknown, vec![rows[1].clone()]);
+        assert!(blocked(&s).is_none());
+    }
+
+    #[test]
+    fn a_changed_applied_file_is_drift_naming_both_checksums() {
+        let old = wanted("1.0.0", Phase::Expand, "001_a.sql", "CREATE TABLE a ();\n");
+        let new = wanted("1.0.0", Phase::Expand, "001_a.sql", "CREATE TABLE b ();\n");
+        let s = assess("billing", &[new.clone()], Some(&[row(&old, "applied")]));
+        let why = blocked(&s).unwrap();
+        assert!(
+            why.contains(&old.checksum()) && why.contains(&new.checksum()),
+            "{why}"
+        );
+        assert!(
+            why.contains("1.0.0/expand/001_a.sql") && !why.contains("line endings"),
+            "{why}"
+        );
+        let crlf = wanted(
+            "1.0.0",
+            Phase::Expand,
+            "001_a.sql",
+            "CREATE TABLE a ();\r\n",
+        );
+        let s = assess("billing", &[crlf], Some(&[row(&old, "applied")]));
+        assert!(s.drift[0].line_endings_only);
+        assert!(blocked(&s)
+            .unwrap()
+            .contains("only its line endings differ"));
+    }
+
+    #[test]
+    fn dirty_and_failed_rows_block_until_repaired() {
+        let w = [wanted("1.0.0", Phase::Expand, "001_a.sql", "A")];
+        let dirty = assess("billing", &w, Some(&[row(&w[0], "running")]));
+        assert!(dirty.pending.is_empty());
+        assert!(blocked(&dirty).unwrap().contains("is dirty"));
+        let failed = assess("billing", &w, Some(&[row(&w[0], "failed")]));
+        assert!(blocked(&failed).unwrap().contains("failed"));
+        let odd = assess("billing", &w, Some(&[row(&w[0], "paused")]));
+        assert!(blocked(&odd).unwrap().contains("unknown state"));
+    }
+
+    #[test]
+    fn a_row_is_found_by_its_file_name_or_its_full_key() {
+        let a = wanted("1.0.0", Phase::Expand, "001_a.sql", "A");
+        let b = wanted("1.1.0", Phase::Expand, "001_a.sql", "B");
+        let rows = [row(&a, "failed"), row(&b, "applied")];
+        assert_eq!(
+            find_row(&rows, "1.1.0/expand/001_a.sql").unwrap().version,
+            "1.1.0"
+        );
+        assert!(find_row(&rows, "001_a.sql")
+            .unwrap_err()
+            .contains("names 2 rows"));
+        assert!(find_row(&rows[..1], "001_a.sql").is_ok());
+        assert!(find_row(&rows, "nope.sql").is_err());
+    }
+}

@@ -1,0 +1,225 @@
+//! The text of a migration file, read without a database: whether it asks
+//! to run outside a transaction, its statements one by one (for files run
+//! outside a transaction, where PostgreSQL refuses `CREATE INDEX
+//! CONCURRENTLY` in a multi-statement query), and the line of an error
+//! position PostgreSQL reports.
+
+/// The first line that makes a file run outside a transaction.
+pub const NO_TRANSACTION: &str = "-- cutover:no-transaction";
+
+/// Whether the file's first line is [`NO_TRANSACTION`] (trailing blanks
+/// and a CR allowed).
+pub fn wants_no_transaction(text: &str) -> bool {
+    text.lines()
+        .next()
+        .is_some_and(|l| l.trim_end() == NO_TRANSACTION)
+}
+
+/// One statement of a file: its text and the number of characters before
+/// it in the file (PostgreSQL counts positions in characters).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Statement<'a> {
+    pub text: &'a str,
+    pub chars_before: usize,
+}
+
+/// The statements of `text`, split at `;` outside quotes, quoted
+/// identifiers, dollar quotes and comments; those holding only blanks and
+/// comments are left out.
+pub fn statements<'a>(text: &'a str) -> Vec<Statement<'a>> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut i = 0;
+    let flush = |from: usize, to: usize, out: &mut Vec<Statement<'a>>| {
+        let piece = &text[from..to];
+        if !only_comments(piece) {
+            out.push(Statement {
+                text: piece,
+                chars_before: text[..from].chars().count(),
+            });
+        }
+    };
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\'' => {
+                i = skip_quoted(
+                    bytes,
+                    i,
+                    b'\'',
+                    i > 0 && matches!(bytes[i - 1], b'e' | b'E'),
+                )
+            }
+            b'"' => i = skip_quoted(bytes, i, b'"', false),
+            b'-' if bytes.get(i + 1) == Some(&b'-') => {
+                i = bytes[i..]
+                    .iter()
+                    .position(|&b| b == b'\n')
+                    .map_or(bytes.len(), |p| i + p + 1)
+            }
+            b'/' if bytes.get(i + 1) == Some(&b'*') => i = skip_block_comment(bytes, i),
+            b'$' => i = skip_dollar(text, i),
+            b';' => {
+                flush(start, i + 1, &mut out);
+                i += 1;
+                start = i;
+            }
+            _ => i += 1,
+        }
+    }
+    if start < bytes.len() {
+        flush(start, bytes.len(), &mut out);
+    }
+    out
+}
+
+/// Past a quoted string or identifier opened at `i`; `''` (and `\'` in an
+/// `E''` string) stays inside.
+fn skip_quoted(b: &[u8], mut i: usize, quote: u8, backslashes: bool) -> usize {
+    i += 1;
+    while i < b.len() {
+        if backslashes && b[i] == b'\\' {
+            i += 2;
+            continue;
+        }
+        if b[i] == quote {
+            if b.get(i + 1) == Some(&quote) {
+                i += 2;
+                continue;
+            }
+            return i + 1;
+        }
+        i += 1;
+    }
+    b.len()
+}
+
+/// Past a `/* */` comment opened at `i` (they nest in PostgreSQL).
+fn skip_block_comment(b: &[u8], mut i: usize) -> usize {
+    let mut depth = 0usize;
+    while i < b.len() {
+        if b[i] == b'/' && b.get(i + 1) == Some(&b'*') {
+            depth += 1;
+            i += 2;
+        } else if b[i] == b'*' && b.get(i + 1) == Some(&b'/') {
+            depth -= 1;
+            i += 2;
+            if depth == 0 {
+                return i;
+            }
+        } else {
+            i += 1;
+        }
+    }
+    b.len()
+}
+
+/// Past a `$tag$ … $tag$` string opened at `i`, or just past the `$` when
+/// it opens none (a parameter such as `$1`).
+fn skip_dollar(text: &str, i: usize) -> usize {
+    let rest = &text[i + 1..];
+    let tag_len = rest
+        .bytes()
+        .take_while(|b| b.is_ascii_alphanumeric() || *b == b'_')
+        .count();
+    if rest.as_bytes().get(tag_len) != Some(&b'$')
+        || rest.as_bytes().first().is_some_and(u8::is_ascii_digit)
+    {
+        return i + 1;
+    }
+    let tag = &text[i..i + tag_len + 2];
+    let body = i + tag.len();
+    text[body..]
+        .find(tag)
+        .map_or(text.len(), |p| body + p + tag.len())
+}
+
+/// Whether `piece` holds nothing but blanks, `;` and comments.
+fn only_comments(piece: &str) -> bool {
+    let b = piece.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            c if c.is_ascii_whitespace() || c == b';' => i += 1,
+            b'-' if b.get(i + 1) == Some(&b'-') => {
+                i = b[i..]
+                    .iter()
+                    .position(|&c| c == b'\n')
+                    .map_or(b.len(), |p| i + p + 1)
+            }
+            b'/' if b.get(i + 1) == Some(&b'*') => i = skip_block_comment(b, i),
+            _ => return false,
+        }
+    }
+    true
+}
+
+/// The 1-based line of the 1-based character `position` of `text`, as
+/// PostgreSQL reports an error's position; `None` past the end.
+pub fn line_of(text: &str, position: usize) -> Option<usize> {
+    let before = position.checked_sub(1)?;
+    let mut line = 1usize;
+    let mut seen = 0usize;
+    for c in text.chars() {
+        if seen == before {
+            return Some(line);
+        }
+        if c == '\n' {
+            line = line.checked_add(1)?;
+        }
+        seen += 1;
+    }
+    (seen == before).then_some(line)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn texts(sql: &str) -> Vec<&str> {
+        statements(sql).into_iter().map(|s| s.text.trim()).collect()
+    }
+
+    #[test]
+    fn statements_split_at_semicolons_outside_quotes_comments_and_dollar_quotes() {
+        let sql = "-- cutover:no-transaction\nCREATE TABLE a (x text DEFAULT 'a;b');\n/* c; /* nested; */ still; */\nCREATE FUNCTION f() RETURNS int AS $body$ SELECT 1; $body$ LANGUAGE sql;\nSELECT \"we;ird\", E'it\\'s;', $1 FROM t -- trailing; comment\n;\n-- only a comment;\n";
+        assert_eq!(
+            texts(sql),
+            [
+                "-- cutover:no-transaction\nCREATE TABLE a (x text DEFAULT 'a;b');",
+                "/* c; /* nested; */ still; */\nCREATE FUNCTION f() RETURNS int AS $body$ SELECT 1; $body$ LANGUAGE sql;",
+                "SELECT \"we;ird\", E'it\\'s;', $1 FROM t -- trailing; comment\n;",
+            ]
+        );
+        assert_eq!(texts("SELECT 1"), ["SELECT 1"]);
+        assert!(texts("  \n-- nothing\n").is_empty());
+    }
+
+    #[test]
+    fn a_statement_knows_how_many_characters_come_before_it() {
+        let sql = "SELECT 'é';\nSELECT 2;";
+        let s = statements(sql);
+        assert_eq!(s[1].chars_before, "SELECT 'é';".chars().count());
+        // PostgreSQL's position 2 of the second statement ("S" of SELECT after the newline).
+        assert_eq!(line_of(sql, s[1].chars_before + 2), Some(2));
+    }
+
+    #[test]
+    fn line_of_counts_characters_not_bytes() {
+        let sql = "é\né\nSELECT x";
+        assert_eq!(line_of(sql, 1), Some(1));
+        assert_eq!(line_of(sql, 3), Some(2));
+        assert_eq!(line_of(sql, 5), Some(3));
+        assert_eq!(line_of(sql, 0), None);
+        assert_eq!(line_of(sql, 1000), None);
+    }
+
+    #[test]
+    fn only_the_first_line_asks_for_no_transaction() {
+        assert!(wants_no_transaction(
+            "-- cutover:no-transaction\r\nCREATE INDEX CONCURRENTLY i ON t (x);"
+        ));
+        assert!(!wants_no_transaction("\n-- cutover:no-transaction\n"));
+        assert!(!wants_no_transaction("-- cutover:no-transactions\n"));
+    }
+}

@@ -1,0 +1,279 @@
+//! A migration target: its connection string checked and shown without a
+//! password, and a connection made with the password read from its file,
+//! TLS verified against its CA, `application_name` saying who connects,
+//! and the session's `lock_timeout` and `statement_timeout` set. Errors
+//! name the database and its host:port, never the credentials.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use tokio_postgres::config::Host;
+use tokio_postgres::Client;
+
+use crate::config::{DatabaseConfig, SslMode, MAX_URL_LEN};
+use crate::error::{Error, Result};
+
+/// The largest password file read.
+pub const MAX_PASSWORD_BYTES: u64 = 4096;
+/// How long a connection may take to be made.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Checks a `databases.*.url` at config load: a connection string
+/// `tokio-postgres` reads, of bounded length. The error never quotes it.
+pub fn check_url(url: &str) -> std::result::Result<(), String> {
+    if url.len() > MAX_URL_LEN {
+        return Err(format!(
+            "{} bytes; at most {MAX_URL_LEN} are allowed",
+            url.len()
+        ));
+    }
+    let config = tokio_postgres::Config::from_str(url).map_err(|e| {
+        format!(
+            "not a PostgreSQL connection string ({}): {e}",
+            redact_url(url)
+        )
+    })?;
+    if config.get_hosts().is_empty() {
+        return Err(format!("{} names no host", redact_url(url)));
+    }
+    Ok(())
+}
+
+/// `url` with any password in it replaced by `***`, in both forms
+/// (`postgresql://user:secret@host`, `?password=secret`, and
+/// `password=secret` among `key=value` pairs).
+pub fn redact_url(url: &str) -> String {
+    let mut out = url.to_string();
+    for scheme in ["postgresql://", "postgres://"] {
+        if let Some(rest) = url.strip_prefix(scheme) {
+            let end = rest.find(['/', '?']).unwrap_or(rest.len());
+            let authority = &rest[..end];
+            if let Some(at) = authority.rfind('@') {
+                if let Some(colon) = authority[..at].find(':') {
+                    out = format!("{scheme}{}:***{}", &authority[..colon], &rest[at..]);
+                }
+            }
+        }
+    }
+    redact_key(&out)
+}
+
+/// `password=VALUE` (quoted or not, after `?`, `&`, a blank or the start)
+/// made `password=***`.
+fn redact_key(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(at) = rest.find("password") {
+        let before_ok = at == 0 || matches!(rest.as_bytes()[at - 1], b'?' | b'&' | b' ' | b'\t');
+        let after = &rest[at + "password".len()..];
+        let trimmed = after.trim_start();
+        if !before_ok || !trimmed.starts_with('=') {
+            out.push_str(&rest[..at + "password".len()]);
+            rest = after;
+            continue;
+        }
+        out.push_str(&rest[..at]);
+        out.push_str("password=***");
+        let value = trimmed[1..].trim_start();
+        let len = if let Some(quoted) = value.strip_prefix('\'') {
+            let mut end = quoted.len();
+            let mut chars = quoted.char_indices();
+            while let Some((i, c)) = chars.next() {
+                if c == '\\' {
+                    chars.next();
+                } else if c == '\'' {
+                    end = i + 1;
+                    break;
+                }
+            }
+            1 + end
+        } else {
+            value.find([' ', '\t', '&']).unwrap_or(value.len())
+        };
+        rest = &value[len.min(value.len())..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// `host:port` of the connection string, as errors name the database.
+pub fn address(url: &str) -> String {
+    let Ok(config) = tokio_postgres::Config::from_str(url) else {
+        return "an unreadable address".into();
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    match config.get_hosts().first() {
+        Some(Host::Tcp(h)) => format!("{h}:{port}"),
+        Some(Host::Unix(p)) => format!("{}/.s.PGSQL.{port}", p.display()),
+        None => format!("localhost:{port}"),
+    }
+}
+
+/// What a connection says it is, as `pg_stat_activity` shows it (at most
+/// 63 bytes, as PostgreSQL keeps).
+pub fn application_name(controller: &str, database: &str) -> String {
+    let mut name = format!("cutover-controller {controller} migrate {database}");
+    while name.len() > 63 {
+        name.pop();
+    }
+    name
+}
+
+/// The one-line reason a PostgreSQL call failed: its message (and
+/// SQLSTATE) for a database error, the error and its cause otherwise.
+pub fn describe(e: &tokio_postgres::Error) -> String {
+    let text = match e.as_db_error() {
+        Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
+        None => {
+            let mut text = e.to_string();
+            let mut source = std::error::Error::source(e);
+            while let Some(cause) = source {
+                let s = cause.to_string();
+                if !text.contains(&s) {
+                    text.push_str(": ");
+                    text.push_str(&s);
+                }
+                source = cause.source();
+            }
+            text
+        }
+    };
+    cutover_core::views::bounded(&text.replace(['\n', '\r'], " "), 1024).into_owned()
+}
+
+/// Connects to `name` as `app` and sets the session's timeouts.
+pub async fn connect(name: &str, db: &DatabaseConfig, app: &str) -> Result<Client> {
+    let at = address(&db.url);
+    let refused = |why: String| Error::Unavailable(format!("database {name:?} ({at}): {why}"));
+    let mut config = tokio_postgres::Config::from_str(&db.url)
+        .map_err(|_| refused("the configured url is not a connection string".into()))?;
+    if let Some(file) = &db.password_file {
+        let f = std::fs::File::open(file)
+            .map_err(|e| refused(format!("password_file {}: {e}", file.display())))?;
+        let bytes = cutover_core::fsutil::read_bounded(f, file, MAX_PASSWORD_BYTES)
+            .map_err(|e| refused(format!("password_file: {e}")))?;
+        let text = String::from_utf8(bytes)
+            .map_err(|_| refused(format!("password_file {}: not UTF-8", file.display())))?;
+        config.password(text.trim_end_matches(['\n', '\r']));
+    }
+    config
+        .application_name(app)
+        .connect_timeout(CONNECT_TIMEOUT);
+    let connecting = async {
+        match db.sslmode {
+            SslMode::Disable => {
+                let (client, conn) = config
+                    .connect(tokio_postgres::NoTls)
+                    .await
+                    .map_err(|e| refused(format!("cannot connect: {}", describe(&e))))?;
+                spawn_connection(name, conn);
+                Ok::<_, Error>(client)
+            }
+            SslMode::Require | SslMode::VerifyFull => {
+                config.ssl_mode(tokio_postgres::config::SslMode::Require);
+                let tls = tls_config(db).map_err(refused)?;
+                let (client, conn) = config
+                    .connect(tokio_postgres_rustls::MakeRustlsConnect::new(tls))
+                    .await
+                    .map_err(|e| refused(format!("cannot connect: {}", describe(&e))))?;
+                spawn_connection(name, conn);
+                Ok(client)
+            }
+        }
+    };
+    let client = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+        .await
+        .map_err(|_| refused(format!("no connection within {CONNECT_TIMEOUT:?}")))??;
+    client
+        .batch_execute(&super::run::timeouts(db))
+        .await
+        .map_err(|e| refused(format!("cannot set its timeouts: {}", describe(&e))))?;
+    Ok(client)
+}
+
+fn spawn_connection<S, T>(name: &str, conn: tokio_postgres::Connection<S, T>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    T: tokio_postgres::tls::TlsStream + Unpin + Send + 'static,
+{
+    let name = name.to_string();
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::warn!(database = %name, error = %describe(&e), "database connection ended");
+        }
+    });
+}
+
+fn tls_config(db: &DatabaseConfig) -> std::result::Result<rustls::ClientConfig, String> {
+    let ca = db
+        .ca_file
+        .as_ref()
+        .ok_or_else(|| "TLS needs ca_file".to_string())?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in cutover_core::tls::read_certs(ca).map_err(|e| format!("ca_file: {e}"))? {
+        roots
+            .add(cert)
+            .map_err(|e| format!("ca_file {}: {e}", ca.display()))?;
+    }
+    Ok(
+        rustls::ClientConfig::builder_with_provider(cutover_core::tls::provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_password_in_the_url_is_never_shown() {
+        for (url, want) in [
+            (
+                "postgresql://app:s3cret@db.example:5433/billing",
+                "postgresql://app:***@db.example:5433/billing",
+            ),
+            (
+                "postgres://app:s3cret@db/billing?sslmode=disable&password=s3cret",
+                "postgres://app:***@db/billing?sslmode=disable&password=***",
+            ),
+            (
+                "host=db user=app password='s3 cret' dbname=billing",
+                "host=db user=app password=*** dbname=billing",
+            ),
+            ("host=db password = s3cret", "host=db password=***"),
+            ("postgresql://app@db/billing", "postgresql://app@db/billing"),
+        ] {
+            let shown = redact_url(url);
+            assert_eq!(shown, want);
+            assert!(!shown.contains("s3"), "{shown}");
+        }
+    }
+
+    #[test]
+    fn a_bad_url_is_refused_without_quoting_a_password() {
+        let e = check_url("postgresql://app:s3cret@db:notaport/x").unwrap_err();
+        assert!(!e.contains("s3cret") && e.contains("***"), "{e}");
+        assert!(check_url(&"x".repeat(MAX_URL_LEN + 1))
+            .unwrap_err()
+            .contains("bytes"));
+        check_url("postgresql://app@127.0.0.1:5432/billing").unwrap();
+    }
+
+    #[test]
+    fn the_address_is_host_and_port() {
+        assert_eq!(address("postgresql://app@10.0.0.1:6543/b"), "10.0.0.1:6543");
+        assert_eq!(address("host=db user=x"), "db:5432");
+    }
+
+    #[test]
+    fn the_application_name_fits_what_postgresql_keeps() {
+        assert_eq!(
+            application_name("ctl", "billing"),
+            "cutover-controller ctl migrate billing"
+        );
+        assert!(application_name(&"h".repeat(100), "billing").len() <= 63);
+    }
+}
