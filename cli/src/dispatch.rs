@@ -134,6 +134,7 @@ pub(crate) async fn dispatch(cli: Cli) -> Result<()> {
             rollout::upgrade(c, args, out).await
         }
         Command::Rollback(args) => commands::rollback::rollback(c, args, out).await,
+        Command::Migrate(args) => commands::migrate::migrate(c, args, out).await,
         Command::Rollout { command } => match command {
             RolloutCommand::List { limit } => rollout::list(c, limit, out).await,
             RolloutCommand::Show { id } => rollout::show(c, id, out).await,

@@ -118,6 +118,9 @@ pub enum Command {
         after_help = "Examples:\n  cutover rollback api --dry-run\n  cutover rollback api --yes --wait\n  cutover rollback api --to 1.3.0 --yes"
     )]
     Rollback(commands::rollback::RollbackArgs),
+    /// Schema migrations: apply a phase's pending migrations of a release
+    /// (`--phase expand|postdeploy|contract`), `status`, `repair`.
+    Migrate(commands::migrate::MigrateArgs),
     /// Rollouts: list, show, watch, pause, resume, abort.
     Rollout {
         #[command(subcommand)]

@@ -6,6 +6,7 @@ pub mod events;
 pub mod fleet;
 pub mod fleet_config;
 pub mod man;
+pub mod migrate;
 mod plan_text;
 pub mod release;
 pub mod release_build;

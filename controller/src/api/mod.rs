@@ -6,6 +6,7 @@ pub mod certs;
 pub mod fetch;
 pub mod fleet;
 pub mod import;
+pub mod migrate;
 pub mod operator;
 pub mod rollback;
 pub mod rollouts;

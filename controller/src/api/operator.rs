@@ -481,6 +481,32 @@ impl Operator for OperatorApi {
         let events = self.c.store.run(move |s| s.query_events(q)).await?;
         Ok(Response::new(to_json(&events)))
     }
+
+    async fn migrate_status(
+        &self,
+        req: Request<v1::MigrateRequest>,
+    ) -> Result<Response<v1::JsonDocument>, Status> {
+        let status = super::migrate::status(&self.c, req.into_inner()).await?;
+        Ok(Response::new(to_json(&status)))
+    }
+
+    async fn migrate(
+        &self,
+        req: Request<v1::MigrateRequest>,
+    ) -> Result<Response<v1::JsonDocument>, Status> {
+        let by = super::operator_name(&req);
+        let run = super::migrate::run(&self.c, req.into_inner(), by).await?;
+        Ok(Response::new(to_json(&run)))
+    }
+
+    async fn migrate_repair(
+        &self,
+        req: Request<v1::MigrateRepairRequest>,
+    ) -> Result<Response<v1::JsonDocument>, Status> {
+        let by = super::operator_name(&req);
+        let done = super::migrate::repair(&self.c, req.into_inner(), by).await?;
+        Ok(Response::new(to_json(&done)))
+    }
 }
 
 fn ask(r: v1::PlanRequest) -> Result<Ask, Status> {

@@ -22,7 +22,7 @@ pub struct Ask {
 }
 
 /// A channel name, an exact version, or "" for the default channel.
-async fn resolve(c: &Controller, version: &str) -> Result<String> {
+pub(super) async fn resolve(c: &Controller, version: &str) -> Result<String> {
     let channels = c.store.run(|s| s.channels()).await?;
     if version.is_empty() {
         return channels

@@ -1,0 +1,212 @@
+//! The operator edge of `cutover migrate`: checks the request, resolves the
+//! release (verified again) and reads each migration file from the
+//! artifact store (its digest checked again), then hands each database to
+//! `crate::migrate`. A migrate runs in a task of its own, so a client that
+//! goes away does not cut a migration short.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cutover_core::manifest::{Manifest, Phase};
+use cutover_core::migration_views::{MigrateRun, MigrationStatus};
+use cutover_proto::v1;
+
+use crate::error::{Error, Result};
+use crate::migrate::{self, decide::Wanted, RunAsk, Target, Who};
+use crate::Controller;
+
+/// The longest `--name` of a repair (VERSION/PHASE/FILE).
+const MAX_NAME: usize = 512;
+
+/// The release `version` names (a channel, a version, or "" for the
+/// default channel), verified again.
+async fn release(c: &Arc<Controller>, version: &str) -> Result<Manifest> {
+    let version = super::rollouts::resolve(c, version).await?;
+    let v = version.clone();
+    let stored = c.store.run(move |s| s.release(&v)).await?.ok_or_else(|| {
+        Error::NotFound(format!(
+            "{version:?} is neither a channel nor an imported release; see `cutover channel list` and `cutover release list`"
+        ))
+    })?;
+    Ok(super::import::verify(c, &stored.manifest, &stored.signatures)?.0)
+}
+
+/// The databases asked about: `database`, or every one the release has
+/// migrations for, in order.
+fn databases(c: &Controller, m: &Manifest, database: &str) -> Result<Vec<String>> {
+    if !database.is_empty() {
+        migrate_name(database)?;
+        if !c.config.databases.contains_key(database) && m.migrations_of(database).next().is_none()
+        {
+            return Err(Error::NotFound(format!(
+                "database {database:?} is neither in release {} nor in the controller's config",
+                m.version
+            )));
+        }
+        return Ok(vec![database.to_string()]);
+    }
+    let mut names: Vec<String> = m.migrations.iter().map(|x| x.database.clone()).collect();
+    names.dedup();
+    Ok(names)
+}
+
+fn migrate_name(database: &str) -> Result<()> {
+    cutover_core::manifest::migrations::check_database(database).map_err(Error::Invalid)
+}
+
+/// The release's migrations of `database`, read from the artifact store
+/// and checked against their pins.
+async fn wanted(c: &Arc<Controller>, m: &Manifest, database: &str) -> Result<Vec<Wanted>> {
+    let transactional = c
+        .config
+        .databases
+        .get(database)
+        .ok_or_else(|| {
+            Error::Invalid(format!(
+                "database {database:?}: release {} has migrations for it, but the controller's config has no [databases.{database}]",
+                m.version
+            ))
+        })?
+        .transactional_ddl;
+    let files: Vec<_> = m.migrations_of(database).cloned().collect();
+    let store = c.clone();
+    tokio::task::spawn_blocking(move || {
+        files
+            .into_iter()
+            .map(|x| {
+                let path = store.artifacts.path(&x.sha256);
+                let what = format!("database {:?}: migration {}", x.database, x.file);
+                let f = std::fs::File::open(&path)
+                    .map_err(|e| Error::Internal(format!("{what}: stored copy: {e}")))?;
+                let bytes = cutover_core::fsutil::read_bounded(f, &path, x.size)
+                    .map_err(|e| Error::Internal(format!("{what}: stored copy: {e}")))?;
+                if cutover_core::Sha256Digest::of(&bytes) != x.sha256 {
+                    return Err(Error::Internal(format!(
+                        "{what}: the stored copy no longer matches its pin; import the release again to repair it"
+                    )));
+                }
+                let text = String::from_utf8(bytes)
+                    .map_err(|_| Error::Invalid(format!("{what}: not UTF-8 text")))?;
+                Ok(Wanted {
+                    version: x.version.to_string(),
+                    phase: x.phase,
+                    name: x.name.clone(),
+                    sha256: x.sha256,
+                    no_transaction: !transactional || migrate::sql::wants_no_transaction(&text),
+                    text,
+                })
+            })
+            .collect()
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("reading migrations: {e}")))?
+}
+
+/// `cutover migrate status`.
+pub async fn status(c: &Arc<Controller>, r: v1::MigrateRequest) -> Result<MigrationStatus> {
+    let m = release(c, &r.version).await?;
+    let mut out = MigrationStatus {
+        version: m.version.to_string(),
+        databases: Vec::new(),
+    };
+    for name in databases(c, &m, &r.database)? {
+        let wanted = wanted(c, &m, &name).await?;
+        let config = configured(c, &name)?;
+        out.databases.push(
+            migrate::status(&Target {
+                name: &name,
+                config,
+                wanted,
+            })
+            .await?,
+        );
+    }
+    Ok(out)
+}
+
+fn configured<'a>(c: &'a Controller, name: &str) -> Result<&'a crate::config::DatabaseConfig> {
+    c.config.databases.get(name).ok_or_else(|| {
+        Error::Invalid(format!(
+            "database {name:?}: the controller's config has no [databases.{name}]"
+        ))
+    })
+}
+
+/// `cutover migrate --phase P`.
+pub async fn run(
+    c: &Arc<Controller>,
+    r: v1::MigrateRequest,
+    operator: Option<String>,
+) -> Result<MigrateRun> {
+    let phase = Phase::parse(&r.phase).map_err(Error::Invalid)?;
+    let lock_wait = match r.lock_timeout_ms {
+        0 => migrate::lock::DEFAULT_WAIT,
+        ms => Duration::from_millis(u64::from(ms)),
+    };
+    if lock_wait > migrate::lock::MAX_WAIT {
+        return Err(Error::Invalid(format!(
+            "--lock-timeout {}: at most {}",
+            cutover_core::fleet::show_duration(lock_wait),
+            cutover_core::fleet::show_duration(migrate::lock::MAX_WAIT)
+        )));
+    }
+    let m = release(c, &r.version).await?;
+    let names = databases(c, &m, &r.database)?;
+    let mut targets = Vec::new();
+    for name in names {
+        configured(c, &name)?;
+        targets.push((wanted(c, &m, &name).await?, name));
+    }
+    let ask = RunAsk {
+        phase,
+        dry_run: r.dry_run,
+        lock_wait,
+    };
+    let who = Who::new(operator);
+    let c = c.clone();
+    let version = m.version.to_string();
+    // Its own task: the operator's connection going away must not cut a
+    // migration short.
+    tokio::spawn(async move {
+        let mut out = MigrateRun {
+            version,
+            phase: phase.as_str().into(),
+            dry_run: ask.dry_run,
+            databases: Vec::new(),
+        };
+        for (wanted, name) in targets {
+            let config = configured(&c, &name)?;
+            let t = Target {
+                name: &name,
+                config,
+                wanted,
+            };
+            out.databases
+                .push(migrate::apply(&c.store, &t, &ask, &who).await?);
+        }
+        Ok(out)
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("migrate: {e}")))?
+}
+
+/// `cutover migrate repair`.
+pub async fn repair(
+    c: &Arc<Controller>,
+    r: v1::MigrateRepairRequest,
+    operator: Option<String>,
+) -> Result<cutover_core::migration_views::Repaired> {
+    migrate_name(&r.database)?;
+    if r.name.is_empty() || r.name.len() > MAX_NAME {
+        return Err(Error::Invalid(format!(
+            "--name: give the migration's file name (at most {MAX_NAME} bytes)"
+        )));
+    }
+    let config = configured(c, &r.database)?;
+    let t = Target {
+        name: &r.database,
+        config,
+        wanted: Vec::new(),
+    };
+    migrate::repair(&c.store, &t, &r.name, &Who::new(operator)).await
+}
