@@ -6,6 +6,7 @@
 pub mod cluster;
 pub mod docker;
 pub mod grpc;
+pub mod postgres;
 pub mod process;
 pub mod sample;
 pub mod schema;
@@ -205,6 +206,9 @@ pub struct Fleet {
     pub controller_extra: String,
     /// Extra agent config lines (top-level keys), for every agent.
     pub agent_extra: String,
+    /// Tables at the end of the controller's config, such as
+    /// `[databases.NAME]` (`postgres::Postgres::config` writes one).
+    pub controller_tables: String,
 }
 
 impl Fleet {
@@ -225,6 +229,7 @@ impl Fleet {
             agent_vars: BTreeMap::new(),
             controller_extra: String::new(),
             agent_extra: String::new(),
+            controller_tables: String::new(),
             dir,
         };
         fleet
@@ -258,8 +263,8 @@ impl Fleet {
         std::fs::write(
             &config,
             format!(
-                "listen = \"127.0.0.1:{}\"\ndata_dir = \"controller\"\nagent_cert_ttl = \"{}\"\n{}\n[tls]\nca_cert = \"pki/ca.pem\"\nca_key = \"pki/ca-key.pem\"\ncert = \"pki/controller.pem\"\nkey = \"pki/controller-key.pem\"\n[releases]\ntrusted_keys = [\"release.pub\"]\n",
-                self.port, self.options.agent_cert_ttl, self.controller_extra
+                "listen = \"127.0.0.1:{}\"\ndata_dir = \"controller\"\nagent_cert_ttl = \"{}\"\n{}\n[tls]\nca_cert = \"pki/ca.pem\"\nca_key = \"pki/ca-key.pem\"\ncert = \"pki/controller.pem\"\nkey = \"pki/controller-key.pem\"\n[releases]\ntrusted_keys = [\"release.pub\"]\n{}",
+                self.port, self.options.agent_cert_ttl, self.controller_extra, self.controller_tables
             ),
         )
         .expect("write controller config");
