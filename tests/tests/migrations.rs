@@ -407,7 +407,7 @@ fn a_failing_migration_stops_the_run_at_its_line_and_leaves_nothing_until_repair
     );
     assert!(s["failed"].as_array().unwrap().is_empty());
     // The operator fixed the database by hand: the file now applies.
-    pg.sql("CREATE TABLE nope (x int)");
+    pg.sql("CREATE TABLE nope (x int); ALTER TABLE nope OWNER TO cutover");
     migrate(f, "expand", "1.0.0", &["--yes"]).ok();
     assert_eq!(
         pg.sql("SELECT to_regclass('b') IS NULL, to_regclass('c') IS NULL"),
@@ -467,7 +467,7 @@ fn create_index_concurrently_runs_outside_a_transaction_while_a_second_migrate_w
         "--yes",
     ]);
     eventually(WAIT, "the index build to wait on the test's lock", || {
-        let n = pg.sql("SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'CREATE INDEX CONCURRENTLY%' AND wait_event_type = 'Lock'");
+        let n = pg.sql("SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%CREATE INDEX CONCURRENTLY orders_x%' AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()");
         (n == "1").then_some(())
     });
     assert_eq!(
