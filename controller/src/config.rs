@@ -460,6 +460,100 @@ mod tests {
     }
 
     #[test]
+    fn database_targets_are_bounded_and_each_bad_value_is_one_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("controller.toml");
+        let base = "listen = \"127.0.0.1:1\"\ndata_dir = \"d\"\n[tls]\nca_cert=\"a\"\nca_key=\"b\"\ncert=\"c\"\nkey=\"d\"\n[releases]\ntrusted_keys=[]\n";
+        let url = "url = \"postgresql://app@127.0.0.1:5432/billing\"";
+        std::fs::write(
+            &path,
+            format!("{base}[databases.billing]\n{url}\npassword_file = \"pw\"\n"),
+        )
+        .unwrap();
+        let c = Config::load(&path).unwrap();
+        let db = &c.databases["billing"];
+        assert!(db.transactional_ddl);
+        assert_eq!(db.lock_timeout, Duration::from_secs(5));
+        assert_eq!(db.lock_retries, 3);
+        assert_eq!(db.statement_timeout, None);
+        assert_eq!(db.sslmode, SslMode::Disable);
+        assert_eq!(
+            db.password_file.as_deref(),
+            Some(dir.path().join("pw").as_path())
+        );
+        for (table, want) in [
+            (
+                "lock_timeout = \"1ms\"",
+                "databases.billing.lock_timeout = \"1ms\": must be between 10ms and 10m",
+            ),
+            (
+                "lock_timeout = \"1h\"",
+                "databases.billing.lock_timeout = \"1h\": must be between",
+            ),
+            (
+                "statement_timeout = \"1ms\"",
+                "databases.billing.statement_timeout = \"1ms\": must be between 100ms and 24h",
+            ),
+            (
+                "lock_retries = 11",
+                "databases.billing.lock_retries = 11: must be between 0 and 10",
+            ),
+            (
+                "sslmode = \"require\"",
+                "databases.billing.sslmode: TLS needs databases.billing.ca_file",
+            ),
+            ("sslmode = \"prefer\"", "unknown variant `prefer`"),
+            (
+                "transactional_dll = false",
+                "unknown field `transactional_dll`",
+            ),
+        ] {
+            std::fs::write(
+                &path,
+                format!("{base}[databases.billing]\n{url}\n{table}\n"),
+            )
+            .unwrap();
+            let e = Config::load(&path).unwrap_err().to_string();
+            assert!(
+                e.contains("controller.toml") && e.contains(want),
+                "{want}: {e}"
+            );
+            assert_eq!(e.lines().count(), 1, "{e}");
+        }
+        // A bad url is named without its password.
+        std::fs::write(
+            &path,
+            format!(
+                "{base}[databases.billing]\nurl = \"postgresql://app:hunter2@db:notaport/x\"\n"
+            ),
+        )
+        .unwrap();
+        let e = Config::load(&path).unwrap_err().to_string();
+        assert!(
+            e.contains("databases.billing.url") && !e.contains("hunter2"),
+            "{e}"
+        );
+        std::fs::write(&path, format!("{base}[databases.\"Bad Name\"]\n{url}\n")).unwrap();
+        assert!(Config::load(&path)
+            .unwrap_err()
+            .to_string()
+            .contains("[databases."));
+    }
+
+    #[test]
+    fn a_password_in_a_database_url_never_shows_in_debug() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("controller.toml");
+        std::fs::write(&path, "listen = \"127.0.0.1:1\"\ndata_dir = \"d\"\n[tls]\nca_cert=\"a\"\nca_key=\"b\"\ncert=\"c\"\nkey=\"d\"\n[releases]\ntrusted_keys=[]\n[databases.billing]\nurl = \"postgresql://app:hunter2@127.0.0.1/billing\"\n").unwrap();
+        let c = Config::load(&path).unwrap();
+        let shown = format!("{c:?}");
+        assert!(
+            !shown.contains("hunter2") && shown.contains("app:***@127.0.0.1"),
+            "{shown}"
+        );
+    }
+
+    #[test]
     fn the_packaged_example_is_valid() {
         let path =
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/controller.toml");

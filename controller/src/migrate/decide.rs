@@ -249,7 +249,11 @@ mod tests {
     fn a_changed_applied_file_is_drift_naming_both_checksums() {
         let old = wanted("1.0.0", Phase::Expand, "001_a.sql", "CREATE TABLE a ();\n");
         let new = wanted("1.0.0", Phase::Expand, "001_a.sql", "CREATE TABLE b ();\n");
-        let s = assess("billing", &[new.clone()], Some(&[row(&old, "applied")]));
+        let s = assess(
+            "billing",
+            std::slice::from_ref(&new),
+            Some(&[row(&old, "applied")]),
+        );
         let why = blocked(&s).unwrap();
         assert!(
             why.contains(&old.checksum()) && why.contains(&new.checksum()),
