@@ -12,7 +12,7 @@ pub struct LedgerEntry {
     pub version: String,
     pub phase: String,
     pub name: String,
-    /// `sha256:` and the hex SHA-256 of the exact bytes that ran.
+    /// The SHA-256 of the exact bytes that ran, 64 lowercase hex digits.
     pub checksum: String,
     /// `running`, `applied` or `failed`.
     pub state: String,
@@ -22,7 +22,8 @@ pub struct LedgerEntry {
     #[serde(default, with = "time::serde::rfc3339::option")]
     pub finished_at: Option<OffsetDateTime>,
     #[serde(default)]
-    pub duration_ms: Option<i64>,
+    /// How long it ran (the ledger's `duration_ms`).
+    pub elapsed_ms: Option<i64>,
     #[serde(default)]
     pub error: Option<String>,
 }

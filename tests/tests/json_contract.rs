@@ -11,6 +11,7 @@ use std::io::{BufRead, BufReader};
 use std::time::Duration;
 
 use cutover_cli::bundle::{self, Floor, Service};
+use cutover_tests::postgres::Postgres;
 use cutover_tests::sample::Svc;
 use cutover_tests::{bin, eventually, id, schema, Fleet, Run, Value};
 
@@ -57,8 +58,10 @@ impl Contract {
     }
 }
 
-fn world() -> Fleet {
+/// The fleet, its controller migrating database "billing" of `pg`.
+fn world(pg: &Postgres) -> Fleet {
     let mut f = Fleet::new();
+    f.controller_tables = pg.config("billing", "");
     f.assign_ports(&HOSTS, &["api"]);
     f.start_controller();
     f.start_agents(&HOSTS);
@@ -75,7 +78,8 @@ fn every_command_prints_with_o_json_a_document_its_schema_accepts() {
     let mut c = Contract {
         checked: BTreeSet::new(),
     };
-    let mut f = world();
+    let pg = Postgres::start("billing");
+    let mut f = world(&pg);
     let json = |f: &Fleet, args: &[&str]| {
         let mut all = args.to_vec();
         all.extend(["-o", "json"]);
@@ -361,6 +365,77 @@ fn every_command_prints_with_o_json_a_document_its_schema_accepts() {
     assert_eq!(gone["action"], "revoked");
     let forgotten = c.doc("host-change", &json(&f, &["host", "forget", "h3"]));
     assert_eq!(forgotten["action"], "forgotten");
+
+    // Schema migrations, against the test's own PostgreSQL.
+    let src = f.path("mig-src");
+    std::fs::create_dir_all(src.join("api")).unwrap();
+    std::fs::write(src.join("api/VERSION"), b"9.0.0\n").unwrap();
+    for (file, sql) in [
+        ("9.0.0/expand/001_a.sql", "CREATE TABLE a (x int);\n"),
+        ("9.0.0/contract/001_bad.sql", "SELECT * FROM nope;\n"),
+    ] {
+        let path = src.join("migrations/billing").join(file);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, sql).unwrap();
+    }
+    let dist = f.path("mig-dist");
+    f.cli(&[
+        "release",
+        "build",
+        s(&src),
+        "--version",
+        "9.0.0",
+        "--service",
+        "api",
+        "--databases",
+        "api=billing",
+        "--out",
+        s(&dist),
+    ])
+    .ok();
+    cutover_tests::sign_and_import(
+        |a| f.cli(a),
+        &dist.join("release-9.0.0.toml"),
+        &f.path("release.key"),
+    )
+    .ok();
+    let migrate = |extra: &[&str]| {
+        let mut args = vec!["migrate", "--version", "9.0.0"];
+        args.extend_from_slice(extra);
+        json(&f, &args)
+    };
+    let dry = c.doc("migrate-run", &migrate(&["--phase", "expand", "--dry-run"]));
+    assert_eq!(dry["databases"][0]["migrations"][0]["name"], "001_a.sql");
+    let fresh = c.doc(
+        "migrate-status",
+        &json(&f, &["migrate", "status", "--version", "9.0.0"]),
+    );
+    assert_eq!(fresh["databases"][0]["ledger"], false);
+    let ran = c.doc("migrate-run", &migrate(&["--phase", "expand", "--yes"]));
+    assert_eq!(ran["dry_run"], false);
+    assert_eq!(migrate(&["--phase", "contract", "--yes"]).code, 1);
+    let status = c.doc(
+        "migrate-status",
+        &json(&f, &["migrate", "status", "--version", "9.0.0"]),
+    );
+    assert_eq!(status["databases"][0]["applied"][0]["name"], "001_a.sql");
+    assert_eq!(status["databases"][0]["failed"][0]["name"], "001_bad.sql");
+    let repaired = c.doc(
+        "migrate-repair",
+        &json(
+            &f,
+            &[
+                "migrate",
+                "repair",
+                "--database",
+                "billing",
+                "--name",
+                "001_bad.sql",
+                "--yes",
+            ],
+        ),
+    );
+    assert_eq!(repaired["entry"]["state"], "failed");
 
     let unused: Vec<String> = schema::all()
         .into_iter()

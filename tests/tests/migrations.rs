@@ -65,7 +65,7 @@ fn release(f: &Fleet, version: &str, files: &[(&str, &str)]) -> PathBuf {
 }
 
 fn checksum(text: &str) -> String {
-    format!("sha256:{}", Sha256Digest::of(text.as_bytes()).to_hex())
+    Sha256Digest::of(text.as_bytes()).to_hex()
 }
 
 fn migrate(f: &Fleet, phase: &str, version: &str, extra: &[&str]) -> Run {

@@ -5,13 +5,12 @@
 
 use std::time::Duration;
 
-use cutover_core::migration_views::{
-    DatabaseStatus, LedgerEntry, MigrateRun, MigrationStatus, PendingMigration, Repaired,
-};
+use cutover_core::migration_views::{DatabaseStatus, LedgerEntry, PendingMigration};
 use cutover_proto::v1;
 
 use super::rollout::decode;
 use crate::client::ConnectArgs;
+use crate::doc::migrate::{MigrateRun, MigrationStatus, Repaired};
 use crate::error::{Error, Result};
 use crate::output::{self, escape, Format};
 
@@ -53,6 +52,7 @@ pub enum MigrateCommand {
     /// Each database's ledger against a release: applied, pending (by
     /// phase), failed or dirty rows, changed files, rows no release carries.
     Status {
+        /// Only this database (default: every database the release migrates).
         #[arg(long)]
         database: Option<String>,
         /// The release (a channel or a version; default: the default channel).
@@ -63,6 +63,7 @@ pub enum MigrateCommand {
     /// hand (the row is kept, marked with who repaired it and when); the
     /// migration is then pending again.
     Repair {
+        /// The database whose ledger row to repair.
         #[arg(long)]
         database: String,
         /// The migration's file name, or VERSION/PHASE/FILE.

@@ -13,6 +13,7 @@
 //! them.
 
 pub mod fleet;
+pub mod migrate;
 pub mod results;
 pub mod rollout;
 

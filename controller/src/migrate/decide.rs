@@ -44,9 +44,10 @@ impl Wanted {
     }
 }
 
-/// How a checksum is written in the ledger and shown: `sha256:HEX`.
+/// How a checksum is written in the ledger and shown: the SHA-256 as 64
+/// lowercase hex digits, as every digest in `-o json`.
 pub fn checksum_of(d: &Sha256Digest) -> String {
-    format!("sha256:{}", d.to_hex())
+    d.to_hex()
 }
 
 /// Whether `bytes` with other line endings (CRLF made LF, or LF made CRLF)
@@ -211,7 +212,7 @@ mod tests {
             applied_by: "operator alice".into(),
             started_at: time::OffsetDateTime::UNIX_EPOCH,
             finished_at: None,
-            duration_ms: None,
+            elapsed_ms: None,
             error: None,
         }
     }

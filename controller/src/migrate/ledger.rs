@@ -131,7 +131,7 @@ pub async fn read(c: &impl GenericClient, database: &str) -> Result<Option<Vec<L
                 applied_by: r.get(5),
                 started_at: from_ms(r.get(6)).unwrap_or(time::OffsetDateTime::UNIX_EPOCH),
                 finished_at: r.get::<_, Option<i64>>(7).and_then(from_ms),
-                duration_ms: r.get(8),
+                elapsed_ms: r.get(8),
                 error: r.get(9),
             })
             .collect(),
