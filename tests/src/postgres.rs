@@ -64,11 +64,31 @@ fn as_postgres(program: &Path) -> Command {
 impl Postgres {
     /// A running cluster with database `database`, owned by [`ROLE`].
     pub fn start(database: &str) -> Postgres {
+        Self::start_with(database, None)
+    }
+
+    /// As [`Postgres::start`], serving TLS with `cert` and `key` (PEM)
+    /// and taking connections over TCP only with TLS (`hostssl`).
+    pub fn start_tls(database: &str, cert: &Path, key: &Path) -> Postgres {
+        Self::start_with(database, Some((cert, key)))
+    }
+
+    fn start_with(database: &str, tls: Option<(&Path, &Path)>) -> Postgres {
         let bin = bin_dir();
         let dir = tempfile::tempdir().expect("tempdir");
         let data = dir.path().join("data");
         let sock = dir.path().join("sock");
         std::fs::create_dir_all(&sock).unwrap();
+        if let Some((cert, key)) = tls {
+            std::fs::copy(cert, dir.path().join("server.pem")).unwrap();
+            std::fs::copy(key, dir.path().join("server-key.pem")).unwrap();
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(
+                dir.path().join("server-key.pem"),
+                std::fs::Permissions::from_mode(0o600),
+            )
+            .unwrap();
+        }
         if is_root() {
             let st = Command::new("chown")
                 .args(["-R", "postgres:postgres"])
@@ -97,6 +117,32 @@ impl Postgres {
             "initdb failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        let mut settings = vec![
+            "listen_addresses=127.0.0.1".to_string(),
+            "fsync=off".into(),
+            "max_connections=40".into(),
+        ];
+        if tls.is_some() {
+            let hba = data.join("pg_hba.conf");
+            let text = std::fs::read_to_string(&hba).expect("pg_hba.conf");
+            let only_tls: String = text
+                .lines()
+                .map(|l| match l.strip_prefix("host ") {
+                    Some(rest) => format!("hostssl {rest}\n"),
+                    None => format!("{l}\n"),
+                })
+                .collect();
+            std::fs::write(&hba, only_tls).expect("write pg_hba.conf");
+            settings.push("ssl=on".into());
+            settings.push(format!(
+                "ssl_cert_file={}",
+                dir.path().join("server.pem").display()
+            ));
+            settings.push(format!(
+                "ssl_key_file={}",
+                dir.path().join("server-key.pem").display()
+            ));
+        }
         let port = crate::free_port();
         let log = std::fs::File::create(dir.path().join("postgres.log")).unwrap();
         let server = as_postgres(&bin.join("postgres"))
@@ -104,14 +150,7 @@ impl Postgres {
             .arg(&data)
             .args(["-p", &port.to_string(), "-k"])
             .arg(&sock)
-            .args([
-                "-c",
-                "listen_addresses=127.0.0.1",
-                "-c",
-                "fsync=off",
-                "-c",
-                "max_connections=40",
-            ])
+            .args(settings.iter().flat_map(|s| ["-c", s.as_str()]))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

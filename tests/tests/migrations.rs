@@ -653,3 +653,66 @@ fn an_unreachable_database_is_one_line_naming_it_without_its_password() {
     }
     assert!(!f.controller_log().contains("hunter2secret"));
 }
+
+#[test]
+fn tls_to_the_database_is_verified_against_its_ca_file() {
+    let mut f = Fleet::new();
+    // The fleet's own CA signed a certificate for 127.0.0.1: the server's.
+    let pg = Postgres::start_tls(
+        "billing",
+        &f.pki.join("controller.pem"),
+        &f.pki.join("controller-key.pem"),
+    );
+    let other = f.path("other-pki");
+    f.cli(&[
+        "pki",
+        "init",
+        "--dir",
+        other.to_str().unwrap(),
+        "--controller-host",
+        "127.0.0.1",
+    ])
+    .ok();
+    let tls =
+        |ca: &std::path::Path| format!("sslmode = \"verify-full\"\nca_file = \"{}\"", ca.display());
+    f.controller_tables = format!(
+        "{}{}{}",
+        pg.config("billing", &tls(&f.pki.join("ca.pem"))),
+        pg.config("stranger", &tls(&other.join("ca.pem"))),
+        pg.config("plain", ""),
+    );
+    f.start_controller();
+    release(&f, "1.0.0", &[("1.0.0/expand/001_orders.sql", ORDERS)]);
+    // The server takes TCP connections over TLS only: this one was.
+    migrate(&f, "expand", "1.0.0", &["--yes"]).ok();
+    assert_eq!(pg.sql("SELECT count(*) FROM orders"), "2");
+    // A server whose certificate another CA signed is refused.
+    let run = f.cli(&[
+        "migrate",
+        "status",
+        "--version",
+        "1.0.0",
+        "--database",
+        "stranger",
+    ]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr.contains(&format!(
+            "database \"stranger\" (127.0.0.1:{}): cannot connect",
+            pg.port
+        )),
+        "{run:?}"
+    );
+    assert!(run.stderr.to_lowercase().contains("certificate"), "{run:?}");
+    // And without TLS the server itself refuses.
+    let run = f.cli(&[
+        "migrate",
+        "status",
+        "--version",
+        "1.0.0",
+        "--database",
+        "plain",
+    ]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stderr.contains("database \"plain\""), "{run:?}");
+}
