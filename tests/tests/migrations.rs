@@ -716,3 +716,84 @@ fn tls_to_the_database_is_verified_against_its_ca_file() {
     assert_eq!(run.code, 1, "{run:?}");
     assert!(run.stderr.contains("database \"plain\""), "{run:?}");
 }
+
+#[test]
+fn a_controller_killed_during_a_no_transaction_migration_leaves_a_dirty_row_that_blocks_until_repair(
+) {
+    let mut w = world("lock_timeout = \"10m\"");
+    let index = "-- cutover:no-transaction\nCREATE INDEX CONCURRENTLY IF NOT EXISTS orders_x ON orders (x);\n";
+    release(&w.f, "1.0.0", &[("1.0.0/expand/001_orders.sql", ORDERS)]);
+    migrate(&w.f, "expand", "1.0.0", &["--yes"]).ok();
+    release(
+        &w.f,
+        "1.1.0",
+        &[
+            ("1.0.0/expand/001_orders.sql", ORDERS),
+            ("1.1.0/expand/001_index.sql", index),
+        ],
+    );
+    let held = Held::new(&w.pg, "LOCK TABLE orders IN SHARE MODE");
+    let mut cli = w.f.spawn_cli(&[
+        "migrate",
+        "--phase",
+        "expand",
+        "--version",
+        "1.1.0",
+        "--yes",
+    ]);
+    eventually(WAIT, "the index build to wait on the test's lock", || {
+        let n = w.pg.sql("SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%CREATE INDEX CONCURRENTLY IF NOT EXISTS orders_x%' AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()");
+        (n == "1").then_some(())
+    });
+    w.f.kill_controller();
+    let _ = cli.kill();
+    let _ = cli.wait();
+    held.release();
+    // The dead controller's session ends once its statement does.
+    eventually(WAIT, "the dead controller's session to end", || {
+        let n = w.pg.sql("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'cutover-controller%'");
+        (n == "0").then_some(())
+    });
+    assert_eq!(
+        w.pg.sql("SELECT state FROM _migrations WHERE name = '001_index.sql'"),
+        "running"
+    );
+
+    w.f.start_controller();
+    let f = &w.f;
+    assert_eq!(status(f, "1.1.0")["dirty"][0]["name"], "001_index.sql");
+    let run = migrate(f, "expand", "1.1.0", &["--yes"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr
+            .contains("migration 1.1.0/expand/001_index.sql is dirty"),
+        "{run:?}"
+    );
+    assert!(
+        run.stderr.contains(
+            "cutover migrate repair --database billing --name 1.1.0/expand/001_index.sql"
+        ),
+        "{run:?}"
+    );
+    // The operator looks, drops what is half built, and repairs.
+    w.pg.sql("DROP INDEX IF EXISTS orders_x");
+    f.cli(&[
+        "migrate",
+        "repair",
+        "--database",
+        "billing",
+        "--name",
+        "001_index.sql",
+        "--yes",
+    ])
+    .ok();
+    migrate(f, "expand", "1.1.0", &["--yes"]).ok();
+    assert_eq!(
+        w.pg.sql("SELECT indisvalid FROM pg_index WHERE indexrelid = 'orders_x'::regclass"),
+        "t"
+    );
+    assert_eq!(
+        w.pg.sql("SELECT state, repaired_at IS NOT NULL FROM _migrations WHERE name = '001_index.sql' ORDER BY id"),
+        "running|t\napplied|f"
+    );
+}
