@@ -797,3 +797,37 @@ fn a_controller_killed_during_a_no_transaction_migration_leaves_a_dirty_row_that
         "running|t\napplied|f"
     );
 }
+
+#[test]
+fn what_a_file_sets_on_its_session_never_reaches_the_ledger_or_the_next_file() {
+    let w = world("");
+    let (f, pg) = (&w.f, &w.pg);
+    // Each file leaves the session's search path where the ledger is not
+    // found and where the next file's unqualified table could not go.
+    let away = "SET search_path = pg_catalog;\n";
+    release(
+        f,
+        "1.0.0",
+        &[
+            (
+                "1.0.0/expand/001_in_tx.sql",
+                &format!("{away}CREATE TABLE public.a (x int);\n"),
+            ),
+            (
+                "1.0.0/expand/002_outside.sql",
+                &format!("-- cutover:no-transaction\n{away}CREATE TABLE public.b (x int);\n"),
+            ),
+            ("1.0.0/expand/003_next.sql", "CREATE TABLE c (x int);\n"),
+        ],
+    );
+    migrate(f, "expand", "1.0.0", &["--yes"]).ok();
+    assert_eq!(
+        pg.sql("SELECT string_agg(name || ' ' || state, ', ' ORDER BY id) FROM public._migrations"),
+        "001_in_tx.sql applied, 002_outside.sql applied, 003_next.sql applied"
+    );
+    assert_eq!(
+        pg.sql("SELECT to_regclass('public.c') IS NOT NULL"),
+        "t",
+        "the next file ran with the session's own search path"
+    );
+}

@@ -202,15 +202,17 @@ async fn apply(c: &ConnectArgs, args: &MigrateArgs, phase: String, out: Format) 
             humantime::format_duration(MAX_LOCK_TIMEOUT)
         )));
     }
-    let request = |dry_run| v1::MigrateRequest {
+    let request = |dry_run, version: String| v1::MigrateRequest {
         database: args.database.clone().unwrap_or_default(),
-        version: args.version.clone().unwrap_or_default(),
+        version,
         phase: phase.clone(),
         dry_run,
         lock_timeout_ms: u32::try_from(args.lock_timeout.as_millis()).unwrap_or(u32::MAX),
     };
+    // What was asked for: a version, a channel or the default channel.
+    let mut version = args.version.clone().unwrap_or_default();
     if args.dry_run || !args.yes {
-        let preview = call(c, request(true)).await?;
+        let preview = call(c, request(true, version.clone())).await?;
         if args.dry_run {
             return print_run(&preview, out);
         }
@@ -226,8 +228,10 @@ async fn apply(c: &ConnectArgs, args: &MigrateArgs, phase: String, out: Format) 
             ),
             "nothing applied",
         )?;
+        // The release confirmed, not what a channel points at by now.
+        version = preview.version;
     }
-    let done = call(c, request(false)).await?;
+    let done = call(c, request(false, version)).await?;
     print_run(&done, out)
 }
 

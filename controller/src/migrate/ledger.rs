@@ -70,6 +70,22 @@ async fn schema(c: &impl GenericClient, database: &str) -> Result<Option<i32>> {
         .await
         .map_err(|e| unreadable(database, &e))?;
     let version: Option<i32> = row.get(0);
+    if version.is_none() {
+        // Made by a creation cut short where DDL is not transactional
+        // (on PostgreSQL the creation is one transaction): resumable only
+        // while it holds no row.
+        let rows: i64 = c
+            .query_one(
+                "SELECT count(*) FROM (SELECT 1 FROM _migrations LIMIT 1) AS any_row",
+                &[],
+            )
+            .await
+            .map_err(|e| unreadable(database, &e))?
+            .get(0);
+        if rows == 0 {
+            return Ok(None);
+        }
+    }
     match version {
         Some(v) if v == SCHEMA_VERSION => Ok(Some(v)),
         Some(v) if v > SCHEMA_VERSION => Err(Error::Refused(format!(
@@ -81,20 +97,20 @@ async fn schema(c: &impl GenericClient, database: &str) -> Result<Option<i32>> {
     }
 }
 
-/// Makes the ledger if there is none (under the database's lock).
+/// Makes the ledger if there is none (under the database's lock), in one
+/// query string: one implicit transaction, so a creation cut short leaves
+/// nothing (and where DDL is not transactional, an empty ledger that the
+/// next `migrate` finishes making).
 pub async fn ensure(c: &impl GenericClient, database: &str) -> Result<()> {
     if schema(c, database).await?.is_some() {
         return Ok(());
     }
-    for sql in CREATE {
-        c.batch_execute(sql).await.map_err(|e| {
-            Error::Unavailable(format!(
-                "database {database:?}: cannot create its migration ledger: {}",
-                describe(&e)
-            ))
-        })?;
-    }
-    Ok(())
+    c.batch_execute(&CREATE.join(";\n")).await.map_err(|e| {
+        Error::Unavailable(format!(
+            "database {database:?}: cannot create its migration ledger: {}",
+            describe(&e)
+        ))
+    })
 }
 
 /// The ledger's rows that are not repaired, oldest first; `None` when

@@ -1,5 +1,6 @@
 //! One `migrate` per database at a time: a session-level advisory lock on
-//! a key derived from the database's name, taken by polling
+//! a key derived from the database's own name (`current_database()`, so
+//! two config entries naming one database share it), taken by polling
 //! `pg_try_advisory_lock` (never a blocking `pg_advisory_lock`, whose
 //! waiter would hold back `CREATE INDEX CONCURRENTLY` in the holder), and
 //! a refusal naming the holder when it is not free in time.
@@ -16,8 +17,9 @@ pub const MAX_WAIT: Duration = Duration::from_secs(3600);
 /// `--lock-timeout` when none is given.
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(30);
 
-/// The advisory lock key of `database`: the first 8 bytes of a SHA-256 of
-/// its name, the same on every controller and every version.
+/// The advisory lock key of the database named `database` on its server:
+/// the first 8 bytes of a SHA-256 of its name, the same on every
+/// controller and every version.
 pub fn key(database: &str) -> i64 {
     let d = cutover_core::Sha256Digest::of(format!("cutover migrate {database}").as_bytes());
     let mut b = [0u8; 8];
@@ -37,10 +39,27 @@ pub fn next_pause(pause: Duration) -> Duration {
     pause.saturating_mul(2).min(Duration::from_secs(1))
 }
 
-/// Takes `database`'s lock on `client`'s session, trying again until
-/// `wait` has passed; then refuses, naming who holds it.
-pub async fn acquire(client: &Client, database: &str, wait: Duration) -> Result<()> {
-    let key = key(database);
+/// A lock taken: the key it was taken under, to give it back.
+#[must_use = "a lock taken is given back with release"]
+pub struct Held {
+    key: i64,
+}
+
+/// Takes the lock of the database `client` is connected to (the config
+/// calls it `database`) on `client`'s session, trying again until `wait`
+/// has passed; then refuses, naming who holds it.
+pub async fn acquire(client: &Client, database: &str, wait: Duration) -> Result<Held> {
+    let physical: String = client
+        .query_one("SELECT current_database()::text", &[])
+        .await
+        .map_err(|e| {
+            Error::Unavailable(format!(
+                "database {database:?}: cannot ask for its migration lock: {}",
+                describe(&e)
+            ))
+        })?
+        .get(0);
+    let key = key(&physical);
     let deadline = tokio::time::Instant::now() + wait.min(MAX_WAIT);
     let mut pause = Duration::from_millis(50);
     loop {
@@ -54,7 +73,7 @@ pub async fn acquire(client: &Client, database: &str, wait: Duration) -> Result<
                 ))
             })?;
         if row.get::<_, bool>(0) {
-            return Ok(());
+            return Ok(Held { key });
         }
         let now = tokio::time::Instant::now();
         if now >= deadline {
@@ -70,9 +89,9 @@ pub async fn acquire(client: &Client, database: &str, wait: Duration) -> Result<
 }
 
 /// Gives the lock back (the session's end would too).
-pub async fn release(client: &Client, database: &str) {
+pub async fn release(client: &Client, database: &str, held: Held) {
     if let Err(e) = client
-        .query_one("SELECT pg_advisory_unlock($1)", &[&key(database)])
+        .query_one("SELECT pg_advisory_unlock($1)", &[&held.key])
         .await
     {
         tracing::warn!(database, error = %describe(&e), "could not release the migration lock; it goes with the connection");

@@ -110,9 +110,9 @@ pub async fn apply(store: &Store, t: &Target<'_>, ask: &RunAsk, who: &Who) -> Re
                 .collect(),
         });
     }
-    lock::acquire(&client, t.name, ask.lock_wait).await?;
+    let held = lock::acquire(&client, t.name, ask.lock_wait).await?;
     let result = apply_locked(store, &mut client, t, ask, who).await;
-    lock::release(&client, t.name).await;
+    lock::release(&client, t.name, held).await;
     result
 }
 
@@ -190,7 +190,7 @@ pub async fn repair(store: &Store, t: &Target<'_>, name: &str, who: &Who) -> Res
     let app = target::application_name(&who.controller, t.name);
     let client = target::connect(t.name, t.config, &app).await?;
     // A repair while a migrate runs would clear the row it is writing.
-    lock::acquire(&client, t.name, Duration::from_secs(5)).await?;
+    let held = lock::acquire(&client, t.name, Duration::from_secs(5)).await?;
     let result = async {
         let rows = ledger::read(&client, t.name).await?.unwrap_or_default();
         let entry = decide::find_row(&rows, name)
@@ -236,6 +236,6 @@ pub async fn repair(store: &Store, t: &Target<'_>, name: &str, who: &Who) -> Res
         })
     }
     .await;
-    lock::release(&client, t.name).await;
+    lock::release(&client, t.name, held).await;
     result
 }

@@ -65,10 +65,23 @@ fn line_of_error(text: &str, chars_before: usize, e: &tokio_postgres::Error) -> 
     }
 }
 
-/// The `SET` that puts the database's timeouts on the session again
-/// before each migration (a file may have changed them).
+/// What a file may have changed in its session and the ledger's writes
+/// must not inherit: the role, and the settings (`search_path` among
+/// them). Neither touches the advisory lock, as `DISCARD ALL` would; the
+/// `application_name` given at connection survives `RESET ALL`.
+const CLEAN_ROLE: &str = "RESET ROLE; SET SESSION AUTHORIZATION DEFAULT;";
+/// Before a ledger write after a file ran on the session.
+const FOR_LEDGER: &str = "RESET ROLE; SET SESSION AUTHORIZATION DEFAULT; RESET search_path;";
+
+/// What runs before each migration: the session as it was at connection
+/// (a file before it may have set a role or a search path, which would
+/// change what the next one does and where the ledger is found), then the
+/// database's timeouts.
 pub fn timeouts(db: &DatabaseConfig) -> String {
-    let mut set = format!("SET lock_timeout = '{}ms';", db.lock_timeout.as_millis());
+    let mut set = format!(
+        "RESET ALL; {CLEAN_ROLE} SET lock_timeout = '{}ms';",
+        db.lock_timeout.as_millis()
+    );
     if let Some(t) = db.statement_timeout {
         set.push_str(&format!(" SET statement_timeout = '{}ms';", t.as_millis()));
     }
@@ -127,7 +140,13 @@ pub async fn apply(
                     duration_ms: millis(t0),
                     error: None,
                 };
-                match ledger::insert(&tx, &row(started_ms), Some(&ending)).await {
+                // The ledger row is written as the connecting role, with the
+                // session's search path, whatever the file set for itself.
+                let recorded = match tx.batch_execute(FOR_LEDGER).await {
+                    Ok(()) => ledger::insert(&tx, &row(started_ms), Some(&ending)).await,
+                    Err(e) => Err(e),
+                };
+                match recorded {
                     Ok(_) => tx.commit().await,
                     Err(e) => {
                         let _ = tx.rollback().await;
@@ -195,7 +214,7 @@ async fn apply_outside(
                 Ok(()) => break,
                 Err(e) => e,
             };
-            if is_lock_timeout(&e) && attempt <= retries {
+            if is_lock_timeout(&e) && attempt <= retries && retryable_alone(stmt.text) {
                 tracing::info!(database = row.database, migration = %w.key(), attempt, "lock timeout; trying the statement again");
                 tokio::time::sleep(backoff(attempt)).await;
                 continue;
@@ -214,7 +233,7 @@ async fn apply_outside(
                 duration_ms: millis(t0),
                 error: Some(&failed.recorded()),
             };
-            if let Err(e) = ledger::finish(client, id, &ending).await {
+            if let Err(e) = finish(client, id, &ending).await {
                 tracing::warn!(database = row.database, migration = %w.key(), error = %describe(&e), "the failed migration's row stays running (dirty)");
             }
             return Err(failed);
@@ -226,7 +245,7 @@ async fn apply_outside(
         duration_ms: millis(t0),
         error: None,
     };
-    ledger::finish(client, id, &ending).await.map_err(|e| Failed {
+    finish(client, id, &ending).await.map_err(|e| Failed {
         line: None,
         error: format!(
             "its statements ran but its ledger row could not be marked applied ({}); it stays dirty",
@@ -237,6 +256,24 @@ async fn apply_outside(
     })
 }
 
+/// Ends a row written outside a transaction, as the connecting role.
+async fn finish(
+    client: &Client,
+    id: i64,
+    ending: &Ending<'_>,
+) -> Result<(), tokio_postgres::Error> {
+    client.batch_execute(FOR_LEDGER).await?;
+    ledger::finish(client, id, ending).await
+}
+
+/// Whether a statement run outside a transaction may be tried again after
+/// a lock timeout: it rolled back whole, unless it was a `CONCURRENTLY`
+/// one, which leaves an invalid index behind (a retry with `IF NOT EXISTS`
+/// would then pass over it and record the migration applied).
+fn retryable_alone(statement: &str) -> bool {
+    !statement.to_ascii_uppercase().contains("CONCURRENTLY")
+}
+
 fn millis(t0: Instant) -> i64 {
     i64::try_from(t0.elapsed().as_millis()).unwrap_or(i64::MAX)
 }
@@ -244,6 +281,22 @@ fn millis(t0: Instant) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_concurrent_index_build_is_never_tried_again_alone() {
+        assert!(!retryable_alone("CREATE INDEX concurrently i ON t (x);"));
+        assert!(!retryable_alone("DROP INDEX CONCURRENTLY IF EXISTS i;"));
+        assert!(retryable_alone("ALTER TABLE t ADD COLUMN y int;"));
+    }
+
+    #[test]
+    fn the_session_is_reset_before_the_timeouts_are_set() {
+        let db: DatabaseConfig =
+            cutover_core::toml_text::parse("url = \"postgresql://u@h/db\"").unwrap();
+        let set = timeouts(&db);
+        assert!(set.starts_with("RESET ALL; RESET ROLE;"), "{set}");
+        assert!(set.contains("SET lock_timeout = '5000ms'"), "{set}");
+    }
 
     #[test]
     fn backoff_doubles_from_200ms_to_at_most_5s() {

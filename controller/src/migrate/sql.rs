@@ -43,12 +43,12 @@ pub fn statements<'a>(text: &'a str) -> Vec<Statement<'a>> {
     while i < bytes.len() {
         match bytes[i] {
             b'\'' => {
-                i = skip_quoted(
-                    bytes,
-                    i,
-                    b'\'',
-                    i > 0 && matches!(bytes[i - 1], b'e' | b'E'),
-                )
+                // `E'…'` only when the E is a token of its own: `time'…'`
+                // is a typed literal, no backslash escapes.
+                let escapes = i > 0
+                    && matches!(bytes[i - 1], b'e' | b'E')
+                    && (i < 2 || !in_identifier(bytes[i - 2]));
+                i = skip_quoted(bytes, i, b'\'', escapes)
             }
             b'"' => i = skip_quoted(bytes, i, b'"', false),
             b'-' if bytes.get(i + 1) == Some(&b'-') => {
@@ -58,6 +58,8 @@ pub fn statements<'a>(text: &'a str) -> Vec<Statement<'a>> {
                     .map_or(bytes.len(), |p| i + p + 1)
             }
             b'/' if bytes.get(i + 1) == Some(&b'*') => i = skip_block_comment(bytes, i),
+            // `$` inside an identifier (`a$b`) opens no dollar quote.
+            b'$' if i > 0 && in_identifier(bytes[i - 1]) => i += 1,
             b'$' => i = skip_dollar(text, i),
             b';' => {
                 flush(start, i + 1, &mut out);
@@ -71,6 +73,12 @@ pub fn statements<'a>(text: &'a str) -> Vec<Statement<'a>> {
         flush(start, bytes.len(), &mut out);
     }
     out
+}
+
+/// Whether `b` can be part of an unquoted identifier (non-ASCII bytes
+/// can: PostgreSQL takes any of them as letters).
+fn in_identifier(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || !b.is_ascii()
 }
 
 /// Past a quoted string or identifier opened at `i`; `''` (and `\'` in an
@@ -193,6 +201,19 @@ mod tests {
         );
         assert_eq!(texts("SELECT 1"), ["SELECT 1"]);
         assert!(texts("  \n-- nothing\n").is_empty());
+    }
+
+    #[test]
+    fn dollars_inside_identifiers_and_typed_literals_open_nothing() {
+        let sql = "SELECT a$b$c FROM t$;\nSELECT time'10:00', x FROM t;\nSELECT date'it\\';\n";
+        assert_eq!(
+            texts(sql),
+            [
+                "SELECT a$b$c FROM t$;",
+                "SELECT time'10:00', x FROM t;",
+                "SELECT date'it\\';",
+            ]
+        );
     }
 
     #[test]
