@@ -52,6 +52,11 @@ pub async fn make_plan(c: &Arc<Controller>, ask: &Ask, instant: bool) -> Result<
         ))
     })?;
     let (manifest, _) = super::import::verify(c, &stored.manifest, &stored.signatures)?;
+    // The expand gate (not for a rollback's instant plan: going back must
+    // not wait on a database).
+    if !instant {
+        super::migrate::plan_gate(c, &manifest, &ask.services).await?;
+    }
     let hosts = fleet_view::host_states(c).await?;
     plan(&PlanRequest {
         manifest: &manifest,

@@ -31,6 +31,8 @@ pub const MAX_MIGRATIONS_BYTES: u64 = 1 << 30;
 pub const MAX_DATABASES: usize = 16;
 /// The longest migration file name.
 pub const MAX_NAME_LEN: usize = 128;
+/// The most data migrations one contract migration may require.
+pub const MAX_REQUIRED_DATA: usize = 16;
 
 /// When a migration runs, relative to the rollout of the services owning
 /// its database. Ordered as they run.
@@ -90,6 +92,12 @@ pub struct Migration {
     pub size: u64,
     /// Relative to the release directory: always [`file_of`] its fields.
     pub file: String,
+    /// Contract migrations only: the data migrations (by the name the
+    /// owning service gives them) that must be verified before this file
+    /// may run. `requires_data_migrations = ["backfill_orders"]` on the
+    /// `[[migrations]]` entry.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub requires_data_migrations: Vec<String>,
 }
 
 impl Migration {
@@ -127,6 +135,8 @@ pub(super) struct RawMigration {
     sha256: Sha256Digest,
     size: u64,
     file: String,
+    #[serde(default)]
+    requires_data_migrations: Vec<String>,
 }
 
 /// Where a migration file lives in a release directory, from the names of
@@ -288,6 +298,7 @@ fn entry(r: &RawMigration, release: &semver::Version) -> Result<Migration, Strin
         ));
     }
     check_pin("migration", &r.file, r.size, MAX_MIGRATION_BYTES)?;
+    check_required_data(phase, &r.requires_data_migrations)?;
     Ok(Migration {
         database: r.database.clone(),
         version,
@@ -296,7 +307,36 @@ fn entry(r: &RawMigration, release: &semver::Version) -> Result<Migration, Strin
         sha256: r.sha256,
         size: r.size,
         file,
+        requires_data_migrations: r.requires_data_migrations.clone(),
     })
+}
+
+/// `requires_data_migrations`: on a contract entry only (contract is what
+/// must wait for a backfill), bounded, names, no repeats.
+fn check_required_data(phase: Phase, names: &[String]) -> Result<(), String> {
+    if names.is_empty() {
+        return Ok(());
+    }
+    if phase != Phase::Contract {
+        return Err(format!(
+            "requires_data_migrations is for contract migrations only (this one is {phase}): only contract waits for a data migration"
+        ));
+    }
+    if names.len() > MAX_REQUIRED_DATA {
+        return Err(format!(
+            "requires_data_migrations lists {} data migrations, at most {MAX_REQUIRED_DATA} are allowed",
+            names.len()
+        ));
+    }
+    let mut seen = BTreeSet::new();
+    for n in names {
+        crate::names::validate("data migration", n)
+            .map_err(|e| format!("requires_data_migrations: {e}"))?;
+        if !seen.insert(n.as_str()) {
+            return Err(format!("requires_data_migrations lists {n:?} twice"));
+        }
+    }
+    Ok(())
 }
 
 /// In one phase directory every number has one width, so that the order
