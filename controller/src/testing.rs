@@ -55,6 +55,7 @@ pub(crate) fn plan(service: &str, batches: &[&[&str]]) -> Plan {
         carried: vec![],
         offline: vec![],
         skipped: vec![],
+        migrations: vec![],
     }
 }
 

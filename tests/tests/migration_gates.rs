@@ -3,7 +3,8 @@
 //! and allowed after it; postdeploy refused until the rollout of every
 //! owning service succeeded on every host; contract refused before
 //! postdeploy and while a required data migration's state is unknown; a
-//! database whose ledger cannot be read failing the plan by name.
+//! database whose ledger cannot be read failing the plan by name; and the
+//! plan showing the release's migrations, pending then applied.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -12,7 +13,8 @@ use cutover_cli::bundle::{self, Floor, Migration, Service};
 use cutover_core::manifest::migrations::{parse_version, Location};
 use cutover_core::manifest::Phase;
 use cutover_tests::postgres::Postgres;
-use cutover_tests::{bin, eventually, Fleet, Run};
+use cutover_tests::{bin, eventually, Fleet, Run, Value};
+use serde_json::json;
 
 const HOSTS: [&str; 2] = ["h1", "h2"];
 
@@ -95,6 +97,13 @@ fn reported(f: &Fleet, hosts: &[&str], version: &str) {
     });
 }
 
+/// `cutover plan api --version 1.0.0 -o json`, checked against its schema.
+fn plan_json(f: &Fleet) -> Value {
+    let doc = f.cli_json(&["plan", "api", "--version", "1.0.0"]);
+    cutover_tests::schema::check("plan", &doc);
+    doc
+}
+
 fn rollouts(f: &Fleet) -> usize {
     f.cli_json(&["rollout", "list"]).as_array().unwrap().len()
 }
@@ -124,7 +133,20 @@ fn upgrade_waits_for_expand_postdeploy_for_the_rollout_and_contract_for_postdepl
         "database billing: postdeploy of release 1.0.0 refused: it has 1 pending expand migration; run `cutover migrate --phase expand --version 1.0.0` first",
     );
     migrate(&f, "expand", "1.0.0").ok();
-    f.cli(&["plan", "api", "--version", "1.0.0"]).ok();
+    let text = f.cli(&["plan", "api", "--version", "1.0.0"]).ok().stdout;
+    assert!(text.contains("level 0  api"), "{text}");
+    assert!(
+        text.contains(
+            "database billing migrations:\n  expand      1 applied\n  postdeploy  1 pending: 1.0.0/postdeploy/001_fill.sql\n  contract    1 pending: 1.0.0/contract/001_drop.sql\n"
+        ),
+        "{text}"
+    );
+    let before = plan_json(&f);
+    assert_eq!(before["migrations"][0]["database"], "billing");
+    assert_eq!(
+        before["migrations"][0]["phases"][1],
+        json!({"phase": "postdeploy", "applied": [], "pending": ["1.0.0/postdeploy/001_fill.sql"]})
+    );
 
     // Before the rollout: nothing of 1.0.0 runs anywhere.
     refused(
@@ -160,6 +182,11 @@ fn upgrade_waits_for_expand_postdeploy_for_the_rollout_and_contract_for_postdepl
     );
     migrate(&f, "postdeploy", "1.0.0").ok();
     assert_eq!(pg.sql("SELECT count(*) FROM orders"), "1");
+    let after = plan_json(&f);
+    assert_eq!(
+        after["migrations"][0]["phases"][1],
+        json!({"phase": "postdeploy", "applied": ["1.0.0/postdeploy/001_fill.sql"], "pending": []})
+    );
     migrate(&f, "contract", "1.0.0").ok();
     assert_eq!(
         pg.sql("SELECT count(*) FROM information_schema.columns WHERE table_name = 'orders' AND column_name = 'legacy'"),

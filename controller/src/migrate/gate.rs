@@ -9,7 +9,7 @@
 
 use cutover_core::fleet::{FleetConfig, RunnerKind};
 use cutover_core::manifest::{Manifest, Phase};
-use cutover_core::migration_views::DatabaseStatus;
+use cutover_core::migration_views::{DatabaseStatus, PlanMigrations, PlanPhase};
 use cutover_core::rollout::Rollout;
 
 use super::decide::{blocked, pending_in};
@@ -244,6 +244,36 @@ pub fn contract_gate(
         }
     }
     Ok(())
+}
+
+/// What a plan shows of the release's migrations of the database
+/// `status` describes: by phase, each pending or applied. Called once the
+/// expand gate passed, so what is not pending is applied.
+pub fn plan_view(m: &Manifest, status: &DatabaseStatus) -> PlanMigrations {
+    let db = status.database.as_str();
+    let mut phases: Vec<PlanPhase> = Vec::new();
+    for p in Phase::ALL {
+        let mut view = PlanPhase {
+            phase: p.as_str().into(),
+            applied: Vec::new(),
+            pending: Vec::new(),
+        };
+        for x in m.migrations_of(db).filter(|x| x.phase == p) {
+            let key = format!("{}/{p}/{}", x.version, x.name);
+            if status.pending.iter().any(|w| w.key() == key) {
+                view.pending.push(key);
+            } else {
+                view.applied.push(key);
+            }
+        }
+        if !(view.applied.is_empty() && view.pending.is_empty()) {
+            phases.push(view);
+        }
+    }
+    PlanMigrations {
+        database: db.into(),
+        phases,
+    }
 }
 
 #[cfg(test)]

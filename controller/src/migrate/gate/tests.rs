@@ -262,3 +262,17 @@ fn contract_waits_for_postdeploy_the_rollout_and_required_data_migrations() {
     // Once that contract file is applied, nothing is left to wait for.
     assert!(contract_gate(&needs, &status(Vec::new()), &[]).is_ok());
 }
+
+#[test]
+fn a_plan_shows_the_release_migrations_by_phase_pending_and_applied() {
+    let m = manifest("");
+    let v = plan_view(&m, &status(vec![pending("contract", "001_drop.sql")]));
+    assert_eq!(v.database, "billing");
+    assert_eq!(v.phases.len(), 1, "only phases the release has");
+    assert_eq!(v.phases[0].phase, "contract");
+    assert_eq!(v.phases[0].pending, ["2.0.0/contract/001_drop.sql"]);
+    assert!(v.phases[0].applied.is_empty());
+    let done = plan_view(&m, &status(Vec::new()));
+    assert_eq!(done.phases[0].applied, ["2.0.0/contract/001_drop.sql"]);
+    assert!(done.phases[0].pending.is_empty());
+}
