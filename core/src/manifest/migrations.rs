@@ -211,17 +211,35 @@ fn number(name: &str) -> &str {
 
 /// A service's `databases`: bounded, names, no repeats.
 pub(super) fn check_databases(databases: &[String]) -> Result<(), String> {
-    if databases.len() > MAX_DATABASES {
+    check_names(
+        "databases",
+        "database",
+        databases,
+        MAX_DATABASES,
+        " for one service",
+    )
+}
+
+/// A list of names under `key`: at most `max`, each a name of `kind`, no
+/// repeats; `per` says what the bound is per.
+fn check_names(
+    key: &str,
+    kind: &str,
+    names: &[String],
+    max: usize,
+    per: &str,
+) -> Result<(), String> {
+    if names.len() > max {
         return Err(format!(
-            "databases lists {} databases, at most {MAX_DATABASES} are allowed for one service",
-            databases.len()
+            "{key} lists {} {kind}s, at most {max} are allowed{per}",
+            names.len()
         ));
     }
     let mut seen = BTreeSet::new();
-    for d in databases {
-        check_database(d).map_err(|e| format!("databases: {e}"))?;
-        if !seen.insert(d.as_str()) {
-            return Err(format!("databases lists {d:?} twice"));
+    for n in names {
+        crate::names::validate(kind, n).map_err(|e| format!("{key}: {e}"))?;
+        if !seen.insert(n.as_str()) {
+            return Err(format!("{key} lists {n:?} twice"));
         }
     }
     Ok(())
@@ -322,21 +340,13 @@ fn check_required_data(phase: Phase, names: &[String]) -> Result<(), String> {
             "requires_data_migrations is for contract migrations only (this one is {phase}): only contract waits for a data migration"
         ));
     }
-    if names.len() > MAX_REQUIRED_DATA {
-        return Err(format!(
-            "requires_data_migrations lists {} data migrations, at most {MAX_REQUIRED_DATA} are allowed",
-            names.len()
-        ));
-    }
-    let mut seen = BTreeSet::new();
-    for n in names {
-        crate::names::validate("data migration", n)
-            .map_err(|e| format!("requires_data_migrations: {e}"))?;
-        if !seen.insert(n.as_str()) {
-            return Err(format!("requires_data_migrations lists {n:?} twice"));
-        }
-    }
-    Ok(())
+    check_names(
+        "requires_data_migrations",
+        "data migration",
+        names,
+        MAX_REQUIRED_DATA,
+        "",
+    )
 }
 
 /// In one phase directory every number has one width, so that the order

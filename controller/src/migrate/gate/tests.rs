@@ -3,17 +3,14 @@
 
 use super::*;
 use cutover_core::migration_views::{LedgerEntry, PendingMigration};
-use cutover_core::views::{ContentIdentity, InstalledService};
+use cutover_core::views::ContentIdentity;
 
 const API: char = 'b';
 
 fn manifest(contract_extra: &str) -> Manifest {
     let sha = |c: char| c.to_string().repeat(64);
-    Manifest::parse(&format!(
+    crate::testing::manifest(&format!(
         r#"
-version = "2.0.0"
-created = 2026-01-01T00:00:00Z
-expires = 2036-01-01T00:00:00Z
 [[services]]
 name = "api"
 service_version = "2"
@@ -32,7 +29,6 @@ file = "migrations/billing/2.0.0/contract/001_drop.sql"
         sha(API),
         sha('e')
     ))
-    .unwrap()
 }
 
 /// Hosts h1 and h2; "api" runs where `assign` says (`hosts = [...]` or
@@ -49,23 +45,13 @@ fn fleet(assign: &str) -> FleetConfig {
 }
 
 fn host(name: &str, release: &str, c: char) -> HostState {
-    HostState {
-        name: name.into(),
-        online: true,
-        revoked: false,
-        installed: vec![InstalledService {
-            name: "api".into(),
-            current: Some(ContentIdentity {
-                release: release.into(),
-                service_version: "2".into(),
-                tarball_sha256: Some(c.to_string().repeat(64).parse().unwrap()),
-                image_id: None,
-            }),
-            previous: None,
-            state: "running".into(),
-            health: Default::default(),
-        }],
-    }
+    let current = ContentIdentity {
+        release: release.into(),
+        service_version: "2".into(),
+        tarball_sha256: Some(c.to_string().repeat(64).parse().unwrap()),
+        image_id: None,
+    };
+    crate::testing::host(name, "api", Some(current), None)
 }
 
 fn pending(phase: &str, name: &str) -> PendingMigration {
