@@ -171,7 +171,16 @@ fn upgrade_waits_for_expand_postdeploy_for_the_rollout_and_contract_for_postdepl
     );
     assert_eq!(pg.sql("SELECT count(*) FROM orders"), "0");
 
-    f.upgrade(&["api"], "1.0.0", &[]).ok();
+    // While the rollout is unfinished (held paused): still refused.
+    f.cli(&["upgrade", "api", "--version", "1.0.0", "--yes"])
+        .ok();
+    f.cli(&["rollout", "pause", "1"]).ok();
+    refused(
+        &migrate(&f, "postdeploy", "1.0.0"),
+        "rollout 1 still moves api; finish it with `cutover upgrade --version 1.0.0`",
+    );
+    f.cli(&["rollout", "resume", "1"]).ok();
+    f.cli(&["rollout", "watch", "1"]).ok();
     assert_eq!(f.last_rollout()["rollout"]["status"], "succeeded");
     reported(&f, &HOSTS, "1.0.0");
 
