@@ -1,6 +1,7 @@
 //! What the controller's unit tests share: a real controller on a fresh
 //! data directory, with its own PKI and release key, serving nothing; a
-//! release's identity; a one-service plan.
+//! release's identity; a one-service plan; a release 2.0.0 manifest; a
+//! host running one service.
 
 use std::sync::Arc;
 
@@ -10,6 +11,36 @@ use cutover_core::views::ContentIdentity;
 use cutover_core::Sha256Digest;
 
 use crate::Controller;
+
+/// Release 2.0.0's manifest with `body` (its services and the rest)
+/// after the version and dates.
+pub(crate) fn manifest(body: &str) -> cutover_core::manifest::Manifest {
+    cutover_core::manifest::Manifest::parse(&format!(
+        "version = \"2.0.0\"\ncreated = 2026-01-01T00:00:00Z\nexpires = 2036-01-01T00:00:00Z\n{body}"
+    ))
+    .expect("test manifest")
+}
+
+/// An online host running `service` at `current` (after `previous`).
+pub(crate) fn host(
+    name: &str,
+    service: &str,
+    current: Option<ContentIdentity>,
+    previous: Option<ContentIdentity>,
+) -> crate::rollout::plan::HostState {
+    crate::rollout::plan::HostState {
+        name: name.into(),
+        online: true,
+        revoked: false,
+        installed: vec![cutover_core::views::InstalledService {
+            name: service.into(),
+            current,
+            previous,
+            state: "running".into(),
+            health: Default::default(),
+        }],
+    }
+}
 
 /// The identity of `release`'s tarball (its digest made from the name).
 pub(crate) fn identity(release: &str) -> ContentIdentity {
@@ -55,6 +86,7 @@ pub(crate) fn plan(service: &str, batches: &[&[&str]]) -> Plan {
         carried: vec![],
         offline: vec![],
         skipped: vec![],
+        migrations: vec![],
     }
 }
 

@@ -1,7 +1,8 @@
 //! What `cutover migrate` reports, as the controller sends it and the CLI
 //! prints it (`-o json` is these): a database's ledger against a release
 //! (`MigrationStatus`), what a run applied or would apply (`MigrateRun`)
-//! and a repair (`Repaired`). Shared by both ends through `JsonDocument`.
+//! and a repair (`Repaired`), and what a plan shows of them
+//! (`PlanMigrations`). Shared by both ends through `JsonDocument`.
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -120,4 +121,21 @@ pub struct Repaired {
     pub repaired_by: String,
     #[serde(with = "time::serde::rfc3339")]
     pub repaired_at: OffsetDateTime,
+}
+
+/// A plan's view of one database the release's services own: its
+/// migrations in the release by phase, each `VERSION/PHASE/NAME`, pending
+/// or applied (a plan with a failed, dirty or changed one is refused).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanMigrations {
+    pub database: String,
+    /// The phases the release has migrations in, in the order they run.
+    pub phases: Vec<PlanPhase>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanPhase {
+    pub phase: String,
+    pub applied: Vec<String>,
+    pub pending: Vec<String>,
 }

@@ -123,6 +123,10 @@ pub struct Plan {
     /// Hosts a manual rollback does not move (no release to go back to).
     #[serde(default)]
     pub skipped: Vec<SkippedHost>,
+    /// The release's migrations of the databases its moving services own
+    /// (absent when there are none), shown next to the service steps.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub migrations: Vec<crate::migration_views::PlanMigrations>,
 }
 
 impl Plan {

@@ -372,7 +372,7 @@ fn every_command_prints_with_o_json_a_document_its_schema_accepts() {
     std::fs::write(src.join("api/VERSION"), b"9.0.0\n").unwrap();
     for (file, sql) in [
         ("9.0.0/expand/001_a.sql", "CREATE TABLE a (x int);\n"),
-        ("9.0.0/contract/001_bad.sql", "SELECT * FROM nope;\n"),
+        ("9.0.0/expand/002_bad.sql", "SELECT * FROM nope;\n"),
     ] {
         let path = src.join("migrations/billing").join(file);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -411,15 +411,14 @@ fn every_command_prints_with_o_json_a_document_its_schema_accepts() {
         &json(&f, &["migrate", "status", "--version", "9.0.0"]),
     );
     assert_eq!(fresh["databases"][0]["ledger"], false);
-    let ran = c.doc("migrate-run", &migrate(&["--phase", "expand", "--yes"]));
-    assert_eq!(ran["dry_run"], false);
-    assert_eq!(migrate(&["--phase", "contract", "--yes"]).code, 1);
+    // 001_a applies, 002_bad fails: the run's document is the error's.
+    assert_eq!(migrate(&["--phase", "expand", "--yes"]).code, 1);
     let status = c.doc(
         "migrate-status",
         &json(&f, &["migrate", "status", "--version", "9.0.0"]),
     );
     assert_eq!(status["databases"][0]["applied"][0]["name"], "001_a.sql");
-    assert_eq!(status["databases"][0]["failed"][0]["name"], "001_bad.sql");
+    assert_eq!(status["databases"][0]["failed"][0]["name"], "002_bad.sql");
     let repaired = c.doc(
         "migrate-repair",
         &json(
@@ -430,7 +429,7 @@ fn every_command_prints_with_o_json_a_document_its_schema_accepts() {
                 "--database",
                 "billing",
                 "--name",
-                "001_bad.sql",
+                "002_bad.sql",
                 "--yes",
             ],
         ),

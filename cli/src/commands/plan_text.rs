@@ -1,6 +1,7 @@
 //! A plan as text: services by level, each batch's hosts in runs that share
 //! where they move from (and, for a manual rollback, where each goes), the
-//! services carried, the hosts left as they are and the offline ones.
+//! the release's migrations by database and phase, the services carried,
+//! the hosts left as they are and the offline ones.
 
 use std::io::Write;
 
@@ -107,6 +108,7 @@ fn write_plan(out: &mut dyn Write, plan: &Plan) -> std::io::Result<()> {
             )?;
         }
     }
+    write_migrations(out, plan)?;
     if !plan.carried.is_empty() {
         writeln!(out, "\ncarried (will not move):")?;
         for c in &plan.carried {
@@ -137,6 +139,48 @@ fn write_plan(out: &mut dyn Write, plan: &Plan) -> std::io::Result<()> {
             "\noffline hosts allowed: {} (their steps wait until the step deadline)",
             output::escape(&plan.offline.join(", "))
         )?;
+    }
+    Ok(())
+}
+
+/// The most pending migrations of one phase a plan names in text (JSON has
+/// them all).
+const PENDING_SHOWN: usize = 5;
+
+/// Per database the release's migrations by phase: how many are applied,
+/// and the pending ones by name (expand is applied before an upgrade is
+/// planned; postdeploy and contract follow the rollout).
+fn write_migrations(out: &mut dyn Write, plan: &Plan) -> std::io::Result<()> {
+    for db in &plan.migrations {
+        writeln!(
+            out,
+            "\ndatabase {} migrations:",
+            output::escape(&db.database)
+        )?;
+        for p in &db.phases {
+            let mut parts = Vec::new();
+            if !p.applied.is_empty() {
+                parts.push(format!("{} applied", p.applied.len()));
+            }
+            if !p.pending.is_empty() {
+                let mut names: Vec<String> = p
+                    .pending
+                    .iter()
+                    .take(PENDING_SHOWN)
+                    .map(|k| output::escape(k).into_owned())
+                    .collect();
+                if p.pending.len() > PENDING_SHOWN {
+                    names.push(format!("and {} more", p.pending.len() - PENDING_SHOWN));
+                }
+                parts.push(format!("{} pending: {}", p.pending.len(), names.join(", ")));
+            }
+            writeln!(
+                out,
+                "  {:<11} {}",
+                output::escape(&p.phase),
+                parts.join("; ")
+            )?;
+        }
     }
     Ok(())
 }

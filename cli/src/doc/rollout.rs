@@ -298,6 +298,7 @@ mod tests {
                 carried: Vec::new(),
                 offline: Vec::new(),
                 skipped: Vec::new(),
+                migrations: Vec::new(),
             },
             steps: vec![
                 step("h1", StepPhase::Healthy, Some(1_764_600_000_100)),

@@ -12,7 +12,7 @@ use cutover_core::migration_views::{MigrateRun, MigrationStatus};
 use cutover_proto::v1;
 
 use crate::error::{Error, Result};
-use crate::migrate::{self, decide::Wanted, RunAsk, Target, Who};
+use crate::migrate::{self, decide::Wanted, gate, RunAsk, Target, Who};
 use crate::Controller;
 
 /// The longest `--name` of a repair (VERSION/PHASE/FILE).
@@ -102,6 +102,45 @@ async fn wanted(c: &Arc<Controller>, m: &Manifest, database: &str) -> Result<Vec
     .map_err(|e| Error::Internal(format!("reading migrations: {e}")))?
 }
 
+/// The ledgers of the databases owned by the services of `m` a plan moves
+/// (`services`; empty: all), each held to the expand gate: the upgrade
+/// (and plan) waits for the release's expand migrations, and a ledger that
+/// cannot be read refuses the plan naming the database. A release without
+/// migrations reads nothing.
+pub(super) async fn plan_gate(
+    c: &Arc<Controller>,
+    m: &Manifest,
+    services: &[String],
+) -> Result<Vec<cutover_core::migration_views::DatabaseStatus>> {
+    let mut names: Vec<&str> = m
+        .services
+        .iter()
+        .filter(|s| services.is_empty() || services.contains(&s.name))
+        .flat_map(|s| s.databases.iter().map(String::as_str))
+        .filter(|d| m.migrations_of(d).next().is_some())
+        .collect();
+    names.sort();
+    names.dedup();
+    let version = m.version.to_string();
+    let mut out = Vec::with_capacity(names.len());
+    for name in names {
+        let status = async {
+            let wanted = wanted(c, m, name).await?;
+            migrate::status(&Target {
+                name,
+                config: configured(c, name)?,
+                wanted,
+            })
+            .await
+        }
+        .await
+        .map_err(|e| Error::Refused(gate::unreadable(&version, name, &e.to_string())))?;
+        gate::expand_gate(&version, &status).map_err(Error::Refused)?;
+        out.push(status);
+    }
+    Ok(out)
+}
+
 /// `cutover migrate status`.
 pub async fn status(c: &Arc<Controller>, r: v1::MigrateRequest) -> Result<MigrationStatus> {
     let m = release(c, &r.version).await?;
@@ -157,6 +196,9 @@ pub async fn run(
         configured(c, &name)?;
         targets.push((wanted(c, &m, &name).await?, name));
     }
+    if phase != Phase::Expand {
+        gate(c, &m, phase, &targets).await?;
+    }
     let ask = RunAsk {
         phase,
         dry_run: r.dry_run,
@@ -188,6 +230,55 @@ pub async fn run(
     })
     .await
     .map_err(|e| Error::Internal(format!("migrate: {e}")))?
+}
+
+/// The gate of postdeploy or contract (`migrate::gate`) for each target,
+/// before anything runs (a `--dry-run` too): the rollout as the store
+/// knows it (fleet config, what hosts report, unfinished rollouts) and
+/// each database's ledger. Anything unreadable refuses.
+async fn gate(
+    c: &Arc<Controller>,
+    m: &Manifest,
+    phase: Phase,
+    targets: &[(Vec<Wanted>, String)],
+) -> Result<()> {
+    let version = m.version.to_string();
+    let refused = |name: &str, why: String| {
+        Error::Refused(format!(
+            "database {name}: {phase} of release {version} refused: {why}; fix that, then run `cutover migrate --phase {phase} --version {version}` again"
+        ))
+    };
+    for (wanted, name) in targets {
+        let rollout = async {
+            let fleet = crate::fleet_view::fleet_config(c).await?;
+            let hosts = crate::fleet_view::host_states(c).await?;
+            let unfinished = c.store.run(|s| s.unfinished_rollouts()).await?;
+            Ok::<_, Error>((fleet, hosts, unfinished))
+        }
+        .await;
+        let (fleet, hosts, unfinished) = rollout
+            .map_err(|e| refused(name, format!("the rollout's state cannot be read ({e})")))?;
+        let moving: Vec<std::result::Result<gate::Moving, String>> = unfinished
+            .iter()
+            .map(|r| r.as_ref().map(gate::Moving::of).map_err(|e| e.to_string()))
+            .collect();
+        let mut behind = gate::not_rolled_out(m, &fleet, &hosts, name);
+        behind.extend(gate::in_flight(m, name, &moving));
+        let status = migrate::status(&Target {
+            name,
+            config: configured(c, name)?,
+            wanted: wanted.clone(),
+        })
+        .await
+        .map_err(|e| refused(name, format!("its ledger cannot be read ({e})")))?;
+        match phase {
+            Phase::Postdeploy => gate::postdeploy_gate(&version, &status, &behind),
+            Phase::Contract => gate::contract_gate(m, &status, &behind),
+            Phase::Expand => Ok(()),
+        }
+        .map_err(Error::Refused)?;
+    }
+    Ok(())
 }
 
 /// `cutover migrate repair`.

@@ -52,8 +52,15 @@ pub async fn make_plan(c: &Arc<Controller>, ask: &Ask, instant: bool) -> Result<
         ))
     })?;
     let (manifest, _) = super::import::verify(c, &stored.manifest, &stored.signatures)?;
+    // The expand gate (not for a rollback's instant plan: going back must
+    // not wait on a database).
+    let ledgers = if instant {
+        Vec::new()
+    } else {
+        super::migrate::plan_gate(c, &manifest, &ask.services).await?
+    };
     let hosts = fleet_view::host_states(c).await?;
-    plan(&PlanRequest {
+    let mut plan = plan(&PlanRequest {
         manifest: &manifest,
         fleet: &fleet,
         hosts: &hosts,
@@ -61,7 +68,12 @@ pub async fn make_plan(c: &Arc<Controller>, ask: &Ask, instant: bool) -> Result<
         allow_offline: ask.allow_offline,
         instant,
     })
-    .map_err(|e| Error::Invalid(e.0))
+    .map_err(|e| Error::Invalid(e.0))?;
+    plan.migrations = ledgers
+        .iter()
+        .map(|s| crate::migrate::gate::plan_view(&manifest, s))
+        .collect();
+    Ok(plan)
 }
 
 /// Persists a rollout for `plan` and hands it to the driver; its

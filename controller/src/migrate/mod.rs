@@ -2,11 +2,13 @@
 //! the credentials live) to the PostgreSQL databases of its config.
 //! `target` connects, `lock` takes the database's advisory lock, `ledger`
 //! reads and writes `_migrations`, `run` runs one file, `decide` holds
-//! the pure decisions (pending, drift, dirty) and `sql` reads a file's
+//! the pure decisions (pending, drift, dirty), `gate` the pure gates of
+//! upgrade, postdeploy and contract, and `sql` reads a file's
 //! text. This module runs one database's status, migrate and repair; the
 //! operator edge (`api/migrate.rs`) resolves the release and its files.
 
 pub mod decide;
+pub mod gate;
 pub mod ledger;
 pub mod lock;
 pub mod run;

@@ -88,6 +88,7 @@ pub fn plan(req: &PlanRequest<'_>) -> Result<Plan, PlanError> {
         carried: Vec::new(),
         offline: Vec::new(),
         skipped: Vec::new(),
+        migrations: Vec::new(),
     };
     // Offline hosts that must move, marked by index: at fleet size a set
     // of names searched per (host, service) dominates.
@@ -355,11 +356,8 @@ mod tests {
 
     fn manifest(extra: &str) -> Manifest {
         let sha = |c: char| c.to_string().repeat(64);
-        Manifest::parse(&format!(
+        crate::testing::manifest(&format!(
             r#"
-version = "2.0.0"
-created = 2026-01-01T00:00:00Z
-expires = 2036-01-01T00:00:00Z
 {extra}
 [[services]]
 name = "db"
@@ -374,7 +372,6 @@ tarball = {{ sha256 = "{}", size = 10, file = "api.tgz" }}
             sha('a'),
             sha('b')
         ))
-        .unwrap()
     }
 
     fn fleet() -> FleetConfig {

@@ -97,6 +97,7 @@ pub fn empty_plan() -> Plan {
         carried: vec![],
         offline: vec![],
         skipped: vec![],
+        migrations: vec![],
     }
 }
 

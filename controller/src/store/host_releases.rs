@@ -208,6 +208,7 @@ mod tests {
             carried: vec![],
             offline: vec![],
             skipped: vec![],
+            migrations: vec![],
         };
         s.create_rollout(|n| crate::rollout::new_rollout(n, RolloutKind::Upgrade, plan, false, 1))
             .unwrap()

@@ -31,6 +31,8 @@ pub const MAX_MIGRATIONS_BYTES: u64 = 1 << 30;
 pub const MAX_DATABASES: usize = 16;
 /// The longest migration file name.
 pub const MAX_NAME_LEN: usize = 128;
+/// The most data migrations one contract migration may require.
+pub const MAX_REQUIRED_DATA: usize = 16;
 
 /// When a migration runs, relative to the rollout of the services owning
 /// its database. Ordered as they run.
@@ -90,6 +92,12 @@ pub struct Migration {
     pub size: u64,
     /// Relative to the release directory: always [`file_of`] its fields.
     pub file: String,
+    /// Contract migrations only: the data migrations (by the name the
+    /// owning service gives them) that must be verified before this file
+    /// may run. `requires_data_migrations = ["backfill_orders"]` on the
+    /// `[[migrations]]` entry.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub requires_data_migrations: Vec<String>,
 }
 
 impl Migration {
@@ -127,6 +135,8 @@ pub(super) struct RawMigration {
     sha256: Sha256Digest,
     size: u64,
     file: String,
+    #[serde(default)]
+    requires_data_migrations: Vec<String>,
 }
 
 /// Where a migration file lives in a release directory, from the names of
@@ -201,17 +211,35 @@ fn number(name: &str) -> &str {
 
 /// A service's `databases`: bounded, names, no repeats.
 pub(super) fn check_databases(databases: &[String]) -> Result<(), String> {
-    if databases.len() > MAX_DATABASES {
+    check_names(
+        "databases",
+        "database",
+        databases,
+        MAX_DATABASES,
+        " for one service",
+    )
+}
+
+/// A list of names under `key`: at most `max`, each a name of `kind`, no
+/// repeats; `per` says what the bound is per.
+fn check_names(
+    key: &str,
+    kind: &str,
+    names: &[String],
+    max: usize,
+    per: &str,
+) -> Result<(), String> {
+    if names.len() > max {
         return Err(format!(
-            "databases lists {} databases, at most {MAX_DATABASES} are allowed for one service",
-            databases.len()
+            "{key} lists {} {kind}s, at most {max} are allowed{per}",
+            names.len()
         ));
     }
     let mut seen = BTreeSet::new();
-    for d in databases {
-        check_database(d).map_err(|e| format!("databases: {e}"))?;
-        if !seen.insert(d.as_str()) {
-            return Err(format!("databases lists {d:?} twice"));
+    for n in names {
+        crate::names::validate(kind, n).map_err(|e| format!("{key}: {e}"))?;
+        if !seen.insert(n.as_str()) {
+            return Err(format!("{key} lists {n:?} twice"));
         }
     }
     Ok(())
@@ -288,6 +316,7 @@ fn entry(r: &RawMigration, release: &semver::Version) -> Result<Migration, Strin
         ));
     }
     check_pin("migration", &r.file, r.size, MAX_MIGRATION_BYTES)?;
+    check_required_data(phase, &r.requires_data_migrations)?;
     Ok(Migration {
         database: r.database.clone(),
         version,
@@ -296,7 +325,28 @@ fn entry(r: &RawMigration, release: &semver::Version) -> Result<Migration, Strin
         sha256: r.sha256,
         size: r.size,
         file,
+        requires_data_migrations: r.requires_data_migrations.clone(),
     })
+}
+
+/// `requires_data_migrations`: on a contract entry only (contract is what
+/// must wait for a backfill), bounded, names, no repeats.
+fn check_required_data(phase: Phase, names: &[String]) -> Result<(), String> {
+    if names.is_empty() {
+        return Ok(());
+    }
+    if phase != Phase::Contract {
+        return Err(format!(
+            "requires_data_migrations is for contract migrations only (this one is {phase}): only contract waits for a data migration"
+        ));
+    }
+    check_names(
+        "requires_data_migrations",
+        "data migration",
+        names,
+        MAX_REQUIRED_DATA,
+        "",
+    )
 }
 
 /// In one phase directory every number has one width, so that the order

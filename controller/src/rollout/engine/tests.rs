@@ -48,6 +48,7 @@ fn rollout(services: Vec<ServicePlan>, no_rollback: bool) -> Live {
         carried: vec![],
         offline: vec![],
         skipped: vec![],
+        migrations: vec![],
     };
     Live::new(new_rollout(7, RolloutKind::Upgrade, plan, no_rollback, 0))
 }

@@ -3,21 +3,9 @@
 
 use super::*;
 use crate::testing::identity as id;
-use cutover_core::views::InstalledService;
 
 fn host(name: &str, current: &str, previous: &str) -> HostState {
-    HostState {
-        name: name.into(),
-        online: true,
-        revoked: false,
-        installed: vec![InstalledService {
-            name: "api".into(),
-            current: Some(id(current)),
-            previous: Some(id(previous)),
-            state: "running".into(),
-            health: Default::default(),
-        }],
-    }
+    crate::testing::host(name, "api", Some(id(current)), Some(id(previous)))
 }
 
 /// Every release resolves but those named, and each ask is counted.

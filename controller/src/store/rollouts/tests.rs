@@ -13,6 +13,7 @@ fn rollout(id: u64, services: &[&str]) -> Rollout {
             carried: vec![],
             offline: vec![],
             skipped: vec![],
+            migrations: vec![],
         },
         false,
         1,

@@ -335,3 +335,34 @@ fn one_digest_pinned_by_a_tarball_and_a_migration_has_one_size() {
         format!("release 1.2.0: sha256 {SHA} is pinned with size 3 by service \"api\" and size 1 by database \"billing\"; one digest has one size")
     );
 }
+
+#[test]
+fn a_contract_migration_may_require_data_migrations_bounded_and_named() {
+    let with = |phase: &str, list: &str| {
+        release(
+            "\"billing\"",
+            &format!(
+                "{}requires_data_migrations = [{list}]\n",
+                entry("billing", "1.2.0", phase, "001_a.sql")
+            ),
+        )
+    };
+    let m = Manifest::parse(&with("contract", "\"backfill_orders\"")).unwrap();
+    assert_eq!(
+        m.migrations[0].requires_data_migrations,
+        ["backfill_orders"]
+    );
+    let none = Manifest::parse(&release(
+        "\"billing\"",
+        &entry("billing", "1.2.0", "contract", "001_a.sql"),
+    ))
+    .unwrap();
+    assert!(none.migrations[0].requires_data_migrations.is_empty());
+    assert!(err(&with("expand", "\"backfill_orders\"")).contains("for contract migrations only"));
+    assert!(err(&with("contract", "\"a\", \"a\"")).contains("lists \"a\" twice"));
+    assert!(err(&with("contract", "\"no spaces\"")).contains("requires_data_migrations"));
+    let many: Vec<String> = (0..=MAX_REQUIRED_DATA)
+        .map(|i| format!("\"d{i}\""))
+        .collect();
+    assert!(err(&with("contract", &many.join(", "))).contains("at most 16"));
+}
