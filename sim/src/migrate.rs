@@ -278,13 +278,7 @@ fn status(lab: &Lab, pg: &Postgres, version: &str, n: usize) -> Result<()> {
         "--version",
         version,
     ];
-    let mut times = Vec::with_capacity(STATUS_RUNS);
-    let mut out = String::new();
-    for _ in 0..STATUS_RUNS {
-        let t = Instant::now();
-        out = lab.cli(&args)?;
-        times.push(t.elapsed());
-    }
+    let (times, out) = runs(lab, &args)?;
     let count = |label: &str| {
         out.lines()
             .filter(|l| l.trim_start().starts_with(label))
@@ -296,7 +290,6 @@ fn status(lab: &Lab, pg: &Postgres, version: &str, n: usize) -> Result<()> {
             "migrate status listed {applied} applied, {unknown} unknown and {pending} pending rows, not {LEDGER_ROWS}, {old} and 0"
         ));
     }
-    times.sort();
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     println!(
         "migrate status, {LEDGER_ROWS}-row ledger ({n} rows of the release, {old} that no release carries), release of {n} migrations: \
@@ -305,7 +298,32 @@ fn status(lab: &Lab, pg: &Postgres, version: &str, n: usize) -> Result<()> {
         ms(times[STATUS_RUNS / 2]),
         out.lines().count()
     );
+    // Where the time goes: the same with `-o json` (no text to format),
+    // and the CLI's floor (start, TLS, one small call).
+    let json = [&args[..], &["--output", "json"]].concat();
+    let (json_times, doc) = runs(lab, &json)?;
+    let (floor, _) = runs(lab, &["hosts", "--output", "json"])?;
+    println!(
+        "  same with --output json: best {:.1} ms, median {:.1} ms ({:.1} MiB); the CLI's floor (cutover hosts --output json): best {:.1} ms",
+        ms(json_times[0]),
+        ms(json_times[STATUS_RUNS / 2]),
+        doc.len() as f64 / (1024.0 * 1024.0),
+        ms(floor[0])
+    );
     Ok(())
+}
+
+/// `cutover ARGS` [`STATUS_RUNS`] times: the times sorted, the last output.
+fn runs(lab: &Lab, args: &[&str]) -> Result<(Vec<Duration>, String)> {
+    let mut times = Vec::with_capacity(STATUS_RUNS);
+    let mut out = String::new();
+    for _ in 0..STATUS_RUNS {
+        let t = Instant::now();
+        out = lab.cli(args)?;
+        times.push(t.elapsed());
+    }
+    times.sort();
+    Ok((times, out))
 }
 
 fn loadavg() -> String {
