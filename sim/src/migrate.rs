@@ -252,6 +252,23 @@ fn timed(f: impl FnOnce() -> Result<String>) -> Result<Duration> {
 /// squashed), then times `cutover migrate status` on it.
 fn status(lab: &Lab, pg: &Postgres, version: &str, n: usize) -> Result<()> {
     let old = LEDGER_ROWS - n;
+    let args = [
+        "migrate",
+        "status",
+        "--database",
+        DATABASE,
+        "--version",
+        version,
+    ];
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    // The same release against its own n rows alone: what does not grow
+    // with the ledger (signatures, the release's files, the connection).
+    let (alone, _) = runs(lab, &args)?;
+    println!(
+        "migrate status, {n}-row ledger (the release's own rows): best {:.1} ms, median {:.1} ms of {STATUS_RUNS}",
+        ms(alone[0]),
+        ms(alone[STATUS_RUNS / 2])
+    );
     // The columns `ledger::insert` writes, as it writes them.
     sql(
         pg,
@@ -270,14 +287,6 @@ fn status(lab: &Lab, pg: &Postgres, version: &str, n: usize) -> Result<()> {
     if rows != LEDGER_ROWS.to_string() {
         return Err(format!("the ledger holds {rows} rows, not {LEDGER_ROWS}"));
     }
-    let args = [
-        "migrate",
-        "status",
-        "--database",
-        DATABASE,
-        "--version",
-        version,
-    ];
     let (times, out) = runs(lab, &args)?;
     let count = |label: &str| {
         out.lines()
@@ -290,7 +299,6 @@ fn status(lab: &Lab, pg: &Postgres, version: &str, n: usize) -> Result<()> {
             "migrate status listed {applied} applied, {unknown} unknown and {pending} pending rows, not {LEDGER_ROWS}, {old} and 0"
         ));
     }
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     println!(
         "migrate status, {LEDGER_ROWS}-row ledger ({n} rows of the release, {old} that no release carries), release of {n} migrations: \
          best {:.1} ms, median {:.1} ms of {STATUS_RUNS} (goal < 100 ms); {} lines printed",
