@@ -40,6 +40,9 @@ pub enum Name {
     /// The planner over 10,000 hosts x 50 services, in process and
     /// through `cutover plan`.
     Plan,
+    /// 1,000 migrations by `cutover migrate` against `psql -f` of the same
+    /// files, on a real PostgreSQL; `migrate status` on a 10,000-row ledger.
+    Migrate,
 }
 
 const MIB: f64 = 1024.0 * 1024.0;
@@ -107,6 +110,7 @@ pub async fn run(name: Name, agents: &[usize], dir: &Path) -> Result<()> {
             enroll(&lab, n).await?;
             crate::plan::through_cli(&lab, n, 50)
         }
+        Name::Migrate => crate::migrate::migrate(dir, first(1000)),
     }
 }
 

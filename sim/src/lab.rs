@@ -98,11 +98,28 @@ impl Lab {
         let dir = self.dir.join(format!("release-{version}"));
         let manifest = bundle::write_release(&dir, version, services, &bundle::Floor::default())
             .map_err(|e| e.to_string())?;
+        self.sign_and_import(&manifest)?;
+        Ok(manifest)
+    }
+
+    /// Signs `manifest` with the lab's key and imports it.
+    pub fn sign_and_import(&self, manifest: &Path) -> Result<()> {
         let m = manifest.display().to_string();
         let key = self.dir.join("release.key").display().to_string();
         self.cli(&["release", "sign", &m, "--key", &key])?;
         self.cli(&["release", "import", &m])?;
-        Ok(manifest)
+        Ok(())
+    }
+
+    /// Adds `tables` (TOML tables such as `[databases.NAME]`) to the
+    /// controller's config, for the next start; `Lab::new` writes it anew.
+    pub fn add_config(&self, tables: &str) -> Result<()> {
+        use std::io::Write as _;
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.dir.join("controller.toml"))
+            .and_then(|mut f| f.write_all(tables.as_bytes()))
+            .map_err(|e| format!("controller.toml: {e}"))
     }
 
     /// Starts the controller; returns once it answers operators.

@@ -7,6 +7,7 @@
 mod bench;
 mod host;
 mod lab;
+mod migrate;
 mod pipeline;
 mod plan;
 mod swarm;
@@ -56,7 +57,7 @@ enum Cmd {
         #[arg(value_enum)]
         name: bench::Name,
         /// Agent counts (comma-separated for `connect`); tarball sizes in
-        /// MiB for `pipeline`.
+        /// MiB for `pipeline`; the number of migrations for `migrate`.
         #[arg(long, value_delimiter = ',')]
         agents: Vec<usize>,
         /// Kept between runs so enrolled identities are reused.

@@ -5,7 +5,7 @@
 //! controller's `password_file` reads it). Run as the `postgres` user when
 //! the tests run as root (PostgreSQL refuses root). Stopped and removed on
 //! drop. A missing PostgreSQL fails the test with the package to install:
-//! never a skip.
+//! never a skip. `cutover-sim bench migrate` starts its cluster here too.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -257,6 +257,11 @@ impl Postgres {
             .stderr(Stdio::piped())
             .spawn()
             .expect("start psql")
+    }
+
+    /// A program of the installed PostgreSQL (`psql`, `pg_dump`, …).
+    pub fn program(&self, name: &str) -> PathBuf {
+        self.bin.join(name)
     }
 
     /// The server's log so far.
