@@ -3,9 +3,14 @@
 //! dirty, changed since it ran, or unknown to the release), and whether a
 //! run may go on. No database here: the rows come in, the answer goes out.
 
+use std::collections::{HashMap, HashSet};
+
 use cutover_core::manifest::Phase;
 use cutover_core::migration_views::{DatabaseStatus, Drift, LedgerEntry, PendingMigration};
 use cutover_core::Sha256Digest;
+
+/// A ledger row's version, phase and name.
+type Key<'a> = (&'a str, &'a str, &'a str);
 
 /// One migration of the release for one database, with its bytes.
 #[derive(Debug, Clone)]
@@ -39,8 +44,14 @@ impl Wanted {
         }
     }
 
-    fn matches(&self, row: &LedgerEntry) -> bool {
-        row.version == self.version && row.phase == self.phase.as_str() && row.name == self.name
+    /// What a ledger row of this migration has in its version, phase and
+    /// name columns.
+    fn lookup(&self) -> Key<'_> {
+        (
+            self.version.as_str(),
+            self.phase.as_str(),
+            self.name.as_str(),
+        )
     }
 }
 
@@ -92,6 +103,10 @@ pub fn assess(database: &str, wanted: &[Wanted], rows: Option<&[LedgerEntry]>) -
         unknown: Vec::new(),
     };
     let rows = rows.unwrap_or_default();
+    // Looked up by key, not searched: a ledger may hold 100,000 rows and a
+    // release 4,096 files. The first row of a key is the one that counts.
+    let wanted_keys: HashSet<Key<'_>> = wanted.iter().map(Wanted::lookup).collect();
+    let mut by_key: HashMap<Key<'_>, &LedgerEntry> = HashMap::with_capacity(rows.len());
     for row in rows {
         match row.state.as_str() {
             "applied" => status.applied.push(row.clone()),
@@ -100,12 +115,14 @@ pub fn assess(database: &str, wanted: &[Wanted], rows: Option<&[LedgerEntry]>) -
             // row it cannot vouch for blocks like an unfinished one.
             _ => status.dirty.push(row.clone()),
         }
-        if !wanted.iter().any(|w| w.matches(row)) {
+        let key = (row.version.as_str(), row.phase.as_str(), row.name.as_str());
+        if !wanted_keys.contains(&key) {
             status.unknown.push(row.clone());
         }
+        by_key.entry(key).or_insert(row);
     }
     for w in wanted {
-        match rows.iter().find(|r| w.matches(r)) {
+        match by_key.get(&w.lookup()).copied() {
             None => status.pending.push(w.pending()),
             Some(row) if row.state == "applied" && row.checksum != w.checksum() => {
                 status.drift.push(Drift {
