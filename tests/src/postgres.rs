@@ -205,18 +205,9 @@ impl Postgres {
     /// `psql` as the superuser over the socket; stdout (unaligned, tuples
     /// only) or stderr on failure.
     pub fn try_psql(&self, database: &str, sql: &str) -> Result<String, String> {
-        let out = as_postgres(&self.bin.join("psql"))
-            .arg("-h")
-            .arg(self.dir.path().join("sock"))
-            .args([
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "postgres",
-                "-d",
-                database,
-            ])
-            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        let out = self
+            .psql_command(database)
+            .args(["-c", sql])
             .stdin(Stdio::null())
             .output()
             .map_err(|e| e.to_string())?;
@@ -240,8 +231,19 @@ impl Postgres {
     /// Starts `psql` on the test's database reading SQL from its stdin,
     /// for a session a test holds open (a lock, a transaction).
     pub fn session(&self) -> Child {
-        as_postgres(&self.bin.join("psql"))
-            .arg("-h")
+        self.psql_command(&self.database)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start psql")
+    }
+
+    /// `psql` as the superuser over the socket on `database`: unaligned,
+    /// tuples only, stopping at the first error.
+    fn psql_command(&self, database: &str) -> Command {
+        let mut psql = as_postgres(&self.bin.join("psql"));
+        psql.arg("-h")
             .arg(self.dir.path().join("sock"))
             .args([
                 "-p",
@@ -249,14 +251,10 @@ impl Postgres {
                 "-U",
                 "postgres",
                 "-d",
-                &self.database,
+                database,
             ])
-            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start psql")
+            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"]);
+        psql
     }
 
     /// A program of the installed PostgreSQL (`psql`, `pg_dump`, …).

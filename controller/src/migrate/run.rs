@@ -65,13 +65,13 @@ fn line_of_error(text: &str, chars_before: usize, e: &tokio_postgres::Error) -> 
     }
 }
 
-/// What a file may have changed in its session and the ledger's writes
-/// must not inherit: the role, and the settings (`search_path` among
-/// them). Neither touches the advisory lock, as `DISCARD ALL` would; the
-/// `application_name` given at connection survives `RESET ALL`.
-const CLEAN_ROLE: &str = "RESET ROLE; SET SESSION AUTHORIZATION DEFAULT;";
-/// Before a ledger write after a file ran on the session.
-const FOR_LEDGER: &str = "RESET ROLE; SET SESSION AUTHORIZATION DEFAULT; RESET search_path;";
+/// What a file may have changed in its session that a ledger write or the
+/// next file must not inherit: the role and the search path. Run before
+/// each ledger write after a file, and (after `RESET ALL`, which resets
+/// the other settings) before each file. Neither touches the advisory
+/// lock, as `DISCARD ALL` would; the `application_name` given at
+/// connection survives `RESET ALL`.
+const AS_CONNECTED: &str = "RESET ROLE; SET SESSION AUTHORIZATION DEFAULT; RESET search_path;";
 
 /// What runs before each migration: the session as it was at connection
 /// (a file before it may have set a role or a search path, which would
@@ -79,7 +79,7 @@ const FOR_LEDGER: &str = "RESET ROLE; SET SESSION AUTHORIZATION DEFAULT; RESET s
 /// database's timeouts.
 pub fn timeouts(db: &DatabaseConfig) -> String {
     let mut set = format!(
-        "RESET ALL; {CLEAN_ROLE} SET lock_timeout = '{}ms';",
+        "RESET ALL; {AS_CONNECTED} SET lock_timeout = '{}ms';",
         db.lock_timeout.as_millis()
     );
     if let Some(t) = db.statement_timeout {
@@ -142,7 +142,7 @@ pub async fn apply(
                 };
                 // The ledger row is written as the connecting role, with the
                 // session's search path, whatever the file set for itself.
-                let recorded = match tx.batch_execute(FOR_LEDGER).await {
+                let recorded = match tx.batch_execute(AS_CONNECTED).await {
                     Ok(()) => ledger::insert(&tx, &row(started_ms), Some(&ending)).await,
                     Err(e) => Err(e),
                 };
@@ -262,7 +262,7 @@ async fn finish(
     id: i64,
     ending: &Ending<'_>,
 ) -> Result<(), tokio_postgres::Error> {
-    client.batch_execute(FOR_LEDGER).await?;
+    client.batch_execute(AS_CONNECTED).await?;
     ledger::finish(client, id, ending).await
 }
 
