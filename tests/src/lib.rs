@@ -89,11 +89,50 @@ pub fn instant(v: &Value) -> time::OffsetDateTime {
         .unwrap_or_else(|| panic!("an RFC 3339 instant, not {v}"))
 }
 
+/// A loopback port for a server a test starts later, reserved for the
+/// rest of this process.
+///
+/// Not one the kernel picks (`bind :0`): those come from the ephemeral
+/// range, and a port the kernel handed out and took back is soon the
+/// source port of some outgoing connection (every CLI call and agent dial
+/// makes one), so a sample service binding it a second later fails. Ports
+/// come from below the ephemeral range instead, walked from a start drawn
+/// from the pid and the clock, and each is claimed with an exclusive
+/// `flock` on a file under the temp dir, so test binaries running side by
+/// side never hand out the same one. The lock goes with the process.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free loopback port")
+    use std::sync::Mutex;
+    static HELD: Mutex<Vec<nix::fcntl::Flock<std::fs::File>>> = Mutex::new(Vec::new());
+    const LOWEST: u32 = 10_000;
+    let top = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .filter(|low| *low > LOWEST + 1_000)
+        .unwrap_or(32_768);
+    let span = top - LOWEST;
+    let dir = std::env::temp_dir().join("cutover-test-ports");
+    std::fs::create_dir_all(&dir).expect("the port reservation dir");
+    let mut held = HELD.lock().unwrap_or_else(|p| p.into_inner());
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos())
+        ^ std::process::id().wrapping_mul(7_919);
+    let start = seed % span;
+    for i in 0..span {
+        let port = (LOWEST + (start + i) % span) as u16;
+        let Ok(file) = std::fs::File::create(dir.join(port.to_string())) else {
+            continue;
+        };
+        let Ok(lock) = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        else {
+            continue;
+        };
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            held.push(lock);
+            return port;
+        }
+    }
+    panic!("no free loopback port in {LOWEST}..{top}")
 }
 
 /// Runs the real `cutover` CLI against `controller` with the operator
