@@ -45,6 +45,23 @@ pub enum Error {
 }
 
 impl Error {
+    /// The same error with `note` after its message (what had already
+    /// happened when it came, say).
+    pub fn noted(self, note: &str) -> Error {
+        let add = |m: String| format!("{m}; {note}");
+        match self {
+            Error::NotFound(m) => Error::NotFound(add(m)),
+            Error::Conflict(m) => Error::Conflict(add(m)),
+            Error::Invalid(m) => Error::Invalid(add(m)),
+            Error::Unauthenticated(m) => Error::Unauthenticated(add(m)),
+            Error::PermissionDenied(m) => Error::PermissionDenied(add(m)),
+            Error::Unavailable(m) => Error::Unavailable(add(m)),
+            Error::Refused(m) => Error::Refused(add(m)),
+            Error::Internal(m) => Error::Internal(add(m)),
+            other => Error::Internal(add(other.to_string())),
+        }
+    }
+
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),

@@ -75,15 +75,29 @@ pub struct DatabaseStatus {
     pub database: String,
     /// Whether the ledger table exists yet (the first `migrate` makes it).
     pub ledger: bool,
+    /// Applied rows of the release's migrations. Every ledger row is in
+    /// exactly one of `applied`, `failed`, `dirty` and `unknown`.
     pub applied: Vec<LedgerEntry>,
     /// In the order they would run.
     pub pending: Vec<PendingMigration>,
+    /// Failed rows, whether the release carries their migration or not.
     pub failed: Vec<LedgerEntry>,
     /// `running` rows: a migration outside a transaction that did not
-    /// finish. They block the database until `cutover migrate repair`.
+    /// finish, or one that runs now (see `migrating`). They block the
+    /// database until that migrate ends, or else until `cutover migrate
+    /// repair`.
     pub dirty: Vec<LedgerEntry>,
+    /// Who holds the database's migration lock now, asked only when a row
+    /// is dirty: a migrate at work (its `running` row is not a crash).
+    #[serde(default)]
+    pub migrating: Option<String>,
     pub drift: Vec<Drift>,
-    /// Ledger rows that no migration of the release matches.
+    /// Pending migrations that come before one of the same phase the
+    /// ledger already has: added behind it; they block the database.
+    #[serde(default)]
+    pub out_of_order: Vec<PendingMigration>,
+    /// Applied rows of migrations the release does not carry (the history
+    /// of earlier releases, squashed out of this one).
     pub unknown: Vec<LedgerEntry>,
 }
 

@@ -159,6 +159,12 @@ impl Postgres {
         let password = format!("pw{:016x}", rand_u64());
         let password_file = dir.path().join("password");
         std::fs::write(&password_file, format!("{password}\n")).unwrap();
+        // The controller refuses a password file others can read.
+        std::fs::set_permissions(
+            &password_file,
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
         let pg = Postgres {
             dir,
             port,

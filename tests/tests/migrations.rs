@@ -1,12 +1,11 @@
 //! `cutover migrate` against a real PostgreSQL (a throwaway cluster per
-//! test), a real controller and the real CLI: pending migrations applied
-//! in order and never twice, a changed applied file refused with both
-//! checksums, a failing file stopping the run at its line with nothing of
-//! it left, `CREATE INDEX CONCURRENTLY` outside a transaction while a
-//! second migrate waits and refuses naming the holder, the protocol for
-//! databases without transactional DDL, lock timeouts retried then
-//! failed, repair, `--dry-run`, an unreachable database, and a password
-//! that never shows.
+//! test), a real controller and the real CLI. Here: pending migrations
+//! applied in order and never twice, `--dry-run`, a changed applied file
+//! refused with both checksums, a failing file stopping the run at its
+//! line with nothing of it left, a file added behind one that ran, a
+//! `BEGIN ATOMIC` body, and a run over two databases. `migrations/faults`
+//! holds locks, crashes and the protocol outside a transaction;
+//! `migrations/connection` the connection, its TLS and its credentials.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
@@ -36,11 +35,21 @@ fn world(extra: &str) -> World {
 /// Builds release `version` of service "api" owning "billing" with
 /// `files` (paths under migrations/billing/), signs and imports it.
 fn release(f: &Fleet, version: &str, files: &[(&str, &str)]) -> PathBuf {
+    let files: Vec<(String, &str)> = files
+        .iter()
+        .map(|(path, text)| (format!("billing/{path}"), *text))
+        .collect();
+    release_of(f, version, "billing", &files)
+}
+
+/// [`release`] with "api" owning `databases` (`a,b`) and `files` as paths
+/// under migrations/.
+fn release_of(f: &Fleet, version: &str, databases: &str, files: &[(String, &str)]) -> PathBuf {
     let src = f.path(&format!("src-{version}"));
     std::fs::create_dir_all(src.join("api")).unwrap();
     std::fs::write(src.join("api/VERSION"), format!("{version}\n")).unwrap();
     for (file, text) in files {
-        let path = src.join("migrations/billing").join(file);
+        let path = src.join("migrations").join(file);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(path, text).unwrap();
     }
@@ -54,7 +63,7 @@ fn release(f: &Fleet, version: &str, files: &[(&str, &str)]) -> PathBuf {
         "--service",
         "api",
         "--databases",
-        "api=billing",
+        &format!("api={databases}"),
         "--out",
         out.to_str().unwrap(),
     ])
@@ -129,6 +138,12 @@ impl Drop for Held {
 const ORDERS: &str = "CREATE TABLE orders (id bigint PRIMARY KEY, x int);\nINSERT INTO orders VALUES (1, 1), (2, 2);\n";
 const ITEMS: &str = "CREATE TABLE items (id bigint PRIMARY KEY);\n";
 const FILL: &str = "UPDATE orders SET x = id;\n";
+
+#[path = "migrations/faults.rs"]
+mod faults;
+
+#[path = "migrations/connection.rs"]
+mod connection;
 
 #[test]
 fn pending_migrations_apply_in_order_a_rerun_applies_nothing_and_dry_run_changes_nothing() {
@@ -430,402 +445,123 @@ fn a_failing_migration_stops_the_run_at_its_line_and_leaves_nothing_until_repair
 }
 
 #[test]
-fn create_index_concurrently_runs_outside_a_transaction_while_a_second_migrate_waits_then_refuses()
-{
-    let w = world("lock_timeout = \"10m\"");
-    let (f, pg) = (&w.f, &w.pg);
-    let index = "-- cutover:no-transaction\nCREATE INDEX CONCURRENTLY orders_x ON orders (x);\n";
-    release(f, "1.0.0", &[("1.0.0/expand/001_orders.sql", ORDERS)]);
-    migrate(f, "expand", "1.0.0", &["--yes"]).ok();
-    release(
-        f,
-        "1.1.0",
-        &[
-            ("1.0.0/expand/001_orders.sql", ORDERS),
-            ("1.1.0/expand/001_index.sql", index),
-        ],
-    );
-    let dry = migrate(f, "expand", "1.1.0", &["--dry-run"]).ok();
-    assert!(
-        dry.stdout.contains("1.1.0/expand/001_index.sql")
-            && dry.stdout.contains("(outside a transaction)"),
-        "{}",
-        dry.stdout
-    );
-
-    // The test's own transaction holds the table, so the index build waits
-    // (holding the migration lock) until it is let go.
-    let held = Held::new(pg, "LOCK TABLE orders IN SHARE MODE");
-    let mut first = f.spawn_cli(&[
-        "migrate",
-        "--phase",
-        "expand",
-        "--version",
-        "1.1.0",
-        "--yes",
-    ]);
-    eventually(WAIT, "the index build to wait on the test's lock", || {
-        let n = pg.sql("SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%CREATE INDEX CONCURRENTLY orders_x%' AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()");
-        (n == "1").then_some(())
-    });
-    assert_eq!(
-        pg.sql("SELECT state FROM _migrations WHERE name = '001_index.sql'"),
-        "running"
-    );
-    let second = migrate(f, "expand", "1.1.0", &["--yes", "--lock-timeout", "1s"]);
-    assert_eq!(second.code, 1, "{second:?}");
-    assert!(
-        second
-            .stderr
-            .contains("another migrate holds its lock (held by \"cutover-controller "),
-        "{second:?}"
-    );
-    assert!(
-        second.stderr.contains("migrate billing\", pid ") && second.stderr.contains("waited 1s"),
-        "{second:?}"
-    );
-
-    held.release();
-    let done = eventually(WAIT, "the first migrate to finish", || {
-        first.try_wait().unwrap()
-    });
-    assert!(done.success(), "first migrate failed");
-    assert_eq!(
-        pg.sql("SELECT indisvalid FROM pg_index WHERE indexrelid = 'orders_x'::regclass"),
-        "t"
-    );
-    assert_eq!(
-        pg.sql("SELECT count(*), min(state) FROM _migrations WHERE name = '001_index.sql'"),
-        "1|applied"
-    );
-    let again = migrate(f, "expand", "1.1.0", &["--yes"]).ok();
-    assert!(again.stdout.contains("nothing pending"), "{}", again.stdout);
-}
-
-#[test]
-fn without_transactional_ddl_each_migration_is_running_then_applied_and_a_dirty_row_blocks() {
-    let w = world("transactional_ddl = false");
-    let (f, pg) = (&w.f, &w.pg);
-    let two = "CREATE TABLE a (x int);\nCREATE TABLE b (y int);\n";
-    let bad = "CREATE TABLE c (x int);\n\nINSERT INTO nope VALUES (1);\n";
-    release(
-        f,
-        "1.0.0",
-        &[
-            ("1.0.0/expand/001_ab.sql", two),
-            ("1.0.0/expand/002_bad.sql", bad),
-        ],
-    );
-    let s = status(f, "1.0.0");
-    assert_eq!(s["pending"][0]["no_transaction"], true);
-    let run = migrate(f, "expand", "1.0.0", &["--yes"]);
-    assert_eq!(run.code, 1, "{run:?}");
-    assert!(
-        run.stderr
-            .contains("002_bad.sql at line 3 failed: relation \"nope\" does not exist"),
-        "{run:?}"
-    );
-    assert!(
-        run.stderr
-            .contains("not rolled back: it ran outside a transaction"),
-        "{run:?}"
-    );
-    // Statement by statement, committed: what ran before the error stays.
-    assert_eq!(
-        pg.sql(
-            "SELECT to_regclass('a') IS NULL, to_regclass('b') IS NULL, to_regclass('c') IS NULL"
-        ),
-        "f|f|f"
-    );
-    assert_eq!(
-        pg.sql("SELECT name || ' ' || state FROM _migrations ORDER BY id"),
-        "001_ab.sql applied\n002_bad.sql failed"
-    );
-
-    // A row left `running` (a controller that died mid-file) is dirty and
-    // blocks until repaired.
-    f.cli(&[
-        "migrate",
-        "repair",
-        "--database",
-        "billing",
-        "--name",
-        "002_bad.sql",
-        "--yes",
-    ])
-    .ok();
-    pg.sql("INSERT INTO _migrations (database, version, phase, name, checksum, state, applied_by, started_at) SELECT 'billing', '1.0.0', 'expand', '002_bad.sql', checksum, 'running', 'operator admin via a controller that died', now() FROM _migrations WHERE name = '002_bad.sql'");
-    let s = status(f, "1.0.0");
-    assert_eq!(s["dirty"][0]["name"], "002_bad.sql");
-    let run = migrate(f, "expand", "1.0.0", &["--yes"]);
-    assert_eq!(run.code, 1, "{run:?}");
-    assert!(
-        run.stderr
-            .contains("migration 1.0.0/expand/002_bad.sql is dirty"),
-        "{run:?}"
-    );
-    f.cli(&[
-        "migrate",
-        "repair",
-        "--database",
-        "billing",
-        "--name",
-        "1.0.0/expand/002_bad.sql",
-        "--yes",
-    ])
-    .ok();
-    assert!(status(f, "1.0.0")["dirty"].as_array().unwrap().is_empty());
-}
-
-#[test]
-fn a_lock_timeout_is_retried_with_backoff_then_fails_cleanly() {
-    let w = world("lock_timeout = \"100ms\"\nlock_retries = 2");
-    let (f, pg) = (&w.f, &w.pg);
-    release(f, "1.0.0", &[("1.0.0/expand/001_orders.sql", ORDERS)]);
-    migrate(f, "expand", "1.0.0", &["--yes"]).ok();
-    release(
-        f,
-        "1.1.0",
-        &[
-            ("1.0.0/expand/001_orders.sql", ORDERS),
-            (
-                "1.1.0/expand/001_y.sql",
-                "ALTER TABLE orders ADD COLUMN y int;\n",
-            ),
-        ],
-    );
-    let held = Held::new(pg, "LOCK TABLE orders IN ACCESS EXCLUSIVE MODE");
-    let run = migrate(f, "expand", "1.1.0", &["--yes"]);
-    assert_eq!(run.code, 1, "{run:?}");
-    assert!(
-        run.stderr
-            .contains("canceling statement due to lock timeout (SQLSTATE 55P03)"),
-        "{run:?}"
-    );
-    assert!(run.stderr.contains("rolled back, after 3 tries"), "{run:?}");
-    assert_eq!(
-        f.controller_log()
-            .matches("lock timeout; trying again")
-            .count(),
-        2
-    );
-    assert_eq!(
-        pg.sql("SELECT state FROM _migrations WHERE name = '001_y.sql'"),
-        "failed"
-    );
-    held.release();
-    assert_eq!(pg.sql("SELECT count(*) FROM information_schema.columns WHERE table_name = 'orders' AND column_name = 'y'"), "0");
-}
-
-#[test]
-fn an_unreachable_database_is_one_line_naming_it_without_its_password() {
-    let port = cutover_tests::free_port();
-    let mut f = Fleet::new();
-    f.controller_tables = format!(
-        "\n[databases.billing]\nurl = \"postgresql://cutover:hunter2secret@127.0.0.1:{port}/billing\"\n"
-    );
-    f.start_controller();
-    release(&f, "1.0.0", &[("1.0.0/expand/001_orders.sql", ORDERS)]);
-    for args in [
-        vec!["migrate", "status", "--version", "1.0.0"],
-        vec![
-            "migrate",
-            "--phase",
-            "expand",
-            "--version",
-            "1.0.0",
-            "--yes",
-        ],
-    ] {
-        let run = f.cli(&args);
-        assert_eq!(run.code, 1, "{run:?}");
-        let err = run.stderr.trim();
-        assert_eq!(err.lines().count(), 1, "{err}");
-        assert!(
-            err.contains(&format!(
-                "database \"billing\" (127.0.0.1:{port}): cannot connect"
-            )),
-            "{err}"
-        );
-        assert!(!err.contains("hunter2secret"), "{err}");
-    }
-    assert!(!f.controller_log().contains("hunter2secret"));
-}
-
-#[test]
-fn tls_to_the_database_is_verified_against_its_ca_file() {
-    let mut f = Fleet::new();
-    // The fleet's own CA signed a certificate for 127.0.0.1: the server's.
-    let pg = Postgres::start_tls(
-        "billing",
-        &f.pki.join("controller.pem"),
-        &f.pki.join("controller-key.pem"),
-    );
-    let other = f.path("other-pki");
-    f.cli(&[
-        "pki",
-        "init",
-        "--dir",
-        other.to_str().unwrap(),
-        "--controller-host",
-        "127.0.0.1",
-    ])
-    .ok();
-    let tls =
-        |ca: &std::path::Path| format!("sslmode = \"verify-full\"\nca_file = \"{}\"", ca.display());
-    f.controller_tables = format!(
-        "{}{}{}",
-        pg.config("billing", &tls(&f.pki.join("ca.pem"))),
-        pg.config("stranger", &tls(&other.join("ca.pem"))),
-        pg.config("plain", ""),
-    );
-    f.start_controller();
-    release(&f, "1.0.0", &[("1.0.0/expand/001_orders.sql", ORDERS)]);
-    // The server takes TCP connections over TLS only: this one was.
-    migrate(&f, "expand", "1.0.0", &["--yes"]).ok();
-    assert_eq!(pg.sql("SELECT count(*) FROM orders"), "2");
-    // A server whose certificate another CA signed is refused.
-    let run = f.cli(&[
-        "migrate",
-        "status",
-        "--version",
-        "1.0.0",
-        "--database",
-        "stranger",
-    ]);
-    assert_eq!(run.code, 1, "{run:?}");
-    assert!(
-        run.stderr.contains(&format!(
-            "database \"stranger\" (127.0.0.1:{}): cannot connect",
-            pg.port
-        )),
-        "{run:?}"
-    );
-    assert!(run.stderr.to_lowercase().contains("certificate"), "{run:?}");
-    // And without TLS the server itself refuses.
-    let run = f.cli(&[
-        "migrate",
-        "status",
-        "--version",
-        "1.0.0",
-        "--database",
-        "plain",
-    ]);
-    assert_eq!(run.code, 1, "{run:?}");
-    assert!(run.stderr.contains("database \"plain\""), "{run:?}");
-}
-
-#[test]
-fn a_controller_killed_during_a_no_transaction_migration_leaves_a_dirty_row_that_blocks_until_repair(
-) {
-    let mut w = world("lock_timeout = \"10m\"");
-    let index = "-- cutover:no-transaction\nCREATE INDEX CONCURRENTLY IF NOT EXISTS orders_x ON orders (x);\n";
-    release(&w.f, "1.0.0", &[("1.0.0/expand/001_orders.sql", ORDERS)]);
-    migrate(&w.f, "expand", "1.0.0", &["--yes"]).ok();
-    release(
-        &w.f,
-        "1.1.0",
-        &[
-            ("1.0.0/expand/001_orders.sql", ORDERS),
-            ("1.1.0/expand/001_index.sql", index),
-        ],
-    );
-    let held = Held::new(&w.pg, "LOCK TABLE orders IN SHARE MODE");
-    let mut cli = w.f.spawn_cli(&[
-        "migrate",
-        "--phase",
-        "expand",
-        "--version",
-        "1.1.0",
-        "--yes",
-    ]);
-    eventually(WAIT, "the index build to wait on the test's lock", || {
-        let n = w.pg.sql("SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%CREATE INDEX CONCURRENTLY IF NOT EXISTS orders_x%' AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()");
-        (n == "1").then_some(())
-    });
-    w.f.kill_controller();
-    let _ = cli.kill();
-    let _ = cli.wait();
-    held.release();
-    // The dead controller's session ends once its statement does.
-    eventually(WAIT, "the dead controller's session to end", || {
-        let n = w.pg.sql("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'cutover-controller%'");
-        (n == "0").then_some(())
-    });
-    assert_eq!(
-        w.pg.sql("SELECT state FROM _migrations WHERE name = '001_index.sql'"),
-        "running"
-    );
-
-    w.f.start_controller();
-    let f = &w.f;
-    assert_eq!(status(f, "1.1.0")["dirty"][0]["name"], "001_index.sql");
-    let run = migrate(f, "expand", "1.1.0", &["--yes"]);
-    assert_eq!(run.code, 1, "{run:?}");
-    assert!(
-        run.stderr
-            .contains("migration 1.1.0/expand/001_index.sql is dirty"),
-        "{run:?}"
-    );
-    assert!(
-        run.stderr.contains(
-            "cutover migrate repair --database billing --name 1.1.0/expand/001_index.sql"
-        ),
-        "{run:?}"
-    );
-    // The operator looks, drops what is half built, and repairs.
-    w.pg.sql("DROP INDEX IF EXISTS orders_x");
-    f.cli(&[
-        "migrate",
-        "repair",
-        "--database",
-        "billing",
-        "--name",
-        "001_index.sql",
-        "--yes",
-    ])
-    .ok();
-    migrate(f, "expand", "1.1.0", &["--yes"]).ok();
-    assert_eq!(
-        w.pg.sql("SELECT indisvalid FROM pg_index WHERE indexrelid = 'orders_x'::regclass"),
-        "t"
-    );
-    assert_eq!(
-        w.pg.sql("SELECT state, repaired_at IS NOT NULL FROM _migrations WHERE name = '001_index.sql' ORDER BY id"),
-        "running|t\napplied|f"
-    );
-}
-
-#[test]
-fn what_a_file_sets_on_its_session_never_reaches_the_ledger_or_the_next_file() {
+fn a_migration_added_behind_one_that_ran_is_refused_by_name() {
     let w = world("");
     let (f, pg) = (&w.f, &w.pg);
-    // Each file leaves the session's search path where the ledger is not
-    // found and where the next file's unqualified table could not go.
-    let away = "SET search_path = pg_catalog;\n";
+    let table = |t: &str| format!("CREATE TABLE {t} (x int);\n");
+    let (a, b, c) = (table("a"), table("b"), table("c"));
     release(
         f,
         "1.0.0",
         &[
-            (
-                "1.0.0/expand/001_in_tx.sql",
-                &format!("{away}CREATE TABLE public.a (x int);\n"),
-            ),
-            (
-                "1.0.0/expand/002_outside.sql",
-                &format!("-- cutover:no-transaction\n{away}CREATE TABLE public.b (x int);\n"),
-            ),
-            ("1.0.0/expand/003_next.sql", "CREATE TABLE c (x int);\n"),
+            ("1.0.0/expand/001_a.sql", &a),
+            ("1.0.0/expand/003_c.sql", &c),
         ],
     );
     migrate(f, "expand", "1.0.0", &["--yes"]).ok();
-    assert_eq!(
-        pg.sql("SELECT string_agg(name || ' ' || state, ', ' ORDER BY id) FROM public._migrations"),
-        "001_in_tx.sql applied, 002_outside.sql applied, 003_next.sql applied"
+    // 002 appears in a later release, behind 003 that already ran.
+    let files = [
+        ("1.0.0/expand/001_a.sql", a.as_str()),
+        ("1.0.0/expand/002_b.sql", &b),
+        ("1.0.0/expand/003_c.sql", &c),
+    ];
+    release(f, "1.0.1", &files);
+    let run = migrate(f, "expand", "1.0.1", &["--yes"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    let err = run.stderr.trim();
+    assert!(
+        err.contains("migration 1.0.0/expand/002_b.sql is pending, but a later expand migration in run order is already applied")
+            && err.contains("give it a later number or put it in a later version"),
+        "{err}"
     );
-    assert_eq!(
-        pg.sql("SELECT to_regclass('public.c') IS NOT NULL"),
-        "t",
-        "the next file ran with the session's own search path"
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert_eq!(pg.sql("SELECT to_regclass('b') IS NULL"), "t");
+    let s = status(f, "1.0.1");
+    assert_eq!(names(&s["out_of_order"]), ["expand/002_b.sql"]);
+    let text = f
+        .cli(&["migrate", "status", "--version", "1.0.1"])
+        .ok()
+        .stdout;
+    assert!(
+        text.contains("002_b.sql") && text.contains("added behind a migration that ran"),
+        "{text}"
     );
+}
+
+#[test]
+fn statements_run_as_psql_sends_them_and_an_error_without_a_position_names_its_line() {
+    let w = world("");
+    let (f, pg) = (&w.f, &w.pg);
+    // A SQL-standard function body holds `;` that end no statement, in a
+    // transaction and outside one.
+    let atomic = |name: &str| {
+        format!("CREATE FUNCTION {name}(x int) RETURNS int LANGUAGE sql\nBEGIN ATOMIC\n  SELECT CASE WHEN x > 0 THEN 1 ELSE 0 END;\nEND;\n")
+    };
+    let outside = format!("-- cutover:no-transaction\n{}", atomic("g"));
+    // A duplicate key has no error position: the failing statement's
+    // first line is named.
+    let dup = "CREATE TABLE u (x int PRIMARY KEY);\nINSERT INTO u VALUES (1);\n-- once more\nINSERT INTO u\n  VALUES (1);\n";
+    release(
+        f,
+        "1.0.0",
+        &[
+            ("1.0.0/expand/001_f.sql", &atomic("f")),
+            ("1.0.0/expand/002_g.sql", &outside),
+            ("1.0.0/expand/003_dup.sql", dup),
+        ],
+    );
+    let run = migrate(f, "expand", "1.0.0", &["--yes"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr.contains("migration 1.0.0/expand/003_dup.sql at line 4 failed: duplicate key value violates unique constraint"),
+        "{run:?}"
+    );
+    assert_eq!(pg.sql("SELECT f(5), g(-1)"), "1|0");
+    assert_eq!(pg.sql("SELECT to_regclass('u') IS NULL"), "t");
+    assert!(pg
+        .sql("SELECT error FROM _migrations WHERE name = '003_dup.sql'")
+        .starts_with("line 4: duplicate key value"));
+}
+
+#[test]
+fn a_run_failing_in_its_second_database_says_what_the_first_applied() {
+    let pg = Postgres::start("billing");
+    pg.psql(
+        "postgres",
+        &format!(
+            "CREATE DATABASE orders OWNER {}",
+            cutover_tests::postgres::ROLE
+        ),
+    );
+    let mut f = Fleet::new();
+    f.controller_tables = format!(
+        "{}{}",
+        pg.config("billing", ""),
+        pg.config("orders", "").replace("/billing\"", "/orders\"")
+    );
+    f.start_controller();
+    let files = [
+        (
+            "billing/1.0.0/expand/001_a.sql".to_string(),
+            "CREATE TABLE a (x int);\n",
+        ),
+        (
+            "billing/1.0.0/expand/002_b.sql".to_string(),
+            "CREATE TABLE b (x int);\n",
+        ),
+        (
+            "orders/1.0.0/expand/001_bad.sql".to_string(),
+            "CREATE TABLE nope (x nosuchtype);\n",
+        ),
+    ];
+    release_of(&f, "1.0.0", "billing,orders", &files);
+    let run = migrate(&f, "expand", "1.0.0", &["--yes"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    let err = run.stderr.trim();
+    assert!(
+        err.contains("database \"orders\": migration 1.0.0/expand/001_bad.sql at line 1 failed")
+            && err.contains("before it, database \"billing\" applied 2 migrations, the last 1.0.0/expand/002_b.sql"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
 }

@@ -143,9 +143,9 @@ fn entry_line(label: &str, e: &LedgerEntry) {
     println!("{line}");
 }
 
-fn pending_line(p: &PendingMigration) {
+fn pending_line(p: &PendingMigration, behind: bool) {
     println!(
-        "  {:<8} {}  {}{}",
+        "  {:<8} {}  {}{}{}",
         "pending",
         escape(&p.key()),
         escape(&p.checksum),
@@ -153,8 +153,34 @@ fn pending_line(p: &PendingMigration) {
             "  (outside a transaction)"
         } else {
             ""
+        },
+        if behind {
+            "  (added behind a migration that ran: blocks the database)"
+        } else {
+            ""
         }
     );
+}
+
+/// The applied rows the release does not carry, one line per version
+/// (in ledger order): a long-lived database has thousands; `-o json`
+/// lists each.
+fn unknown_lines(rows: &[LedgerEntry]) {
+    let mut runs: Vec<(&str, usize)> = Vec::new();
+    for r in rows {
+        match runs.last_mut() {
+            Some((v, n)) if *v == r.version => *n += 1,
+            _ => runs.push((&r.version, 1)),
+        }
+    }
+    for (version, n) in runs {
+        println!(
+            "  {:<8} {}: {n} applied row{} of migrations this release does not carry",
+            "earlier",
+            escape(version),
+            if n == 1 { "" } else { "s" }
+        );
+    }
 }
 
 fn print_status(db: &DatabaseStatus) {
@@ -168,9 +194,20 @@ fn print_status(db: &DatabaseStatus) {
         }
     );
     db.applied.iter().for_each(|e| entry_line("applied", e));
-    db.pending.iter().for_each(pending_line);
+    for p in &db.pending {
+        pending_line(p, db.out_of_order.contains(p));
+    }
     db.failed.iter().for_each(|e| entry_line("failed", e));
-    db.dirty.iter().for_each(|e| entry_line("dirty", e));
+    match &db.migrating {
+        Some(holder) => {
+            db.dirty.iter().for_each(|e| entry_line("running", e));
+            println!(
+                "           a migrate is at work: its lock is {}",
+                escape(holder)
+            );
+        }
+        None => db.dirty.iter().for_each(|e| entry_line("dirty", e)),
+    }
     for d in &db.drift {
         println!(
             "  {:<8} {}/{}/{}  changed since it ran: ledger {}, release {}{}",
@@ -187,7 +224,7 @@ fn print_status(db: &DatabaseStatus) {
             }
         );
     }
-    db.unknown.iter().for_each(|e| entry_line("unknown", e));
+    unknown_lines(&db.unknown);
 }
 
 async fn call(c: &ConnectArgs, req: v1::MigrateRequest) -> Result<MigrateRun> {

@@ -223,13 +223,45 @@ pub async fn run(
                 config,
                 wanted,
             };
-            out.databases
-                .push(migrate::apply(&c.store, &t, &ask, &who).await?);
+            match migrate::apply(&c.store, &t, &ask, &who).await {
+                Ok(run) => out.databases.push(run),
+                // What the databases before it got is not lost with it.
+                Err(e) if !out.databases.is_empty() => return Err(e.noted(&earlier(&out))),
+                Err(e) => return Err(e),
+            }
         }
         Ok(out)
     })
     .await
     .map_err(|e| Error::Internal(format!("migrate: {e}")))?
+}
+
+/// What the databases a run finished before one failed got, as one
+/// clause: "before it, database "a" applied 3 migrations (…), …".
+fn earlier(run: &MigrateRun) -> String {
+    let each: Vec<String> = run
+        .databases
+        .iter()
+        .map(|d| {
+            let n = d.migrations.len();
+            let last = d
+                .migrations
+                .last()
+                .map(|m| format!(", the last {}", m.key()))
+                .unwrap_or_default();
+            format!(
+                "database {:?} {} {n} migration{}{last}",
+                d.database,
+                if run.dry_run {
+                    "would apply"
+                } else {
+                    "applied"
+                },
+                if n == 1 { "" } else { "s" }
+            )
+        })
+        .collect();
+    format!("before it, {}", each.join(", "))
 }
 
 /// The gate of postdeploy or contract (`migrate::gate`) for each target,

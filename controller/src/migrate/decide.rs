@@ -90,7 +90,10 @@ pub fn line_endings_only(bytes: &[u8], checksum: &str) -> bool {
 }
 
 /// The ledger `rows` (none: no ledger yet) against `wanted`, the release's
-/// migrations of `database` in the order they run.
+/// migrations of `database` in the order they run. Each row is listed
+/// once: failed and dirty rows whoever's they are, applied rows under
+/// `applied` when the release carries their migration and under
+/// `unknown` when it does not.
 pub fn assess(database: &str, wanted: &[Wanted], rows: Option<&[LedgerEntry]>) -> DatabaseStatus {
     let mut status = DatabaseStatus {
         database: database.into(),
@@ -99,7 +102,9 @@ pub fn assess(database: &str, wanted: &[Wanted], rows: Option<&[LedgerEntry]>) -
         pending: Vec::new(),
         failed: Vec::new(),
         dirty: Vec::new(),
+        migrating: None,
         drift: Vec::new(),
+        out_of_order: Vec::new(),
         unknown: Vec::new(),
     };
     let rows = rows.unwrap_or_default();
@@ -108,22 +113,33 @@ pub fn assess(database: &str, wanted: &[Wanted], rows: Option<&[LedgerEntry]>) -
     let wanted_keys: HashSet<Key<'_>> = wanted.iter().map(Wanted::lookup).collect();
     let mut by_key: HashMap<Key<'_>, &LedgerEntry> = HashMap::with_capacity(rows.len());
     for row in rows {
+        let key = (row.version.as_str(), row.phase.as_str(), row.name.as_str());
         match row.state.as_str() {
-            "applied" => status.applied.push(row.clone()),
+            "applied" if wanted_keys.contains(&key) => status.applied.push(row.clone()),
+            "applied" => status.unknown.push(row.clone()),
             "failed" => status.failed.push(row.clone()),
             // `running`, and any word this controller does not know: a
             // row it cannot vouch for blocks like an unfinished one.
             _ => status.dirty.push(row.clone()),
         }
-        let key = (row.version.as_str(), row.phase.as_str(), row.name.as_str());
-        if !wanted_keys.contains(&key) {
-            status.unknown.push(row.clone());
-        }
         by_key.entry(key).or_insert(row);
     }
-    for w in wanted {
+    // Per phase, the last migration in run order that the ledger has: a
+    // pending one before it was added behind one that already ran.
+    let mut last_done: HashMap<Phase, usize> = HashMap::new();
+    for (i, w) in wanted.iter().enumerate() {
+        if by_key.contains_key(&w.lookup()) {
+            last_done.insert(w.phase, i);
+        }
+    }
+    for (i, w) in wanted.iter().enumerate() {
         match by_key.get(&w.lookup()).copied() {
-            None => status.pending.push(w.pending()),
+            None => {
+                if last_done.get(&w.phase).is_some_and(|&done| done > i) {
+                    status.out_of_order.push(w.pending());
+                }
+                status.pending.push(w.pending());
+            }
             Some(row) if row.state == "applied" && row.checksum != w.checksum() => {
                 status.drift.push(Drift {
                     version: w.version.clone(),
@@ -144,6 +160,14 @@ pub fn assess(database: &str, wanted: &[Wanted], rows: Option<&[LedgerEntry]>) -
 /// failed row (until `repair`), or an applied migration whose file changed.
 pub fn blocked(status: &DatabaseStatus) -> Option<String> {
     let db = &status.database;
+    if let (Some(row), Some(holder)) = (status.dirty.first(), &status.migrating) {
+        return Some(format!(
+            "database {db:?}: migration {} is running now (started {} by {}; the migration lock is {holder}); wait for it, then look with `cutover migrate status --database {db}`",
+            row.key(),
+            row.started_at,
+            row.applied_by,
+        ));
+    }
     if let Some(row) = status.dirty.first() {
         return Some(format!(
             "database {db:?}: migration {} is {} (started {} by {}, never finished): it ran outside a transaction and may have been cut short; check the database, then `cutover migrate repair --database {db} --name {}`",
@@ -171,6 +195,13 @@ pub fn blocked(status: &DatabaseStatus) -> Option<String> {
             d.applied,
             d.release,
             if d.line_endings_only { " (only its line endings differ)" } else { "" }
+        ));
+    }
+    if let Some(p) = status.out_of_order.first() {
+        return Some(format!(
+            "database {db:?}: migration {} is pending, but a later {} migration in run order is already applied: it was added behind one that ran, and migrations never run out of order; give it a later number or put it in a later version",
+            p.key(),
+            p.phase
         ));
     }
     None
@@ -257,10 +288,56 @@ mod tests {
         let gone = wanted("0.9.0", Phase::Expand, "001_old.sql", "O");
         let rows = [row(&w[0], "applied"), row(&gone, "applied")];
         let s = assess("billing", &w, Some(&rows));
-        assert_eq!(s.applied.len(), 2);
+        // Each row once: the release's under applied, the other under unknown.
+        assert_eq!(s.applied, vec![rows[0].clone()]);
         assert_eq!(s.pending, vec![w[1].pending()]);
         assert_eq!(s.unknown, vec![rows[1].clone()]);
         assert!(blocked(&s).is_none());
+        // A failed row the release does not carry blocks, listed once.
+        let rows = [row(&w[0], "applied"), row(&gone, "failed")];
+        let s = assess("billing", &w, Some(&rows));
+        assert!(s.unknown.is_empty() && s.failed == vec![rows[1].clone()]);
+        assert!(blocked(&s).unwrap().contains("0.9.0/expand/001_old.sql"));
+    }
+
+    #[test]
+    fn a_migration_added_behind_one_that_ran_is_refused_by_name() {
+        let w = [
+            wanted("1.0.0", Phase::Expand, "001_a.sql", "A"),
+            wanted("1.0.0", Phase::Expand, "002_late.sql", "L"),
+            wanted("1.0.0", Phase::Contract, "001_c.sql", "C"),
+            wanted("1.1.0", Phase::Expand, "001_b.sql", "B"),
+        ];
+        // 1.0.0's contract waits while 1.1.0's expand ran: phases are
+        // ordered within themselves, not across.
+        let rows = [
+            row(&w[0], "applied"),
+            row(&w[1], "applied"),
+            row(&w[3], "applied"),
+        ];
+        let s = assess("billing", &w, Some(&rows));
+        assert!(s.out_of_order.is_empty() && blocked(&s).is_none(), "{s:?}");
+        // 002_late.sql appeared after 1.1.0's expand had run.
+        let rows = [row(&w[0], "applied"), row(&w[3], "applied")];
+        let s = assess("billing", &w, Some(&rows));
+        assert_eq!(s.out_of_order, vec![w[1].pending()]);
+        let why = blocked(&s).unwrap();
+        assert!(
+            why.contains("1.0.0/expand/002_late.sql") && why.contains("out of order"),
+            "{why}"
+        );
+    }
+
+    #[test]
+    fn a_running_row_whose_lock_is_held_is_a_migrate_at_work_not_a_crash() {
+        let w = [wanted("1.0.0", Phase::Expand, "001_a.sql", "A")];
+        let mut s = assess("billing", &w, Some(&[row(&w[0], "running")]));
+        s.migrating = Some("held by cutover-controller c1, pid 7".into());
+        let why = blocked(&s).unwrap();
+        assert!(
+            why.contains("running now") && why.contains("pid 7") && !why.contains("repair"),
+            "{why}"
+        );
     }
 
     #[test]

@@ -49,17 +49,7 @@ pub struct Held {
 /// calls it `database`) on `client`'s session, trying again until `wait`
 /// has passed; then refuses, naming who holds it.
 pub async fn acquire(client: &Client, database: &str, wait: Duration) -> Result<Held> {
-    let physical: String = client
-        .query_one("SELECT current_database()::text", &[])
-        .await
-        .map_err(|e| {
-            Error::Unavailable(format!(
-                "database {database:?}: cannot ask for its migration lock: {}",
-                describe(&e)
-            ))
-        })?
-        .get(0);
-    let key = key(&physical);
+    let key = key_of(client, database).await?;
     let deadline = tokio::time::Instant::now() + wait.min(MAX_WAIT);
     let mut pause = Duration::from_millis(50);
     loop {
@@ -77,7 +67,11 @@ pub async fn acquire(client: &Client, database: &str, wait: Duration) -> Result<
         }
         let now = tokio::time::Instant::now();
         if now >= deadline {
-            let holder = holder(client, key).await;
+            let holder = match holder(client, key).await {
+                Ok(Some(h)) => h,
+                Ok(None) => "its holder has just let it go".into(),
+                Err(e) => format!("its holder cannot be read: {}", describe(&e)),
+            };
             return Err(Error::Refused(format!(
                 "database {database:?}: another migrate holds its lock ({holder}); waited {}; try again when it is done",
                 cutover_core::fleet::show_duration(wait)
@@ -98,27 +92,53 @@ pub async fn release(client: &Client, database: &str, held: Held) {
     }
 }
 
+/// The lock key of the database `client` is connected to.
+async fn key_of(client: &Client, database: &str) -> Result<i64> {
+    let physical: String = client
+        .query_one("SELECT current_database()::text", &[])
+        .await
+        .map_err(|e| {
+            Error::Unavailable(format!(
+                "database {database:?}: cannot ask for its migration lock: {}",
+                describe(&e)
+            ))
+        })?
+        .get(0);
+    Ok(key(&physical))
+}
+
+/// Who holds the migration lock of the database `client` is connected to
+/// now (`None`: nobody), as one line.
+pub async fn holder_now(client: &Client, database: &str) -> Result<Option<String>> {
+    let key = key_of(client, database).await?;
+    holder(client, key).await.map_err(|e| {
+        Error::Unavailable(format!(
+            "database {database:?}: cannot read who holds its migration lock: {}",
+            describe(&e)
+        ))
+    })
+}
+
 /// Who holds `key`, from `pg_locks` and `pg_stat_activity`, as one line.
-async fn holder(client: &Client, key: i64) -> String {
+async fn holder(
+    client: &Client,
+    key: i64,
+) -> std::result::Result<Option<String>, tokio_postgres::Error> {
     let (hi, lo) = halves(key);
     let sql = "SELECT a.pid, coalesce(a.application_name, ''), coalesce(host(a.client_addr), 'local socket') \
                FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
                WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 \
                AND l.classid::bigint = $1 AND l.objid::bigint = $2 LIMIT 1";
-    match client.query_opt(sql, &[&hi, &lo]).await {
-        Ok(Some(row)) => {
-            let pid: i32 = row.get(0);
-            let app: String = row.get(1);
-            let addr: String = row.get(2);
-            format!(
-                "held by {}, pid {pid}, from {}",
-                cutover_core::text::shown(&app, 64),
-                cutover_core::text::shown(&addr, 64)
-            )
-        }
-        Ok(None) => "its holder has just let it go".into(),
-        Err(e) => format!("its holder cannot be read: {}", describe(&e)),
-    }
+    Ok(client.query_opt(sql, &[&hi, &lo]).await?.map(|row| {
+        let pid: i32 = row.get(0);
+        let app: String = row.get(1);
+        let addr: String = row.get(2);
+        format!(
+            "held by {}, pid {pid}, from {}",
+            cutover_core::text::shown(&app, 64),
+            cutover_core::text::shown(&addr, 64)
+        )
+    }))
 }
 
 #[cfg(test)]

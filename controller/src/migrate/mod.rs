@@ -76,8 +76,19 @@ pub struct RunAsk {
 pub async fn status(t: &Target<'_>) -> Result<DatabaseStatus> {
     let app = target::application_name(&controller_host(), t.name);
     let client = target::connect(t.name, t.config, &app).await?;
-    let rows = ledger::read(&client, t.name).await?;
-    Ok(decide::assess(t.name, &t.wanted, rows.as_deref()))
+    assessed(&client, t).await
+}
+
+/// The ledger read on `client` against `t`'s migrations, without holding
+/// the lock: a `running` row is then a crash's or the row of a migrate at
+/// work, and the lock's holder says which.
+async fn assessed(client: &tokio_postgres::Client, t: &Target<'_>) -> Result<DatabaseStatus> {
+    let rows = ledger::read(client, t.name).await?;
+    let mut status = decide::assess(t.name, &t.wanted, rows.as_deref());
+    if !status.dirty.is_empty() {
+        status.migrating = lock::holder_now(client, t.name).await?;
+    }
+    Ok(status)
 }
 
 /// What of `phase` is pending on the database for the release: the seam
@@ -99,8 +110,7 @@ pub async fn apply(store: &Store, t: &Target<'_>, ask: &RunAsk, who: &Who) -> Re
     let app = target::application_name(&who.controller, t.name);
     let mut client = target::connect(t.name, t.config, &app).await?;
     if ask.dry_run {
-        let rows = ledger::read(&client, t.name).await?;
-        let status = decide::assess(t.name, &t.wanted, rows.as_deref());
+        let status = assessed(&client, t).await?;
         if let Some(why) = decide::blocked(&status) {
             return Err(Error::Refused(why));
         }
@@ -177,7 +187,7 @@ async fn apply_locked(
                     t.name,
                     w.key(),
                     f.error,
-                    if f.rolled_back { "rolled back" } else { "not rolled back: it ran outside a transaction" },
+                    f.left.said(),
                     if f.tries > 1 { format!(", after {} tries", f.tries) } else { String::new() },
                 )));
             }

@@ -2,15 +2,17 @@
 //! transaction with its ledger row when it can; otherwise (`--
 //! cutover:no-transaction`, or `transactional_ddl = false`) as a committed
 //! `running` row, its statements one by one, then `applied`, so a crash
-//! in between leaves the row dirty. A lock timeout (SQLSTATE 55P03) is
-//! tried again a bounded number of times with backoff; any other error
-//! fails the migration with PostgreSQL's message and the file's line.
+//! in between leaves the row dirty. Statements go one by one, as `psql`
+//! sends them, so an error names its line even without a position. A
+//! lock timeout (SQLSTATE 55P03) is tried again a bounded number of times
+//! with backoff; any other error fails the migration with PostgreSQL's
+//! message and the file's line.
 
 use std::time::{Duration, Instant};
 
 use cutover_core::views::now_ms;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::Client;
+use tokio_postgres::{Client, GenericClient};
 
 use super::decide::Wanted;
 use super::ledger::{self, Ending, NewRow};
@@ -21,14 +23,40 @@ use crate::config::DatabaseConfig;
 /// Why a migration did not apply.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failed {
-    /// The file's line PostgreSQL's error position points at, if it gave one.
+    /// The file's line: where PostgreSQL's error position points, or the
+    /// first line of the statement that failed; `None` when no statement
+    /// was to blame (the connection, the ledger).
     pub line: Option<usize>,
     /// PostgreSQL's error (or the client's), one line.
     pub error: String,
     /// How many times it was tried.
     pub tries: u32,
-    /// Whether what it did was rolled back.
-    pub rolled_back: bool,
+    /// What of it stays in the database.
+    pub left: Left,
+}
+
+/// What a migration that did not apply left in the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Left {
+    /// Its transaction was rolled back: nothing.
+    RolledBack,
+    /// It ran outside a transaction: what its statements before the
+    /// failing one did.
+    InPlace,
+    /// The connection failed during its `COMMIT`: whether it committed
+    /// is unknown until the ledger is read again.
+    Unknown,
+}
+
+impl Left {
+    /// How an error message says it.
+    pub fn said(self) -> &'static str {
+        match self {
+            Left::RolledBack => "rolled back",
+            Left::InPlace => "not rolled back: it ran outside a transaction",
+            Left::Unknown => "its COMMIT did not complete, so whether it applied is unknown: look with `cutover migrate status`",
+        }
+    }
 }
 
 impl Failed {
@@ -49,20 +77,42 @@ pub fn backoff(n: u32) -> Duration {
         .min(Duration::from_secs(5))
 }
 
+/// Whether PostgreSQL answered `e` with an ERROR (the transaction is
+/// gone, the session goes on), not a FATAL or no answer at all.
+fn said_error(e: &tokio_postgres::Error) -> bool {
+    e.as_db_error()
+        .is_some_and(|d| d.parsed_severity() == Some(tokio_postgres::error::Severity::Error))
+}
+
 fn is_lock_timeout(e: &tokio_postgres::Error) -> bool {
     e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE)
 }
 
-/// The line of `e`'s position in `text`, the statement starting
-/// `chars_before` characters into it.
-fn line_of_error(text: &str, chars_before: usize, e: &tokio_postgres::Error) -> Option<usize> {
+/// The line in `text` of the error `e` of its statement `stmt`: where
+/// PostgreSQL's position points, or else the statement's first line.
+fn line_in(text: &str, stmt: &sql::Statement<'_>, e: &tokio_postgres::Error) -> Option<usize> {
     use tokio_postgres::error::ErrorPosition;
-    match e.as_db_error()?.position()? {
-        ErrorPosition::Original(p) => {
-            sql::line_of(text, chars_before.checked_add(usize::try_from(*p).ok()?)?)
+    let at = match e.as_db_error().and_then(|d| d.position()) {
+        Some(ErrorPosition::Original(p)) => usize::try_from(*p).ok(),
+        _ => None,
+    };
+    at.and_then(|p| sql::line_of(text, stmt.chars_before.checked_add(p)?))
+        .or_else(|| sql::first_line(text, stmt))
+}
+
+/// Runs `stmts` of `text` one by one on `client` (a session or a
+/// transaction), as `psql` would; the first error, with its line.
+async fn run_statements<C: GenericClient>(
+    client: &C,
+    text: &str,
+    stmts: &[sql::Statement<'_>],
+) -> Result<(), (Option<usize>, tokio_postgres::Error)> {
+    for stmt in stmts {
+        if let Err(e) = client.batch_execute(stmt.text).await {
+            return Err((line_in(text, stmt, &e), e));
         }
-        ErrorPosition::Internal { .. } => None,
     }
+    Ok(())
 }
 
 /// What a file may have changed in its session that a ledger write or the
@@ -113,14 +163,15 @@ pub async fn apply(
         line: None,
         error,
         tries,
-        rolled_back: false,
+        left: Left::RolledBack,
     };
     client
         .batch_execute(&timeouts(db))
         .await
         .map_err(|e| plain(describe(&e), 0))?;
+    let stmts = sql::statements(&w.text);
     if w.no_transaction {
-        return apply_outside(client, w, db.lock_retries, &row(now_ms())).await;
+        return apply_outside(client, w, &stmts, db.lock_retries, &row(now_ms())).await;
     }
     let mut tries = 0u32;
     loop {
@@ -131,8 +182,7 @@ pub async fn apply(
             .transaction()
             .await
             .map_err(|e| plain(describe(&e), tries))?;
-        let ran = tx.batch_execute(&w.text).await;
-        let done = match ran {
+        let (line, e, left) = match run_statements(&tx, &w.text, &stmts).await {
             Ok(()) => {
                 let ending = Ending {
                     state: "applied",
@@ -147,21 +197,27 @@ pub async fn apply(
                     Err(e) => Err(e),
                 };
                 match recorded {
-                    Ok(_) => tx.commit().await,
+                    Ok(_) => match tx.commit().await {
+                        Ok(()) => return Ok(()),
+                        // PostgreSQL said no with an ERROR (a deferred
+                        // constraint, a serialization failure): it rolled
+                        // back. No answer, or a FATAL that ends the
+                        // session (which may come after a local commit,
+                        // as when a synchronous-replication wait is
+                        // cut): nobody knows.
+                        Err(e) if said_error(&e) => (None, e, Left::RolledBack),
+                        Err(e) => (None, e, Left::Unknown),
+                    },
                     Err(e) => {
                         let _ = tx.rollback().await;
-                        Err(e)
+                        (None, e, Left::RolledBack)
                     }
                 }
             }
-            Err(e) => {
+            Err((line, e)) => {
                 let _ = tx.rollback().await;
-                Err(e)
+                (line, e, Left::RolledBack)
             }
-        };
-        let e = match done {
-            Ok(()) => return Ok(()),
-            Err(e) => e,
         };
         if is_lock_timeout(&e) && tries <= db.lock_retries {
             tracing::info!(database, migration = %w.key(), tries, "lock timeout; trying again");
@@ -169,19 +225,23 @@ pub async fn apply(
             continue;
         }
         let failed = Failed {
-            line: line_of_error(&w.text, 0, &e),
+            line,
             error: describe(&e),
             tries,
-            rolled_back: true,
+            left,
         };
-        let ending = Ending {
-            state: "failed",
-            finished_ms: now_ms(),
-            duration_ms: millis(t0),
-            error: Some(&failed.recorded()),
-        };
-        if let Err(e) = ledger::insert(&*client, &row(started_ms), Some(&ending)).await {
-            tracing::warn!(database, migration = %w.key(), error = %describe(&e), "the failed migration's ledger row could not be written");
+        // A row saying `failed` for a migration that may have committed
+        // would be a lie; the ledger says which it was.
+        if left == Left::RolledBack {
+            let ending = Ending {
+                state: "failed",
+                finished_ms: now_ms(),
+                duration_ms: millis(t0),
+                error: Some(&failed.recorded()),
+            };
+            if let Err(e) = ledger::insert(&*client, &row(started_ms), Some(&ending)).await {
+                tracing::warn!(database, migration = %w.key(), error = %describe(&e), "the failed migration's ledger row could not be written");
+            }
         }
         return Err(failed);
     }
@@ -192,6 +252,7 @@ pub async fn apply(
 async fn apply_outside(
     client: &Client,
     w: &Wanted,
+    stmts: &[sql::Statement<'_>],
     retries: u32,
     row: &NewRow<'_>,
 ) -> Result<(), Failed> {
@@ -202,30 +263,29 @@ async fn apply_outside(
             line: None,
             error: format!("cannot write its ledger row: {}", describe(&e)),
             tries: 0,
-            rolled_back: true,
+            left: Left::RolledBack,
         })?;
     let mut tries = 1u32;
-    for stmt in sql::statements(&w.text) {
+    for stmt in stmts {
         let mut attempt = 0u32;
         loop {
             attempt = attempt.saturating_add(1);
             tries = tries.max(attempt);
-            let e = match client.batch_execute(stmt.text).await {
+            let (line, e) = match run_statements(client, &w.text, std::slice::from_ref(stmt)).await
+            {
                 Ok(()) => break,
-                Err(e) => e,
+                Err(failed) => failed,
             };
             if is_lock_timeout(&e) && attempt <= retries && retryable_alone(stmt.text) {
                 tracing::info!(database = row.database, migration = %w.key(), attempt, "lock timeout; trying the statement again");
                 tokio::time::sleep(backoff(attempt)).await;
                 continue;
             }
-            let blank = stmt.text.chars().take_while(|c| c.is_whitespace()).count();
             let failed = Failed {
-                line: line_of_error(&w.text, stmt.chars_before, &e)
-                    .or_else(|| sql::line_of(&w.text, stmt.chars_before + blank + 1)),
+                line,
                 error: describe(&e),
                 tries,
-                rolled_back: false,
+                left: Left::InPlace,
             };
             let ending = Ending {
                 state: "failed",
@@ -252,7 +312,7 @@ async fn apply_outside(
             describe(&e)
         ),
         tries,
-        rolled_back: false,
+        left: Left::InPlace,
     })
 }
 
@@ -312,7 +372,7 @@ mod tests {
             line: Some(3),
             error: "syntax error".into(),
             tries: 1,
-            rolled_back: true,
+            left: Left::RolledBack,
         };
         assert_eq!(f.recorded(), "line 3: syntax error");
     }

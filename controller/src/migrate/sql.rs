@@ -1,8 +1,9 @@
 //! The text of a migration file, read without a database: whether it asks
-//! to run outside a transaction, its statements one by one (for files run
-//! outside a transaction, where PostgreSQL refuses `CREATE INDEX
-//! CONCURRENTLY` in a multi-statement query), and the line of an error
-//! position PostgreSQL reports.
+//! to run outside a transaction, its statements one by one as `psql`
+//! sends them (PostgreSQL refuses `CREATE INDEX CONCURRENTLY` in a
+//! multi-statement query, and an error without a position is placed by
+//! the statement that failed), and the line of an error position
+//! PostgreSQL reports.
 
 /// The first line that makes a file run outside a transaction.
 pub const NO_TRANSACTION: &str = "-- cutover:no-transaction";
@@ -23,23 +24,20 @@ pub struct Statement<'a> {
     pub chars_before: usize,
 }
 
-/// The statements of `text`, split at `;` outside quotes, quoted
-/// identifiers, dollar quotes and comments; those holding only blanks and
-/// comments are left out.
+/// The statements of `text`, split as `psql` splits a file: at `;`
+/// outside quotes, quoted identifiers, dollar quotes and comments, and
+/// outside the `BEGIN ATOMIC … END` body of a `CREATE [OR REPLACE]
+/// FUNCTION|PROCEDURE` (where a `CASE … END` inside the body nests).
+/// Statements holding only blanks and comments are left out.
 pub fn statements<'a>(text: &'a str) -> Vec<Statement<'a>> {
     let bytes = text.as_bytes();
     let mut out = Vec::new();
     let mut start = 0;
     let mut i = 0;
-    let flush = |from: usize, to: usize, out: &mut Vec<Statement<'a>>| {
-        let piece = &text[from..to];
-        if !only_comments(piece) {
-            out.push(Statement {
-                text: piece,
-                chars_before: text[..from].chars().count(),
-            });
-        }
-    };
+    // Characters before `start`, counted as `start` moves on: counting
+    // from the file's beginning for each statement would be quadratic.
+    let mut chars_before = 0usize;
+    let mut body = Body::default();
     while i < bytes.len() {
         match bytes[i] {
             b'\'' => {
@@ -61,18 +59,87 @@ pub fn statements<'a>(text: &'a str) -> Vec<Statement<'a>> {
             // `$` inside an identifier (`a$b`) opens no dollar quote.
             b'$' if i > 0 && in_identifier(bytes[i - 1]) => i += 1,
             b'$' => i = skip_dollar(text, i),
-            b';' => {
-                flush(start, i + 1, &mut out);
+            b'(' => {
+                body.parens += 1;
+                i += 1;
+            }
+            b')' => {
+                body.parens = body.parens.saturating_sub(1);
+                i += 1;
+            }
+            b';' if body.depth == 0 => {
+                let piece = &text[start..=i];
+                if !only_comments(piece) {
+                    out.push(Statement {
+                        text: piece,
+                        chars_before,
+                    });
+                }
+                chars_before += piece.chars().count();
                 i += 1;
                 start = i;
+                body = Body::default();
+            }
+            b if starts_word(b) => {
+                let end = bytes[i..]
+                    .iter()
+                    .position(|&b| !in_identifier(b))
+                    .map_or(bytes.len(), |p| i + p);
+                body.word(&bytes[i..end]);
+                i = end;
             }
             _ => i += 1,
         }
     }
-    if start < bytes.len() {
-        flush(start, bytes.len(), &mut out);
+    if start < bytes.len() && !only_comments(&text[start..]) {
+        out.push(Statement {
+            text: &text[start..],
+            chars_before,
+        });
     }
     out
+}
+
+/// Where the statement being split stands: its first words (to know a
+/// `CREATE [OR REPLACE] FUNCTION|PROCEDURE`), its open parentheses, and
+/// how deep in `BEGIN … END` it is.
+#[derive(Default)]
+struct Body {
+    /// The first letters of its first four words, where each is one of
+    /// `create`, `or`, `replace`, `function`, `procedure` (0 otherwise).
+    head: [u8; 4],
+    words: usize,
+    parens: usize,
+    depth: usize,
+}
+
+impl Body {
+    fn word(&mut self, w: &[u8]) {
+        let is = |k: &[u8]| w.eq_ignore_ascii_case(k);
+        if self.words < self.head.len()
+            && (is(b"create") || is(b"or") || is(b"replace") || is(b"function") || is(b"procedure"))
+        {
+            self.head[self.words] = w[0].to_ascii_lowercase();
+        }
+        self.words = self.words.saturating_add(1);
+        let routine = matches!(
+            self.head,
+            [b'c', b'f' | b'p', ..] | [b'c', b'o', b'r', b'f' | b'p']
+        );
+        if !routine || self.parens > 0 {
+            return;
+        }
+        if is(b"begin") || (is(b"case") && self.depth > 0) {
+            self.depth = self.depth.saturating_add(1);
+        } else if is(b"end") {
+            self.depth = self.depth.saturating_sub(1);
+        }
+    }
+}
+
+/// Whether `b` can begin an unquoted identifier or key word.
+fn starts_word(b: u8) -> bool {
+    b.is_ascii_alphabetic() || b == b'_' || !b.is_ascii()
 }
 
 /// Whether `b` can be part of an unquoted identifier (non-ASCII bytes
@@ -142,13 +209,13 @@ fn skip_dollar(text: &str, i: usize) -> usize {
         .map_or(text.len(), |p| body + p + tag.len())
 }
 
-/// Whether `piece` holds nothing but blanks, `;` and comments.
-fn only_comments(piece: &str) -> bool {
-    let b = piece.as_bytes();
+/// Past the blanks and comments (and, with `semicolons`, the `;`) that
+/// `b` starts with.
+fn leading(b: &[u8], semicolons: bool) -> usize {
     let mut i = 0;
     while i < b.len() {
         match b[i] {
-            c if c.is_ascii_whitespace() || c == b';' => i += 1,
+            c if c.is_ascii_whitespace() || (semicolons && c == b';') => i += 1,
             b'-' if b.get(i + 1) == Some(&b'-') => {
                 i = b[i..]
                     .iter()
@@ -156,10 +223,23 @@ fn only_comments(piece: &str) -> bool {
                     .map_or(b.len(), |p| i + p + 1)
             }
             b'/' if b.get(i + 1) == Some(&b'*') => i = skip_block_comment(b, i),
-            _ => return false,
+            _ => return i,
         }
     }
-    true
+    b.len()
+}
+
+/// Whether `piece` holds nothing but blanks, `;` and comments.
+fn only_comments(piece: &str) -> bool {
+    leading(piece.as_bytes(), true) == piece.len()
+}
+
+/// The line in `text` where its statement `stmt` begins (past the blanks
+/// and comments before it).
+pub fn first_line(text: &str, stmt: &Statement<'_>) -> Option<usize> {
+    let skip = leading(stmt.text.as_bytes(), false);
+    let chars = stmt.text.get(..skip)?.chars().count();
+    line_of(text, stmt.chars_before.checked_add(chars)?.checked_add(1)?)
 }
 
 /// The 1-based line of the 1-based character `position` of `text`, as
@@ -217,12 +297,61 @@ mod tests {
     }
 
     #[test]
+    fn a_begin_atomic_body_and_a_case_are_one_statement() {
+        let sql = "BEGIN;\nCREATE OR REPLACE FUNCTION f(x int) RETURNS int LANGUAGE sql\nBEGIN ATOMIC\n  SELECT CASE WHEN x > 0 THEN 1 ELSE 0 END;\n  SELECT 2;\nEND;\nCREATE TABLE t (begin int, \"end\" int);\nSELECT CASE WHEN true THEN 1 END;\nCOMMIT;\n";
+        assert_eq!(
+            texts(sql),
+            [
+                "BEGIN;",
+                "CREATE OR REPLACE FUNCTION f(x int) RETURNS int LANGUAGE sql\nBEGIN ATOMIC\n  SELECT CASE WHEN x > 0 THEN 1 ELSE 0 END;\n  SELECT 2;\nEND;",
+                "CREATE TABLE t (begin int, \"end\" int);",
+                "SELECT CASE WHEN true THEN 1 END;",
+                "COMMIT;",
+            ]
+        );
+        assert_eq!(
+            texts("CREATE PROCEDURE p() BEGIN ATOMIC INSERT INTO t VALUES (1); END;\nSELECT 1;"),
+            [
+                "CREATE PROCEDURE p() BEGIN ATOMIC INSERT INTO t VALUES (1); END;",
+                "SELECT 1;"
+            ]
+        );
+        // Key words in quotes and comments count for nothing.
+        assert_eq!(
+            texts("SELECT 'begin', \"case\" /* begin */ -- case\n;\nSELECT 1;"),
+            [
+                "SELECT 'begin', \"case\" /* begin */ -- case\n;",
+                "SELECT 1;"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_large_file_splits_in_linear_time() {
+        // 200,000 statements: quadratic counting would take minutes.
+        let sql = "SELECT 'é';\n".repeat(200_000);
+        let s = statements(&sql);
+        assert_eq!(s.len(), 200_000);
+        // Each statement but the first begins with the newline before it.
+        let first = "SELECT 'é';".chars().count();
+        assert_eq!(s[199_999].chars_before, first + 199_998 * (first + 1));
+    }
+
+    #[test]
     fn a_statement_knows_how_many_characters_come_before_it() {
         let sql = "SELECT 'é';\nSELECT 2;";
         let s = statements(sql);
         assert_eq!(s[1].chars_before, "SELECT 'é';".chars().count());
         // PostgreSQL's position 2 of the second statement ("S" of SELECT after the newline).
         assert_eq!(line_of(sql, s[1].chars_before + 2), Some(2));
+    }
+
+    #[test]
+    fn a_statement_begins_past_the_comments_before_it() {
+        let sql = "SELECT 1;\n-- why\n/* more\n */\n  INSERT INTO t VALUES (1);";
+        let s = statements(sql);
+        assert_eq!(first_line(sql, &s[0]), Some(1));
+        assert_eq!(first_line(sql, &s[1]), Some(5));
     }
 
     #[test]

@@ -19,7 +19,10 @@ pub const MAX_PASSWORD_BYTES: u64 = 4096;
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Checks a `databases.*.url` at config load: a connection string
-/// `tokio-postgres` reads, of bounded length. The error never quotes it.
+/// `tokio-postgres` reads, of bounded length, naming a host and carrying
+/// no password (that goes in `password_file`: a URL is read by whoever
+/// reads the config, and so no error or log can ever show one). The
+/// error never quotes the URL.
 pub fn check_url(url: &str) -> std::result::Result<(), String> {
     if url.len() > MAX_URL_LEN {
         return Err(format!(
@@ -27,73 +30,18 @@ pub fn check_url(url: &str) -> std::result::Result<(), String> {
             url.len()
         ));
     }
-    let config = tokio_postgres::Config::from_str(url).map_err(|e| {
-        format!(
-            "not a PostgreSQL connection string ({}): {e}",
-            redact_url(url)
-        )
-    })?;
+    let config = tokio_postgres::Config::from_str(url)
+        .map_err(|e| format!("not a PostgreSQL connection string: {e}"))?;
+    if config.get_password().is_some() {
+        return Err(
+            "carries a password; take it out and put it in the file password_file names (mode 600)"
+                .into(),
+        );
+    }
     if config.get_hosts().is_empty() {
-        return Err(format!("{} names no host", redact_url(url)));
+        return Err("names no host (give host=… or postgresql://user@HOST/db)".into());
     }
     Ok(())
-}
-
-/// `url` with any password in it replaced by `***`, in both forms
-/// (`postgresql://user:secret@host`, `?password=secret`, and
-/// `password=secret` among `key=value` pairs).
-pub fn redact_url(url: &str) -> String {
-    let mut out = url.to_string();
-    for scheme in ["postgresql://", "postgres://"] {
-        if let Some(rest) = url.strip_prefix(scheme) {
-            let end = rest.find(['/', '?']).unwrap_or(rest.len());
-            let authority = &rest[..end];
-            if let Some(at) = authority.rfind('@') {
-                if let Some(colon) = authority[..at].find(':') {
-                    out = format!("{scheme}{}:***{}", &authority[..colon], &rest[at..]);
-                }
-            }
-        }
-    }
-    redact_key(&out)
-}
-
-/// `password=VALUE` (quoted or not, after `?`, `&`, a blank or the start)
-/// made `password=***`.
-fn redact_key(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut rest = s;
-    while let Some(at) = rest.find("password") {
-        let before_ok = at == 0 || matches!(rest.as_bytes()[at - 1], b'?' | b'&' | b' ' | b'\t');
-        let after = &rest[at + "password".len()..];
-        let trimmed = after.trim_start();
-        if !before_ok || !trimmed.starts_with('=') {
-            out.push_str(&rest[..at + "password".len()]);
-            rest = after;
-            continue;
-        }
-        out.push_str(&rest[..at]);
-        out.push_str("password=***");
-        let value = trimmed[1..].trim_start();
-        let len = if let Some(quoted) = value.strip_prefix('\'') {
-            let mut end = quoted.len();
-            let mut chars = quoted.char_indices();
-            while let Some((i, c)) = chars.next() {
-                if c == '\\' {
-                    chars.next();
-                } else if c == '\'' {
-                    end = i + 1;
-                    break;
-                }
-            }
-            1 + end
-        } else {
-            value.find([' ', '\t', '&']).unwrap_or(value.len())
-        };
-        rest = &value[len.min(value.len())..];
-    }
-    out.push_str(rest);
-    out
 }
 
 /// `host:port` of the connection string, as errors name the database.
@@ -150,6 +98,7 @@ pub async fn connect(name: &str, db: &DatabaseConfig, app: &str) -> Result<Clien
     if let Some(file) = &db.password_file {
         let f = std::fs::File::open(file)
             .map_err(|e| refused(format!("password_file {}: {e}", file.display())))?;
+        private(&f, file).map_err(refused)?;
         let bytes = cutover_core::fsutil::read_bounded(f, file, MAX_PASSWORD_BYTES)
             .map_err(|e| refused(format!("password_file: {e}")))?;
         let text = String::from_utf8(bytes)
@@ -191,6 +140,29 @@ pub async fn connect(name: &str, db: &DatabaseConfig, app: &str) -> Result<Clien
     Ok(client)
 }
 
+/// Permission bits a password file may not have: writable by its group,
+/// or any access by others.
+const NOT_PRIVATE: u32 = 0o027;
+
+/// Refuses a password file others could read or change.
+fn private(f: &std::fs::File, path: &std::path::Path) -> std::result::Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = f
+        .metadata()
+        .map_err(|e| format!("password_file {}: {e}", path.display()))?
+        .permissions()
+        .mode();
+    if mode & NOT_PRIVATE != 0 {
+        return Err(format!(
+            "password_file {} is open to others (mode {:03o}); make it private with `chmod 600 {}` (or 640 for a group the controller shares)",
+            path.display(),
+            mode & 0o777,
+            path.display()
+        ));
+    }
+    Ok(())
+}
+
 fn spawn_connection<S, T>(name: &str, conn: tokio_postgres::Connection<S, T>)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -229,37 +201,60 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_password_in_the_url_is_never_shown() {
-        for (url, want) in [
-            (
-                "postgresql://app:s3cret@db.example:5433/billing",
-                "postgresql://app:***@db.example:5433/billing",
-            ),
-            (
-                "postgres://app:s3cret@db/billing?sslmode=disable&password=s3cret",
-                "postgres://app:***@db/billing?sslmode=disable&password=***",
-            ),
-            (
-                "host=db user=app password='s3 cret' dbname=billing",
-                "host=db user=app password=*** dbname=billing",
-            ),
-            ("host=db password = s3cret", "host=db password=***"),
-            ("postgresql://app@db/billing", "postgresql://app@db/billing"),
+    fn a_url_with_a_password_is_refused_without_quoting_it() {
+        for url in [
+            "postgresql://app:s3cret@db.example:5433/billing",
+            "postgres://app@db/billing?sslmode=disable&password=s3cret",
+            "postgres://app@db/billing?pass%77ord=s3cret",
+            "host=db user=app password='s3 cret' dbname=billing",
+            "host=db\npassword=s3cret",
         ] {
-            let shown = redact_url(url);
-            assert_eq!(shown, want);
-            assert!(!shown.contains("s3"), "{shown}");
+            let e = check_url(url).unwrap_err();
+            assert!(
+                e.contains("password_file") && !e.contains("s3"),
+                "{url}: {e}"
+            );
         }
+        check_url("postgresql://app@127.0.0.1:5432/billing").unwrap();
     }
 
     #[test]
-    fn a_bad_url_is_refused_without_quoting_a_password() {
-        let e = check_url("postgresql://app:s3cret@db:notaport/x").unwrap_err();
-        assert!(!e.contains("s3cret") && e.contains("***"), "{e}");
+    fn a_bad_url_is_refused_without_quoting_it() {
+        let e = check_url("postgresql://app@db:notaport/x").unwrap_err();
+        assert!(
+            !e.contains("notaport") && e.contains("connection string"),
+            "{e}"
+        );
         assert!(check_url(&"x".repeat(MAX_URL_LEN + 1))
             .unwrap_err()
             .contains("bytes"));
-        check_url("postgresql://app@127.0.0.1:5432/billing").unwrap();
+    }
+
+    #[test]
+    fn a_password_file_open_to_others_is_refused_naming_the_fix() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pw");
+        std::fs::write(&path, "secret\n").unwrap();
+        for (mode, ok) in [
+            (0o600, true),
+            (0o640, true),
+            (0o400, true),
+            (0o644, false),
+            (0o660, false),
+            (0o602, false),
+        ] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            let f = std::fs::File::open(&path).unwrap();
+            let got = private(&f, &path);
+            assert_eq!(got.is_ok(), ok, "{mode:o}: {got:?}");
+            if let Err(e) = got {
+                assert!(
+                    e.contains("chmod 600") && e.contains(&format!("{mode:03o}")),
+                    "{e}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -72,7 +72,9 @@ fn status(pending: Vec<PendingMigration>) -> DatabaseStatus {
         pending,
         failed: Vec::new(),
         dirty: Vec::new(),
+        migrating: None,
         drift: Vec::new(),
+        out_of_order: Vec::new(),
         unknown: Vec::new(),
     }
 }
