@@ -4,6 +4,7 @@
 //! `crate::migrate`. A migrate runs in a task of its own, so a client that
 //! goes away does not cut a migration short.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -54,9 +55,9 @@ fn migrate_name(database: &str) -> Result<()> {
     cutover_core::manifest::migrations::check_database(database).map_err(Error::Invalid)
 }
 
-/// The release's migrations of `database`, read from the artifact store
-/// and checked against their pins.
-async fn wanted(c: &Arc<Controller>, m: &Manifest, database: &str) -> Result<Vec<Wanted>> {
+/// The release's migrations of `database` as its manifest pins them, no
+/// text read yet.
+fn pinned(c: &Controller, m: &Manifest, database: &str) -> Result<Vec<Wanted>> {
     let transactional = c
         .config
         .databases
@@ -68,38 +69,85 @@ async fn wanted(c: &Arc<Controller>, m: &Manifest, database: &str) -> Result<Vec
             ))
         })?
         .transactional_ddl;
-    let files: Vec<_> = m.migrations_of(database).cloned().collect();
+    Ok(m.migrations_of(database)
+        .map(|x| Wanted {
+            version: x.version.to_string(),
+            phase: x.phase,
+            name: x.name.clone(),
+            sha256: x.sha256,
+            size: x.size,
+            text: None,
+            no_transaction: !transactional,
+        })
+        .collect())
+}
+
+/// `wanted` with the text of those `needed` says (all: `None`) read from
+/// the artifact store and checked against their pins.
+async fn read_texts(
+    c: &Arc<Controller>,
+    database: &str,
+    mut wanted: Vec<Wanted>,
+    needed: Option<&HashSet<String>>,
+) -> Result<Vec<Wanted>> {
     let store = c.clone();
+    let database = database.to_string();
+    let needed = needed.cloned();
     tokio::task::spawn_blocking(move || {
-        files
-            .into_iter()
-            .map(|x| {
-                let path = store.artifacts.path(&x.sha256);
-                let what = format!("database {:?}: migration {}", x.database, x.file);
-                let f = std::fs::File::open(&path)
-                    .map_err(|e| Error::Internal(format!("{what}: stored copy: {e}")))?;
-                let bytes = cutover_core::fsutil::read_bounded(f, &path, x.size)
-                    .map_err(|e| Error::Internal(format!("{what}: stored copy: {e}")))?;
-                if cutover_core::Sha256Digest::of(&bytes) != x.sha256 {
-                    return Err(Error::Internal(format!(
-                        "{what}: the stored copy no longer matches its pin; import the release again to repair it"
-                    )));
-                }
-                let text = String::from_utf8(bytes)
-                    .map_err(|_| Error::Invalid(format!("{what}: not UTF-8 text")))?;
-                Ok(Wanted {
-                    version: x.version.to_string(),
-                    phase: x.phase,
-                    name: x.name.clone(),
-                    sha256: x.sha256,
-                    no_transaction: !transactional || migrate::sql::wants_no_transaction(&text),
-                    text,
-                })
-            })
-            .collect()
+        for w in &mut wanted {
+            let key = w.key();
+            if needed.as_ref().is_some_and(|n| !n.contains(&key)) {
+                continue;
+            }
+            let what = format!("database {database:?}: migration {key}");
+            let path = store.artifacts.path(&w.sha256);
+            let f = std::fs::File::open(&path)
+                .map_err(|e| Error::Internal(format!("{what}: stored copy: {e}")))?;
+            let bytes = cutover_core::fsutil::read_bounded(f, &path, w.size)
+                .map_err(|e| Error::Internal(format!("{what}: stored copy: {e}")))?;
+            if cutover_core::Sha256Digest::of(&bytes) != w.sha256 {
+                return Err(Error::Internal(format!(
+                    "{what}: the stored copy no longer matches its pin; import the release again to repair it"
+                )));
+            }
+            let text = String::from_utf8(bytes)
+                .map_err(|_| Error::Invalid(format!("{what}: not UTF-8 text")))?;
+            w.no_transaction |= migrate::sql::wants_no_transaction(&text);
+            w.text = Some(text);
+        }
+        Ok(wanted)
     })
     .await
     .map_err(|e| Error::Internal(format!("reading migrations: {e}")))?
+}
+
+/// The release's migrations of `database`, every text read: what a run
+/// applies.
+async fn wanted(c: &Arc<Controller>, m: &Manifest, database: &str) -> Result<Vec<Wanted>> {
+    read_texts(c, database, pinned(c, m, database)?, None).await
+}
+
+/// `database`'s ledger against release `m`, reading only the files whose
+/// text the answer needs (pending or changed ones): a status of a release
+/// whose 1,000 migrations all ran reads none.
+async fn assessed(
+    c: &Arc<Controller>,
+    m: &Manifest,
+    database: &str,
+) -> Result<cutover_core::migration_views::DatabaseStatus> {
+    let wanted = pinned(c, m, database)?;
+    let t = Target {
+        name: database,
+        config: configured(c, database)?,
+        wanted,
+    };
+    let mut status = migrate::status(&t).await?;
+    let needed = migrate::decide::texts_needed(&status);
+    if !needed.is_empty() {
+        let read = read_texts(c, database, t.wanted, Some(&needed)).await?;
+        migrate::decide::complete(&mut status, &read);
+    }
+    Ok(status)
 }
 
 /// The ledgers of the databases owned by the services of `m` a plan moves
@@ -124,17 +172,9 @@ pub(super) async fn plan_gate(
     let version = m.version.to_string();
     let mut out = Vec::with_capacity(names.len());
     for name in names {
-        let status = async {
-            let wanted = wanted(c, m, name).await?;
-            migrate::status(&Target {
-                name,
-                config: configured(c, name)?,
-                wanted,
-            })
+        let status = assessed(c, m, name)
             .await
-        }
-        .await
-        .map_err(|e| Error::Refused(gate::unreadable(&version, name, &e.to_string())))?;
+            .map_err(|e| Error::Refused(gate::unreadable(&version, name, &e.to_string())))?;
         gate::expand_gate(&version, &status).map_err(Error::Refused)?;
         out.push(status);
     }
@@ -149,16 +189,7 @@ pub async fn status(c: &Arc<Controller>, r: v1::MigrateRequest) -> Result<Migrat
         databases: Vec::new(),
     };
     for name in databases(c, &m, &r.database)? {
-        let wanted = wanted(c, &m, &name).await?;
-        let config = configured(c, &name)?;
-        out.databases.push(
-            migrate::status(&Target {
-                name: &name,
-                config,
-                wanted,
-            })
-            .await?,
-        );
+        out.databases.push(assessed(c, &m, &name).await?);
     }
     Ok(out)
 }
@@ -303,6 +334,7 @@ async fn gate(
         })
         .await
         .map_err(|e| refused(name, format!("its ledger cannot be read ({e})")))?;
+
         match phase {
             Phase::Postdeploy => gate::postdeploy_gate(&version, &status, &behind),
             Phase::Contract => gate::contract_gate(m, &status, &behind),

@@ -12,16 +12,21 @@ use cutover_core::Sha256Digest;
 /// A ledger row's version, phase and name.
 type Key<'a> = (&'a str, &'a str, &'a str);
 
-/// One migration of the release for one database, with its bytes.
+/// One migration of the release for one database, as its manifest pins
+/// it, with its text once read from the artifact store (a status reads
+/// only the files it must: those pending or changed).
 #[derive(Debug, Clone)]
 pub struct Wanted {
     pub version: String,
     pub phase: Phase,
     pub name: String,
     pub sha256: Sha256Digest,
-    pub text: String,
+    /// The pinned size: the most bytes its stored copy may have.
+    pub size: u64,
+    pub text: Option<String>,
     /// Runs outside a transaction (its first line, or the database's
-    /// `transactional_ddl = false`).
+    /// `transactional_ddl = false`); until its text is read, the
+    /// database's setting alone.
     pub no_transaction: bool,
 }
 
@@ -147,13 +152,50 @@ pub fn assess(database: &str, wanted: &[Wanted], rows: Option<&[LedgerEntry]>) -
                     name: w.name.clone(),
                     applied: row.checksum.clone(),
                     release: w.checksum(),
-                    line_endings_only: line_endings_only(w.text.as_bytes(), &row.checksum),
+                    line_endings_only: w
+                        .text
+                        .as_deref()
+                        .is_some_and(|t| line_endings_only(t.as_bytes(), &row.checksum)),
                 })
             }
             Some(_) => {}
         }
     }
     status
+}
+
+/// Which of `wanted` a status needs the text of: those pending (whether
+/// one runs outside a transaction is its first line) and those changed
+/// (whether only line endings differ).
+pub fn texts_needed(status: &DatabaseStatus) -> HashSet<String> {
+    let pending = status.pending.iter().map(PendingMigration::key);
+    let changed = status
+        .drift
+        .iter()
+        .map(|d| format!("{}/{}/{}", d.version, d.phase, d.name));
+    pending.chain(changed).collect()
+}
+
+/// What the texts in `read` (of [`texts_needed`]) tell of `status`: which
+/// pending migrations run outside a transaction, and which changed files
+/// differ only in their line endings.
+pub fn complete(status: &mut DatabaseStatus, read: &[Wanted]) {
+    let by_key: HashMap<String, &Wanted> = read.iter().map(|w| (w.key(), w)).collect();
+    for p in status
+        .pending
+        .iter_mut()
+        .chain(status.out_of_order.iter_mut())
+    {
+        if let Some(w) = by_key.get(&p.key()) {
+            p.no_transaction = w.no_transaction;
+        }
+    }
+    for d in &mut status.drift {
+        let key = format!("{}/{}/{}", d.version, d.phase, d.name);
+        if let Some(text) = by_key.get(&key).and_then(|w| w.text.as_deref()) {
+            d.line_endings_only = line_endings_only(text.as_bytes(), &d.applied);
+        }
+    }
 }
 
 /// Why no migration may run on this database now, or `None`: a dirty or
@@ -245,7 +287,8 @@ mod tests {
             phase,
             name: name.into(),
             sha256: Sha256Digest::of(text.as_bytes()),
-            text: text.into(),
+            size: text.len() as u64,
+            text: Some(text.into()),
             no_transaction: false,
         }
     }
@@ -369,6 +412,45 @@ mod tests {
         assert!(blocked(&s)
             .unwrap()
             .contains("only its line endings differ"));
+    }
+
+    #[test]
+    fn a_status_reads_only_the_texts_of_pending_and_changed_files_and_learns_from_them() {
+        let ran = wanted("1.0.0", Phase::Expand, "001_a.sql", "CREATE TABLE a ();\n");
+        let edited = wanted(
+            "1.0.0",
+            Phase::Expand,
+            "001_a.sql",
+            "CREATE TABLE a ();\r\n",
+        );
+        let outside = wanted(
+            "1.0.0",
+            Phase::Expand,
+            "002_i.sql",
+            "-- cutover:no-transaction\nCREATE INDEX CONCURRENTLY i ON a (x);\n",
+        );
+        let done = wanted("0.9.0", Phase::Expand, "001_z.sql", "Z");
+        let unread = |w: &Wanted| Wanted {
+            text: None,
+            ..w.clone()
+        };
+        let pinned = [unread(&done), unread(&edited), unread(&outside)];
+        let rows = [row(&done, "applied"), row(&ran, "applied")];
+        let mut s = assess("billing", &pinned, Some(&rows));
+        // Without texts: the flags are not known yet.
+        assert!(!s.pending[0].no_transaction && !s.drift[0].line_endings_only);
+        let needed = texts_needed(&s);
+        assert_eq!(
+            needed,
+            HashSet::from([
+                "1.0.0/expand/001_a.sql".to_string(),
+                "1.0.0/expand/002_i.sql".to_string()
+            ])
+        );
+        let mut read = [edited.clone(), outside.clone()];
+        read[1].no_transaction = true;
+        complete(&mut s, &read);
+        assert!(s.pending[0].no_transaction && s.drift[0].line_endings_only);
     }
 
     #[test]

@@ -165,13 +165,17 @@ pub async fn apply(
         tries,
         left: Left::RolledBack,
     };
+    let text = w
+        .text
+        .as_deref()
+        .ok_or_else(|| plain("its text was never read from the artifact store".into(), 0))?;
     client
         .batch_execute(&timeouts(db))
         .await
         .map_err(|e| plain(describe(&e), 0))?;
-    let stmts = sql::statements(&w.text);
+    let stmts = sql::statements(text);
     if w.no_transaction {
-        return apply_outside(client, w, &stmts, db.lock_retries, &row(now_ms())).await;
+        return apply_outside(client, w, text, &stmts, db.lock_retries, &row(now_ms())).await;
     }
     let mut tries = 0u32;
     loop {
@@ -182,7 +186,7 @@ pub async fn apply(
             .transaction()
             .await
             .map_err(|e| plain(describe(&e), tries))?;
-        let (line, e, left) = match run_statements(&tx, &w.text, &stmts).await {
+        let (line, e, left) = match run_statements(&tx, text, &stmts).await {
             Ok(()) => {
                 let ending = Ending {
                     state: "applied",
@@ -252,6 +256,7 @@ pub async fn apply(
 async fn apply_outside(
     client: &Client,
     w: &Wanted,
+    text: &str,
     stmts: &[sql::Statement<'_>],
     retries: u32,
     row: &NewRow<'_>,
@@ -271,8 +276,7 @@ async fn apply_outside(
         loop {
             attempt = attempt.saturating_add(1);
             tries = tries.max(attempt);
-            let (line, e) = match run_statements(client, &w.text, std::slice::from_ref(stmt)).await
-            {
+            let (line, e) = match run_statements(client, text, std::slice::from_ref(stmt)).await {
                 Ok(()) => break,
                 Err(failed) => failed,
             };
