@@ -470,7 +470,7 @@ fn a_migration_added_behind_one_that_ran_is_refused_by_name() {
     assert_eq!(run.code, 1, "{run:?}");
     let err = run.stderr.trim();
     assert!(
-        err.contains("migration 1.0.0/expand/002_b.sql is pending, but a later expand migration in run order is already applied")
+        err.contains("migration 1.0.0/expand/002_b.sql is pending, but a later file of 1.0.0/expand/ already ran")
             && err.contains("give it a later number or put it in a later version"),
         "{err}"
     );
@@ -564,4 +564,32 @@ fn a_run_failing_in_its_second_database_says_what_the_first_applied() {
         "{err}"
     );
     assert_eq!(err.lines().count(), 1, "{err}");
+}
+
+#[test]
+fn a_file_that_controls_its_own_transaction_is_refused_before_anything_runs() {
+    let w = world("");
+    let (f, pg) = (&w.f, &w.pg);
+    let tx = "CREATE TABLE b (x int);\n-- done:\nCOMMIT;\n";
+    release(
+        f,
+        "1.0.0",
+        &[
+            ("1.0.0/expand/001_a.sql", "CREATE TABLE a (x int);\n"),
+            ("1.0.0/expand/002_tx.sql", tx),
+        ],
+    );
+    for extra in [&["--dry-run"][..], &["--yes"]] {
+        let run = migrate(f, "expand", "1.0.0", extra);
+        assert_eq!(run.code, 1, "{run:?}");
+        let err = run.stderr.trim();
+        assert!(
+            err.contains(
+                "migration 1.0.0/expand/002_tx.sql line 3: `COMMIT` controls the transaction"
+            ) && err.ends_with("nothing ran"),
+            "{err}"
+        );
+    }
+    // Not even the file before it: the run was refused whole.
+    assert_eq!(pg.sql("SELECT to_regclass('a') IS NULL"), "t");
 }

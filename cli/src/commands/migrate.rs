@@ -163,17 +163,19 @@ fn pending_line(p: &PendingMigration, behind: bool) {
 }
 
 /// The applied rows the release does not carry, one line per version
-/// (in ledger order): a long-lived database has thousands; `-o json`
-/// lists each.
+/// (in the order the ledger first has each): a long-lived database has
+/// thousands; `-o json` lists each.
 fn unknown_lines(rows: &[LedgerEntry]) {
-    let mut runs: Vec<(&str, usize)> = Vec::new();
+    let mut versions: Vec<(&str, usize)> = Vec::new();
+    let mut at: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
     for r in rows {
-        match runs.last_mut() {
-            Some((v, n)) if *v == r.version => *n += 1,
-            _ => runs.push((&r.version, 1)),
-        }
+        let i = *at.entry(&r.version).or_insert_with(|| {
+            versions.push((&r.version, 0));
+            versions.len() - 1
+        });
+        versions[i].1 += 1;
     }
-    for (version, n) in runs {
+    for (version, n) in versions {
         println!(
             "  {:<8} {}: {n} applied row{} of migrations this release does not carry",
             "earlier",
@@ -194,8 +196,10 @@ fn print_status(db: &DatabaseStatus) {
         }
     );
     db.applied.iter().for_each(|e| entry_line("applied", e));
+    let behind: std::collections::HashSet<String> =
+        db.out_of_order.iter().map(PendingMigration::key).collect();
     for p in &db.pending {
-        pending_line(p, db.out_of_order.contains(p));
+        pending_line(p, behind.contains(&p.key()));
     }
     db.failed.iter().for_each(|e| entry_line("failed", e));
     match &db.migrating {

@@ -129,18 +129,28 @@ pub fn assess(database: &str, wanted: &[Wanted], rows: Option<&[LedgerEntry]>) -
         }
         by_key.entry(key).or_insert(row);
     }
-    // Per phase, the last migration in run order that the ledger has: a
-    // pending one before it was added behind one that already ran.
-    let mut last_done: HashMap<Phase, usize> = HashMap::new();
-    for (i, w) in wanted.iter().enumerate() {
-        if by_key.contains_key(&w.lookup()) {
-            last_done.insert(w.phase, i);
+    // Per version and phase, the last file name the ledger has (whether
+    // the release still carries it or not): a pending file of that
+    // directory named before it was added behind one that ran. Files of
+    // an earlier version pending after a later version ran are a
+    // backport (a hotfix release's migration), which runs.
+    let mut last_done: HashMap<(&str, &str), &str> = HashMap::new();
+    for row in rows {
+        let last = last_done
+            .entry((row.version.as_str(), row.phase.as_str()))
+            .or_insert(row.name.as_str());
+        if row.name.as_str() > *last {
+            *last = row.name.as_str();
         }
     }
-    for (i, w) in wanted.iter().enumerate() {
+    for w in wanted {
         match by_key.get(&w.lookup()).copied() {
             None => {
-                if last_done.get(&w.phase).is_some_and(|&done| done > i) {
+                let dir = (w.version.as_str(), w.phase.as_str());
+                if last_done
+                    .get(&dir)
+                    .is_some_and(|&done| done > w.name.as_str())
+                {
                     status.out_of_order.push(w.pending());
                 }
                 status.pending.push(w.pending());
@@ -241,8 +251,9 @@ pub fn blocked(status: &DatabaseStatus) -> Option<String> {
     }
     if let Some(p) = status.out_of_order.first() {
         return Some(format!(
-            "database {db:?}: migration {} is pending, but a later {} migration in run order is already applied: it was added behind one that ran, and migrations never run out of order; give it a later number or put it in a later version",
+            "database {db:?}: migration {} is pending, but a later file of {}/{}/ already ran: it was added behind it, and files of one directory never run out of order; give it a later number or put it in a later version",
             p.key(),
+            p.version,
             p.phase
         ));
     }
@@ -351,17 +362,15 @@ mod tests {
             wanted("1.0.0", Phase::Contract, "001_c.sql", "C"),
             wanted("1.1.0", Phase::Expand, "001_b.sql", "B"),
         ];
-        // 1.0.0's contract waits while 1.1.0's expand ran: phases are
-        // ordered within themselves, not across.
-        let rows = [
-            row(&w[0], "applied"),
-            row(&w[1], "applied"),
-            row(&w[3], "applied"),
-        ];
+        // 1.0.0's contract waits while 1.1.0's expand ran, and 1.0.0's
+        // 002 comes after 1.1.0's expand ran (a backport): both run.
+        let rows = [row(&w[0], "applied"), row(&w[3], "applied")];
         let s = assess("billing", &w, Some(&rows));
         assert!(s.out_of_order.is_empty() && blocked(&s).is_none(), "{s:?}");
-        // 002_late.sql appeared after 1.1.0's expand had run.
-        let rows = [row(&w[0], "applied"), row(&w[3], "applied")];
+        // 002_late.sql appeared after 003 of its own directory ran, which
+        // this release no longer even carries.
+        let gone = wanted("1.0.0", Phase::Expand, "003_gone.sql", "G");
+        let rows = [row(&w[0], "applied"), row(&gone, "applied")];
         let s = assess("billing", &w, Some(&rows));
         assert_eq!(s.out_of_order, vec![w[1].pending()]);
         let why = blocked(&s).unwrap();

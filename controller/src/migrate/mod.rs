@@ -86,7 +86,14 @@ async fn assessed(client: &tokio_postgres::Client, t: &Target<'_>) -> Result<Dat
     let rows = ledger::read(client, t.name).await?;
     let mut status = decide::assess(t.name, &t.wanted, rows.as_deref());
     if !status.dirty.is_empty() {
-        status.migrating = lock::holder_now(client, t.name).await?;
+        // Not knowing shows the row as dirty: a repair takes the lock, so
+        // it cannot clear the row of a migrate at work.
+        status.migrating = lock::holder_now(client, t.name)
+            .await
+            .unwrap_or_else(|e| {
+                tracing::warn!(database = t.name, error = %e, "who holds the migration lock is unknown");
+                None
+            });
     }
     Ok(status)
 }
@@ -114,6 +121,7 @@ pub async fn apply(store: &Store, t: &Target<'_>, ask: &RunAsk, who: &Who) -> Re
         if let Some(why) = decide::blocked(&status) {
             return Err(Error::Refused(why));
         }
+        refuse_unrunnable(t, &decide::pending_in(&status, ask.phase))?;
         return Ok(DatabaseRun {
             database: t.name.into(),
             migrations: decide::pending_in(&status, ask.phase)
@@ -126,6 +134,26 @@ pub async fn apply(store: &Store, t: &Target<'_>, ask: &RunAsk, who: &Who) -> Re
     let result = apply_locked(store, &mut client, t, ask, who).await;
     lock::release(&client, t.name, held).await;
     result
+}
+
+/// Refuses the run, before anything of it runs, when a file of `todo`
+/// holds a statement cutover must not send (`sql::refusal`).
+fn refuse_unrunnable(t: &Target<'_>, todo: &[&PendingMigration]) -> Result<()> {
+    for p in todo {
+        let text = t
+            .wanted
+            .iter()
+            .find(|w| w.key() == p.key())
+            .and_then(|w| w.text.as_deref());
+        if let Some((line, why)) = text.and_then(sql::refusal) {
+            return Err(Error::Refused(format!(
+                "database {:?}: migration {} line {line}: {why}; nothing ran",
+                t.name,
+                p.key()
+            )));
+        }
+    }
+    Ok(())
 }
 
 async fn apply_locked(
@@ -147,6 +175,7 @@ async fn apply_locked(
         migrations: Vec::new(),
     };
     let todo: Vec<&PendingMigration> = decide::pending_in(&status, ask.phase);
+    refuse_unrunnable(t, &todo)?;
     for p in todo {
         let Some(w) = t.wanted.iter().find(|w| w.key() == p.key()) else {
             continue;
@@ -173,7 +202,7 @@ async fn apply_locked(
             }
             Err(f) => {
                 let at = f.line.map(|l| format!(" at line {l}")).unwrap_or_default();
-                let detail = format!("{what}: failed{at}: {}", f.error);
+                let detail = format!("{what}: failed{at}: {} ({})", f.error, f.left.said());
                 if let Err(e) = event(store, "migration.failed", detail).await {
                     tracing::warn!(error = %e, "could not record migration.failed");
                 }

@@ -25,18 +25,55 @@ pub struct Statement<'a> {
 }
 
 /// The statements of `text`, split as `psql` splits a file: at `;`
-/// outside quotes, quoted identifiers, dollar quotes and comments, and
-/// outside the `BEGIN ATOMIC … END` body of a `CREATE [OR REPLACE]
-/// FUNCTION|PROCEDURE` (where a `CASE … END` inside the body nests).
-/// Statements holding only blanks and comments are left out.
-pub fn statements<'a>(text: &'a str) -> Vec<Statement<'a>> {
+/// outside quotes, quoted identifiers, dollar quotes, comments and
+/// parentheses, and outside the `BEGIN ATOMIC … END` body of a `CREATE
+/// [OR REPLACE] FUNCTION|PROCEDURE` (where a `CASE … END` inside the body
+/// nests); strings as with `standard_conforming_strings` on. Statements
+/// holding only blanks and comments are left out. Lazy: a 16 MiB file of
+/// `a;` is eight million statements, never all held at once.
+pub fn statements(text: &str) -> Statements<'_> {
+    Statements {
+        text,
+        start: 0,
+        chars_before: 0,
+    }
+}
+
+/// The statements of a text, one at a time ([`statements`]).
+pub struct Statements<'a> {
+    text: &'a str,
+    start: usize,
+    /// Characters before `start`, counted as `start` moves on: counting
+    /// from the file's beginning for each statement would be quadratic.
+    chars_before: usize,
+}
+
+impl<'a> Iterator for Statements<'a> {
+    type Item = Statement<'a>;
+
+    fn next(&mut self) -> Option<Statement<'a>> {
+        while self.start < self.text.len() {
+            let end = statement_end(self.text, self.start);
+            let piece = &self.text[self.start..end];
+            let chars_before = self.chars_before;
+            self.chars_before += piece.chars().count();
+            self.start = end;
+            if !only_comments(piece) {
+                return Some(Statement {
+                    text: piece,
+                    chars_before,
+                });
+            }
+        }
+        None
+    }
+}
+
+/// Just past the `;` that ends the statement starting at `start`, or the
+/// end of `text`.
+fn statement_end(text: &str, start: usize) -> usize {
     let bytes = text.as_bytes();
-    let mut out = Vec::new();
-    let mut start = 0;
-    let mut i = 0;
-    // Characters before `start`, counted as `start` moves on: counting
-    // from the file's beginning for each statement would be quadratic.
-    let mut chars_before = 0usize;
+    let mut i = start;
     let mut body = Body::default();
     while i < bytes.len() {
         match bytes[i] {
@@ -60,26 +97,14 @@ pub fn statements<'a>(text: &'a str) -> Vec<Statement<'a>> {
             b'$' if i > 0 && in_identifier(bytes[i - 1]) => i += 1,
             b'$' => i = skip_dollar(text, i),
             b'(' => {
-                body.parens += 1;
+                body.parens = body.parens.saturating_add(1);
                 i += 1;
             }
             b')' => {
                 body.parens = body.parens.saturating_sub(1);
                 i += 1;
             }
-            b';' if body.depth == 0 => {
-                let piece = &text[start..=i];
-                if !only_comments(piece) {
-                    out.push(Statement {
-                        text: piece,
-                        chars_before,
-                    });
-                }
-                chars_before += piece.chars().count();
-                i += 1;
-                start = i;
-                body = Body::default();
-            }
+            b';' if body.depth == 0 && body.parens == 0 => return i + 1,
             b if starts_word(b) => {
                 let end = bytes[i..]
                     .iter()
@@ -91,13 +116,62 @@ pub fn statements<'a>(text: &'a str) -> Vec<Statement<'a>> {
             _ => i += 1,
         }
     }
-    if start < bytes.len() && !only_comments(&text[start..]) {
-        out.push(Statement {
-            text: &text[start..],
-            chars_before,
-        });
+    bytes.len()
+}
+
+/// Why a statement of `text` may not run as a migration, with its line:
+/// transaction control (cutover runs each file in its own transaction
+/// and records it there, or by the protocol outside one, which a file's
+/// own `BEGIN` or `COMMIT` would break), `COPY` from or to the client,
+/// and `psql` meta-commands (cutover sends SQL, not a `psql` script).
+pub fn refusal(text: &str) -> Option<(usize, String)> {
+    for stmt in statements(text) {
+        let b = stmt.text.as_bytes();
+        let at = leading(b, false);
+        let rest = &stmt.text[at..];
+        let line = first_line(text, &stmt).unwrap_or(1);
+        if rest.starts_with('\\') {
+            let cmd: String = rest
+                .chars()
+                .take_while(|c| !c.is_whitespace())
+                .take(32)
+                .collect();
+            return Some((
+                line,
+                format!("`{cmd}` is a psql command, not SQL: cutover sends SQL alone"),
+            ));
+        }
+        let mut words = rest
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| !w.is_empty())
+            .map(str::to_ascii_uppercase);
+        let first = words.next().unwrap_or_default();
+        let second = words.next().unwrap_or_default();
+        let controls = match first.as_str() {
+            "BEGIN" | "START" | "COMMIT" | "END" | "ABORT" => true,
+            "ROLLBACK" => second != "TO",
+            "PREPARE" => second == "TRANSACTION",
+            _ => false,
+        };
+        if controls {
+            return Some((
+                line,
+                format!("`{first}` controls the transaction, and cutover runs each file in a transaction of its own (or, with `{NO_TRANSACTION}` as its first line, statement by statement) and records it there: take it out"),
+            ));
+        }
+        if first == "COPY"
+            && rest
+                .to_ascii_uppercase()
+                .split_whitespace()
+                .any(|w| w.starts_with("STDIN") || w.starts_with("STDOUT"))
+        {
+            return Some((
+                line,
+                "`COPY … STDIN/STDOUT` needs a client to send or take the data: use INSERT, or COPY from a file on the database server".into(),
+            ));
+        }
     }
-    out
+    None
 }
 
 /// Where the statement being split stands: its first words (to know a
@@ -193,9 +267,11 @@ fn skip_block_comment(b: &[u8], mut i: usize) -> usize {
 /// it opens none (a parameter such as `$1`).
 fn skip_dollar(text: &str, i: usize) -> usize {
     let rest = &text[i + 1..];
+    // A tag is a letter, `_` or any non-ASCII character, then those or
+    // digits, as psql reads it.
     let tag_len = rest
         .bytes()
-        .take_while(|b| b.is_ascii_alphanumeric() || *b == b'_')
+        .take_while(|b| b.is_ascii_alphanumeric() || *b == b'_' || !b.is_ascii())
         .count();
     if rest.as_bytes().get(tag_len) != Some(&b'$')
         || rest.as_bytes().first().is_some_and(u8::is_ascii_digit)
@@ -265,7 +341,7 @@ mod tests {
     use super::*;
 
     fn texts(sql: &str) -> Vec<&str> {
-        statements(sql).into_iter().map(|s| s.text.trim()).collect()
+        statements(sql).map(|s| s.text.trim()).collect()
     }
 
     #[test]
@@ -327,10 +403,68 @@ mod tests {
     }
 
     #[test]
+    fn semicolons_inside_parentheses_and_non_ascii_dollar_tags_end_nothing() {
+        assert_eq!(
+            texts("CREATE RULE r AS ON INSERT TO t DO ALSO (INSERT INTO a VALUES (new.x); INSERT INTO b VALUES (new.x));\nSELECT 1;"),
+            [
+                "CREATE RULE r AS ON INSERT TO t DO ALSO (INSERT INTO a VALUES (new.x); INSERT INTO b VALUES (new.x));",
+                "SELECT 1;"
+            ]
+        );
+        assert_eq!(
+            texts("CREATE FUNCTION f() RETURNS void AS $função$ BEGIN PERFORM 1; END $função$ LANGUAGE plpgsql;\nSELECT $1;"),
+            [
+                "CREATE FUNCTION f() RETURNS void AS $função$ BEGIN PERFORM 1; END $função$ LANGUAGE plpgsql;",
+                "SELECT $1;"
+            ]
+        );
+    }
+
+    #[test]
+    fn transaction_control_copy_with_the_client_and_psql_commands_are_refused_with_their_line() {
+        for (sql, line, says) in [
+            (
+                "CREATE TABLE a ();\nBEGIN;\nCREATE TABLE b ();\nCOMMIT;\n",
+                2,
+                "`BEGIN` controls the transaction",
+            ),
+            (
+                "CREATE TABLE a ();\n-- done\ncommit;",
+                3,
+                "`COMMIT` controls",
+            ),
+            ("START TRANSACTION;", 1, "`START` controls"),
+            ("SELECT 1;\nROLLBACK;", 2, "`ROLLBACK` controls"),
+            ("PREPARE TRANSACTION 'x';", 1, "`PREPARE` controls"),
+            ("END;", 1, "`END` controls"),
+            ("COPY t FROM stdin;\n1\n\\.\n", 1, "COPY"),
+            ("COPY t TO STDOUT;", 1, "COPY"),
+            (
+                "\\set ON_ERROR_STOP on\nSELECT 1;",
+                1,
+                "`\\set` is a psql command",
+            ),
+        ] {
+            let (at, why) = refusal(sql).unwrap_or_else(|| panic!("{sql:?} passed"));
+            assert_eq!(at, line, "{sql:?}");
+            assert!(why.contains(says), "{sql:?}: {why}");
+        }
+        for fine in [
+            "SAVEPOINT s; INSERT INTO t VALUES (1); ROLLBACK TO SAVEPOINT s; RELEASE s;",
+            "PREPARE q AS SELECT 1; EXECUTE q;",
+            "COPY t FROM '/srv/seed.csv';",
+            "CREATE FUNCTION f() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT 1; END;",
+            "SELECT 'BEGIN;', \"commit\"; -- COMMIT;",
+        ] {
+            assert_eq!(refusal(fine), None, "{fine:?}");
+        }
+    }
+
+    #[test]
     fn a_large_file_splits_in_linear_time() {
         // 200,000 statements: quadratic counting would take minutes.
         let sql = "SELECT 'é';\n".repeat(200_000);
-        let s = statements(&sql);
+        let s: Vec<_> = statements(&sql).collect();
         assert_eq!(s.len(), 200_000);
         // Each statement but the first begins with the newline before it.
         let first = "SELECT 'é';".chars().count();
@@ -340,7 +474,7 @@ mod tests {
     #[test]
     fn a_statement_knows_how_many_characters_come_before_it() {
         let sql = "SELECT 'é';\nSELECT 2;";
-        let s = statements(sql);
+        let s: Vec<_> = statements(sql).collect();
         assert_eq!(s[1].chars_before, "SELECT 'é';".chars().count());
         // PostgreSQL's position 2 of the second statement ("S" of SELECT after the newline).
         assert_eq!(line_of(sql, s[1].chars_before + 2), Some(2));
@@ -349,7 +483,7 @@ mod tests {
     #[test]
     fn a_statement_begins_past_the_comments_before_it() {
         let sql = "SELECT 1;\n-- why\n/* more\n */\n  INSERT INTO t VALUES (1);";
-        let s = statements(sql);
+        let s: Vec<_> = statements(sql).collect();
         assert_eq!(first_line(sql, &s[0]), Some(1));
         assert_eq!(first_line(sql, &s[1]), Some(5));
     }

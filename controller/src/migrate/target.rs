@@ -30,8 +30,11 @@ pub fn check_url(url: &str) -> std::result::Result<(), String> {
             url.len()
         ));
     }
-    let config = tokio_postgres::Config::from_str(url)
-        .map_err(|e| format!("not a PostgreSQL connection string: {e}"))?;
+    // tokio-postgres's reason may quote a piece of the text (an option
+    // name, a character), which could be a piece of a password.
+    let config = tokio_postgres::Config::from_str(url).map_err(|_| {
+        "not a PostgreSQL connection string (postgresql://user@host:port/db or host=… user=… dbname=…)".to_string()
+    })?;
     if config.get_password().is_some() {
         return Err(
             "carries a password; take it out and put it in the file password_file names (mode 600)"
