@@ -70,7 +70,39 @@ pub fn sibling_binary(name: &str) -> Result<PathBuf> {
     }
 }
 
+/// A loopback port free now, for a server started later (the
+/// controller, each agent's web service). Taken below the kernel's
+/// ephemeral range: a port the kernel picked for `bind :0` and got back
+/// is soon the source port of some outgoing connection (the demo makes
+/// many), and the server binding it a moment later would fail. Walked
+/// from a start drawn from the pid and the clock, none given twice; the
+/// kernel's own pick if none is free there.
 fn free_port() -> Result<u16> {
+    const LOWEST: u32 = 10_000;
+    let top = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .filter(|low| *low > LOWEST + 1_000 && *low <= 65_536)
+        .unwrap_or(32_768);
+    let span = top - LOWEST;
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos())
+        ^ std::process::id().wrapping_mul(7_919);
+    // Handed out before, perhaps not bound yet: never twice.
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    // A few hundred tries at most: the demo needs a handful of ports.
+    for i in 0..span.min(512) {
+        let port = u16::try_from(LOWEST + seed.wrapping_add(i) % span).unwrap_or(0);
+        if port != 0
+            && !given.contains(&port)
+            && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+        {
+            given.push(port);
+            return Ok(port);
+        }
+    }
     let l = std::net::TcpListener::bind("127.0.0.1:0")
         .map_err(|e| Error::Failed(format!("no free loopback port: {e}")))?;
     l.local_addr()
