@@ -541,8 +541,13 @@ fn conclude(r: &mut Rollout, now: i64, fx: &mut Vec<Effect>) {
         RolloutStatus::Running if r.steps.iter().all(|s| s.phase == StepPhase::Healthy) => {
             RolloutStatus::Succeeded
         }
+        // Steps in flight when it stopped are followed to their end: one
+        // that fails is taken back too.
         RolloutStatus::RollingBack
-            if !r.steps.iter().any(|s| s.phase == StepPhase::RollingBack) =>
+            if !r
+                .steps
+                .iter()
+                .any(|s| matches!(s.phase, StepPhase::RollingBack | StepPhase::Installing)) =>
         {
             if r.count(StepPhase::RollbackFailed) > 0 {
                 RolloutStatus::Failed

@@ -102,7 +102,28 @@ pub(super) fn fail(
         Some(&host),
         format!("{service}: {} failed: {}", evidence.gate, evidence.detail),
     ));
-    if matches!(live.status, RolloutStatus::RollingBack) || live.status.is_final() {
+    if live.status.is_final() {
+        return;
+    }
+    if live.status == RolloutStatus::RollingBack {
+        // A step still in flight when the rollout stopped failed since:
+        // its own scope goes back too (with scope host, only the failed
+        // host was taken back), unless it is one to leave as it is. The
+        // first failure stays the rollout's.
+        let leave = live.no_rollback || swap_back(live, &service);
+        if !leave {
+            let (back, moving) = take_back(live, &service, &host, now);
+            if moving > 0 {
+                fx.push(log(
+                    "step.rolling_back",
+                    Some(&host),
+                    format!(
+                        "{service}: failed while the rollout rolls back; taking back {}",
+                        listed(&back, moving)
+                    ),
+                ));
+            }
+        }
         return;
     }
     let boundary = if batch == 0 {
@@ -110,11 +131,7 @@ pub(super) fn fail(
     } else {
         format!("batch {batch}")
     };
-    let swap_back = live
-        .plan
-        .services
-        .iter()
-        .any(|p| p.service == service && p.swap_back);
+    let swap_back = swap_back(live, &service);
     let ends = live.no_rollback || swap_back;
     let (next, action) = if ends {
         if auto_rolled_back {
@@ -134,68 +151,30 @@ pub(super) fn fail(
             )
         }
     } else {
-        let scope = live
-            .plan
-            .services
-            .iter()
-            .find(|p| p.service == service)
-            .map(|p| p.config.policy.rollback_scope)
-            .unwrap_or(RollbackScope::Service);
-        // The first few by name; `rollout show` lists every step.
-        const LISTED: usize = 20;
-        let mut back = Vec::new();
-        let mut moving: usize = 0;
+        let (back, moving) = take_back(live, &service, &host, now);
+        // The rollout stopped: a step whose command never reached its
+        // host (offline since its batch started) must not start now.
         for i in 0..live.steps.len() {
             let s = &live.steps[i];
-            let in_scope = match scope {
-                RollbackScope::Host => s.host == host && s.service == service,
-                RollbackScope::Service => s.service == service,
-                RollbackScope::Release => true,
-            };
-            let moved = matches!(
-                s.phase,
-                StepPhase::Installing | StepPhase::Healthy | StepPhase::Failed
-            );
-            if in_scope && moved && s.sends == 0 {
-                // Its command never reached the host (offline since its
-                // batch started): nothing moved, nothing to take back.
-                if s.phase == StepPhase::Installing {
-                    let s = live.step_mut(i);
-                    s.phase = StepPhase::Pending;
-                    s.sent_ms = None;
-                }
-                continue;
-            }
-            if in_scope && moved {
+            if s.phase == StepPhase::Installing && s.sends == 0 {
                 let s = live.step_mut(i);
-                s.phase = StepPhase::RollingBack;
-                s.sent_ms = Some(now);
-                s.session = None;
-                s.sends = 0;
-                s.finished_ms = None;
-                if back.len() < LISTED {
-                    back.push(format!("{} ({})", s.host, s.service));
-                }
-                moving += 1;
+                s.phase = StepPhase::Pending;
+                s.sent_ms = None;
             }
         }
         live.rollout.status = RolloutStatus::RollingBack;
-        let scope_name = format!("{scope:?}").to_lowercase();
+        let scope_name = format!("{:?}", scope_of(live, &service)).to_lowercase();
         if back.is_empty() {
             (
                 StopAction::NothingToRollBack,
                 format!("stopped; nothing else in rollback scope {scope_name} had moved"),
             )
         } else {
-            let more = match moving.saturating_sub(back.len()) {
-                0 => String::new(),
-                n => format!(" and {n} more"),
-            };
             (
                 StopAction::RollingBack,
                 format!(
-                    "stopped; rolling back (scope {scope_name}): {}{more}",
-                    back.join(", ")
+                    "stopped; rolling back (scope {scope_name}): {}",
+                    listed(&back, moving)
                 ),
             )
         }
@@ -221,4 +200,74 @@ pub(super) fn fail(
         next,
         action,
     });
+}
+
+/// Whether `service` swaps back by itself (left as it is on a failure).
+fn swap_back(live: &Live, service: &str) -> bool {
+    live.plan
+        .services
+        .iter()
+        .any(|p| p.service == service && p.swap_back)
+}
+
+fn scope_of(live: &Live, service: &str) -> RollbackScope {
+    live.plan
+        .services
+        .iter()
+        .find(|p| p.service == service)
+        .map(|p| p.config.policy.rollback_scope)
+        .unwrap_or(RollbackScope::Service)
+}
+
+/// The first few names, and how many more.
+fn listed(back: &[String], moving: usize) -> String {
+    match moving.saturating_sub(back.len()) {
+        0 => back.join(", "),
+        n => format!("{} and {n} more", back.join(", ")),
+    }
+}
+
+/// Sends back every step in the rollback scope of `service` failing on
+/// `host` that moved (in flight, healthy or failed): the first few by
+/// name (`rollout show` lists every step), and how many. A step whose
+/// command never reached its host moved nothing: it goes back to pending.
+fn take_back(live: &mut Live, service: &str, host: &str, now: i64) -> (Vec<String>, usize) {
+    const LISTED: usize = 20;
+    let scope = scope_of(live, service);
+    let mut back = Vec::new();
+    let mut moving: usize = 0;
+    for i in 0..live.steps.len() {
+        let s = &live.steps[i];
+        let in_scope = match scope {
+            RollbackScope::Host => s.host == host && s.service == service,
+            RollbackScope::Service => s.service == service,
+            RollbackScope::Release => true,
+        };
+        let moved = matches!(
+            s.phase,
+            StepPhase::Installing | StepPhase::Healthy | StepPhase::Failed
+        );
+        if !(in_scope && moved) {
+            continue;
+        }
+        if s.sends == 0 {
+            if s.phase == StepPhase::Installing {
+                let s = live.step_mut(i);
+                s.phase = StepPhase::Pending;
+                s.sent_ms = None;
+            }
+            continue;
+        }
+        let s = live.step_mut(i);
+        s.phase = StepPhase::RollingBack;
+        s.sent_ms = Some(now);
+        s.session = None;
+        s.sends = 0;
+        s.finished_ms = None;
+        if back.len() < LISTED {
+            back.push(format!("{} ({})", s.host, s.service));
+        }
+        moving += 1;
+    }
+    (back, moving)
 }

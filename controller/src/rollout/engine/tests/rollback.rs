@@ -244,3 +244,82 @@ fn a_stop_names_the_first_hosts_it_takes_back_and_counts_the_rest() {
     );
     assert_eq!(sent(&fx).len(), 30, "every moved host is taken back");
 }
+
+/// Regression: with scope host, a second host of the batch failing after
+/// the first one's rollback started was left as it was, and the rollout
+/// ended while it was still in flight.
+#[test]
+fn with_host_scope_a_host_failing_while_the_rollout_rolls_back_is_taken_back_too() {
+    let on = online(&["a", "b", "c"]);
+    let mut r = rollout(
+        vec![service(
+            "api",
+            0,
+            &[&["a"], &["b", "c"]],
+            RollbackScope::Host,
+        )],
+        false,
+    );
+    step(
+        &mut r,
+        Event::Tick {
+            now: 0,
+            online: &on,
+        },
+    );
+    deliver(&mut r, "a", "api", true, false, &on);
+    let fx = deliver(&mut r, "c", "api", false, false, &on);
+    assert_eq!(sent(&fx), [("c".to_string(), "rollback api".to_string())]);
+    deliver(&mut r, "c", "api", true, true, &on);
+    // b is still in flight: the rollout waits for it.
+    assert_eq!(r.status, RolloutStatus::RollingBack);
+    let fx = deliver(&mut r, "b", "api", false, false, &on);
+    assert_eq!(sent(&fx), [("b".to_string(), "rollback api".to_string())]);
+    deliver(&mut r, "b", "api", true, true, &on);
+    assert_eq!(r.status, RolloutStatus::RolledBack);
+    assert_eq!(r.count(StepPhase::RolledBack), 2, "b and c");
+    assert_eq!(r.count(StepPhase::Healthy), 1, "a stays");
+    assert_eq!(
+        r.failure.as_ref().unwrap().host,
+        "c",
+        "the first failure stops it"
+    );
+}
+
+/// A host of the stopped batch that never got its command (offline when
+/// the batch started) is not sent its install when it comes back.
+#[test]
+fn a_stopped_rollout_never_sends_an_install_that_had_not_gone_out() {
+    let all = online(&["a", "b", "c"]);
+    let without_b = online(&["a", "c"]);
+    let mut r = rollout(
+        vec![service(
+            "api",
+            0,
+            &[&["a"], &["b", "c"]],
+            RollbackScope::Host,
+        )],
+        false,
+    );
+    step(
+        &mut r,
+        Event::Tick {
+            now: 0,
+            online: &all,
+        },
+    );
+    deliver(&mut r, "a", "api", true, false, &without_b);
+    deliver(&mut r, "c", "api", false, false, &without_b);
+    // b comes back while c rolls back: nothing is sent to it.
+    let fx = step(
+        &mut r,
+        Event::Tick {
+            now: 10,
+            online: &all,
+        },
+    );
+    assert_eq!(sent(&fx), Vec::<(String, String)>::new());
+    deliver(&mut r, "c", "api", true, true, &all);
+    assert_eq!(r.status, RolloutStatus::RolledBack);
+    assert_eq!(r.count(StepPhase::Pending), 1, "b never moved");
+}
