@@ -31,6 +31,9 @@ pub enum Error {
     Failed(String),
     #[error("interrupted: rollout {id} goes on running on the controller; follow it again with `cutover rollout watch {id}` or stop it with `cutover rollout abort {id}`")]
     Interrupted { id: u64 },
+    /// Ctrl-C ended `cutover migrate` while the controller ran it.
+    #[error("interrupted: the migrate goes on on the controller (the CLI never cuts a migration short); see what it applied with `cutover migrate status`")]
+    MigrateGoesOn,
     /// Ctrl-C ended a command that follows something open-ended
     /// (`events --follow`): nothing is left running.
     #[error("interrupted")]
@@ -49,7 +52,7 @@ impl Error {
         match self {
             Error::Usage(_) => 2,
             // 128 + SIGINT, as a shell reports a command Ctrl-C ended.
-            Error::Interrupted { .. } | Error::Stopped => 130,
+            Error::Interrupted { .. } | Error::Stopped | Error::MigrateGoesOn => 130,
             _ => 1,
         }
     }

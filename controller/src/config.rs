@@ -202,13 +202,19 @@ impl Config {
                 .iter()
                 .map(|k| ("releases.trusted_keys", k)),
         );
-        for db in self.databases.values() {
-            files.extend(
-                db.password_file
-                    .iter()
-                    .map(|f| ("databases.*.password_file", f)),
-            );
-            files.extend(db.ca_file.iter().map(|f| ("databases.*.ca_file", f)));
+        let keys: Vec<(String, String)> = self
+            .databases
+            .keys()
+            .map(|n| {
+                (
+                    format!("databases.{n}.password_file"),
+                    format!("databases.{n}.ca_file"),
+                )
+            })
+            .collect();
+        for (db, (password_key, ca_key)) in self.databases.values().zip(&keys) {
+            files.extend(db.password_file.iter().map(|f| (password_key.as_str(), f)));
+            files.extend(db.ca_file.iter().map(|f| (ca_key.as_str(), f)));
         }
         for (key, file) in files {
             cutover_core::fsutil::config_file_readable(key, file).map_err(|problem| {
@@ -217,6 +223,16 @@ impl Config {
                     problem,
                 }
             })?;
+        }
+        // A password file is read at each connection (so it may be
+        // rotated), and checked at start too: a mistake shows at once.
+        for (name, db) in &self.databases {
+            if let Some(file) = &db.password_file {
+                crate::migrate::target::read_password(file).map_err(|problem| Error::Config {
+                    path: path.to_path_buf(),
+                    problem: format!("databases.{name}.password_file: {problem}"),
+                })?;
+            }
         }
         Ok(())
     }
@@ -556,6 +572,40 @@ mod tests {
             !shown.contains("secret") && shown.contains("url: \"127.0.0.1:5432\""),
             "{shown}"
         );
+    }
+
+    #[test]
+    fn a_password_file_is_checked_at_start_and_named_by_its_database() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["a", "b", "c", "d", "pw"] {
+            std::fs::write(dir.path().join(f), "x\n").unwrap();
+        }
+        let path = dir.path().join("controller.toml");
+        std::fs::write(&path, "listen = \"127.0.0.1:1\"\ndata_dir = \"d\"\n[tls]\nca_cert=\"a\"\nca_key=\"b\"\ncert=\"c\"\nkey=\"d\"\n[releases]\ntrusted_keys=[]\n[databases.billing]\nurl = \"postgresql://app@127.0.0.1/billing\"\npassword_file = \"pw\"\n").unwrap();
+        let c = Config::load(&path).unwrap();
+        let pw = dir.path().join("pw");
+        let check = |mode: u32, text: &str| {
+            std::fs::write(&pw, text).unwrap();
+            std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(mode)).unwrap();
+            c.check_files(&path).map_err(|e| e.to_string())
+        };
+        check(0o600, "secret\n").unwrap();
+        for (mode, text, want) in [
+            (
+                0o644,
+                "secret\n",
+                "databases.billing.password_file: password_file",
+            ),
+            (0o644, "secret\n", "chmod 600"),
+            (0o600, "\n", "is empty"),
+        ] {
+            let e = check(mode, text).unwrap_err();
+            assert!(e.contains(want) && !e.contains("secret"), "{want}: {e}");
+        }
+        std::fs::remove_file(&pw).unwrap();
+        let e = c.check_files(&path).unwrap_err().to_string();
+        assert!(e.contains("databases.billing.password_file = "), "{e}");
     }
 
     #[test]

@@ -407,7 +407,7 @@ fn a_failing_migration_stops_the_run_at_its_line_and_leaves_nothing_until_repair
     assert!(
         repaired
             .stdout
-            .contains("1.0.0/expand/002_bad.sql (failed) repaired by operator admin"),
+            .contains("the failed row of 1.0.0/expand/002_bad.sql repaired by operator admin"),
         "{}",
         repaired.stdout
     );

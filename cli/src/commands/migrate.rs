@@ -272,7 +272,17 @@ async fn apply(c: &ConnectArgs, args: &MigrateArgs, phase: String, out: Format) 
         // The release confirmed, not what a channel points at by now.
         version = preview.version;
     }
-    let done = call(c, request(false, version)).await?;
+    let done = tokio::select! {
+        done = call(c, request(false, version)) => done.map_err(|e| match e {
+            // The controller runs it apart from this connection.
+            lost @ Error::Lost { .. } => Error::Failed(format!(
+                "{}; the migrate may have gone on: see what it applied with `cutover migrate status`",
+                lost.at_controller(&c.controller)
+            )),
+            other => other,
+        })?,
+        _ = tokio::signal::ctrl_c() => return Err(Error::MigrateGoesOn),
+    };
     print_run(&done, out)
 }
 
@@ -342,10 +352,14 @@ async fn repair(
         return Ok(());
     }
     println!(
-        "database {}: {} ({}) repaired by {} at {}; it is pending again",
+        "database {}: the {} row of {} repaired by {} at {}; it is pending again",
         escape(&done.database),
+        if done.entry.state == "failed" {
+            "failed"
+        } else {
+            "dirty"
+        },
         escape(&done.entry.key()),
-        done.entry.state,
         escape(&done.repaired_by),
         cutover_core::manifest::rfc3339(done.repaired_at)
     );

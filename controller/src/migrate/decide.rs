@@ -216,7 +216,7 @@ pub fn blocked(status: &DatabaseStatus) -> Option<String> {
         return Some(format!(
             "database {db:?}: migration {} is running now (started {} by {}; the migration lock is {holder}); wait for it, then look with `cutover migrate status --database {db}`",
             row.key(),
-            row.started_at,
+            cutover_core::manifest::rfc3339(row.started_at),
             row.applied_by,
         ));
     }
@@ -225,7 +225,7 @@ pub fn blocked(status: &DatabaseStatus) -> Option<String> {
             "database {db:?}: migration {} is {} (started {} by {}, never finished): it ran outside a transaction and may have been cut short; check the database, then `cutover migrate repair --database {db} --name {}`",
             row.key(),
             if row.state == "running" { "dirty".to_string() } else { format!("in unknown state {:?}", row.state) },
-            row.started_at,
+            cutover_core::manifest::rfc3339(row.started_at),
             row.applied_by,
             row.key()
         ));

@@ -82,6 +82,24 @@ pub async fn acquire(client: &Client, database: &str, wait: Duration) -> Result<
     }
 }
 
+/// Whether `client`'s session still holds the lock `held`; an error
+/// (refusing to go on) when it does not or cannot say.
+pub async fn still_held(client: &Client, database: &str, held: &Held) -> Result<()> {
+    let (hi, lo) = halves(held.key);
+    let sql = "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted \
+               AND objsubid = 1 AND classid::bigint = $1 AND objid::bigint = $2 AND pid = pg_backend_pid())";
+    match client.query_one(sql, &[&hi, &lo]).await {
+        Ok(row) if row.get::<_, bool>(0) => Ok(()),
+        Ok(_) => Err(Error::Refused(format!(
+            "database {database:?}: this migrate no longer holds its migration lock; nothing more runs: look with `cutover migrate status --database {database}`"
+        ))),
+        Err(e) => Err(Error::Unavailable(format!(
+            "database {database:?}: the session holding its migration lock is gone ({}); nothing more runs: look with `cutover migrate status --database {database}`",
+            describe(&e)
+        ))),
+    }
+}
+
 /// Gives the lock back (the session's end would too).
 pub async fn release(client: &Client, database: &str, held: Held) {
     if let Err(e) = client

@@ -130,9 +130,13 @@ pub async fn apply(store: &Store, t: &Target<'_>, ask: &RunAsk, who: &Who) -> Re
                 .collect(),
         });
     }
-    let held = lock::acquire(&client, t.name, ask.lock_wait).await?;
-    let result = apply_locked(store, &mut client, t, ask, who).await;
-    lock::release(&client, t.name, held).await;
+    // The lock lives on a session of its own that no file runs on: a
+    // file's `DISCARD ALL` or `pg_advisory_unlock_all()` must not let a
+    // second migrate in while it runs.
+    let lock_session = target::connect(t.name, t.config, &app).await?;
+    let held = lock::acquire(&lock_session, t.name, ask.lock_wait).await?;
+    let result = apply_locked(store, &mut client, (&lock_session, &held), t, ask, who).await;
+    lock::release(&lock_session, t.name, held).await;
     result
 }
 
@@ -159,6 +163,7 @@ fn refuse_unrunnable(t: &Target<'_>, todo: &[&PendingMigration]) -> Result<()> {
 async fn apply_locked(
     store: &Store,
     client: &mut tokio_postgres::Client,
+    lock: (&tokio_postgres::Client, &lock::Held),
     t: &Target<'_>,
     ask: &RunAsk,
     who: &Who,
@@ -180,6 +185,17 @@ async fn apply_locked(
         let Some(w) = t.wanted.iter().find(|w| w.key() == p.key()) else {
             continue;
         };
+        // A lock session gone (its connection cut) is a lock gone: nothing
+        // more runs without it.
+        lock::still_held(lock.0, t.name, lock.1)
+            .await
+            .map_err(|e| {
+                if done.migrations.is_empty() {
+                    e
+                } else {
+                    e.noted(&format!("{} applied before it", done.migrations.len()))
+                }
+            })?;
         let what = format!(
             "database {}: {} ({}{}) by {by}",
             t.name,
@@ -211,8 +227,17 @@ async fn apply_locked(
                 } else {
                     format!("; {} applied before it", done.migrations.len())
                 };
+                let fix = if f.left == run::Left::Unknown {
+                    String::new()
+                } else {
+                    format!(
+                        "; fix the database (and the file, in a new release), then `cutover migrate repair --database {} --name {}`",
+                        t.name,
+                        w.key()
+                    )
+                };
                 return Err(Error::Refused(format!(
-                    "database {:?}: migration {}{at} failed: {} ({}{}); later migrations did not run{after}",
+                    "database {:?}: migration {}{at} failed: {} ({}{}); later migrations did not run{after}{fix}",
                     t.name,
                     w.key(),
                     f.error,

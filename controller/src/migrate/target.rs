@@ -44,6 +44,12 @@ pub fn check_url(url: &str) -> std::result::Result<(), String> {
     if config.get_hosts().is_empty() {
         return Err("names no host (give host=… or postgresql://user@HOST/db)".into());
     }
+    if config.get_ssl_mode() != tokio_postgres::config::SslMode::Prefer {
+        return Err(
+            "sets sslmode; TLS is set by the keys sslmode and ca_file of the table, not in the url: take it out"
+                .into(),
+        );
+    }
     Ok(())
 }
 
@@ -99,14 +105,7 @@ pub async fn connect(name: &str, db: &DatabaseConfig, app: &str) -> Result<Clien
     let mut config = tokio_postgres::Config::from_str(&db.url)
         .map_err(|_| refused("the configured url is not a connection string".into()))?;
     if let Some(file) = &db.password_file {
-        let f = std::fs::File::open(file)
-            .map_err(|e| refused(format!("password_file {}: {e}", file.display())))?;
-        private(&f, file).map_err(refused)?;
-        let bytes = cutover_core::fsutil::read_bounded(f, file, MAX_PASSWORD_BYTES)
-            .map_err(|e| refused(format!("password_file: {e}")))?;
-        let text = String::from_utf8(bytes)
-            .map_err(|_| refused(format!("password_file {}: not UTF-8", file.display())))?;
-        config.password(text.trim_end_matches(['\n', '\r']));
+        config.password(read_password(file).map_err(refused)?);
     }
     config
         .application_name(app)
@@ -141,6 +140,27 @@ pub async fn connect(name: &str, db: &DatabaseConfig, app: &str) -> Result<Clien
         .await
         .map_err(|e| refused(format!("cannot set its timeouts: {}", describe(&e))))?;
     Ok(client)
+}
+
+/// The password in `file`: private to the controller's user (and group),
+/// at most [`MAX_PASSWORD_BYTES`], UTF-8, not empty; a trailing newline
+/// dropped.
+pub fn read_password(file: &std::path::Path) -> std::result::Result<String, String> {
+    let f =
+        std::fs::File::open(file).map_err(|e| format!("password_file {}: {e}", file.display()))?;
+    private(&f, file)?;
+    let bytes = cutover_core::fsutil::read_bounded(f, file, MAX_PASSWORD_BYTES)
+        .map_err(|e| format!("password_file: {e}"))?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| format!("password_file {}: not UTF-8", file.display()))?;
+    let password = text.trim_end_matches(['\n', '\r']);
+    if password.is_empty() {
+        return Err(format!(
+            "password_file {} is empty; write the role's password in it",
+            file.display()
+        ));
+    }
+    Ok(password.to_string())
 }
 
 /// Permission bits a password file may not have: writable by its group,
@@ -219,6 +239,17 @@ mod tests {
             );
         }
         check_url("postgresql://app@127.0.0.1:5432/billing").unwrap();
+        for tls in [
+            "postgresql://app@db/b?sslmode=require",
+            "host=db sslmode=disable",
+        ] {
+            assert!(
+                check_url(tls)
+                    .unwrap_err()
+                    .contains("the keys sslmode and ca_file"),
+                "{tls}"
+            );
+        }
     }
 
     #[test]

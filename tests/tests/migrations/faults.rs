@@ -348,3 +348,70 @@ fn a_commit_cut_off_is_told_as_unknown_and_writes_no_failed_row() {
         ["expand/001_slow.sql"]
     );
 }
+
+#[test]
+fn a_file_that_lets_go_of_every_lock_does_not_let_a_second_migrate_in() {
+    let w = world("");
+    let (f, pg) = (&w.f, &w.pg);
+    // The lock is not on the session the file runs on: what the file
+    // gives back is not the migration lock.
+    let sly = "-- cutover:no-transaction\nDISCARD ALL;\nSELECT pg_advisory_unlock_all();\nSELECT pg_sleep(10);\nCREATE TABLE once (x int PRIMARY KEY);\n";
+    release(f, "1.0.0", &[("1.0.0/expand/001_sly.sql", sly)]);
+    let mut first = f.spawn_cli(&[
+        "migrate",
+        "--phase",
+        "expand",
+        "--version",
+        "1.0.0",
+        "--yes",
+    ]);
+    eventually(WAIT, "the file to sleep", || {
+        (pg.sql("SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%SELECT pg_sleep(10)%' AND application_name LIKE 'cutover-controller %'") == "1").then_some(())
+    });
+    let second = migrate(f, "expand", "1.0.0", &["--yes", "--lock-timeout", "1s"]);
+    assert_eq!(second.code, 1, "{second:?}");
+    assert!(
+        second.stderr.contains("another migrate holds its lock"),
+        "{second:?}"
+    );
+    let s = status(f, "1.0.0");
+    assert!(
+        s["migrating"]
+            .as_str()
+            .is_some_and(|h| h.starts_with("held by")),
+        "{s}"
+    );
+    // Ctrl-C on the CLI says the migrate goes on, and it does.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(first.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let done = eventually(WAIT, "the first CLI to exit", || first.try_wait().unwrap());
+    assert_eq!(done.code(), Some(130));
+    let mut err = String::new();
+    std::io::Read::read_to_string(first.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(
+        err.contains("the migrate goes on on the controller")
+            && err.contains("cutover migrate status"),
+        "{err}"
+    );
+    let repair = f.cli(&[
+        "migrate",
+        "repair",
+        "--database",
+        "billing",
+        "--name",
+        "001_sly.sql",
+        "--yes",
+    ]);
+    assert_eq!(
+        repair.code, 1,
+        "a repair waits for the lock too: {repair:?}"
+    );
+    eventually(WAIT, "the migration to be applied", || {
+        (pg.sql("SELECT count(*), min(state) FROM _migrations WHERE name = '001_sly.sql'")
+            == "1|applied")
+            .then_some(())
+    });
+}
