@@ -98,14 +98,6 @@ async fn assessed(client: &tokio_postgres::Client, t: &Target<'_>) -> Result<Dat
     Ok(status)
 }
 
-/// What of `phase` is pending on the database for the release: the seam
-/// the gates (upgrade before expand, postdeploy, contract) build on. A
-/// ledger that cannot be read is an error, never "nothing pending".
-pub async fn pending(t: &Target<'_>, phase: Phase) -> Result<Vec<PendingMigration>> {
-    let s = status(t).await?;
-    Ok(decide::pending_in(&s, phase).into_iter().cloned().collect())
-}
-
 async fn event(store: &Store, kind: &'static str, detail: String) -> Result<()> {
     store.run(move |s| s.event(kind, None, &detail)).await
 }
