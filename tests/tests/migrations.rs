@@ -83,6 +83,19 @@ fn migrate(f: &Fleet, phase: &str, version: &str, extra: &[&str]) -> Run {
     f.cli(&args)
 }
 
+/// `cutover migrate --phase expand --version VERSION --yes`, started
+/// without waiting for it.
+fn spawn_migrate(f: &Fleet, version: &str) -> Child {
+    f.spawn_cli(&[
+        "migrate",
+        "--phase",
+        "expand",
+        "--version",
+        version,
+        "--yes",
+    ])
+}
+
 fn status(f: &Fleet, version: &str) -> Value {
     let s = f.cli_json(&["migrate", "status", "--version", version]);
     s["databases"][0].clone()

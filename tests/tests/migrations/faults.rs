@@ -34,14 +34,7 @@ fn create_index_concurrently_runs_outside_a_transaction_while_a_second_migrate_w
     // The test's own transaction holds the table, so the index build waits
     // (holding the migration lock) until it is let go.
     let held = Held::new(pg, "LOCK TABLE orders IN SHARE MODE");
-    let mut first = f.spawn_cli(&[
-        "migrate",
-        "--phase",
-        "expand",
-        "--version",
-        "1.1.0",
-        "--yes",
-    ]);
+    let mut first = spawn_migrate(f, "1.1.0");
     eventually(WAIT, "the index build to wait on the test's lock", || {
         let n = pg.sql("SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%CREATE INDEX CONCURRENTLY orders_x%' AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()");
         (n == "1").then_some(())
@@ -238,14 +231,7 @@ fn a_controller_killed_during_a_no_transaction_migration_leaves_a_dirty_row_that
         ],
     );
     let held = Held::new(&w.pg, "LOCK TABLE orders IN SHARE MODE");
-    let mut cli = w.f.spawn_cli(&[
-        "migrate",
-        "--phase",
-        "expand",
-        "--version",
-        "1.1.0",
-        "--yes",
-    ]);
+    let mut cli = spawn_migrate(&w.f, "1.1.0");
     eventually(WAIT, "the index build to wait on the test's lock", || {
         let n = w.pg.sql("SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%CREATE INDEX CONCURRENTLY IF NOT EXISTS orders_x%' AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()");
         (n == "1").then_some(())
@@ -313,14 +299,7 @@ fn a_commit_cut_off_is_told_as_unknown_and_writes_no_failed_row() {
         CREATE CONSTRAINT TRIGGER s_slow AFTER INSERT ON s DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION s_wait();\n\
         INSERT INTO s VALUES (1);\n";
     release(f, "1.0.0", &[("1.0.0/expand/001_slow.sql", slow)]);
-    let mut run = f.spawn_cli(&[
-        "migrate",
-        "--phase",
-        "expand",
-        "--version",
-        "1.0.0",
-        "--yes",
-    ]);
+    let mut run = spawn_migrate(f, "1.0.0");
     let at_commit = "FROM pg_stat_activity WHERE query = 'COMMIT' AND application_name LIKE 'cutover-controller %'";
     eventually(WAIT, "the migration to wait in its COMMIT", || {
         (pg.sql(&format!(
@@ -357,14 +336,7 @@ fn a_file_that_lets_go_of_every_lock_does_not_let_a_second_migrate_in() {
     // gives back is not the migration lock.
     let sly = "-- cutover:no-transaction\nDISCARD ALL;\nSELECT pg_advisory_unlock_all();\nSELECT pg_sleep(10);\nCREATE TABLE once (x int PRIMARY KEY);\n";
     release(f, "1.0.0", &[("1.0.0/expand/001_sly.sql", sly)]);
-    let mut first = f.spawn_cli(&[
-        "migrate",
-        "--phase",
-        "expand",
-        "--version",
-        "1.0.0",
-        "--yes",
-    ]);
+    let mut first = spawn_migrate(f, "1.0.0");
     eventually(WAIT, "the file to sleep", || {
         (pg.sql("SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%SELECT pg_sleep(10)%' AND application_name LIKE 'cutover-controller %'") == "1").then_some(())
     });
