@@ -35,6 +35,8 @@ pub struct Service {
     pub depends_on: Vec<String>,
     /// The databases it owns (`databases` in the manifest).
     pub databases: Vec<String>,
+    /// The data migrations its binary runs (`[[services.data_migrations]]`).
+    pub data_migrations: Vec<cutover_core::manifest::DataMigration>,
     pub files: Vec<File>,
 }
 
@@ -159,6 +161,9 @@ pub fn bundle(
             Sha256Digest::of(&bytes),
             bytes.len()
         );
+        for d in &s.data_migrations {
+            write_data_migration(&mut text, d);
+        }
         files.push((file, bytes));
     }
     for m in migrations {
@@ -197,6 +202,25 @@ impl Bundle {
         let manifest = dir.join(&self.manifest_name);
         std::fs::write(&manifest, &self.manifest).map_err(|e| Error::io(&manifest, e))?;
         Ok(manifest)
+    }
+}
+
+/// One `[[services.data_migrations]]` table of the service written last.
+fn write_data_migration(text: &mut String, d: &cutover_core::manifest::DataMigration) {
+    let _ = write!(
+        text,
+        "[[services.data_migrations]]\nid = \"{}\"\ndatabase = \"{}\"\ndescription = {}\n",
+        d.id,
+        d.database,
+        // A JSON string is a TOML basic string (the description holds no
+        // control characters).
+        serde_json::Value::String(d.description.clone())
+    );
+    if d.required_before_contract {
+        text.push_str("required_before = \"contract\"\n");
+    }
+    if let Some(v) = &d.required_before_upgrade_to {
+        let _ = writeln!(text, "required_before_upgrade_to = \"{v}\"");
     }
 }
 

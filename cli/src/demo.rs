@@ -323,6 +323,7 @@ async fn sample_release(
         service_version: version.strip_suffix(".0").unwrap_or(version).into(),
         depends_on: vec![],
         databases: Vec::new(),
+        data_migrations: Vec::new(),
         files: crate::bundle::sample_files(binary, version, healthy),
     };
     let manifest = crate::bundle::write_release(

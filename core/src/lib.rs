@@ -3,6 +3,7 @@
 //! from it. Nothing here knows the wire format (that is `cutover-proto`).
 
 pub mod command_id;
+pub mod data_migration;
 pub mod digest;
 pub mod error;
 pub mod fleet;

@@ -11,8 +11,10 @@ use time::OffsetDateTime;
 use crate::digest::Sha256Digest;
 
 pub use crate::error::ManifestError;
+pub use data_migrations::DataMigration;
 pub use migrations::{Migration, Phase};
 
+pub mod data_migrations;
 pub mod migrations;
 
 /// The largest manifest file accepted, checked before it is parsed.
@@ -59,6 +61,9 @@ pub struct Service {
     pub databases: Vec<String>,
     pub tarball: Option<Tarball>,
     pub image: Option<Image>,
+    /// What its binary runs between expand and contract.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub data_migrations: Vec<DataMigration>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -133,6 +138,8 @@ struct RawService {
     databases: Vec<String>,
     tarball: Option<Tarball>,
     image: Option<RawImage>,
+    #[serde(default)]
+    data_migrations: Vec<data_migrations::RawDataMigration>,
 }
 
 #[derive(Deserialize)]
@@ -212,7 +219,9 @@ impl Manifest {
             if !seen.insert(s.name.as_str()) {
                 return Err(invalid(format!("service {:?} is listed twice", s.name)));
             }
-            services.push(service(s).map_err(|p| invalid(format!("service {:?}: {p}", s.name)))?);
+            services.push(
+                service(s, &version).map_err(|p| invalid(format!("service {:?}: {p}", s.name)))?,
+            );
         }
         for s in &services {
             for dep in &s.depends_on {
@@ -226,6 +235,7 @@ impl Manifest {
         }
         let migrations =
             migrations::parse(&raw.migrations, &version, &services).map_err(&invalid)?;
+        data_migrations::check_required(&migrations, &services).map_err(&invalid)?;
         let manifest = Manifest {
             version,
             created,
@@ -413,7 +423,7 @@ fn check_pin(kind: &str, file: &str, size: u64, max: u64) -> Result<(), String> 
     Ok(())
 }
 
-fn service(s: &RawService) -> Result<Service, String> {
+fn service(s: &RawService, release: &semver::Version) -> Result<Service, String> {
     if s.service_version.trim().is_empty() {
         return Err("service_version is empty".into());
     }
@@ -451,6 +461,7 @@ fn service(s: &RawService) -> Result<Service, String> {
         check_pin("tarball", &t.file, t.size, MAX_ARTIFACT_SIZE)?;
     }
     migrations::check_databases(&s.databases)?;
+    let data_migrations = data_migrations::parse(&s.data_migrations, &s.databases, release)?;
     Ok(Service {
         name: s.name.clone(),
         service_version: s.service_version.clone(),
@@ -458,6 +469,7 @@ fn service(s: &RawService) -> Result<Service, String> {
         databases: s.databases.clone(),
         tarball: s.tarball.clone(),
         image,
+        data_migrations,
     })
 }
 

@@ -127,6 +127,10 @@ pub struct Plan {
     /// (absent when there are none), shown next to the service steps.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub migrations: Vec<crate::migration_views::PlanMigrations>,
+    /// The data migrations the release's contracts and this upgrade wait
+    /// for, with their states (absent when there are none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub data_migrations: Vec<crate::data_migration::Required>,
 }
 
 impl Plan {

@@ -252,6 +252,7 @@ fn prepare(lab: &Lab, n: usize, max_parallel: usize) -> Result<String> {
         service_version: version.clone(),
         depends_on: vec![],
         databases: Vec::new(),
+        data_migrations: Vec::new(),
         files: vec![bundle::File::new("bin/web", b"#!/bin/sh\n".to_vec(), 0o755)],
     };
     lab.publish(&version, &[service])?;

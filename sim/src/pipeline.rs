@@ -31,6 +31,7 @@ pub async fn pipeline(lab: &Lab, mb: usize) -> Result<()> {
             service_version: version.clone(),
             depends_on: vec![],
             databases: Vec::new(),
+            data_migrations: Vec::new(),
             // Half noise, half text: the tarball comes out at about 60 %.
             files: payload((mb << 20) * 5 / 3),
         };

@@ -110,6 +110,7 @@ pub fn through_cli(lab: &crate::lab::Lab, hosts: usize, services: usize) -> Resu
                     vec![format!("svc{:02}", i - 1)]
                 },
                 databases: Vec::new(),
+                data_migrations: Vec::new(),
                 files: vec![bundle::File::new(
                     "bin/svc",
                     format!("#!/bin/sh\n# svc{i:02}\n").into_bytes(),

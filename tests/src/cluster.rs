@@ -338,6 +338,7 @@ impl Cluster {
             service_version: version.into(),
             depends_on: vec![],
             databases: Vec::new(),
+            data_migrations: Vec::new(),
             files,
         };
         let dir = self.work.join(format!("release-{version}"));

@@ -102,6 +102,7 @@ impl Fleet {
                 service_version: s.version.into(),
                 depends_on: s.depends_on.iter().map(|d| d.to_string()).collect(),
                 databases: Vec::new(),
+                data_migrations: Vec::new(),
                 files: {
                     let mut files = bundle::sample_files(&binary, s.version, s.healthy);
                     if s.ballast > 0 {

@@ -156,6 +156,7 @@ fn every_command_prints_with_o_json_a_document_its_schema_accepts() {
         service_version: version.into(),
         depends_on: Vec::new(),
         databases: Vec::new(),
+        data_migrations: Vec::new(),
         files: bundle::sample_files(&binary, version, healthy),
     };
     let dir = f.path("release-1.0.0");

@@ -132,6 +132,7 @@ pub fn build(args: BuildArgs, out: crate::output::Format) -> Result<()> {
             },
             depends_on: given(&args.depends_on, &s.name),
             databases: given(&args.databases, &s.name),
+            data_migrations: Vec::new(),
             files: read_tree(&root)?,
         });
     }

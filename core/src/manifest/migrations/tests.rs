@@ -339,10 +339,19 @@ fn one_digest_pinned_by_a_tarball_and_a_migration_has_one_size() {
 #[test]
 fn a_contract_migration_may_require_data_migrations_bounded_and_named() {
     let with = |phase: &str, list: &str| {
+        // The names are data migrations the owning service declares
+        // (`data_migrations.rs` checks that).
+        let declared: String = ["backfill_orders".to_string(), "a".into()]
+            .into_iter()
+            .chain((0..=MAX_REQUIRED_DATA).map(|i| format!("d{i}")))
+            .map(|id| {
+                format!("[[services.data_migrations]]\nid = \"{id}\"\ndatabase = \"billing\"\n")
+            })
+            .collect();
         release(
             "\"billing\"",
             &format!(
-                "{}requires_data_migrations = [{list}]\n",
+                "{declared}{}requires_data_migrations = [{list}]\n",
                 entry("billing", "1.2.0", phase, "001_a.sql")
             ),
         )
