@@ -54,6 +54,14 @@ pub struct Config {
     /// The `systemctl` the systemd runner drives.
     #[serde(default = "default_systemctl")]
     pub systemctl: PathBuf,
+    /// How often a data migration's `run` is followed with `status`
+    /// (100 ms to 1 min; docs/data-migrations.md).
+    #[serde(with = "humantime_serde", default = "default_data_migrate_poll")]
+    pub data_migrate_poll: Duration,
+    /// How long a data-migrate command other than `run` may take (`status`,
+    /// `verify`, a dry run; 1 s to 1 h).
+    #[serde(with = "humantime_serde", default = "default_data_migrate_timeout")]
+    pub data_migrate_timeout: Duration,
 }
 
 /// The range one duration of the agent's config must fall in.
@@ -72,6 +80,12 @@ pub const HEALTH_PROBE_INTERVAL: Bound<Duration> =
 /// `autonomous_rollback_after`: 1 s to a week.
 pub const AUTONOMOUS_ROLLBACK_AFTER: Bound<Duration> =
     (Duration::from_secs(1), Duration::from_secs(7 * 24 * 3600));
+/// `data_migrate_poll`: 100 ms to 1 min.
+pub const DATA_MIGRATE_POLL: Bound<Duration> =
+    (Duration::from_millis(100), Duration::from_secs(60));
+/// `data_migrate_timeout`: 1 s to 1 h.
+pub const DATA_MIGRATE_TIMEOUT: Bound<Duration> =
+    (Duration::from_secs(1), Duration::from_secs(3600));
 /// `max_unpacked_bytes`: 1 MiB to 16 TiB.
 pub const MAX_UNPACKED_BYTES: Bound<u64> = (1 << 20, 16 << 40);
 /// `max_entries`: 1 to 100 million.
@@ -110,6 +124,14 @@ fn default_log_files() -> u32 {
 
 fn default_systemctl() -> PathBuf {
     PathBuf::from("systemctl")
+}
+
+fn default_data_migrate_poll() -> Duration {
+    Duration::from_secs(1)
+}
+
+fn default_data_migrate_timeout() -> Duration {
+    Duration::from_secs(60)
 }
 
 fn default_heartbeat() -> Duration {
@@ -184,6 +206,16 @@ impl Config {
                 "health_probe_interval",
                 self.health_probe_interval,
                 HEALTH_PROBE_INTERVAL,
+            ),
+            (
+                "data_migrate_poll",
+                self.data_migrate_poll,
+                DATA_MIGRATE_POLL,
+            ),
+            (
+                "data_migrate_timeout",
+                self.data_migrate_timeout,
+                DATA_MIGRATE_TIMEOUT,
             ),
         ] {
             if value < lo || value > hi {

@@ -6,9 +6,12 @@
 //! (identity, enrollment, the session, artifacts fetched from it);
 //! `install/` the install lifecycle with its journal, its backends and the
 //! artifact pipeline; `services/` what runs and watches a service
-//! (runners, the Docker engine, health checks); `diag.rs` diagnostics.
+//! (runners, the Docker engine, health checks); `data_migrate/` the data
+//! migrations service binaries run for the controller; `diag.rs`
+//! diagnostics.
 
 pub mod config;
+pub mod data_migrate;
 pub mod diag;
 pub mod error;
 pub mod install;

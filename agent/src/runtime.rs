@@ -11,6 +11,9 @@ use std::time::Duration;
 use cutover_core::rollout::{Command, Report};
 use cutover_core::views::{DiagReport, InstalledService};
 
+use cutover_core::data_migration::Status;
+
+use crate::data_migrate::{Action, DataMigrations, Key};
 use crate::diag::SessionFigures;
 use crate::install::Installer;
 
@@ -43,6 +46,24 @@ pub trait Runtime: Send + Sync + 'static {
     fn health_changes(&self) -> BoxFuture<'_, Vec<InstalledService>> {
         Box::pin(std::future::pending())
     }
+    /// Asks a service binary about one of its data migrations
+    /// (`data_migrate::DataMigrations::answer`).
+    fn data_migrate<'a>(
+        &'a self,
+        service: &'a str,
+        id: &'a str,
+        _action: Action,
+    ) -> BoxFuture<'a, Result<String, String>> {
+        let _ = (service, id);
+        Box::pin(async { Err("this host runs no data migrations".to_string()) })
+    }
+    /// Data migrations followed whose state changed since last taken, once
+    /// there are any; cancel-safe.
+    fn data_migration_updates(&self) -> BoxFuture<'_, Vec<(Key, Status)>> {
+        Box::pin(std::future::pending())
+    }
+    /// A new session: every followed migration's state is sent again.
+    fn resend_data_migrations(&self) {}
 }
 
 /// The real host: the installer and its runners.
@@ -51,11 +72,15 @@ pub struct Native {
     pub data_dir: std::path::PathBuf,
     /// `health_probe_interval`'s rounds of health probes.
     pub health_probes: Arc<crate::services::health::watch::Schedule>,
+    pub data_migrations: Arc<DataMigrations>,
 }
 
 impl Runtime for Native {
     fn recover(&self) -> BoxFuture<'_, ()> {
-        Box::pin(self.installer.recover())
+        Box::pin(async move {
+            self.installer.recover().await;
+            self.data_migrations.recover();
+        })
     }
 
     fn upkeep_every(&self) -> Option<Duration> {
@@ -114,5 +139,22 @@ impl Runtime for Native {
 
     fn health_changes(&self) -> BoxFuture<'_, Vec<InstalledService>> {
         Box::pin(self.installer.health.changed())
+    }
+
+    fn data_migrate<'a>(
+        &'a self,
+        service: &'a str,
+        id: &'a str,
+        action: Action,
+    ) -> BoxFuture<'a, Result<String, String>> {
+        Box::pin(self.data_migrations.answer(service, id, action))
+    }
+
+    fn data_migration_updates(&self) -> BoxFuture<'_, Vec<(Key, Status)>> {
+        Box::pin(self.data_migrations.updates())
+    }
+
+    fn resend_data_migrations(&self) {
+        self.data_migrations.resend();
     }
 }

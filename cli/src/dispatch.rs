@@ -135,6 +135,9 @@ pub(crate) async fn dispatch(cli: Cli) -> Result<()> {
         }
         Command::Rollback(args) => commands::rollback::rollback(c, args, out).await,
         Command::Migrate(args) => commands::migrate::migrate(c, args, out).await,
+        Command::DataMigrate { command } => {
+            commands::data_migrate::data_migrate(c, command, out).await
+        }
         Command::Rollout { command } => match command {
             RolloutCommand::List { limit } => rollout::list(c, limit, out).await,
             RolloutCommand::Show { id } => rollout::show(c, id, out).await,

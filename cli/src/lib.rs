@@ -121,6 +121,16 @@ pub enum Command {
     /// Schema migrations: apply a phase's pending migrations of a release
     /// (`--phase expand|postdeploy|contract`), `status`, `repair`.
     Migrate(commands::migrate::MigrateArgs),
+    /// Data migrations the service binaries run between expand and
+    /// contract: list, run, status, verify, pause, resume.
+    #[command(
+        name = "data-migrate",
+        after_help = "Examples:\n  cutover data-migrate list\n  cutover data-migrate run orders.backfill_prices --dry-run\n  cutover data-migrate run orders.backfill_prices --wait\n  cutover data-migrate verify orders.backfill_prices"
+    )]
+    DataMigrate {
+        #[command(subcommand)]
+        command: commands::data_migrate::DataMigrateCommand,
+    },
     /// Rollouts: list, show, watch, pause, resume, abort.
     Rollout {
         #[command(subcommand)]

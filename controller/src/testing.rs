@@ -87,6 +87,7 @@ pub(crate) fn plan(service: &str, batches: &[&[&str]]) -> Plan {
         offline: vec![],
         skipped: vec![],
         migrations: vec![],
+        data_migrations: vec![],
     }
 }
 

@@ -45,6 +45,7 @@ fn release(f: &Fleet, version: &str, files: &[(&str, &str)], edit: impl Fn(Strin
         service_version: version.into(),
         depends_on: Vec::new(),
         databases: vec!["billing".into()],
+        data_migrations: Vec::new(),
         files: bundle::sample_files(&binary, version, true),
     };
     let migrations: Vec<Migration> = files
@@ -208,7 +209,7 @@ fn upgrade_waits_for_expand_postdeploy_for_the_rollout_and_contract_for_postdepl
 }
 
 #[test]
-fn a_contract_that_requires_a_data_migration_is_refused_while_its_state_is_unknown() {
+fn a_contract_that_requires_a_data_migration_is_refused_while_it_never_ran() {
     let pg = Postgres::start("billing");
     let f = world(pg.config("billing", ""), &HOSTS[..1]);
     release(
@@ -219,7 +220,12 @@ fn a_contract_that_requires_a_data_migration_is_refused_while_its_state_is_unkno
             ("contract/001_drop.sql", DROP),
         ],
         |m| {
-            m.replace(
+            m.replacen(
+                "\n[[migrations]]",
+                "[[services.data_migrations]]\nid = \"backfill_orders\"\ndatabase = \"billing\"\n\n[[migrations]]",
+                1,
+            )
+            .replace(
                 "phase = \"contract\"\n",
                 "phase = \"contract\"\nrequires_data_migrations = [\"backfill_orders\"]\n",
             )
@@ -230,7 +236,7 @@ fn a_contract_that_requires_a_data_migration_is_refused_while_its_state_is_unkno
     reported(&f, &HOSTS[..1], "1.0.0");
     refused(
         &migrate(&f, "contract", "1.0.0"),
-        "database billing: contract of release 1.0.0 refused: 1.0.0/contract/001_drop.sql requires data migration backfill_orders verified, and its state is unknown (data migration state unknown",
+        "database billing: contract of release 1.0.0 refused: it requires data migration api.backfill_orders, which has never run (its state is unknown to cutover)",
     );
     assert_eq!(
         pg.sql("SELECT count(*) FROM information_schema.columns WHERE table_name = 'orders' AND column_name = 'legacy'"),

@@ -64,6 +64,7 @@ impl Agent {
     ) -> Result<Arc<Agent>> {
         let mut vars = config.vars.clone();
         vars.insert("host".into(), identity.host.clone());
+        let vars_for_migrations = vars.clone();
         let dialer = Arc::new(Dialer::new(&config, identity)?);
         let link = Arc::new(Link::new_lost());
         let runners = crate::services::runner::Runners {
@@ -97,6 +98,12 @@ impl Agent {
             health_probes: Arc::new(crate::services::health::watch::Schedule::new(
                 config.health_probe_interval,
             )),
+            data_migrations: crate::data_migrate::DataMigrations::new(
+                &config.data_dir,
+                vars_for_migrations,
+                config.data_migrate_poll,
+                config.data_migrate_timeout,
+            ),
         });
         Ok(Agent::assemble(
             config, dialer, runtime, outbox, link, join_token,
@@ -370,6 +377,18 @@ async fn session_once(agent: &Arc<Agent>) -> Result<Ended> {
                     return Ok(Ended { welcomed, reason: "session stream closed".into(), going_away: false });
                 }
             }
+            moved = agent.runtime.data_migration_updates(), if welcomed => {
+                for ((service, id), status) in moved {
+                    let msg = send(Out::DataMigration(v1::DataMigrationUpdate {
+                        service,
+                        id,
+                        status_json: serde_json::to_string(&status).unwrap_or_default(),
+                    }));
+                    if tx.send(msg).await.is_err() {
+                        return Ok(Ended { welcomed, reason: "session stream closed".into(), going_away: false });
+                    }
+                }
+            }
             changed = agent.runtime.health_changes(), if welcomed => {
                 let msg = send(Out::Health(cutover_proto::convert::health_change_to_wire(&changed)));
                 if tx.send(msg).await.is_err() {
@@ -392,6 +411,7 @@ async fn session_once(agent: &Arc<Agent>) -> Result<Ended> {
                         for report in agent.runtime.last_reports() {
                             let _ = tx.send(send(Out::Report(report_to_wire(&report)))).await;
                         }
+                        agent.runtime.resend_data_migrations();
                     }
                     Some(In::Command(c)) => match cutover_core::rollout::Command::try_from(c) {
                         Ok(cmd) => {
@@ -451,6 +471,31 @@ async fn answer(agent: &Arc<Agent>, body: Option<v1::request::Body>) -> v1::repl
             let uptime = agent.started.elapsed().as_secs();
             match agent.runtime.diag(uptime, agent.figures()).await {
                 Ok(r) => v1::reply::Body::Diag((&r).into()),
+                Err(e) => v1::reply::Body::Error(
+                    cutover_core::views::bounded(&e, cutover_core::views::limits::DETAIL)
+                        .into_owned(),
+                ),
+            }
+        }
+        Some(v1::request::Body::DataMigrate(r)) => {
+            use crate::data_migrate::Action;
+            use v1::DataMigrateAction as A;
+            let action = match A::try_from(r.action) {
+                Ok(A::List) => Action::List,
+                Ok(A::Status) => Action::Status,
+                Ok(A::Run) => Action::Run { dry_run: r.dry_run },
+                Ok(A::Verify) => Action::Verify,
+                Ok(A::Pause) => Action::Pause,
+                Ok(A::Resume) => Action::Resume,
+                Ok(A::Unspecified) | Err(_) => {
+                    return v1::reply::Body::Error(format!(
+                        "data-migrate action {} is not one this agent knows; upgrade the agent",
+                        r.action
+                    ))
+                }
+            };
+            match agent.runtime.data_migrate(&r.service, &r.id, action).await {
+                Ok(json) => v1::reply::Body::DataMigrationJson(json),
                 Err(e) => v1::reply::Body::Error(
                     cutover_core::views::bounded(&e, cutover_core::views::limits::DETAIL)
                         .into_owned(),

@@ -2,6 +2,7 @@
 
 pub mod about;
 pub mod channel;
+pub mod data_migrate;
 pub mod events;
 pub mod fleet;
 pub mod fleet_config;

@@ -181,6 +181,48 @@ fn write_migrations(out: &mut dyn Write, plan: &Plan) -> std::io::Result<()> {
                 parts.join("; ")
             )?;
         }
+        for d in plan
+            .data_migrations
+            .iter()
+            .filter(|d| d.database == db.database)
+        {
+            write_data_migration(out, d)?;
+        }
+    }
+    // Those of databases the plan shows no ledger of.
+    for d in plan
+        .data_migrations
+        .iter()
+        .filter(|d| !plan.migrations.iter().any(|m| m.database == d.database))
+    {
+        writeln!(
+            out,
+            "
+database {}:",
+            output::escape(&d.database)
+        )?;
+        write_data_migration(out, d)?;
     }
     Ok(())
+}
+
+/// `  data        orders.backfill_prices succeeded, verified (before contract of 2.0.0)`
+fn write_data_migration(
+    out: &mut dyn Write,
+    d: &cutover_core::data_migration::Required,
+) -> std::io::Result<()> {
+    let state = d.state.map_or("never run", |s| s.as_str());
+    writeln!(
+        out,
+        "  {:<11} {} {}{} (before {})",
+        "data",
+        output::escape(&d.key),
+        state,
+        if d.ready {
+            ", verified"
+        } else {
+            ", not verified"
+        },
+        output::escape(&d.before)
+    )
 }

@@ -299,6 +299,7 @@ mod tests {
                 offline: Vec::new(),
                 skipped: Vec::new(),
                 migrations: Vec::new(),
+                data_migrations: Vec::new(),
             },
             steps: vec![
                 step("h1", StepPhase::Healthy, Some(1_764_600_000_100)),

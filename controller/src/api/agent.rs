@@ -305,6 +305,23 @@ impl Agent for AgentApi {
             {
                 tracing::warn!(error = %e, "could not record disconnect");
             }
+            // What it was running is out of sight, unless it is back already.
+            if c.sessions.get(&session.host).is_none() {
+                let host = session.host.clone();
+                match c
+                    .store
+                    .run(move |s| s.data_migrations_lost_with(&host))
+                    .await
+                {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        tracing::warn!(host = %session.host, migrations = n, "data migrations running there are now unknown")
+                    }
+                    Err(e) => {
+                        tracing::warn!(host = %session.host, error = %e, "could not record data migrations as unknown")
+                    }
+                }
+            }
         });
         Ok(Response::new(Granting {
             rx: ReceiverStream::new(rx),
@@ -477,6 +494,9 @@ async fn handle(
                 tracing::warn!(host = %session.host, error = %e, "ignored malformed health change")
             }
         },
+        Some(In::DataMigration(u)) => {
+            super::data_migrate::update(c, &session.host, u).await;
+        }
         Some(In::Hello(_)) | None => {
             tracing::debug!(host = %session.host, "ignored unexpected message");
         }

@@ -337,7 +337,17 @@ async fn gate(
 
         match phase {
             Phase::Postdeploy => gate::postdeploy_gate(&version, &status, &behind),
-            Phase::Contract => gate::contract_gate(m, &status, &behind),
+            Phase::Contract => {
+                let needs = super::data_migrate::contract_needs(c, m, name)
+                    .await
+                    .map_err(|e| {
+                        refused(
+                            name,
+                            format!("the state of its data migrations cannot be read ({e})"),
+                        )
+                    })?;
+                gate::contract_gate(m, &status, &behind, &needs)
+            }
             Phase::Expand => Ok(()),
         }
         .map_err(Error::Refused)?;

@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod certs;
+pub mod data_migrate;
 pub mod fetch;
 pub mod fleet;
 pub mod import;

@@ -232,6 +232,9 @@ impl Operator for OperatorApi {
         match body {
             v1::reply::Body::Diag(d) => Ok(Response::new(d)),
             v1::reply::Body::Error(e) => Err(Status::internal(format!("agent on {host}: {e}"))),
+            _ => Err(Status::internal(format!(
+                "agent on {host} answered something else"
+            ))),
         }
     }
 
@@ -488,6 +491,33 @@ impl Operator for OperatorApi {
     ) -> Result<Response<v1::JsonDocument>, Status> {
         let status = super::migrate::status(&self.c, req.into_inner()).await?;
         Ok(Response::new(to_json(&status)))
+    }
+
+    async fn data_migrations(
+        &self,
+        req: Request<v1::DataMigrationsRequest>,
+    ) -> Result<Response<v1::JsonDocument>, Status> {
+        let c = self.c.clone();
+        let list =
+            tokio::spawn(async move { super::data_migrate::list(&c, req.into_inner()).await })
+                .await
+                .map_err(|e| Status::internal(format!("data migrations: {e}")))??;
+        Ok(Response::new(to_json(&list)))
+    }
+
+    /// In a task of its own: an operator who goes away does not lose the
+    /// answer (a verify's verdict) the agent gives.
+    async fn data_migrate(
+        &self,
+        req: Request<v1::OperatorDataMigrateRequest>,
+    ) -> Result<Response<v1::JsonDocument>, Status> {
+        let by = super::operator_name(&req).unwrap_or_else(|| "an operator".into());
+        let c = self.c.clone();
+        let entry =
+            tokio::spawn(async move { super::data_migrate::act(&c, &by, req.into_inner()).await })
+                .await
+                .map_err(|e| Status::internal(format!("data migrate: {e}")))??;
+        Ok(Response::new(to_json(&entry)))
     }
 
     async fn migrate(

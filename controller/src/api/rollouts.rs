@@ -54,10 +54,13 @@ pub async fn make_plan(c: &Arc<Controller>, ask: &Ask, instant: bool) -> Result<
     let (manifest, _) = super::import::verify(c, &stored.manifest, &stored.signatures)?;
     // The expand gate (not for a rollback's instant plan: going back must
     // not wait on a database).
-    let ledgers = if instant {
-        Vec::new()
+    let (ledgers, data) = if instant {
+        (Vec::new(), Vec::new())
     } else {
-        super::migrate::plan_gate(c, &manifest, &ask.services).await?
+        (
+            super::migrate::plan_gate(c, &manifest, &ask.services).await?,
+            super::data_migrate::plan_gate(c, &manifest, &ask.services).await?,
+        )
     };
     let hosts = fleet_view::host_states(c).await?;
     let mut plan = plan(&PlanRequest {
@@ -73,6 +76,7 @@ pub async fn make_plan(c: &Arc<Controller>, ask: &Ask, instant: bool) -> Result<
         .iter()
         .map(|s| crate::migrate::gate::plan_view(&manifest, s))
         .collect();
+    plan.data_migrations = data;
     Ok(plan)
 }
 

@@ -3,10 +3,12 @@
 //! postdeploy waits until every host the fleet config assigns to a service
 //! owning the database runs the release's identity of it and no unfinished
 //! rollout moves one; contract waits for postdeploy, that same rollout
-//! rule, and every data migration it requires (unknown, so refused, until
-//! cutover tracks data migrations). Each refusal is one line naming the
+//! rule, and every data migration the release requires before it
+//! (succeeded, and verified since: `data_migration::Record::ready`). Each
+//! refusal is one line naming the
 //! database, the phase, the release and the command that fixes it.
 
+use cutover_core::data_migration::Record;
 use cutover_core::fleet::{FleetConfig, RunnerKind};
 use cutover_core::manifest::{Manifest, Phase};
 use cutover_core::migration_views::{DatabaseStatus, PlanMigrations, PlanPhase};
@@ -203,12 +205,15 @@ pub fn postdeploy_gate(
 /// Whether `migrate --phase contract` of release `m` may run on the
 /// database `status` describes: the postdeploy gate holds (`behind` as
 /// for [`postdeploy_gate`]), every postdeploy migration of the release is
-/// applied, and no pending contract migration requires a data migration,
-/// whose state this controller cannot read yet.
+/// applied, and, while contract migrations are pending, every data
+/// migration the release requires before contract of the database is
+/// ready; `data` holds what the controller knows of each
+/// ([`Manifest::required_before_contract`], as `SERVICE.ID`).
 pub fn contract_gate(
     m: &Manifest,
     status: &DatabaseStatus,
     behind: &[String],
+    data: &[(String, Option<Record>)],
 ) -> Result<(), String> {
     let version = m.version.to_string();
     let db = status.database.as_str();
@@ -229,17 +234,17 @@ pub fn contract_gate(
             &format!("run `cutover migrate --phase postdeploy --version {version}` first"),
         ));
     }
-    for p in pending_in(status, Phase::Contract) {
-        let entry = m.migrations_of(db).find(|x| {
-            x.phase == Phase::Contract && x.name == p.name && x.version.to_string() == p.version
-        });
-        if let Some(data) = entry.and_then(|x| x.requires_data_migrations.first()) {
+    if pending_in(status, Phase::Contract).is_empty() {
+        return Ok(());
+    }
+    for (key, record) in data {
+        if let Err(why) = Record::ready(key, record.as_ref()) {
             return Err(refusal(
                 db,
                 Phase::Contract,
                 &version,
-                &format!("{} requires data migration {data} verified, and its state is unknown (data migration state unknown: this controller does not track data migrations yet)", p.key()),
-                "contract stays refused until the data migration is verified by a cutover that tracks them",
+                &format!("it requires data migration {key}, which {why}"),
+                "contract runs once every data migration it requires has succeeded and passed its verify (`cutover data-migrate list`)",
             ));
         }
     }

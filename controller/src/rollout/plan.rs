@@ -89,6 +89,7 @@ pub fn plan(req: &PlanRequest<'_>) -> Result<Plan, PlanError> {
         offline: Vec::new(),
         skipped: Vec::new(),
         migrations: Vec::new(),
+        data_migrations: Vec::new(),
     };
     // Offline hosts that must move, marked by index: at fleet size a set
     // of names searched per (host, service) dominates.

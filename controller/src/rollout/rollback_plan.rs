@@ -98,6 +98,7 @@ pub fn empty_plan() -> Plan {
         offline: vec![],
         skipped: vec![],
         migrations: vec![],
+        data_migrations: vec![],
     }
 }
 

@@ -209,6 +209,7 @@ mod tests {
             offline: vec![],
             skipped: vec![],
             migrations: vec![],
+            data_migrations: vec![],
         };
         s.create_rollout(|n| crate::rollout::new_rollout(n, RolloutKind::Upgrade, plan, false, 1))
             .unwrap()

@@ -14,6 +14,7 @@ use rusqlite::Connection;
 use crate::error::{Error, Result};
 
 mod channels;
+mod data_migrations;
 mod events;
 mod health;
 mod host_releases;

@@ -124,6 +124,16 @@ CREATE TABLE host_releases (
 );
 CREATE INDEX host_releases_by_service ON host_releases (service);
 "#,
+    // What the controller last saw of each data migration
+    // (cutover_core::data_migration::Record as JSON).
+    r#"
+CREATE TABLE data_migrations (
+    service TEXT NOT NULL,
+    id      TEXT NOT NULL,
+    record  TEXT NOT NULL,
+    PRIMARY KEY (service, id)
+);
+"#,
 ];
 
 pub(super) fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {

@@ -218,7 +218,7 @@ fn postdeploy_waits_for_expand_and_for_the_rollout_naming_what_lags() {
 fn contract_waits_for_postdeploy_the_rollout_and_required_data_migrations() {
     let m = manifest("");
     let contract = status(vec![pending("contract", "001_drop.sql")]);
-    assert!(contract_gate(&m, &contract, &[]).is_ok());
+    assert!(contract_gate(&m, &contract, &[], &[]).is_ok());
     let e = one_line(
         contract_gate(
             &m,
@@ -227,6 +227,7 @@ fn contract_waits_for_postdeploy_the_rollout_and_required_data_migrations() {
                 pending("contract", "001_drop.sql"),
             ]),
             &[],
+            &[],
         )
         .unwrap_err(),
     );
@@ -234,21 +235,51 @@ fn contract_waits_for_postdeploy_the_rollout_and_required_data_migrations() {
         e,
         "database billing: contract of release 2.0.0 refused: it has 1 pending postdeploy migration; run `cutover migrate --phase postdeploy --version 2.0.0` first"
     );
-    let e = contract_gate(&m, &contract, &["api on h1 (runs nothing)".into()]).unwrap_err();
+    let e = contract_gate(&m, &contract, &["api on h1 (runs nothing)".into()], &[]).unwrap_err();
     assert!(
         e.starts_with("database billing: contract of release 2.0.0 refused: the rollout"),
         "{e}"
     );
 
-    let needs = manifest("requires_data_migrations = [\"backfill_orders\"]");
-    let e = one_line(contract_gate(&needs, &contract, &[]).unwrap_err());
+    // Required data migrations, as the edge found them in the store.
+    use cutover_core::data_migration::{Record, State, Status, Verify};
+    let key = "api.backfill_orders".to_string();
+    let e = one_line(contract_gate(&m, &contract, &[], &[(key.clone(), None)]).unwrap_err());
     assert!(
-        e.starts_with("database billing: contract of release 2.0.0 refused: 2.0.0/contract/001_drop.sql requires data migration backfill_orders verified")
-            && e.contains("data migration state unknown"),
+        e.starts_with("database billing: contract of release 2.0.0 refused: it requires data migration api.backfill_orders, which has never run"),
         "{e}"
     );
-    // Once that contract file is applied, nothing is left to wait for.
-    assert!(contract_gate(&needs, &status(Vec::new()), &[]).is_ok());
+    let mut record = Record {
+        service: "api".into(),
+        id: "backfill_orders".into(),
+        status: Status::unknown("host h1 went offline while it ran"),
+        host: Some("h1".into()),
+        updated_at: cutover_core::views::from_ms(10).unwrap(),
+        finished_at: None,
+        verify: None,
+        verified_at: None,
+        requested_by: None,
+    };
+    let with = |r: &Record| contract_gate(&m, &contract, &[], &[(key.clone(), Some(r.clone()))]);
+    assert!(with(&record)
+        .unwrap_err()
+        .contains("state unknown (host h1 went offline while it ran)"));
+    record.status.state = State::Succeeded;
+    record.status.reason = None;
+    record.finished_at = cutover_core::views::from_ms(10);
+    assert!(with(&record)
+        .unwrap_err()
+        .contains("has not been verified since it finished"));
+    record.verify = Some(Verify {
+        ok: true,
+        state: State::Succeeded,
+        checks: Vec::new(),
+        reason: None,
+    });
+    record.verified_at = cutover_core::views::from_ms(20);
+    with(&record).unwrap();
+    // Once the contract files are applied, nothing is left to wait for.
+    assert!(contract_gate(&m, &status(Vec::new()), &[], &[(key, None)]).is_ok());
 }
 
 #[test]

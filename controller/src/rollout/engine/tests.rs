@@ -49,6 +49,7 @@ fn rollout(services: Vec<ServicePlan>, no_rollback: bool) -> Live {
         offline: vec![],
         skipped: vec![],
         migrations: vec![],
+        data_migrations: vec![],
     };
     Live::new(new_rollout(7, RolloutKind::Upgrade, plan, no_rollback, 0))
 }

@@ -14,6 +14,7 @@ fn rollout(id: u64, services: &[&str]) -> Rollout {
             offline: vec![],
             skipped: vec![],
             migrations: vec![],
+            data_migrations: vec![],
         },
         false,
         1,
