@@ -5,7 +5,8 @@
 //! verify by name and keeps contract refused; pause and resume; the
 //! agent killed mid-run makes the state unknown (contract refused), and
 //! once it is back the run goes on from its checkpoint with no row moved
-//! twice.
+//! twice; an upgrade waits for the migration required before it, and a
+//! binary that cannot answer leaves the state unknown with its reason.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -237,4 +238,57 @@ fn pause_resume_and_an_agent_killed_mid_run_lose_no_row_and_count_none_twice() {
     );
     f.cli(&["data-migrate", "verify", KEY]).ok();
     contract(&f).ok();
+}
+
+#[test]
+fn an_upgrade_waits_for_its_data_migration_and_a_binary_that_cannot_answer_gives_unknown() {
+    let pg = Postgres::start("billing");
+    let mut f = Fleet::new();
+    f.controller_tables = pg.config("billing", "");
+    f.assign_ports(&["h1"], &["api"]);
+    f.start_controller();
+    f.start_agents(&["h1"]);
+    // No database settings in the service's environment: every
+    // data-migrate command of the binary fails.
+    f.apply_sample_fleet(&["h1"], &["api"], "max_parallel = 1");
+    let binary = std::fs::read(bin("cutover-sample")).expect("sample binary");
+    for (version, gate) in [("2.0.0", Some("3.0.0")), ("3.0.0", None)] {
+        let api = Service {
+            name: "api".into(),
+            service_version: version.into(),
+            depends_on: Vec::new(),
+            databases: vec!["billing".into()],
+            data_migrations: vec![DataMigration {
+                id: "backfill_prices".into(),
+                database: "billing".into(),
+                description: String::new(),
+                required_before_contract: false,
+                required_before_upgrade_to: gate.map(|g| g.parse().expect("version")),
+            }],
+            files: bundle::sample_files(&binary, version, true),
+        };
+        let b = bundle::bundle(version, &[api], &Floor::default(), &[]).expect("bundle");
+        let manifest = b
+            .write(&f.path(&format!("release-{version}")))
+            .expect("write");
+        cutover_tests::sign_and_import(|a| f.cli(a), &manifest, &f.path("release.key")).ok();
+    }
+    f.upgrade(&["api"], "2.0.0", &[]).ok();
+    let up = f.upgrade(&["api"], "3.0.0", &[]);
+    refused(
+        &up,
+        "release 3.0.0 cannot be planned: data migration api.backfill_prices must be done before an upgrade to 3.0.0, and it has never run",
+    );
+    let run = f.cli(&["data-migrate", "run", KEY]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr.contains("state unknown") && run.stderr.contains("CUTOVER_SAMPLE_DATABASE_URL"),
+        "the reason names the binary's own complaint: {run:?}"
+    );
+    assert_eq!(state(&f), "unknown");
+    refused(&f.upgrade(&["api"], "3.0.0", &[]), "is in state unknown");
+    refused(
+        &f.cli(&["plan", "api", "--version", "3.0.0"]),
+        "must be done before an upgrade to 3.0.0",
+    );
 }
