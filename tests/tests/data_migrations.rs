@@ -111,6 +111,7 @@ fn refused(run: &Run, needle: &str) {
 /// The stored state of the backfill, as `list -o json` shows it.
 fn stored(f: &Fleet) -> serde_json::Value {
     let all = f.cli_json(&["data-migrate", "list"]);
+    cutover_tests::schema::check("data-migrations", &all);
     all.as_array()
         .and_then(|a| a.iter().find(|e| e["id"] == "backfill_prices").cloned())
         .expect("the backfill is listed")
@@ -170,6 +171,10 @@ fn a_verified_backfill_opens_contract_and_a_tampered_row_keeps_it_shut() {
     let good = f.cli(&["data-migrate", "verify", KEY]).ok();
     assert!(good.stdout.contains("verify passed"), "{good:?}");
     let plan = f.cli_json(&["plan", "api", "--version", "2.0.0"]);
+    cutover_tests::schema::check("plan", &plan);
+    let one = f.cli_json(&["data-migrate", "status", KEY]);
+    cutover_tests::schema::check("data-migration", &one);
+    assert_eq!(one["record"]["verify"]["ok"], true, "{one}");
     assert_eq!(plan["data_migrations"][0]["key"], KEY, "{plan}");
     assert_eq!(plan["data_migrations"][0]["ready"], true, "{plan}");
     contract(&f).ok();
