@@ -398,9 +398,11 @@ impl Record {
             verified_at: None,
             requested_by: None,
         });
-        // A dry run's answer is no change of state.
+        // A dry run's answer is no change of state; nor is a failed look
+        // at one that has ended (the database holds it, not the host).
         let dry = status.would_move.is_some();
-        if dry {
+        let ended = matches!(was, Some(State::Succeeded | State::Paused | State::Failed));
+        if dry || (status.state == State::Unknown && ended) {
             return (r, None);
         }
         r.finished_at = match (status.state, was) {

@@ -151,19 +151,19 @@ impl DataMigrations {
     /// or an earlier one started) is followed, anything else is started
     /// and followed.
     async fn start(self: &Arc<Self>, program: Program, key: Key) -> Status {
-        if self
-            .followed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(&key)
-        {
+        // Claimed before the first await, so two requests at once never
+        // start two runs.
+        if !self.claim(&key) {
             return self
                 .latest(&key)
                 .unwrap_or_else(|| running(Status::unknown("")));
         }
         let before = self.status(Ok(&program), &key.1, &["status", &key.1]).await;
         match before.state {
-            State::Succeeded | State::Paused | State::Unknown => return before,
+            State::Succeeded | State::Paused | State::Unknown => {
+                self.release(&key);
+                return before;
+            }
             State::Running => {
                 self.follow(program, key, None, before.clone());
                 return before;
@@ -176,8 +176,28 @@ impl DataMigrations {
                 self.follow(program, key, Some(child), now.clone());
                 now
             }
-            Err(e) => Status::unknown(e),
+            Err(e) => {
+                self.release(&key);
+                Status::unknown(e)
+            }
         }
+    }
+
+    /// Marks `key` followed; false when it is already, or when as many
+    /// as may be are.
+    fn claim(&self, key: &Key) -> bool {
+        let mut followed = self.followed.lock().unwrap_or_else(|p| p.into_inner());
+        if followed.contains(key) || followed.len() >= MAX_FOLLOWED {
+            return false;
+        }
+        followed.insert(key.clone())
+    }
+
+    fn release(&self, key: &Key) {
+        self.followed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
     }
 
     /// Writes the follow file, then starts the run.
@@ -196,7 +216,8 @@ impl DataMigrations {
         program.start_run(&key.1, &self.file(key, "out"), &self.file(key, "err"))
     }
 
-    /// Follows one migration until it ends, in a task of its own.
+    /// Follows one migration (claimed) until it ends, in a task of its own;
+    /// its follow file goes once it has ended.
     fn follow(
         self: &Arc<Self>,
         program: Program,
@@ -204,22 +225,15 @@ impl DataMigrations {
         child: Option<tokio::process::Child>,
         now: Status,
     ) {
-        {
-            let mut followed = self.followed.lock().unwrap_or_else(|p| p.into_inner());
-            if followed.contains(&key) || followed.len() >= MAX_FOLLOWED {
-                return;
-            }
-            followed.insert(key.clone());
-        }
         self.publish(&key, now);
         let this = self.clone();
         tokio::spawn(async move {
-            this.follow_until_done(&program, &key, child).await;
-            let _ = std::fs::remove_file(this.file(&key, "json"));
-            this.followed
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&key);
+            // A follower that gave up keeps its file: the next agent
+            // start looks again.
+            if this.follow_until_done(&program, &key, child).await {
+                let _ = std::fs::remove_file(this.file(&key, "json"));
+            }
+            this.release(&key);
         });
     }
 
@@ -228,7 +242,7 @@ impl DataMigrations {
         program: &Program,
         key: &Key,
         mut child: Option<tokio::process::Child>,
-    ) {
+    ) -> bool {
         let id = key.1.as_str();
         let mut failed_polls = 0;
         loop {
@@ -241,7 +255,7 @@ impl DataMigrations {
                         // once: follow that one instead.
                         if end.state != State::Running {
                             self.publish(key, end);
-                            return;
+                            return true;
                         }
                     }
                     _ = tokio::time::sleep(self.poll) => {}
@@ -253,9 +267,11 @@ impl DataMigrations {
             match now.state {
                 State::Unknown => {
                     failed_polls += 1;
-                    if failed_polls >= MAX_FAILED_POLLS {
+                    // A run of ours is waited for whatever status says:
+                    // its exit is the last word.
+                    if failed_polls >= MAX_FAILED_POLLS && child.is_none() {
                         self.publish(key, now);
-                        return;
+                        return false;
                     }
                     continue;
                 }
@@ -268,12 +284,12 @@ impl DataMigrations {
                     Ok(c) => child = Some(c),
                     Err(e) => {
                         self.publish(key, Status::unknown(e));
-                        return;
+                        return false;
                     }
                 },
                 State::Paused | State::Succeeded | State::Failed if child.is_none() => {
                     self.publish(key, now);
-                    return;
+                    return true;
                 }
                 // Its run says last, when it exits.
                 _ => {}
@@ -386,7 +402,9 @@ impl DataMigrations {
             match Program::locate(&self.data_dir, &key.0, &self.vars) {
                 Ok(p) => {
                     tracing::info!(service = %key.0, id = %key.1, "following a data migration again");
-                    self.follow(p, key, None, running(Status::unknown("")));
+                    if self.claim(&key) {
+                        self.follow(p, key, None, running(Status::unknown("")));
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(service = %key.0, id = %key.1, error = %e, "cannot follow a data migration again");

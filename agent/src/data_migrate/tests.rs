@@ -23,7 +23,7 @@ state() { cat "$STATE" 2>/dev/null || echo pending; }
 print() { echo "{\"id\":\"$3\",\"state\":\"$1\",\"done\":$2,\"total\":10}"; }
 case "$2" in
   status) s=$(state); if [ "$s" = interrupted ]; then echo "{\"id\":\"$3\",\"state\":\"pending\",\"done\":4,\"interrupted\":true}"; else print "$s" 0 "$3"; fi ;;
-  run) echo running > "$STATE"; sleep 0.3; echo succeeded > "$STATE"; print succeeded 10 "$3" ;;
+  run) echo run >> "$STATE.runs"; echo running > "$STATE"; sleep 0.3; echo succeeded > "$STATE"; print succeeded 10 "$3" ;;
   verify) echo "{\"id\":\"$3\",\"state\":\"$(state)\",\"ok\":true,\"checks\":[{\"name\":\"rows\",\"expected\":\"10\",\"actual\":\"10\",\"ok\":true}]}" ;;
   list) echo '{"migrations":[{"id":"backfill","description":"d"}]}' ;;
   *) print "$(state)" 0 "$3" ;;
@@ -203,4 +203,18 @@ async fn a_restarted_agent_runs_an_interrupted_migration_again() {
     m.recover();
     assert_eq!(until(&m, State::Succeeded).await.done, 10);
     assert!(dir.join("junk.json").exists());
+}
+
+#[tokio::test]
+async fn two_runs_asked_at_once_start_one() {
+    let h = Host::new("ok", "process");
+    let m = h.migrations();
+    let (a, b) = tokio::join!(
+        status(&m, Action::Run { dry_run: false }),
+        status(&m, Action::Run { dry_run: false })
+    );
+    assert_eq!((a.state, b.state), (State::Running, State::Running));
+    until(&m, State::Succeeded).await;
+    let runs = std::fs::read_to_string(h.dir.path().join("state.runs")).unwrap();
+    assert_eq!(runs.lines().count(), 1, "{runs}");
 }

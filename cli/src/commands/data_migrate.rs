@@ -49,26 +49,34 @@ pub enum DataMigrateCommand {
     },
     /// The state of SERVICE.ID, asked of its host (or of every one, as stored).
     Status {
+        /// SERVICE.ID (default: every one, as stored, without asking hosts).
         #[arg(value_name = "SERVICE.ID")]
         migration: Option<String>,
     },
     /// Check the moved data: row counts and totals, each expected against
     /// found (exit 1 unless every check passes).
     Verify {
+        /// SERVICE.ID, as `list` shows it.
         #[arg(value_name = "SERVICE.ID")]
         migration: String,
+        /// The host to verify on (default: the one that ran it last, or
+        /// any online host running it).
         #[arg(long)]
         host: Option<String>,
     },
     /// Ask a running SERVICE.ID to stop after its current batch.
     Pause {
+        /// SERVICE.ID, as `list` shows it.
         #[arg(value_name = "SERVICE.ID")]
         migration: String,
     },
     /// Let a paused SERVICE.ID go on from its checkpoint.
     Resume {
+        /// SERVICE.ID, as `list` shows it.
         #[arg(value_name = "SERVICE.ID")]
         migration: String,
+        /// Follow it until it succeeds, fails or pauses (exit 1 unless it
+        /// succeeds).
         #[arg(long)]
         wait: bool,
     },

@@ -284,6 +284,7 @@ async fn ask(
         action: action as i32,
         dry_run,
     });
+    let asked = time::OffsetDateTime::now_utc();
     let reply = c.sessions.request(host, body, ANSWER_WITHIN).await?;
     let json = match reply {
         v1::reply::Body::DataMigrationJson(j) => Ok(j),
@@ -301,7 +302,7 @@ async fn ask(
             .unwrap_or_else(Verify::failed);
         return c
             .store
-            .run(move |s| s.verified_data_migration(&host, (&key.0, &key.1), verify))
+            .run(move |s| s.verified_data_migration(&host, (&key.0, &key.1), verify, asked))
             .await;
     }
     let status = json
@@ -388,7 +389,7 @@ pub async fn update(c: &Controller, host: &str, u: v1::DataMigrationUpdate) {
             if !s.host_runs(&h, &service)? {
                 return Err(Error::Refused(format!("host {h} reported data migration {service}.{id}, but it does not run {service}")));
             }
-            s.observe_data_migration(&h, (&service, &id), status)
+            s.followed_data_migration(&h, (&service, &id), status)
         })
         .await;
     if let Err(e) = result {

@@ -76,6 +76,26 @@ impl Store {
         })
     }
 
+    /// What an agent following a run reports: taken only for a migration
+    /// this controller asked that host about last (the record names it), so
+    /// a host can neither make up migrations nor speak for another's.
+    pub fn followed_data_migration(
+        &self,
+        host: &str,
+        (service, id): (&str, &str),
+        status: Status,
+    ) -> Result<Record> {
+        let asked = self.data_migration(service, id)?;
+        if asked.as_ref().and_then(|r| r.host.as_deref()) != Some(host)
+            || status.would_move.is_some()
+        {
+            return Err(Error::Refused(format!(
+                "host {host} reported data migration {service}.{id}, which this controller did not ask it about"
+            )));
+        }
+        self.observe_data_migration(host, (service, id), status)
+    }
+
     /// Records what `host` said of (service, id), with an event when its
     /// state changed; returns the record.
     pub fn observe_data_migration(
@@ -87,6 +107,7 @@ impl Store {
         self.with(|c| {
             let tx = c.transaction()?;
             let prev = read(&tx, service, id)?;
+            let dry = status.would_move.is_some();
             let (r, event) = Record::observe(
                 prev,
                 (service, id),
@@ -94,6 +115,9 @@ impl Store {
                 status,
                 time::OffsetDateTime::now_utc(),
             );
+            if dry {
+                return Ok(r);
+            }
             write(&tx, &r)?;
             if let Some(detail) = event {
                 let kind = format!("data_migration.{}", r.status.state);
@@ -136,10 +160,12 @@ impl Store {
         host: &str,
         (service, id): (&str, &str),
         verify: Verify,
+        asked: time::OffsetDateTime,
     ) -> Result<Record> {
         self.with(|c| {
             let tx = c.transaction()?;
-            let now = time::OffsetDateTime::now_utc();
+            // What a verify says is about the data as of when it was asked.
+            let now = asked;
             let mut r = match read(&tx, service, id)? {
                 Some(r) => r,
                 None => {
@@ -199,5 +225,56 @@ impl Store {
             }
         }
         Ok(lost)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn running() -> Status {
+        Status {
+            state: State::Running,
+            done: 1,
+            ..Status::unknown("")
+        }
+    }
+
+    #[test]
+    fn a_host_reports_only_what_it_was_asked_about_and_a_dry_run_stores_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("state.db")).unwrap();
+        let k = ("orders", "backfill");
+        // Made up, or another host's: refused, nothing stored.
+        assert!(s.followed_data_migration("h1", k, running()).is_err());
+        assert!(s.data_migration(k.0, k.1).unwrap().is_none());
+        let dry = Status {
+            would_move: Some(5),
+            ..running()
+        };
+        s.observe_data_migration("h1", k, dry.clone()).unwrap();
+        assert!(
+            s.data_migration(k.0, k.1).unwrap().is_none(),
+            "a dry run stores nothing"
+        );
+        s.observe_data_migration("h1", k, running()).unwrap();
+        assert!(s.followed_data_migration("h2", k, running()).is_err());
+        assert!(s.followed_data_migration("h1", k, dry).is_err());
+        let r = s
+            .followed_data_migration(
+                "h1",
+                k,
+                Status {
+                    done: 7,
+                    ..running()
+                },
+            )
+            .unwrap();
+        assert_eq!(r.status.done, 7);
+        // Gone offline: unknown, with the reason.
+        assert_eq!(s.data_migrations_lost_with("h1").unwrap(), 1);
+        let r = s.data_migration(k.0, k.1).unwrap().unwrap();
+        assert_eq!(r.status.state, State::Unknown);
+        assert!(r.status.reason.unwrap().contains("went offline"));
     }
 }

@@ -189,3 +189,34 @@ fn observations_record_transitions_as_events_and_when_it_finished() {
         "a dry run changes nothing"
     );
 }
+
+#[test]
+fn a_failed_look_never_replaces_a_state_the_database_holds() {
+    let k = ("orders", "backfill");
+    let done = Status {
+        state: State::Succeeded,
+        done: 10,
+        total: Some(10),
+        ..Status::unknown("")
+    };
+    let (r, _) = Record::observe(None, k, "h1", done, t(100));
+    let (r, e) = Record::observe(Some(r), k, "h1", Status::unknown("timed out"), t(200));
+    assert!(e.is_none());
+    assert_eq!(
+        (r.status.state, r.finished_at),
+        (State::Succeeded, Some(t(100)))
+    );
+    // A running one, though, is unknown once it cannot be seen.
+    let (r, _) = Record::observe(
+        None,
+        k,
+        "h1",
+        Status {
+            state: State::Running,
+            ..Status::unknown("")
+        },
+        t(100),
+    );
+    let (r, _) = Record::observe(Some(r), k, "h1", Status::unknown("away"), t(200));
+    assert_eq!(r.status.state, State::Unknown);
+}
