@@ -149,14 +149,20 @@ fn every_command_prints_with_o_json_a_document_its_schema_accepts() {
         assert!(r.stderr.contains("-o json does not apply"), "{r:?}");
     }
 
-    // A release signed and imported by hand.
+    // A release signed and imported by hand, declaring a data migration.
     let binary = std::fs::read(bin("cutover-sample")).unwrap();
     let service = |version: &str, healthy: bool| Service {
         name: "api".into(),
         service_version: version.into(),
         depends_on: Vec::new(),
-        databases: Vec::new(),
-        data_migrations: Vec::new(),
+        databases: vec!["billing".into()],
+        data_migrations: vec![cutover_core::manifest::DataMigration {
+            id: "backfill_prices".into(),
+            database: "billing".into(),
+            description: "copy prices out of orders.doc".into(),
+            required_before_contract: false,
+            required_before_upgrade_to: None,
+        }],
         files: bundle::sample_files(&binary, version, healthy),
     };
     let dir = f.path("release-1.0.0");
@@ -255,6 +261,16 @@ fn every_command_prints_with_o_json_a_document_its_schema_accepts() {
         &json(&f, &["rollout", "show", &first.to_string()]),
     );
     assert_eq!(shown["rollout"]["steps"][0]["phase"], "healthy");
+
+    // Data migrations: the catalog, and one asked of its host, whose
+    // binary has no database to answer with (unknown, with the reason).
+    let all = c.doc("data-migrations", &json(&f, &["data-migrate", "list"]));
+    assert_eq!(all[0]["id"], "backfill_prices", "{all}");
+    let one = c.doc(
+        "data-migration",
+        &json(&f, &["data-migrate", "status", "api.backfill_prices"]),
+    );
+    assert_eq!(one["record"]["status"]["state"], "unknown", "{one}");
 
     // A failure: the failure's machine fields beside its words.
     f.upgrade(&["api"], "1.1.0", &[]).ok();
