@@ -136,7 +136,8 @@ fn a_verified_backfill_opens_contract_and_a_tampered_row_keeps_it_shut() {
 
     let dry = f.cli(&["data-migrate", "run", KEY, "--dry-run"]).ok();
     assert!(
-        dry.stdout.contains(&format!("would move {ROWS} rows")),
+        dry.stdout
+            .contains(&format!("would move {ROWS} rows (dry run on h1;")),
         "{dry:?}"
     );
     assert_eq!(

@@ -149,7 +149,7 @@ pub async fn data_migrate(c: &ConnectArgs, command: DataMigrateCommand, out: For
     }
 }
 
-async fn list(c: &ConnectArgs, to_version: String, key: String) -> Result<Vec<Entry>> {
+pub(crate) async fn list(c: &ConnectArgs, to_version: String, key: String) -> Result<Vec<Entry>> {
     let doc = c
         .operator()
         .await?

@@ -319,8 +319,10 @@ async fn ask(
             s.observe_data_migration(&host, (&key.0, &key.1), status.clone())
                 .map(|mut r| {
                     if dry {
-                        // The answer itself, not the (unchanged) record's state.
+                        // The answer itself and who gave it, not the
+                        // (unchanged) record's.
                         r.status = status;
+                        r.host = Some(host);
                     }
                     r
                 })

@@ -1,8 +1,15 @@
 //! `cutover demo`: a throwaway PKI, a controller on SQLite and three agents
-//! on loopback, started as child processes in a temporary directory. It
-//! builds two releases of a sample service, rolls the good one out, then
-//! the one whose health check fails, shows the canary stopping it and the
-//! rollback, and stops everything cleanly (also on Ctrl-C, SIGTERM or SIGHUP).
+//! on loopback, started as child processes in a temporary directory, then
+//! one of two acts. By default (`canary.rs`) two releases of a sample
+//! service: the good one rolled out, then one whose health check fails,
+//! stopped at the canary and rolled back. With `--postgres URL`
+//! (`platform.rs`) the whole platform upgrade against that database:
+//! schema migrations by phase, the service upgraded, its data migration
+//! run (paused, resumed) and verified, then contract. Everything started
+//! is stopped cleanly at the end (also on Ctrl-C, SIGTERM or SIGHUP).
+
+mod canary;
+mod platform;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -10,7 +17,6 @@ use std::time::{Duration, Instant};
 
 use crate::client::ConnectArgs;
 use crate::error::{Error, Result};
-use crate::output::Format;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct DemoArgs {
@@ -24,6 +30,16 @@ pub struct DemoArgs {
     /// Work in this directory instead of a temporary one (kept afterwards).
     #[arg(long)]
     pub dir: Option<PathBuf>,
+    /// Show the whole platform upgrade instead (schema migrations by phase,
+    /// a data migration paused, resumed and verified, then contract)
+    /// against this empty PostgreSQL database, as
+    /// `postgresql://USER@HOST:PORT/DB` without a password;
+    /// `scripts/start-postgres` starts a throwaway one and prints it.
+    #[arg(long, value_name = "URL")]
+    pub postgres: Option<String>,
+    /// The file holding the password of --postgres's user.
+    #[arg(long, value_name = "FILE", requires = "postgres")]
+    pub postgres_password_file: Option<PathBuf>,
 }
 
 /// Child processes, stopped with SIGTERM (then SIGKILL) when dropped.
@@ -51,6 +67,26 @@ impl Drop for Children {
                 }
             }
         }
+    }
+}
+
+impl Children {
+    /// The error to give when child `name` has exited: its log's last
+    /// line, which says why.
+    fn exited(&mut self, name: &str, log: &Path) -> Option<Error> {
+        let (_, child) = self.0.iter_mut().find(|(n, _)| n == name)?;
+        let status = child.try_wait().ok()??;
+        let text = std::fs::read(log).unwrap_or_default();
+        let tail = &text[text.len().saturating_sub(4096)..];
+        let last = String::from_utf8_lossy(tail)
+            .lines()
+            .rfind(|l| !l.trim().is_empty())
+            .map(str::to_string)
+            .unwrap_or_default();
+        Some(Error::Failed(format!(
+            "the {name} exited ({status}): {}",
+            crate::output::escape(last.trim())
+        )))
     }
 }
 
@@ -129,6 +165,14 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     if args.agents == 0 || args.agents > 50 {
         return Err(Error::Usage("--agents must be between 1 and 50".into()));
     }
+    // Checked before anything starts.
+    let database = match &args.postgres {
+        Some(url) => Some(platform::Database::new(
+            url,
+            args.postgres_password_file.as_deref(),
+        )?),
+        None => None,
+    };
     let temp;
     let dir = match &args.dir {
         Some(d) => {
@@ -148,7 +192,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     let stop = StopSignals::listen()?;
     let mut children = Children(Vec::new());
     tokio::select! {
-        r = demo(&args, &dir, &mut children) => r,
+        r = demo(&args, database.as_ref(), &dir, &mut children) => r,
         name = stop.recv() => {
             eprintln!("\ndemo: {name}, stopping the fleet");
             Ok(())
@@ -185,9 +229,64 @@ impl StopSignals {
     }
 }
 
-async fn demo(args: &DemoArgs, dir: &Path, children: &mut Children) -> Result<()> {
+/// What the acts need of the fleet started.
+struct Started {
+    connect: ConnectArgs,
+    port: u16,
+    pki: PathBuf,
+    sample_bin: PathBuf,
+    /// Each agent's host name and the port its sample service listens on.
+    hosts: Vec<(String, u16)>,
+}
+
+async fn demo(
+    args: &DemoArgs,
+    database: Option<&platform::Database>,
+    dir: &Path,
+    children: &mut Children,
+) -> Result<()> {
+    let fleet = match database {
+        None => start(dir, args.agents, "", "", children).await?,
+        Some(db) => {
+            start(
+                dir,
+                args.agents,
+                &db.controller_config(),
+                platform::AGENT_CONFIG,
+                children,
+            )
+            .await?
+        }
+    };
+    match database {
+        None => canary::rollouts(dir, &fleet).await?,
+        Some(db) => platform::upgrade_platform(dir, &fleet, db).await?,
+    }
+    if args.keep_running {
+        println!(
+            "\ndemo: fleet running. In another shell:\n  export CUTOVER_CONTROLLER=https://127.0.0.1:{} CUTOVER_PKI_DIR={}\n  cutover hosts\nPress Ctrl-C to stop (or send SIGTERM or SIGHUP).",
+            fleet.port,
+            fleet.pki.display()
+        );
+        std::future::pending::<()>().await;
+    }
+    println!("\ndemo: stopping the controller and agents");
+    Ok(())
+}
+
+/// The PKI, the controller (its config ending with `controller_extra`)
+/// and `agents` agents (theirs with `agent_extra` before `[vars]`),
+/// enrolled and online.
+async fn start(
+    dir: &Path,
+    agents: usize,
+    controller_extra: &str,
+    agent_extra: &str,
+    children: &mut Children,
+) -> Result<Started> {
     let controller_bin = sibling_binary("cutover-controller")?;
     let agent_bin = sibling_binary("cutover-agent")?;
+    let sample_bin = sibling_binary("cutover-sample")?;
     println!("demo: working in {}", dir.display());
 
     let pki = dir.join("pki");
@@ -202,17 +301,14 @@ async fn demo(args: &DemoArgs, dir: &Path, children: &mut Children) -> Result<()
     write(
         &config,
         &format!(
-            "listen = \"127.0.0.1:{port}\"\ndata_dir = \"controller\"\n\n[tls]\nca_cert = \"pki/ca.pem\"\nca_key = \"pki/ca-key.pem\"\ncert = \"pki/controller.pem\"\nkey = \"pki/controller-key.pem\"\n\n[releases]\ntrusted_keys = [\"release.pub\"]\n"
+            "listen = \"127.0.0.1:{port}\"\ndata_dir = \"controller\"\n\n[tls]\nca_cert = \"pki/ca.pem\"\nca_key = \"pki/ca-key.pem\"\ncert = \"pki/controller.pem\"\nkey = \"pki/controller-key.pem\"\n\n[releases]\ntrusted_keys = [\"release.pub\"]\n{controller_extra}"
         ),
     )?;
     let config_arg = config.display().to_string();
+    let log = dir.join("controller.log");
     children.0.push((
         "controller".into(),
-        spawn(
-            &controller_bin,
-            &["--config", &config_arg],
-            &dir.join("controller.log"),
-        )?,
+        spawn(&controller_bin, &["--config", &config_arg], &log)?,
     ));
     println!(
         "demo: controller on https://127.0.0.1:{port} (SQLite in {}/controller)",
@@ -226,24 +322,36 @@ async fn demo(args: &DemoArgs, dir: &Path, children: &mut Children) -> Result<()
         cert: None,
         key: None,
     };
-    let mut client = wait_for(Duration::from_secs(15), "the controller to listen", || {
-        connect.operator()
-    })
-    .await?;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut client = loop {
+        // A controller that stopped will not listen: say why it stopped.
+        if let Some(e) = children.exited("controller", &log) {
+            return Err(e);
+        }
+        match connect.operator().await {
+            Ok(client) => break client,
+            Err(e) if Instant::now() > deadline => {
+                return Err(Error::Failed(format!(
+                    "gave up waiting for the controller to listen after 15s: {e}"
+                )))
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    };
 
-    let sample_bin = sibling_binary("cutover-sample")?;
-    for i in 1..=args.agents {
+    let mut hosts = Vec::new();
+    for i in 1..=agents {
         let host = format!("edge-{i}");
         let token =
             crate::commands::token::new_token(&mut client, &host, Duration::from_secs(300), false)
                 .await?
                 .token;
+        let web_port = free_port()?;
         let agent_config = dir.join(format!("{host}.toml"));
         write(
             &agent_config,
             &format!(
-                "controller = \"https://127.0.0.1:{port}\"\nca_cert = \"pki/ca.pem\"\ndata_dir = \"{host}\"\nheartbeat_interval = \"1s\"\nreconnect_max_backoff = \"2s\"\nstop_services_on_exit = true\n\n[vars]\nweb_port = \"{}\"\n",
-                free_port()?
+                "controller = \"https://127.0.0.1:{port}\"\nca_cert = \"pki/ca.pem\"\ndata_dir = \"{host}\"\nheartbeat_interval = \"1s\"\nreconnect_max_backoff = \"2s\"\nstop_services_on_exit = true\n{agent_extra}\n[vars]\nweb_port = \"{web_port}\"\n"
             ),
         )?;
         let cfg = agent_config.display().to_string();
@@ -256,149 +364,30 @@ async fn demo(args: &DemoArgs, dir: &Path, children: &mut Children) -> Result<()
             )?,
         ));
         println!("demo: agent {host} enrolling with a one-time join token");
+        hosts.push((host, web_port));
     }
 
-    let want = args.agents;
     wait_for(
         Duration::from_secs(30),
         "every agent to come online",
         || async {
             let hosts = crate::commands::fleet::fetch_hosts(&connect).await?;
             let online = hosts.iter().filter(|h| h.online).count();
-            if online == want {
+            if online == agents {
                 Ok(())
             } else {
-                Err(Error::Failed(format!("{online} of {want} agents online")))
+                Err(Error::Failed(format!("{online} of {agents} agents online")))
             }
         },
     )
     .await?;
-
-    rollouts(dir, &connect, &sample_bin, args.agents).await?;
-
-    if args.keep_running {
-        println!(
-            "\ndemo: fleet running. In another shell:\n  export CUTOVER_CONTROLLER=https://127.0.0.1:{port} CUTOVER_PKI_DIR={}\n  cutover hosts\nPress Ctrl-C to stop (or send SIGTERM or SIGHUP).",
-            pki.display()
-        );
-        std::future::pending::<()>().await;
-    }
-    println!("\ndemo: stopping the controller and agents");
-    Ok(())
-}
-
-const FLEET: &str = r#"# The demo's fleet: one sample web service on every edge host.
-[services.web]
-labels = ["edge"]
-runner = "process"
-command = "bin/cutover-sample"
-args = ["--port", "${web_port}"]
-stop_grace = "2s"
-min_healthy_time = "2s"
-healthy_deadline = "6s"
-
-[[services.web.checks]]
-kind = "http"
-url = "http://127.0.0.1:${web_port}/healthz"
-interval = "250ms"
-timeout = "1s"
-
-[services.web.policy]
-canary = 1
-max_parallel = 2
-max_unavailable = 2
-rollback_scope = "service"
-"#;
-
-/// Builds, signs and imports a release of the sample service.
-async fn sample_release(
-    dir: &Path,
-    connect: &ConnectArgs,
-    binary: &[u8],
-    version: &str,
-    healthy: bool,
-) -> Result<()> {
-    let service = crate::bundle::Service {
-        name: "web".into(),
-        service_version: version.strip_suffix(".0").unwrap_or(version).into(),
-        depends_on: vec![],
-        databases: Vec::new(),
-        data_migrations: Vec::new(),
-        files: crate::bundle::sample_files(binary, version, healthy),
-    };
-    let manifest = crate::bundle::write_release(
-        &dir.join("releases"),
-        version,
-        &[service],
-        &Default::default(),
-    )?;
-    crate::commands::release::sign(
-        &manifest,
-        &dir.join("release.key"),
-        crate::output::Format::Text,
-    )?;
-    crate::commands::release::import(connect, &manifest, None, Format::Text).await
-}
-
-/// The main act: a good release rolled out, a bad one stopped at the canary.
-async fn rollouts(
-    dir: &Path,
-    connect: &ConnectArgs,
-    sample_bin: &Path,
-    agents: usize,
-) -> Result<()> {
-    use crate::commands::{fleet, rollout};
-    let binary = std::fs::read(sample_bin).map_err(|e| Error::io(sample_bin, e))?;
-    let mut fleet_toml = String::new();
-    for i in 1..=agents {
-        fleet_toml.push_str(&format!("[hosts.edge-{i}]\nlabels = [\"edge\"]\n"));
-    }
-    fleet_toml.push('\n');
-    fleet_toml.push_str(FLEET);
-    let fleet_path = dir.join("fleet.toml");
-    write(&fleet_path, &fleet_toml)?;
-    println!("\n$ cutover fleet apply fleet.toml");
-    let apply = crate::commands::fleet_config::ApplyArgs {
-        file: &fleet_path,
-        dry_run: false,
-        allow_empty: false,
-    };
-    crate::commands::fleet_config::apply(connect, apply, Format::Text).await?;
-
-    println!("\n$ cutover release import  (web 1.0, healthy; web 1.1, fails its health check)");
-    sample_release(dir, connect, &binary, "1.0.0", true).await?;
-    sample_release(dir, connect, &binary, "1.1.0", false).await?;
-
-    let target = |version: &str| rollout::PlanArgs {
-        services: vec!["web".into()],
-        version: version.into(),
-        allow_offline: false,
-    };
-    println!("\n$ cutover plan web --version 1.0.0");
-    rollout::plan(connect, &target("1.0.0"), Format::Text).await?;
-    println!("\n$ cutover upgrade web --version 1.0.0 --yes --wait");
-    let upgrade = |version: &str| rollout::UpgradeArgs {
-        plan: target(version),
-        dry_run: false,
-        yes: true,
-        no_rollback: false,
-        wait: true,
-    };
-    rollout::upgrade(connect, upgrade("1.0.0"), Format::Text).await?;
-
-    println!("\n$ cutover upgrade web --version 1.1.0 --yes --wait");
-    match rollout::upgrade(connect, upgrade("1.1.0"), Format::Text).await {
-        Err(Error::Failed(why)) => println!("demo: as expected, {why}"),
-        Ok(()) => return Err(Error::Failed("the failing release was not stopped".into())),
-        Err(e) => return Err(e),
-    }
-    println!("\n$ cutover status");
-    fleet::status(connect, Format::Text).await?;
-    println!("\n$ cutover rollout show 2");
-    rollout::show(connect, 2, Format::Text).await?;
-    println!("\n$ cutover diag edge-1");
-    fleet::diag(connect, "edge-1", Format::Text).await?;
-    Ok(())
+    Ok(Started {
+        connect,
+        port,
+        pki,
+        sample_bin,
+        hosts,
+    })
 }
 
 /// Retries `f` until it succeeds or `timeout` passes; the last error says why.

@@ -1,0 +1,121 @@
+//! The default act of `cutover demo`: two releases of a sample web
+//! service, the good one rolled out everywhere, then one whose health
+//! check fails, stopped at the canary and rolled back.
+
+use std::path::Path;
+
+use super::{write, Started};
+use crate::client::ConnectArgs;
+use crate::error::{Error, Result};
+use crate::output::Format;
+
+const FLEET: &str = r#"# The demo's fleet: one sample web service on every edge host.
+[services.web]
+labels = ["edge"]
+runner = "process"
+command = "bin/cutover-sample"
+args = ["--port", "${web_port}"]
+stop_grace = "2s"
+min_healthy_time = "2s"
+healthy_deadline = "6s"
+
+[[services.web.checks]]
+kind = "http"
+url = "http://127.0.0.1:${web_port}/healthz"
+interval = "250ms"
+timeout = "1s"
+
+[services.web.policy]
+canary = 1
+max_parallel = 2
+max_unavailable = 2
+rollback_scope = "service"
+"#;
+
+/// Builds, signs and imports a release of the sample service.
+async fn sample_release(
+    dir: &Path,
+    connect: &ConnectArgs,
+    binary: &[u8],
+    version: &str,
+    healthy: bool,
+) -> Result<()> {
+    let service = crate::bundle::Service {
+        name: "web".into(),
+        service_version: version.strip_suffix(".0").unwrap_or(version).into(),
+        depends_on: vec![],
+        databases: Vec::new(),
+        data_migrations: Vec::new(),
+        files: crate::bundle::sample_files(binary, version, healthy),
+    };
+    let manifest = crate::bundle::write_release(
+        &dir.join("releases"),
+        version,
+        &[service],
+        &Default::default(),
+    )?;
+    crate::commands::release::sign(
+        &manifest,
+        &dir.join("release.key"),
+        crate::output::Format::Text,
+    )?;
+    crate::commands::release::import(connect, &manifest, None, Format::Text).await
+}
+
+/// The main act: a good release rolled out, a bad one stopped at the canary.
+pub(super) async fn rollouts(dir: &Path, started: &Started) -> Result<()> {
+    use crate::commands::{fleet, rollout};
+    let connect = &started.connect;
+    let binary =
+        std::fs::read(&started.sample_bin).map_err(|e| Error::io(&started.sample_bin, e))?;
+    let mut fleet_toml = String::new();
+    for (host, _) in &started.hosts {
+        fleet_toml.push_str(&format!("[hosts.{host}]\nlabels = [\"edge\"]\n"));
+    }
+    fleet_toml.push('\n');
+    fleet_toml.push_str(FLEET);
+    let fleet_path = dir.join("fleet.toml");
+    write(&fleet_path, &fleet_toml)?;
+    println!("\n$ cutover fleet apply fleet.toml");
+    let apply = crate::commands::fleet_config::ApplyArgs {
+        file: &fleet_path,
+        dry_run: false,
+        allow_empty: false,
+    };
+    crate::commands::fleet_config::apply(connect, apply, Format::Text).await?;
+
+    println!("\n$ cutover release import  (web 1.0, healthy; web 1.1, fails its health check)");
+    sample_release(dir, connect, &binary, "1.0.0", true).await?;
+    sample_release(dir, connect, &binary, "1.1.0", false).await?;
+
+    let target = |version: &str| rollout::PlanArgs {
+        services: vec!["web".into()],
+        version: version.into(),
+        allow_offline: false,
+    };
+    println!("\n$ cutover plan web --version 1.0.0");
+    rollout::plan(connect, &target("1.0.0"), Format::Text).await?;
+    println!("\n$ cutover upgrade web --version 1.0.0 --yes --wait");
+    let upgrade = |version: &str| rollout::UpgradeArgs {
+        plan: target(version),
+        dry_run: false,
+        yes: true,
+        no_rollback: false,
+        wait: true,
+    };
+    rollout::upgrade(connect, upgrade("1.0.0"), Format::Text).await?;
+
+    println!("\n$ cutover upgrade web --version 1.1.0 --yes --wait");
+    match rollout::upgrade(connect, upgrade("1.1.0"), Format::Text).await {
+        Err(Error::Failed(why)) => println!("demo: as expected, {why}"),
+        Ok(()) => return Err(Error::Failed("the failing release was not stopped".into())),
+        Err(e) => return Err(e),
+    }
+    println!("\n$ cutover status");
+    fleet::status(connect, Format::Text).await?;
+    println!("\n$ cutover rollout show 2");
+    rollout::show(connect, 2, Format::Text).await?;
+    println!("\n$ cutover diag edge-1");
+    fleet::diag(connect, "edge-1", Format::Text).await?;
+    Ok(())
+}
