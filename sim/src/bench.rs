@@ -43,6 +43,10 @@ pub enum Name {
     /// 1,000 migrations by `cutover migrate` against `psql -f` of the same
     /// files, on a real PostgreSQL; `migrate status` on a 10,000-row ledger.
     Migrate,
+    /// The sample's data migration over 1,000,000 rows (`--agents N`
+    /// rows) against one `INSERT ... SELECT` in `psql`, alone and through
+    /// the agent; the overhead per progress report.
+    DataMigrate,
 }
 
 const MIB: f64 = 1024.0 * 1024.0;
@@ -111,6 +115,7 @@ pub async fn run(name: Name, agents: &[usize], dir: &Path) -> Result<()> {
             crate::plan::through_cli(&lab, n, 50)
         }
         Name::Migrate => crate::migrate::migrate(dir, first(1000)),
+        Name::DataMigrate => crate::data_migrate::data_migrate(dir, first(1_000_000)),
     }
 }
 

@@ -196,20 +196,24 @@ impl Lab {
 
     /// CPU time the controller has used so far (user + system).
     pub fn cpu(&self) -> Result<Duration> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()?))
-            .map_err(|e| e.to_string())?;
-        // Fields after the command name (which may hold spaces).
-        let rest = stat.rsplit_once(')').ok_or("bad /proc stat")?.1;
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks: u64 = fields
-            .get(11..13)
-            .ok_or("bad /proc stat")?
-            .iter()
-            .filter_map(|v| v.parse::<u64>().ok())
-            .sum();
-        // USER_HZ is 100 on Linux.
-        Ok(Duration::from_millis(ticks * 10))
+        cpu_of(self.pid()?)
     }
+}
+
+/// CPU time process `pid` has used so far (user + system; not its children's).
+pub fn cpu_of(pid: u32) -> Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_err(|e| e.to_string())?;
+    // Fields after the command name (which may hold spaces).
+    let rest = stat.rsplit_once(')').ok_or("bad /proc stat")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields
+        .get(11..13)
+        .ok_or("bad /proc stat")?
+        .iter()
+        .filter_map(|v| v.parse::<u64>().ok())
+        .sum();
+    // USER_HZ is 100 on Linux.
+    Ok(Duration::from_millis(ticks * 10))
 }
 
 /// The lab's rollouts, as the real CLI lists them.

@@ -5,6 +5,7 @@
 //! `cutover-sim bench NAME` starts its own controller and prints figures.
 
 mod bench;
+mod data_migrate;
 mod host;
 mod lab;
 mod migrate;
@@ -57,7 +58,8 @@ enum Cmd {
         #[arg(value_enum)]
         name: bench::Name,
         /// Agent counts (comma-separated for `connect`); tarball sizes in
-        /// MiB for `pipeline`; the number of migrations for `migrate`.
+        /// MiB for `pipeline`; the number of migrations for `migrate`; rows
+        /// for `data-migrate`.
         #[arg(long, value_delimiter = ',')]
         agents: Vec<usize>,
         /// Kept between runs so enrolled identities are reused.

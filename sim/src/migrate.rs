@@ -181,7 +181,7 @@ impl Release {
 }
 
 /// SQL as the superuser (over the cluster's socket); stdout, unaligned.
-fn sql(pg: &Postgres, database: &str, sql: &str) -> Result<String> {
+pub(crate) fn sql(pg: &Postgres, database: &str, sql: &str) -> Result<String> {
     pg.try_psql(database, sql)
         .map_err(|e| format!("psql on {database}: {sql}: {}", e.trim()))
 }
@@ -240,7 +240,7 @@ fn psql_file(pg: &Postgres, database: &str, script: &Path) -> Result<String> {
     }
 }
 
-fn timed(f: impl FnOnce() -> Result<String>) -> Result<Duration> {
+pub(crate) fn timed(f: impl FnOnce() -> Result<String>) -> Result<Duration> {
     let t = Instant::now();
     f()?;
     Ok(t.elapsed())
@@ -345,7 +345,7 @@ fn runs(lab: &Lab, args: &[&str]) -> Result<(Vec<Duration>, String)> {
     Ok((times, out))
 }
 
-fn loadavg() -> String {
+pub(crate) fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_else(|e| format!("unknown ({e})"))
