@@ -1,5 +1,6 @@
 //! `cutover release build`: deterministic service tarballs, the source
-//! tree's migrations (`DIR/migrations/`, copied as they are) and the
+//! tree's migrations (`DIR/migrations/`, copied as they are), the data
+//! migrations its services declare (`DIR/data-migrations.toml`) and the
 //! release manifest that pins them all (digests and sizes), from one
 //! directory per service. Made by [`crate::bundle`], as the demo and the
 //! system tests make theirs; `release sign` and `release import` take the
@@ -8,6 +9,7 @@
 use std::path::{Path, PathBuf};
 
 use cutover_core::manifest::migrations::{MAX_MIGRATION_BYTES, MIGRATIONS_DIR};
+use cutover_core::manifest::DataMigration;
 
 use crate::bundle::{self, File, Floor, Migration, Service};
 use crate::error::{Error, Result};
@@ -18,6 +20,10 @@ use crate::migration_tree;
 pub const MAX_SERVICE_BYTES: u64 = 1 << 30;
 /// The most files one service may hold.
 pub const MAX_SERVICE_FILES: usize = 100_000;
+/// The file of the source tree declaring its services' data migrations.
+pub const DATA_MIGRATIONS_FILE: &str = "data-migrations.toml";
+/// The largest [`DATA_MIGRATIONS_FILE`] read.
+const MAX_DATA_MIGRATIONS_BYTES: u64 = 256 * 1024;
 
 /// `--service NAME[=SERVICE_VERSION]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,6 +118,7 @@ pub fn build(args: BuildArgs, out: crate::output::Format) -> Result<()> {
             "give at least one --service NAME (its files are DIR/NAME)".into(),
         ));
     }
+    let mut declared = read_data_migrations(&args.dir, &args.services)?;
     let mut services = Vec::new();
     for s in &args.services {
         if services.iter().any(|o: &Service| o.name == s.name) {
@@ -132,7 +139,7 @@ pub fn build(args: BuildArgs, out: crate::output::Format) -> Result<()> {
             },
             depends_on: given(&args.depends_on, &s.name),
             databases: given(&args.databases, &s.name),
-            data_migrations: Vec::new(),
+            data_migrations: declared.remove(&s.name).unwrap_or_default(),
             files: read_tree(&root)?,
         });
     }
@@ -189,6 +196,95 @@ fn read_migrations(dir: &Path, services: &[Service]) -> Result<Vec<Migration>> {
         let file = std::fs::File::open(&f.path).map_err(|e| Error::io(&f.path, e))?;
         let bytes = cutover_core::fsutil::read_bounded(file, &f.path, MAX_MIGRATION_BYTES)?;
         out.push(Migration { at: f.at, bytes });
+    }
+    Ok(out)
+}
+
+/// One entry of [`DATA_MIGRATIONS_FILE`]: the manifest's
+/// `[[services.data_migrations]]` keys.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeclaredDataMigration {
+    id: String,
+    database: String,
+    #[serde(default)]
+    description: String,
+    required_before: Option<String>,
+    required_before_upgrade_to: Option<String>,
+}
+
+/// The data migrations `DIR/data-migrations.toml` declares, by service
+/// (`[[SERVICE]]` tables; none when there is no such file). Each service
+/// must be one built; the manifest's rules (ids, the database one the
+/// service owns, counts and lengths) are checked with the rest of the
+/// manifest.
+fn read_data_migrations(
+    dir: &Path,
+    services: &[ServiceArg],
+) -> Result<std::collections::BTreeMap<String, Vec<DataMigration>>> {
+    let path = dir.join(DATA_MIGRATIONS_FILE);
+    let file = match std::fs::File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Default::default()),
+        Err(e) => return Err(Error::io(&path, e)),
+    };
+    let bytes = cutover_core::fsutil::read_bounded(file, &path, MAX_DATA_MIGRATIONS_BYTES)?;
+    let bad = |why: String| Error::Failed(format!("{}: {why}", path.display()));
+    let text = std::str::from_utf8(&bytes).map_err(|_| bad("not UTF-8".into()))?;
+    let raw: std::collections::BTreeMap<String, Vec<DeclaredDataMigration>> = toml::from_str(text)
+        .map_err(|e| {
+            let line = e.span().map(|at| {
+                text.as_bytes()[..at.start.min(text.len())]
+                    .iter()
+                    .filter(|b| **b == b'\n')
+                    .count()
+                    + 1
+            });
+            let at = line.map(|l| format!("line {l}: ")).unwrap_or_default();
+            bad(format!("{at}{}", crate::output::escape(e.message().trim())))
+        })?;
+    let mut out = std::collections::BTreeMap::new();
+    for (service, entries) in raw {
+        if !services.iter().any(|s| s.name == service) {
+            return Err(bad(format!(
+                "[[{}]]: no --service {} in this release",
+                crate::output::escape(&service),
+                crate::output::escape(&service)
+            )));
+        }
+        let mut list = Vec::with_capacity(entries.len());
+        for d in entries {
+            let contract = match d.required_before.as_deref() {
+                None => false,
+                Some("contract") => true,
+                Some(other) => {
+                    return Err(bad(format!(
+                        "[[{service}]] {}: required_before = {:?}; the only value is \"contract\"",
+                        crate::output::escape(&d.id),
+                        crate::output::escape(other)
+                    )))
+                }
+            };
+            let upgrade_to = d
+                .required_before_upgrade_to
+                .as_deref()
+                .map(cutover_core::manifest::migrations::parse_version)
+                .transpose()
+                .map_err(|e| {
+                    bad(format!(
+                        "[[{service}]] {}: required_before_upgrade_to: {e}",
+                        crate::output::escape(&d.id)
+                    ))
+                })?;
+            list.push(DataMigration {
+                id: d.id,
+                database: d.database,
+                description: d.description,
+                required_before_contract: contract,
+                required_before_upgrade_to: upgrade_to,
+            });
+        }
+        out.insert(service, list);
     }
     Ok(out)
 }
@@ -277,6 +373,93 @@ mod tests {
         assert!(ServiceList::databases("api")
             .unwrap_err()
             .contains("SERVICE=DB[,DB...]"));
+    }
+
+    /// Builds release 2.0.0 of service `api` owning `billing` from a tree
+    /// whose `data-migrations.toml` says `declared`.
+    fn build_declaring(declared: &str) -> Result<cutover_core::manifest::Manifest> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("src/api/bin")).unwrap();
+        std::fs::write(dir.path().join("src/api/bin/api"), b"#!/bin/sh\n").unwrap();
+        std::fs::write(dir.path().join("src").join(DATA_MIGRATIONS_FILE), declared).unwrap();
+        let out = dir.path().join("dist");
+        build(
+            BuildArgs {
+                dir: dir.path().join("src"),
+                version: "2.0.0".into(),
+                services: vec![ServiceArg::parse("api").unwrap()],
+                depends_on: Vec::new(),
+                databases: vec![ServiceList::databases("api=billing").unwrap()],
+                out: out.clone(),
+                floor: Floor::default(),
+            },
+            crate::output::Format::Json,
+        )?;
+        let text = std::fs::read_to_string(out.join("release-2.0.0.toml")).unwrap();
+        Ok(cutover_core::manifest::Manifest::parse(&text).unwrap())
+    }
+
+    #[test]
+    fn data_migrations_toml_declares_each_services_data_migrations() {
+        let m = build_declaring(
+            "[[api]]\nid = \"backfill_prices\"\ndatabase = \"billing\"\ndescription = \"copy prices\"\nrequired_before = \"contract\"\n\n[[api]]\nid = \"reindex\"\ndatabase = \"billing\"\nrequired_before_upgrade_to = \"3.0.0\"\n",
+        )
+        .unwrap();
+        let d: Vec<_> = m.data_migrations().map(|(_, d)| d.clone()).collect();
+        assert_eq!(d.len(), 2, "{d:?}");
+        assert_eq!(
+            (d[0].id.as_str(), d[0].required_before_contract),
+            ("backfill_prices", true)
+        );
+        assert_eq!(d[0].description, "copy prices");
+        assert_eq!(
+            d[1].required_before_upgrade_to
+                .as_ref()
+                .map(ToString::to_string),
+            Some("3.0.0".to_string())
+        );
+        // Without the file, none.
+        let none = build_declaring("").unwrap();
+        assert_eq!(none.data_migrations().count(), 0);
+    }
+
+    #[test]
+    fn a_bad_data_migrations_toml_is_refused_naming_the_entry() {
+        for (text, needle) in [
+            (
+                "[[web]]\nid = \"a\"\ndatabase = \"billing\"\n",
+                "no --service web",
+            ),
+            (
+                "[[api]]\nid = \"a\"\ndatabase = \"billing\"\nrequired_before = \"expand\"\n",
+                "the only value is \"contract\"",
+            ),
+            (
+                "[[api]]\nid = \"a\"\ndatabase = \"billing\"\nrequired_before_upgrade_to = \"3\"\n",
+                "required_before_upgrade_to",
+            ),
+            (
+                "[[api]]\nid = \"a\"\ndatabase = \"billing\"\nwhen = 1\n",
+                "unknown field",
+            ),
+            // The manifest's own rules, checked before anything is written.
+            ("[[api]]\nid = \"a\"\ndatabase = \"other\"\n", "other"),
+            (
+                "[[api]]\nid = \"Bad\"\ndatabase = \"billing\"\n",
+                "data migration id",
+            ),
+            ("[[api]\n", "data-migrations.toml"),
+        ] {
+            let e = build_declaring(text)
+                .err()
+                .unwrap_or_else(|| panic!("{text:?} built"))
+                .to_string();
+            assert!(e.contains(needle), "{text:?}: {e}");
+            assert_eq!(e.lines().count(), 1, "{e}");
+        }
+        let big = format!("# {}\n", "x".repeat(300 * 1024));
+        let e = build_declaring(&big).err().unwrap().to_string();
+        assert!(e.contains("data-migrations.toml"), "{e}");
     }
 
     #[test]
