@@ -140,6 +140,40 @@ impl Database {
     }
 }
 
+/// `cutover-sample tables`: how many tables the database the environment
+/// names holds outside PostgreSQL's own schemas, printed; what `cutover
+/// demo --postgres` asks before it touches a database. The exit code is
+/// the data-migrate protocol's.
+pub fn tables_main() -> i32 {
+    let count = async {
+        let db = Database::from_env(&|name| std::env::var_os(name))?;
+        let client = db.connect().await?;
+        let row = client
+            .query_one(
+                "SELECT count(*) FROM pg_catalog.pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema')",
+                &[],
+            )
+            .await
+            .map_err(|e| Error::Database(format!("counting tables at {}: {}", db.address(), describe(&e))))?;
+        Ok::<i64, Error>(row.get(0))
+    };
+    let answer = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Database(format!("cannot start the async runtime: {e}")))
+        .and_then(|rt| rt.block_on(count));
+    match answer {
+        Ok(n) => {
+            println!("{n}");
+            0
+        }
+        Err(e) => {
+            eprintln!("cutover-sample tables: {e}");
+            e.exit_code()
+        }
+    }
+}
+
 impl Pace {
     /// The pace the environment asks for; `env` reads a variable.
     pub fn from_env(env: &dyn Fn(&str) -> Option<OsString>) -> Result<Pace> {

@@ -2,7 +2,9 @@
 //! `cutover-sample --port PORT` serves HTTP (see [`cutover_sample::http`]);
 //! `cutover-sample data-migrate …` is the data migration protocol of
 //! `docs/data-migrations.md` on PostgreSQL (see
-//! [`cutover_sample::data_migrate`]). This file only picks one.
+//! [`cutover_sample::data_migrate`]); `cutover-sample tables` counts the
+//! database's tables (`cutover demo --postgres` asks it first). This
+//! file only picks one.
 
 fn main() {
     let mut args = Vec::new();
@@ -15,8 +17,12 @@ fn main() {
             }
         }
     }
-    if let Some(("data-migrate", rest)) = args.split_first().map(|(a, r)| (a.as_str(), r)) {
-        std::process::exit(cutover_sample::data_migrate::main(rest));
+    match args.split_first().map(|(a, r)| (a.as_str(), r)) {
+        Some(("data-migrate", rest)) => {
+            std::process::exit(cutover_sample::data_migrate::main(rest))
+        }
+        Some(("tables", [])) => std::process::exit(cutover_sample::db::tables_main()),
+        _ => {}
     }
     cutover_sample::http::serve(&args)
 }

@@ -1,5 +1,6 @@
 //! `cutover demo`, the README's main job: it shows a live fleet and leaves
-//! no process behind, whether it ends by itself or by Ctrl-C.
+//! no process behind, whether it ends by itself or by Ctrl-C (which exits
+//! 130 when it cuts the show short, 0 when it ends a kept fleet).
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -178,4 +179,40 @@ fn demo_keep_running_stops_every_child_on_sigterm() {
         },
     );
     assert!(pids_under(&work).is_empty(), "{:?}", pids_under(&work));
+}
+
+#[test]
+fn demo_cut_short_by_ctrl_c_exits_130_and_stops_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("demo");
+    let mut child = Command::new(bin("cutover"))
+        .args(["demo", "--dir", work.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    for line in BufReader::new(stdout).lines() {
+        if line
+            .unwrap()
+            .contains("$ cutover upgrade web --version 1.0.0")
+        {
+            break;
+        }
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let status = eventually(Duration::from_secs(20), "the demo to exit", || {
+        child.try_wait().unwrap()
+    });
+    assert_eq!(
+        status.code(),
+        Some(130),
+        "the show was cut short: {status:?}"
+    );
+    eventually(Duration::from_secs(10), "every child gone", || {
+        processes_under(&work).is_empty().then_some(())
+    });
 }

@@ -160,15 +160,20 @@ fn the_platform_demo_takes_the_shop_from_a_to_c_through_every_gate() {
         "each migration applied once"
     );
 
-    // The same database a second time: not empty, refused, nothing touched.
+    // The same database a second time: not empty, refused before
+    // anything starts, nothing touched.
+    let tables = pg.sql("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'");
     let again = demo(&tmp.path().join("again"), &pg.url, Some(&pg.password_file));
     let (_, stderr) = text(&again);
     assert_eq!(again.status.code(), Some(1), "{stderr}");
     assert!(
-        stderr.contains("already has a migration ledger")
-            && stderr.contains("scripts/start-postgres"),
+        stderr.contains(&format!(
+            "the database given holds {tables} table(s) already"
+        )) && stderr.contains("scripts/start-postgres"),
         "{stderr}"
     );
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    assert!(!tmp.path().join("again").exists(), "nothing started");
     assert_eq!(pg.sql("SELECT count(*) FROM _migrations"), "4");
 }
 
@@ -186,47 +191,72 @@ fn without_a_reachable_postgres_the_demo_exits_1_and_names_the_script() {
     assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
     assert!(
         stderr.contains("the demo cannot use the PostgreSQL database given")
+            && stderr.contains(&format!("127.0.0.1:{port}"))
+            && stderr.contains("check --postgres, --postgres-password-file")
             && stderr.contains("start a throwaway one with scripts/start-postgres"),
         "{stderr}"
     );
     assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    assert!(
+        !tmp.path().join("demo").exists(),
+        "checked before anything started"
+    );
 }
 
 #[test]
-fn a_url_the_controller_refuses_or_a_missing_password_file_is_named() {
+fn a_password_in_the_url_or_a_bad_password_file_is_refused_before_anything_is_written() {
     let tmp = tempfile::tempdir().unwrap();
-    // The controller refuses a password in the URL at start: the demo
-    // gives its reason rather than waiting for it.
-    let out = demo(
-        &tmp.path().join("demo"),
+    let work = tmp.path().join("demo");
+    for url in [
         "postgresql://cutover:hunter2@127.0.0.1:1/shop",
-        None,
-    );
-    let (_, stderr) = text(&out);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(
-        stderr.contains("the controller exited") && stderr.contains("password"),
-        "{stderr}"
-    );
-    assert!(
-        !stderr.contains("hunter2"),
-        "the password is never shown: {stderr}"
-    );
-
-    let out = demo(
-        &tmp.path().join("demo2"),
-        "postgresql://cutover@127.0.0.1:1/shop",
-        Some(&tmp.path().join("no-such-file")),
-    );
-    let (_, stderr) = text(&out);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("--postgres-password-file"), "{stderr}");
-    assert!(
-        !tmp.path().join("demo2").exists(),
-        "checked before anything started"
-    );
-    for bad in ["", "postgresql://a@b/c\nd"] {
-        let out = demo(&tmp.path().join("demo3"), bad, None);
+        "postgresql://cutover@127.0.0.1:1/shop?password=hunter2",
+        "host=127.0.0.1 user=cutover password=hunter2 dbname=shop",
+    ] {
+        let out = demo(&work, url, None);
+        let (_, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{url}: {stderr}");
+        assert!(
+            stderr.contains("--postgres carries a password")
+                && stderr.contains("--postgres-password-file"),
+            "{stderr}"
+        );
+        assert!(
+            !stderr.contains("hunter2"),
+            "the password is never shown: {stderr}"
+        );
+        assert!(!work.exists(), "nothing written");
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let open = tmp.path().join("open");
+    std::fs::write(&open, "pw\n").unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let empty = tmp.path().join("empty");
+    std::fs::write(&empty, "").unwrap();
+    std::fs::set_permissions(&empty, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let cases = [
+        (
+            open.clone(),
+            format!(
+                "others can read it (mode 644); make it private with `chmod 600 {}`",
+                open.display()
+            ),
+        ),
+        (tmp.path().to_path_buf(), "not a regular file".to_string()),
+        (empty, "it is empty".to_string()),
+        (tmp.path().join("no-such-file"), "No such file".to_string()),
+    ];
+    for (file, needle) in cases {
+        let out = demo(&work, "postgresql://cutover@127.0.0.1:1/shop", Some(&file));
+        let (_, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(
+            stderr.contains("--postgres-password-file") && stderr.contains(&needle),
+            "{needle}: {stderr}"
+        );
+        assert!(!work.exists(), "nothing written");
+    }
+    for bad in ["", "postgresql://a@b/c\nd", "postgresql://a@b/${x}"] {
+        let out = demo(&work, bad, None);
         assert_eq!(out.status.code(), Some(2), "{bad:?}: {:?}", text(&out));
     }
 }

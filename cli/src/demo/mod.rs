@@ -167,10 +167,11 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     }
     // Checked before anything starts.
     let database = match &args.postgres {
-        Some(url) => Some(platform::Database::new(
-            url,
-            args.postgres_password_file.as_deref(),
-        )?),
+        Some(url) => {
+            let db = platform::Database::new(url, args.postgres_password_file.as_deref())?;
+            db.check_empty(&sibling_binary("cutover-sample")?)?;
+            Some(db)
+        }
         None => None,
     };
     let temp;
@@ -191,11 +192,17 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     // fleet comes up stops it too, never orphans it.
     let stop = StopSignals::listen()?;
     let mut children = Children(Vec::new());
+    let shown = std::sync::atomic::AtomicBool::new(false);
     tokio::select! {
-        r = demo(&args, database.as_ref(), &dir, &mut children) => r,
+        r = demo(&args, database.as_ref(), &dir, &mut children, &shown) => r,
         name = stop.recv() => {
             eprintln!("\ndemo: {name}, stopping the fleet");
-            Ok(())
+            // The way a kept fleet ends; cutting the show short is not success.
+            if shown.load(std::sync::atomic::Ordering::SeqCst) {
+                Ok(())
+            } else {
+                Err(Error::Stopped)
+            }
         }
     }
 }
@@ -244,6 +251,7 @@ async fn demo(
     database: Option<&platform::Database>,
     dir: &Path,
     children: &mut Children,
+    shown: &std::sync::atomic::AtomicBool,
 ) -> Result<()> {
     let fleet = match database {
         None => start(dir, args.agents, "", "", children).await?,
@@ -268,6 +276,7 @@ async fn demo(
             fleet.port,
             fleet.pki.display()
         );
+        shown.store(true, std::sync::atomic::Ordering::SeqCst);
         std::future::pending::<()>().await;
     }
     println!("\ndemo: stopping the controller and agents");
@@ -408,5 +417,39 @@ where
             }
             Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_child_that_exited_is_reported_with_its_logs_last_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("controller.log");
+        let child = spawn(
+            Path::new("/bin/sh"),
+            &[
+                "-c",
+                "echo starting >&2; echo 'config: bad url' >&2; exit 3",
+            ],
+            &log,
+        )
+        .unwrap();
+        let mut children = Children(vec![("controller".into(), child)]);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let e = loop {
+            if let Some(e) = children.exited("controller", &log) {
+                break e.to_string();
+            }
+            assert!(Instant::now() < deadline, "the child did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(
+            e.starts_with("the controller exited (exit status: 3): config: bad url"),
+            "{e}"
+        );
+        assert!(children.exited("agent", &log).is_none(), "no such child");
     }
 }

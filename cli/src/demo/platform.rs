@@ -31,6 +31,9 @@ const KEY: &str = "shop.backfill_prices";
 /// Orders release A starts with.
 const ORDERS: u64 = 50_000;
 
+/// The longest the backfill (run, pause, resume) may take in the demo.
+const DATA_MIGRATION_LIMIT: Duration = Duration::from_secs(300);
+
 /// The agents' own settings: data-migration progress every 250 ms.
 pub(super) const AGENT_CONFIG: &str = "data_migrate_poll = \"250ms\"\n";
 
@@ -43,38 +46,89 @@ pub(super) struct Database {
 /// The longest `--postgres` taken (as the controller's `url`).
 const MAX_URL: usize = 2048;
 
+/// Whether connection string `url` carries a password, in either form.
+fn carries_password(url: &str) -> bool {
+    let in_userinfo = url.split_once("://").is_some_and(|(_, rest)| {
+        let authority = rest.split(['/', '?']).next().unwrap_or("");
+        authority
+            .rsplit_once('@')
+            .is_some_and(|(userinfo, _)| userinfo.contains(':'))
+    });
+    in_userinfo || url.to_ascii_lowercase().contains("password=")
+}
+
 impl Database {
+    /// Checks what was given before anything starts: nothing of it is
+    /// written anywhere unless it passes.
     pub(super) fn new(url: &str, password_file: Option<&Path>) -> Result<Database> {
         if url.is_empty() || url.len() > MAX_URL || url.chars().any(char::is_control) {
             return Err(Error::Usage(format!(
                 "--postgres must be a connection string of 1 to {MAX_URL} bytes without control characters, such as postgresql://cutover@127.0.0.1:5432/shop"
             )));
         }
-        let password_file = match password_file {
-            None => None,
-            Some(p) => {
-                let full = std::fs::canonicalize(p).map_err(|e| {
-                    Error::Usage(format!(
-                        "--postgres-password-file {}: {e}; give the file holding the password",
-                        p.display()
-                    ))
-                })?;
-                if full
-                    .to_str()
-                    .is_none_or(|s| s.chars().any(char::is_control))
-                {
-                    return Err(Error::Usage(format!(
-                        "--postgres-password-file {}: the path must be UTF-8 without control characters",
-                        p.display()
-                    )));
-                }
-                Some(full)
-            }
-        };
+        if carries_password(url) {
+            return Err(Error::Usage(
+                "--postgres carries a password; take it out of the URL, put it alone in a file only you can read, and pass --postgres-password-file FILE".into(),
+            ));
+        }
+        // The fleet config expands ${name} in a service's env.
+        if url.contains("${") {
+            return Err(Error::Usage(
+                "--postgres holds \"${\", which the fleet config would expand as a variable; give a URL without it".into(),
+            ));
+        }
+        let password_file = password_file.map(check_password_file).transpose()?;
         Ok(Database {
             url: url.to_string(),
             password_file,
         })
+    }
+
+    /// Fails unless the database answers and holds no table: the demo
+    /// makes its own and must not add to, or fail halfway over, anyone
+    /// else's. Asked through the sample shop's binary (the PostgreSQL
+    /// client the demo has) before anything starts.
+    pub(super) fn check_empty(&self, sample: &Path) -> Result<()> {
+        let mut cmd = std::process::Command::new(sample);
+        cmd.arg("tables")
+            .env_clear()
+            .env("CUTOVER_SAMPLE_DATABASE_URL", &self.url)
+            .stdin(std::process::Stdio::null());
+        if let Some(p) = &self.password_file {
+            cmd.env("CUTOVER_SAMPLE_PASSWORD_FILE", p);
+        }
+        let out = cmd
+            .output()
+            .map_err(|e| Error::Failed(format!("cannot run {}: {e}", sample.display())))?;
+        let said = |bytes: &[u8]| {
+            let text = String::from_utf8_lossy(bytes);
+            let line = text
+                .lines()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("")
+                .trim();
+            let line = line.strip_prefix("cutover-sample tables: ").unwrap_or(line);
+            crate::output::escape(line)
+                .replace("CUTOVER_SAMPLE_DATABASE_URL", "--postgres")
+                .replace("CUTOVER_SAMPLE_PASSWORD_FILE", "--postgres-password-file")
+        };
+        if !out.status.success() {
+            return Err(Error::Failed(format!(
+                "the demo cannot use the PostgreSQL database given: {}; or start a throwaway one with scripts/start-postgres and pass the --postgres URL and --postgres-password-file it prints",
+                said(&out.stderr)
+            )));
+        }
+        match said(&out.stdout).parse::<u64>() {
+            Ok(0) => Ok(()),
+            Ok(n) => Err(Error::Failed(format!(
+                "the database given holds {n} table(s) already; the demo makes its own and needs an empty database (nothing was changed): give an empty one, or start a throwaway one with scripts/start-postgres"
+            ))),
+            Err(_) => Err(Error::Failed(format!(
+                "{} tables answered {:?}, not a count",
+                sample.display(),
+                said(&out.stdout)
+            ))),
+        }
     }
 
     /// A TOML basic string (JSON's escapes are TOML's; the text holds
@@ -111,6 +165,38 @@ impl Database {
             t.push_str(&format!("CUTOVER_SAMPLE_PASSWORD_FILE = {p}\n"));
         }
         t
+    }
+}
+
+/// The password file, absolute: a regular file only its owner can read,
+/// not empty, its path one the configs can hold.
+fn check_password_file(p: &Path) -> Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let flag =
+        |why: String| Error::Usage(format!("--postgres-password-file {}: {why}", p.display()));
+    let full = std::fs::canonicalize(p)
+        .map_err(|e| flag(format!("{e}; give the file holding the password")))?;
+    let meta = std::fs::metadata(&full).map_err(|e| flag(e.to_string()))?;
+    if !meta.is_file() {
+        return Err(flag(
+            "not a regular file; give the file holding the password".into(),
+        ));
+    }
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(flag(format!(
+            "others can read it (mode {mode:o}); make it private with `chmod 600 {}`",
+            p.display()
+        )));
+    }
+    if meta.len() == 0 {
+        return Err(flag("it is empty; put the password in it".into()));
+    }
+    match full.to_str() {
+        Some(s) if !s.chars().any(char::is_control) && !s.contains("${") => Ok(full),
+        _ => Err(flag(
+            "the path must be UTF-8 without control characters or \"${\"; move the file".into(),
+        )),
     }
 }
 
@@ -197,35 +283,6 @@ async fn release(
         .write(&dir.join("releases").join(version))?;
     crate::commands::release::sign(&manifest, &dir.join("release.key"), Format::Text)?;
     crate::commands::release::import(connect, &manifest, None, Format::Text).await
-}
-
-/// Gives up with how to get a database when the controller cannot use
-/// this one, or when it is not empty.
-async fn check_database(connect: &ConnectArgs) -> Result<()> {
-    let cannot = |why: String| {
-        Error::Failed(format!(
-            "the demo cannot use the PostgreSQL database given: {why}; start a throwaway one with scripts/start-postgres and pass the --postgres URL and --postgres-password-file it prints"
-        ))
-    };
-    let doc = connect
-        .operator()
-        .await?
-        .migrate_status(cutover_proto::v1::MigrateRequest {
-            database: DATABASE.into(),
-            version: "1.0.0".into(),
-            ..Default::default()
-        })
-        .await
-        .map_err(|s| cannot(s.message().to_string()))?
-        .into_inner();
-    let status: cutover_core::migration_views::MigrationStatus =
-        serde_json::from_str(&doc.json).map_err(|e| cannot(e.to_string()))?;
-    if status.databases.iter().any(|d| d.ledger) {
-        return Err(cannot(
-            "it already has a migration ledger (_migrations), from an earlier demo or another user; the demo needs an empty database".into(),
-        ));
-    }
-    Ok(())
 }
 
 fn migrate_args(phase: &str, version: &str, dry_run: bool) -> MigrateArgs {
@@ -439,7 +496,6 @@ pub(super) async fn upgrade_platform(dir: &Path, started: &Started, db: &Databas
     let c = [("contract", "001_drop_doc.sql", C_CONTRACT)];
     let c_data = vec![backfill(true, None)];
     release(dir, connect, &binary, "3.0.0", "C", c_data, &c).await?;
-    check_database(connect).await?;
 
     println!(
         "\ndemo: first, release A in place: its expand makes the orders table with {ORDERS} orders"
@@ -479,7 +535,16 @@ pub(super) async fn upgrade_platform(dir: &Path, started: &Started, db: &Databas
         Format::Text,
     )
     .await?;
-    run_pause_resume(connect).await?;
+    // Bounded: a run that stops moving (another demo's on the same
+    // database, say) must not keep the demo up for good.
+    tokio::time::timeout(DATA_MIGRATION_LIMIT, run_pause_resume(connect))
+        .await
+        .map_err(|_| {
+            Error::Failed(format!(
+                "the backfill did not finish within {}s; see `cutover data-migrate status {KEY}`",
+                DATA_MIGRATION_LIMIT.as_secs()
+            ))
+        })??;
     println!("\n$ cutover data-migrate verify {KEY}");
     dm::data_migrate(
         connect,
