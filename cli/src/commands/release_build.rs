@@ -8,8 +8,10 @@
 
 use std::path::{Path, PathBuf};
 
-use cutover_core::manifest::migrations::{MAX_MIGRATION_BYTES, MIGRATIONS_DIR};
-use cutover_core::manifest::DataMigration;
+use std::collections::BTreeMap;
+
+use cutover_core::manifest::data_migrations::{self, RawDataMigration};
+use cutover_core::manifest::migrations::{parse_version, MAX_MIGRATION_BYTES, MIGRATIONS_DIR};
 
 use crate::bundle::{self, File, Floor, Migration, Service};
 use crate::error::{Error, Result};
@@ -130,6 +132,22 @@ pub fn build(args: BuildArgs, out: crate::output::Format) -> Result<()> {
             )));
         }
         let root = args.dir.join(&s.name);
+        let databases = given(&args.databases, &s.name);
+        let raw = declared.remove(&s.name).unwrap_or_default();
+        let data_migrations = if raw.is_empty() {
+            Vec::new()
+        } else {
+            // The manifest's own check of a declaration needs the version.
+            let release = parse_version(&args.version)
+                .map_err(|e| Error::Usage(format!("--version: {e}")))?;
+            data_migrations::parse(&raw, &databases, &release).map_err(|e| {
+                Error::Failed(format!(
+                    "{}: [[{}]]: {e}",
+                    args.dir.join(DATA_MIGRATIONS_FILE).display(),
+                    s.name
+                ))
+            })?
+        };
         services.push(Service {
             name: s.name.clone(),
             service_version: if s.service_version.is_empty() {
@@ -138,8 +156,8 @@ pub fn build(args: BuildArgs, out: crate::output::Format) -> Result<()> {
                 s.service_version.clone()
             },
             depends_on: given(&args.depends_on, &s.name),
-            databases: given(&args.databases, &s.name),
-            data_migrations: declared.remove(&s.name).unwrap_or_default(),
+            databases,
+            data_migrations,
             files: read_tree(&root)?,
         });
     }
@@ -200,93 +218,41 @@ fn read_migrations(dir: &Path, services: &[Service]) -> Result<Vec<Migration>> {
     Ok(out)
 }
 
-/// One entry of [`DATA_MIGRATIONS_FILE`]: the manifest's
-/// `[[services.data_migrations]]` keys.
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct DeclaredDataMigration {
-    id: String,
-    database: String,
-    #[serde(default)]
-    description: String,
-    required_before: Option<String>,
-    required_before_upgrade_to: Option<String>,
-}
-
-/// The data migrations `DIR/data-migrations.toml` declares, by service
-/// (`[[SERVICE]]` tables; none when there is no such file). Each service
-/// must be one built; the manifest's rules (ids, the database one the
-/// service owns, counts and lengths) are checked with the rest of the
-/// manifest.
+/// The data migrations `DIR/data-migrations.toml` declares, as written,
+/// by service (`[[SERVICE]]` tables with the manifest's keys; none when
+/// there is no such file). Each service must be one built; the entries
+/// are checked by the manifest's own [`data_migrations::parse`].
 fn read_data_migrations(
     dir: &Path,
     services: &[ServiceArg],
-) -> Result<std::collections::BTreeMap<String, Vec<DataMigration>>> {
+) -> Result<BTreeMap<String, Vec<RawDataMigration>>> {
     let path = dir.join(DATA_MIGRATIONS_FILE);
     let file = match std::fs::File::open(&path) {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Default::default()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
         Err(e) => return Err(Error::io(&path, e)),
     };
     let bytes = cutover_core::fsutil::read_bounded(file, &path, MAX_DATA_MIGRATIONS_BYTES)?;
     let bad = |why: String| Error::Failed(format!("{}: {why}", path.display()));
     let text = std::str::from_utf8(&bytes).map_err(|_| bad("not UTF-8".into()))?;
-    let raw: std::collections::BTreeMap<String, Vec<DeclaredDataMigration>> = toml::from_str(text)
-        .map_err(|e| {
-            let line = e.span().map(|at| {
-                text.as_bytes()[..at.start.min(text.len())]
-                    .iter()
-                    .filter(|b| **b == b'\n')
-                    .count()
-                    + 1
-            });
-            let at = line.map(|l| format!("line {l}: ")).unwrap_or_default();
-            bad(format!("{at}{}", crate::output::escape(e.message().trim())))
-        })?;
-    let mut out = std::collections::BTreeMap::new();
-    for (service, entries) in raw {
-        if !services.iter().any(|s| s.name == service) {
-            return Err(bad(format!(
-                "[[{}]]: no --service {} in this release",
-                crate::output::escape(&service),
-                crate::output::escape(&service)
-            )));
-        }
-        let mut list = Vec::with_capacity(entries.len());
-        for d in entries {
-            let contract = match d.required_before.as_deref() {
-                None => false,
-                Some("contract") => true,
-                Some(other) => {
-                    return Err(bad(format!(
-                        "[[{service}]] {}: required_before = {:?}; the only value is \"contract\"",
-                        crate::output::escape(&d.id),
-                        crate::output::escape(other)
-                    )))
-                }
-            };
-            let upgrade_to = d
-                .required_before_upgrade_to
-                .as_deref()
-                .map(cutover_core::manifest::migrations::parse_version)
-                .transpose()
-                .map_err(|e| {
-                    bad(format!(
-                        "[[{service}]] {}: required_before_upgrade_to: {e}",
-                        crate::output::escape(&d.id)
-                    ))
-                })?;
-            list.push(DataMigration {
-                id: d.id,
-                database: d.database,
-                description: d.description,
-                required_before_contract: contract,
-                required_before_upgrade_to: upgrade_to,
-            });
-        }
-        out.insert(service, list);
+    let raw: BTreeMap<String, Vec<RawDataMigration>> = toml::from_str(text).map_err(|e| {
+        let line = e.span().map(|at| {
+            text.as_bytes()[..at.start.min(text.len())]
+                .iter()
+                .filter(|b| **b == b'\n')
+                .count()
+                + 1
+        });
+        let at = line.map(|l| format!("line {l}: ")).unwrap_or_default();
+        bad(format!("{at}{}", crate::output::escape(e.message().trim())))
+    })?;
+    if let Some(service) = raw.keys().find(|k| !services.iter().any(|s| &s.name == *k)) {
+        let service = crate::output::escape(service);
+        return Err(bad(format!(
+            "[[{service}]]: no --service {service} in this release"
+        )));
     }
-    Ok(out)
+    Ok(raw)
 }
 
 /// Every regular file under `root`, path-sorted, with its Unix mode.
@@ -432,7 +398,7 @@ mod tests {
             ),
             (
                 "[[api]]\nid = \"a\"\ndatabase = \"billing\"\nrequired_before = \"expand\"\n",
-                "the only value is \"contract\"",
+                "the one value is \"contract\"",
             ),
             (
                 "[[api]]\nid = \"a\"\ndatabase = \"billing\"\nrequired_before_upgrade_to = \"3\"\n",

@@ -4,33 +4,10 @@
 
 use std::path::Path;
 
-use super::{write, Started};
+use super::{apply_fleet, publish, Started};
 use crate::client::ConnectArgs;
 use crate::error::{Error, Result};
 use crate::output::Format;
-
-const FLEET: &str = r#"# The demo's fleet: one sample web service on every edge host.
-[services.web]
-labels = ["edge"]
-runner = "process"
-command = "bin/cutover-sample"
-args = ["--port", "${web_port}"]
-stop_grace = "2s"
-min_healthy_time = "2s"
-healthy_deadline = "6s"
-
-[[services.web.checks]]
-kind = "http"
-url = "http://127.0.0.1:${web_port}/healthz"
-interval = "250ms"
-timeout = "1s"
-
-[services.web.policy]
-canary = 1
-max_parallel = 2
-max_unavailable = 2
-rollback_scope = "service"
-"#;
 
 /// Builds, signs and imports a release of the sample service.
 async fn sample_release(
@@ -48,18 +25,8 @@ async fn sample_release(
         data_migrations: Vec::new(),
         files: crate::bundle::sample_files(binary, version, healthy),
     };
-    let manifest = crate::bundle::write_release(
-        &dir.join("releases"),
-        version,
-        &[service],
-        &Default::default(),
-    )?;
-    crate::commands::release::sign(
-        &manifest,
-        &dir.join("release.key"),
-        crate::output::Format::Text,
-    )?;
-    crate::commands::release::import(connect, &manifest, None, Format::Text).await
+    let bundle = crate::bundle::bundle(version, &[service], &Default::default(), &[])?;
+    publish(dir, connect, version, &bundle).await
 }
 
 /// The main act: a good release rolled out, a bad one stopped at the canary.
@@ -68,21 +35,7 @@ pub(super) async fn rollouts(dir: &Path, started: &Started) -> Result<()> {
     let connect = &started.connect;
     let binary =
         std::fs::read(&started.sample_bin).map_err(|e| Error::io(&started.sample_bin, e))?;
-    let mut fleet_toml = String::new();
-    for (host, _) in &started.hosts {
-        fleet_toml.push_str(&format!("[hosts.{host}]\nlabels = [\"edge\"]\n"));
-    }
-    fleet_toml.push('\n');
-    fleet_toml.push_str(FLEET);
-    let fleet_path = dir.join("fleet.toml");
-    write(&fleet_path, &fleet_toml)?;
-    println!("\n$ cutover fleet apply fleet.toml");
-    let apply = crate::commands::fleet_config::ApplyArgs {
-        file: &fleet_path,
-        dry_run: false,
-        allow_empty: false,
-    };
-    crate::commands::fleet_config::apply(connect, apply, Format::Text).await?;
+    apply_fleet(dir, started, "web", "").await?;
 
     println!("\n$ cutover release import  (web 1.0, healthy; web 1.1, fails its health check)");
     sample_release(dir, connect, &binary, "1.0.0", true).await?;

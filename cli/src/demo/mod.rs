@@ -399,6 +399,66 @@ async fn start(
     })
 }
 
+/// The demo's fleet config: every host labelled `edge`, the sample
+/// service `service` on each (`extra` after it), written to
+/// DIR/fleet.toml and applied.
+async fn apply_fleet(dir: &Path, started: &Started, service: &str, extra: &str) -> Result<()> {
+    let mut text = String::new();
+    for (host, _) in &started.hosts {
+        text.push_str(&format!("[hosts.{host}]\nlabels = [\"edge\"]\n"));
+    }
+    text.push_str(&format!(
+        r#"
+# The sample service {service} on every edge host.
+[services.{service}]
+labels = ["edge"]
+runner = "process"
+command = "bin/cutover-sample"
+args = ["--port", "${{web_port}}"]
+stop_grace = "2s"
+min_healthy_time = "2s"
+healthy_deadline = "6s"
+
+[[services.{service}.checks]]
+kind = "http"
+url = "http://127.0.0.1:${{web_port}}/healthz"
+interval = "250ms"
+timeout = "1s"
+
+[services.{service}.policy]
+canary = 1
+max_parallel = 2
+max_unavailable = 2
+rollback_scope = "service"
+"#
+    ));
+    text.push_str(extra);
+    let path = dir.join("fleet.toml");
+    write(&path, &text)?;
+    println!("\n$ cutover fleet apply fleet.toml");
+    let apply = crate::commands::fleet_config::ApplyArgs {
+        file: &path,
+        dry_run: false,
+        allow_empty: false,
+    };
+    crate::commands::fleet_config::apply(&started.connect, apply, crate::output::Format::Text).await
+}
+
+/// Writes release `version`'s `bundle` into DIR/releases/VERSION (a
+/// directory of its own: import refuses migration files a release does
+/// not pin), signs it with the demo's key and imports it.
+async fn publish(
+    dir: &Path,
+    connect: &ConnectArgs,
+    version: &str,
+    bundle: &crate::bundle::Bundle,
+) -> Result<()> {
+    use crate::output::Format;
+    let manifest = bundle.write(&dir.join("releases").join(version))?;
+    crate::commands::release::sign(&manifest, &dir.join("release.key"), Format::Text)?;
+    crate::commands::release::import(connect, &manifest, None, Format::Text).await
+}
+
 /// Retries `f` until it succeeds or `timeout` passes; the last error says why.
 async fn wait_for<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> Result<T>
 where

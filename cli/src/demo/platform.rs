@@ -14,12 +14,12 @@ use std::time::Duration;
 use cutover_core::manifest::migrations::{parse_version, Location};
 use cutover_core::manifest::{DataMigration, Phase};
 
-use super::{wait_for, write, Started};
+use super::{apply_fleet, publish, wait_for, Started};
 use crate::bundle::{self, Floor, Migration, Service};
 use crate::client::ConnectArgs;
 use crate::commands::data_migrate::{self as dm, DataMigrateCommand};
 use crate::commands::migrate::{self, MigrateArgs};
-use crate::commands::{fleet, fleet_config, rollout};
+use crate::commands::{fleet, rollout};
 use crate::error::{Error, Result};
 use crate::output::Format;
 
@@ -200,29 +200,6 @@ fn check_password_file(p: &Path) -> Result<PathBuf> {
     }
 }
 
-const FLEET: &str = r#"# The demo's fleet: the sample shop on every edge host.
-[services.shop]
-labels = ["edge"]
-runner = "process"
-command = "bin/cutover-sample"
-args = ["--port", "${web_port}"]
-stop_grace = "2s"
-min_healthy_time = "2s"
-healthy_deadline = "6s"
-
-[[services.shop.checks]]
-kind = "http"
-url = "http://127.0.0.1:${web_port}/healthz"
-interval = "250ms"
-timeout = "1s"
-
-[services.shop.policy]
-canary = 1
-max_parallel = 2
-max_unavailable = 2
-rollback_scope = "service"
-"#;
-
 /// Release A's expand: the orders, each price inside its document.
 const A_EXPAND: &str = "CREATE TABLE orders (id bigint PRIMARY KEY, doc jsonb NOT NULL);
 INSERT INTO orders SELECT g, jsonb_build_object('price_cents', (g % 997) + 100) FROM generate_series(1, 50000) g;
@@ -279,10 +256,8 @@ async fn release(
             bytes: sql.as_bytes().to_vec(),
         });
     }
-    let manifest = bundle::bundle(version, &[shop], &Floor::default(), &pinned)?
-        .write(&dir.join("releases").join(version))?;
-    crate::commands::release::sign(&manifest, &dir.join("release.key"), Format::Text)?;
-    crate::commands::release::import(connect, &manifest, None, Format::Text).await
+    let bundle = bundle::bundle(version, &[shop], &Floor::default(), &pinned)?;
+    publish(dir, connect, version, &bundle).await
 }
 
 fn migrate_args(phase: &str, version: &str, dry_run: bool) -> MigrateArgs {
@@ -467,22 +442,7 @@ pub(super) async fn upgrade_platform(dir: &Path, started: &Started, db: &Databas
     let connect = &started.connect;
     let binary =
         std::fs::read(&started.sample_bin).map_err(|e| Error::io(&started.sample_bin, e))?;
-    let mut fleet_toml = String::new();
-    for (host, _) in &started.hosts {
-        fleet_toml.push_str(&format!("[hosts.{host}]\nlabels = [\"edge\"]\n"));
-    }
-    fleet_toml.push('\n');
-    fleet_toml.push_str(FLEET);
-    fleet_toml.push_str(&db.service_env());
-    let fleet_path = dir.join("fleet.toml");
-    write(&fleet_path, &fleet_toml)?;
-    println!("\n$ cutover fleet apply fleet.toml");
-    let apply_fleet = fleet_config::ApplyArgs {
-        file: &fleet_path,
-        dry_run: false,
-        allow_empty: false,
-    };
-    fleet_config::apply(connect, apply_fleet, Format::Text).await?;
+    apply_fleet(dir, started, SERVICE, &db.service_env()).await?;
 
     println!("\n$ cutover release import  (shop 1.0.0: A, prices in orders.doc; 2.0.0: B, both shapes, the backfill; 3.0.0: C, order_prices only, contract drops orders.doc)");
     let a = [("expand", "001_orders.sql", A_EXPAND)];

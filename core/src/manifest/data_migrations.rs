@@ -30,9 +30,12 @@ pub struct DataMigration {
     pub required_before_upgrade_to: Option<semver::Version>,
 }
 
+/// One `[[services.data_migrations]]` table as written (and `release
+/// build`'s `data-migrations.toml` entries, which have the same keys);
+/// [`parse`] checks it.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct RawDataMigration {
+pub struct RawDataMigration {
     id: String,
     database: String,
     #[serde(default)]
@@ -60,7 +63,7 @@ pub fn check_id(id: &str) -> Result<(), String> {
 
 /// A service's `data_migrations`, checked against its `databases` and the
 /// release's version.
-pub(super) fn parse(
+pub fn parse(
     raw: &[RawDataMigration],
     databases: &[String],
     release: &semver::Version,
