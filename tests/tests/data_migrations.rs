@@ -195,7 +195,10 @@ fn a_verified_backfill_opens_contract_and_a_tampered_row_keeps_it_shut() {
 #[test]
 fn pause_resume_and_an_agent_killed_mid_run_lose_no_row_and_count_none_twice() {
     let pg = Postgres::start("billing");
-    let mut f = world(&pg, 20, 50);
+    // 100 batches at least 200 ms apart: 20 s or more, so that the pause
+    // and the kill below land mid-run however busy the machine is (at
+    // 50 ms apart a loaded CI run once finished before the pause).
+    let mut f = world(&pg, 20, 200);
     f.cli(&["data-migrate", "run", KEY]).ok();
     eventually(Duration::from_secs(30), "running with progress", || {
         let s = stored(&f);
